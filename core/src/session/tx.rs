@@ -1,0 +1,298 @@
+//! Transmit side: per-lane queues, batching into frames, fragmentation, control messages.
+
+use super::{Buffer, Control, KeyTable, SendError, Session, State};
+use crate::time::Instant;
+use crate::wire::{
+    self, Accept, Close, EncodeError, Init, NetworkMessage, Open, PROTOCOL_VERSION, Priority,
+    TransportMessage,
+};
+
+/// Each queued message is preceded by a 4-byte little-endian header: bit 31 = reliable, bits
+/// 0..31 = encoded length.
+const ENTRY_HDR: usize = 4;
+const RELIABLE_BIT: u32 = 1 << 31;
+
+/// One lane's FIFO of encoded messages.
+#[derive(Default)]
+pub(super) struct LaneQueue<B> {
+    buf: B,
+    head: usize,
+    /// Bytes of the head message already sent as fragments.
+    frag_off: usize,
+}
+
+impl<B: Buffer> LaneQueue<B> {
+    pub(super) fn queued(&self) -> usize {
+        self.buf.bytes().len().saturating_sub(self.head)
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.buf.resize(0);
+        self.buf.shrink();
+        self.head = 0;
+        self.frag_off = 0;
+    }
+
+    /// The head entry: (reliable, encoded message).
+    fn head(&self) -> Option<(bool, &[u8])> {
+        let bytes = self.buf.bytes().get(self.head..)?;
+        let hdr: [u8; ENTRY_HDR] = bytes.get(..ENTRY_HDR)?.try_into().ok()?;
+        let hdr = u32::from_le_bytes(hdr);
+        let len = (hdr & !RELIABLE_BIT) as usize;
+        let msg = bytes.get(ENTRY_HDR..ENTRY_HDR + len)?;
+        Some((hdr & RELIABLE_BIT != 0, msg))
+    }
+
+    fn pop(&mut self, len: usize) {
+        self.head += ENTRY_HDR + len;
+        self.frag_off = 0;
+        if self.head >= self.buf.bytes().len() {
+            self.buf.resize(0);
+            self.buf.shrink();
+            self.head = 0;
+        }
+    }
+
+    /// Moves the live bytes to the front when the consumed prefix dominates.
+    fn compact(&mut self) {
+        let len = self.buf.bytes().len();
+        if self.head > 0 && self.head >= len / 2 {
+            self.buf.bytes_mut().copy_within(self.head..len, 0);
+            self.buf.resize(len - self.head);
+            self.head = 0;
+        }
+    }
+}
+
+fn entry_header(reliable: bool, len: usize) -> [u8; ENTRY_HDR] {
+    let mut h = len as u32 & !RELIABLE_BIT;
+    if reliable {
+        h |= RELIABLE_BIT;
+    }
+    h.to_le_bytes()
+}
+
+/// A generous guess of a message's encoded size, to size the first encoding attempt.
+fn size_hint(msg: &NetworkMessage<'_>) -> usize {
+    use wire::{Declare, ReplyBody, WireKey};
+    let key = |k: &WireKey<'_>| match k {
+        WireKey::Id(_) => 5,
+        WireKey::Name(n) => n.len() + 5,
+    };
+    let opt = |b: Option<wire::RawBytes<'_>>| b.map_or(0, |b| b.0.len() + 5);
+    let push = |p: &wire::Push<'_>| {
+        key(&p.key) + p.payload.0.len() + opt(p.attachment) + p.encoding.map_or(0, str::len) + 48
+    };
+    16 + match msg {
+        NetworkMessage::Put(p) => p.payload.len() + 10,
+        NetworkMessage::Push(p) => push(p),
+        NetworkMessage::Declare(Declare::KeyExpr { key, .. }) => key.len() + 10,
+        NetworkMessage::Declare(_) => 1_100,
+        NetworkMessage::Request(r) => {
+            key(&r.key) + r.parameters.len() + opt(r.payload) + opt(r.attachment) + 300
+        }
+        NetworkMessage::Response(r) => match &r.body {
+            ReplyBody::Sample(p) => push(p),
+            ReplyBody::Err { payload, .. } => payload.0.len() + 300,
+        },
+        NetworkMessage::ResponseFinal(_) => 8,
+    }
+}
+
+impl<B: Buffer, K: KeyTable> Session<B, K> {
+    /// Queues a network message on a lane. It goes out with the next `poll_transmit` calls,
+    /// batched with whatever else is queued on that lane, fragmented if larger than a batch.
+    pub fn send(
+        &mut self,
+        priority: Priority,
+        reliable: bool,
+        msg: &NetworkMessage<'_>,
+    ) -> Result<(), SendError> {
+        match self.state {
+            State::Open => {}
+            State::Closing | State::Closed => return Err(SendError::Closed),
+            _ => return Err(SendError::NotOpen),
+        }
+        let max = self.config.max_message_size;
+        let cap = self.config.lane_capacity;
+        let lane = self.lanes.get_mut(priority.index()).ok_or(SendError::TooLarge)?;
+        let hint = size_hint(msg);
+        if hint > max.saturating_add(32) {
+            return Err(SendError::TooLarge);
+        }
+        let queued = lane.queued();
+        if queued > 0 && queued + hint > cap {
+            return Err(SendError::QueueFull);
+        }
+        if lane.head > 0 && lane.buf.bytes().len() + hint > cap {
+            lane.compact();
+        }
+        let start = lane.buf.bytes().len();
+        if let NetworkMessage::Put(p) = msg {
+            // Hot path: header and varints on the stack, then one copy of the payload.
+            let mut head = [0u8; ENTRY_HDR + 15];
+            let n = msg_prefix(&mut head[ENTRY_HDR..], p.key_id, p.payload.len())
+                .map_err(|_| SendError::TooLarge)?;
+            let len = n + p.payload.len();
+            if len > max {
+                return Err(SendError::TooLarge);
+            }
+            head[..ENTRY_HDR].copy_from_slice(&entry_header(reliable, len));
+            let ok = lane.buf.extend_from_slice(head.get(..ENTRY_HDR + n).unwrap_or(&[]))
+                && lane.buf.extend_from_slice(p.payload);
+            if !ok {
+                lane.buf.resize(start);
+                return Err(SendError::QueueFull);
+            }
+        } else {
+            let mut room = hint;
+            let len = loop {
+                if !lane.buf.resize(start + ENTRY_HDR + room) {
+                    lane.buf.resize(start);
+                    return Err(SendError::QueueFull);
+                }
+                let dst = lane.buf.bytes_mut().get_mut(start + ENTRY_HDR..).unwrap_or(&mut []);
+                match msg.encode(dst) {
+                    Ok(n) => break n,
+                    Err(EncodeError::BufferTooSmall) if room < max => {
+                        room = room.saturating_mul(2).min(max + 64);
+                    }
+                    Err(_) => {
+                        lane.buf.resize(start);
+                        return Err(SendError::TooLarge);
+                    }
+                }
+            };
+            if len > max {
+                lane.buf.resize(start);
+                return Err(SendError::TooLarge);
+            }
+            lane.buf.resize(start + ENTRY_HDR + len);
+            if let Some(h) = lane.buf.bytes_mut().get_mut(start..start + ENTRY_HDR) {
+                h.copy_from_slice(&entry_header(reliable, len));
+            }
+        }
+        self.stats.tx_messages += 1;
+        Ok(())
+    }
+
+    /// Writes the next batch to send into `buf`, returning its length, or `None` when there is
+    /// nothing to send. Worth calling again after `send`, `close`, `handle_input` or
+    /// `handle_timeout`. A batch never exceeds the negotiated batch size nor `buf.len()`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let n = self.next_batch(buf)?;
+        self.last_tx = now;
+        self.keepalive_due = false;
+        self.stats.tx_batches += 1;
+        self.stats.tx_bytes += n as u64;
+        Some(n)
+    }
+
+    fn next_batch(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if let Some(c) = self.control.take() {
+            return self.encode_control(c, buf);
+        }
+        if self.state != State::Open {
+            return None;
+        }
+        let limit = buf.len().min(self.batch_size);
+        let out = buf.get_mut(..limit)?;
+        for p in Priority::ALL {
+            if self.lanes.get(p.index()).is_some_and(|l| l.queued() > 0) {
+                if let Some(n) = self.batch_from_lane(p, out) {
+                    return Some(n);
+                }
+            }
+        }
+        if self.keepalive_due {
+            self.stats.keepalives_sent += 1;
+            return TransportMessage::KeepAlive.encode(buf).ok();
+        }
+        None
+    }
+
+    fn encode_control(&mut self, c: Control, buf: &mut [u8]) -> Option<usize> {
+        let cfg = &self.config;
+        let msg = match c {
+            Control::Init => TransportMessage::Init(Init {
+                version: PROTOCOL_VERSION,
+                node_id: cfg.node_id,
+                mode: cfg.mode,
+                batch_size: cfg.batch_size,
+                sn_bits: cfg.sn_bits.clamp(7, 32),
+                lease_ms: cfg.lease.as_millis() as u32,
+            }),
+            Control::Accept => TransportMessage::Accept(Accept {
+                version: PROTOCOL_VERSION,
+                node_id: cfg.node_id,
+                mode: cfg.mode,
+                batch_size: self.batch_size as u16,
+                sn_bits: self.sn_bits(),
+                lease_ms: cfg.lease.as_millis() as u32,
+                initial_sn: self.local_initial_sn,
+            }),
+            Control::Open => TransportMessage::Open(Open { initial_sn: self.local_initial_sn }),
+            Control::Close(reason) => {
+                self.state = State::Closed;
+                TransportMessage::Close(Close { reason, detail: reason.as_str() })
+            }
+        };
+        msg.encode(buf).ok()
+    }
+
+    /// One frame (or one fragment) from lane `p`.
+    fn batch_from_lane(&mut self, p: Priority, out: &mut [u8]) -> Option<usize> {
+        let lane = self.lanes.get_mut(p.index())?;
+        let (reliable, first_len) = lane.head().map(|(r, m)| (r, m.len()))?;
+        let slot = Self::slot(p, reliable);
+        let sn = *self.tx_sn.get(slot)?;
+        let hdr_len = wire::frame_header_len(sn);
+        if lane.frag_off > 0 || hdr_len + first_len > out.len() {
+            // Fragment the head message.
+            let (_, msg) = lane.head()?;
+            let off = lane.frag_off;
+            let room = out.len().checked_sub(hdr_len).filter(|r| *r > 0)?;
+            let chunk = (msg.len() - off).min(room);
+            let more = off + chunk < msg.len();
+            let h = wire::encode_fragment_header(out, p, reliable, off == 0, more, sn).ok()?;
+            let data = msg.get(off..off + chunk)?;
+            out.get_mut(h..h + chunk)?.copy_from_slice(data);
+            if more {
+                lane.frag_off = off + chunk;
+            } else {
+                lane.pop(msg.len());
+            }
+            if let Some(s) = self.tx_sn.get_mut(slot) {
+                *s = s.wrapping_add(1) & self.sn_mask;
+            }
+            self.stats.tx_fragments += 1;
+            return Some(h + chunk);
+        }
+        let mut pos = wire::encode_frame_header(out, p, reliable, sn).ok()?;
+        let mut last_start = pos;
+        while let Some((r, msg)) = lane.head() {
+            if r != reliable || pos + msg.len() > out.len() {
+                break;
+            }
+            let len = msg.len();
+            out.get_mut(pos..pos + len)?.copy_from_slice(msg);
+            last_start = pos;
+            pos += len;
+            lane.pop(len);
+        }
+        lane.compact();
+        // The last message of a frame may drop its length: a compact put runs to the end.
+        if let Some(last) = out.get_mut(last_start..pos) {
+            pos = last_start + wire::put_to_tail_form(last);
+        }
+        if let Some(s) = self.tx_sn.get_mut(slot) {
+            *s = s.wrapping_add(1) & self.sn_mask;
+        }
+        Some(pos)
+    }
+}
+
+/// Writes the compact-put prefix (tag, key id, length) and returns its length.
+fn msg_prefix(buf: &mut [u8], key_id: u32, len: usize) -> Result<usize, EncodeError> {
+    wire::encode_put_prefix(buf, key_id, len)
+}

@@ -1,0 +1,435 @@
+//! Network messages: what the mesh says, packed back to back inside frames.
+
+use super::varint;
+use super::{
+    DecodeError, EncodeError, Field, RawBytes, check_len, limits, put_postcard, put_slice,
+    tail_mut,
+};
+use crate::hlc::Timestamp;
+use crate::keyexpr::KeyExpr;
+use serde::{Deserialize, Serialize};
+
+/// Variant tags of [`NetworkMessage`] (a varint, one byte while below 128). Append, never
+/// reorder.
+mod tag {
+    pub const PUT: u32 = 0;
+    pub const PUT_TAIL: u32 = 1;
+    pub const PUSH: u32 = 2;
+    pub const DECLARE: u32 = 3;
+    pub const REQUEST: u32 = 4;
+    pub const RESPONSE: u32 = 5;
+    pub const RESPONSE_FINAL: u32 = 6;
+}
+
+/// How a message names its key: a numeric id declared earlier on this link, or in full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WireKey<'a> {
+    /// An id declared by the sender with [`Declare::KeyExpr`].
+    Id(u32),
+    /// A key expression in full (canonical; validated on decode).
+    Name(&'a str),
+}
+
+impl WireKey<'_> {
+    fn validate(&self) -> Result<(), DecodeError> {
+        if let WireKey::Name(k) = self {
+            validate_key(k)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_key(k: &str) -> Result<(), DecodeError> {
+    check_len(Field::KeyExpr, k.len(), limits::MAX_KEY_LEN)?;
+    KeyExpr::new(k)?;
+    Ok(())
+}
+
+fn validate_encoding(e: Option<&str>) -> Result<(), DecodeError> {
+    check_len(Field::Encoding, e.map_or(0, str::len), limits::MAX_ENCODING_LEN)
+}
+
+/// Whether a sample sets or removes a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum SampleKind {
+    /// A value was put.
+    #[default]
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// The compact put: a payload on a declared key id, nothing else. The hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Put<'a> {
+    /// Key id declared by the sender on this link.
+    pub key_id: u32,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// A publication with every option: full or declared key, put or delete, timestamp, encoding,
+/// attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push<'a> {
+    /// The key.
+    #[serde(borrow)]
+    pub key: WireKey<'a>,
+    /// Put or delete.
+    pub kind: SampleKind,
+    /// The payload (empty for deletes).
+    #[serde(borrow)]
+    pub payload: RawBytes<'a>,
+    /// When and where the sample was made.
+    pub timestamp: Option<Timestamp>,
+    /// How to interpret the payload (MIME-like).
+    pub encoding: Option<&'a str>,
+    /// Extra user bytes.
+    #[serde(borrow)]
+    pub attachment: Option<RawBytes<'a>>,
+}
+
+impl Push<'_> {
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.key.validate()?;
+        validate_encoding(self.encoding)
+    }
+}
+
+/// Declarations: what a node tells its neighbours about itself. Ids are chosen by the sender and
+/// scoped to the link and the kind of declaration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Declare<'a> {
+    /// Binds a numeric id to a key expression for later messages from the sender.
+    KeyExpr {
+        /// The id.
+        id: u32,
+        /// The key expression (validated on decode).
+        key: &'a str,
+    },
+    /// Forgets a key id.
+    UndeclareKeyExpr {
+        /// The id.
+        id: u32,
+    },
+    /// The sender (or someone behind it) subscribes to `key`.
+    Subscriber {
+        /// Declaration id.
+        id: u32,
+        /// What is subscribed.
+        #[serde(borrow)]
+        key: WireKey<'a>,
+    },
+    /// Withdraws a subscriber.
+    UndeclareSubscriber {
+        /// Declaration id.
+        id: u32,
+    },
+    /// The sender answers queries on `key`.
+    Queryable {
+        /// Declaration id.
+        id: u32,
+        /// What is answered.
+        #[serde(borrow)]
+        key: WireKey<'a>,
+        /// Whether it holds every key matching `key` (a complete storage).
+        complete: bool,
+    },
+    /// Withdraws a queryable.
+    UndeclareQueryable {
+        /// Declaration id.
+        id: u32,
+    },
+    /// A liveliness token exists on `key`.
+    Token {
+        /// Declaration id.
+        id: u32,
+        /// The token's key.
+        #[serde(borrow)]
+        key: WireKey<'a>,
+    },
+    /// A liveliness token disappeared.
+    UndeclareToken {
+        /// Declaration id.
+        id: u32,
+    },
+    /// Asks the receiver for its declarations matching `key` (all if `None`).
+    Interest {
+        /// Interest id.
+        id: u32,
+        /// Restrict to declarations intersecting this key.
+        #[serde(borrow)]
+        key: Option<WireKey<'a>>,
+        /// Bit set of [`interest`] flags.
+        flags: u8,
+    },
+    /// All current declarations for an interest have been sent.
+    InterestFinal {
+        /// Interest id.
+        id: u32,
+    },
+    /// Cancels an interest.
+    UndeclareInterest {
+        /// Interest id.
+        id: u32,
+    },
+}
+
+/// Flags of [`Declare::Interest`].
+pub mod interest {
+    /// Subscribers.
+    pub const SUBSCRIBERS: u8 = 1;
+    /// Queryables.
+    pub const QUERYABLES: u8 = 2;
+    /// Liveliness tokens.
+    pub const TOKENS: u8 = 4;
+    /// Send the current declarations.
+    pub const CURRENT: u8 = 8;
+    /// Keep sending future declarations.
+    pub const FUTURE: u8 = 16;
+}
+
+impl Declare<'_> {
+    fn validate(&self) -> Result<(), DecodeError> {
+        match self {
+            Declare::KeyExpr { key, .. } => validate_key(key),
+            Declare::Subscriber { key, .. }
+            | Declare::Queryable { key, .. }
+            | Declare::Token { key, .. } => key.validate(),
+            Declare::Interest { key: Some(key), .. } => key.validate(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which queryables a query goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum QueryTarget {
+    /// The nearest matching queryables (complete ones preferred).
+    #[default]
+    BestMatching,
+    /// Every matching queryable.
+    All,
+    /// Every complete matching queryable.
+    AllComplete,
+}
+
+/// How replies are consolidated before reaching the querier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Consolidation {
+    /// Let the querier decide (latest, unless a `_time` window is asked for).
+    #[default]
+    Auto,
+    /// Every reply.
+    None,
+    /// Drop replies older than one already delivered for the same key.
+    Monotonic,
+    /// Only the newest reply per key, delivered at the end.
+    Latest,
+}
+
+/// A query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request<'a> {
+    /// Query id, chosen by the sender, echoed in responses.
+    pub id: u32,
+    /// What is asked for.
+    #[serde(borrow)]
+    pub key: WireKey<'a>,
+    /// Selector parameters (`_time=[now(-10m)..];limit=100`).
+    pub parameters: &'a str,
+    /// Which queryables.
+    pub target: QueryTarget,
+    /// Reply consolidation.
+    pub consolidation: Consolidation,
+    /// How long the querier waits, in milliseconds.
+    pub timeout_ms: u32,
+    /// Optional query payload.
+    #[serde(borrow)]
+    pub payload: Option<RawBytes<'a>>,
+    /// Encoding of the payload.
+    pub encoding: Option<&'a str>,
+    /// Extra user bytes.
+    #[serde(borrow)]
+    pub attachment: Option<RawBytes<'a>>,
+}
+
+/// The body of a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyBody<'a> {
+    /// A sample (put or delete).
+    #[serde(borrow)]
+    Sample(Push<'a>),
+    /// An error from the queryable.
+    Err {
+        /// Error payload.
+        #[serde(borrow)]
+        payload: RawBytes<'a>,
+        /// Its encoding.
+        encoding: Option<&'a str>,
+    },
+}
+
+/// One reply to a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response<'a> {
+    /// The query answered.
+    pub request_id: u32,
+    /// The reply.
+    #[serde(borrow)]
+    pub body: ReplyBody<'a>,
+}
+
+/// No more replies will come from this neighbour for the query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFinal {
+    /// The query.
+    pub request_id: u32,
+}
+
+/// A network message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMessage<'a> {
+    /// Compact put on a declared key id.
+    Put(Put<'a>),
+    /// Put or delete with options.
+    Push(Push<'a>),
+    /// A declaration.
+    Declare(Declare<'a>),
+    /// A query.
+    Request(Request<'a>),
+    /// A reply.
+    Response(Response<'a>),
+    /// End of replies.
+    ResponseFinal(ResponseFinal),
+}
+
+impl<'a> NetworkMessage<'a> {
+    /// Encodes the message at the start of `buf`, returning its length.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        self.encode_inner(buf, false)
+    }
+
+    /// Encodes the message as the **last** one of a frame: a compact put then omits its length
+    /// (its payload runs to the end of the frame). Other messages encode as with [`encode`].
+    ///
+    /// [`encode`]: NetworkMessage::encode
+    pub fn encode_last(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        self.encode_inner(buf, true)
+    }
+
+    fn encode_inner(&self, buf: &mut [u8], last: bool) -> Result<usize, EncodeError> {
+        match self {
+            NetworkMessage::Put(p) => {
+                if last {
+                    let pos = varint::put_u32(buf, 0, tag::PUT_TAIL)?;
+                    let pos = varint::put_u32(buf, pos, p.key_id)?;
+                    put_slice(buf, pos, p.payload)
+                } else {
+                    let pos = varint::put_u32(buf, 0, tag::PUT)?;
+                    let pos = varint::put_u32(buf, pos, p.key_id)?;
+                    let len = u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
+                    let pos = varint::put_u32(buf, pos, len)?;
+                    put_slice(buf, pos, p.payload)
+                }
+            }
+            NetworkMessage::Push(m) => Self::tagged(buf, tag::PUSH, m),
+            NetworkMessage::Declare(m) => Self::tagged(buf, tag::DECLARE, m),
+            NetworkMessage::Request(m) => Self::tagged(buf, tag::REQUEST, m),
+            NetworkMessage::Response(m) => Self::tagged(buf, tag::RESPONSE, m),
+            NetworkMessage::ResponseFinal(m) => Self::tagged(buf, tag::RESPONSE_FINAL, m),
+        }
+    }
+
+    fn tagged<T: Serialize>(buf: &mut [u8], t: u32, body: &T) -> Result<usize, EncodeError> {
+        let pos = varint::put_u32(buf, 0, t)?;
+        Ok(pos + put_postcard(body, tail_mut(buf, pos)?)?)
+    }
+
+    /// Decodes the first message of `bytes`, returning it and the remaining bytes.
+    pub fn take(bytes: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
+        let (t, body) = varint::take_u32(bytes)?;
+        match t {
+            tag::PUT => {
+                let (key_id, rest) = varint::take_u32(body)?;
+                let (len, rest) = varint::take_u32(rest)?;
+                let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
+                if rest.len() < len {
+                    return Err(DecodeError::Truncated);
+                }
+                let (payload, rest) = rest.split_at(len);
+                Ok((NetworkMessage::Put(Put { key_id, payload }), rest))
+            }
+            tag::PUT_TAIL => {
+                let (key_id, payload) = varint::take_u32(body)?;
+                Ok((NetworkMessage::Put(Put { key_id, payload }), &[]))
+            }
+            tag::PUSH => {
+                let (m, rest): (Push<'a>, _) = postcard::take_from_bytes(body)?;
+                m.validate()?;
+                Ok((NetworkMessage::Push(m), rest))
+            }
+            tag::DECLARE => {
+                let (m, rest): (Declare<'a>, _) = postcard::take_from_bytes(body)?;
+                m.validate()?;
+                Ok((NetworkMessage::Declare(m), rest))
+            }
+            tag::REQUEST => {
+                let (m, rest): (Request<'a>, _) = postcard::take_from_bytes(body)?;
+                m.key.validate()?;
+                check_len(Field::Parameters, m.parameters.len(), limits::MAX_PARAMS_LEN)?;
+                validate_encoding(m.encoding)?;
+                Ok((NetworkMessage::Request(m), rest))
+            }
+            tag::RESPONSE => {
+                let (m, rest): (Response<'a>, _) = postcard::take_from_bytes(body)?;
+                match &m.body {
+                    ReplyBody::Sample(p) => p.validate()?,
+                    ReplyBody::Err { encoding, .. } => validate_encoding(*encoding)?,
+                }
+                Ok((NetworkMessage::Response(m), rest))
+            }
+            tag::RESPONSE_FINAL => {
+                let (m, rest) = postcard::take_from_bytes(body)?;
+                Ok((NetworkMessage::ResponseFinal(m), rest))
+            }
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+
+    /// Decodes a buffer holding exactly one message.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let (m, rest) = Self::take(bytes)?;
+        if rest.is_empty() { Ok(m) } else { Err(DecodeError::TrailingBytes(rest.len())) }
+    }
+}
+
+/// Writes the prefix of a compact put (tag, key id, payload length) at the start of `buf`,
+/// returning its length; the payload follows. Lets a caller append the payload itself.
+pub fn encode_put_prefix(buf: &mut [u8], key_id: u32, len: usize) -> Result<usize, EncodeError> {
+    let len = u32::try_from(len).map_err(|_| EncodeError::BufferTooSmall)?;
+    let pos = varint::put_u32(buf, 0, tag::PUT)?;
+    let pos = varint::put_u32(buf, pos, key_id)?;
+    varint::put_u32(buf, pos, len)
+}
+
+/// Rewrites, in place, an encoded message that ends its frame: a compact put drops its length
+/// prefix (its payload then runs to the end of the frame). Returns the new length; any other
+/// message is left as it is.
+pub fn put_to_tail_form(msg: &mut [u8]) -> usize {
+    let full = msg.len();
+    let Ok((tag::PUT, rest)) = varint::take_u32(msg) else { return full };
+    let Ok((_, after_key)) = varint::take_u32(rest) else { return full };
+    let Ok((len, payload)) = varint::take_u32(after_key) else { return full };
+    if payload.len() != len as usize {
+        return full;
+    }
+    let len_at = full - after_key.len();
+    let payload_at = full - payload.len();
+    // Tags 0 and 1 both take one byte, so the tag is rewritten in place.
+    if let Some(t) = msg.first_mut() {
+        *t = tag::PUT_TAIL as u8;
+    }
+    msg.copy_within(payload_at..full, len_at);
+    full - (payload_at - len_at)
+}
