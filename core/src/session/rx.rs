@@ -59,6 +59,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 });
                 self.batch_size = self.batch_size.min(usize::from(i.batch_size)).max(64);
                 self.negotiate_sn(i.sn_bits);
+                self.rx_sn = [i.initial_sn & self.sn_mask; super::SLOTS];
                 self.control = Some(Control::Accept);
                 self.state = State::AwaitOpen;
             }
@@ -79,12 +80,30 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 self.open(peer);
             }
             (State::AwaitOpen, TransportMessage::Open(o)) => {
-                self.rx_sn = [o.initial_sn & self.sn_mask; super::SLOTS];
+                if o.initial_sn & self.sn_mask != self.rx_sn.first().copied().unwrap_or(0) {
+                    crate::core_warn!("closing link: Open disagrees with Init on initial sn");
+                    self.begin_close(CloseReason::Unexpected, false);
+                    return;
+                }
                 if let Some(peer) = self.peer {
                     self.open(peer);
                 }
             }
+            // A frame that overtook `Open` on another stream opens the session as well.
+            (State::AwaitOpen, m @ (TransportMessage::Frame(_) | TransportMessage::Fragment(_)))
+            | (State::AwaitOpen, m @ TransportMessage::KeepAlive) => {
+                if let Some(peer) = self.peer {
+                    self.open(peer);
+                }
+                match m {
+                    TransportMessage::Frame(f) => self.on_frame(f, sink),
+                    TransportMessage::Fragment(f) => self.on_fragment(f, sink),
+                    _ => {}
+                }
+            }
             (State::Open, TransportMessage::KeepAlive) => {}
+            // Open overtaken by a frame (see above) arrives late: nothing to do.
+            (State::Open, TransportMessage::Open(_)) if self.role == super::Role::Listener => {}
             (State::Open, TransportMessage::Frame(f)) => self.on_frame(f, sink),
             (State::Open, TransportMessage::Fragment(f)) => self.on_fragment(f, sink),
             (state, m) => {

@@ -152,6 +152,33 @@ fn handshake_establishes_and_negotiates() {
 }
 
 #[test]
+fn a_frame_overtaking_open_opens_the_listener() {
+    // On a multi-stream link the dialer's first data frame may arrive before its Open.
+    let now = Instant::ZERO;
+    let mut a = HeapSession::new(cfg(1), Role::Dialer, now, 77);
+    let mut b = HeapSession::new(cfg(2), Role::Listener, now, 88);
+    let mut buf = vec![0u8; 65_535];
+    let n = a.poll_transmit(now, &mut buf).unwrap(); // Init
+    b.handle_input(now, &buf[..n], &mut |_| {});
+    let n = b.poll_transmit(now, &mut buf).unwrap(); // Accept
+    a.handle_input(now, &buf[..n], &mut |_| {});
+    assert!(a.is_open() && !b.is_open());
+    // The listener sends no data before it hears from the dialer again.
+    let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
+    assert_eq!(b.send(Priority::Data, true, &put), Err(SendError::NotOpen));
+    let n = a.poll_transmit(now, &mut buf).unwrap();
+    let open = buf[..n].to_vec();
+    a.send(Priority::Data, true, &put).unwrap();
+    let n = a.poll_transmit(now, &mut buf).unwrap();
+    let mut got = 0;
+    b.handle_input(now, &buf[..n], &mut |_| got += 1);
+    assert_eq!(got, 1);
+    assert!(b.is_open());
+    b.handle_input(now, &open, &mut |_| got += 1);
+    assert!(b.is_open(), "late Open is harmless");
+}
+
+#[test]
 fn send_before_open_is_refused() {
     let mut p = Pair::new(cfg(1), cfg(2));
     let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
@@ -171,6 +198,7 @@ fn version_mismatch_is_refused_with_a_reason() {
         batch_size: 1000,
         sn_bits: 7,
         lease_ms: 1000,
+        initial_sn: 0,
     });
     let mut buf = [0u8; 256];
     let n = init.encode(&mut buf).unwrap();

@@ -221,6 +221,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 batch_size: cfg.batch_size,
                 sn_bits: cfg.sn_bits.clamp(7, 32),
                 lease_ms: cfg.lease.as_millis() as u32,
+                initial_sn: self.local_initial_sn,
             }),
             Control::Accept => TransportMessage::Accept(Accept {
                 version: PROTOCOL_VERSION,

@@ -39,7 +39,7 @@ const ID2: NodeId = NodeId([0x22; 16]);
 fn golden_handshake() {
     let mut init = vec![0x00, 0x01];
     init.extend([0x11; 16]);
-    init.extend([0x00, 0xff, 0xff, 0x03, 0x07, 0x90, 0x4e]); // peer, 65535, 7 bits, 10000 ms
+    init.extend([0x00, 0xff, 0xff, 0x03, 0x07, 0x90, 0x4e, 0x05]); // peer, 65535, 7 bits, 10 s, sn 5
     golden_t(
         TransportMessage::Init(Init {
             version: 1,
@@ -48,6 +48,7 @@ fn golden_handshake() {
             batch_size: 65_535,
             sn_bits: 7,
             lease_ms: 10_000,
+            initial_sn: 5,
         }),
         &init,
     );

@@ -42,6 +42,10 @@ pub struct Init {
     /// The sender's lease in milliseconds: it promises to send something at least this often
     /// (it sends keep-alives every lease / 4 when otherwise idle).
     pub lease_ms: u32,
+    /// First sequence number the sender will use on every lane (reduced modulo the negotiated
+    /// resolution). Carried here so that the listener can accept frames that overtake `Open`
+    /// on a multi-stream link.
+    pub initial_sn: u32,
 }
 
 /// Answers an [`Init`]: sent by the listening side.
@@ -63,10 +67,12 @@ pub struct Accept {
     pub initial_sn: u32,
 }
 
-/// Completes the handshake: sent by the dialing side after an [`Accept`].
+/// Completes the handshake: sent by the dialing side after an [`Accept`]. Until the listener
+/// hears it (or any frame, which may overtake it on a multi-stream link), it sends no data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Open {
-    /// First sequence number the sender will use on every lane.
+    /// First sequence number the sender will use on every lane; equals `Init::initial_sn`
+    /// reduced modulo the negotiated resolution.
     pub initial_sn: u32,
 }
 
