@@ -1,0 +1,1 @@
+//! Parallel dialing with backoff. Placeholder until written.

@@ -1,0 +1,1 @@
+//! Zero-configuration discovery (mDNS). Placeholder until written.

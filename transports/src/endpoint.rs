@@ -1,0 +1,265 @@
+//! Endpoints: where a link listens or connects, written `PROTO/ADDRESS`.
+//!
+//! ```
+//! use hypha_transports::Endpoint;
+//! let ep: Endpoint = "quic/[::1]:7447".parse().unwrap();
+//! assert_eq!(ep.to_string(), "quic/[::1]:7447");
+//! assert!("quic/localhost".parse::<Endpoint>().is_err()); // no port
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The transport of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// QUIC with TLS 1.3 (the default).
+    Quic,
+    /// TCP with length-prefixed batches.
+    Tcp,
+    /// UDP, one batch per datagram (best effort).
+    Udp,
+    /// Unix stream socket.
+    Unix,
+    /// In-process channel (tests).
+    Mem,
+}
+
+impl Protocol {
+    /// The protocol's prefix.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Quic => "quic",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Unix => "unix",
+            Protocol::Mem => "mem",
+        }
+    }
+}
+
+/// A host: an IP address or a name to resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Host {
+    /// An IPv4 or IPv6 address.
+    Ip(IpAddr),
+    /// A DNS name.
+    Name(String),
+}
+
+/// An endpoint: a protocol and an address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `quic/HOST:PORT`, `tcp/HOST:PORT` or `udp/HOST:PORT`.
+    Net {
+        /// Quic, Tcp or Udp.
+        protocol: Protocol,
+        /// Host.
+        host: Host,
+        /// Port (0: pick one when listening).
+        port: u16,
+    },
+    /// `unix/PATH`.
+    Unix(PathBuf),
+    /// `mem/NAME`.
+    Mem(String),
+}
+
+/// Why endpoint text was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// No `/` between protocol and address.
+    #[error("endpoint {0:?} has no protocol: expected PROTO/ADDRESS, e.g. quic/127.0.0.1:7447")]
+    NoProtocol(String),
+    /// Unknown protocol prefix.
+    #[error("unknown protocol {0:?} (expected quic, tcp, udp, unix or mem)")]
+    UnknownProtocol(String),
+    /// Address missing.
+    #[error("endpoint {0:?} has an empty address")]
+    EmptyAddress(String),
+    /// `HOST:PORT` without a port.
+    #[error("endpoint {0:?} has no port: expected HOST:PORT (IPv6 in brackets: [::1]:7447)")]
+    NoPort(String),
+    /// Port is not a number in 0..=65535.
+    #[error("endpoint {0:?} has an invalid port {1:?}")]
+    BadPort(String, String),
+    /// Host is not a valid IP address or host name.
+    #[error("endpoint {0:?} has an invalid host {1:?}")]
+    BadHost(String, String),
+}
+
+impl Endpoint {
+    /// The endpoint's protocol.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Endpoint::Net { protocol, .. } => *protocol,
+            Endpoint::Unix(_) => Protocol::Unix,
+            Endpoint::Mem(_) => Protocol::Mem,
+        }
+    }
+
+    /// An endpoint for a socket address.
+    pub fn from_socket(protocol: Protocol, addr: SocketAddr) -> Self {
+        Endpoint::Net { protocol, host: Host::Ip(addr.ip()), port: addr.port() }
+    }
+
+    /// The socket address, when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Net { host: Host::Ip(ip), port, .. } => Some(SocketAddr::new(*ip, *port)),
+            _ => None,
+        }
+    }
+
+    /// Resolves the host (DNS for names) to socket addresses.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            Endpoint::Net { host: Host::Ip(ip), port, .. } => Ok(vec![SocketAddr::new(*ip, *port)]),
+            Endpoint::Net { host: Host::Name(n), port, .. } => {
+                Ok(tokio::net::lookup_host((n.as_str(), *port)).await?.collect())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a network endpoint",
+            )),
+        }
+    }
+
+    /// The same endpoint with another port.
+    pub fn with_port(&self, new_port: u16) -> Self {
+        match self {
+            Endpoint::Net { protocol, host, .. } => {
+                Endpoint::Net { protocol: *protocol, host: host.clone(), port: new_port }
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.to_string();
+        let (proto, addr) = s.split_once('/').ok_or_else(|| EndpointError::NoProtocol(text.clone()))?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "quic" => Protocol::Quic,
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "unix" => Protocol::Unix,
+            "mem" => Protocol::Mem,
+            _ => return Err(EndpointError::UnknownProtocol(proto.to_string())),
+        };
+        if addr.is_empty() {
+            return Err(EndpointError::EmptyAddress(text));
+        }
+        match protocol {
+            Protocol::Unix => return Ok(Endpoint::Unix(PathBuf::from(addr))),
+            Protocol::Mem => return Ok(Endpoint::Mem(addr.to_string())),
+            _ => {}
+        }
+        let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+            let (h, after) = rest
+                .split_once(']')
+                .ok_or_else(|| EndpointError::BadHost(text.clone(), addr.to_string()))?;
+            let port = after.strip_prefix(':').ok_or_else(|| EndpointError::NoPort(text.clone()))?;
+            let ip: std::net::Ipv6Addr =
+                h.parse().map_err(|_| EndpointError::BadHost(text.clone(), h.to_string()))?;
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else {
+            let (h, port) = addr.rsplit_once(':').ok_or_else(|| EndpointError::NoPort(text.clone()))?;
+            if h.contains(':') {
+                // A bare IPv6 address: ambiguous without brackets.
+                return Err(EndpointError::BadHost(text, format!("{h} (IPv6 needs brackets)")));
+            }
+            let host = match h.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) if valid_hostname(h) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                    Host::Name(h.to_string())
+                }
+                Err(_) => return Err(EndpointError::BadHost(text, h.to_string())),
+            };
+            (host, port)
+        };
+        let port: u16 = port.parse().map_err(|_| EndpointError::BadPort(text.clone(), port.to_string()))?;
+        Ok(Endpoint::Net { protocol, host, port })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Net { protocol, host: Host::Ip(IpAddr::V6(ip)), port } => {
+                write!(f, "{}/[{ip}]:{port}", protocol.as_str())
+            }
+            Endpoint::Net { protocol, host: Host::Ip(ip), port } => {
+                write!(f, "{}/{ip}:{port}", protocol.as_str())
+            }
+            Endpoint::Net { protocol, host: Host::Name(n), port } => {
+                write!(f, "{}/{n}:{port}", protocol.as_str())
+            }
+            Endpoint::Unix(p) => write!(f, "unix/{}", p.display()),
+            Endpoint::Mem(n) => write!(f, "mem/{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_every_form() {
+        for s in [
+            "quic/127.0.0.1:7447",
+            "tcp/[::1]:0",
+            "udp/[fe80::1]:9",
+            "tcp/example.com:80",
+            "quic/my-host:7447",
+            "unix//tmp/hypha.sock",
+            "mem/alpha",
+        ] {
+            let ep: Endpoint = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(ep.to_string(), s);
+        }
+        let ep: Endpoint = "QUIC/10.0.0.1:1".parse().unwrap();
+        assert_eq!(ep.protocol(), Protocol::Quic);
+        assert_eq!(ep.socket_addr(), Some("10.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_text_names_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("127.0.0.1:7447", "no protocol"),
+            ("sctp/1.2.3.4:5", "unknown protocol"),
+            ("tcp/", "empty address"),
+            ("tcp/1.2.3.4", "no port"),
+            ("tcp/1.2.3.4:99999", "invalid port"),
+            ("tcp/1.2.3.4:http", "invalid port"),
+            ("tcp/::1:80", "IPv6 needs brackets"),
+            ("tcp/[::1]", "no port"),
+            ("tcp/[zz::1]:5", "invalid host"),
+            ("tcp/bad_host!:5", "invalid host"),
+            ("tcp/1.2.3.999:5", "invalid host"),
+        ];
+        for (text, want) in cases {
+            let err = text.parse::<Endpoint>().unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err:?} should mention {want:?}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The link abstraction and the per-protocol dispatch of `listen` and `connect`.
+
+use crate::endpoint::{Endpoint, Protocol};
+use crate::tls::{TlsConfig, TlsError};
+use crate::{AbortOnDrop, mem, quic, stream, udp};
+use bytes::Bytes;
+use std::future::Future;
+use tokio::sync::mpsc;
+
+/// What is known about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The transport.
+    pub protocol: Protocol,
+    /// Our end.
+    pub local: Endpoint,
+    /// Their end.
+    pub remote: Endpoint,
+    /// Largest batch worth sending on this link (the session's batch size should not exceed it).
+    pub mtu: usize,
+    /// True if the link delivers every batch in order (streams); false for UDP.
+    pub reliable: bool,
+}
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The peer closed the link (or its process ended).
+    #[error("link closed by the peer")]
+    Closed,
+    /// An I/O error on the socket.
+    #[error("link i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer did not start with Hypha's preamble.
+    #[error("peer is not a Hypha node: bad preamble {0:?}")]
+    BadPreamble(Vec<u8>),
+    /// A batch length of zero or above the cap.
+    #[error("peer sent a batch of invalid length {0}")]
+    BadLength(usize),
+    /// A batch to send exceeds what the link carries.
+    #[error("batch of {0} bytes exceeds the link's limit")]
+    TooLarge(usize),
+    /// A QUIC-level failure.
+    #[error("quic: {0}")]
+    Quic(String),
+    /// The peer did not complete the link setup in time.
+    #[error("link setup timed out")]
+    Timeout,
+}
+
+/// Why `listen` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// Could not bind.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The endpoint's host must be resolved first or is not local.
+    #[error("cannot listen on {0}: {1}")]
+    Address(Endpoint, String),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Why `connect` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Could not resolve or reach the address.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Io {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer was reached but the link could not be set up.
+    #[error("cannot set up a link to {endpoint}: {source}")]
+    Link {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        source: LinkError,
+    },
+    /// TLS refused the peer (certificate verification failed, or we were refused).
+    #[error("TLS refused the link to {endpoint}: {reason}")]
+    Tls {
+        /// Where.
+        endpoint: Endpoint,
+        /// The verifier's reason.
+        reason: String,
+    },
+    /// TLS setup failed locally.
+    #[error(transparent)]
+    TlsConfig(#[from] TlsError),
+    /// Nobody listens on that in-memory name.
+    #[error("nothing listens on {0}")]
+    NoListener(Endpoint),
+    /// No answer in time.
+    #[error("connecting to {0} timed out")]
+    Timeout(Endpoint),
+}
+
+/// Sends batches.
+pub trait LinkSend: Send {
+    /// Sends one batch (one transport message). Returns once it is handed to the OS or the QUIC
+    /// stack; waits while the link applies back-pressure.
+    fn send(&mut self, batch: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// Closes our side of the link; the peer's `recv` then returns [`LinkError::Closed`].
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Receives batches.
+pub trait LinkRecv: Send {
+    /// Receives one batch. Never returns an empty batch.
+    fn recv(&mut self) -> impl Future<Output = Result<Bytes, LinkError>> + Send;
+}
+
+/// The sending half of any link.
+#[derive(Debug)]
+pub enum LinkTx {
+    /// TCP or unix.
+    Stream(stream::StreamTx),
+    /// UDP.
+    Udp(udp::UdpTx),
+    /// QUIC.
+    Quic(quic::QuicTx),
+    /// In-process.
+    Mem(mem::MemTx),
+}
+
+/// The receiving half of any link.
+#[derive(Debug)]
+pub enum LinkRx {
+    /// TCP or unix.
+    Stream(stream::StreamRx),
+    /// UDP.
+    Udp(udp::UdpRx),
+    /// QUIC.
+    Quic(quic::QuicRx),
+    /// In-process.
+    Mem(mem::MemRx),
+}
+
+impl LinkSend for LinkTx {
+    async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        if batch.is_empty() || batch.len() > crate::MAX_BATCH {
+            return Err(LinkError::TooLarge(batch.len()));
+        }
+        match self {
+            LinkTx::Stream(t) => t.send(batch).await,
+            LinkTx::Udp(t) => t.send(batch).await,
+            LinkTx::Quic(t) => t.send(batch).await,
+            LinkTx::Mem(t) => t.send(batch).await,
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            LinkTx::Stream(t) => t.close().await,
+            LinkTx::Udp(t) => t.close().await,
+            LinkTx::Quic(t) => t.close().await,
+            LinkTx::Mem(t) => t.close().await,
+        }
+    }
+}
+
+impl LinkRecv for LinkRx {
+    async fn recv(&mut self) -> Result<Bytes, LinkError> {
+        match self {
+            LinkRx::Stream(r) => r.recv().await,
+            LinkRx::Udp(r) => r.recv().await,
+            LinkRx::Quic(r) => r.recv().await,
+            LinkRx::Mem(r) => r.recv().await,
+        }
+    }
+}
+
+/// A link: what it is, and its two halves.
+#[derive(Debug)]
+pub struct Link {
+    /// Endpoints, MTU, reliability.
+    pub info: LinkInfo,
+    /// Sending half.
+    pub tx: LinkTx,
+    /// Receiving half.
+    pub rx: LinkRx,
+}
+
+/// Accepts links on one endpoint. Dropping it stops listening.
+#[derive(Debug)]
+pub struct Listener {
+    local: Endpoint,
+    incoming: mpsc::Receiver<Link>,
+    _tasks: Vec<AbortOnDrop>,
+    _guard: Option<mem::MemGuard>,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        local: Endpoint,
+        incoming: mpsc::Receiver<Link>,
+        tasks: Vec<AbortOnDrop>,
+        guard: Option<mem::MemGuard>,
+    ) -> Self {
+        Listener { local, incoming, _tasks: tasks, _guard: guard }
+    }
+
+    /// The endpoint really bound (port 0 replaced by the port the OS picked).
+    pub fn local_endpoint(&self) -> &Endpoint {
+        &self.local
+    }
+
+    /// The next link set up by a peer. Peers that fail the setup (preamble, TLS) are logged and
+    /// skipped; `None` once the listener has stopped.
+    pub async fn accept(&mut self) -> Option<Link> {
+        self.incoming.recv().await
+    }
+}
+
+/// Starts listening on `endpoint`.
+pub async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Listener, ListenError> {
+    match endpoint.protocol() {
+        Protocol::Tcp => stream::listen_tcp(endpoint).await,
+        Protocol::Unix => stream::listen_unix(endpoint).await,
+        Protocol::Udp => udp::listen(endpoint).await,
+        Protocol::Quic => quic::listen(endpoint, tls).await,
+        Protocol::Mem => mem::listen(endpoint),
+    }
+}
+
+/// Connects to `endpoint`.
+pub async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, ConnectError> {
+    let fut = async {
+        match endpoint.protocol() {
+            Protocol::Tcp => stream::connect_tcp(endpoint).await,
+            Protocol::Unix => stream::connect_unix(endpoint).await,
+            Protocol::Udp => udp::connect(endpoint).await,
+            Protocol::Quic => quic::connect(endpoint, tls).await,
+            Protocol::Mem => mem::connect(endpoint).await,
+        }
+    };
+    tokio::time::timeout(crate::SETUP_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(ConnectError::Timeout(endpoint.clone())))
+}

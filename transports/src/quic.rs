@@ -1,0 +1,269 @@
+//! QUIC links (quinn): TLS 1.3, one unidirectional stream per priority lane, datagrams for
+//! best-effort lanes.
+//!
+//! Each lane's stream is opened on first use and given a QUIC stream priority that follows the
+//! lane, so a bulk transfer on a low lane never delays real-time traffic on a high one. Batches
+//! of best-effort lanes go as QUIC datagrams when they fit, else on their lane's stream.
+
+use crate::endpoint::{Endpoint, Host, Protocol};
+use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, ListenError, Listener};
+use crate::stream::StreamRx;
+use crate::tls::TlsConfig;
+use crate::AbortOnDrop;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const RX_QUEUE: usize = 256;
+
+/// Sending half of a QUIC link.
+#[derive(Debug)]
+pub struct QuicTx {
+    conn: quinn::Connection,
+    streams: [Option<quinn::SendStream>; 8],
+    buf: Vec<u8>,
+    /// Keeps the client endpoint alive for dialled links.
+    _endpoint: Option<quinn::Endpoint>,
+}
+
+/// Receiving half of a QUIC link.
+#[derive(Debug)]
+pub struct QuicRx {
+    rx: mpsc::Receiver<Result<Bytes, LinkError>>,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+fn quic_err(e: impl std::fmt::Display) -> LinkError {
+    LinkError::Quic(e.to_string())
+}
+
+fn conn_err(e: quinn::ConnectionError) -> LinkError {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(_)
+        | quinn::ConnectionError::ConnectionClosed(_)
+        | quinn::ConnectionError::Reset
+        | quinn::ConnectionError::LocallyClosed => LinkError::Closed,
+        quinn::ConnectionError::TimedOut => LinkError::Timeout,
+        other => quic_err(other),
+    }
+}
+
+impl QuicTx {
+    pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        let (priority, reliable) = crate::batch_lane(batch);
+        if !reliable && self.conn.max_datagram_size().is_some_and(|m| batch.len() <= m) {
+            match self.conn.send_datagram(Bytes::copy_from_slice(batch)) {
+                Ok(()) => return Ok(()),
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(conn_err(e)),
+                // Too large after all, or disabled: fall back to the lane's stream.
+                Err(_) => {}
+            }
+        }
+        let lane = priority.index();
+        let stream = match self.streams.get_mut(lane) {
+            Some(Some(s)) => s,
+            Some(slot) => {
+                let s = self.conn.open_uni().await.map_err(conn_err)?;
+                // Higher value = served first; lane 0 is the most urgent.
+                let _ = s.set_priority(8 - lane as i32);
+                slot.insert(s)
+            }
+            None => return Err(quic_err("bad lane")),
+        };
+        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(batch);
+        stream.write_all(&self.buf).await.map_err(|e| match e {
+            quinn::WriteError::ConnectionLost(c) => conn_err(c),
+            other => quic_err(other),
+        })
+    }
+
+    /// Finishes every lane's stream, waits (up to a second) until the peer has read them to the
+    /// end, so that a final `Close` batch is not lost, then closes the connection.
+    pub(crate) async fn close(&mut self) {
+        for s in self.streams.iter_mut().flatten() {
+            let _ = s.finish();
+        }
+        let drained = async {
+            for s in self.streams.iter_mut().flatten() {
+                let _ = s.stopped().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+        self.conn.close(0u32.into(), b"close");
+    }
+}
+
+impl QuicRx {
+    pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
+        self.rx.recv().await.unwrap_or(Err(LinkError::Closed))
+    }
+}
+
+/// Starts the reader tasks of a connection: one per incoming stream, one for datagrams.
+fn spawn_readers(conn: quinn::Connection) -> QuicRx {
+    let (tx, rx) = mpsc::channel(RX_QUEUE);
+    let c = conn.clone();
+    let t = tx.clone();
+    let streams = tokio::spawn(async move {
+        let mut readers = Vec::new();
+        loop {
+            match c.accept_uni().await {
+                Ok(s) => {
+                    let t = t.clone();
+                    readers.push(AbortOnDrop(tokio::spawn(async move {
+                        let mut r = StreamRx::new(Box::new(s));
+                        loop {
+                            let item = r.recv().await;
+                            let end = item.is_err();
+                            if t.send(item).await.is_err() || end {
+                                return;
+                            }
+                        }
+                    })));
+                    if readers.len() > 16 {
+                        readers.retain(|r: &AbortOnDrop| !r.0.is_finished());
+                    }
+                }
+                Err(e) => {
+                    let _ = t.send(Err(conn_err(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let datagrams = tokio::spawn(async move {
+        loop {
+            match conn.read_datagram().await {
+                Ok(d) if !d.is_empty() => {
+                    // Best effort: drop rather than stall when the consumer lags.
+                    let _ = tx.try_send(Ok(d));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(conn_err(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    QuicRx { rx, _tasks: vec![AbortOnDrop(streams), AbortOnDrop(datagrams)] }
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(32u32.into());
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.datagram_receive_buffer_size(Some(4 << 20));
+    t.datagram_send_buffer_size(4 << 20);
+    t.stream_receive_window((8u32 << 20).into());
+    t.receive_window((32u32 << 20).into());
+    t.send_window(32 << 20);
+    Arc::new(t)
+}
+
+fn link(conn: quinn::Connection, local: SocketAddr, endpoint: Option<quinn::Endpoint>) -> Link {
+    let info = LinkInfo {
+        protocol: Protocol::Quic,
+        local: Endpoint::from_socket(Protocol::Quic, local),
+        remote: Endpoint::from_socket(Protocol::Quic, conn.remote_address()),
+        mtu: crate::MAX_BATCH,
+        reliable: true,
+    };
+    let rx = spawn_readers(conn.clone());
+    Link {
+        info,
+        tx: LinkTx::Quic(QuicTx {
+            conn,
+            streams: Default::default(),
+            buf: Vec::with_capacity(crate::MAX_BATCH + 2),
+            _endpoint: endpoint,
+        }),
+        rx: LinkRx::Quic(rx),
+    }
+}
+
+pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Listener, ListenError> {
+    let addr = endpoint
+        .resolve()
+        .await
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| ListenError::Address(endpoint.clone(), "cannot resolve host".into()))?;
+    let material = tls.load()?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(material.server_config()?)
+        .map_err(|e| ListenError::Address(endpoint.clone(), e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config());
+    let ep = quinn::Endpoint::server(server, addr)
+        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let local_addr =
+        ep.local_addr().map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(crate::SETUP_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(link(conn, local_addr, None)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%remote, "refusing quic peer: {e}"),
+                    Err(_) => tracing::warn!(%remote, "refusing quic peer: handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok(Listener::new(
+        Endpoint::from_socket(Protocol::Quic, local_addr),
+        rx,
+        vec![AbortOnDrop(task)],
+        None,
+    ))
+}
+
+pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, ConnectError> {
+    let io = |source| ConnectError::Io { endpoint: endpoint.clone(), source };
+    let remote = endpoint.resolve().await.map_err(io)?.into_iter().next().ok_or_else(|| {
+        io(std::io::Error::new(std::io::ErrorKind::NotFound, "host resolves to no address"))
+    })?;
+    let material = tls.load()?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(material.client_config()?)
+        .map_err(|e| ConnectError::Tls { endpoint: endpoint.clone(), reason: e.to_string() })?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport_config());
+    let bind: SocketAddr = if remote.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let mut ep = quinn::Endpoint::client(bind).map_err(io)?;
+    ep.set_default_client_config(client);
+    let name = match endpoint {
+        Endpoint::Net { host: Host::Name(n), .. } => n.as_str(),
+        _ => "hypha",
+    };
+    let connecting = ep
+        .connect(remote, name)
+        .map_err(|e| ConnectError::Link { endpoint: endpoint.clone(), source: quic_err(e) })?;
+    let conn = connecting.await.map_err(|e| match e {
+        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
+            ConnectError::Tls { endpoint: endpoint.clone(), reason: t.to_string() }
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("crypto") => {
+            ConnectError::Tls { endpoint: endpoint.clone(), reason: c.to_string() }
+        }
+        other => ConnectError::Link { endpoint: endpoint.clone(), source: conn_err(other) },
+    })?;
+    let local = ep.local_addr().map_err(io)?;
+    Ok(link(conn, local, Some(ep)))
+}

@@ -1,0 +1,276 @@
+//! Stream links (TCP, unix): a preamble, then batches prefixed by their u16 length.
+//!
+//! Reading fills a large buffer with as many bytes as the socket has and splits complete batches
+//! off it without copying; writing puts prefix and batch in one contiguous buffer and issues one
+//! write.
+
+use crate::endpoint::{Endpoint, Protocol};
+use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, ListenError, Listener};
+use crate::AbortOnDrop;
+use bytes::{Buf, Bytes, BytesMut};
+use std::fmt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Every stream link starts with these bytes, both ways.
+pub(crate) const PREAMBLE: &[u8; 8] = b"HYPHA/1\n";
+const READ_CHUNK: usize = 128 * 1024;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Sending half of a stream link.
+pub struct StreamTx {
+    w: Writer,
+    buf: Vec<u8>,
+}
+
+/// Receiving half of a stream link.
+pub struct StreamRx {
+    r: Reader,
+    buf: BytesMut,
+}
+
+impl fmt::Debug for StreamTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamTx")
+    }
+}
+
+impl fmt::Debug for StreamRx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamRx({} bytes buffered)", self.buf.len())
+    }
+}
+
+impl StreamTx {
+    pub(crate) fn new(w: Writer) -> Self {
+        StreamTx { w, buf: Vec::with_capacity(crate::MAX_BATCH + 2) }
+    }
+
+    pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(batch);
+        self.w.write_all(&self.buf).await.map_err(closed_or_io)
+    }
+
+    pub(crate) async fn close(&mut self) {
+        let _ = self.w.shutdown().await;
+    }
+}
+
+impl StreamRx {
+    pub(crate) fn new(r: Reader) -> Self {
+        StreamRx { r, buf: BytesMut::with_capacity(READ_CHUNK) }
+    }
+
+    pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
+        loop {
+            if self.buf.len() >= 2 {
+                let len = usize::from(u16::from_le_bytes([self.buf[0], self.buf[1]]));
+                if len == 0 {
+                    return Err(LinkError::BadLength(0));
+                }
+                if self.buf.len() >= 2 + len {
+                    self.buf.advance(2);
+                    return Ok(self.buf.split_to(len).freeze());
+                }
+                self.buf.reserve(2 + len - self.buf.len());
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = self.r.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+        }
+    }
+}
+
+fn closed_or_io(e: std::io::Error) -> LinkError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => {
+            LinkError::Closed
+        }
+        _ => LinkError::Io(e),
+    }
+}
+
+/// Exchanges preambles on a fresh stream.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), LinkError> {
+    s.write_all(PREAMBLE).await.map_err(closed_or_io)?;
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).await.map_err(closed_or_io)?;
+    if &got != PREAMBLE {
+        return Err(LinkError::BadPreamble(got.to_vec()));
+    }
+    Ok(())
+}
+
+fn make_link(r: Reader, w: Writer, info: LinkInfo) -> Link {
+    Link { info, tx: LinkTx::Stream(StreamTx::new(w)), rx: LinkRx::Stream(StreamRx::new(r)) }
+}
+
+fn tcp_link(s: tokio::net::TcpStream, info: LinkInfo) -> Link {
+    let (r, w) = s.into_split();
+    make_link(Box::new(r), Box::new(w), info)
+}
+
+fn unix_link(s: tokio::net::UnixStream, info: LinkInfo) -> Link {
+    let (r, w) = s.into_split();
+    make_link(Box::new(r), Box::new(w), info)
+}
+
+fn tcp_tune(s: &tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_send_buffer_size(1 << 20);
+    let _ = sock.set_recv_buffer_size(1 << 20);
+}
+
+pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenError> {
+    let addr = endpoint
+        .resolve()
+        .await
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| ListenError::Address(endpoint.clone(), "cannot resolve host".into()))?;
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let local_addr =
+        l.local_addr().map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let local = Endpoint::from_socket(Protocol::Tcp, local_addr);
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, peer) = match l.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%local_addr, "tcp accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tcp_tune(&s);
+                let setup = tokio::time::timeout(crate::SETUP_TIMEOUT, handshake(&mut s)).await;
+                match setup {
+                    Ok(Ok(())) => {
+                        let info = LinkInfo {
+                            protocol: Protocol::Tcp,
+                            local: Endpoint::from_socket(Protocol::Tcp, local_addr),
+                            remote: Endpoint::from_socket(Protocol::Tcp, peer),
+                            mtu: crate::MAX_BATCH,
+                            reliable: true,
+                        };
+                        let _ = tx.send(tcp_link(s, info)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, "refusing tcp peer: {e}"),
+                    Err(_) => tracing::warn!(%peer, "refusing tcp peer: no preamble in time"),
+                }
+            });
+        }
+    });
+    Ok(Listener::new(local, rx, vec![AbortOnDrop(task)], None))
+}
+
+pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectError> {
+    let io = |source| ConnectError::Io { endpoint: endpoint.clone(), source };
+    let addrs = endpoint.resolve().await.map_err(io)?;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                tcp_tune(&s);
+                handshake(&mut s)
+                    .await
+                    .map_err(|source| ConnectError::Link { endpoint: endpoint.clone(), source })?;
+                let local = s.local_addr().map_err(io)?;
+                let info = LinkInfo {
+                    protocol: Protocol::Tcp,
+                    local: Endpoint::from_socket(Protocol::Tcp, local),
+                    remote: Endpoint::from_socket(Protocol::Tcp, addr),
+                    mtu: crate::MAX_BATCH,
+                    reliable: true,
+                };
+                return Ok(tcp_link(s, info));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(io(last))
+}
+
+pub(crate) async fn listen_unix(endpoint: &Endpoint) -> Result<Listener, ListenError> {
+    let Endpoint::Unix(path) = endpoint else {
+        return Err(ListenError::Address(endpoint.clone(), "not a unix endpoint".into()));
+    };
+    // A socket file left by a dead process is removed; a live one is an error.
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ListenError::Bind {
+                endpoint: endpoint.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "socket in use"),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let local = endpoint.clone();
+    let (tx, rx) = mpsc::channel(64);
+    let ep = endpoint.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let tx = tx.clone();
+            let ep = ep.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(crate::SETUP_TIMEOUT, handshake(&mut s)).await {
+                    Ok(Ok(())) => {
+                        let info = LinkInfo {
+                            protocol: Protocol::Unix,
+                            local: ep.clone(),
+                            remote: ep,
+                            mtu: crate::MAX_BATCH,
+                            reliable: true,
+                        };
+                        let _ = tx.send(unix_link(s, info)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!("refusing unix peer: {e}"),
+                    Err(_) => tracing::warn!("refusing unix peer: no preamble in time"),
+                }
+            });
+        }
+    });
+    Ok(Listener::new(local, rx, vec![AbortOnDrop(task)], None))
+}
+
+pub(crate) async fn connect_unix(endpoint: &Endpoint) -> Result<Link, ConnectError> {
+    let Endpoint::Unix(path) = endpoint else {
+        return Err(ConnectError::NoListener(endpoint.clone()));
+    };
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| ConnectError::Io { endpoint: endpoint.clone(), source })?;
+    handshake(&mut s)
+        .await
+        .map_err(|source| ConnectError::Link { endpoint: endpoint.clone(), source })?;
+    let info = LinkInfo {
+        protocol: Protocol::Unix,
+        local: endpoint.clone(),
+        remote: endpoint.clone(),
+        mtu: crate::MAX_BATCH,
+        reliable: true,
+    };
+    Ok(unix_link(s, info))
+}

@@ -1,0 +1,390 @@
+//! Every transport on real sockets: connect, both directions, large and many batches, remote
+//! close, port 0, garbage from a peer, and TLS verification.
+
+use bytes::Bytes;
+use hypha_transports::{
+    ConnectError, Endpoint, Link, LinkError, LinkRecv, LinkSend, TlsConfig, connect, listen,
+};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Header byte of a reliable frame on the Data lane (kind 5, lane 5, R).
+const RELIABLE: u8 = 0x6d;
+/// Header byte of a best-effort frame on the RealTime lane (kind 5, lane 1).
+const BEST_EFFORT: u8 = 0x0d;
+
+fn batch(header: u8, seq: u32, len: usize) -> Vec<u8> {
+    let mut b = vec![header];
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend((0..len.saturating_sub(5)).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8));
+    b.truncate(len.max(5));
+    b
+}
+
+fn seq_of(b: &Bytes) -> u32 {
+    u32::from_le_bytes([b[1], b[2], b[3], b[4]])
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f).await.expect("deadline passed")
+}
+
+async fn pair(text: &str, server: &TlsConfig, client: &TlsConfig) -> (Link, Link) {
+    let ep: Endpoint = text.parse().unwrap();
+    let mut l = listen(&ep, server).await.unwrap();
+    let bound = l.local_endpoint().clone();
+    if let Some(port) = bound.socket_addr().map(|a| a.port()) {
+        assert_ne!(port, 0, "listener reports the port it really bound");
+    }
+    let (dialed, accepted) = within(async { tokio::join!(connect(&bound, client), l.accept()) }).await;
+    let dialed = dialed.unwrap();
+    let mut accepted = accepted.unwrap();
+    // UDP links appear on the listener with the first datagram.
+    if dialed.info.protocol == hypha_transports::Protocol::Udp {
+        unreachable!("udp pairs are built by udp_pair")
+    }
+    assert!(accepted.info.mtu > 0);
+    let _ = &mut accepted;
+    (dialed, accepted)
+}
+
+/// Both directions, a maximal batch, then many batches in order.
+async fn exchange(a: &mut Link, b: &mut Link, header: u8, max: usize) {
+    within(async {
+        a.tx.send(&batch(header, 1, 40)).await.unwrap();
+        assert_eq!(seq_of(&b.rx.recv().await.unwrap()), 1);
+        b.tx.send(&batch(header, 2, 40)).await.unwrap();
+        assert_eq!(seq_of(&a.rx.recv().await.unwrap()), 2);
+        let big = batch(header, 3, max);
+        a.tx.send(&big).await.unwrap();
+        assert_eq!(b.rx.recv().await.unwrap(), big);
+        let n = 10_000u32;
+        let send = async {
+            for i in 0..n {
+                a.tx.send(&batch(header, 100 + i, 64 + (i as usize % 200))).await.unwrap();
+            }
+        };
+        let recv = async {
+            for i in 0..n {
+                let got = b.rx.recv().await.unwrap();
+                assert_eq!(seq_of(&got), 100 + i);
+                assert_eq!(got.len(), 64 + (i as usize % 200));
+            }
+        };
+        tokio::join!(send, recv);
+    })
+    .await;
+}
+
+async fn remote_close(mut a: Link, mut b: Link) {
+    a.tx.close().await;
+    drop(a);
+    let r = within(b.rx.recv()).await;
+    assert!(matches!(r, Err(LinkError::Closed)), "{r:?}");
+    // Sending on a link the peer closed fails (possibly after what the OS buffered).
+    let mut failed = false;
+    for i in 0..1000 {
+        if b.tx.send(&batch(RELIABLE, i, 1000)).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let _ = failed; // TCP may buffer silently; the receive side is the contract.
+}
+
+#[tokio::test]
+async fn tcp_link() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("tcp/127.0.0.1:0", &tls, &tls).await;
+    exchange(&mut a, &mut b, RELIABLE, 65_535).await;
+    remote_close(a, b).await;
+}
+
+#[tokio::test]
+async fn tcp_ipv6_link() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("tcp/[::1]:0", &tls, &tls).await;
+    exchange(&mut a, &mut b, RELIABLE, 1000).await;
+}
+
+#[tokio::test]
+async fn unix_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("unix/{}", dir.path().join("h.sock").display());
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair(&text, &tls, &tls).await;
+    exchange(&mut a, &mut b, RELIABLE, 65_535).await;
+    remote_close(a, b).await;
+}
+
+#[tokio::test]
+async fn mem_link() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("mem/links-test", &tls, &tls).await;
+    exchange(&mut a, &mut b, RELIABLE, 65_535).await;
+    remote_close(a, b).await;
+    assert!(matches!(
+        connect(&"mem/nobody".parse().unwrap(), &tls).await,
+        Err(ConnectError::NoListener(_))
+    ));
+}
+
+#[tokio::test]
+async fn quic_link() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("quic/127.0.0.1:0", &tls, &tls).await;
+    assert!(a.info.reliable);
+    exchange(&mut a, &mut b, RELIABLE, 65_535).await;
+    // Best-effort batches travel as datagrams; a large one falls back to its lane's stream.
+    within(async {
+        a.tx.send(&batch(BEST_EFFORT, 7, 200)).await.unwrap();
+        assert_eq!(seq_of(&b.rx.recv().await.unwrap()), 7);
+        let big = batch(BEST_EFFORT, 8, 60_000);
+        a.tx.send(&big).await.unwrap();
+        assert_eq!(b.rx.recv().await.unwrap(), big);
+    })
+    .await;
+    remote_close(a, b).await;
+}
+
+#[tokio::test]
+async fn quic_bulk_lane_does_not_block_realtime_lane() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("quic/127.0.0.1:0", &tls, &tls).await;
+    // 0x7d: reliable Background lane; 0x4d: reliable RealTime lane.
+    within(async {
+        let bulk = batch(0x7d, 0, 60_000);
+        for _ in 0..50 {
+            a.tx.send(&bulk).await.unwrap();
+        }
+        a.tx.send(&batch(0x4d, 999, 100)).await.unwrap();
+        // The real-time batch arrives before the whole 3 MB of bulk has been read.
+        let mut bulk_before = 0;
+        loop {
+            let got = b.rx.recv().await.unwrap();
+            if got[0] == 0x4d {
+                break;
+            }
+            bulk_before += 1;
+        }
+        assert!(bulk_before < 50, "real-time batch waited for all {bulk_before} bulk batches");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn udp_link() {
+    let ep: Endpoint = "udp/127.0.0.1:0".parse().unwrap();
+    let tls = TlsConfig::default();
+    let mut l = listen(&ep, &tls).await.unwrap();
+    let bound = l.local_endpoint().clone();
+    assert_ne!(bound.socket_addr().unwrap().port(), 0);
+    let mut a = connect(&bound, &tls).await.unwrap();
+    assert!(!a.info.reliable);
+    within(async {
+        a.tx.send(&batch(BEST_EFFORT, 1, 40)).await.unwrap();
+        let mut b = l.accept().await.unwrap();
+        assert_eq!(seq_of(&b.rx.recv().await.unwrap()), 1);
+        b.tx.send(&batch(BEST_EFFORT, 2, 40)).await.unwrap();
+        assert_eq!(seq_of(&a.rx.recv().await.unwrap()), 2);
+        let big = batch(BEST_EFFORT, 3, a.info.mtu);
+        a.tx.send(&big).await.unwrap();
+        assert_eq!(b.rx.recv().await.unwrap(), big);
+        // Many datagrams, read concurrently: loopback delivers them (best effort: allow 5%).
+        let n = 2_000u32;
+        let send = async {
+            for i in 0..n {
+                a.tx.send(&batch(BEST_EFFORT, 100 + i, 200)).await.unwrap();
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            a.tx.close().await;
+        };
+        let recv = async {
+            let mut got = 0u32;
+            let mut last = 0;
+            while let Ok(d) = b.rx.recv().await {
+                assert!(seq_of(&d) > last, "datagrams out of order on loopback");
+                last = seq_of(&d);
+                got += 1;
+            }
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert!(got >= n * 95 / 100, "received {got} of {n}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_garbage_is_refused_and_the_listener_keeps_serving() {
+    let tls = TlsConfig::default();
+    let mut l = listen(&"tcp/127.0.0.1:0".parse().unwrap(), &tls).await.unwrap();
+    let addr = l.local_endpoint().socket_addr().unwrap();
+    within(async {
+        // Not a Hypha peer: an HTTP request. The listener drops it after reading the preamble.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = raw.read_to_end(&mut sink).await;
+        assert_eq!(&sink[..], b"HYPHA/1\n", "only the preamble, then close");
+        // A real peer still gets through.
+        let ep = l.local_endpoint().clone();
+        let (a, b) = tokio::join!(connect(&ep, &tls), l.accept());
+        a.unwrap();
+        let mut b = b.unwrap();
+        // A peer that sends a valid preamble then a zero-length batch: the link errors out.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"HYPHA/1\n\x00\x00").await.unwrap();
+        let mut c = l.accept().await.unwrap();
+        assert!(matches!(c.rx.recv().await, Err(LinkError::BadLength(0))));
+        drop(b.rx.recv());
+        let _ = &mut b;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quic_ignores_garbage_datagrams() {
+    let tls = TlsConfig::default();
+    let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &tls).await.unwrap();
+    let addr = l.local_endpoint().socket_addr().unwrap();
+    let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i * 7 % 1400)).map(|j| (j * i) as u8).collect();
+        raw.send_to(&junk, addr).await.unwrap();
+    }
+    let ep = l.local_endpoint().clone();
+    let (a, b) = within(async { tokio::join!(connect(&ep, &tls), l.accept()) }).await;
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    within(async {
+        a.tx.send(&batch(RELIABLE, 5, 10)).await.unwrap();
+        assert_eq!(seq_of(&b.rx.recv().await.unwrap()), 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_to_nothing_fails_with_a_clear_error() {
+    let tls = TlsConfig::default();
+    // Bind then drop to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = connect(&format!("tcp/127.0.0.1:{port}").parse().unwrap(), &tls).await.unwrap_err();
+    assert!(err.to_string().contains("cannot connect to tcp/127.0.0.1"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = connect(&format!("unix/{}", dir.path().join("none").display()).parse().unwrap(), &tls)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Io { .. }), "{err}");
+}
+
+mod tls {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::path::{Path, PathBuf};
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// Writes ca.pem, NAME.pem and NAME.key into `dir` and returns the config using them.
+    fn node(dir: &Path, ca: &Ca, trust: &Ca, name: &str, mutual: bool) -> TlsConfig {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        let w = |f: &str, s: &str| -> PathBuf {
+            let p = dir.join(f);
+            std::fs::write(&p, s).unwrap();
+            p
+        };
+        TlsConfig {
+            ca: Some(w(&format!("{name}-ca.pem"), &trust.pem)),
+            cert: Some(w(&format!("{name}.pem"), &cert.pem())),
+            key: Some(w(&format!("{name}.key"), &key.serialize_pem())),
+            mutual,
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_signed_by_the_ca_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca1 = ca("ca1");
+        let server = node(dir.path(), &ca1, &ca1, "server", true);
+        let client = node(dir.path(), &ca1, &ca1, "client", false);
+        let (mut a, mut b) = pair("quic/127.0.0.1:0", &server, &client).await;
+        exchange(&mut a, &mut b, RELIABLE, 1000).await;
+    }
+
+    #[tokio::test]
+    async fn a_server_not_signed_by_our_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca1, ca2) = (ca("ca1"), ca("ca2"));
+        let server = node(dir.path(), &ca2, &ca2, "server", false);
+        let client = node(dir.path(), &ca1, &ca1, "client", false);
+        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server).await.unwrap();
+        let ep = l.local_endpoint().clone();
+        let r = within(connect(&ep, &client)).await;
+        let err = r.unwrap_err();
+        assert!(matches!(err, ConnectError::Tls { .. }), "{err}");
+        assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+        drop(l.accept());
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_refuses_a_client_without_a_trusted_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca1, ca2) = (ca("ca1"), ca("ca2"));
+        let server = node(dir.path(), &ca1, &ca1, "server", true);
+        // The client trusts ca1 (so it accepts the server) but its own cert is from ca2.
+        let client = node(dir.path(), &ca2, &ca1, "client", false);
+        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server).await.unwrap();
+        let ep = l.local_endpoint().clone();
+        let dialed = within(async {
+            let c = connect(&ep, &client).await;
+            match c {
+                // TLS 1.3: the client may finish before the server checks its certificate;
+                // then the first read sees the refusal.
+                Ok(mut link) => link.rx.recv().await.map(|_| ()),
+                Err(e) => Err(LinkError::Quic(e.to_string())),
+            }
+        })
+        .await;
+        assert!(dialed.is_err(), "client with an untrusted certificate got through");
+        // And the listener never yielded that link.
+        let none = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
+        assert!(none.is_err(), "listener yielded a refused link");
+    }
+
+    #[tokio::test]
+    async fn bad_tls_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = TlsConfig {
+            cert: Some(dir.path().join("nope.pem")),
+            key: Some(dir.path().join("nope.key")),
+            ..Default::default()
+        };
+        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &missing).await.unwrap_err();
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        let half = TlsConfig { cert: Some(dir.path().join("a.pem")), ..Default::default() };
+        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &half).await.unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+    }
+}
