@@ -401,6 +401,15 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         Ok(id)
     }
 
+    /// Allocates a fresh local key id without declaring it: the caller sends
+    /// `Declare::KeyExpr` itself, on the lane that will use the id (so that, on a link with a
+    /// stream per lane, the declaration cannot be overtaken by its first use).
+    pub fn next_key_id(&mut self) -> u32 {
+        let id = self.next_key_id;
+        self.next_key_id = self.next_key_id.wrapping_add(1).max(1);
+        id
+    }
+
     /// Starts an orderly close: a `Close` goes out next, then the session is closed.
     pub fn close(&mut self, reason: CloseReason) {
         if matches!(self.state, State::Closing | State::Closed) {

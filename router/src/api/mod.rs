@@ -1,0 +1,718 @@
+//! The Session API: what applications call.
+
+mod sample;
+
+pub use sample::{Sample, SampleKind};
+
+use crate::config::Config;
+use crate::routing::{DeclId, Route};
+use crate::runtime::{CongestionControl, Qos, Runtime};
+use bytes::Bytes;
+use hypha_core::id::NodeId;
+use hypha_core::keyexpr::{KeyExpr, KeyExprError, OwnedKeyExpr};
+use hypha_core::wire::{Declare, Mode, Priority, SampleKind as Kind, WireKey};
+use hypha_transports::Endpoint;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+/// Why `open` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A listener could not start.
+    #[error(transparent)]
+    Listen(#[from] hypha_transports::ListenError),
+    /// Discovery could not start.
+    #[error("mDNS discovery failed to start: {0}")]
+    Discovery(String),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Why a put or delete failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The key is not a valid key expression.
+    #[error("invalid key expression: {0}")]
+    KeyExpr(#[from] KeyExprError),
+    /// Publications go to concrete keys; wildcards are for subscribing.
+    #[error("cannot publish on the wildcard key expression {0:?}")]
+    Wildcard(String),
+    /// The session was closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Why a declaration failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeclareError {
+    /// The key is not a valid key expression.
+    #[error("invalid key expression: {0}")]
+    KeyExpr(#[from] KeyExprError),
+    /// The session was closed.
+    #[error("session closed")]
+    Closed,
+}
+
+fn keyexpr(key: &str) -> Result<OwnedKeyExpr, KeyExprError> {
+    OwnedKeyExpr::autocanonize(key.to_string())
+}
+
+/// How a local subscriber receives.
+pub(crate) enum Delivery {
+    Callback(Box<dyn Fn(Sample) + Send + Sync>),
+    Channel(mpsc::Sender<Sample>),
+    Ring(Arc<Ring>),
+}
+
+/// A local subscriber's (or liveliness subscriber's) delivery end.
+pub struct Handler {
+    delivery: Delivery,
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Handler(received {}, dropped {})",
+            self.received.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Handler {
+    pub(crate) fn deliver(&self, s: Sample) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        match &self.delivery {
+            Delivery::Callback(f) => f(s),
+            Delivery::Channel(tx) => {
+                if tx.try_send(s).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Delivery::Ring(r) => {
+                if r.push(s) {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A bounded ring keeping the newest samples.
+pub(crate) struct Ring {
+    q: Mutex<VecDeque<Sample>>,
+    cap: usize,
+    ready: Notify,
+}
+
+impl Ring {
+    /// Pushes; returns true if the oldest sample was evicted.
+    fn push(&self, s: Sample) -> bool {
+        let evicted = {
+            let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+            let evicted = q.len() >= self.cap && q.pop_front().is_some();
+            q.push_back(s);
+            evicted
+        };
+        self.ready.notify_one();
+        evicted
+    }
+
+    fn pop(&self) -> Option<Sample> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+}
+
+/// A Hypha session: a node in the mesh. Cheap to clone; the node stops when `close` is called
+/// or the last clone is dropped.
+#[derive(Clone)]
+pub struct Session {
+    rt: Arc<Runtime>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+struct CloseOnDrop(Arc<Runtime>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let rt = self.0.clone();
+        if !rt.closed.load(Ordering::Acquire) {
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move { rt.close().await });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.rt.id)
+    }
+}
+
+/// Opens a session: starts listeners, dials configured endpoints, starts mDNS discovery.
+pub async fn open(config: Config) -> Result<Session, OpenError> {
+    let rt = Runtime::new(config);
+    let mut bound = Vec::new();
+    for ep in &rt.config.listen {
+        let l = hypha_transports::listen(ep, &rt.config.tls).await?;
+        tracing::info!(node = %rt.id, endpoint = %l.local_endpoint(), "listening");
+        bound.push(l.local_endpoint().clone());
+        rt.serve(l);
+    }
+    *rt.listening.lock().unwrap_or_else(|p| p.into_inner()) = bound.clone();
+    for ep in rt.config.connect.clone() {
+        rt.keep_connected(ep);
+    }
+    if rt.config.mdns {
+        crate::runtime::start_discovery(&rt, bound).map_err(OpenError::Discovery)?;
+    }
+    Ok(Session {
+        _guard: Arc::new(CloseOnDrop(rt.clone())),
+        rt,
+    })
+}
+
+/// A neighbour and its link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSummary {
+    /// The neighbour's id.
+    pub node: NodeId,
+    /// Its mode.
+    pub mode: Mode,
+    /// Its endpoint as seen from here.
+    pub remote: Endpoint,
+    /// Messages queued to it.
+    pub sent: u64,
+    /// Messages dropped for it (congestion).
+    pub dropped: u64,
+    /// Samples received from it.
+    pub received: u64,
+    /// Bytes waiting in its queues.
+    pub queued_bytes: usize,
+}
+
+/// What a session knows about itself.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// This node.
+    pub id: NodeId,
+    /// Its mode.
+    pub mode: Mode,
+    /// Endpoints it listens on (ports resolved).
+    pub listening: Vec<Endpoint>,
+    /// Its neighbours.
+    pub links: Vec<LinkSummary>,
+    /// Publications made here.
+    pub published: u64,
+    /// Samples received from neighbours.
+    pub received: u64,
+    /// Messages dropped for congested destinations.
+    pub dropped: u64,
+}
+
+impl Session {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.rt.id
+    }
+
+    /// A description of this node, its links and counters.
+    pub fn info(&self) -> Info {
+        let mut links: Vec<LinkSummary> = self
+            .rt
+            .faces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|f| {
+                let p = f.peer()?;
+                Some(LinkSummary {
+                    node: p.node_id,
+                    mode: p.mode,
+                    remote: f.info.remote.clone(),
+                    sent: f.sent.load(Ordering::Relaxed),
+                    dropped: f.dropped.load(Ordering::Relaxed),
+                    received: f.received.load(Ordering::Relaxed),
+                    queued_bytes: f.queued_bytes(),
+                })
+            })
+            .collect();
+        links.sort_by_key(|l| l.node);
+        let c = &self.rt.counters;
+        Info {
+            id: self.rt.id,
+            mode: self.rt.config.mode,
+            listening: self
+                .rt
+                .listening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            links,
+            published: c.published.load(Ordering::Relaxed),
+            received: c.received_remote.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Neighbours currently connected.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.info().links.into_iter().map(|l| l.node).collect()
+    }
+
+    /// Waits until at least `n` neighbours are connected, up to `timeout`. Returns whether they
+    /// are.
+    pub async fn wait_peers(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.rt.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.peers().len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.peers().len() >= n;
+            }
+        }
+    }
+
+    /// Publishes `payload` on `key` with default options.
+    pub async fn put(&self, key: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        self.declare_publisher(key)?.put(payload).await
+    }
+
+    /// Publishes a deletion of `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), PublishError> {
+        self.declare_publisher(key)?.delete().await
+    }
+
+    /// A publisher on a concrete key, with default options (Data lane, reliable, drop when
+    /// congested). Adjust with its builder methods.
+    pub fn declare_publisher(&self, key: &str) -> Result<Publisher, PublishError> {
+        let k = keyexpr(key)?;
+        if k.as_keyexpr().is_wild() {
+            return Err(PublishError::Wildcard(k.into_string()));
+        }
+        Ok(Publisher {
+            rt: self.rt.clone(),
+            key: Arc::from(k.as_str()),
+            qos: Qos::default(),
+            encoding: None,
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// A subscriber on a key expression; choose how it receives with the builder.
+    pub fn declare_subscriber(&self, key: &str) -> SubscriberBuilder {
+        SubscriberBuilder {
+            rt: self.rt.clone(),
+            key: keyexpr(key),
+            capacity: self.rt.config.queues.subscriber,
+        }
+    }
+
+    /// Liveliness: tokens and their subscribers.
+    pub fn liveliness(&self) -> Liveliness {
+        Liveliness {
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// Closes the session gracefully: neighbours are told, links are shut.
+    pub async fn close(self) {
+        self.rt.close().await;
+    }
+}
+
+/// A publisher on one key.
+pub struct Publisher {
+    rt: Arc<Runtime>,
+    key: Arc<str>,
+    qos: Qos,
+    encoding: Option<Arc<str>>,
+    cache: Mutex<Option<(u64, Arc<Route<Arc<Handler>>>)>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Publisher({}, {:?})", self.key, self.qos)
+    }
+}
+
+impl Publisher {
+    /// The priority lane (default `Data`).
+    pub fn priority(mut self, p: Priority) -> Self {
+        self.qos.priority = p;
+        self
+    }
+
+    /// Reliable (default) or best effort.
+    pub fn reliable(mut self, r: bool) -> Self {
+        self.qos.reliable = r;
+        self
+    }
+
+    /// Drop (default) or block when a destination is congested.
+    pub fn congestion_control(mut self, c: CongestionControl) -> Self {
+        self.qos.congestion = c;
+        self
+    }
+
+    /// Express: write at once rather than batch.
+    pub fn express(mut self, e: bool) -> Self {
+        self.qos.express = e;
+        self
+    }
+
+    /// The encoding announced with every sample.
+    pub fn encoding(mut self, e: &str) -> Self {
+        self.encoding = Some(Arc::from(e));
+        self
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn route(&self) -> Arc<Route<Arc<Handler>>> {
+        let v = self.rt.version.load(Ordering::Acquire);
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cv, r)) = c.as_ref() {
+            if *cv == v {
+                return r.clone();
+            }
+        }
+        let (v, r) = self.rt.route_local(&self.key);
+        *c = Some((v, r.clone()));
+        r
+    }
+
+    async fn publish(
+        &self,
+        kind: Kind,
+        payload: Bytes,
+        attachment: Option<Bytes>,
+    ) -> Result<(), PublishError> {
+        if self.rt.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let route = self.route();
+        self.rt
+            .publish(
+                &route,
+                &self.key,
+                self.qos,
+                kind,
+                payload,
+                self.encoding.clone(),
+                attachment,
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Publishes a value. Neighbours whose queue is full drop it (counted) or make this call
+    /// wait, per the congestion control; others are never slowed down.
+    pub async fn put(&self, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        self.publish(Kind::Put, payload.into(), None).await
+    }
+
+    /// Publishes a value with an attachment.
+    pub async fn put_with_attachment(
+        &self,
+        payload: impl Into<Bytes>,
+        attachment: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
+        self.publish(Kind::Put, payload.into(), Some(attachment.into()))
+            .await
+    }
+
+    /// Publishes a deletion.
+    pub async fn delete(&self) -> Result<(), PublishError> {
+        self.publish(Kind::Delete, Bytes::new(), None).await
+    }
+
+    /// True if some subscriber, here or on a neighbour, matches the key.
+    pub fn matching_status(&self) -> bool {
+        KeyExpr::new(&self.key).is_ok_and(|k| self.rt.tables().has_subscriber(&k))
+    }
+
+    /// Waits until a subscriber matches, up to `timeout`. Returns the matching status.
+    pub async fn wait_matching(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.rt.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.matching_status() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.matching_status();
+            }
+        }
+    }
+
+    /// Waits until everything queued for neighbours has been written, up to `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        self.rt.flush(timeout).await
+    }
+}
+
+/// Chooses how a subscriber receives.
+pub struct SubscriberBuilder {
+    rt: Arc<Runtime>,
+    key: Result<OwnedKeyExpr, KeyExprError>,
+    capacity: usize,
+}
+
+impl SubscriberBuilder {
+    /// Samples buffered by `stream()` before newer ones are dropped (default from the config).
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n.max(1);
+        self
+    }
+
+    /// Calls `f` for every sample, on the task that received it. Keep it short.
+    pub fn callback(
+        self,
+        f: impl Fn(Sample) + Send + Sync + 'static,
+    ) -> Result<Subscriber, DeclareError> {
+        self.declare(Delivery::Callback(Box::new(f)), Receiver::None)
+    }
+
+    /// An async stream: `recv().await`. When the consumer lags, newer samples are dropped and
+    /// counted (`dropped()`); publishers are never slowed down.
+    pub fn stream(self) -> Result<Subscriber, DeclareError> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        self.declare(
+            Delivery::Channel(tx),
+            Receiver::Channel(tokio::sync::Mutex::new(rx)),
+        )
+    }
+
+    /// A bounded ring keeping the newest `n` samples; older ones are evicted (and counted).
+    pub fn ring(self, n: usize) -> Result<Subscriber, DeclareError> {
+        let ring = Arc::new(Ring {
+            q: Mutex::new(VecDeque::new()),
+            cap: n.max(1),
+            ready: Notify::new(),
+        });
+        self.declare(Delivery::Ring(ring.clone()), Receiver::Ring(ring))
+    }
+
+    fn declare(self, delivery: Delivery, rx: Receiver) -> Result<Subscriber, DeclareError> {
+        let key = self.key?;
+        if self.rt.closed.load(Ordering::Acquire) {
+            return Err(DeclareError::Closed);
+        }
+        let handler = Arc::new(Handler {
+            delivery,
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let id = {
+            let mut t = self.rt.tables();
+            let id = t.next_id();
+            t.add_subscriber(id, key.clone(), handler.clone());
+            id
+        };
+        self.rt.declare_to_all(Declare::Subscriber {
+            id: id as u32,
+            key: WireKey::Name(key.as_str()),
+        });
+        self.rt.tables_changed();
+        Ok(Subscriber {
+            rt: self.rt,
+            id,
+            key,
+            handler,
+            rx,
+            liveliness: false,
+        })
+    }
+}
+
+enum Receiver {
+    None,
+    Channel(tokio::sync::Mutex<mpsc::Receiver<Sample>>),
+    Ring(Arc<Ring>),
+}
+
+/// A subscriber. Dropping it undeclares it.
+pub struct Subscriber {
+    rt: Arc<Runtime>,
+    id: DeclId,
+    key: OwnedKeyExpr,
+    handler: Arc<Handler>,
+    rx: Receiver,
+    liveliness: bool,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subscriber({})", self.key)
+    }
+}
+
+impl Subscriber {
+    /// The key expression.
+    pub fn key_expr(&self) -> &OwnedKeyExpr {
+        &self.key
+    }
+
+    /// The next sample (stream and ring subscribers). `None` for callback subscribers.
+    pub async fn recv(&self) -> Option<Sample> {
+        match &self.rx {
+            Receiver::None => None,
+            Receiver::Channel(rx) => rx.lock().await.recv().await,
+            Receiver::Ring(r) => loop {
+                let ready = r.ready.notified();
+                if let Some(s) = r.pop() {
+                    return Some(s);
+                }
+                ready.await;
+            },
+        }
+    }
+
+    /// A sample if one is waiting.
+    pub fn try_recv(&self) -> Option<Sample> {
+        match &self.rx {
+            Receiver::None => None,
+            Receiver::Channel(rx) => rx.try_lock().ok()?.try_recv().ok(),
+            Receiver::Ring(r) => r.pop(),
+        }
+    }
+
+    /// Samples delivered to this subscriber.
+    pub fn received(&self) -> u64 {
+        self.handler.received.load(Ordering::Relaxed)
+    }
+
+    /// Samples dropped because this subscriber lagged (stream full, ring evictions).
+    pub fn dropped(&self) -> u64 {
+        self.handler.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut t = self.rt.tables();
+        if self.liveliness {
+            t.liveliness_subscribers.remove(&self.id);
+            return;
+        }
+        t.remove_subscriber(self.id);
+        drop(t);
+        self.rt
+            .declare_to_all(Declare::UndeclareSubscriber { id: self.id as u32 });
+        self.rt.tables_changed();
+    }
+}
+
+/// Liveliness tokens and subscribers.
+pub struct Liveliness {
+    rt: Arc<Runtime>,
+}
+
+impl Liveliness {
+    /// Declares a token: liveliness subscribers see a put on `key` now and a delete when the
+    /// token is dropped, the session closes, or this node dies and its links' leases expire.
+    pub fn declare_token(&self, key: &str) -> Result<LivelinessToken, DeclareError> {
+        let key = keyexpr(key)?;
+        let id = {
+            let mut t = self.rt.tables();
+            let id = t.next_id();
+            t.tokens.insert(id, key.clone());
+            id
+        };
+        self.rt.declare_to_all(Declare::Token {
+            id: id as u32,
+            key: WireKey::Name(key.as_str()),
+        });
+        self.rt.token_event(&key, Kind::Put);
+        Ok(LivelinessToken {
+            rt: self.rt.clone(),
+            id,
+            key,
+        })
+    }
+
+    /// A subscriber to tokens matching `key`: a put for each token alive now and each that
+    /// appears, a delete for each that disappears. Receives like a stream subscriber.
+    pub fn declare_subscriber(&self, key: &str) -> Result<Subscriber, DeclareError> {
+        let key = keyexpr(key)?;
+        let (tx, rx) = mpsc::channel(self.rt.config.queues.subscriber.max(1024));
+        let handler = Arc::new(Handler {
+            delivery: Delivery::Channel(tx),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let (id, alive) = {
+            let mut t = self.rt.tables();
+            let id = t.next_id();
+            t.liveliness_subscribers.insert(
+                id,
+                crate::routing::Local {
+                    key: key.clone(),
+                    handle: handler.clone(),
+                },
+            );
+            (id, t.tokens_matching(&key.as_keyexpr()))
+        };
+        for k in alive {
+            handler.deliver(Sample {
+                key: Arc::from(k.as_str()),
+                payload: Bytes::new(),
+                kind: Kind::Put,
+                timestamp: None,
+                encoding: None,
+                attachment: None,
+            });
+        }
+        Ok(Subscriber {
+            rt: self.rt.clone(),
+            id,
+            key,
+            handler,
+            rx: Receiver::Channel(tokio::sync::Mutex::new(rx)),
+            liveliness: true,
+        })
+    }
+}
+
+/// A liveliness token. Dropping it withdraws it.
+pub struct LivelinessToken {
+    rt: Arc<Runtime>,
+    id: DeclId,
+    key: OwnedKeyExpr,
+}
+
+impl std::fmt::Debug for LivelinessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LivelinessToken({})", self.key)
+    }
+}
+
+impl Drop for LivelinessToken {
+    fn drop(&mut self) {
+        self.rt.tables().tokens.remove(&self.id);
+        self.rt
+            .declare_to_all(Declare::UndeclareToken { id: self.id as u32 });
+        self.rt.token_event(&self.key, Kind::Delete);
+    }
+}

@@ -1,0 +1,37 @@
+//! Samples: what subscribers receive.
+
+use bytes::Bytes;
+use hypha_core::hlc::Timestamp;
+use hypha_core::keyexpr::KeyExpr;
+pub use hypha_core::wire::SampleKind;
+use std::sync::Arc;
+
+/// One publication as a subscriber sees it. Cloning is cheap: the key and payload are shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The key it was published on (a concrete key expression).
+    pub key: Arc<str>,
+    /// The payload (empty for deletes). Shared with every other local receiver, never copied.
+    pub payload: Bytes,
+    /// Put or delete.
+    pub kind: SampleKind,
+    /// When and by whom it was made, if the publisher (or a storage) stamped it.
+    pub timestamp: Option<Timestamp>,
+    /// How to read the payload (MIME-like), if the publisher said.
+    pub encoding: Option<Arc<str>>,
+    /// Extra user bytes.
+    pub attachment: Option<Bytes>,
+}
+
+impl Sample {
+    /// The key as a key expression (`None` only if a sample was built by hand with a bad key:
+    /// every sample Hypha delivers has a validated key).
+    pub fn key_expr(&self) -> Option<KeyExpr<'_>> {
+        KeyExpr::new(&self.key).ok()
+    }
+
+    /// The payload as UTF-8 text, if it is.
+    pub fn payload_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+}

@@ -1,0 +1,361 @@
+//! Node configuration: one TOML file, every field optional with a sane default, overridable in
+//! code or by CLI flags.
+//!
+//! ```toml
+//! # hypha.toml — every field optional
+//! id = "0123456789abcdef0123456789abcdef"  # default: random
+//! mode = "peer"                            # peer | client | router
+//! listen = ["quic/0.0.0.0:0"]              # default: QUIC on every interface, any port
+//! connect = ["quic/192.0.2.10:7447"]       # default: none
+//! mdns = true                              # announce and discover on the LAN
+//! lease_ms = 10000                         # link lease; keep-alives every lease/4
+//! batch_size = 65535                       # largest batch on a link
+//! timestamping = false                     # stamp every put with the node's HLC
+//!
+//! [tls]                                    # default: self-signed certificate
+//! ca = "ca.pem"
+//! cert = "node.pem"
+//! key = "node.key"
+//! mutual = false
+//!
+//! [queues]
+//! lane_bytes = 1048576                     # per link and priority lane
+//! subscriber = 1024                        # samples buffered per stream subscriber
+//! block_ms = 100                           # longest a Block publisher waits per destination
+//! ```
+
+use hypha_core::id::NodeId;
+use hypha_core::wire::Mode;
+use hypha_transports::{Endpoint, TlsConfig};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid, a key is unknown, or a value has the wrong type.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, if any.
+        path: Option<PathBuf>,
+        /// The parser's message (names the field and the line).
+        message: String,
+    },
+    /// A field has a value out of range.
+    #[error("invalid value for `{field}`: {message}")]
+    Value {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Queue sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Bytes queued per link and priority lane before a publisher drops or blocks.
+    pub lane_bytes: usize,
+    /// Samples buffered per stream subscriber before newer ones are dropped (and counted).
+    pub subscriber: usize,
+    /// Longest a `Block` publisher waits for one destination before dropping (milliseconds).
+    pub block_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lane_bytes: 1 << 20,
+            subscriber: 1024,
+            block_ms: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsFile {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    mutual: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    id: Option<String>,
+    mode: String,
+    listen: Option<Vec<String>>,
+    connect: Vec<String>,
+    mdns: bool,
+    lease_ms: u64,
+    batch_size: u64,
+    timestamping: bool,
+    tls: TlsFile,
+    queues: QueueConfig,
+}
+
+impl Default for File {
+    fn default() -> Self {
+        File {
+            id: None,
+            mode: "peer".into(),
+            listen: None,
+            connect: Vec::new(),
+            mdns: true,
+            lease_ms: 10_000,
+            batch_size: 65_535,
+            timestamping: false,
+            tls: TlsFile::default(),
+            queues: QueueConfig::default(),
+        }
+    }
+}
+
+/// A node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Node id (random when `None`).
+    pub id: Option<NodeId>,
+    /// Peer, client or router.
+    pub mode: Mode,
+    /// Endpoints to listen on.
+    pub listen: Vec<Endpoint>,
+    /// Endpoints to connect to (redialled with backoff when they fail).
+    pub connect: Vec<Endpoint>,
+    /// Announce and discover peers with mDNS.
+    pub mdns: bool,
+    /// Link lease in milliseconds.
+    pub lease_ms: u64,
+    /// Largest batch on a link (64 to 65,535).
+    pub batch_size: u16,
+    /// Stamp every put with the node's HLC.
+    pub timestamping: bool,
+    /// TLS files.
+    pub tls: TlsConfig,
+    /// Queue sizes.
+    pub queues: QueueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are those of an empty file.
+        Config::from_toml("").unwrap_or_else(|_| Config {
+            id: None,
+            mode: Mode::Peer,
+            listen: Vec::new(),
+            connect: Vec::new(),
+            mdns: true,
+            lease_ms: 10_000,
+            batch_size: 65_535,
+            timestamping: false,
+            tls: TlsConfig::default(),
+            queues: QueueConfig::default(),
+        })
+    }
+}
+
+fn endpoints(field: &'static str, v: &[String]) -> Result<Vec<Endpoint>, ConfigError> {
+    v.iter()
+        .map(|s| {
+            s.parse().map_err(|e| ConfigError::Value {
+                field,
+                message: format!("{e}"),
+            })
+        })
+        .collect()
+}
+
+/// Parses a mode name.
+pub fn parse_mode(s: &str) -> Result<Mode, ConfigError> {
+    match s {
+        "peer" => Ok(Mode::Peer),
+        "client" => Ok(Mode::Client),
+        "router" => Ok(Mode::Router),
+        other => Err(ConfigError::Value {
+            field: "mode",
+            message: format!("{other:?} (expected peer, client or router)"),
+        }),
+    }
+}
+
+impl Config {
+    /// The default listen endpoint: QUIC on every interface, a port chosen by the OS (mDNS
+    /// announces the real one).
+    pub fn default_listen() -> Endpoint {
+        Endpoint::Net {
+            protocol: hypha_transports::Protocol::Quic,
+            host: hypha_transports::Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            port: 0,
+        }
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
+        let f: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let id = match &f.id {
+            Some(s) => Some(NodeId::parse(s).map_err(|e| ConfigError::Value {
+                field: "id",
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        if !(1_000..=3_600_000).contains(&f.lease_ms) {
+            return Err(ConfigError::Value {
+                field: "lease_ms",
+                message: format!("{} (expected 1000 to 3600000)", f.lease_ms),
+            });
+        }
+        let batch_size = u16::try_from(f.batch_size)
+            .ok()
+            .filter(|b| *b >= 64)
+            .ok_or_else(|| ConfigError::Value {
+                field: "batch_size",
+                message: format!("{} (expected 64 to 65535)", f.batch_size),
+            })?;
+        if f.queues.lane_bytes < 4096 {
+            return Err(ConfigError::Value {
+                field: "queues.lane_bytes",
+                message: format!("{} (expected at least 4096)", f.queues.lane_bytes),
+            });
+        }
+        if f.queues.subscriber == 0 {
+            return Err(ConfigError::Value {
+                field: "queues.subscriber",
+                message: "0 (expected at least 1)".into(),
+            });
+        }
+        if f.tls.mutual && f.tls.ca.is_none() {
+            return Err(ConfigError::Value {
+                field: "tls.mutual",
+                message: "mutual TLS needs tls.ca".into(),
+            });
+        }
+        if f.tls.cert.is_some() != f.tls.key.is_some() {
+            return Err(ConfigError::Value {
+                field: "tls.cert",
+                message: "tls.cert and tls.key must be given together".into(),
+            });
+        }
+        Ok(Config {
+            id,
+            mode: parse_mode(&f.mode)?,
+            listen: match &f.listen {
+                Some(l) => endpoints("listen", l)?,
+                None => vec![Self::default_listen()],
+            },
+            connect: endpoints("connect", &f.connect)?,
+            mdns: f.mdns,
+            lease_ms: f.lease_ms,
+            batch_size,
+            timestamping: f.timestamping,
+            tls: TlsConfig {
+                ca: f.tls.ca,
+                cert: f.tls.cert,
+                key: f.tls.key,
+                mutual: f.tls.mutual,
+            },
+            queues: f.queues,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.mode, Mode::Peer);
+        assert_eq!(c.listen, vec![Config::default_listen()]);
+        assert!(c.mdns && c.connect.is_empty() && c.id.is_none());
+        assert_eq!(c.lease_ms, 10_000);
+        assert_eq!(c.queues, QueueConfig::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            id = "000102030405060708090a0b0c0d0e0f"
+            mode = "router"
+            listen = ["tcp/127.0.0.1:7447", "quic/[::]:7447"]
+            connect = ["quic/10.0.0.1:7447"]
+            mdns = false
+            lease_ms = 3000
+            batch_size = 1500
+            timestamping = true
+            [tls]
+            ca = "ca.pem"
+            cert = "n.pem"
+            key = "n.key"
+            mutual = true
+            [queues]
+            lane_bytes = 65536
+            subscriber = 10
+            block_ms = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Router);
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.batch_size, 1500);
+        assert!(c.tls.mutual && c.timestamping && !c.mdns);
+        assert_eq!(c.queues.subscriber, 10);
+        assert_eq!(
+            c.id.unwrap().to_string(),
+            "000102030405060708090a0b0c0d0e0f"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (text, want) in [
+            ("listn = []", "listn"),
+            ("mode = \"broker\"", "mode"),
+            ("lease_ms = 5", "lease_ms"),
+            ("batch_size = 70000", "batch_size"),
+            ("listen = [\"tcp/1.2.3.4\"]", "listen"),
+            ("connect = [\"bogus\"]", "connect"),
+            ("id = \"xyz\"", "id"),
+            ("mdns = \"yes\"", "mdns"),
+            ("[queues]\nsubscriber = 0", "queues.subscriber"),
+            ("[tls]\nmutual = true", "tls.mutual"),
+            ("[tls]\ncert = \"a\"", "tls.cert"),
+            ("[tls]\nbogus = 1", "bogus"),
+            ("mode = ", "invalid"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}

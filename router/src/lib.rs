@@ -1,0 +1,38 @@
+//! # Hypha
+//!
+//! A brokerless peer-to-peer publish/subscribe mesh. Open a [`Session`], publish on keys,
+//! subscribe to key expressions; peers find each other with mDNS or configured endpoints and
+//! talk over QUIC (TLS 1.3) by default.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let session = hypha::open(hypha::Config::default()).await?;
+//! let sub = session.declare_subscriber("fleet/*/speed").stream()?;
+//! session.put("fleet/car1/speed", "42.0").await?;
+//! let sample = sub.recv().await.unwrap();
+//! assert_eq!(&*sample.key, "fleet/car1/speed");
+//! session.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`api`]: `Session`, publishers (priority, reliability, congestion control), subscribers
+//!   (callback, stream, newest-N ring), liveliness tokens, matching status.
+//! - [`config`]: the TOML configuration.
+//! - `routing`: the tables (who subscribes to what, per neighbour), tokio-free.
+//! - `runtime`: one reader and one writer task per link around `hypha_core`'s session state
+//!   machine; per-link, per-lane queues so a slow neighbour never slows the others.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod routing;
+mod runtime;
+
+pub use api::{
+    DeclareError, Info, LinkSummary, Liveliness, LivelinessToken, OpenError, PublishError,
+    Publisher, Sample, SampleKind, Session, Subscriber, SubscriberBuilder, open,
+};
+pub use config::{Config, ConfigError};
+pub use hypha_core::wire::Priority;
+pub use runtime::{CongestionControl, Qos};

