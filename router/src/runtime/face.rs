@@ -212,6 +212,7 @@ impl Face {
             .send(Priority::Control, true, &NetworkMessage::Declare(d));
         match r {
             Ok(()) => self.wake.notify_one(),
+            Err(SendError::Closed | SendError::NotOpen) => {}
             Err(e) => tracing::warn!(face = self.id, "declaration not sent: {e}"),
         }
     }
