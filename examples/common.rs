@@ -44,7 +44,11 @@ pub fn config(args: &Args) -> anyhow::Result<hypha::Config> {
     if !listen.is_empty() {
         c.listen = listen.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
     }
-    c.connect = args.all("--connect").iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    c.connect = args
+        .all("--connect")
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     c.mdns = args.flag("--mdns");
     Ok(c)
 }

@@ -15,8 +15,15 @@ use hypha_examples::{Args, config, init_log};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-async fn car(session: Session, name: String, interval: Duration, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
-    let _token = session.liveliness().declare_token(&format!("fleet/{name}"))?;
+async fn car(
+    session: Session,
+    name: String,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<u64> {
+    let _token = session
+        .liveliness()
+        .declare_token(&format!("fleet/{name}"))?;
     let speed = session.declare_publisher(&format!("fleet/{name}/speed"))?;
     let battery = session.declare_publisher(&format!("fleet/{name}/battery"))?;
     // Publications made before anyone subscribes go nowhere: wait (briefly) for a listener.
@@ -27,7 +34,9 @@ async fn car(session: Session, name: String, interval: Duration, stop: tokio::sy
         let phase: u32 = name.bytes().map(u32::from).sum();
         let v = 50.0 + 30.0 * ((n as f64) / 7.0 + f64::from(phase)).sin();
         speed.put(format!("{v:.1}")).await?;
-        battery.put(format!("{}", 100u64.saturating_sub(n / 3))).await?;
+        battery
+            .put(format!("{}", 100u64.saturating_sub(n / 3)))
+            .await?;
         n += 1;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -42,7 +51,10 @@ fn node_config(listen: &str, connect: &[String]) -> anyhow::Result<hypha::Config
     let mut c = hypha::Config::default();
     c.mdns = false;
     c.listen = vec![listen.parse()?];
-    c.connect = connect.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    c.connect = connect
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     Ok(c)
 }
 
@@ -61,7 +73,12 @@ async fn demo(secs: u64) -> anyhow::Result<()> {
         endpoints.push(s.info().listening[0].to_string());
         let (tx, rx) = tokio::sync::watch::channel(false);
         stops.push(tx);
-        tasks.push(tokio::spawn(car(s, name.to_string(), Duration::from_millis(200), rx)));
+        tasks.push(tokio::spawn(car(
+            s,
+            name.to_string(),
+            Duration::from_millis(200),
+            rx,
+        )));
     }
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -69,7 +86,18 @@ async fn demo(secs: u64) -> anyhow::Result<()> {
     let stop_at = tokio::time::Instant::now() + Duration::from_secs(secs / 2);
     let mut stopped = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let show = |s: &Sample| format!("{:>6.2}s {:>6} {}", t0.elapsed().as_secs_f64(), if s.kind == SampleKind::Put { "joined" } else { "left" }, s.key);
+    let show = |s: &Sample| {
+        format!(
+            "{:>6.2}s {:>6} {}",
+            t0.elapsed().as_secs_f64(),
+            if s.kind == SampleKind::Put {
+                "joined"
+            } else {
+                "left"
+            },
+            s.key
+        )
+    };
     loop {
         tokio::select! {
             Some(s) = speeds.recv() => {
@@ -118,8 +146,11 @@ async fn node(args: &Args, name: String) -> anyhow::Result<()> {
     let interval = Duration::from_millis(args.get("--interval-ms", 200)?);
     let session = hypha::open(config(args)?).await?;
     let t0 = Instant::now();
-    println!("{}", serde_json::json!({"event":"ready","node":name,"id":session.id().to_string(),
-        "listening": session.info().listening.iter().map(|e| e.to_string()).collect::<Vec<_>>()}));
+    println!(
+        "{}",
+        serde_json::json!({"event":"ready","node":name,"id":session.id().to_string(),
+        "listening": session.info().listening.iter().map(|e| e.to_string()).collect::<Vec<_>>()})
+    );
     let all = session.declare_subscriber("fleet/**").stream()?;
     let alive = session.liveliness().declare_subscriber("fleet/*")?;
     let (tx, rx) = tokio::sync::watch::channel(false);

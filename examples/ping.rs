@@ -16,8 +16,14 @@ async fn main() -> anyhow::Result<()> {
     let size: usize = args.get("--size", 64)?;
     let warmup: usize = args.get("--warmup", 1_000)?;
     let session = hypha::open(config(&args)?).await?;
-    let sub = session.declare_subscriber("bench/pong").capacity(1024).stream()?;
-    let publisher = session.declare_publisher("bench/ping")?.priority(Priority::RealTime).express(true);
+    let sub = session
+        .declare_subscriber("bench/pong")
+        .capacity(1024)
+        .stream()?;
+    let publisher = session
+        .declare_publisher("bench/ping")?
+        .priority(Priority::RealTime)
+        .express(true);
     if !publisher.wait_matching(Duration::from_secs(30)).await {
         anyhow::bail!("no pong found within 30 s");
     }
@@ -26,7 +32,10 @@ async fn main() -> anyhow::Result<()> {
     let payload = bytes::Bytes::from(vec![0xabu8; size.max(1)]);
     loop {
         publisher.put(payload.clone()).await?;
-        if tokio::time::timeout(Duration::from_millis(200), sub.recv()).await.is_ok() {
+        if tokio::time::timeout(Duration::from_millis(200), sub.recv())
+            .await
+            .is_ok()
+        {
             break;
         }
     }

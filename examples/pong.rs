@@ -12,8 +12,14 @@ async fn main() -> anyhow::Result<()> {
     let secs: u64 = args.get("--secs", 0)?;
     let session = hypha::open(config(&args)?).await?;
     eprintln!("pong listening on {:?}", session.info().listening);
-    let sub = session.declare_subscriber("bench/ping").capacity(1024).stream()?;
-    let publisher = session.declare_publisher("bench/pong")?.priority(Priority::RealTime).express(true);
+    let sub = session
+        .declare_subscriber("bench/ping")
+        .capacity(1024)
+        .stream()?;
+    let publisher = session
+        .declare_publisher("bench/pong")?
+        .priority(Priority::RealTime)
+        .express(true);
     let echo = async {
         while let Some(s) = sub.recv().await {
             if publisher.put(s.payload).await.is_err() {

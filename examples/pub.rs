@@ -17,7 +17,10 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let value = format!("hello #{i}");
         publisher.put(value.clone()).await?;
-        println!("put {key} {value} (matching subscriber: {})", publisher.matching_status());
+        println!(
+            "put {key} {value} (matching subscriber: {})",
+            publisher.matching_status()
+        );
         i += 1;
         if count > 0 && i >= count {
             break;

@@ -10,10 +10,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::from_env();
     let key: String = args.get("--key", "demo/**".to_string())?;
     let session = hypha::open(config(&args)?).await?;
-    eprintln!("subscribed to {key}; listening on {:?}", session.info().listening);
+    eprintln!(
+        "subscribed to {key}; listening on {:?}",
+        session.info().listening
+    );
     let sub = session.declare_subscriber(&key).stream()?;
     while let Some(s) = sub.recv().await {
-        println!("{:?} {} {}", s.kind, s.key, s.payload_str().unwrap_or("<binary>"));
+        println!(
+            "{:?} {} {}",
+            s.kind,
+            s.key,
+            s.payload_str().unwrap_or("<binary>")
+        );
     }
     Ok(())
 }

@@ -25,7 +25,11 @@ async fn main() -> anyhow::Result<()> {
     while count.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let (n0, b0, t0) = (count.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), Instant::now());
+    let (n0, b0, t0) = (
+        count.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let el = t0.elapsed().as_secs_f64();
     let n = count.load(Ordering::Relaxed) - n0;

@@ -1,0 +1,550 @@
+//! The `hypha` command line (`hypha --help`). The binary's `main` calls [`main`].
+
+use crate::{Config, Sample, SampleKind, Session};
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "hypha",
+    version,
+    about = "Hypha: a brokerless peer-to-peer pub/sub mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Default)]
+struct Common {
+    /// Endpoint to listen on (repeatable), e.g. quic/0.0.0.0:7447. Default: quic/0.0.0.0:0.
+    #[arg(long = "listen", value_name = "EP")]
+    listen: Vec<String>,
+    /// Endpoint to connect to (repeatable), e.g. tcp/192.0.2.1:7447.
+    #[arg(long = "connect", value_name = "EP")]
+    connect: Vec<String>,
+    /// Do not announce or discover peers with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node mode: peer (default), client or router.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node until interrupted (optionally publishing, subscribing and holding tokens,
+    /// printing what it sees as JSON lines).
+    Peer {
+        /// Subscribe to KEYEXPR and print each sample as a JSON line (repeatable).
+        #[arg(long = "sub", value_name = "KEYEXPR")]
+        sub: Vec<String>,
+        /// Publish on KEY every --interval-ms (value: --value, `{i}` = counter).
+        #[arg(long = "pub", value_name = "KEY")]
+        publish: Option<String>,
+        /// The value published with --pub.
+        #[arg(long, default_value = "{i}")]
+        value: String,
+        /// Interval of --pub.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Hold a liveliness token on KEY (repeatable).
+        #[arg(long = "token", value_name = "KEY")]
+        token: Vec<String>,
+        /// Print liveliness changes of tokens matching KEYEXPR as JSON lines (repeatable).
+        #[arg(long = "liveliness", value_name = "KEYEXPR")]
+        liveliness: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Publish VALUE on KEY, once or repeatedly.
+    Pub {
+        /// The key (concrete, no wildcards).
+        key: String,
+        /// The value (UTF-8 text). `{i}` is replaced by the sample number.
+        value: String,
+        /// How many samples.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Pause between samples.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Wait this long for a matching subscriber before the first sample.
+        #[arg(long, default_value_t = 2000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Publish VALUE on KEY once.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Wait this long for a matching subscriber first.
+        #[arg(long, default_value_t = 2000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Publish a deletion of KEY.
+    Delete {
+        /// The key.
+        key: String,
+        /// Wait this long for a matching subscriber first.
+        #[arg(long, default_value_t = 2000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print every sample matching KEYEXPR, one line each.
+    Sub {
+        /// The key expression, e.g. fleet/*/speed or fleet/**.
+        keyexpr: String,
+        /// One JSON object per line: kind, key, payload, timestamp (and encoding: base64 when
+        /// the payload is not UTF-8).
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many samples.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the nodes announced on the LAN (mDNS).
+    Scout {
+        /// How long to listen.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+    },
+    /// Print this node's id, endpoints and neighbours (JSON).
+    Info {
+        /// Wait this long for neighbours before printing.
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn config(c: &Common) -> Result<Config> {
+    let mut cfg = match &c.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if !c.listen.is_empty() {
+        cfg.listen = c
+            .listen
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("--listen {s}")))
+            .collect::<Result<_>>()?;
+    }
+    for s in &c.connect {
+        cfg.connect
+            .push(s.parse().with_context(|| format!("--connect {s}"))?);
+    }
+    if c.no_mdns {
+        cfg.mdns = false;
+    }
+    if let Some(m) = &c.mode {
+        cfg.mode = crate::config::parse_mode(m)?;
+    }
+    Ok(cfg)
+}
+
+async fn open(c: &Common) -> Result<Session> {
+    Ok(crate::open(config(c)?).await?)
+}
+
+fn sample_json(s: &Sample) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    o.insert(
+        "kind".into(),
+        if s.kind == SampleKind::Put {
+            "put"
+        } else {
+            "delete"
+        }
+        .into(),
+    );
+    o.insert("key".into(), s.key.to_string().into());
+    match s.payload_str() {
+        Some(t) => {
+            o.insert("payload".into(), t.into());
+        }
+        None => {
+            o.insert(
+                "payload".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(&s.payload)
+                    .into(),
+            );
+            o.insert("encoding".into(), "base64".into());
+        }
+    }
+    o.insert(
+        "timestamp".into(),
+        s.timestamp
+            .map_or(serde_json::Value::Null, |t| t.to_string().into()),
+    );
+    serde_json::Value::Object(o)
+}
+
+fn sample_line(s: &Sample) -> String {
+    let kind = if s.kind == SampleKind::Put {
+        "put"
+    } else {
+        "delete"
+    };
+    let payload = match s.payload_str() {
+        Some(t) => t.to_string(),
+        None => format!("<{} bytes>", s.payload.len()),
+    };
+    if s.kind == SampleKind::Put {
+        format!("{kind} {} {payload}", s.key)
+    } else {
+        format!("{kind} {}", s.key)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn publish(
+    common: &Common,
+    key: &str,
+    kind: SampleKind,
+    value: &str,
+    count: u64,
+    interval: Duration,
+    wait: Duration,
+) -> Result<()> {
+    let s = open(common).await?;
+    let p = s
+        .declare_publisher(key)?
+        .congestion_control(crate::CongestionControl::Block);
+    if !p.wait_matching(wait).await {
+        eprintln!(
+            "note: no matching subscriber after {} ms; publishing anyway",
+            wait.as_millis()
+        );
+    }
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        match kind {
+            SampleKind::Put => p.put(value.replace("{i}", &i.to_string())).await?,
+            SampleKind::Delete => p.delete().await?,
+        }
+    }
+    if !p.flush(Duration::from_secs(5)).await {
+        eprintln!("warning: not everything was written before exiting");
+    }
+    s.close().await;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Peer {
+            sub,
+            publish,
+            value,
+            interval_ms,
+            token,
+            liveliness,
+            common,
+        } => {
+            peer(
+                &common,
+                &sub,
+                publish.as_deref(),
+                &value,
+                interval_ms,
+                &token,
+                &liveliness,
+            )
+            .await?
+        }
+        Cmd::Pub {
+            key,
+            value,
+            count,
+            interval_ms,
+            wait_ms,
+            common,
+        } => {
+            publish(
+                &common,
+                &key,
+                SampleKind::Put,
+                &value,
+                count,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(wait_ms),
+            )
+            .await?
+        }
+        Cmd::Put {
+            key,
+            value,
+            wait_ms,
+            common,
+        } => {
+            publish(
+                &common,
+                &key,
+                SampleKind::Put,
+                &value,
+                1,
+                Duration::ZERO,
+                Duration::from_millis(wait_ms),
+            )
+            .await?
+        }
+        Cmd::Delete {
+            key,
+            wait_ms,
+            common,
+        } => {
+            publish(
+                &common,
+                &key,
+                SampleKind::Delete,
+                "",
+                1,
+                Duration::ZERO,
+                Duration::from_millis(wait_ms),
+            )
+            .await?
+        }
+        Cmd::Sub {
+            keyexpr,
+            json,
+            count,
+            common,
+        } => {
+            let s = open(&common).await?;
+            let sub = s.declare_subscriber(&keyexpr).capacity(65_536).stream()?;
+            let mut n = 0u64;
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            loop {
+                let sample = tokio::select! {
+                    s = sub.recv() => s,
+                    _ = shutdown_signal() => None,
+                };
+                let Some(sample) = sample else { break };
+                let line = if json {
+                    sample_json(&sample).to_string()
+                } else {
+                    sample_line(&sample)
+                };
+                let mut out = stdout.lock();
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    break; // stdout closed
+                }
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+            s.close().await;
+        }
+        Cmd::Scout { secs } => scout(Duration::from_secs(secs)).await?,
+        Cmd::Info { wait_ms, common } => {
+            let s = open(&common).await?;
+            let _ = s
+                .wait_peers(usize::MAX, Duration::from_millis(wait_ms))
+                .await;
+            let info = s.info();
+            let links: Vec<serde_json::Value> = info
+                .links
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "node": l.node.to_string(), "mode": l.mode.as_str(),
+                        "remote": l.remote.to_string(), "sent": l.sent, "dropped": l.dropped,
+                        "received": l.received, "queued_bytes": l.queued_bytes,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": info.id.to_string(), "mode": info.mode.as_str(),
+                    "listening": info.listening.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    "links": links, "published": info.published, "received": info.received,
+                    "dropped": info.dropped,
+                })
+            );
+            s.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// The next liveliness change from any of the subscribers, as a JSON line.
+async fn next_liveliness(subs: &[crate::Subscriber]) -> String {
+    if subs.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs: Vec<_> = subs.iter().map(|s| Box::pin(s.recv())).collect();
+    let (x, _, _) = select_first(futs).await;
+    match x {
+        Some(x) => {
+            let ev = if x.kind == SampleKind::Put {
+                "alive"
+            } else {
+                "gone"
+            };
+            serde_json::json!({"event": ev, "key": &*x.key}).to_string()
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn select_first<F: std::future::Future + Unpin>(mut v: Vec<F>) -> (F::Output, usize, Vec<F>) {
+    std::future::poll_fn(move |cx| {
+        for i in 0..v.len() {
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut v[i]).poll(cx) {
+                let _ = v.swap_remove(i);
+                return std::task::Poll::Ready((r, i, std::mem::take(&mut v)));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn peer(
+    common: &Common,
+    sub: &[String],
+    publish: Option<&str>,
+    value: &str,
+    interval_ms: u64,
+    token: &[String],
+    liveliness: &[String],
+) -> Result<()> {
+    use std::io::Write;
+    let s = open(common).await?;
+    let info = s.info();
+    let listening: Vec<String> = info.listening.iter().map(|e| e.to_string()).collect();
+    eprintln!(
+        "hypha peer {} listening on {}",
+        info.id,
+        listening.join(", ")
+    );
+    println!(
+        "{}",
+        serde_json::json!({"event": "ready", "id": info.id.to_string(), "listening": listening})
+    );
+    let _tokens = token
+        .iter()
+        .map(|t| s.liveliness().declare_token(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut subs = Vec::new();
+    for k in sub {
+        let tx = tx.clone();
+        subs.push(s.declare_subscriber(k).callback(move |sample| {
+            let mut v = sample_json(&sample);
+            v["event"] = "sample".into();
+            let _ = tx.send(v.to_string());
+        })?);
+    }
+    let lsubs = liveliness
+        .iter()
+        .map(|k| s.liveliness().declare_subscriber(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let printer = async {
+        loop {
+            let line = tokio::select! {
+                l = rx.recv() => match l { Some(l) => l, None => break },
+                l = next_liveliness(&lsubs) => l,
+            };
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                break;
+            }
+        }
+    };
+    let publisher = async {
+        let Some(key) = publish else {
+            return std::future::pending::<Result<()>>().await;
+        };
+        let p = s.declare_publisher(key)?;
+        let mut i = 0u64;
+        loop {
+            p.put(value.replace("{i}", &i.to_string())).await?;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = printer => {}
+        r = publisher => r?,
+    }
+    drop(subs);
+    s.close().await;
+    Ok(())
+}
+
+async fn scout(d: Duration) -> Result<()> {
+    let _ = d;
+    bail!("scout needs mDNS discovery, which is not available in this build yet")
+}
+
+/// Parses the process arguments and runs the command; exits non-zero with one line on error.
+pub fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYPHA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

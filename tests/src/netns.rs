@@ -1,0 +1,144 @@
+//! A small lab of network namespaces joined by a bridge: several "hosts" on one machine.
+//!
+//! Every namespace, veth and address is named after this process (`hy<pid>…`, a private
+//! 10.x.y.0/24 subnet), so parallel test runs do not collide, and everything is deleted when the
+//! [`Lab`] is dropped — also when a test panics. Traffic stays inside these namespaces.
+
+use std::process::Command;
+
+/// Why the lab cannot run here (not root, no `ip netns`), to print as a skip reason.
+pub fn unavailable() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("network namespace tests need root".into());
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "`ip netns` fails: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("`ip` is not available: {e}")),
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let o = Command::new("ip").args(args).output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Namespaces `0..n` on one bridge (a dedicated "switch" namespace).
+pub struct Lab {
+    tag: String,
+    switch: String,
+    hosts: Vec<String>,
+    subnet: String,
+}
+
+impl Lab {
+    /// Creates `n` hosts. `id` distinguishes several labs in one process.
+    pub fn new(n: usize, id: u8) -> anyhow::Result<Lab> {
+        let pid = std::process::id();
+        let tag = format!("hy{}{}", pid % 100_000, id);
+        let subnet = format!(
+            "10.{}.{}",
+            100 + (pid % 100) as u8 / 2 + id,
+            (pid / 100 % 250) as u8
+        );
+        let mut lab = Lab {
+            switch: format!("{tag}sw"),
+            hosts: Vec::new(),
+            tag,
+            subnet,
+        };
+        ip(&["netns", "add", &lab.switch])?;
+        let sw = lab.switch.clone();
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        for i in 0..n {
+            lab.add_host(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_host(&mut self, i: usize) -> anyhow::Result<()> {
+        let ns = format!("{}h{i}", self.tag);
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        let (a, b) = (format!("{}a{i}", self.tag), format!("{}b{i}", self.tag));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        ip(&["link", "set", &a, "netns", &ns])?;
+        ip(&["link", "set", &b, "netns", &self.switch])?;
+        ip(&["-n", &ns, "link", "set", &a, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.addr(i)),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &self.switch, "link", "set", &b, "master", "br0"])?;
+        ip(&["-n", &self.switch, "link", "set", &b, "up"])?;
+        Ok(())
+    }
+
+    /// The address of host `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// The namespace of host `i`.
+    pub fn ns(&self, i: usize) -> &str {
+        self.hosts.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    /// A command running `program` inside host `i`.
+    pub fn command(&self, i: usize, program: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("ip");
+        c.args(["netns", "exec", self.ns(i), program]);
+        c
+    }
+
+    /// Applies `tc netem` parameters (e.g. `delay 20ms loss 1%`) to host `i`'s interface.
+    pub fn netem(&self, i: usize, params: &str) -> anyhow::Result<()> {
+        let mut args = vec![
+            "netns",
+            "exec",
+            self.ns(i),
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+            "root",
+            "netem",
+        ];
+        args.extend(params.split_whitespace());
+        let o = Command::new("ip").args(&args).output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "tc netem: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
