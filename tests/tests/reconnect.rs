@@ -1,0 +1,104 @@
+//! Links that break are redialled; declarations are replayed on the new link, so subscriptions
+//! work again without restarting anything else.
+
+use hypha::Config;
+use hypha_tests::{Proc, free_port};
+use std::time::Duration;
+use tokio::process::Command;
+
+const CLI: &str = env!("CARGO_BIN_EXE_hypha-test-cli");
+const T: Duration = Duration::from_secs(20);
+
+fn peer(args: &[&str]) -> Proc {
+    let mut c = Command::new(CLI);
+    c.arg("peer").arg("--no-mdns").args(args);
+    Proc::spawn("peer", c).unwrap()
+}
+
+/// The peer we dial dies and comes back on the same endpoint: we redial it and our
+/// publications reach its new subscriber.
+#[tokio::test]
+async fn a_restarted_subscriber_peer_is_redialled() {
+    let port = free_port();
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let mut c = Config::default();
+    c.mdns = false;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    c.connect = vec![ep.parse().unwrap()];
+    let s = hypha::open(c).await.unwrap();
+    let p = s.declare_publisher("rc/data").unwrap();
+    for round in 0..2 {
+        let mut child = peer(&["--listen", &ep, "--sub", "rc/**"]);
+        child.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+        assert!(
+            p.wait_matching(T).await,
+            "round {round}: subscription not (re)declared"
+        );
+        let deadline = tokio::time::Instant::now() + T;
+        let mut i = 0;
+        let got = loop {
+            p.put(format!("r{round}-{i}")).await.unwrap();
+            i += 1;
+            if let Some(l) = child.line(Duration::from_millis(100)).await {
+                break l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: nothing received"
+            );
+        };
+        assert!(got.contains(&format!("r{round}-")), "{got}");
+        child.signal("KILL").unwrap();
+        let _ = child.exit_code(T).await;
+        // Our link to it fails; the tables forget its subscription.
+        let deadline = tokio::time::Instant::now() + T;
+        while p.matching_status() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dead peer still matches"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A publisher peer that dialled us dies; a new one dials in: our subscription is declared to
+/// it and its samples reach us.
+#[tokio::test]
+async fn a_restarted_publisher_peer_gets_our_subscription_again() {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    let s = hypha::open(c).await.unwrap();
+    let ep = s.info().listening[0].to_string();
+    let sub = s.declare_subscriber("rc2/**").stream().unwrap();
+    for round in 0..2 {
+        let value = format!("round{round}-{{i}}");
+        let mut child = peer(&[
+            "--connect",
+            &ep,
+            "--pub",
+            "rc2/x",
+            "--value",
+            &value,
+            "--interval-ms",
+            "20",
+        ]);
+        child.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+        let sample = tokio::time::timeout(T, async {
+            loop {
+                let s = sub.recv().await.unwrap();
+                if s.payload_str()
+                    .is_some_and(|p| p.starts_with(&format!("round{round}-")))
+                {
+                    return s;
+                }
+            }
+        })
+        .await
+        .expect("no sample from the restarted publisher");
+        assert_eq!(&*sample.key, "rc2/x");
+        child.signal("KILL").unwrap();
+        let _ = child.exit_code(T).await;
+    }
+}
