@@ -93,7 +93,11 @@ pub struct Hlc {
 impl Hlc {
     /// A clock for node `id` accepting remote timestamps at most `max_drift_us` ahead.
     pub const fn new(id: NodeId, max_drift_us: u64) -> Self {
-        Hlc { id, last: Ntp64(0), max_drift: Ntp64::from_unix_micros(max_drift_us) }
+        Hlc {
+            id,
+            last: Ntp64(0),
+            max_drift: Ntp64::from_unix_micros(max_drift_us),
+        }
     }
 
     /// The node id stamped on issued timestamps.
@@ -104,8 +108,15 @@ impl Hlc {
     /// Issues a new timestamp, strictly greater than every one issued or observed before.
     pub fn new_timestamp(&mut self, physical: Ntp64) -> Timestamp {
         let phys = Ntp64(physical.0 & !COUNTER_MASK);
-        self.last = if phys.0 > self.last.0 { phys } else { Ntp64(self.last.0.saturating_add(1)) };
-        Timestamp { time: self.last, id: self.id }
+        self.last = if phys.0 > self.last.0 {
+            phys
+        } else {
+            Ntp64(self.last.0.saturating_add(1))
+        };
+        Timestamp {
+            time: self.last,
+            id: self.id,
+        }
     }
 
     /// Folds a remote timestamp into the clock. Refuses it if it is more than the maximum drift
@@ -154,7 +165,13 @@ mod tests {
         };
         hlc.update_with(now, &remote).unwrap();
         assert!(hlc.new_timestamp(now).time > remote.time);
-        let far = Timestamp { time: Ntp64::from_unix_micros(1_002_000_000), id: remote.id };
-        assert!(matches!(hlc.update_with(now, &far), Err(HlcError::TooFarInFuture { .. })));
+        let far = Timestamp {
+            time: Ntp64::from_unix_micros(1_002_000_000),
+            id: remote.id,
+        };
+        assert!(matches!(
+            hlc.update_with(now, &far),
+            Err(HlcError::TooFarInFuture { .. })
+        ));
     }
 }

@@ -22,7 +22,9 @@ pub enum NodeIdError {
 impl fmt::Display for NodeIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NodeIdError::Length(n) => write!(f, "node id must be 32 hex digits, got {n} characters"),
+            NodeIdError::Length(n) => {
+                write!(f, "node id must be 32 hex digits, got {n} characters")
+            }
             NodeIdError::NotHex(at) => write!(f, "node id has a non-hex character at byte {at}"),
         }
     }

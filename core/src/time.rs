@@ -154,7 +154,10 @@ mod tests {
         let t = Instant::from_millis(5);
         assert_eq!((t + Duration::from_millis(1)).as_micros(), 6_000);
         assert_eq!(Instant::ZERO - t, Duration::ZERO);
-        assert_eq!((Instant::from_micros(u64::MAX) + Duration::from_secs(1)).as_micros(), u64::MAX);
+        assert_eq!(
+            (Instant::from_micros(u64::MAX) + Duration::from_secs(1)).as_micros(),
+            u64::MAX
+        );
         assert_eq!(Duration::from_secs(2).div(0), Duration::ZERO);
         assert_eq!(Duration::from_secs(2).div(4), Duration::from_millis(500));
     }

@@ -112,7 +112,9 @@ fn run_raw_tcp(size: usize, secs: f64) -> anyhow::Result<f64> {
         got += 1;
     }
     let el = t0.elapsed().as_secs_f64();
-    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     Ok(got as f64 / el)
 }
 
@@ -124,13 +126,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let secs = arg("--secs", 2) as f64;
     let runs = arg("--runs", 3) as usize;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let dir = tempfile::tempdir()?;
     let unix = format!("unix/{}", dir.path().join("bench.sock").display());
     println!("| transport | batch | batches/s | MB/s | vs raw TCP |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for size in [64usize, 65_535] {
-        let raw = median((0..runs).map(|_| run_raw_tcp(size, secs)).collect::<Result<_, _>>()?);
+        let raw = median(
+            (0..runs)
+                .map(|_| run_raw_tcp(size, secs))
+                .collect::<Result<_, _>>()?,
+        );
         let label = if size == 64 { "64 B" } else { "64 KiB" };
         let row = |name: &str, rate: f64| {
             println!(
@@ -141,7 +150,13 @@ fn main() -> anyhow::Result<()> {
             )
         };
         row("raw blocking TCP", raw);
-        for text in ["tcp/127.0.0.1:0", unix.as_str(), "quic/127.0.0.1:0", "udp/127.0.0.1:0", "mem/bench"] {
+        for text in [
+            "tcp/127.0.0.1:0",
+            unix.as_str(),
+            "quic/127.0.0.1:0",
+            "udp/127.0.0.1:0",
+            "mem/bench",
+        ] {
             if text.starts_with("udp") && size > 1452 {
                 continue; // one batch per datagram: UDP links carry at most 1,452 bytes
             }

@@ -103,13 +103,21 @@ impl Endpoint {
 
     /// An endpoint for a socket address.
     pub fn from_socket(protocol: Protocol, addr: SocketAddr) -> Self {
-        Endpoint::Net { protocol, host: Host::Ip(addr.ip()), port: addr.port() }
+        Endpoint::Net {
+            protocol,
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+        }
     }
 
     /// The socket address, when the host is an IP address.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
-            Endpoint::Net { host: Host::Ip(ip), port, .. } => Some(SocketAddr::new(*ip, *port)),
+            Endpoint::Net {
+                host: Host::Ip(ip),
+                port,
+                ..
+            } => Some(SocketAddr::new(*ip, *port)),
             _ => None,
         }
     }
@@ -117,10 +125,18 @@ impl Endpoint {
     /// Resolves the host (DNS for names) to socket addresses.
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match self {
-            Endpoint::Net { host: Host::Ip(ip), port, .. } => Ok(vec![SocketAddr::new(*ip, *port)]),
-            Endpoint::Net { host: Host::Name(n), port, .. } => {
-                Ok(tokio::net::lookup_host((n.as_str(), *port)).await?.collect())
-            }
+            Endpoint::Net {
+                host: Host::Ip(ip),
+                port,
+                ..
+            } => Ok(vec![SocketAddr::new(*ip, *port)]),
+            Endpoint::Net {
+                host: Host::Name(n),
+                port,
+                ..
+            } => Ok(tokio::net::lookup_host((n.as_str(), *port))
+                .await?
+                .collect()),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "not a network endpoint",
@@ -131,9 +147,11 @@ impl Endpoint {
     /// The same endpoint with another port.
     pub fn with_port(&self, new_port: u16) -> Self {
         match self {
-            Endpoint::Net { protocol, host, .. } => {
-                Endpoint::Net { protocol: *protocol, host: host.clone(), port: new_port }
-            }
+            Endpoint::Net { protocol, host, .. } => Endpoint::Net {
+                protocol: *protocol,
+                host: host.clone(),
+                port: new_port,
+            },
             other => other.clone(),
         }
     }
@@ -156,7 +174,9 @@ impl FromStr for Endpoint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.to_string();
-        let (proto, addr) = s.split_once('/').ok_or_else(|| EndpointError::NoProtocol(text.clone()))?;
+        let (proto, addr) = s
+            .split_once('/')
+            .ok_or_else(|| EndpointError::NoProtocol(text.clone()))?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "quic" => Protocol::Quic,
             "tcp" => Protocol::Tcp,
@@ -177,40 +197,68 @@ impl FromStr for Endpoint {
             let (h, after) = rest
                 .split_once(']')
                 .ok_or_else(|| EndpointError::BadHost(text.clone(), addr.to_string()))?;
-            let port = after.strip_prefix(':').ok_or_else(|| EndpointError::NoPort(text.clone()))?;
-            let ip: std::net::Ipv6Addr =
-                h.parse().map_err(|_| EndpointError::BadHost(text.clone(), h.to_string()))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| EndpointError::NoPort(text.clone()))?;
+            let ip: std::net::Ipv6Addr = h
+                .parse()
+                .map_err(|_| EndpointError::BadHost(text.clone(), h.to_string()))?;
             (Host::Ip(IpAddr::V6(ip)), port)
         } else {
-            let (h, port) = addr.rsplit_once(':').ok_or_else(|| EndpointError::NoPort(text.clone()))?;
+            let (h, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| EndpointError::NoPort(text.clone()))?;
             if h.contains(':') {
                 // A bare IPv6 address: ambiguous without brackets.
-                return Err(EndpointError::BadHost(text, format!("{h} (IPv6 needs brackets)")));
+                return Err(EndpointError::BadHost(
+                    text,
+                    format!("{h} (IPv6 needs brackets)"),
+                ));
             }
             let host = match h.parse::<IpAddr>() {
                 Ok(ip) => Host::Ip(ip),
-                Err(_) if valid_hostname(h) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                Err(_)
+                    if valid_hostname(h) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+                {
                     Host::Name(h.to_string())
                 }
                 Err(_) => return Err(EndpointError::BadHost(text, h.to_string())),
             };
             (host, port)
         };
-        let port: u16 = port.parse().map_err(|_| EndpointError::BadPort(text.clone(), port.to_string()))?;
-        Ok(Endpoint::Net { protocol, host, port })
+        let port: u16 = port
+            .parse()
+            .map_err(|_| EndpointError::BadPort(text.clone(), port.to_string()))?;
+        Ok(Endpoint::Net {
+            protocol,
+            host,
+            port,
+        })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Net { protocol, host: Host::Ip(IpAddr::V6(ip)), port } => {
+            Endpoint::Net {
+                protocol,
+                host: Host::Ip(IpAddr::V6(ip)),
+                port,
+            } => {
                 write!(f, "{}/[{ip}]:{port}", protocol.as_str())
             }
-            Endpoint::Net { protocol, host: Host::Ip(ip), port } => {
+            Endpoint::Net {
+                protocol,
+                host: Host::Ip(ip),
+                port,
+            } => {
                 write!(f, "{}/{ip}:{port}", protocol.as_str())
             }
-            Endpoint::Net { protocol, host: Host::Name(n), port } => {
+            Endpoint::Net {
+                protocol,
+                host: Host::Name(n),
+                port,
+            } => {
                 write!(f, "{}/{n}:{port}", protocol.as_str())
             }
             Endpoint::Unix(p) => write!(f, "unix/{}", p.display()),
@@ -259,7 +307,10 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = text.parse::<Endpoint>().unwrap_err().to_string();
-            assert!(err.contains(want), "{text}: {err:?} should mention {want:?}");
+            assert!(
+                err.contains(want),
+                "{text}: {err:?} should mention {want:?}"
+            );
         }
     }
 }

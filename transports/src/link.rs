@@ -210,7 +210,12 @@ impl Listener {
         tasks: Vec<AbortOnDrop>,
         guard: Option<mem::MemGuard>,
     ) -> Self {
-        Listener { local, incoming, _tasks: tasks, _guard: guard }
+        Listener {
+            local,
+            incoming,
+            _tasks: tasks,
+            _guard: guard,
+        }
     }
 
     /// The endpoint really bound (port 0 replaced by the port the OS picked).

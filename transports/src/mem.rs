@@ -27,7 +27,9 @@ pub struct MemRx(mpsc::Receiver<Bytes>);
 impl MemTx {
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
         let tx = self.0.as_ref().ok_or(LinkError::Closed)?;
-        tx.send(Bytes::copy_from_slice(batch)).await.map_err(|_| LinkError::Closed)
+        tx.send(Bytes::copy_from_slice(batch))
+            .await
+            .map_err(|_| LinkError::Closed)
     }
 
     pub(crate) async fn close(&mut self) {
@@ -55,12 +57,15 @@ impl Drop for MemGuard {
 
 pub(crate) fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError> {
     let Endpoint::Mem(name) = endpoint else {
-        return Err(ListenError::Address(endpoint.clone(), "not a mem endpoint".into()));
+        return Err(ListenError::Address(
+            endpoint.clone(),
+            "not a mem endpoint".into(),
+        ));
     };
     let (tx, rx) = mpsc::channel(64);
-    let mut r = registry().lock().map_err(|_| {
-        ListenError::Address(endpoint.clone(), "mem registry poisoned".into())
-    })?;
+    let mut r = registry()
+        .lock()
+        .map_err(|_| ListenError::Address(endpoint.clone(), "mem registry poisoned".into()))?;
     if r.get(name).is_some_and(|s| !s.is_closed()) {
         return Err(ListenError::Bind {
             endpoint: endpoint.clone(),
@@ -68,7 +73,12 @@ pub(crate) fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError> {
         });
     }
     r.insert(name.clone(), tx);
-    Ok(Listener::new(endpoint.clone(), rx, Vec::new(), Some(MemGuard(name.clone()))))
+    Ok(Listener::new(
+        endpoint.clone(),
+        rx,
+        Vec::new(),
+        Some(MemGuard(name.clone())),
+    ))
 }
 
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
@@ -89,7 +99,18 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
         mtu: crate::MAX_BATCH,
         reliable: true,
     };
-    let theirs = Link { info: info.clone(), tx: LinkTx::Mem(MemTx(Some(b_tx))), rx: LinkRx::Mem(MemRx(a_rx)) };
-    listener.send(theirs).await.map_err(|_| ConnectError::NoListener(endpoint.clone()))?;
-    Ok(Link { info, tx: LinkTx::Mem(MemTx(Some(a_tx))), rx: LinkRx::Mem(MemRx(b_rx)) })
+    let theirs = Link {
+        info: info.clone(),
+        tx: LinkTx::Mem(MemTx(Some(b_tx))),
+        rx: LinkRx::Mem(MemRx(a_rx)),
+    };
+    listener
+        .send(theirs)
+        .await
+        .map_err(|_| ConnectError::NoListener(endpoint.clone()))?;
+    Ok(Link {
+        info,
+        tx: LinkTx::Mem(MemTx(Some(a_tx))),
+        rx: LinkRx::Mem(MemRx(b_rx)),
+    })
 }

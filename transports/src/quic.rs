@@ -5,11 +5,11 @@
 //! lane, so a bulk transfer on a low lane never delays real-time traffic on a high one. Batches
 //! of best-effort lanes go as QUIC datagrams when they fit, else on their lane's stream.
 
+use crate::AbortOnDrop;
 use crate::endpoint::{Endpoint, Host, Protocol};
 use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, ListenError, Listener};
 use crate::stream::StreamRx;
 use crate::tls::TlsConfig;
-use crate::AbortOnDrop;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +53,12 @@ fn conn_err(e: quinn::ConnectionError) -> LinkError {
 impl QuicTx {
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
         let (priority, reliable) = crate::batch_lane(batch);
-        if !reliable && self.conn.max_datagram_size().is_some_and(|m| batch.len() <= m) {
+        if !reliable
+            && self
+                .conn
+                .max_datagram_size()
+                .is_some_and(|m| batch.len() <= m)
+        {
             match self.conn.send_datagram(Bytes::copy_from_slice(batch)) {
                 Ok(()) => return Ok(()),
                 Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(conn_err(e)),
@@ -151,7 +156,10 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
             }
         }
     });
-    QuicRx { rx, _tasks: vec![AbortOnDrop(streams), AbortOnDrop(datagrams)] }
+    QuicRx {
+        rx,
+        _tasks: vec![AbortOnDrop(streams), AbortOnDrop(datagrams)],
+    }
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -203,10 +211,14 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
         .map_err(|e| ListenError::Address(endpoint.clone(), e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config());
-    let ep = quinn::Endpoint::server(server, addr)
-        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
-    let local_addr =
-        ep.local_addr().map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let ep = quinn::Endpoint::server(server, addr).map_err(|source| ListenError::Bind {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
+    let local_addr = ep.local_addr().map_err(|source| ListenError::Bind {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -232,13 +244,28 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
 }
 
 pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, ConnectError> {
-    let io = |source| ConnectError::Io { endpoint: endpoint.clone(), source };
-    let remote = endpoint.resolve().await.map_err(io)?.into_iter().next().ok_or_else(|| {
-        io(std::io::Error::new(std::io::ErrorKind::NotFound, "host resolves to no address"))
-    })?;
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let remote = endpoint
+        .resolve()
+        .await
+        .map_err(io)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host resolves to no address",
+            ))
+        })?;
     let material = tls.load()?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(material.client_config()?)
-        .map_err(|e| ConnectError::Tls { endpoint: endpoint.clone(), reason: e.to_string() })?;
+        .map_err(|e| ConnectError::Tls {
+            endpoint: endpoint.clone(),
+            reason: e.to_string(),
+        })?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport_config());
     let bind: SocketAddr = if remote.is_ipv4() {
@@ -249,20 +276,35 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
     let mut ep = quinn::Endpoint::client(bind).map_err(io)?;
     ep.set_default_client_config(client);
     let name = match endpoint {
-        Endpoint::Net { host: Host::Name(n), .. } => n.as_str(),
+        Endpoint::Net {
+            host: Host::Name(n),
+            ..
+        } => n.as_str(),
         _ => "hypha",
     };
-    let connecting = ep
-        .connect(remote, name)
-        .map_err(|e| ConnectError::Link { endpoint: endpoint.clone(), source: quic_err(e) })?;
+    let connecting = ep.connect(remote, name).map_err(|e| ConnectError::Link {
+        endpoint: endpoint.clone(),
+        source: quic_err(e),
+    })?;
     let conn = connecting.await.map_err(|e| match e {
         quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
-            ConnectError::Tls { endpoint: endpoint.clone(), reason: t.to_string() }
+            ConnectError::Tls {
+                endpoint: endpoint.clone(),
+                reason: t.to_string(),
+            }
         }
-        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("crypto") => {
-            ConnectError::Tls { endpoint: endpoint.clone(), reason: c.to_string() }
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code.to_string().contains("crypto") =>
+        {
+            ConnectError::Tls {
+                endpoint: endpoint.clone(),
+                reason: c.to_string(),
+            }
         }
-        other => ConnectError::Link { endpoint: endpoint.clone(), source: conn_err(other) },
+        other => ConnectError::Link {
+            endpoint: endpoint.clone(),
+            source: conn_err(other),
+        },
     })?;
     let local = ep.local_addr().map_err(io)?;
     Ok(link(conn, local, Some(ep)))

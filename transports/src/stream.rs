@@ -4,9 +4,9 @@
 //! off it without copying; writing puts prefix and batch in one contiguous buffer and issues one
 //! write.
 
+use crate::AbortOnDrop;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, ListenError, Listener};
-use crate::AbortOnDrop;
 use bytes::{Buf, Bytes, BytesMut};
 use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -45,7 +45,10 @@ impl fmt::Debug for StreamRx {
 
 impl StreamTx {
     pub(crate) fn new(w: Writer) -> Self {
-        StreamTx { w, buf: Vec::with_capacity(crate::MAX_BATCH + 2) }
+        StreamTx {
+            w,
+            buf: Vec::with_capacity(crate::MAX_BATCH + 2),
+        }
     }
 
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
@@ -63,7 +66,10 @@ impl StreamTx {
 
 impl StreamRx {
     pub(crate) fn new(r: Reader) -> Self {
-        StreamRx { r, buf: BytesMut::with_capacity(READ_CHUNK) }
+        StreamRx {
+            r,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
     }
 
     pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
@@ -112,7 +118,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), L
 }
 
 fn make_link(r: Reader, w: Writer, info: LinkInfo) -> Link {
-    Link { info, tx: LinkTx::Stream(StreamTx::new(w)), rx: LinkRx::Stream(StreamRx::new(r)) }
+    Link {
+        info,
+        tx: LinkTx::Stream(StreamTx::new(w)),
+        rx: LinkRx::Stream(StreamRx::new(r)),
+    }
 }
 
 fn tcp_link(s: tokio::net::TcpStream, info: LinkInfo) -> Link {
@@ -141,9 +151,14 @@ pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenEr
         .ok_or_else(|| ListenError::Address(endpoint.clone(), "cannot resolve host".into()))?;
     let l = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
-    let local_addr =
-        l.local_addr().map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+        .map_err(|source| ListenError::Bind {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    let local_addr = l.local_addr().map_err(|source| ListenError::Bind {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let local = Endpoint::from_socket(Protocol::Tcp, local_addr);
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
@@ -181,7 +196,10 @@ pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenEr
 }
 
 pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectError> {
-    let io = |source| ConnectError::Io { endpoint: endpoint.clone(), source };
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
     let addrs = endpoint.resolve().await.map_err(io)?;
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for addr in addrs {
@@ -190,7 +208,10 @@ pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectErro
                 tcp_tune(&s);
                 handshake(&mut s)
                     .await
-                    .map_err(|source| ConnectError::Link { endpoint: endpoint.clone(), source })?;
+                    .map_err(|source| ConnectError::Link {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
                 let local = s.local_addr().map_err(io)?;
                 let info = LinkInfo {
                     protocol: Protocol::Tcp,
@@ -209,7 +230,10 @@ pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectErro
 
 pub(crate) async fn listen_unix(endpoint: &Endpoint) -> Result<Listener, ListenError> {
     let Endpoint::Unix(path) = endpoint else {
-        return Err(ListenError::Address(endpoint.clone(), "not a unix endpoint".into()));
+        return Err(ListenError::Address(
+            endpoint.clone(),
+            "not a unix endpoint".into(),
+        ));
     };
     // A socket file left by a dead process is removed; a live one is an error.
     if path.exists() {
@@ -221,8 +245,10 @@ pub(crate) async fn listen_unix(endpoint: &Endpoint) -> Result<Listener, ListenE
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = tokio::net::UnixListener::bind(path)
-        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+    let l = tokio::net::UnixListener::bind(path).map_err(|source| ListenError::Bind {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let local = endpoint.clone();
     let (tx, rx) = mpsc::channel(64);
     let ep = endpoint.clone();
@@ -261,10 +287,16 @@ pub(crate) async fn connect_unix(endpoint: &Endpoint) -> Result<Link, ConnectErr
     };
     let mut s = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|source| ConnectError::Io { endpoint: endpoint.clone(), source })?;
+        .map_err(|source| ConnectError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
     handshake(&mut s)
         .await
-        .map_err(|source| ConnectError::Link { endpoint: endpoint.clone(), source })?;
+        .map_err(|source| ConnectError::Link {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
     let info = LinkInfo {
         protocol: Protocol::Unix,
         local: endpoint.clone(),

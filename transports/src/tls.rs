@@ -70,7 +70,11 @@ pub(crate) struct TlsMaterial {
 }
 
 fn load_err(what: &'static str, path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Load { what, path: path.to_path_buf(), reason: e.to_string() }
+    TlsError::Load {
+        what,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl TlsConfig {
@@ -92,13 +96,15 @@ impl TlsConfig {
                 (chain, key)
             }
             (None, None) => {
-                let ck = rcgen::generate_simple_self_signed(vec!["hypha".into(), "localhost".into()])
-                    .map_err(|e| TlsError::Generate(e.to_string()))?;
+                let ck =
+                    rcgen::generate_simple_self_signed(vec!["hypha".into(), "localhost".into()])
+                        .map_err(|e| TlsError::Generate(e.to_string()))?;
                 tracing::info!(
                     "no TLS certificate configured: generated a self-signed one \
                      (links are encrypted, peers are not authenticated)"
                 );
-                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+                let key =
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
                 (vec![ck.cert.der().clone()], key)
             }
             _ => return Err(TlsError::Incomplete("cert and key must be given together")),
@@ -117,7 +123,13 @@ impl TlsConfig {
             }
             None => None,
         };
-        Ok(TlsMaterial { chain, key, roots, mutual: self.mutual, provider })
+        Ok(TlsMaterial {
+            chain,
+            key,
+            roots,
+            mutual: self.mutual,
+            provider,
+        })
     }
 }
 
@@ -234,7 +246,10 @@ impl ServerCertVerifier for CaVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),

@@ -3,9 +3,9 @@
 //! A listener owns one socket and demultiplexes datagrams by source address: the first datagram
 //! from a new address yields a new link.
 
+use crate::AbortOnDrop;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, ListenError, Listener};
-use crate::AbortOnDrop;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,10 +89,14 @@ pub(crate) async fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError>
         .ok_or_else(|| ListenError::Address(endpoint.clone(), "cannot resolve host".into()))?;
     let socket = UdpSocket::bind(addr)
         .await
-        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
-    let local_addr = socket
-        .local_addr()
-        .map_err(|source| ListenError::Bind { endpoint: endpoint.clone(), source })?;
+        .map_err(|source| ListenError::Bind {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    let local_addr = socket.local_addr().map_err(|source| ListenError::Bind {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let socket = Arc::new(socket);
     let local = Endpoint::from_socket(Protocol::Udp, local_addr);
     let (tx, rx) = mpsc::channel(64);
@@ -147,7 +151,10 @@ pub(crate) async fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError>
                     mtu: UDP_MTU,
                     reliable: false,
                 },
-                tx: LinkTx::Udp(UdpTx { socket: sock.clone(), peer: Some(from) }),
+                tx: LinkTx::Udp(UdpTx {
+                    socket: sock.clone(),
+                    peer: Some(from),
+                }),
                 rx: LinkRx::Udp(UdpRx::Chan(prx)),
             };
             if tx.send(link).await.is_err() {
@@ -159,13 +166,29 @@ pub(crate) async fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError>
 }
 
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
-    let io = |source| ConnectError::Io { endpoint: endpoint.clone(), source };
-    let remote = endpoint.resolve().await.map_err(io)?.into_iter().next().ok_or_else(|| {
-        io(std::io::Error::new(std::io::ErrorKind::NotFound, "host resolves to no address"))
-    })?;
-    let any: SocketAddr = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .map_err(|_| io(std::io::Error::other("bad wildcard address")))?;
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let remote = endpoint
+        .resolve()
+        .await
+        .map_err(io)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host resolves to no address",
+            ))
+        })?;
+    let any: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|_| io(std::io::Error::other("bad wildcard address")))?;
     let socket = UdpSocket::bind(any).await.map_err(io)?;
     socket.connect(remote).await.map_err(io)?;
     let local = socket.local_addr().map_err(io)?;
@@ -178,7 +201,10 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
             mtu: UDP_MTU,
             reliable: false,
         },
-        tx: LinkTx::Udp(UdpTx { socket: socket.clone(), peer: None }),
+        tx: LinkTx::Udp(UdpTx {
+            socket: socket.clone(),
+            peer: None,
+        }),
         rx: LinkRx::Udp(UdpRx::Socket(socket, BytesMut::with_capacity(65_536))),
     })
 }

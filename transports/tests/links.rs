@@ -16,7 +16,9 @@ const BEST_EFFORT: u8 = 0x0d;
 fn batch(header: u8, seq: u32, len: usize) -> Vec<u8> {
     let mut b = vec![header];
     b.extend_from_slice(&seq.to_le_bytes());
-    b.extend((0..len.saturating_sub(5)).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8));
+    b.extend(
+        (0..len.saturating_sub(5)).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8),
+    );
     b.truncate(len.max(5));
     b
 }
@@ -28,7 +30,9 @@ fn seq_of(b: &Bytes) -> u32 {
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f).await.expect("deadline passed")
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("deadline passed")
 }
 
 async fn pair(text: &str, server: &TlsConfig, client: &TlsConfig) -> (Link, Link) {
@@ -38,7 +42,8 @@ async fn pair(text: &str, server: &TlsConfig, client: &TlsConfig) -> (Link, Link
     if let Some(port) = bound.socket_addr().map(|a| a.port()) {
         assert_ne!(port, 0, "listener reports the port it really bound");
     }
-    let (dialed, accepted) = within(async { tokio::join!(connect(&bound, client), l.accept()) }).await;
+    let (dialed, accepted) =
+        within(async { tokio::join!(connect(&bound, client), l.accept()) }).await;
     let dialed = dialed.unwrap();
     let mut accepted = accepted.unwrap();
     // UDP links appear on the listener with the first datagram.
@@ -63,7 +68,9 @@ async fn exchange(a: &mut Link, b: &mut Link, header: u8, max: usize) {
         let n = 10_000u32;
         let send = async {
             for i in 0..n {
-                a.tx.send(&batch(header, 100 + i, 64 + (i as usize % 200))).await.unwrap();
+                a.tx.send(&batch(header, 100 + i, 64 + (i as usize % 200)))
+                    .await
+                    .unwrap();
             }
         };
         let recv = async {
@@ -174,7 +181,10 @@ async fn quic_bulk_lane_does_not_block_realtime_lane() {
             }
             bulk_before += 1;
         }
-        assert!(bulk_before < 50, "real-time batch waited for all {bulk_before} bulk batches");
+        assert!(
+            bulk_before < 50,
+            "real-time batch waited for all {bulk_before} bulk batches"
+        );
     })
     .await;
 }
@@ -227,12 +237,16 @@ async fn udp_link() {
 #[tokio::test]
 async fn tcp_garbage_is_refused_and_the_listener_keeps_serving() {
     let tls = TlsConfig::default();
-    let mut l = listen(&"tcp/127.0.0.1:0".parse().unwrap(), &tls).await.unwrap();
+    let mut l = listen(&"tcp/127.0.0.1:0".parse().unwrap(), &tls)
+        .await
+        .unwrap();
     let addr = l.local_endpoint().socket_addr().unwrap();
     within(async {
         // Not a Hypha peer: an HTTP request. The listener drops it after reading the preamble.
         let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut sink = Vec::new();
         let _ = raw.read_to_end(&mut sink).await;
         assert_eq!(&sink[..], b"HYPHA/1\n", "only the preamble, then close");
@@ -255,7 +269,9 @@ async fn tcp_garbage_is_refused_and_the_listener_keeps_serving() {
 #[tokio::test]
 async fn quic_ignores_garbage_datagrams() {
     let tls = TlsConfig::default();
-    let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &tls).await.unwrap();
+    let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &tls)
+        .await
+        .unwrap();
     let addr = l.local_endpoint().socket_addr().unwrap();
     let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for i in 0..200u32 {
@@ -276,13 +292,27 @@ async fn quic_ignores_garbage_datagrams() {
 async fn connect_to_nothing_fails_with_a_clear_error() {
     let tls = TlsConfig::default();
     // Bind then drop to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let err = connect(&format!("tcp/127.0.0.1:{port}").parse().unwrap(), &tls).await.unwrap_err();
-    assert!(err.to_string().contains("cannot connect to tcp/127.0.0.1"), "{err}");
-    let dir = tempfile::tempdir().unwrap();
-    let err = connect(&format!("unix/{}", dir.path().join("none").display()).parse().unwrap(), &tls)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = connect(&format!("tcp/127.0.0.1:{port}").parse().unwrap(), &tls)
         .await
         .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot connect to tcp/127.0.0.1"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = connect(
+        &format!("unix/{}", dir.path().join("none").display())
+            .parse()
+            .unwrap(),
+        &tls,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ConnectError::Io { .. }), "{err}");
 }
 
@@ -300,9 +330,14 @@ mod tls {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     /// Writes ca.pem, NAME.pem and NAME.key into `dir` and returns the config using them.
@@ -339,12 +374,17 @@ mod tls {
         let (ca1, ca2) = (ca("ca1"), ca("ca2"));
         let server = node(dir.path(), &ca2, &ca2, "server", false);
         let client = node(dir.path(), &ca1, &ca1, "client", false);
-        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server).await.unwrap();
+        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server)
+            .await
+            .unwrap();
         let ep = l.local_endpoint().clone();
         let r = within(connect(&ep, &client)).await;
         let err = r.unwrap_err();
         assert!(matches!(err, ConnectError::Tls { .. }), "{err}");
-        assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
         drop(l.accept());
     }
 
@@ -355,7 +395,9 @@ mod tls {
         let server = node(dir.path(), &ca1, &ca1, "server", true);
         // The client trusts ca1 (so it accepts the server) but its own cert is from ca2.
         let client = node(dir.path(), &ca2, &ca1, "client", false);
-        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server).await.unwrap();
+        let mut l = listen(&"quic/127.0.0.1:0".parse().unwrap(), &server)
+            .await
+            .unwrap();
         let ep = l.local_endpoint().clone();
         let dialed = within(async {
             let c = connect(&ep, &client).await;
@@ -367,7 +409,10 @@ mod tls {
             }
         })
         .await;
-        assert!(dialed.is_err(), "client with an untrusted certificate got through");
+        assert!(
+            dialed.is_err(),
+            "client with an untrusted certificate got through"
+        );
         // And the listener never yielded that link.
         let none = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
         assert!(none.is_err(), "listener yielded a refused link");
@@ -381,10 +426,17 @@ mod tls {
             key: Some(dir.path().join("nope.key")),
             ..Default::default()
         };
-        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &missing).await.unwrap_err();
+        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &missing)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("nope.pem"), "{err}");
-        let half = TlsConfig { cert: Some(dir.path().join("a.pem")), ..Default::default() };
-        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &half).await.unwrap_err();
+        let half = TlsConfig {
+            cert: Some(dir.path().join("a.pem")),
+            ..Default::default()
+        };
+        let err = listen(&"quic/127.0.0.1:0".parse().unwrap(), &half)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("together"), "{err}");
     }
 }

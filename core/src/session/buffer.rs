@@ -19,7 +19,9 @@ pub trait Buffer: Default {
     /// Appends `data`. Returns `false`, leaving the buffer unchanged, if it does not fit.
     fn extend_from_slice(&mut self, data: &[u8]) -> bool {
         let len = self.bytes().len();
-        let Some(end) = len.checked_add(data.len()) else { return false };
+        let Some(end) = len.checked_add(data.len()) else {
+            return false;
+        };
         if !self.resize(end) {
             return false;
         }
@@ -105,7 +107,9 @@ pub struct FixedKeys<const N: usize, const L: usize> {
 
 impl<const N: usize, const L: usize> KeyTable for FixedKeys<N, L> {
     fn insert(&mut self, id: u32, key: &str) -> bool {
-        let Ok(s) = heapless::String::<L>::try_from(key) else { return false };
+        let Ok(s) = heapless::String::<L>::try_from(key) else {
+            return false;
+        };
         if let Some(e) = self.entries.iter_mut().find(|e| e.0 == id) {
             e.1 = s;
             return true;
@@ -116,7 +120,10 @@ impl<const N: usize, const L: usize> KeyTable for FixedKeys<N, L> {
         self.entries.retain(|e| e.0 != id);
     }
     fn get(&self, id: u32) -> Option<&str> {
-        self.entries.iter().find(|e| e.0 == id).map(|e| e.1.as_str())
+        self.entries
+            .iter()
+            .find(|e| e.0 == id)
+            .map(|e| e.1.as_str())
     }
     fn len(&self) -> usize {
         self.entries.len()
@@ -135,7 +142,10 @@ pub struct HeapKeys {
 #[cfg(feature = "alloc")]
 impl Default for HeapKeys {
     fn default() -> Self {
-        HeapKeys { map: alloc::collections::BTreeMap::new(), max: 10_000 }
+        HeapKeys {
+            map: alloc::collections::BTreeMap::new(),
+            max: 10_000,
+        }
     }
 }
 

@@ -45,15 +45,13 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-pub use buffer::{Buffer, FixedKeys, KeyTable};
 #[cfg(feature = "alloc")]
 pub use buffer::HeapKeys;
+pub use buffer::{Buffer, FixedKeys, KeyTable};
 
 use crate::id::NodeId;
 use crate::time::{Duration, Instant};
-use crate::wire::{
-    CloseReason, Mode, NetworkMessage, PROTOCOL_VERSION, Priority, WireKey, limits,
-};
+use crate::wire::{CloseReason, Mode, NetworkMessage, PROTOCOL_VERSION, Priority, WireKey, limits};
 use core::fmt;
 use tx::LaneQueue;
 
@@ -378,7 +376,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
 
     /// Bytes waiting in a lane's queue.
     pub fn queued_bytes(&self, priority: Priority) -> usize {
-        self.lanes.get(priority.index()).map_or(0, LaneQueue::queued)
+        self.lanes
+            .get(priority.index())
+            .map_or(0, LaneQueue::queued)
     }
 
     /// Bytes waiting in all lanes.

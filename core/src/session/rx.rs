@@ -1,8 +1,6 @@
 //! Receive side: handshake, sequence numbers, reassembly, delivery.
 
-use super::{
-    Buffer, Control, Event, KeyTable, PeerInfo, Received, Session, State,
-};
+use super::{Buffer, Control, Event, KeyTable, PeerInfo, Received, Session, State};
 use crate::time::{Duration, Instant};
 use crate::wire::{
     CloseReason, Declare, Fragment, Frame, Messages, NetworkMessage, Priority, TransportMessage,
@@ -90,7 +88,10 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 }
             }
             // A frame that overtook `Open` on another stream opens the session as well.
-            (State::AwaitOpen, m @ (TransportMessage::Frame(_) | TransportMessage::Fragment(_)))
+            (
+                State::AwaitOpen,
+                m @ (TransportMessage::Frame(_) | TransportMessage::Fragment(_)),
+            )
             | (State::AwaitOpen, m @ TransportMessage::KeepAlive) => {
                 if let Some(peer) = self.peer {
                     self.open(peer);
@@ -136,7 +137,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         if sn & !mask != 0 {
             return Verdict::Gap;
         }
-        let Some(expected) = self.rx_sn.get_mut(slot) else { return Verdict::Drop };
+        let Some(expected) = self.rx_sn.get_mut(slot) else {
+            return Verdict::Drop;
+        };
         // Serial-number arithmetic: distances past half the space count as "behind".
         let d = sn.wrapping_sub(*expected) & mask;
         let half = (mask >> 1) + 1;
@@ -194,7 +197,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
         let slot = Self::slot(f.priority, f.reliable);
         let max = self.config.max_message_size;
-        let Some(r) = self.reassembly.get_mut(slot) else { return };
+        let Some(r) = self.reassembly.get_mut(slot) else {
+            return;
+        };
         if f.first {
             if r.active {
                 // A new message started before the previous one ended.
@@ -265,7 +270,12 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 _ => {}
             }
             self.stats.rx_messages += 1;
-            sink(Received { priority, reliable, msg, keys: &self.keys });
+            sink(Received {
+                priority,
+                reliable,
+                msg,
+                keys: &self.keys,
+            });
         }
     }
 }

@@ -12,8 +12,15 @@ use std::vec::Vec;
 /// What a sink saw, owned.
 #[derive(Debug, Clone, PartialEq)]
 enum Got {
-    Put { key: Option<String>, payload: Vec<u8>, priority: Priority },
-    Push { key: Option<String>, payload: Vec<u8> },
+    Put {
+        key: Option<String>,
+        payload: Vec<u8>,
+        priority: Priority,
+    },
+    Push {
+        key: Option<String>,
+        payload: Vec<u8>,
+    },
     Other,
 }
 
@@ -71,12 +78,14 @@ impl Pair {
                 moved = true;
                 self.batches_ab += 1;
                 let got = &mut self.got_b;
-                self.b.handle_input(self.now, &buf[..n], &mut |r| got.push(own(r)));
+                self.b
+                    .handle_input(self.now, &buf[..n], &mut |r| got.push(own(r)));
             }
             while let Some(n) = self.b.poll_transmit(self.now, &mut buf) {
                 moved = true;
                 let got = &mut self.got_a;
-                self.a.handle_input(self.now, &buf[..n], &mut |r| got.push(own(r)));
+                self.a
+                    .handle_input(self.now, &buf[..n], &mut |r| got.push(own(r)));
             }
             while let Some(e) = self.a.poll_event() {
                 self.events_a.push(e);
@@ -92,7 +101,10 @@ impl Pair {
 
     /// Advances the clock to the earliest timeout of either side and fires it.
     fn advance(&mut self, limit: Instant) -> bool {
-        let next = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
+        let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         match next {
             Some(t) if t <= limit => {
                 self.now = self.now.max(t);
@@ -164,7 +176,10 @@ fn a_frame_overtaking_open_opens_the_listener() {
     a.handle_input(now, &buf[..n], &mut |_| {});
     assert!(a.is_open() && !b.is_open());
     // The listener sends no data before it hears from the dialer again.
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"x",
+    });
     assert_eq!(b.send(Priority::Data, true, &put), Err(SendError::NotOpen));
     let n = a.poll_transmit(now, &mut buf).unwrap();
     let open = buf[..n].to_vec();
@@ -181,8 +196,14 @@ fn a_frame_overtaking_open_opens_the_listener() {
 #[test]
 fn send_before_open_is_refused() {
     let mut p = Pair::new(cfg(1), cfg(2));
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
-    assert_eq!(p.a.send(Priority::Data, true, &put), Err(SendError::NotOpen));
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"x",
+    });
+    assert_eq!(
+        p.a.send(Priority::Data, true, &put),
+        Err(SendError::NotOpen)
+    );
     p.drive();
     assert_eq!(p.a.send(Priority::Data, true, &put), Ok(()));
 }
@@ -205,7 +226,10 @@ fn version_mismatch_is_refused_with_a_reason() {
     b.handle_input(now, &buf[..n], &mut |_| panic!("no message expected"));
     assert_eq!(
         b.poll_event(),
-        Some(Event::Closed { reason: CloseReason::UnsupportedVersion, by_peer: false })
+        Some(Event::Closed {
+            reason: CloseReason::UnsupportedVersion,
+            by_peer: false
+        })
     );
     // The refusal goes out as a Close with the reason, then nothing more.
     let n = b.poll_transmit(now, &mut buf).unwrap();
@@ -225,7 +249,10 @@ fn version_mismatch_is_refused_with_a_reason() {
     a.handle_input(now, &buf[..n], &mut |_| {});
     assert_eq!(
         a.poll_event(),
-        Some(Event::Closed { reason: CloseReason::UnsupportedVersion, by_peer: true })
+        Some(Event::Closed {
+            reason: CloseReason::UnsupportedVersion,
+            by_peer: true
+        })
     );
     assert!(a.is_closed());
 }
@@ -235,7 +262,13 @@ fn link_to_self_is_refused() {
     let mut p = Pair::new(cfg(1), cfg(1));
     p.drive();
     assert!(p.a.is_closed() && p.b.is_closed());
-    assert_eq!(p.events_b, [Event::Closed { reason: CloseReason::Refused, by_peer: false }]);
+    assert_eq!(
+        p.events_b,
+        [Event::Closed {
+            reason: CloseReason::Refused,
+            by_peer: false
+        }]
+    );
 }
 
 #[test]
@@ -246,7 +279,12 @@ fn keepalives_hold_the_lease_and_silence_expires_it() {
     while p.advance(end) {
         p.drive();
     }
-    assert!(p.a.is_open() && p.b.is_open(), "{:?} {:?}", p.events_a, p.events_b);
+    assert!(
+        p.a.is_open() && p.b.is_open(),
+        "{:?} {:?}",
+        p.events_a,
+        p.events_b
+    );
     assert!(p.a.stats().keepalives_sent >= 30, "{:?}", p.a.stats());
     // Now b goes silent: a's lease on b expires after b's lease (10 s), not before.
     let silent_from = p.now;
@@ -265,7 +303,10 @@ fn keepalives_hold_the_lease_and_silence_expires_it() {
     assert!(now.saturating_since(silent_from) <= Duration::from_millis(10_001));
     assert_eq!(
         p.a.poll_event(),
-        Some(Event::Closed { reason: CloseReason::LeaseExpired, by_peer: false })
+        Some(Event::Closed {
+            reason: CloseReason::LeaseExpired,
+            by_peer: false
+        })
     );
 }
 
@@ -276,15 +317,28 @@ fn handshake_times_out() {
     let t = b.poll_timeout().unwrap();
     assert_eq!(t, now + Duration::from_secs(10));
     b.handle_timeout(t);
-    assert!(matches!(b.poll_event(), Some(Event::Closed { reason: CloseReason::LeaseExpired, .. })));
+    assert!(matches!(
+        b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::LeaseExpired,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn declared_key_ids_resolve_on_the_receiver() {
     let mut p = Pair::open();
     let id = p.a.declare_keyexpr("fleet/car1/speed").unwrap();
-    p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: id, payload: b"42" }))
-        .unwrap();
+    p.a.send(
+        Priority::Data,
+        true,
+        &NetworkMessage::Put(Put {
+            key_id: id,
+            payload: b"42",
+        }),
+    )
+    .unwrap();
     p.drive();
     assert_eq!(
         p.got_b,
@@ -311,16 +365,32 @@ fn remote_key_cap_closes_the_link() {
         p.a.declare_keyexpr(&std::format!("k/{i}")).unwrap();
         p.drive();
     }
-    assert_eq!(p.events_b, [Event::Closed { reason: CloseReason::TooLarge, by_peer: false }]);
-    assert!(p.events_a.contains(&Event::Closed { reason: CloseReason::TooLarge, by_peer: true }));
+    assert_eq!(
+        p.events_b,
+        [Event::Closed {
+            reason: CloseReason::TooLarge,
+            by_peer: false
+        }]
+    );
+    assert!(p.events_a.contains(&Event::Closed {
+        reason: CloseReason::TooLarge,
+        by_peer: true
+    }));
 }
 
 #[test]
 fn a_lone_message_goes_out_at_once_and_a_backlog_is_batched() {
     let mut p = Pair::open();
     let mut buf = vec![0u8; 65_535];
-    p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: 1, payload: b"x" }))
-        .unwrap();
+    p.a.send(
+        Priority::Data,
+        true,
+        &NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: b"x",
+        }),
+    )
+    .unwrap();
     let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
     assert!(n <= 4 + 1, "lone put frame is {n} bytes");
     p.b.handle_input(p.now, &buf[..n], &mut |_| {});
@@ -328,8 +398,15 @@ fn a_lone_message_goes_out_at_once_and_a_backlog_is_batched() {
     // 1000 queued puts of 40 bytes go out in a handful of full batches.
     for i in 0..1000u32 {
         let payload = [i as u8; 40];
-        p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: 1, payload: &payload }))
-            .unwrap();
+        p.a.send(
+            Priority::Data,
+            true,
+            &NetworkMessage::Put(Put {
+                key_id: 1,
+                payload: &payload,
+            }),
+        )
+        .unwrap();
     }
     let mut batches = 0;
     let mut got = 0;
@@ -347,15 +424,29 @@ fn higher_priority_lanes_go_first() {
     let mut p = Pair::open();
     let bulk = vec![0u8; 60_000];
     for _ in 0..3 {
-        p.a.send(Priority::Background, true, &NetworkMessage::Put(Put { key_id: 1, payload: &bulk }))
-            .unwrap();
+        p.a.send(
+            Priority::Background,
+            true,
+            &NetworkMessage::Put(Put {
+                key_id: 1,
+                payload: &bulk,
+            }),
+        )
+        .unwrap();
     }
     let mut buf = vec![0u8; 65_535];
     let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
     let got = &mut p.got_b;
     p.b.handle_input(p.now, &buf[..n], &mut |r| got.push(own(r)));
-    p.a.send(Priority::RealTime, false, &NetworkMessage::Put(Put { key_id: 1, payload: b"rt" }))
-        .unwrap();
+    p.a.send(
+        Priority::RealTime,
+        false,
+        &NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: b"rt",
+        }),
+    )
+    .unwrap();
     p.drive();
     let order: Vec<Priority> = p
         .got_b
@@ -367,7 +458,12 @@ fn higher_priority_lanes_go_first() {
         .collect();
     assert_eq!(
         order,
-        [Priority::Background, Priority::RealTime, Priority::Background, Priority::Background]
+        [
+            Priority::Background,
+            Priority::RealTime,
+            Priority::Background,
+            Priority::Background
+        ]
     );
 }
 
@@ -389,17 +485,31 @@ fn ten_mib_payload_is_fragmented_and_reassembled() {
     // Larger than the lane capacity, but accepted because the lane is empty.
     p.a.send(Priority::Background, true, &msg).unwrap();
     // The lane is now over capacity: more is refused until it drains.
-    let small = NetworkMessage::Put(Put { key_id: 1, payload: b"after" });
-    assert_eq!(p.a.send(Priority::Background, true, &small), Err(SendError::QueueFull));
+    let small = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"after",
+    });
+    assert_eq!(
+        p.a.send(Priority::Background, true, &small),
+        Err(SendError::QueueFull)
+    );
     // A higher lane is not stuck behind the bulk transfer.
     let mut buf = vec![0u8; 65_535];
     let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
-    p.b.handle_input(p.now, &buf[..n], &mut |_| panic!("first fragment delivers nothing"));
+    p.b.handle_input(p.now, &buf[..n], &mut |_| {
+        panic!("first fragment delivers nothing")
+    });
     p.a.send(Priority::RealTime, true, &small).unwrap();
     p.drive();
     assert_eq!(p.got_b.len(), 2);
     assert!(matches!(&p.got_b[0], Got::Put { payload, .. } if payload == b"after"));
-    assert_eq!(p.got_b[1], Got::Push { key: Some("big/blob".into()), payload });
+    assert_eq!(
+        p.got_b[1],
+        Got::Push {
+            key: Some("big/blob".into()),
+            payload
+        }
+    );
     assert!(p.a.stats().tx_fragments >= 160, "{:?}", p.a.stats());
     assert_eq!(p.b.stats().rx_reassembled, 1);
     assert!(p.b.is_open());
@@ -424,8 +534,17 @@ fn reassembly_cap_is_enforced() {
     p.a.send(Priority::Data, true, &msg).unwrap();
     p.drive();
     assert!(p.got_b.is_empty());
-    assert_eq!(p.events_b, [Event::Closed { reason: CloseReason::TooLarge, by_peer: false }]);
-    assert!(p.events_a.contains(&Event::Closed { reason: CloseReason::TooLarge, by_peer: true }));
+    assert_eq!(
+        p.events_b,
+        [Event::Closed {
+            reason: CloseReason::TooLarge,
+            by_peer: false
+        }]
+    );
+    assert!(p.events_a.contains(&Event::Closed {
+        reason: CloseReason::TooLarge,
+        by_peer: true
+    }));
     // The receiver stopped buffering at the cap: at most 1 MiB + one batch was ever accepted.
     assert!(p.b.stats().rx_bytes < (1 << 20) + 2 * 65_535);
 }
@@ -438,7 +557,14 @@ fn sending_more_than_max_message_size_is_refused() {
     p.drive();
     let payload = [0u8; 2000];
     assert_eq!(
-        p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: 1, payload: &payload })),
+        p.a.send(
+            Priority::Data,
+            true,
+            &NetworkMessage::Put(Put {
+                key_id: 1,
+                payload: &payload
+            })
+        ),
         Err(SendError::TooLarge)
     );
 }
@@ -450,13 +576,19 @@ fn full_lane_reports_queue_full_and_other_lanes_still_accept() {
     let mut p = Pair::new(ca, cfg(2));
     p.drive();
     let payload = [0u8; 100];
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: &payload });
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: &payload,
+    });
     let mut accepted = 0;
     while p.a.send(Priority::Data, true, &put).is_ok() {
         accepted += 1;
         assert!(accepted < 100);
     }
-    assert_eq!(p.a.send(Priority::Data, true, &put), Err(SendError::QueueFull));
+    assert_eq!(
+        p.a.send(Priority::Data, true, &put),
+        Err(SendError::QueueFull)
+    );
     assert!((8..=10).contains(&accepted), "{accepted}");
     assert_eq!(p.a.send(Priority::RealTime, true, &put), Ok(()));
     p.drive();
@@ -467,10 +599,21 @@ fn full_lane_reports_queue_full_and_other_lanes_still_accept() {
 #[test]
 fn malformed_input_closes_with_a_reason() {
     let mut p = Pair::open();
-    p.b.handle_input(p.now, &[0xff, 0xff, 0xff], &mut |_| panic!("nothing to deliver"));
-    assert_eq!(p.b.poll_event(), Some(Event::Closed { reason: CloseReason::Malformed, by_peer: false }));
+    p.b.handle_input(p.now, &[0xff, 0xff, 0xff], &mut |_| {
+        panic!("nothing to deliver")
+    });
+    assert_eq!(
+        p.b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Malformed,
+            by_peer: false
+        })
+    );
     p.drive();
-    assert!(p.events_a.contains(&Event::Closed { reason: CloseReason::Malformed, by_peer: true }));
+    assert!(p.events_a.contains(&Event::Closed {
+        reason: CloseReason::Malformed,
+        by_peer: true
+    }));
     assert!(p.a.is_closed() && p.b.is_closed());
 }
 
@@ -480,8 +623,15 @@ fn malformed_network_message_inside_a_valid_frame_closes() {
     // A frame on the right sequence number whose body has an unknown tag.
     let mut buf = [0u8; 32];
     let mut good = vec![0u8; 65_535];
-    p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: 1, payload: b"x" }))
-        .unwrap();
+    p.a.send(
+        Priority::Data,
+        true,
+        &NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: b"x",
+        }),
+    )
+    .unwrap();
     let n = p.a.poll_transmit(p.now, &mut good).unwrap();
     let TransportMessage::Frame(f) = TransportMessage::decode(&good[..n]).unwrap() else {
         panic!()
@@ -489,14 +639,23 @@ fn malformed_network_message_inside_a_valid_frame_closes() {
     let h = encode_frame_header(&mut buf, Priority::Data, true, f.sn).unwrap();
     buf[h] = 0x70;
     p.b.handle_input(p.now, &buf[..h + 1], &mut |_| {});
-    assert_eq!(p.b.poll_event(), Some(Event::Closed { reason: CloseReason::Malformed, by_peer: false }));
+    assert_eq!(
+        p.b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Malformed,
+            by_peer: false
+        })
+    );
 }
 
 #[test]
 fn duplicates_are_dropped_and_reliable_gaps_close() {
     let mut p = Pair::open();
     let mut buf = vec![0u8; 65_535];
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"x",
+    });
     p.a.send(Priority::Data, true, &put).unwrap();
     let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
     let first = buf[..n].to_vec();
@@ -514,7 +673,10 @@ fn duplicates_are_dropped_and_reliable_gaps_close() {
     assert_eq!(got, 1);
     assert_eq!(
         p.b.poll_event(),
-        Some(Event::Closed { reason: CloseReason::SequenceGap, by_peer: false })
+        Some(Event::Closed {
+            reason: CloseReason::SequenceGap,
+            by_peer: false
+        })
     );
 }
 
@@ -522,7 +684,10 @@ fn duplicates_are_dropped_and_reliable_gaps_close() {
 fn best_effort_gaps_are_counted_not_fatal() {
     let mut p = Pair::open();
     let mut buf = vec![0u8; 65_535];
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: b"x" });
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"x",
+    });
     let mut got = 0;
     for i in 0..10 {
         p.a.send(Priority::RealTime, false, &put).unwrap();
@@ -541,10 +706,24 @@ fn lost_fragment_on_best_effort_lane_drops_only_that_message() {
     let mut p = Pair::open();
     let mut buf = vec![0u8; 65_535];
     let big = vec![5u8; 200_000];
-    p.a.send(Priority::Data, false, &NetworkMessage::Put(Put { key_id: 1, payload: &big }))
-        .unwrap();
-    p.a.send(Priority::Data, false, &NetworkMessage::Put(Put { key_id: 1, payload: b"small" }))
-        .unwrap();
+    p.a.send(
+        Priority::Data,
+        false,
+        &NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: &big,
+        }),
+    )
+    .unwrap();
+    p.a.send(
+        Priority::Data,
+        false,
+        &NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: b"small",
+        }),
+    )
+    .unwrap();
     let mut got = Vec::new();
     let mut i = 0;
     while let Some(n) = p.a.poll_transmit(p.now, &mut buf) {
@@ -564,10 +743,29 @@ fn orderly_close_reaches_the_peer() {
     let mut p = Pair::open();
     p.a.close(CloseReason::Shutdown);
     p.drive();
-    assert_eq!(p.events_a, [Event::Closed { reason: CloseReason::Shutdown, by_peer: false }]);
-    assert_eq!(p.events_b, [Event::Closed { reason: CloseReason::Shutdown, by_peer: true }]);
     assert_eq!(
-        p.a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: 1, payload: b"" })),
+        p.events_a,
+        [Event::Closed {
+            reason: CloseReason::Shutdown,
+            by_peer: false
+        }]
+    );
+    assert_eq!(
+        p.events_b,
+        [Event::Closed {
+            reason: CloseReason::Shutdown,
+            by_peer: true
+        }]
+    );
+    assert_eq!(
+        p.a.send(
+            Priority::Data,
+            true,
+            &NetworkMessage::Put(Put {
+                key_id: 1,
+                payload: b""
+            })
+        ),
         Err(SendError::Closed)
     );
     assert_eq!(p.a.poll_timeout(), None);
@@ -580,7 +778,13 @@ fn frames_before_the_handshake_are_unexpected() {
     let mut buf = [0u8; 16];
     let n = encode_frame_header(&mut buf, Priority::Data, true, 0).unwrap();
     b.handle_input(now, &buf[..n], &mut |_| {});
-    assert_eq!(b.poll_event(), Some(Event::Closed { reason: CloseReason::Unexpected, by_peer: false }));
+    assert_eq!(
+        b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Unexpected,
+            by_peer: false
+        })
+    );
 }
 
 #[test]
@@ -606,11 +810,25 @@ fn no_alloc_session_with_fixed_buffers() {
     let id = a.declare_keyexpr("dev/temp").unwrap();
     // 300 bytes: more than a batch, fragmented from the fixed queue.
     let payload = [9u8; 300];
-    a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: id, payload: &payload }))
-        .unwrap();
+    a.send(
+        Priority::Data,
+        true,
+        &NetworkMessage::Put(Put {
+            key_id: id,
+            payload: &payload,
+        }),
+    )
+    .unwrap();
     // More than the fixed storage holds is refused, not a panic.
     assert_eq!(
-        a.send(Priority::Data, true, &NetworkMessage::Put(Put { key_id: id, payload: &[0; 600] })),
+        a.send(
+            Priority::Data,
+            true,
+            &NetworkMessage::Put(Put {
+                key_id: id,
+                payload: &[0; 600]
+            })
+        ),
         Err(SendError::QueueFull)
     );
     while let Some(n) = a.poll_transmit(now, &mut buf) {

@@ -115,7 +115,10 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
         let max = self.config.max_message_size;
         let cap = self.config.lane_capacity;
-        let lane = self.lanes.get_mut(priority.index()).ok_or(SendError::TooLarge)?;
+        let lane = self
+            .lanes
+            .get_mut(priority.index())
+            .ok_or(SendError::TooLarge)?;
         let hint = size_hint(msg);
         if hint > max.saturating_add(32) {
             return Err(SendError::TooLarge);
@@ -138,7 +141,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 return Err(SendError::TooLarge);
             }
             head[..ENTRY_HDR].copy_from_slice(&entry_header(reliable, len));
-            let ok = lane.buf.extend_from_slice(head.get(..ENTRY_HDR + n).unwrap_or(&[]))
+            let ok = lane
+                .buf
+                .extend_from_slice(head.get(..ENTRY_HDR + n).unwrap_or(&[]))
                 && lane.buf.extend_from_slice(p.payload);
             if !ok {
                 lane.buf.resize(start);
@@ -151,7 +156,11 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                     lane.buf.resize(start);
                     return Err(SendError::QueueFull);
                 }
-                let dst = lane.buf.bytes_mut().get_mut(start + ENTRY_HDR..).unwrap_or(&mut []);
+                let dst = lane
+                    .buf
+                    .bytes_mut()
+                    .get_mut(start + ENTRY_HDR..)
+                    .unwrap_or(&mut []);
                 match msg.encode(dst) {
                     Ok(n) => break n,
                     Err(EncodeError::BufferTooSmall) if room < max => {
@@ -232,10 +241,15 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 lease_ms: cfg.lease.as_millis() as u32,
                 initial_sn: self.local_initial_sn,
             }),
-            Control::Open => TransportMessage::Open(Open { initial_sn: self.local_initial_sn }),
+            Control::Open => TransportMessage::Open(Open {
+                initial_sn: self.local_initial_sn,
+            }),
             Control::Close(reason) => {
                 self.state = State::Closed;
-                TransportMessage::Close(Close { reason, detail: reason.as_str() })
+                TransportMessage::Close(Close {
+                    reason,
+                    detail: reason.as_str(),
+                })
             }
         };
         msg.encode(buf).ok()

@@ -301,7 +301,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawBytes<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("borrowed bytes")
             }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
                 Ok(RawBytes(v))
             }
         }
@@ -310,18 +313,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawBytes<'a> {
 }
 
 pub(crate) fn check_len(field: Field, len: usize, max: usize) -> Result<(), DecodeError> {
-    if len > max { Err(DecodeError::TooLong { field, len, max }) } else { Ok(()) }
+    if len > max {
+        Err(DecodeError::TooLong { field, len, max })
+    } else {
+        Ok(())
+    }
 }
 
 /// Encodes a postcard value at the start of `buf`, returning the number of bytes written.
-pub(crate) fn put_postcard<T: Serialize + ?Sized>(v: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
+pub(crate) fn put_postcard<T: Serialize + ?Sized>(
+    v: &T,
+    buf: &mut [u8],
+) -> Result<usize, EncodeError> {
     Ok(postcard::to_slice(v, buf)?.len())
 }
 
 /// Writes `data` at `buf[pos..]`, returning the new position.
 pub(crate) fn put_slice(buf: &mut [u8], pos: usize, data: &[u8]) -> Result<usize, EncodeError> {
-    let end = pos.checked_add(data.len()).ok_or(EncodeError::BufferTooSmall)?;
-    buf.get_mut(pos..end).ok_or(EncodeError::BufferTooSmall)?.copy_from_slice(data);
+    let end = pos
+        .checked_add(data.len())
+        .ok_or(EncodeError::BufferTooSmall)?;
+    buf.get_mut(pos..end)
+        .ok_or(EncodeError::BufferTooSmall)?
+        .copy_from_slice(data);
     Ok(end)
 }
 

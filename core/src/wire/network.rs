@@ -2,8 +2,7 @@
 
 use super::varint;
 use super::{
-    DecodeError, EncodeError, Field, RawBytes, check_len, limits, put_postcard, put_slice,
-    tail_mut,
+    DecodeError, EncodeError, Field, RawBytes, check_len, limits, put_postcard, put_slice, tail_mut,
 };
 use crate::hlc::Timestamp;
 use crate::keyexpr::KeyExpr;
@@ -46,7 +45,11 @@ fn validate_key(k: &str) -> Result<(), DecodeError> {
 }
 
 fn validate_encoding(e: Option<&str>) -> Result<(), DecodeError> {
-    check_len(Field::Encoding, e.map_or(0, str::len), limits::MAX_ENCODING_LEN)
+    check_len(
+        Field::Encoding,
+        e.map_or(0, str::len),
+        limits::MAX_ENCODING_LEN,
+    )
 }
 
 /// Whether a sample sets or removes a value.
@@ -328,7 +331,8 @@ impl<'a> NetworkMessage<'a> {
                 } else {
                     let pos = varint::put_u32(buf, 0, tag::PUT)?;
                     let pos = varint::put_u32(buf, pos, p.key_id)?;
-                    let len = u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
+                    let len =
+                        u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
                     let pos = varint::put_u32(buf, pos, len)?;
                     put_slice(buf, pos, p.payload)
                 }
@@ -377,7 +381,11 @@ impl<'a> NetworkMessage<'a> {
             tag::REQUEST => {
                 let (m, rest): (Request<'a>, _) = postcard::take_from_bytes(body)?;
                 m.key.validate()?;
-                check_len(Field::Parameters, m.parameters.len(), limits::MAX_PARAMS_LEN)?;
+                check_len(
+                    Field::Parameters,
+                    m.parameters.len(),
+                    limits::MAX_PARAMS_LEN,
+                )?;
                 validate_encoding(m.encoding)?;
                 Ok((NetworkMessage::Request(m), rest))
             }
@@ -400,7 +408,11 @@ impl<'a> NetworkMessage<'a> {
     /// Decodes a buffer holding exactly one message.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let (m, rest) = Self::take(bytes)?;
-        if rest.is_empty() { Ok(m) } else { Err(DecodeError::TrailingBytes(rest.len())) }
+        if rest.is_empty() {
+            Ok(m)
+        } else {
+            Err(DecodeError::TrailingBytes(rest.len()))
+        }
     }
 }
 
@@ -418,9 +430,15 @@ pub fn encode_put_prefix(buf: &mut [u8], key_id: u32, len: usize) -> Result<usiz
 /// message is left as it is.
 pub fn put_to_tail_form(msg: &mut [u8]) -> usize {
     let full = msg.len();
-    let Ok((tag::PUT, rest)) = varint::take_u32(msg) else { return full };
-    let Ok((_, after_key)) = varint::take_u32(rest) else { return full };
-    let Ok((len, payload)) = varint::take_u32(after_key) else { return full };
+    let Ok((tag::PUT, rest)) = varint::take_u32(msg) else {
+        return full;
+    };
+    let Ok((_, after_key)) = varint::take_u32(rest) else {
+        return full;
+    };
+    let Ok((len, payload)) = varint::take_u32(after_key) else {
+        return full;
+    };
     if payload.len() != len as usize {
         return full;
     }

@@ -67,17 +67,26 @@ fn golden_handshake() {
         }),
         &accept,
     );
-    golden_t(TransportMessage::Open(Open { initial_sn: 300 }), &[0x02, 0xac, 0x02]);
+    golden_t(
+        TransportMessage::Open(Open { initial_sn: 300 }),
+        &[0x02, 0xac, 0x02],
+    );
 }
 
 #[test]
 fn golden_close_keepalive() {
     golden_t(
-        TransportMessage::Close(Close { reason: CloseReason::UnsupportedVersion, detail: "v2" }),
+        TransportMessage::Close(Close {
+            reason: CloseReason::UnsupportedVersion,
+            detail: "v2",
+        }),
         &[0x03, 0x01, 0x02, b'v', b'2'],
     );
     golden_t(
-        TransportMessage::Close(Close { reason: CloseReason::Refused, detail: "" }),
+        TransportMessage::Close(Close {
+            reason: CloseReason::Refused,
+            detail: "",
+        }),
         &[0x03, 0x08, 0x00],
     );
     golden_t(TransportMessage::KeepAlive, &[0x04]);
@@ -134,29 +143,49 @@ fn golden_frame_and_fragment() {
 #[test]
 fn golden_put_forms() {
     golden_n(
-        NetworkMessage::Put(Put { key_id: 3, payload: b"abc" }),
+        NetworkMessage::Put(Put {
+            key_id: 3,
+            payload: b"abc",
+        }),
         &[0x00, 0x03, 0x03, b'a', b'b', b'c'],
     );
     let mut buf = [0u8; 16];
-    let n = NetworkMessage::Put(Put { key_id: 3, payload: b"abc" }).encode_last(&mut buf).unwrap();
+    let n = NetworkMessage::Put(Put {
+        key_id: 3,
+        payload: b"abc",
+    })
+    .encode_last(&mut buf)
+    .unwrap();
     assert_eq!(&buf[..n], &[0x01, 0x03, b'a', b'b', b'c']);
     assert_eq!(
         NetworkMessage::decode(&buf[..n]).unwrap(),
-        NetworkMessage::Put(Put { key_id: 3, payload: b"abc" })
+        NetworkMessage::Put(Put {
+            key_id: 3,
+            payload: b"abc"
+        })
     );
     // In-place conversion agrees with encode_last.
-    let mut full = enc_n(&NetworkMessage::Put(Put { key_id: 300, payload: &[9; 200] }));
+    let mut full = enc_n(&NetworkMessage::Put(Put {
+        key_id: 300,
+        payload: &[9; 200],
+    }));
     let mut last = [0u8; 300];
-    let want = NetworkMessage::Put(Put { key_id: 300, payload: &[9; 200] })
-        .encode_last(&mut last)
-        .unwrap();
+    let want = NetworkMessage::Put(Put {
+        key_id: 300,
+        payload: &[9; 200],
+    })
+    .encode_last(&mut last)
+    .unwrap();
     let got = put_to_tail_form(&mut full);
     assert_eq!(&full[..got], &last[..want]);
 }
 
 #[test]
 fn golden_push() {
-    let ts = Timestamp { time: Ntp64(1), id: ID1 };
+    let ts = Timestamp {
+        time: Ntp64(1),
+        id: ID1,
+    };
     let mut bytes = vec![0x02, 0x01, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x01, 0x01];
     bytes.extend([0x11; 16]);
     bytes.extend([0x01, 0x04, b't', b'e', b'x', b't', 0x01, 0x01, 0xaa]);
@@ -187,15 +216,24 @@ fn golden_push() {
 #[test]
 fn golden_declarations() {
     golden_n(
-        NetworkMessage::Declare(Declare::KeyExpr { id: 1, key: "fleet/car1/speed" }),
+        NetworkMessage::Declare(Declare::KeyExpr {
+            id: 1,
+            key: "fleet/car1/speed",
+        }),
         &[
             0x03, 0x00, 0x01, 0x10, b'f', b'l', b'e', b'e', b't', b'/', b'c', b'a', b'r', b'1',
             b'/', b's', b'p', b'e', b'e', b'd',
         ],
     );
-    golden_n(NetworkMessage::Declare(Declare::UndeclareKeyExpr { id: 1 }), &[0x03, 0x01, 0x01]);
     golden_n(
-        NetworkMessage::Declare(Declare::Subscriber { id: 2, key: WireKey::Id(1) }),
+        NetworkMessage::Declare(Declare::UndeclareKeyExpr { id: 1 }),
+        &[0x03, 0x01, 0x01],
+    );
+    golden_n(
+        NetworkMessage::Declare(Declare::Subscriber {
+            id: 2,
+            key: WireKey::Id(1),
+        }),
         &[0x03, 0x02, 0x02, 0x00, 0x01],
     );
     golden_n(
@@ -210,12 +248,21 @@ fn golden_declarations() {
         }),
         &[0x03, 0x04, 0x03, 0x01, 0x04, b'a', b'/', b'*', b'*', 0x01],
     );
-    golden_n(NetworkMessage::Declare(Declare::UndeclareQueryable { id: 3 }), &[0x03, 0x05, 0x03]);
     golden_n(
-        NetworkMessage::Declare(Declare::Token { id: 4, key: WireKey::Id(9) }),
+        NetworkMessage::Declare(Declare::UndeclareQueryable { id: 3 }),
+        &[0x03, 0x05, 0x03],
+    );
+    golden_n(
+        NetworkMessage::Declare(Declare::Token {
+            id: 4,
+            key: WireKey::Id(9),
+        }),
         &[0x03, 0x06, 0x04, 0x00, 0x09],
     );
-    golden_n(NetworkMessage::Declare(Declare::UndeclareToken { id: 4 }), &[0x03, 0x07, 0x04]);
+    golden_n(
+        NetworkMessage::Declare(Declare::UndeclareToken { id: 4 }),
+        &[0x03, 0x07, 0x04],
+    );
     golden_n(
         NetworkMessage::Declare(Declare::Interest {
             id: 5,
@@ -224,8 +271,14 @@ fn golden_declarations() {
         }),
         &[0x03, 0x08, 0x05, 0x00, 0x19],
     );
-    golden_n(NetworkMessage::Declare(Declare::InterestFinal { id: 5 }), &[0x03, 0x09, 0x05]);
-    golden_n(NetworkMessage::Declare(Declare::UndeclareInterest { id: 5 }), &[0x03, 0x0a, 0x05]);
+    golden_n(
+        NetworkMessage::Declare(Declare::InterestFinal { id: 5 }),
+        &[0x03, 0x09, 0x05],
+    );
+    golden_n(
+        NetworkMessage::Declare(Declare::UndeclareInterest { id: 5 }),
+        &[0x03, 0x0a, 0x05],
+    );
 }
 
 #[test]
@@ -259,21 +312,33 @@ fn golden_query_and_replies() {
                 attachment: None,
             }),
         }),
-        &[0x05, 0x07, 0x00, 0x01, 0x03, b'a', b'/', b'b', 0x00, 0x01, b'1', 0x00, 0x00, 0x00],
+        &[
+            0x05, 0x07, 0x00, 0x01, 0x03, b'a', b'/', b'b', 0x00, 0x01, b'1', 0x00, 0x00, 0x00,
+        ],
     );
     golden_n(
         NetworkMessage::Response(Response {
             request_id: 7,
-            body: ReplyBody::Err { payload: RawBytes(b"no"), encoding: None },
+            body: ReplyBody::Err {
+                payload: RawBytes(b"no"),
+                encoding: None,
+            },
         }),
         &[0x05, 0x07, 0x01, 0x02, b'n', b'o', 0x00],
     );
-    golden_n(NetworkMessage::ResponseFinal(ResponseFinal { request_id: 7 }), &[0x06, 0x07]);
+    golden_n(
+        NetworkMessage::ResponseFinal(ResponseFinal { request_id: 7 }),
+        &[0x06, 0x07],
+    );
 }
 
 #[test]
 fn golden_scouting() {
-    let m = ScoutMessage::Scout { version: 1, what: 5, from: None };
+    let m = ScoutMessage::Scout {
+        version: 1,
+        what: 5,
+        from: None,
+    };
     let mut buf = [0u8; 128];
     let n = m.encode(&mut buf).unwrap();
     assert_eq!(&buf[..n], &[0x00, 0x01, 0x05, 0x00]);
@@ -292,7 +357,10 @@ fn golden_scouting() {
     assert_eq!(&buf[..n], &want[..]);
     let back = ScoutMessage::decode(&buf[..n]).unwrap();
     assert_eq!(back, h);
-    assert_eq!(back.locators().collect::<Vec<_>>(), ["tcp/1.2.3.4:5", "quic/[::1]:6"]);
+    assert_eq!(
+        back.locators().collect::<Vec<_>>(),
+        ["tcp/1.2.3.4:5", "quic/[::1]:6"]
+    );
 }
 
 /// The overhead target: a put of an 8-byte payload on a declared key id inside a frame costs at
@@ -300,7 +368,10 @@ fn golden_scouting() {
 #[test]
 fn put_overhead_in_frame() {
     let payload = [7u8; 8];
-    let put = NetworkMessage::Put(Put { key_id: 1, payload: &payload });
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: &payload,
+    });
     let mut body = [0u8; 64];
     let n = put.encode_last(&mut body).unwrap();
     let frame = TransportMessage::Frame(Frame {
@@ -324,20 +395,44 @@ fn put_overhead_in_frame() {
 fn decode_rejects_bad_input_with_reasons() {
     assert_eq!(TransportMessage::decode(&[]), Err(DecodeError::Truncated));
     // Reserved header bits on a keep-alive.
-    assert_eq!(TransportMessage::decode(&[0x0c]), Err(DecodeError::ReservedBits(0x0c)));
+    assert_eq!(
+        TransportMessage::decode(&[0x0c]),
+        Err(DecodeError::ReservedBits(0x0c))
+    );
     // "more" flag on a frame.
-    assert_eq!(TransportMessage::decode(&[0x85, 0x00]), Err(DecodeError::ReservedBits(0x85)));
-    assert_eq!(TransportMessage::decode(&[0x04, 0x00]), Err(DecodeError::TrailingBytes(1)));
-    assert_eq!(TransportMessage::decode(&[0x00, 0x01]), Err(DecodeError::Truncated));
-    assert_eq!(TransportMessage::decode(&[0x05, 0xff, 0xff]), Err(DecodeError::Truncated));
+    assert_eq!(
+        TransportMessage::decode(&[0x85, 0x00]),
+        Err(DecodeError::ReservedBits(0x85))
+    );
+    assert_eq!(
+        TransportMessage::decode(&[0x04, 0x00]),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    assert_eq!(
+        TransportMessage::decode(&[0x00, 0x01]),
+        Err(DecodeError::Truncated)
+    );
+    assert_eq!(
+        TransportMessage::decode(&[0x05, 0xff, 0xff]),
+        Err(DecodeError::Truncated)
+    );
     let big = vec![0x04; limits::MAX_BATCH_SIZE + 1];
     assert!(matches!(
         TransportMessage::decode(&big),
-        Err(DecodeError::TooLong { field: Field::Batch, .. })
+        Err(DecodeError::TooLong {
+            field: Field::Batch,
+            ..
+        })
     ));
-    assert_eq!(NetworkMessage::decode(&[0x7f]), Err(DecodeError::UnknownTag(0x7f)));
+    assert_eq!(
+        NetworkMessage::decode(&[0x7f]),
+        Err(DecodeError::UnknownTag(0x7f))
+    );
     // Put whose length runs past the input.
-    assert_eq!(NetworkMessage::decode(&[0x00, 0x01, 0x05, 1, 2]), Err(DecodeError::Truncated));
+    assert_eq!(
+        NetworkMessage::decode(&[0x00, 0x01, 0x05, 1, 2]),
+        Err(DecodeError::Truncated)
+    );
     // Invalid key expression in a declaration.
     assert!(matches!(
         NetworkMessage::decode(&[0x03, 0x00, 0x01, 0x03, b'a', b'/', b'/']),
@@ -350,7 +445,10 @@ fn decode_rejects_bad_input_with_reasons() {
     let n = msg.encode(&mut buf).unwrap();
     assert!(matches!(
         NetworkMessage::decode(&buf[..n]),
-        Err(DecodeError::TooLong { field: Field::KeyExpr, .. })
+        Err(DecodeError::TooLong {
+            field: Field::KeyExpr,
+            ..
+        })
     ));
     // Invalid UTF-8 in a string field.
     assert_eq!(
@@ -360,35 +458,58 @@ fn decode_rejects_bad_input_with_reasons() {
     // Encoding into a short buffer is an error, not a panic.
     let mut tiny = [0u8; 3];
     assert_eq!(
-        NetworkMessage::Put(Put { key_id: 1, payload: b"hello" }).encode(&mut tiny),
+        NetworkMessage::Put(Put {
+            key_id: 1,
+            payload: b"hello"
+        })
+        .encode(&mut tiny),
         Err(EncodeError::BufferTooSmall)
     );
 }
 
 fn key_strategy() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["a", "a/b", "fleet/car1/speed", "fleet/*/speed", "fleet/**", "@x/y"])
+    prop::sample::select(vec![
+        "a",
+        "a/b",
+        "fleet/car1/speed",
+        "fleet/*/speed",
+        "fleet/**",
+        "@x/y",
+    ])
 }
 
 fn wire_key() -> impl Strategy<Value = WireKey<'static>> {
-    prop_oneof![any::<u32>().prop_map(WireKey::Id), key_strategy().prop_map(WireKey::Name)]
+    prop_oneof![
+        any::<u32>().prop_map(WireKey::Id),
+        key_strategy().prop_map(WireKey::Name)
+    ]
 }
 
-fn push_strategy(
-    payload: &'static [u8],
-) -> impl Strategy<Value = Push<'static>> {
+fn push_strategy(payload: &'static [u8]) -> impl Strategy<Value = Push<'static>> {
     (
         wire_key(),
         any::<bool>(),
         0..payload.len(),
         prop::option::of((any::<u64>(), any::<u128>())),
-        prop::option::of(prop::sample::select(vec!["text/plain", "application/json", ""])),
+        prop::option::of(prop::sample::select(vec![
+            "text/plain",
+            "application/json",
+            "",
+        ])),
         prop::option::of(0..payload.len()),
     )
         .prop_map(move |(key, del, n, ts, encoding, att)| Push {
             key,
-            kind: if del { SampleKind::Delete } else { SampleKind::Put },
+            kind: if del {
+                SampleKind::Delete
+            } else {
+                SampleKind::Put
+            },
             payload: RawBytes(&payload[..n]),
-            timestamp: ts.map(|(t, id)| Timestamp { time: Ntp64(t), id: NodeId::from_u128(id) }),
+            timestamp: ts.map(|(t, id)| Timestamp {
+                time: Ntp64(t),
+                id: NodeId::from_u128(id),
+            }),
             encoding,
             attachment: att.map(|n| RawBytes(&payload[n..])),
         })
@@ -406,27 +527,29 @@ static PAYLOAD: [u8; 300] = {
 
 fn network_message() -> impl Strategy<Value = NetworkMessage<'static>> {
     prop_oneof![
-        (any::<u32>(), 0..PAYLOAD.len())
-            .prop_map(|(key_id, n)| NetworkMessage::Put(Put { key_id, payload: &PAYLOAD[..n] })),
+        (any::<u32>(), 0..PAYLOAD.len()).prop_map(|(key_id, n)| NetworkMessage::Put(Put {
+            key_id,
+            payload: &PAYLOAD[..n]
+        })),
         push_strategy(&PAYLOAD).prop_map(NetworkMessage::Push),
         (any::<u32>(), key_strategy())
             .prop_map(|(id, key)| NetworkMessage::Declare(Declare::KeyExpr { id, key })),
         (any::<u32>(), wire_key(), any::<bool>()).prop_map(|(id, key, complete)| {
             NetworkMessage::Declare(Declare::Queryable { id, key, complete })
         }),
-        (any::<u32>(), prop::option::of(wire_key()), any::<u8>())
-            .prop_map(|(id, key, flags)| NetworkMessage::Declare(Declare::Interest {
-                id,
-                key,
-                flags
-            })),
+        (any::<u32>(), prop::option::of(wire_key()), any::<u8>()).prop_map(|(id, key, flags)| {
+            NetworkMessage::Declare(Declare::Interest { id, key, flags })
+        }),
         (any::<u32>(), wire_key(), any::<u32>(), 0..3u8, 0..4u8).prop_map(
             |(id, key, timeout_ms, t, c)| NetworkMessage::Request(Request {
                 id,
                 key,
                 parameters: "_time=[now(-10m)..];limit=100",
-                target: [QueryTarget::BestMatching, QueryTarget::All, QueryTarget::AllComplete]
-                    [t as usize],
+                target: [
+                    QueryTarget::BestMatching,
+                    QueryTarget::All,
+                    QueryTarget::AllComplete
+                ][t as usize],
                 consolidation: [
                     Consolidation::Auto,
                     Consolidation::None,
@@ -440,11 +563,13 @@ fn network_message() -> impl Strategy<Value = NetworkMessage<'static>> {
             })
         ),
         (any::<u32>(), push_strategy(&PAYLOAD)).prop_map(|(request_id, p)| {
-            NetworkMessage::Response(Response { request_id, body: ReplyBody::Sample(p) })
+            NetworkMessage::Response(Response {
+                request_id,
+                body: ReplyBody::Sample(p),
+            })
         }),
-        any::<u32>().prop_map(|request_id| NetworkMessage::ResponseFinal(ResponseFinal {
-            request_id
-        })),
+        any::<u32>()
+            .prop_map(|request_id| NetworkMessage::ResponseFinal(ResponseFinal { request_id })),
     ]
 }
 

@@ -151,7 +151,10 @@ pub struct Frame<'a> {
 impl<'a> Frame<'a> {
     /// Iterates the network messages of the frame, stopping after the first error.
     pub fn messages(&self) -> Messages<'a> {
-        Messages { rest: self.payload, failed: false }
+        Messages {
+            rest: self.payload,
+            failed: false,
+        }
     }
 }
 
@@ -165,7 +168,10 @@ pub struct Messages<'a> {
 impl<'a> Messages<'a> {
     /// Iterates the messages encoded back to back in `bytes`.
     pub fn new(bytes: &'a [u8]) -> Self {
-        Messages { rest: bytes, failed: false }
+        Messages {
+            rest: bytes,
+            failed: false,
+        }
     }
 }
 
@@ -250,7 +256,11 @@ pub fn encode_fragment_header(
     more: bool,
     sn: u32,
 ) -> Result<usize, EncodeError> {
-    let k = if first { kind::FRAGMENT_FIRST } else { kind::FRAGMENT_NEXT };
+    let k = if first {
+        kind::FRAGMENT_FIRST
+    } else {
+        kind::FRAGMENT_NEXT
+    };
     let pos = put_slice(buf, 0, &[header(k, priority, reliable, more)])?;
     varint::put_u32(buf, pos, sn)
 }
@@ -320,7 +330,12 @@ impl<'a> TransportMessage<'a> {
             }
             kind::FRAME => {
                 let (sn, payload) = varint::take_u32(body)?;
-                TransportMessage::Frame(Frame { priority, reliable, sn, payload })
+                TransportMessage::Frame(Frame {
+                    priority,
+                    reliable,
+                    sn,
+                    payload,
+                })
             }
             _ => {
                 let (sn, data) = varint::take_u32(body)?;

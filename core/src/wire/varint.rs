@@ -42,7 +42,11 @@ pub(crate) fn take_u32(buf: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
             return Ok((v, rest));
         }
     }
-    if buf.len() >= 5 { Err(DecodeError::BadVarint) } else { Err(DecodeError::Truncated) }
+    if buf.len() >= 5 {
+        Err(DecodeError::BadVarint)
+    } else {
+        Err(DecodeError::Truncated)
+    }
 }
 
 #[cfg(test)]
@@ -51,7 +55,18 @@ mod tests {
 
     #[test]
     fn matches_postcard() {
-        for v in [0u32, 1, 127, 128, 300, 16_383, 16_384, 0x1f_ffff, 0x20_0000, u32::MAX] {
+        for v in [
+            0u32,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            0x1f_ffff,
+            0x20_0000,
+            u32::MAX,
+        ] {
             let mut a = [0u8; 8];
             let n = put_u32(&mut a, 0, v).unwrap();
             let mut bb = [0u8; 8];
@@ -61,7 +76,10 @@ mod tests {
             assert_eq!(take_u32(&a[..n]).unwrap(), (v, &[][..]));
         }
         assert_eq!(take_u32(&[0x80]), Err(DecodeError::Truncated));
-        assert_eq!(take_u32(&[0xff, 0xff, 0xff, 0xff, 0x1f]), Err(DecodeError::BadVarint));
+        assert_eq!(
+            take_u32(&[0xff, 0xff, 0xff, 0xff, 0x1f]),
+            Err(DecodeError::BadVarint)
+        );
         assert_eq!(take_u32(&[0xff; 6]), Err(DecodeError::BadVarint));
     }
 }
