@@ -66,7 +66,7 @@ fn shuttle(
     }
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut now = Instant::ZERO;
     let mut a = HeapSession::new(
         Config::new(NodeId::from_u128(0xa)),
@@ -86,7 +86,7 @@ fn main() {
     shuttle(now, &mut a, &mut b, &mut buf);
 
     println!("1000 puts of 8 bytes on a declared key:");
-    let id = a.declare_keyexpr("fleet/car1/speed").expect("open");
+    let id = a.declare_keyexpr("fleet/car1/speed")?;
     for i in 0..1000u32 {
         let payload = format!("{:>8}", i);
         a.send(
@@ -96,8 +96,7 @@ fn main() {
                 key_id: id,
                 payload: payload.as_bytes(),
             }),
-        )
-        .expect("queued");
+        )?;
     }
     let (batches, msgs) = shuttle(now, &mut a, &mut b, &mut buf);
     println!(
@@ -118,8 +117,7 @@ fn main() {
             encoding: Some("image/raw"),
             attachment: None,
         }),
-    )
-    .expect("queued");
+    )?;
     let (batches, _) = shuttle(now, &mut a, &mut b, &mut buf);
     println!(
         "  sent as {batches} fragments, reassembled: {}",
@@ -151,4 +149,5 @@ fn main() {
     println!("orderly close:");
     a.close(CloseReason::Shutdown);
     shuttle(now, &mut a, &mut b, &mut buf);
+    Ok(())
 }

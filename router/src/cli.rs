@@ -409,39 +409,6 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The next liveliness change from any of the subscribers, as a JSON line.
-async fn next_liveliness(subs: &[crate::Subscriber]) -> String {
-    if subs.is_empty() {
-        return std::future::pending().await;
-    }
-    let futs: Vec<_> = subs.iter().map(|s| Box::pin(s.recv())).collect();
-    let (x, _, _) = select_first(futs).await;
-    match x {
-        Some(x) => {
-            let ev = if x.kind == SampleKind::Put {
-                "alive"
-            } else {
-                "gone"
-            };
-            serde_json::json!({"event": ev, "key": &*x.key}).to_string()
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn select_first<F: std::future::Future + Unpin>(mut v: Vec<F>) -> (F::Output, usize, Vec<F>) {
-    std::future::poll_fn(move |cx| {
-        for i in 0..v.len() {
-            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut v[i]).poll(cx) {
-                let _ = v.swap_remove(i);
-                return std::task::Poll::Ready((r, i, std::mem::take(&mut v)));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn peer(
     common: &Common,
@@ -479,15 +446,31 @@ async fn peer(
             let _ = tx.send(v.to_string());
         })?);
     }
-    let lsubs = liveliness
-        .iter()
-        .map(|k| s.liveliness().declare_subscriber(k))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut watchers = Vec::new();
+    for k in liveliness {
+        let l = s.liveliness().declare_subscriber(k)?;
+        let tx = tx.clone();
+        watchers.push(tokio::spawn(async move {
+            while let Some(x) = l.recv().await {
+                let ev = if x.kind == SampleKind::Put {
+                    "alive"
+                } else {
+                    "gone"
+                };
+                let line = serde_json::json!({"event": ev, "key": &*x.key}).to_string();
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
     let printer = async {
+        // Ends only if stdout is closed; with nothing to print it waits for the signal.
         loop {
-            let line = tokio::select! {
-                l = rx.recv() => match l { Some(l) => l, None => break },
-                l = next_liveliness(&lsubs) => l,
+            let Some(line) = rx.recv().await else {
+                std::future::pending::<()>().await;
+                break;
             };
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -513,6 +496,9 @@ async fn peer(
         r = publisher => r?,
     }
     drop(subs);
+    for w in watchers {
+        w.abort();
+    }
     s.close().await;
     Ok(())
 }

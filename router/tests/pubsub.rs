@@ -1,5 +1,7 @@
 //! Two and three sessions in one process over real loopback sockets (mDNS off).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use hypha::{Config, CongestionControl, SampleKind, Session};
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The `hypha` CLI across processes on loopback: pub → sub, wildcards, delete, JSON output,
 //! errors. mDNS is off so nothing is multicast on the host's network.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use hypha_tests::{Proc, free_port};
 use std::time::Duration;
 use tokio::process::Command;

@@ -2,6 +2,8 @@
 //! slow delivery to a subscriber that keeps reading; what is dropped for the frozen one is
 //! counted on its link.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use hypha::{Config, CongestionControl};
 use hypha_tests::{Proc, free_port};
 use std::sync::Arc;

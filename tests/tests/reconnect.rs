@@ -1,6 +1,8 @@
 //! Links that break are redialled; declarations are replayed on the new link, so subscriptions
 //! work again without restarting anything else.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use hypha::Config;
 use hypha_tests::{Proc, free_port};
 use std::time::Duration;

@@ -60,14 +60,9 @@ async fn run_link(text: &str, size: usize, secs: f64) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let mut got = 0u64;
     let mut last = t0;
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), b.rx.recv()).await {
-            Ok(Ok(_)) => {
-                got += 1;
-                last = Instant::now();
-            }
-            _ => break,
-        }
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), b.rx.recv()).await {
+        got += 1;
+        last = Instant::now();
     }
     let sent = sender.await?;
     let el = last.duration_since(t0).as_secs_f64().max(1e-6);

@@ -22,7 +22,7 @@ const RX_QUEUE: usize = 256;
 #[derive(Debug)]
 pub struct QuicTx {
     conn: quinn::Connection,
-    streams: [Option<quinn::SendStream>; 8],
+    streams: Box<[Option<quinn::SendStream>; 8]>,
     buf: Vec<u8>,
     /// Keeps the client endpoint alive for dialled links.
     _endpoint: Option<quinn::Endpoint>,

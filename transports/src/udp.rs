@@ -58,19 +58,19 @@ impl UdpTx {
 impl UdpRx {
     pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
         match self {
-            UdpRx::Socket(s, buf) => loop {
+            UdpRx::Socket(s, buf) => {
                 buf.clear();
                 buf.reserve(65_536);
                 match s.recv_buf(buf).await {
-                    Ok(0) => return Err(LinkError::Closed),
-                    Ok(_) => return Ok(buf.split().freeze()),
+                    Ok(0) => Err(LinkError::Closed),
+                    Ok(_) => Ok(buf.split().freeze()),
                     // ICMP port unreachable from an earlier send: the peer is gone.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Err(LinkError::Closed);
+                        Err(LinkError::Closed)
                     }
-                    Err(e) => return Err(LinkError::Io(e)),
+                    Err(e) => Err(LinkError::Io(e)),
                 }
-            },
+            }
             UdpRx::Chan(rx) => match rx.recv().await {
                 Some(b) if !b.is_empty() => Ok(b),
                 _ => Err(LinkError::Closed),

@@ -1,6 +1,8 @@
 //! Every transport on real sockets: connect, both directions, large and many batches, remote
 //! close, port 0, garbage from a peer, and TLS verification.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use bytes::Bytes;
 use hypha_transports::{
     ConnectError, Endpoint, Link, LinkError, LinkRecv, LinkSend, TlsConfig, connect, listen,

@@ -342,8 +342,10 @@ pub struct Publisher {
     key: Arc<str>,
     qos: Qos,
     encoding: Option<Arc<str>>,
-    cache: Mutex<Option<(u64, Arc<Route<Arc<Handler>>>)>>,
+    cache: Mutex<Option<(u64, SharedRoute)>>,
 }
+
+type SharedRoute = Arc<Route<Arc<Handler>>>;
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

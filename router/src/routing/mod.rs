@@ -51,6 +51,10 @@ impl<H> Default for Route<H> {
     }
 }
 
+/// Matching queryables: local handles and faces, each with whether it is complete for the
+/// queried key.
+pub type QueryableMatches<H> = (Vec<(H, bool)>, Vec<(FaceId, bool)>);
+
 /// A local declaration.
 #[derive(Debug, Clone)]
 pub struct Local<H> {
@@ -303,7 +307,7 @@ impl<H: Clone> Tables<H> {
     }
 
     /// Queryables (local handles, and faces) matching a query key.
-    pub fn queryables_for(&self, key: &KeyExpr<'_>) -> (Vec<(H, bool)>, Vec<(FaceId, bool)>) {
+    pub fn queryables_for(&self, key: &KeyExpr<'_>) -> QueryableMatches<H> {
         let local = self
             .queryables
             .values()

@@ -86,6 +86,10 @@ pub(crate) struct Runtime {
     pub counters: Counters,
     rand: std::collections::hash_map::RandomState,
     rand_ctr: AtomicU64,
+    /// The dialer of discovered peers (when mDNS is on).
+    pub dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
+    /// Last known endpoints of discovered peers.
+    pub known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
 }
 
 /// 64 random bits from the OS-seeded hasher state (no extra dependency).
@@ -121,6 +125,8 @@ impl Runtime {
             counters: Counters::default(),
             rand: std::collections::hash_map::RandomState::new(),
             rand_ctr: AtomicU64::new(0),
+            dialer: std::sync::OnceLock::new(),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,6 +227,9 @@ impl Runtime {
             faces.insert(face.id, face.clone());
         }
         tracing::info!(peer = %peer.node_id, mode = %peer.mode, remote = %face.info.remote, "connected");
+        if let Some(d) = self.dialer.get() {
+            d.set_connected(peer.node_id, true);
+        }
         let (subs, tokens, queryables) = {
             let mut t = self.tables();
             t.add_face(face.id, Some(peer.node_id));
@@ -277,6 +286,20 @@ impl Runtime {
         }
         if let Some(p) = face.peer() {
             tracing::info!(peer = %p.node_id, "disconnected");
+            if let Some(d) = self.dialer.get() {
+                d.set_connected(p.node_id, false);
+                let known = self
+                    .known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&p.node_id)
+                    .cloned();
+                if let Some(eps) = known {
+                    if !self.closed.load(Ordering::Acquire) && !self.connected_to(p.node_id) {
+                        d.dial(Some(p.node_id), eps);
+                    }
+                }
+            }
         }
         let gone = self.tables().remove_face(face.id);
         if let Some(decls) = gone {
@@ -510,36 +533,6 @@ impl Runtime {
         });
     }
 
-    /// Dials a discovered node unless already connected to it.
-    pub fn dial_discovered(self: &Arc<Self>, node: NodeId, endpoints: Vec<Endpoint>) {
-        let rt = self.clone();
-        self.spawn(async move {
-            // Both ends discover each other: the smaller id dials at once, the other only if no
-            // link has appeared after a grace period.
-            if rt.id > node {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            if rt.connected_to(node) || rt.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let attempts = endpoints.iter().map(|ep| {
-                let tls = rt.config.tls.clone();
-                let ep = ep.clone();
-                Box::pin(async move { hypha_transports::connect(&ep, &tls).await }) as Attempt
-            });
-            let mut pending: Vec<_> = attempts.collect();
-            while !pending.is_empty() {
-                let (r, _, rest) = futures_select_all(pending).await;
-                pending = rest;
-                if let Ok(link) = r {
-                    drop(pending);
-                    face::run(rt.clone(), link, Role::Dialer).await;
-                    return;
-                }
-            }
-        });
-    }
-
     pub fn connected_to(&self, node: NodeId) -> bool {
         self.faces
             .read()
@@ -576,35 +569,6 @@ impl Runtime {
     }
 }
 
-type Attempt = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<hypha_transports::Link, hypha_transports::ConnectError>,
-            > + Send,
-    >,
->;
-
-/// Waits for the first of several futures (a tiny `select_all`).
-async fn futures_select_all(
-    mut v: Vec<Attempt>,
-) -> (
-    Result<hypha_transports::Link, hypha_transports::ConnectError>,
-    usize,
-    Vec<Attempt>,
-) {
-    std::future::poll_fn(move |cx| {
-        for i in 0..v.len() {
-            if let std::task::Poll::Ready(r) = v[i].as_mut().poll(cx) {
-                let _ = v.swap_remove(i);
-                let rest = std::mem::take(&mut v);
-                return std::task::Poll::Ready((r, i, rest));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 impl Runtime {
     /// Waits until every link's queues are empty, up to `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
@@ -627,7 +591,61 @@ impl Runtime {
 }
 
 /// Starts mDNS discovery and dials the peers it finds.
+///
+/// Both ends of a pair discover each other; the node with the smaller id dials at once, the
+/// other only if no link has appeared after a grace period (so a pair normally ends up with
+/// one link, and the duplicate rule in `face_established` settles the rare race). When a link
+/// to a discovered node breaks, it is redialled with backoff at its last known endpoints.
 pub(crate) fn start_discovery(rt: &Arc<Runtime>, listening: Vec<Endpoint>) -> Result<(), String> {
-    let _ = (rt, listening);
+    use hypha_transports::dialer::Dialer;
+    use hypha_transports::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent};
+    let (discovery, mut events) =
+        Discovery::start(DiscoveryConfig::new(rt.id, rt.config.mode, listening))
+            .map_err(|e| e.to_string())?;
+    let (dialer, mut dialed) = Dialer::new(rt.id, rt.config.tls.clone());
+    let _ = rt.dialer.set(dialer.clone());
+    let rt2 = rt.clone();
+    rt.spawn(async move {
+        let _discovery = discovery; // announced while this task lives
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(DiscoveryEvent::Found { node_id, endpoints, .. }) => {
+                        tracing::debug!(peer = %node_id, ?endpoints, "discovered");
+                        rt2.known.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id, endpoints.clone());
+                        if rt2.connected_to(node_id) {
+                            continue;
+                        }
+                        if rt2.id < node_id {
+                            dialer.dial(Some(node_id), endpoints);
+                        } else {
+                            let (rt3, d) = (rt2.clone(), dialer.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                if !rt3.connected_to(node_id) {
+                                    d.dial(Some(node_id), endpoints);
+                                }
+                            });
+                        }
+                    }
+                    Some(DiscoveryEvent::Lost { node_id }) => {
+                        tracing::debug!(peer = %node_id, "lost (mDNS)");
+                        rt2.known.lock().unwrap_or_else(|p| p.into_inner()).remove(&node_id);
+                        dialer.forget(Some(node_id), &[]);
+                    }
+                    None => break,
+                },
+                d = dialed.recv() => match d {
+                    Some(d) => {
+                        let rt3 = rt2.clone();
+                        tokio::spawn(async move {
+                            face::run(rt3, d.link, Role::Dialer).await;
+                        });
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
     Ok(())
 }
