@@ -407,8 +407,11 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
                     break;
                 }
             }
-            tx.close().await;
+            // The neighbour is gone for the tables now (its tokens vanish at once), not after
+            // the transport's own goodbye, which may wait for an unresponsive peer.
             face.kill();
+            rt.face_closed(&face);
+            tx.close().await;
             return;
         }
         let sleep = async {
