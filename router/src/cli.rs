@@ -1,7 +1,7 @@
 //! The `hypha` command line (`hypha --help`). The binary's `main` calls [`main`].
 
 use crate::{Config, Sample, SampleKind, Session};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -504,8 +504,38 @@ async fn peer(
 }
 
 async fn scout(d: Duration) -> Result<()> {
-    let _ = d;
-    bail!("scout needs mDNS discovery, which is not available in this build yet")
+    use hypha_transports::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent};
+    let me = hypha_core::id::NodeId::from_u128(
+        (u128::from(crate::runtime::random_u64()) << 64) | u128::from(crate::runtime::random_u64()),
+    );
+    // Browse only: with no endpoints, nothing of ours is announced.
+    let (disc, mut events) = Discovery::start(DiscoveryConfig::new(
+        me,
+        hypha_core::wire::Mode::Client,
+        Vec::new(),
+    ))?;
+    let deadline = tokio::time::Instant::now() + d;
+    let mut seen = 0;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if let DiscoveryEvent::Found {
+            node_id,
+            mode,
+            endpoints,
+        } = ev
+        {
+            seen += 1;
+            println!(
+                "{}",
+                serde_json::json!({"id": node_id.to_string(), "mode": mode.as_str(),
+                    "endpoints": endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>()})
+            );
+        }
+    }
+    disc.stop().await;
+    if seen == 0 {
+        eprintln!("no Hypha node answered within {} s", d.as_secs());
+    }
+    Ok(())
 }
 
 /// Parses the process arguments and runs the command; exits non-zero with one line on error.

@@ -146,3 +146,35 @@ async fn many_messages_arrive_in_order() {
     }
     assert_eq!(a.info().dropped, 0);
 }
+
+/// B and C are each configured with A's endpoint only; gossip tells them about each other, they
+/// link directly, and B's publications reach C (peers do not forward).
+#[tokio::test]
+async fn gossip_completes_the_mesh() {
+    let a = hypha::open(cfg("tcp/127.0.0.1:0", &[])).await.unwrap();
+    let ep = a.info().listening[0].to_string();
+    let b = hypha::open(cfg("tcp/127.0.0.1:0", std::slice::from_ref(&ep)))
+        .await
+        .unwrap();
+    let c = hypha::open(cfg("tcp/127.0.0.1:0", &[ep])).await.unwrap();
+    for s in [&a, &b, &c] {
+        assert!(s.wait_peers(2, T).await, "{} has {:?}", s.id(), s.peers());
+    }
+    let sub = c.declare_subscriber("g/**").stream().unwrap();
+    let p = b.declare_publisher("g/x").unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        p.put("hi").await.unwrap();
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
+            assert_eq!(s.payload_str(), Some("hi"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's sample never reached C"
+        );
+    }
+    // Exactly one link per pair.
+    assert_eq!(b.peers().len(), 2);
+    assert_eq!(c.peers().len(), 2);
+}

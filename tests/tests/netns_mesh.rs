@@ -56,7 +56,7 @@ async fn three_namespaces_discover_exchange_and_survive_a_kill() {
         eprintln!("skipped: {why}");
         return;
     }
-    let lab = Lab::new(3, 1).unwrap();
+    let lab = Lab::new(4, 1).unwrap(); // hosts 0..3 run peers, host 3 scouts
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hypha.toml");
     // mDNS on (the default), QUIC on every interface of the namespace, a short lease.
@@ -77,6 +77,32 @@ async fn three_namespaces_discover_exchange_and_survive_a_kill() {
         hears(n, &others, Duration::from_secs(30)).await.unwrap();
     }
     eprintln!("full mesh exchanging after {:?}", t0.elapsed());
+
+    // `hypha scout` from a fourth host lists the three peers.
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let ready: serde_json::Value = serde_json::from_str(&n.seen[0]).unwrap();
+            ready["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut scout = lab.command(3, CLI);
+    scout.args(["scout", "--secs", "4"]);
+    let out = tokio::time::timeout(Duration::from_secs(20), scout.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let found: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for id in &ids {
+        assert!(
+            found.iter().any(|f| f["id"] == *id),
+            "scout missed {id}: {found:?}"
+        );
+    }
 
     // Kill n2 without a goodbye.
     nodes[2].signal("KILL").unwrap();

@@ -96,6 +96,7 @@ fn size_hint(msg: &NetworkMessage<'_>) -> usize {
             ReplyBody::Err { payload, .. } => payload.0.len() + 300,
         },
         NetworkMessage::ResponseFinal(_) => 8,
+        NetworkMessage::Gossip(g) => g.locators.len() + 40,
     }
 }
 

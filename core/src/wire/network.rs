@@ -18,6 +18,7 @@ mod tag {
     pub const REQUEST: u32 = 4;
     pub const RESPONSE: u32 = 5;
     pub const RESPONSE_FINAL: u32 = 6;
+    pub const GOSSIP: u32 = 7;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -305,6 +306,22 @@ pub enum NetworkMessage<'a> {
     Response(Response<'a>),
     /// End of replies.
     ResponseFinal(ResponseFinal),
+    /// Where a node can be reached, told to neighbours so they can dial it.
+    Gossip(Gossip<'a>),
+}
+
+/// "Node `node_id` listens on these endpoints": sent by a node about itself when a link opens,
+/// and relayed to its other neighbours, so that peers configured with a single endpoint still
+/// form a full mesh. Unspecified hosts (`0.0.0.0`, `[::]`) stand for the address the receiver
+/// sees the sender at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gossip<'a> {
+    /// The node.
+    pub node_id: crate::id::NodeId,
+    /// Its mode.
+    pub mode: super::Mode,
+    /// Its endpoints, comma-separated (capped at [`limits::MAX_LOCATORS_LEN`] bytes).
+    pub locators: &'a str,
 }
 
 impl<'a> NetworkMessage<'a> {
@@ -342,6 +359,7 @@ impl<'a> NetworkMessage<'a> {
             NetworkMessage::Request(m) => Self::tagged(buf, tag::REQUEST, m),
             NetworkMessage::Response(m) => Self::tagged(buf, tag::RESPONSE, m),
             NetworkMessage::ResponseFinal(m) => Self::tagged(buf, tag::RESPONSE_FINAL, m),
+            NetworkMessage::Gossip(m) => Self::tagged(buf, tag::GOSSIP, m),
         }
     }
 
@@ -400,6 +418,11 @@ impl<'a> NetworkMessage<'a> {
             tag::RESPONSE_FINAL => {
                 let (m, rest) = postcard::take_from_bytes(body)?;
                 Ok((NetworkMessage::ResponseFinal(m), rest))
+            }
+            tag::GOSSIP => {
+                let (m, rest): (Gossip<'a>, _) = postcard::take_from_bytes(body)?;
+                check_len(Field::Locators, m.locators.len(), limits::MAX_LOCATORS_LEN)?;
+                Ok((NetworkMessage::Gossip(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

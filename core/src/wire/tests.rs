@@ -333,6 +333,39 @@ fn golden_query_and_replies() {
 }
 
 #[test]
+fn golden_gossip() {
+    let mut want = vec![0x07];
+    want.extend([0x22; 16]);
+    want.extend([0x02, 0x0f]);
+    want.extend(b"tcp/[::]:7447,x");
+    golden_n(
+        NetworkMessage::Gossip(Gossip {
+            node_id: ID2,
+            mode: Mode::Router,
+            locators: "tcp/[::]:7447,x",
+        }),
+        &want,
+    );
+    let long = "x".repeat(limits::MAX_LOCATORS_LEN + 1);
+    let mut buf = vec![0u8; 8192];
+    let n = NetworkMessage::Gossip(Gossip {
+        node_id: ID2,
+        mode: Mode::Peer,
+        locators: &long,
+    })
+    .encode(&mut buf)
+    .unwrap();
+    let bytes = &buf[..n];
+    assert!(matches!(
+        NetworkMessage::decode(bytes),
+        Err(DecodeError::TooLong {
+            field: Field::Locators,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn golden_scouting() {
     let m = ScoutMessage::Scout {
         version: 1,

@@ -174,6 +174,7 @@ pub async fn open(config: Config) -> Result<Session, OpenError> {
     for ep in rt.config.connect.clone() {
         rt.keep_connected(ep);
     }
+    crate::runtime::start_dialer(&rt);
     if rt.config.mdns {
         crate::runtime::start_discovery(&rt, bound).map_err(OpenError::Discovery)?;
     }

@@ -76,6 +76,8 @@ pub(crate) enum Incoming {
     Unqueryable(u32),
     Token(u32, OwnedKeyExpr),
     Untoken(u32),
+    /// A node and where it listens.
+    Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
     /// Anything else (queries and replies arrive with their own issue).
     Other(&'static str),
 }
@@ -159,6 +161,14 @@ fn convert(
             Declare::UndeclareToken { id } => Incoming::Untoken(id),
             _ => Incoming::Other("interest"),
         },
+        NetworkMessage::Gossip(g) => Incoming::Gossip(
+            g.node_id,
+            g.locators
+                .split(',')
+                .filter_map(|l| l.parse().ok())
+                .take(hypha_transports::discovery::MAX_ENDPOINTS)
+                .collect(),
+        ),
         _ => Incoming::Other("query"),
     };
     out.push(item);
@@ -270,6 +280,18 @@ impl Face {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues any network message on the reliable control lane.
+    pub fn send_control(&self, msg: &NetworkMessage<'_>) {
+        if self
+            .lock()
+            .session
+            .send(Priority::Control, true, msg)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
     }
 
     /// Starts an orderly close; the writer sends `Close` and shuts the link.

@@ -11,7 +11,7 @@ use hypha_core::hlc::{Hlc, Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::OwnedKeyExpr;
 use hypha_core::session::{Role, SendError};
-use hypha_core::wire::{Declare, SampleKind, WireKey};
+use hypha_core::wire::{Declare, Gossip, NetworkMessage, SampleKind, WireKey};
 use hypha_transports::{Endpoint, Listener};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -270,6 +270,7 @@ impl Runtime {
                 key: WireKey::Name(key),
             });
         }
+        self.gossip_to(face);
         self.tables_changed();
         true
     }
@@ -327,7 +328,7 @@ impl Runtime {
     }
 
     /// Handles what a neighbour sent.
-    pub fn dispatch(&self, face: &Arc<Face>, m: Incoming) {
+    pub fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
         match m {
             Incoming::Sample {
                 key,
@@ -379,6 +380,7 @@ impl Runtime {
                     self.token_event(&key, SampleKind::Delete);
                 }
             }
+            Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
             Incoming::Other(what) => {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(face = face.id, "ignored: {what}");
@@ -590,62 +592,199 @@ impl Runtime {
     }
 }
 
-/// Starts mDNS discovery and dials the peers it finds.
-///
-/// Both ends of a pair discover each other; the node with the smaller id dials at once, the
-/// other only if no link has appeared after a grace period (so a pair normally ends up with
-/// one link, and the duplicate rule in `face_established` settles the rare race). When a link
-/// to a discovered node breaks, it is redialled with backoff at its last known endpoints.
-pub(crate) fn start_discovery(rt: &Arc<Runtime>, listening: Vec<Endpoint>) -> Result<(), String> {
+/// Starts the dialer of discovered and gossiped peers: every link it sets up runs as a face.
+pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
     use hypha_transports::dialer::Dialer;
+    let (dialer, mut dialed) = Dialer::new(rt.id, rt.config.tls.clone());
+    let _ = rt.dialer.set(dialer);
+    let rt2 = rt.clone();
+    rt.spawn(async move {
+        while let Some(d) = dialed.recv().await {
+            let rt3 = rt2.clone();
+            tokio::spawn(async move {
+                face::run(rt3, d.link, Role::Dialer).await;
+            });
+        }
+    });
+}
+
+/// Starts mDNS discovery: found peers are dialled (see [`Runtime::consider_dialing`]).
+pub(crate) fn start_discovery(rt: &Arc<Runtime>, listening: Vec<Endpoint>) -> Result<(), String> {
     use hypha_transports::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent};
     let (discovery, mut events) =
         Discovery::start(DiscoveryConfig::new(rt.id, rt.config.mode, listening))
             .map_err(|e| e.to_string())?;
-    let (dialer, mut dialed) = Dialer::new(rt.id, rt.config.tls.clone());
-    let _ = rt.dialer.set(dialer.clone());
     let rt2 = rt.clone();
     rt.spawn(async move {
         let _discovery = discovery; // announced while this task lives
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(DiscoveryEvent::Found { node_id, endpoints, .. }) => {
-                        tracing::debug!(peer = %node_id, ?endpoints, "discovered");
-                        rt2.known.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id, endpoints.clone());
-                        if rt2.connected_to(node_id) {
-                            continue;
-                        }
-                        if rt2.id < node_id {
-                            dialer.dial(Some(node_id), endpoints);
-                        } else {
-                            let (rt3, d) = (rt2.clone(), dialer.clone());
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                                if !rt3.connected_to(node_id) {
-                                    d.dial(Some(node_id), endpoints);
-                                }
-                            });
-                        }
+        while let Some(ev) = events.recv().await {
+            match ev {
+                DiscoveryEvent::Found {
+                    node_id, endpoints, ..
+                } => {
+                    tracing::debug!(peer = %node_id, ?endpoints, "discovered");
+                    rt2.consider_dialing(node_id, endpoints);
+                }
+                DiscoveryEvent::Lost { node_id } => {
+                    tracing::debug!(peer = %node_id, "lost (mDNS)");
+                    rt2.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&node_id);
+                    if let Some(d) = rt2.dialer.get() {
+                        d.forget(Some(node_id), &[]);
                     }
-                    Some(DiscoveryEvent::Lost { node_id }) => {
-                        tracing::debug!(peer = %node_id, "lost (mDNS)");
-                        rt2.known.lock().unwrap_or_else(|p| p.into_inner()).remove(&node_id);
-                        dialer.forget(Some(node_id), &[]);
-                    }
-                    None => break,
-                },
-                d = dialed.recv() => match d {
-                    Some(d) => {
-                        let rt3 = rt2.clone();
-                        tokio::spawn(async move {
-                            face::run(rt3, d.link, Role::Dialer).await;
-                        });
-                    }
-                    None => break,
-                },
+                }
             }
         }
     });
     Ok(())
+}
+
+/// Most nodes remembered from discovery and gossip (a peer cannot exhaust memory with gossip).
+const MAX_KNOWN: usize = 4096;
+
+/// `ep` with an unspecified host (0.0.0.0, [::]) replaced by `ip`.
+fn with_host(ep: &Endpoint, ip: Option<std::net::IpAddr>) -> Option<Endpoint> {
+    match (ep, ip) {
+        (
+            Endpoint::Net {
+                protocol,
+                host: hypha_transports::Host::Ip(h),
+                port,
+            },
+            Some(ip),
+        ) if h.is_unspecified() => Some(Endpoint::Net {
+            protocol: *protocol,
+            host: hypha_transports::Host::Ip(ip),
+            port: *port,
+        }),
+        (
+            Endpoint::Net {
+                host: hypha_transports::Host::Ip(h),
+                ..
+            },
+            None,
+        ) if h.is_unspecified() => None,
+        (Endpoint::Net { .. }, _) => Some(ep.clone()),
+        _ => None, // unix and mem endpoints are only meaningful on their own host
+    }
+}
+
+impl Runtime {
+    /// Remembers where `node` listens and dials it unless already linked. Both ends of a pair
+    /// usually learn of each other: the smaller id dials at once, the other only if no link has
+    /// appeared after a grace period, so a pair normally ends up with a single link (the
+    /// duplicate rule in `face_established` settles the rare race).
+    pub fn consider_dialing(self: &Arc<Self>, node: NodeId, endpoints: Vec<Endpoint>) {
+        if node == self.id
+            || endpoints.is_empty()
+            || self.config.mode == hypha_core::wire::Mode::Client
+        {
+            return;
+        }
+        {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= MAX_KNOWN && !known.contains_key(&node) {
+                return;
+            }
+            if known.get(&node) == Some(&endpoints) && self.connected_to(node) {
+                return;
+            }
+            known.insert(node, endpoints.clone());
+        }
+        if self.connected_to(node) {
+            return;
+        }
+        let Some(dialer) = self.dialer.get().cloned() else {
+            return;
+        };
+        if self.id < node {
+            dialer.dial(Some(node), endpoints);
+        } else {
+            let rt = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if !rt.connected_to(node) && !rt.closed.load(Ordering::Acquire) {
+                    dialer.dial(Some(node), endpoints);
+                }
+            });
+        }
+    }
+
+    /// Gossip on a new link: who we are and where we listen, and the neighbours we know.
+    pub fn gossip_to(&self, face: &Arc<Face>) {
+        let own: Vec<String> = self
+            .listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| matches!(e, Endpoint::Net { .. }))
+            .map(|e| e.to_string())
+            .collect();
+        let peer = face.peer().map(|p| p.node_id);
+        let locators = own.join(",");
+        face.send_control(&NetworkMessage::Gossip(Gossip {
+            node_id: self.id,
+            mode: self.config.mode,
+            locators: &locators,
+        }));
+        let known: Vec<(NodeId, Vec<Endpoint>)> = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(n, _)| Some(**n) != peer && self.connected_to(**n))
+            .map(|(n, e)| (*n, e.clone()))
+            .collect();
+        for (node, eps) in known {
+            let locators = eps
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            face.send_control(&NetworkMessage::Gossip(Gossip {
+                node_id: node,
+                mode: hypha_core::wire::Mode::Peer,
+                locators: &locators,
+            }));
+        }
+    }
+
+    /// A neighbour told us where a node listens.
+    fn on_gossip(self: &Arc<Self>, face: &Arc<Face>, node: NodeId, endpoints: Vec<Endpoint>) {
+        let from = face.peer().map(|p| p.node_id);
+        let remote_ip = face.info.remote.socket_addr().map(|a| a.ip());
+        let about_itself = from == Some(node);
+        let eps: Vec<Endpoint> = endpoints
+            .iter()
+            .filter_map(|e| with_host(e, if about_itself { remote_ip } else { None }))
+            .collect();
+        if eps.is_empty() || node == self.id {
+            return;
+        }
+        if about_itself {
+            // Relay the self-announcement one hop, to our other neighbours.
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node, eps.clone());
+            let locators = eps
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            for f in self.faces_snapshot() {
+                if f.id != face.id {
+                    f.send_control(&NetworkMessage::Gossip(Gossip {
+                        node_id: node,
+                        mode: hypha_core::wire::Mode::Peer,
+                        locators: &locators,
+                    }));
+                }
+            }
+        } else {
+            self.consider_dialing(node, eps);
+        }
+    }
 }
