@@ -1,5 +1,6 @@
 //! The Session API: what applications call.
 
+pub mod query;
 mod sample;
 
 pub use sample::{Sample, SampleKind};
@@ -69,6 +70,10 @@ pub(crate) enum Delivery {
     Callback(Box<dyn Fn(Sample) + Send + Sync>),
     Channel(mpsc::Sender<Sample>),
     Ring(Arc<Ring>),
+    /// A queryable: queries go to a callback or an unbounded channel (queries are never
+    /// dropped; their replies are what costs).
+    QueryCallback(Box<dyn Fn(query::Query) + Send + Sync>),
+    QueryChannel(mpsc::UnboundedSender<query::Query>),
 }
 
 /// A local subscriber's (or liveliness subscriber's) delivery end.
@@ -104,6 +109,26 @@ impl Handler {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Delivery::QueryCallback(_) | Delivery::QueryChannel(_) => {}
+        }
+    }
+
+    pub(crate) fn deliver_query(&self, q: query::Query) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        match &self.delivery {
+            Delivery::QueryCallback(f) => f(q),
+            Delivery::QueryChannel(tx) => {
+                let _ = tx.send(q);
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn new(delivery: Delivery) -> Self {
+        Handler {
+            delivery,
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -322,6 +347,17 @@ impl Session {
             key: keyexpr(key),
             capacity: self.rt.config.queues.subscriber,
         }
+    }
+
+    /// A query: replies from every matching queryable (storages included) arrive on the
+    /// returned stream. Selector: `KEYEXPR[?PARAMETERS]`, e.g. `fleet/**?_time=[now(-10m)..]`.
+    pub fn get(&self, selector: &str) -> query::GetBuilder {
+        query::GetBuilder::new(self.rt.clone(), selector)
+    }
+
+    /// A queryable on a key expression; choose how it receives queries with the builder.
+    pub fn declare_queryable(&self, key: &str) -> query::QueryableBuilder {
+        query::QueryableBuilder::new(self.rt.clone(), keyexpr(key))
     }
 
     /// Liveliness: tokens and their subscribers.

@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Notify;
 
+/// Queries and replies travel on their own lane, so they never block publications.
+pub(crate) const QUERY_LANE: Priority = Priority::InteractiveLow;
+
 /// Quality of service of a send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Lane {
@@ -78,6 +81,19 @@ pub(crate) enum Incoming {
     Untoken(u32),
     /// A node and where it listens.
     Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
+    Request {
+        id: u32,
+        key: OwnedKeyExpr,
+        parameters: String,
+        target: hypha_core::wire::QueryTarget,
+        payload: Option<Bytes>,
+        attachment: Option<Bytes>,
+    },
+    Reply(
+        u32,
+        Result<crate::api::Sample, crate::api::query::ErrorReply>,
+    ),
+    ReplyFinal(u32),
     /// Anything else (queries and replies arrive with their own issue).
     Other(&'static str),
 }
@@ -169,7 +185,41 @@ fn convert(
                 .take(hypha_transports::discovery::MAX_ENDPOINTS)
                 .collect(),
         ),
-        _ => Incoming::Other("query"),
+        NetworkMessage::Request(q) => match owned(keys, q.key) {
+            Some(key) => Incoming::Request {
+                id: q.id,
+                key,
+                parameters: q.parameters.to_string(),
+                target: q.target,
+                payload: q.payload.map(|p| bytes_of(batch, p.0)),
+                attachment: q.attachment.map(|a| bytes_of(batch, a.0)),
+            },
+            None => Incoming::Other("request on an undeclared key id"),
+        },
+        NetworkMessage::Response(r) => match r.body {
+            hypha_core::wire::ReplyBody::Sample(p) => match resolve(keys, p.key) {
+                Some(key) => Incoming::Reply(
+                    r.request_id,
+                    Ok(crate::api::Sample {
+                        key,
+                        payload: bytes_of(batch, p.payload.0),
+                        kind: p.kind,
+                        timestamp: p.timestamp,
+                        encoding: p.encoding.map(Arc::from),
+                        attachment: p.attachment.map(|a| bytes_of(batch, a.0)),
+                    }),
+                ),
+                None => Incoming::Other("reply on an undeclared key id"),
+            },
+            hypha_core::wire::ReplyBody::Err { payload, encoding } => Incoming::Reply(
+                r.request_id,
+                Err(crate::api::query::ErrorReply {
+                    payload: bytes_of(batch, payload.0),
+                    encoding: encoding.map(Arc::from),
+                }),
+            ),
+        },
+        NetworkMessage::ResponseFinal(f) => Incoming::ReplyFinal(f.request_id),
     };
     out.push(item);
 }
@@ -291,6 +341,74 @@ impl Face {
             .is_ok()
         {
             self.wake.notify_one();
+        }
+    }
+
+    /// Queues `msg` on `lane`, waiting for room (never dropping); `false` if the link is gone.
+    async fn send_waiting(&self, priority: Priority, msg: &NetworkMessage<'_>) -> bool {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let r = self.lock().session.send(priority, true, msg);
+            match r {
+                Ok(()) => {
+                    self.wake.notify_one();
+                    return true;
+                }
+                Err(SendError::QueueFull) if !self.is_dead() => space.await,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sends a query to this neighbour.
+    pub async fn send_request(&self, req: &hypha_core::wire::Request<'_>) -> bool {
+        self.send_waiting(QUERY_LANE, &NetworkMessage::Request(*req))
+            .await
+    }
+
+    /// Sends one reply; waits for room rather than drop it.
+    pub async fn send_reply(
+        &self,
+        request_id: u32,
+        r: Result<crate::api::Sample, crate::api::query::ErrorReply>,
+    ) -> bool {
+        use hypha_core::wire::{ReplyBody, Response};
+        let body = match &r {
+            Ok(s) => ReplyBody::Sample(Push {
+                key: WireKey::Name(&s.key),
+                kind: s.kind,
+                payload: RawBytes(&s.payload),
+                timestamp: s.timestamp,
+                encoding: s.encoding.as_deref(),
+                attachment: s.attachment.as_deref().map(RawBytes),
+            }),
+            Err(e) => ReplyBody::Err {
+                payload: RawBytes(&e.payload),
+                encoding: e.encoding.as_deref(),
+            },
+        };
+        self.send_waiting(
+            QUERY_LANE,
+            &NetworkMessage::Response(Response { request_id, body }),
+        )
+        .await
+    }
+
+    /// Tells the querier this node is done with its query (after every reply, same lane).
+    pub fn send_response_final(self: &Arc<Self>, request_id: u32) {
+        let msg = NetworkMessage::ResponseFinal(hypha_core::wire::ResponseFinal { request_id });
+        let r = self.lock().session.send(QUERY_LANE, true, &msg);
+        match r {
+            Ok(()) => self.wake.notify_one(),
+            Err(SendError::QueueFull) => {
+                let face = self.clone();
+                tokio::spawn(async move {
+                    face.send_waiting(QUERY_LANE, &msg).await;
+                });
+            }
+            Err(_) => {}
         }
     }
 

@@ -1,6 +1,7 @@
 //! The node's runtime: links, faces, discovery and dispatch.
 
 pub(crate) mod face;
+mod query_state;
 
 use crate::api::{Handler, Sample};
 use crate::config::Config;
@@ -86,6 +87,9 @@ pub(crate) struct Runtime {
     pub counters: Counters,
     rand: std::collections::hash_map::RandomState,
     rand_ctr: AtomicU64,
+    /// Queries this node made, waiting for replies.
+    pub queries: Mutex<HashMap<u32, query_state::PendingQuery>>,
+    next_query: std::sync::atomic::AtomicU32,
     /// The dialer of discovered peers (when mDNS is on).
     pub dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
     /// Last known endpoints of discovered peers.
@@ -126,6 +130,8 @@ impl Runtime {
             rand: std::collections::hash_map::RandomState::new(),
             rand_ctr: AtomicU64::new(0),
             dialer: std::sync::OnceLock::new(),
+            queries: Mutex::new(HashMap::new()),
+            next_query: std::sync::atomic::AtomicU32::new(1),
             known: Mutex::new(HashMap::new()),
         })
     }
@@ -302,6 +308,17 @@ impl Runtime {
                 }
             }
         }
+        let waiting: Vec<u32> = self
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, q)| q.faces.contains(&face.id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.query_part_done(id, Some(face.id));
+        }
         let gone = self.tables().remove_face(face.id);
         if let Some(decls) = gone {
             for key in decls.tokens.into_values() {
@@ -381,6 +398,18 @@ impl Runtime {
                 }
             }
             Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
+            Incoming::Request {
+                id,
+                key,
+                parameters,
+                target,
+                payload,
+                attachment,
+            } => self.on_request(face, id, key, parameters, target, payload, attachment),
+            Incoming::Reply(id, r) => {
+                self.deliver_reply(id, face.peer().map(|p| p.node_id), r);
+            }
+            Incoming::ReplyFinal(id) => self.query_part_done(id, Some(face.id)),
             Incoming::Other(what) => {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(face = face.id, "ignored: {what}");

@@ -1,0 +1,459 @@
+//! Queries: `get` and queryables.
+//!
+//! A `get` goes to the matching queryables (here and on neighbours, per its target); their
+//! replies arrive on a [`Replies`] stream that ends when every queryable has answered or the
+//! timeout passes. Dropping the stream cancels the query. Replies are consolidated per the
+//! query's mode: all of them, monotonic per key, or only the latest per key (delivered at the
+//! end). A queryable receives [`Query`] objects and answers with `reply`, `reply_delete`,
+//! `reply_err`; when every copy of a `Query` is dropped, the querier is told this queryable is
+//! done.
+
+use super::{DeclareError, Delivery, Handler, Sample, keyexpr};
+use crate::routing::DeclId;
+use crate::runtime::Runtime;
+use crate::runtime::face::Face;
+use bytes::Bytes;
+use hypha_core::hlc::Timestamp;
+use hypha_core::id::NodeId;
+use hypha_core::keyexpr::{KeyExpr, KeyExprError, OwnedKeyExpr};
+pub use hypha_core::wire::{Consolidation, QueryTarget};
+use hypha_core::wire::{Declare, SampleKind, WireKey};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Why a query could not be sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The selector's key expression is invalid.
+    #[error("invalid selector: {0}")]
+    KeyExpr(#[from] KeyExprError),
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Why a reply was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The reply's key does not intersect the query's key expression.
+    #[error("reply key {key} does not match the query {query}")]
+    KeyMismatch {
+        /// The reply key.
+        key: String,
+        /// The query's key expression.
+        query: String,
+    },
+    /// The reply key is not a valid key expression.
+    #[error("invalid reply key: {0}")]
+    KeyExpr(#[from] KeyExprError),
+    /// The querier is gone (link closed, or it stopped listening).
+    #[error("the querier is gone")]
+    Gone,
+}
+
+/// An error a queryable answered with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// Its payload.
+    pub payload: Bytes,
+    /// Its encoding.
+    pub encoding: Option<Arc<str>>,
+}
+
+/// One reply to a `get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// A sample, or the queryable's error.
+    pub result: Result<Sample, ErrorReply>,
+    /// The node that answered (`None`: this node).
+    pub replier: Option<NodeId>,
+}
+
+/// Splits `key?params` into a key expression and parameters.
+pub fn parse_selector(selector: &str) -> Result<(OwnedKeyExpr, String), KeyExprError> {
+    let (k, p) = selector.split_once('?').unwrap_or((selector, ""));
+    Ok((keyexpr(k)?, p.to_string()))
+}
+
+/// The value of parameter `name` in `a=b;c=d` (also accepts `&` as separator).
+pub fn parameter<'a>(parameters: &'a str, name: &str) -> Option<&'a str> {
+    parameters
+        .split([';', '&'])
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Builds a `get`.
+pub struct GetBuilder {
+    rt: Arc<Runtime>,
+    selector: Result<(OwnedKeyExpr, String), KeyExprError>,
+    target: QueryTarget,
+    consolidation: Consolidation,
+    timeout: Duration,
+    payload: Option<Bytes>,
+    attachment: Option<Bytes>,
+}
+
+impl GetBuilder {
+    pub(crate) fn new(rt: Arc<Runtime>, selector: &str) -> Self {
+        GetBuilder {
+            rt,
+            selector: parse_selector(selector),
+            target: QueryTarget::BestMatching,
+            consolidation: Consolidation::Auto,
+            timeout: Duration::from_secs(10),
+            payload: None,
+            attachment: None,
+        }
+    }
+
+    /// Which queryables: best matching (default), all, or all complete.
+    pub fn target(mut self, t: QueryTarget) -> Self {
+        self.target = t;
+        self
+    }
+
+    /// Reply consolidation (default: latest per key, or none for `_time` queries).
+    pub fn consolidation(mut self, c: Consolidation) -> Self {
+        self.consolidation = c;
+        self
+    }
+
+    /// How long to wait for replies (default 10 s).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// A payload sent with the query.
+    pub fn payload(mut self, p: impl Into<Bytes>) -> Self {
+        self.payload = Some(p.into());
+        self
+    }
+
+    /// An attachment sent with the query.
+    pub fn attachment(mut self, a: impl Into<Bytes>) -> Self {
+        self.attachment = Some(a.into());
+        self
+    }
+
+    /// Sends the query.
+    pub async fn send(self) -> Result<Replies, QueryError> {
+        let (key, parameters) = self.selector?;
+        let consolidation = match self.consolidation {
+            Consolidation::Auto if parameter(&parameters, "_time").is_some() => Consolidation::None,
+            Consolidation::Auto => Consolidation::Latest,
+            c => c,
+        };
+        self.rt
+            .start_query(
+                key,
+                parameters,
+                self.target,
+                consolidation,
+                self.timeout,
+                self.payload,
+                self.attachment,
+            )
+            .await
+    }
+}
+
+/// The replies of a `get`. Ends when every queryable has answered or the timeout passed.
+/// Dropping it cancels the query.
+pub struct Replies {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) id: u32,
+    pub(crate) rx: mpsc::UnboundedReceiver<Reply>,
+}
+
+impl std::fmt::Debug for Replies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replies({})", self.id)
+    }
+}
+
+impl Replies {
+    /// The next reply; `None` when the query is over.
+    pub async fn recv(&mut self) -> Option<Reply> {
+        self.rx.recv().await
+    }
+
+    /// Every remaining reply.
+    pub async fn collect(mut self) -> Vec<Reply> {
+        let mut v = Vec::new();
+        while let Some(r) = self.recv().await {
+            v.push(r);
+        }
+        v
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.rt.cancel_query(self.id);
+    }
+}
+
+/// Where a queryable's replies go.
+pub(crate) enum Sink {
+    /// A `get` made on this node.
+    Local { rt: Arc<Runtime>, qid: u32 },
+    /// A request from a neighbour.
+    Remote { face: Arc<Face>, request_id: u32 },
+}
+
+/// Tells the querier that this node's queryables are done when the last `Query` copy drops.
+pub(crate) struct Finalizer {
+    pub sink: Sink,
+}
+
+impl Drop for Finalizer {
+    fn drop(&mut self) {
+        match &self.sink {
+            Sink::Local { rt, qid } => rt.query_part_done(*qid, None),
+            Sink::Remote { face, request_id } => face.send_response_final(*request_id),
+        }
+    }
+}
+
+pub(crate) struct QueryInner {
+    pub key: OwnedKeyExpr,
+    pub parameters: String,
+    pub payload: Option<Bytes>,
+    pub attachment: Option<Bytes>,
+    pub finalizer: Arc<Finalizer>,
+}
+
+/// A query received by a queryable. Cheap to clone; the querier learns this queryable is done
+/// when every copy is dropped.
+#[derive(Clone)]
+pub struct Query {
+    pub(crate) inner: Arc<QueryInner>,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Query({})", self.selector())
+    }
+}
+
+impl Query {
+    /// The queried key expression.
+    pub fn key_expr(&self) -> KeyExpr<'_> {
+        self.inner.key.as_keyexpr()
+    }
+
+    /// The selector parameters (after `?`).
+    pub fn parameters(&self) -> &str {
+        &self.inner.parameters
+    }
+
+    /// One parameter's value.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        parameter(&self.inner.parameters, name)
+    }
+
+    /// The whole selector.
+    pub fn selector(&self) -> String {
+        if self.inner.parameters.is_empty() {
+            self.inner.key.to_string()
+        } else {
+            format!("{}?{}", self.inner.key, self.inner.parameters)
+        }
+    }
+
+    /// The query's payload.
+    pub fn payload(&self) -> Option<&Bytes> {
+        self.inner.payload.as_ref()
+    }
+
+    /// The query's attachment.
+    pub fn attachment(&self) -> Option<&Bytes> {
+        self.inner.attachment.as_ref()
+    }
+
+    fn check(&self, key: &str) -> Result<OwnedKeyExpr, ReplyError> {
+        let k = keyexpr(key)?;
+        if !k.as_keyexpr().intersects(&self.key_expr()) {
+            return Err(ReplyError::KeyMismatch {
+                key: k.into_string(),
+                query: self.inner.key.to_string(),
+            });
+        }
+        Ok(k)
+    }
+
+    /// Replies with a value on `key` (which must intersect the query).
+    pub async fn reply(&self, key: &str, payload: impl Into<Bytes>) -> Result<(), ReplyError> {
+        let k = self.check(key)?;
+        self.send(Ok(Sample {
+            key: Arc::from(k.as_str()),
+            payload: payload.into(),
+            kind: SampleKind::Put,
+            timestamp: None,
+            encoding: None,
+            attachment: None,
+        }))
+        .await
+    }
+
+    /// Replies with a whole sample (storages: keeps its timestamp and kind).
+    pub async fn reply_sample(&self, sample: Sample) -> Result<(), ReplyError> {
+        self.check(&sample.key)?;
+        self.send(Ok(sample)).await
+    }
+
+    /// Replies that `key` was deleted.
+    pub async fn reply_delete(
+        &self,
+        key: &str,
+        timestamp: Option<Timestamp>,
+    ) -> Result<(), ReplyError> {
+        let k = self.check(key)?;
+        self.send(Ok(Sample {
+            key: Arc::from(k.as_str()),
+            payload: Bytes::new(),
+            kind: SampleKind::Delete,
+            timestamp,
+            encoding: None,
+            attachment: None,
+        }))
+        .await
+    }
+
+    /// Replies with an error.
+    pub async fn reply_err(&self, payload: impl Into<Bytes>) -> Result<(), ReplyError> {
+        self.send(Err(ErrorReply {
+            payload: payload.into(),
+            encoding: None,
+        }))
+        .await
+    }
+
+    async fn send(&self, r: Result<Sample, ErrorReply>) -> Result<(), ReplyError> {
+        match &self.inner.finalizer.sink {
+            Sink::Local { rt, qid } => {
+                if rt.deliver_reply(*qid, None, r) {
+                    Ok(())
+                } else {
+                    Err(ReplyError::Gone)
+                }
+            }
+            Sink::Remote { face, request_id } => {
+                if face.send_reply(*request_id, r).await {
+                    Ok(())
+                } else {
+                    Err(ReplyError::Gone)
+                }
+            }
+        }
+    }
+}
+
+/// Builds a queryable.
+pub struct QueryableBuilder {
+    rt: Arc<Runtime>,
+    key: Result<OwnedKeyExpr, KeyExprError>,
+    complete: bool,
+}
+
+impl QueryableBuilder {
+    pub(crate) fn new(rt: Arc<Runtime>, key: Result<OwnedKeyExpr, KeyExprError>) -> Self {
+        QueryableBuilder {
+            rt,
+            key,
+            complete: false,
+        }
+    }
+
+    /// Whether it holds every key of its key expression (a complete storage).
+    pub fn complete(mut self, c: bool) -> Self {
+        self.complete = c;
+        self
+    }
+
+    /// Calls `f` for every query. Reply from a spawned task if replying takes time.
+    pub fn callback(
+        self,
+        f: impl Fn(Query) + Send + Sync + 'static,
+    ) -> Result<Queryable, DeclareError> {
+        self.declare(Delivery::QueryCallback(Box::new(f)), None)
+    }
+
+    /// Queries on a stream: `recv().await`.
+    pub fn stream(self) -> Result<Queryable, DeclareError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.declare(
+            Delivery::QueryChannel(tx),
+            Some(tokio::sync::Mutex::new(rx)),
+        )
+    }
+
+    fn declare(
+        self,
+        delivery: Delivery,
+        rx: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>>,
+    ) -> Result<Queryable, DeclareError> {
+        let key = self.key?;
+        if self.rt.is_closed() {
+            return Err(DeclareError::Closed);
+        }
+        let handler = Arc::new(Handler::new(delivery));
+        let id = {
+            let mut t = self.rt.tables();
+            let id = t.next_id();
+            t.add_queryable(id, key.clone(), handler, self.complete);
+            id
+        };
+        self.rt.declare_to_all(Declare::Queryable {
+            id: id as u32,
+            key: WireKey::Name(key.as_str()),
+            complete: self.complete,
+        });
+        self.rt.tables_changed();
+        Ok(Queryable {
+            rt: self.rt,
+            id,
+            key,
+            rx,
+        })
+    }
+}
+
+/// A queryable. Dropping it undeclares it.
+pub struct Queryable {
+    rt: Arc<Runtime>,
+    id: DeclId,
+    key: OwnedKeyExpr,
+    rx: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>>,
+}
+
+impl std::fmt::Debug for Queryable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Queryable({})", self.key)
+    }
+}
+
+impl Queryable {
+    /// The next query (stream queryables); `None` for callback queryables.
+    pub async fn recv(&self) -> Option<Query> {
+        match &self.rx {
+            Some(rx) => rx.lock().await.recv().await,
+            None => None,
+        }
+    }
+}
+
+impl Drop for Queryable {
+    fn drop(&mut self) {
+        self.rt.tables().remove_queryable(self.id);
+        self.rt
+            .declare_to_all(Declare::UndeclareQueryable { id: self.id as u32 });
+        self.rt.tables_changed();
+    }
+}
