@@ -16,9 +16,13 @@ use serde::{Deserialize, Serialize};
 pub struct Ntp64(pub u64);
 
 impl Ntp64 {
-    /// Converts microseconds since the UNIX epoch.
+    /// Converts microseconds since the UNIX epoch (saturating after the year 2106, NTP64's
+    /// limit).
     pub const fn from_unix_micros(micros: u64) -> Self {
         let secs = micros / 1_000_000;
+        if secs > u32::MAX as u64 {
+            return Ntp64(u64::MAX);
+        }
         let frac_us = micros % 1_000_000;
         // frac = frac_us / 1e6 * 2^32
         let frac = (frac_us << 32) / 1_000_000;

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod routing;
 mod runtime;
+pub mod storage;
 
 pub use api::{
     DeclareError, Info, LinkSummary, Liveliness, LivelinessToken, OpenError, PublishError,

@@ -74,6 +74,80 @@ pub(crate) enum Delivery {
     /// dropped; their replies are what costs).
     QueryCallback(Box<dyn Fn(query::Query) + Send + Sync>),
     QueryChannel(mpsc::UnboundedSender<query::Query>),
+    /// A subscriber catching up on history: live samples wait at the seam.
+    Seam(Arc<Seam>),
+}
+
+/// The seam between a late joiner's history and its live stream.
+pub(crate) struct Seam {
+    state: Mutex<SeamState>,
+    inner: Arc<Handler>,
+}
+
+enum SeamState {
+    /// History is being fetched: live samples are held.
+    Syncing(Vec<Sample>),
+    /// Live: samples already delivered from history (same timestamp = same event) are dropped.
+    Live {
+        seen: std::collections::HashSet<hypha_core::hlc::Timestamp>,
+        horizon: Option<hypha_core::hlc::Timestamp>,
+    },
+}
+
+impl Seam {
+    fn on_live(&self, s: Sample) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *st {
+            SeamState::Syncing(held) => held.push(s),
+            SeamState::Live { seen, horizon } => {
+                if let (Some(ts), Some(h)) = (s.timestamp, *horizon) {
+                    if ts <= h && seen.contains(&ts) {
+                        return;
+                    }
+                    // Two seconds past the horizon nothing from history can come live again.
+                    if ts.time.0 > h.time.0.saturating_add(2 << 32) && !seen.is_empty() {
+                        seen.clear();
+                    }
+                }
+                drop(st);
+                self.inner.deliver(s);
+            }
+        }
+    }
+
+    /// Delivers the history (in timestamp order), then what was held, then goes live.
+    fn finish(&self, mut history: Vec<Sample>) {
+        history.sort_by_key(|s| s.timestamp);
+        let mut seen = std::collections::HashSet::new();
+        let mut horizon = None;
+        for s in history {
+            if let Some(ts) = s.timestamp {
+                if !seen.insert(ts) {
+                    continue; // the same event from two storages
+                }
+                horizon = horizon.max(Some(ts));
+            }
+            self.inner.deliver(s);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let held = match std::mem::replace(
+            &mut *st,
+            SeamState::Live {
+                seen: std::collections::HashSet::new(),
+                horizon,
+            },
+        ) {
+            SeamState::Syncing(h) => h,
+            SeamState::Live { .. } => Vec::new(),
+        };
+        for s in held {
+            if s.timestamp.is_some_and(|ts| seen.contains(&ts)) {
+                continue;
+            }
+            self.inner.deliver(s);
+        }
+        *st = SeamState::Live { seen, horizon };
+    }
 }
 
 /// A local subscriber's (or liveliness subscriber's) delivery end.
@@ -109,6 +183,7 @@ impl Handler {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Delivery::Seam(seam) => seam.on_live(s),
             Delivery::QueryCallback(_) | Delivery::QueryChannel(_) => {}
         }
     }
@@ -292,6 +367,11 @@ impl Session {
         }
     }
 
+    /// A fresh timestamp from this node's hybrid logical clock.
+    pub fn new_timestamp(&self) -> hypha_core::hlc::Timestamp {
+        self.rt.new_timestamp()
+    }
+
     /// Neighbours currently connected.
     pub fn peers(&self) -> Vec<NodeId> {
         self.info().links.into_iter().map(|l| l.node).collect()
@@ -346,6 +426,7 @@ impl Session {
             rt: self.rt.clone(),
             key: keyexpr(key),
             capacity: self.rt.config.queues.subscriber,
+            history: None,
         }
     }
 
@@ -469,6 +550,31 @@ impl Publisher {
         self.publish(Kind::Put, payload.into(), None).await
     }
 
+    /// Publishes a value with an explicit timestamp (replays, bridges, tests).
+    pub async fn put_with_timestamp(
+        &self,
+        payload: impl Into<Bytes>,
+        timestamp: hypha_core::hlc::Timestamp,
+    ) -> Result<(), PublishError> {
+        if self.rt.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let route = self.route();
+        self.rt
+            .publish_stamped(
+                &route,
+                &self.key,
+                self.qos,
+                Kind::Put,
+                payload.into(),
+                Some(timestamp),
+                self.encoding.clone(),
+                None,
+            )
+            .await;
+        Ok(())
+    }
+
     /// Publishes a value with an attachment.
     pub async fn put_with_attachment(
         &self,
@@ -516,12 +622,21 @@ pub struct SubscriberBuilder {
     rt: Arc<Runtime>,
     key: Result<OwnedKeyExpr, KeyExprError>,
     capacity: usize,
+    history: Option<Duration>,
 }
 
 impl SubscriberBuilder {
     /// Samples buffered by `stream()` before newer ones are dropped (default from the config).
     pub fn capacity(mut self, n: usize) -> Self {
         self.capacity = n.max(1);
+        self
+    }
+
+    /// Late joiner: first replay what storages hold from the last `since` (in timestamp order),
+    /// then continue live, with no gap and no duplicate at the seam (samples are matched by
+    /// timestamp, so publishers should timestamp: `timestamping = true`, the default).
+    pub fn history(mut self, since: Duration) -> Self {
+        self.history = Some(since);
         self
     }
 
@@ -558,17 +673,44 @@ impl SubscriberBuilder {
         if self.rt.closed.load(Ordering::Acquire) {
             return Err(DeclareError::Closed);
         }
-        let handler = Arc::new(Handler {
-            delivery,
-            received: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+        let handler = Arc::new(Handler::new(delivery));
+        let seam = self.history.map(|_| {
+            Arc::new(Seam {
+                state: Mutex::new(SeamState::Syncing(Vec::new())),
+                inner: handler.clone(),
+            })
         });
+        let registered = match &seam {
+            Some(seam) => Arc::new(Handler::new(Delivery::Seam(seam.clone()))),
+            None => handler.clone(),
+        };
         let id = {
             let mut t = self.rt.tables();
             let id = t.next_id();
-            t.add_subscriber(id, key.clone(), handler.clone());
+            t.add_subscriber(id, key.clone(), registered);
             id
         };
+        if let (Some(seam), Some(since)) = (seam, self.history) {
+            let selector = format!("{key}?_time=[now(-{}ms)..]", since.as_millis());
+            let get = query::GetBuilder::new(self.rt.clone(), &selector)
+                .target(query::QueryTarget::All)
+                .consolidation(query::Consolidation::None);
+            tokio::spawn(async move {
+                let history = match get.send().await {
+                    Ok(r) => r
+                        .collect()
+                        .await
+                        .into_iter()
+                        .filter_map(|r| r.result.ok())
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!("history query failed: {e}");
+                        Vec::new()
+                    }
+                };
+                seam.finish(history);
+            });
+        }
         self.rt.declare_to_all(Declare::Subscriber {
             id: id as u32,
             key: WireKey::Name(key.as_str()),

@@ -448,8 +448,27 @@ impl Runtime {
         encoding: Option<Arc<str>>,
         attachment: Option<Bytes>,
     ) -> u64 {
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
         let timestamp = self.config.timestamping.then(|| self.new_timestamp());
+        self.publish_stamped(
+            route, key, qos, kind, payload, timestamp, encoding, attachment,
+        )
+        .await
+    }
+
+    /// Publishes with a given timestamp (or none).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn publish_stamped(
+        &self,
+        route: &Route<Arc<Handler>>,
+        key: &Arc<str>,
+        qos: Qos,
+        kind: SampleKind,
+        payload: Bytes,
+        timestamp: Option<Timestamp>,
+        encoding: Option<Arc<str>>,
+        attachment: Option<Bytes>,
+    ) -> u64 {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
         let lane = Lane {
             priority: qos.priority,
             reliable: qos.reliable,

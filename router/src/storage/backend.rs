@@ -1,0 +1,428 @@
+//! The storage `Backend` trait and its two implementations: memory and sled.
+//!
+//! A backend keeps two things: the **latest** sample per key (last writer wins by timestamp,
+//! deletes kept as tombstones so that a late, older put cannot resurrect a deleted key), and the
+//! **history**: every sample, indexed by timestamp, for replay. It is synchronous and knows
+//! nothing of tokio.
+
+use hypha_core::hlc::{Ntp64, Timestamp};
+use hypha_core::keyexpr::KeyExpr;
+use hypha_core::wire::SampleKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A stored sample. Every stored sample has a timestamp (the storage stamps those that arrive
+/// without one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSample {
+    /// Its key.
+    pub key: String,
+    /// Put or delete (a tombstone).
+    pub kind: SampleKind,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// Its encoding.
+    pub encoding: Option<String>,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The sled database failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode (corruption).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The node refused a declaration.
+    #[error(transparent)]
+    Declare(#[from] crate::DeclareError),
+}
+
+/// Where samples are kept.
+pub trait Backend: Send {
+    /// Records `s` in the history, and as the latest value of its key unless a newer sample (or
+    /// tombstone) is already there. Returns whether the latest value changed.
+    fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError>;
+    /// The latest sample of every key matching `key`, tombstones included, in key order.
+    fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError>;
+    /// Samples matching `key` with a timestamp in `[from, to]`, in timestamp order, at most
+    /// `limit`.
+    fn history(
+        &self,
+        key: &KeyExpr<'_>,
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+    ) -> Result<Vec<StoredSample>, StorageError>;
+    /// Drops history older than `before` and beyond the newest `keep` samples, and tombstones
+    /// older than `tombstones_before`. Returns how many records were dropped.
+    fn prune(
+        &mut self,
+        before: Option<Ntp64>,
+        keep: Option<usize>,
+        tombstones_before: Option<Ntp64>,
+    ) -> Result<usize, StorageError>;
+    /// Makes everything stored so far durable (no-op in memory).
+    fn flush(&mut self) -> Result<(), StorageError>;
+    /// Samples in the history.
+    fn history_len(&self) -> usize;
+}
+
+/// History index: time, then node id, then key (the same event stored twice is one record).
+fn hist_key(s: &StoredSample) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24 + s.key.len());
+    k.extend_from_slice(&s.timestamp.time.0.to_be_bytes());
+    k.extend_from_slice(&s.timestamp.id.0);
+    k.extend_from_slice(s.key.as_bytes());
+    k
+}
+
+fn matches(key: &KeyExpr<'_>, k: &str) -> bool {
+    KeyExpr::new(k).is_ok_and(|k| key.intersects(&k))
+}
+
+/// The literal prefix of a key expression before its first wildcard chunk (for range scans).
+fn literal_prefix(key: &KeyExpr<'_>) -> String {
+    let mut p = String::new();
+    for c in key.chunks() {
+        if c.contains('*') {
+            break;
+        }
+        p.push_str(c);
+        p.push('/');
+    }
+    p
+}
+
+fn newer(candidate: &StoredSample, existing: Option<&StoredSample>) -> bool {
+    existing.is_none_or(|e| candidate.timestamp > e.timestamp)
+}
+
+/// Everything in memory.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    latest: BTreeMap<String, StoredSample>,
+    history: BTreeMap<Vec<u8>, StoredSample>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
+        self.history.insert(hist_key(s), s.clone());
+        if newer(s, self.latest.get(&s.key)) {
+            self.latest.insert(s.key.clone(), s.clone());
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError> {
+        if !key.is_wild() {
+            return Ok(self.latest.get(key.as_str()).cloned().into_iter().collect());
+        }
+        let prefix = literal_prefix(key);
+        Ok(self
+            .latest
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix) || prefix.is_empty())
+            .filter(|(k, _)| matches(key, k))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    fn history(
+        &self,
+        key: &KeyExpr<'_>,
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+    ) -> Result<Vec<StoredSample>, StorageError> {
+        let lo = from.0.to_be_bytes().to_vec();
+        Ok(self
+            .history
+            .range(lo..)
+            .map(|(_, v)| v)
+            .take_while(|v| v.timestamp.time <= to)
+            .filter(|v| matches(key, &v.key))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn prune(
+        &mut self,
+        before: Option<Ntp64>,
+        keep: Option<usize>,
+        tombstones_before: Option<Ntp64>,
+    ) -> Result<usize, StorageError> {
+        let mut n = 0;
+        if let Some(b) = before {
+            let lo = b.0.to_be_bytes().to_vec();
+            let kept = self.history.split_off(&lo);
+            n += self.history.len();
+            self.history = kept;
+        }
+        if let Some(keep) = keep {
+            while self.history.len() > keep {
+                self.history.pop_first();
+                n += 1;
+            }
+        }
+        if let Some(t) = tombstones_before {
+            let before_len = self.latest.len();
+            self.latest
+                .retain(|_, v| !(v.kind == SampleKind::Delete && v.timestamp.time < t));
+            n += before_len - self.latest.len();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn history_len(&self) -> usize {
+        self.history.len()
+    }
+}
+
+/// Samples in a sled database (trees `latest` and `history`).
+pub struct SledBackend {
+    db: sled::Db,
+    latest: sled::Tree,
+    history: sled::Tree,
+    count: usize,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SledBackend({} samples)", self.count)
+    }
+}
+
+fn encode(s: &StoredSample) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(s).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
+    postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`; sled writes its log to disk every `flush_ms`.
+    pub fn open(dir: &Path, flush_ms: u64) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(flush_ms.max(1)))
+            .open()?;
+        let latest = db.open_tree("latest")?;
+        let history = db.open_tree("history")?;
+        let count = history.len();
+        Ok(SledBackend {
+            db,
+            latest,
+            history,
+            count,
+        })
+    }
+}
+
+impl Backend for SledBackend {
+    fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
+        let v = encode(s)?;
+        if self.history.insert(hist_key(s), v.as_slice())?.is_none() {
+            self.count += 1;
+        }
+        let existing = self
+            .latest
+            .get(s.key.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()?;
+        if newer(s, existing.as_ref()) {
+            self.latest.insert(s.key.as_bytes(), v)?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError> {
+        if !key.is_wild() {
+            return self
+                .latest
+                .get(key.as_str())?
+                .map(|v| decode(&v))
+                .into_iter()
+                .collect();
+        }
+        let mut out = Vec::new();
+        for kv in self.latest.scan_prefix(literal_prefix(key).as_bytes()) {
+            let (k, v) = kv?;
+            if matches(key, &String::from_utf8_lossy(&k)) {
+                out.push(decode(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn history(
+        &self,
+        key: &KeyExpr<'_>,
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+    ) -> Result<Vec<StoredSample>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.history.range(from.0.to_be_bytes()..) {
+            let (_, v) = kv?;
+            let s = decode(&v)?;
+            if s.timestamp.time > to || out.len() >= limit {
+                break;
+            }
+            if matches(key, &s.key) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn prune(
+        &mut self,
+        before: Option<Ntp64>,
+        keep: Option<usize>,
+        tombstones_before: Option<Ntp64>,
+    ) -> Result<usize, StorageError> {
+        let mut n = 0;
+        loop {
+            let Some((k, _)) = self.history.first()? else {
+                break;
+            };
+            let old =
+                before.is_some_and(|b| k.get(..8).is_some_and(|t| t < &b.0.to_be_bytes()[..]));
+            let over = keep.is_some_and(|keep| self.count > keep);
+            if !(old || over) {
+                break;
+            }
+            self.history.remove(k)?;
+            self.count = self.count.saturating_sub(1);
+            n += 1;
+        }
+        if let Some(t) = tombstones_before {
+            for kv in self.latest.iter() {
+                let (k, v) = kv?;
+                let s = decode(&v)?;
+                if s.kind == SampleKind::Delete && s.timestamp.time < t {
+                    self.latest.remove(k)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn history_len(&self) -> usize {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypha_core::id::NodeId;
+
+    fn s(key: &str, kind: SampleKind, t: u64, payload: &str) -> StoredSample {
+        StoredSample {
+            key: key.into(),
+            kind,
+            payload: payload.into(),
+            timestamp: Timestamp {
+                time: Ntp64(t),
+                id: NodeId::from_u128(1),
+            },
+            encoding: None,
+        }
+    }
+
+    fn exercise(b: &mut dyn Backend) {
+        use SampleKind::*;
+        assert!(b.store(&s("a/1", Put, 10, "x")).unwrap());
+        assert!(b.store(&s("a/2", Put, 11, "y")).unwrap());
+        // An older put does not replace a newer value.
+        assert!(!b.store(&s("a/1", Put, 5, "old")).unwrap());
+        // A delete is kept as a tombstone; a late older put cannot resurrect the key.
+        assert!(b.store(&s("a/2", Delete, 20, "")).unwrap());
+        assert!(!b.store(&s("a/2", Put, 15, "late")).unwrap());
+        let k = KeyExpr::new("a/*").unwrap();
+        let latest = b.latest(&k).unwrap();
+        assert_eq!(latest.len(), 2);
+        assert_eq!(latest[0].payload, b"x");
+        assert_eq!(latest[1].kind, Delete);
+        assert_eq!(
+            b.latest(&KeyExpr::new("a/1").unwrap()).unwrap()[0].payload,
+            b"x"
+        );
+        // History keeps everything, in time order.
+        let h = b
+            .history(&k, Ntp64(0), Ntp64(u64::MAX), usize::MAX)
+            .unwrap();
+        let times: Vec<u64> = h.iter().map(|s| s.timestamp.time.0).collect();
+        assert_eq!(times, [5, 10, 11, 15, 20]);
+        let w = b.history(&k, Ntp64(10), Ntp64(15), usize::MAX).unwrap();
+        assert_eq!(w.len(), 3);
+        assert_eq!(
+            b.history(&k, Ntp64(0), Ntp64(u64::MAX), 2).unwrap().len(),
+            2
+        );
+        assert_eq!(
+            b.history(&KeyExpr::new("a/1").unwrap(), Ntp64(0), Ntp64(99), 9)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(b.history_len(), 5);
+        // Retention by age, then by count; old tombstones expire.
+        assert_eq!(b.prune(Some(Ntp64(11)), None, None).unwrap(), 2);
+        assert_eq!(b.prune(None, Some(2), None).unwrap(), 1);
+        assert_eq!(b.history_len(), 2);
+        assert_eq!(b.prune(None, None, Some(Ntp64(21))).unwrap(), 1);
+        assert_eq!(b.latest(&k).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn memory_backend() {
+        exercise(&mut MemoryBackend::new());
+    }
+
+    #[test]
+    fn sled_backend_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = SledBackend::open(dir.path(), 100).unwrap();
+            exercise(&mut b);
+            b.flush().unwrap();
+        }
+        let b = SledBackend::open(dir.path(), 100).unwrap();
+        assert_eq!(b.history_len(), 2);
+        assert_eq!(b.latest(&KeyExpr::new("a/**").unwrap()).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,198 @@
+//! Storages in one process and across nodes: latest values, tombstones, history windows,
+//! retention, and the late-joiner subscriber.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha::api::query::QueryTarget;
+use hypha::storage::{self, BackendKind, StorageConfig};
+use hypha::{Config, SampleKind, Session};
+use hypha_core::keyexpr::OwnedKeyExpr;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(connect: &[String]) -> Config {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    c.connect = connect.iter().map(|s| s.parse().unwrap()).collect();
+    c
+}
+
+fn scfg(key: &str, backend: BackendKind) -> StorageConfig {
+    let mut c = StorageConfig::new(OwnedKeyExpr::autocanonize(key.to_string()).unwrap());
+    c.backend = backend;
+    c
+}
+
+async fn values(s: &Session, selector: &str) -> Vec<(String, String)> {
+    s.get(selector)
+        .target(QueryTarget::All)
+        .timeout(T)
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .into_iter()
+        .map(|r| {
+            let s = r.result.unwrap();
+            (s.key.to_string(), s.payload_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Polls until `f` holds (storage ingestion is asynchronous).
+async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + T;
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn latest_and_tombstones(backend: BackendKind) {
+    let a = hypha::open(cfg(&[])).await.unwrap();
+    let b = hypha::open(cfg(&[a.info().listening[0].to_string()]))
+        .await
+        .unwrap();
+    assert!(a.wait_peers(1, T).await);
+    let store = storage::start(&a, scfg("fleet/**", backend)).await.unwrap();
+    let p = b.declare_publisher("fleet/car1/speed").unwrap();
+    assert!(p.wait_matching(T).await);
+    p.put("10").await.unwrap();
+    p.put("11").await.unwrap();
+    b.put("fleet/car2/speed", "20").await.unwrap();
+    eventually(|| async { values(&b, "fleet/**").await.len() == 2 }).await;
+    assert_eq!(
+        values(&b, "fleet/**").await,
+        [
+            ("fleet/car1/speed".into(), "11".into()),
+            ("fleet/car2/speed".into(), "20".into())
+        ]
+    );
+    // Delete, then a late put carrying an older timestamp: the key stays deleted.
+    let before_delete = b.new_timestamp();
+    b.delete("fleet/car2/speed").await.unwrap();
+    eventually(|| async { values(&b, "fleet/**").await.len() == 1 }).await;
+    // Publish with the stale timestamp through the wire: simulate with a Sample replayed by a
+    // queryable-less path — storages stamp samples without timestamps, so use a timestamping
+    // session to send an explicitly old sample.
+    let mut old_cfg = cfg(&[a.info().listening[0].to_string()]);
+    old_cfg.timestamping = true;
+    let c = hypha::open(old_cfg).await.unwrap();
+    assert!(c.wait_peers(1, T).await);
+    let pc = c.declare_publisher("fleet/car2/speed").unwrap();
+    assert!(pc.wait_matching(T).await);
+    pc.put_with_timestamp("resurrected?", before_delete)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        values(&b, "fleet/**").await.len(),
+        1,
+        "an older put resurrected a deleted key"
+    );
+    // History has everything, in timestamp order.
+    let hist = values(&b, "fleet/**?_time=[now(-1m)..]").await;
+    let payloads: Vec<&str> = hist.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(payloads, ["10", "11", "20", "resurrected?", ""], "{hist:?}");
+    let limited = values(&b, "fleet/**?_time=[now(-1m)..];limit=2").await;
+    assert_eq!(limited.len(), 2);
+    // A window that ends in the past is empty; a bad window is an error reply.
+    assert!(values(&b, "fleet/**?_time=[..now(-1m)]").await.is_empty());
+    let bad = b
+        .get("fleet/**?_time=[yesterday..]")
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(bad[0].result.is_err());
+    assert!(
+        store
+            .stats
+            .stored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn memory_storage_latest_tombstones_history() {
+    latest_and_tombstones(BackendKind::Memory).await;
+}
+
+#[tokio::test]
+async fn sled_storage_latest_tombstones_history() {
+    let dir = tempfile::tempdir().unwrap();
+    latest_and_tombstones(BackendKind::Sled(dir.path().join("db"))).await;
+}
+
+#[tokio::test]
+async fn retention_by_count() {
+    let a = hypha::open(cfg(&[])).await.unwrap();
+    let mut c = scfg("r/**", BackendKind::Memory);
+    c.retain_count = Some(5);
+    let _store = storage::start(&a, c).await.unwrap();
+    for i in 0..20 {
+        a.put("r/x", format!("{i}")).await.unwrap();
+    }
+    eventually(|| async { values(&a, "r/**?_time=[..]").await.len() == 5 }).await;
+    let h = values(&a, "r/**?_time=[..]").await;
+    assert_eq!(h.last().unwrap().1, "19");
+}
+
+/// A late joiner gets the history from the storage, then the live stream, with no gap and no
+/// duplicate at the seam, while the publisher keeps publishing across it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_replays_then_continues_live() {
+    let mut sc = cfg(&[]);
+    sc.timestamping = true;
+    let a = hypha::open(sc).await.unwrap();
+    let ep = a.info().listening[0].to_string();
+    let _store = storage::start(&a, scfg("seq/**", BackendKind::Memory))
+        .await
+        .unwrap();
+    let mut pc = cfg(std::slice::from_ref(&ep));
+    pc.timestamping = true;
+    let publisher_node = hypha::open(pc).await.unwrap();
+    let p = publisher_node.declare_publisher("seq/n").unwrap();
+    assert!(p.wait_matching(T).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let publishing = tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            p.put(i.to_string()).await.unwrap();
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        i
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The late joiner: its own node, asking for the last minute of history.
+    let late = hypha::open(cfg(&[ep])).await.unwrap();
+    assert!(late.wait_peers(2, T).await);
+    let sub = late
+        .declare_subscriber("seq/**")
+        .history(Duration::from_secs(60))
+        .stream()
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + T;
+    while got.len() < 400 {
+        let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+        assert_eq!(s.kind, SampleKind::Put);
+        got.push(s.payload_str().unwrap().parse::<u64>().unwrap());
+        assert!(Instant::now() < deadline);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publishing.await.unwrap();
+    let expected: Vec<u64> = (0..got.len() as u64).collect();
+    assert_eq!(
+        got, expected,
+        "gap or duplicate at the seam (published {published})"
+    );
+}
