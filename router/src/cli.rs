@@ -37,6 +37,43 @@ struct Common {
     mode: Option<String>,
 }
 
+#[derive(Args, Clone)]
+struct StorageOpts {
+    /// memory or sled.
+    #[arg(long, default_value = "sled")]
+    backend: String,
+    /// Where sled keeps its files (default: hypha-data/<keyexpr>).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Drop history older than this (e.g. 10m, 24h). Default: 24h.
+    #[arg(long, value_name = "DUR")]
+    retain_age: Option<String>,
+    /// Keep at most this many samples of history.
+    #[arg(long, value_name = "N")]
+    retain_count: Option<usize>,
+    /// sled flush interval in milliseconds (the durability window).
+    #[arg(long, default_value_t = 100)]
+    flush_ms: u64,
+}
+
+fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::StorageConfig> {
+    let key = hypha_core::keyexpr::OwnedKeyExpr::autocanonize(keyexpr.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid key expression {keyexpr:?}: {e}"))?;
+    let mut c = crate::storage::StorageConfig::new(key);
+    c.backend = match (o.backend.as_str(), &o.data_dir) {
+        ("memory", _) => crate::storage::BackendKind::Memory,
+        ("sled", Some(d)) => crate::storage::BackendKind::Sled(d.clone()),
+        ("sled", None) => c.backend,
+        (other, _) => anyhow::bail!("unknown backend {other:?} (expected memory or sled)"),
+    };
+    if let Some(a) = &o.retain_age {
+        c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);
+    }
+    c.retain_count = o.retain_count;
+    c.flush_ms = o.flush_ms;
+    Ok(c)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node until interrupted (optionally publishing, subscribing and holding tokens,
@@ -60,6 +97,11 @@ enum Cmd {
         /// Print liveliness changes of tokens matching KEYEXPR as JSON lines (repeatable).
         #[arg(long = "liveliness", value_name = "KEYEXPR")]
         liveliness: Vec<String>,
+        /// Host a storage on KEYEXPR in this node (repeatable; options as for `storage`).
+        #[arg(long = "storage", value_name = "KEYEXPR")]
+        storage: Vec<String>,
+        #[command(flatten)]
+        storage_opts: StorageOpts,
         #[command(flatten)]
         common: Common,
     },
@@ -122,6 +164,46 @@ enum Cmd {
         /// How long to listen.
         #[arg(long, default_value_t = 3)]
         secs: u64,
+    },
+    /// Query SELECTOR (`KEYEXPR[?PARAMS]`) and print the replies; exits non-zero if none came.
+    Get {
+        /// e.g. `fleet/**` or `fleet/**?_time=[now(-10m)..];limit=100`.
+        selector: String,
+        /// One JSON object per reply (like `sub --json`; errors have `"kind":"error"`).
+        #[arg(long)]
+        json: bool,
+        /// best | all | complete.
+        #[arg(long, default_value = "best")]
+        target: String,
+        /// auto | none | monotonic | latest.
+        #[arg(long, default_value = "auto")]
+        consolidation: String,
+        /// How long to wait for replies.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Wait this long for a matching queryable to be known first.
+        #[arg(long, default_value_t = 2000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Answer every query on KEYEXPR with VALUE (on the query's key, if concrete).
+    Queryable {
+        /// The key expression answered.
+        keyexpr: String,
+        /// The value replied.
+        value: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a storage on KEYEXPR: latest values and time-indexed history, queryable with get.
+    Storage {
+        /// The key expression stored.
+        keyexpr: String,
+        #[command(flatten)]
+        opts: StorageOpts,
+        #[command(flatten)]
+        common: Common,
     },
     /// Print this node's id, endpoints and neighbours (JSON).
     Info {
@@ -278,6 +360,8 @@ async fn run(cli: Cli) -> Result<()> {
             interval_ms,
             token,
             liveliness,
+            storage,
+            storage_opts,
             common,
         } => {
             peer(
@@ -288,6 +372,8 @@ async fn run(cli: Cli) -> Result<()> {
                 interval_ms,
                 &token,
                 &liveliness,
+                &storage,
+                &storage_opts,
             )
             .await?
         }
@@ -377,6 +463,71 @@ async fn run(cli: Cli) -> Result<()> {
             s.close().await;
         }
         Cmd::Scout { secs } => scout(Duration::from_secs(secs)).await?,
+        Cmd::Get {
+            selector,
+            json,
+            target,
+            consolidation,
+            timeout_ms,
+            wait_ms,
+            common,
+        } => {
+            get(
+                &common,
+                &selector,
+                json,
+                &target,
+                &consolidation,
+                timeout_ms,
+                wait_ms,
+            )
+            .await?
+        }
+        Cmd::Queryable {
+            keyexpr,
+            value,
+            common,
+        } => {
+            let s = open(&common).await?;
+            let q = s.declare_queryable(&keyexpr).stream()?;
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "id": s.id().to_string()})
+            );
+            loop {
+                let query = tokio::select! {
+                    q = q.recv() => q,
+                    _ = shutdown_signal() => None,
+                };
+                let Some(query) = query else { break };
+                let key = query.key_expr();
+                let key = if key.is_wild() {
+                    keyexpr.clone()
+                } else {
+                    key.to_string()
+                };
+                if let Err(e) = query.reply(&key, value.clone()).await {
+                    eprintln!("warning: reply failed: {e}");
+                }
+            }
+            s.close().await;
+        }
+        Cmd::Storage {
+            keyexpr,
+            opts,
+            common,
+        } => {
+            let s = open(&common).await?;
+            let st = crate::storage::start(&s, storage_config(&keyexpr, &opts)?).await?;
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "id": s.id().to_string(),
+                "listening": s.info().listening.iter().map(|e| e.to_string()).collect::<Vec<_>>()})
+            );
+            shutdown_signal().await;
+            st.close().await;
+            s.close().await;
+        }
         Cmd::Info { wait_ms, common } => {
             let s = open(&common).await?;
             let _ = s
@@ -418,9 +569,20 @@ async fn peer(
     interval_ms: u64,
     token: &[String],
     liveliness: &[String],
+    storage: &[String],
+    storage_opts: &StorageOpts,
 ) -> Result<()> {
     use std::io::Write;
     let s = open(common).await?;
+    let mut storages = Vec::new();
+    for k in storage {
+        let mut o = storage_opts.clone();
+        if storage.len() > 1 {
+            // One directory per storage.
+            o.data_dir = o.data_dir.map(|d| d.join(k.replace(['/', '*', '$'], "_")));
+        }
+        storages.push(crate::storage::start(&s, storage_config(k, &o)?).await?);
+    }
     let info = s.info();
     let listening: Vec<String> = info.listening.iter().map(|e| e.to_string()).collect();
     eprintln!(
@@ -499,7 +661,69 @@ async fn peer(
     for w in watchers {
         w.abort();
     }
+    for st in storages {
+        st.close().await;
+    }
     s.close().await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn get(
+    common: &Common,
+    selector: &str,
+    json: bool,
+    target: &str,
+    consolidation: &str,
+    timeout_ms: u64,
+    wait_ms: u64,
+) -> Result<()> {
+    use crate::api::query::{Consolidation, QueryTarget};
+    let target = match target {
+        "best" => QueryTarget::BestMatching,
+        "all" => QueryTarget::All,
+        "complete" => QueryTarget::AllComplete,
+        o => anyhow::bail!("unknown --target {o:?} (expected best, all or complete)"),
+    };
+    let consolidation = match consolidation {
+        "auto" => Consolidation::Auto,
+        "none" => Consolidation::None,
+        "monotonic" => Consolidation::Monotonic,
+        "latest" => Consolidation::Latest,
+        o => anyhow::bail!(
+            "unknown --consolidation {o:?} (expected auto, none, monotonic or latest)"
+        ),
+    };
+    let (key, _) = crate::api::query::parse_selector(selector)
+        .map_err(|e| anyhow::anyhow!("invalid selector {selector:?}: {e}"))?;
+    let s = open(common).await?;
+    // Wait (briefly) until a queryable for the key is known, so a one-shot get is not lost to
+    // discovery.
+    let _ = s.wait_queryable(&key, Duration::from_millis(wait_ms)).await;
+    let mut replies = s
+        .get(selector)
+        .target(target)
+        .consolidation(consolidation)
+        .timeout(Duration::from_millis(timeout_ms))
+        .send()
+        .await?;
+    let mut n = 0;
+    while let Some(r) = replies.recv().await {
+        n += 1;
+        let line = match (&r.result, json) {
+            (Ok(sample), true) => sample_json(sample).to_string(),
+            (Ok(sample), false) => sample_line(sample),
+            (Err(e), true) => serde_json::json!({"kind": "error",
+                "payload": String::from_utf8_lossy(&e.payload)})
+            .to_string(),
+            (Err(e), false) => format!("error {}", String::from_utf8_lossy(&e.payload)),
+        };
+        println!("{line}");
+    }
+    s.close().await;
+    if n == 0 {
+        anyhow::bail!("no reply to {selector} within {timeout_ms} ms");
+    }
     Ok(())
 }
 

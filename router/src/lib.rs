@@ -36,5 +36,6 @@ pub use api::{
     Publisher, Sample, SampleKind, Session, Subscriber, SubscriberBuilder, open,
 };
 pub use config::{Config, ConfigError};
+pub use hypha_core::keyexpr;
 pub use hypha_core::wire::Priority;
 pub use runtime::{CongestionControl, Qos};

@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const RX_QUEUE: usize = 256;
+/// Header kind of a `Close` transport message (see `core/WIRE.md`).
+const CLOSE_KIND: u8 = 3;
 
 /// Sending half of a QUIC link.
 #[derive(Debug)]
@@ -52,6 +54,12 @@ fn conn_err(e: quinn::ConnectionError) -> LinkError {
 
 impl QuicTx {
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        if batch.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+            // A `Close` travels on the control stream; batches still in flight on the other
+            // lanes' streams could arrive after it and be lost. Finish those streams and wait
+            // (bounded) until the peer has read them to the end, then send the `Close`.
+            self.drain_lanes().await;
+        }
         let (priority, reliable) = crate::batch_lane(batch);
         if !reliable
             && self
@@ -85,6 +93,26 @@ impl QuicTx {
             quinn::WriteError::ConnectionLost(c) => conn_err(c),
             other => quic_err(other),
         })
+    }
+
+    /// Finishes every data lane's stream and waits (up to a second) until the peer has read
+    /// each to its end.
+    async fn drain_lanes(&mut self) {
+        let mut lanes: Vec<quinn::SendStream> = self
+            .streams
+            .iter_mut()
+            .skip(1)
+            .filter_map(Option::take)
+            .collect();
+        for s in &mut lanes {
+            let _ = s.finish();
+        }
+        let drained = async {
+            for s in &mut lanes {
+                let _ = s.stopped().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
     }
 
     /// Finishes every lane's stream, waits (up to a second) until the peer has read them to the
@@ -123,9 +151,10 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
                     readers.push(AbortOnDrop(tokio::spawn(async move {
                         let mut r = StreamRx::new(Box::new(s));
                         loop {
-                            let item = r.recv().await;
-                            let end = item.is_err();
-                            if t.send(item).await.is_err() || end {
+                            // A stream that ends (finished, or reset) ends only this task: the
+                            // connection's fate is reported by the accept loop below.
+                            let Ok(batch) = r.recv().await else { return };
+                            if t.send(Ok(batch)).await.is_err() {
                                 return;
                             }
                         }

@@ -394,6 +394,26 @@ impl Session {
         }
     }
 
+    /// Waits until some queryable (here or on a neighbour) matches `key`, up to `timeout`.
+    pub async fn wait_queryable(&self, key: &OwnedKeyExpr, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.rt.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (l, f) = self.rt.tables().queryables_for(&key.as_keyexpr());
+            let alive = f
+                .iter()
+                .any(|(f, _)| self.rt.face(*f).is_some_and(|f| !f.is_dead()));
+            if !l.is_empty() || alive {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Publishes `payload` on `key` with default options.
     pub async fn put(&self, key: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
         self.declare_publisher(key)?.put(payload).await

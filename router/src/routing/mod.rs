@@ -283,6 +283,17 @@ impl<H: Clone> Tables<H> {
             })
     }
 
+    /// How many holders (this node, faces) have a token on exactly `key`: liveliness is per
+    /// key, so a key is alive while at least one holder remains.
+    pub fn token_holders(&self, key: &OwnedKeyExpr) -> usize {
+        self.tokens.values().filter(|k| *k == key).count()
+            + self
+                .faces
+                .values()
+                .map(|f| f.tokens.values().filter(|k| *k == key).count())
+                .sum::<usize>()
+    }
+
     /// Every liveliness token visible here (local and remote) intersecting `key`.
     pub fn tokens_matching(&self, key: &KeyExpr<'_>) -> Vec<OwnedKeyExpr> {
         let mut v: Vec<OwnedKeyExpr> = self

@@ -55,6 +55,12 @@ pub(crate) struct Face {
     /// Stops the reader.
     stop: Notify,
     dead: AtomicBool,
+    /// A close to make once everything queued has been written (a replaced duplicate link).
+    close_after_drain: Mutex<Option<CloseReason>>,
+    /// Set when the writer has shut the link (the transport's goodbye is done).
+    finished: AtomicBool,
+    /// Fired with `finished`.
+    pub done: Notify,
     /// Messages dropped for this destination (queue full under `Drop`, or `Block` timed out).
     pub dropped: AtomicU64,
     /// Messages queued for this destination.
@@ -249,6 +255,9 @@ impl Face {
             space: Notify::new(),
             stop: Notify::new(),
             dead: AtomicBool::new(false),
+            close_after_drain: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            done: Notify::new(),
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -412,6 +421,16 @@ impl Face {
         }
     }
 
+    /// Closes the link once everything already queued on it has been written: nothing accepted
+    /// for this link is lost (used when a duplicate link is replaced).
+    pub fn close_when_drained(&self, reason: CloseReason) {
+        *self
+            .close_after_drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.wake.notify_one();
+    }
+
     /// Starts an orderly close; the writer sends `Close` and shuts the link.
     pub fn close(&self, reason: CloseReason) {
         self.lock().session.close(reason);
@@ -421,6 +440,11 @@ impl Face {
     /// Bytes waiting in this link's queues.
     pub fn queued_bytes(&self) -> usize {
         self.lock().session.total_queued_bytes()
+    }
+
+    /// True once the writer has shut the link.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// True once the link is down.
@@ -524,8 +548,19 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
             if let Err(e) = tx.send(&buf[..n]).await {
                 tracing::debug!(face = face.id, "write failed: {e}");
                 face.kill();
+                face.finished.store(true, Ordering::Release);
+                face.done.notify_waiters();
                 return;
             }
+        }
+        let drained_close = face
+            .close_after_drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(reason) = drained_close {
+            face.lock().session.close(reason);
+            continue;
         }
         let (closed, deadline) = {
             let mut st = face.lock();
@@ -552,6 +587,8 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
             face.kill();
             rt.face_closed(&face);
             tx.close().await;
+            face.finished.store(true, Ordering::Release);
+            face.done.notify_waiters();
             return;
         }
         let sleep = async {

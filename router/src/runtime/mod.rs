@@ -94,6 +94,8 @@ pub(crate) struct Runtime {
     pub dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
     /// Last known endpoints of discovered peers.
     pub known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
+    /// Nodes with a dialled link still handshaking (not dialled again meanwhile).
+    pub connecting: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 /// 64 random bits from the OS-seeded hasher state (no extra dependency).
@@ -133,6 +135,7 @@ impl Runtime {
             queries: Mutex::new(HashMap::new()),
             next_query: std::sync::atomic::AtomicU32::new(1),
             known: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -215,22 +218,28 @@ impl Runtime {
                 peer.node_id
             }
         };
-        {
+        let replaced = {
             let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
             let existing = faces
                 .values()
                 .find(|f| f.peer().map(|p| p.node_id) == Some(peer.node_id) && !f.is_dead())
                 .cloned();
-            if let Some(old) = existing {
+            if let Some(old) = &existing {
                 // Keep the link whose dialer has the smaller id; both ends agree on it.
-                if dialer_of(face) < dialer_of(&old) {
+                if dialer_of(face) < dialer_of(old) {
                     faces.remove(&old.id);
-                    old.close(hypha_core::wire::CloseReason::Duplicate);
+                    old.close_when_drained(hypha_core::wire::CloseReason::Duplicate);
                 } else {
                     return false;
                 }
             }
             faces.insert(face.id, face.clone());
+            existing
+        };
+        if let Some(old) = &replaced {
+            // Its declarations come again on the new link; forget them now so that nothing
+            // (a query, a publication) is routed to a link that is going away.
+            self.tables().remove_face(old.id);
         }
         tracing::info!(peer = %peer.node_id, mode = %peer.mode, remote = %face.info.remote, "connected");
         if let Some(d) = self.dialer.get() {
@@ -282,7 +291,7 @@ impl Runtime {
     }
 
     /// A link is gone: forget its declarations; its liveliness tokens disappear.
-    pub fn face_closed(&self, face: &Arc<Face>) {
+    pub fn face_closed(self: &Arc<Self>, face: &Arc<Face>) {
         let was_registered = {
             let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
             faces.get(&face.id).is_some_and(|f| Arc::ptr_eq(f, face))
@@ -308,22 +317,20 @@ impl Runtime {
                 }
             }
         }
-        let waiting: Vec<u32> = self
-            .queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, q)| q.faces.contains(&face.id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            self.query_part_done(id, Some(face.id));
-        }
-        let gone = self.tables().remove_face(face.id);
-        if let Some(decls) = gone {
-            for key in decls.tokens.into_values() {
-                self.token_event(&key, SampleKind::Delete);
-            }
+        self.requery_or_done(face.id, face.peer().map(|p| p.node_id));
+        let vanished: Vec<OwnedKeyExpr> = {
+            let mut t = self.tables();
+            let gone = t.remove_face(face.id);
+            gone.map(|d| {
+                d.tokens
+                    .into_values()
+                    .filter(|k| t.token_holders(k) == 0)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        for key in vanished {
+            self.token_event(&key, SampleKind::Delete);
         }
         self.tables_changed();
     }
@@ -387,13 +394,22 @@ impl Runtime {
                 self.tables_changed();
             }
             Incoming::Token(id, key) => {
-                if self.tables().face_token(face.id, id, key.clone()) {
+                let first = {
+                    let mut t = self.tables();
+                    let held = t.token_holders(&key);
+                    t.face_token(face.id, id, key.clone()) && held == 0
+                };
+                if first {
                     self.token_event(&key, SampleKind::Put);
                 }
             }
             Incoming::Untoken(id) => {
-                let key = self.tables().face_untoken(face.id, id);
-                if let Some(key) = key {
+                let last = {
+                    let mut t = self.tables();
+                    t.face_untoken(face.id, id)
+                        .filter(|k| t.token_holders(k) == 0)
+                };
+                if let Some(key) = last {
                     self.token_event(&key, SampleKind::Delete);
                 }
             }
@@ -599,19 +615,22 @@ impl Runtime {
         for f in &faces {
             f.close(hypha_core::wire::CloseReason::Shutdown);
         }
-        // Give writers a moment to flush their Close.
-        let flushed = async {
+        // Wait (bounded) until every writer has sent its Close and the transport said goodbye,
+        // so that nothing queued before `close` is lost when the process exits.
+        let finished = async {
             for f in &faces {
-                while !f.is_dead() {
-                    let n = f.space.notified();
-                    if f.is_dead() {
+                loop {
+                    let done = f.done.notified();
+                    tokio::pin!(done);
+                    done.as_mut().enable();
+                    if f.is_finished() {
                         break;
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(50), n).await;
+                    done.await;
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), finished).await;
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             t.abort();
@@ -649,8 +668,20 @@ pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
     rt.spawn(async move {
         while let Some(d) = dialed.recv().await {
             let rt3 = rt2.clone();
+            if let Some(n) = d.node_id {
+                rt3.connecting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n);
+            }
             tokio::spawn(async move {
-                face::run(rt3, d.link, Role::Dialer).await;
+                face::run(rt3.clone(), d.link, Role::Dialer).await;
+                if let Some(n) = d.node_id {
+                    rt3.connecting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&n);
+                }
             });
         }
     });

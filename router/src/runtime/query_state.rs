@@ -18,7 +18,36 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// What a query asked, kept to re-send it if the link it went on is replaced.
+#[derive(Clone)]
+pub(crate) struct Asked {
+    key: OwnedKeyExpr,
+    parameters: String,
+    target: QueryTarget,
+    consolidation: Consolidation,
+    timeout_ms: u32,
+    payload: Option<Bytes>,
+    attachment: Option<Bytes>,
+}
+
+impl Asked {
+    fn request(&self, id: u32) -> Request<'_> {
+        Request {
+            id,
+            key: WireKey::Name(self.key.as_str()),
+            parameters: &self.parameters,
+            target: self.target,
+            consolidation: self.consolidation,
+            timeout_ms: self.timeout_ms,
+            payload: self.payload.as_deref().map(RawBytes),
+            encoding: None,
+            attachment: self.attachment.as_deref().map(RawBytes),
+        }
+    }
+}
+
 pub(crate) struct PendingQuery {
+    asked: Asked,
     tx: mpsc::UnboundedSender<Reply>,
     key: OwnedKeyExpr,
     consolidation: Consolidation,
@@ -57,6 +86,8 @@ impl Runtime {
         }
         let qid = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (mut local, mut faces) = self.tables().queryables_for(&key.as_keyexpr());
+        // Only links that are up (a replaced duplicate may linger in the tables for a moment).
+        faces.retain(|(f, _)| self.face(*f).is_some_and(|f| !f.is_dead()));
         match target {
             QueryTarget::All => {}
             QueryTarget::AllComplete => {
@@ -73,9 +104,19 @@ impl Runtime {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let asked = Asked {
+            key: key.clone(),
+            parameters: parameters.clone(),
+            target,
+            consolidation,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            payload: payload.clone(),
+            attachment: attachment.clone(),
+        };
         self.pending().insert(
             qid,
             PendingQuery {
+                asked: asked.clone(),
                 tx,
                 key: key.clone(),
                 consolidation,
@@ -95,17 +136,7 @@ impl Runtime {
             tokio::time::sleep(timeout).await;
             rt.finish_query(qid);
         });
-        let req = Request {
-            id: qid,
-            key: WireKey::Name(key.as_str()),
-            parameters: &parameters,
-            target,
-            consolidation,
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
-            payload: payload.as_deref().map(RawBytes),
-            encoding: None,
-            attachment: attachment.as_deref().map(RawBytes),
-        };
+        let req = asked.request(qid);
         for (fid, _) in &faces {
             let sent = match self.face(*fid) {
                 Some(f) => f.send_request(&req).await,
@@ -175,6 +206,55 @@ impl Runtime {
             h.deliver_query(Query {
                 inner: inner.clone(),
             });
+        }
+    }
+
+    /// The link `old` to `node` closed while queries waited on it: if another link to the same
+    /// node is up (a duplicate link was replaced), the queries are asked again there; otherwise
+    /// that part of them is over.
+    pub fn requery_or_done(self: &Arc<Self>, old: FaceId, node: Option<NodeId>) {
+        let waiting: Vec<(u32, Asked)> = self
+            .pending()
+            .iter()
+            .filter(|(_, q)| q.faces.contains(&old))
+            .map(|(id, q)| (*id, q.asked.clone()))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let replacement = node.and_then(|n| {
+            self.faces
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .find(|f| f.id != old && f.peer().map(|p| p.node_id) == Some(n) && !f.is_dead())
+                .cloned()
+        });
+        match replacement {
+            Some(face) => {
+                {
+                    let mut p = self.pending();
+                    for (id, _) in &waiting {
+                        if let Some(q) = p.get_mut(id) {
+                            q.faces.remove(&old);
+                            q.faces.insert(face.id);
+                        }
+                    }
+                }
+                let rt = self.clone();
+                tokio::spawn(async move {
+                    for (id, asked) in waiting {
+                        if !face.send_request(&asked.request(id)).await {
+                            rt.query_part_done(id, Some(face.id));
+                        }
+                    }
+                });
+            }
+            None => {
+                for (id, _) in waiting {
+                    self.query_part_done(id, Some(old));
+                }
+            }
         }
     }
 
