@@ -50,7 +50,19 @@ pub fn config(args: &Args) -> anyhow::Result<hypha::Config> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
     c.mdns = args.flag("--mdns");
+    // Benchmarks compare with Zenoh peers, which do not timestamp by default: neither do we
+    // unless asked (`--timestamps`).
+    c.timestamping = args.flag("--timestamps");
     Ok(c)
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Logs to stderr (level from `HYPHA_LOG`, default warn).

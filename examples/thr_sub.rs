@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p hypha-examples --example thr_sub -- --listen tcp/127.0.0.1:7447 --secs 5`
 
-use hypha_examples::{Args, config, init_log};
+use hypha_examples::{Args, config, init_log, rss_kb};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "msgs_per_s": n as f64 / el, "mb_per_s": b as f64 / el / 1e6,
-            "samples": n, "secs": el,
+            "samples": n, "secs": el, "rss_kb": rss_kb(),
         })
     );
     session.close().await;

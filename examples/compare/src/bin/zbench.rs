@@ -1,0 +1,192 @@
+//! The Zenoh side of the comparison: the same workloads and the same JSON lines as Hypha's
+//! `ping`, `pong`, `thr_pub`, `thr_sub` and `idle` examples. Peer mode, multicast scouting off,
+//! explicit endpoints. `zbench MODE [--listen EP]... [--connect EP]... [--size N] [--n N] [--secs S]`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use zenoh::qos::{CongestionControl, Priority};
+
+fn arg_all(args: &[String], name: &str) -> Vec<String> {
+    args.windows(2).filter(|w| w[0] == name).map(|w| w[1].clone()).collect()
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    arg_all(args, name).last().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn open(args: &[String]) -> anyhow::Result<zenoh::Session> {
+    let mut c = zenoh::Config::default();
+    let e = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    c.insert_json5("mode", "\"peer\"").map_err(e)?;
+    c.insert_json5("scouting/multicast/enabled", "false").map_err(e)?;
+    let listen = arg_all(args, "--listen");
+    let connect = arg_all(args, "--connect");
+    c.insert_json5("listen/endpoints", &serde_json::to_string(&listen)?).map_err(e)?;
+    c.insert_json5("connect/endpoints", &serde_json::to_string(&connect)?).map_err(e)?;
+    if let Some(dir) = std::env::var_os("ZBENCH_TLS_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        let p = |f: &str| serde_json::to_string(&dir.join(f).to_string_lossy()).unwrap_or_default();
+        c.insert_json5("transport/link/tls/root_ca_certificate", &p("ca.pem")).map_err(e)?;
+        c.insert_json5("transport/link/tls/listen_private_key", &p("node.key")).map_err(e)?;
+        c.insert_json5("transport/link/tls/listen_certificate", &p("node.pem")).map_err(e)?;
+        c.insert_json5("transport/link/tls/verify_name_on_connect", "false").map_err(e)?;
+    }
+    zenoh::open(c).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((p / 100.0) * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+async fn wait_matching(p: &zenoh::pubsub::Publisher<'_>) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let m = p.matching_status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if m.matching() {
+            return Ok(());
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no subscriber within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    let z = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    match mode.as_str() {
+        "pong" => {
+            let s = open(&args).await?;
+            let sub = s.declare_subscriber("bench/ping").await.map_err(z)?;
+            let p = s
+                .declare_publisher("bench/pong")
+                .congestion_control(CongestionControl::Block)
+                .priority(Priority::RealTime)
+                .express(true)
+                .await
+                .map_err(z)?;
+            let secs: u64 = arg(&args, "--secs", 0);
+            let echo = async {
+                while let Ok(sample) = sub.recv_async().await {
+                    if p.put(sample.payload().clone()).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if secs == 0 {
+                echo.await
+            } else {
+                let _ = tokio::time::timeout(Duration::from_secs(secs), echo).await;
+            }
+        }
+        "ping" => {
+            let n: usize = arg(&args, "--n", 10_000);
+            let size: usize = arg(&args, "--size", 64);
+            let warmup: usize = arg(&args, "--warmup", 1_000);
+            let s = open(&args).await?;
+            let sub = s.declare_subscriber("bench/pong").await.map_err(z)?;
+            let p = s
+                .declare_publisher("bench/ping")
+                .congestion_control(CongestionControl::Block)
+                .priority(Priority::RealTime)
+                .express(true)
+                .await
+                .map_err(z)?;
+            wait_matching(&p).await?;
+            let payload = vec![0xabu8; size.max(1)];
+            loop {
+                p.put(payload.clone()).await.map_err(z)?;
+                if tokio::time::timeout(Duration::from_millis(200), sub.recv_async()).await.is_ok() {
+                    break;
+                }
+            }
+            let mut rtts = Vec::with_capacity(n);
+            for i in 0..warmup + n {
+                let t0 = Instant::now();
+                p.put(payload.clone()).await.map_err(z)?;
+                match tokio::time::timeout(Duration::from_secs(5), sub.recv_async()).await {
+                    Ok(Ok(_)) => {}
+                    _ => anyhow::bail!("echo {i} lost"),
+                }
+                if i >= warmup {
+                    rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            let mean = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
+            rtts.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{}",
+                serde_json::json!({"n": n, "size": size, "p50_us": percentile(&rtts, 50.0),
+                    "p99_us": percentile(&rtts, 99.0), "p999_us": percentile(&rtts, 99.9), "mean_us": mean})
+            );
+        }
+        "thr_pub" => {
+            let size: usize = arg(&args, "--size", 8);
+            let secs: u64 = arg(&args, "--secs", 0);
+            let s = open(&args).await?;
+            let p = s
+                .declare_publisher("bench/thr")
+                .congestion_control(CongestionControl::Block)
+                .await
+                .map_err(z)?;
+            wait_matching(&p).await?;
+            let payload = zenoh::bytes::ZBytes::from(vec![7u8; size.max(1)]);
+            let t0 = Instant::now();
+            while secs == 0 || t0.elapsed() < Duration::from_secs(secs) {
+                for _ in 0..256 {
+                    p.put(payload.clone()).await.map_err(z)?;
+                }
+            }
+        }
+        "thr_sub" => {
+            let secs: u64 = arg(&args, "--secs", 5);
+            let s = open(&args).await?;
+            let count = Arc::new(AtomicU64::new(0));
+            let bytes = Arc::new(AtomicU64::new(0));
+            let (c, b) = (count.clone(), bytes.clone());
+            let _sub = s
+                .declare_subscriber("bench/thr")
+                .callback(move |sample| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    b.fetch_add(sample.payload().len() as u64, Ordering::Relaxed);
+                })
+                .await
+                .map_err(z)?;
+            println!("{}", serde_json::json!({"event": "ready"}));
+            while count.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let (n0, b0, t0) = (count.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), Instant::now());
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let el = t0.elapsed().as_secs_f64();
+            let n = count.load(Ordering::Relaxed) - n0;
+            let b = bytes.load(Ordering::Relaxed) - b0;
+            println!(
+                "{}",
+                serde_json::json!({"msgs_per_s": n as f64 / el, "mb_per_s": b as f64 / el / 1e6,
+                    "samples": n, "secs": el, "rss_kb": rss_kb()})
+            );
+        }
+        "idle" => {
+            let s = open(&args).await?;
+            tokio::time::sleep(Duration::from_secs(arg(&args, "--secs", 2))).await;
+            println!("{}", serde_json::json!({"rss_kb": rss_kb()}));
+            drop(s);
+        }
+        _ => anyhow::bail!("usage: zbench ping|pong|thr_pub|thr_sub|idle [--listen EP] [--connect EP] ..."),
+    }
+    Ok(())
+}
