@@ -6,7 +6,9 @@
 
 use hypha::api::query::{Consolidation, QueryTarget};
 use hypha::keyexpr::OwnedKeyExpr;
-use hypha::storage::{self, Backend, BackendKind, MemoryBackend, SledBackend, StorageConfig, StoredSample};
+use hypha::storage::{
+    self, Backend, BackendKind, MemoryBackend, SledBackend, StorageConfig, StoredSample,
+};
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_examples::Args;
@@ -17,7 +19,10 @@ fn sample(i: u64, size: usize, t0: u64) -> StoredSample {
         key: format!("bench/k{}", i % 100),
         kind: hypha::SampleKind::Put,
         payload: vec![(i % 251) as u8; size],
-        timestamp: Timestamp { time: Ntp64::from_unix_micros(t0 + i), id: NodeId::from_u128(7) },
+        timestamp: Timestamp {
+            time: Ntp64::from_unix_micros(t0 + i),
+            id: NodeId::from_u128(7),
+        },
         encoding: None,
     }
 }
@@ -57,7 +62,10 @@ async fn replay(dir: &std::path::Path, n: u64) -> anyhow::Result<f64> {
     c.connect = vec![server.info().listening[0].clone()];
     let client = hypha::open(c).await?;
     let key = OwnedKeyExpr::new("bench/**".to_string())?;
-    anyhow::ensure!(client.wait_queryable(&key, Duration::from_secs(10)).await, "no storage");
+    anyhow::ensure!(
+        client.wait_queryable(&key, Duration::from_secs(10)).await,
+        "no storage"
+    );
     let start = Instant::now();
     let mut replies = client
         .get("bench/**?_time=[..]")
@@ -89,12 +97,20 @@ async fn main() -> anyhow::Result<()> {
     println!("| measurement | samples/s (median of {runs}) |");
     println!("| --- | ---: |");
     for size in [64usize, 1024] {
-        let m = median((0..runs).map(|_| ingest(&mut MemoryBackend::new(), ingest_n, size)).collect::<Result<_, _>>()?);
+        let m = median(
+            (0..runs)
+                .map(|_| ingest(&mut MemoryBackend::new(), ingest_n, size))
+                .collect::<Result<_, _>>()?,
+        );
         println!("| ingest, memory, {size} B | {m:.0} |");
         let mut v = Vec::new();
         for _ in 0..runs {
             let dir = tempfile_dir()?;
-            v.push(ingest(&mut SledBackend::open(dir.path(), 100)?, ingest_n, size)?);
+            v.push(ingest(
+                &mut SledBackend::open(dir.path(), 100)?,
+                ingest_n,
+                size,
+            )?);
         }
         println!("| ingest, sled, {size} B | {:.0} |", median(v));
     }
@@ -103,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..runs {
         v.push(replay(dir.path(), n).await?);
     }
-    println!("| replay of {n} samples (sled, `_time` query over TCP) | {:.0} |", median(v));
+    println!(
+        "| replay of {n} samples (sled, `_time` query over TCP) | {:.0} |",
+        median(v)
+    );
     Ok(())
 }
 

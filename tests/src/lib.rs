@@ -123,6 +123,26 @@ impl Drop for Proc {
     }
 }
 
+/// A `hypha` CLI command (`bin`: the test binary's path) with `args`, mDNS off so that nothing
+/// is multicast on the host's network.
+pub fn cli(bin: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args).arg("--no-mdns");
+    c
+}
+
+/// Runs a CLI command to completion (20 s at most): exit code, stdout, stderr.
+pub async fn run_cli(bin: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = tokio::time::timeout(Duration::from_secs(20), cli(bin, args).output())
+        .await
+        .map_err(|_| anyhow::anyhow!("{args:?} timed out"))??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// A TCP port free right now on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

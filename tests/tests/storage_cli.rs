@@ -12,21 +12,11 @@ const CLI: &str = env!("CARGO_BIN_EXE_hypha-test-cli");
 const T: Duration = Duration::from_secs(20);
 
 fn cli(args: &[&str]) -> Command {
-    let mut c = Command::new(CLI);
-    c.args(args).arg("--no-mdns");
-    c
+    hypha_tests::cli(CLI, args)
 }
 
 async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(T, cli(args).output())
-        .await
-        .expect("timed out")
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    hypha_tests::run_cli(CLI, args).await.unwrap()
 }
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {

@@ -256,3 +256,23 @@ pub async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, Conne
         .await
         .unwrap_or_else(|_| Err(ConnectError::Timeout(endpoint.clone())))
 }
+
+/// The first address `endpoint` resolves to.
+pub(crate) async fn resolve_one(endpoint: &Endpoint) -> Result<std::net::SocketAddr, ConnectError> {
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    endpoint
+        .resolve()
+        .await
+        .map_err(io)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host resolves to no address",
+            ))
+        })
+}

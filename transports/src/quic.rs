@@ -277,18 +277,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
         endpoint: endpoint.clone(),
         source,
     };
-    let remote = endpoint
-        .resolve()
-        .await
-        .map_err(io)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "host resolves to no address",
-            ))
-        })?;
+    let remote = crate::link::resolve_one(endpoint).await?;
     let material = tls.load()?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(material.client_config()?)
         .map_err(|e| ConnectError::Tls {

@@ -170,18 +170,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
         endpoint: endpoint.clone(),
         source,
     };
-    let remote = endpoint
-        .resolve()
-        .await
-        .map_err(io)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "host resolves to no address",
-            ))
-        })?;
+    let remote = crate::link::resolve_one(endpoint).await?;
     let any: SocketAddr = if remote.is_ipv4() {
         "0.0.0.0:0"
     } else {
