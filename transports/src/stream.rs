@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 /// Every stream link starts with these bytes, both ways.
 pub(crate) const PREAMBLE: &[u8; 8] = b"HYPHA/1\n";
 const READ_CHUNK: usize = 128 * 1024;
+/// Batches from this size on are written with a vectored write instead of being copied.
+const VECTORED_FROM: usize = 4096;
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -53,10 +55,34 @@ impl StreamTx {
 
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
-        self.buf.clear();
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(batch);
-        self.w.write_all(&self.buf).await.map_err(closed_or_io)
+        if batch.len() < VECTORED_FROM {
+            // Small batch: one contiguous buffer, one write.
+            self.buf.clear();
+            self.buf.extend_from_slice(&len.to_le_bytes());
+            self.buf.extend_from_slice(batch);
+            return self.w.write_all(&self.buf).await.map_err(closed_or_io);
+        }
+        // Large batch: prefix and batch in one vectored write, without copying the batch.
+        let prefix = len.to_le_bytes();
+        let mut done = 0usize;
+        let total = prefix.len() + batch.len();
+        while done < total {
+            let n = if done < prefix.len() {
+                let bufs = [
+                    std::io::IoSlice::new(prefix.get(done..).unwrap_or(&[])),
+                    std::io::IoSlice::new(batch),
+                ];
+                self.w.write_vectored(&bufs).await
+            } else {
+                self.w.write(batch.get(done - prefix.len()..).unwrap_or(&[])).await
+            }
+            .map_err(closed_or_io)?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     pub(crate) async fn close(&mut self) {
