@@ -74,7 +74,9 @@ impl StreamTx {
                 ];
                 self.w.write_vectored(&bufs).await
             } else {
-                self.w.write(batch.get(done - prefix.len()..).unwrap_or(&[])).await
+                self.w
+                    .write(batch.get(done - prefix.len()..).unwrap_or(&[]))
+                    .await
             }
             .map_err(closed_or_io)?;
             if n == 0 {

@@ -237,10 +237,7 @@ pub struct Received<'m, 'k> {
 
 impl<'m, 'k> Received<'m, 'k> {
     /// The key expression text for a wire key: an id declared by the peer, or a full name.
-    pub fn resolve(&self, key: WireKey<'m>) -> Option<&str>
-    where
-        'm: 'k,
-    {
+    pub fn resolve(&self, key: WireKey<'m>) -> Option<&str> {
         match key {
             WireKey::Id(id) => self.keys.get(id),
             WireKey::Name(n) => Some(n),

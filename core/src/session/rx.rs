@@ -25,7 +25,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// session with a reason (see [`Session::poll_event`]); it never panics.
     pub fn handle_input<F>(&mut self, now: Instant, batch: &[u8], sink: &mut F)
     where
-        F: FnMut(Received<'_, '_>),
+        F: FnMut(&Received<'_, '_>),
     {
         if matches!(self.state, State::Closed | State::Closing) {
             return;
@@ -185,13 +185,13 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
     }
 
-    fn on_frame<F: FnMut(Received<'_, '_>)>(&mut self, f: Frame<'_>, sink: &mut F) {
+    fn on_frame<F: FnMut(&Received<'_, '_>)>(&mut self, f: Frame<'_>, sink: &mut F) {
         if self.sequence_ok(f.priority, f.reliable, f.sn) {
             self.deliver(f.priority, f.reliable, f.payload, sink);
         }
     }
 
-    fn on_fragment<F: FnMut(Received<'_, '_>)>(&mut self, f: Fragment<'_>, sink: &mut F) {
+    fn on_fragment<F: FnMut(&Received<'_, '_>)>(&mut self, f: Fragment<'_>, sink: &mut F) {
         if !self.sequence_ok(f.priority, f.reliable, f.sn) {
             return;
         }
@@ -239,7 +239,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     }
 
     /// Decodes and hands over every network message of `bytes`; closes on malformed input.
-    fn deliver<F: FnMut(Received<'_, '_>)>(
+    fn deliver<F: FnMut(&Received<'_, '_>)>(
         &mut self,
         priority: Priority,
         reliable: bool,
@@ -270,7 +270,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 _ => {}
             }
             self.stats.rx_messages += 1;
-            sink(Received {
+            sink(&Received {
                 priority,
                 reliable,
                 msg,

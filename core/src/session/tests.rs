@@ -24,7 +24,7 @@ enum Got {
     Other,
 }
 
-fn own(r: Received<'_, '_>) -> Got {
+fn own(r: &Received<'_, '_>) -> Got {
     match r.msg {
         NetworkMessage::Put(p) => Got::Put {
             key: r.resolve_id(p.key_id).map(ToString::to_string),

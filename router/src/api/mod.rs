@@ -6,7 +6,7 @@ mod sample;
 pub use sample::{Sample, SampleKind};
 
 use crate::config::Config;
-use crate::routing::{DeclId, Route};
+use crate::routing::DeclId;
 use crate::runtime::{CongestionControl, Qos, Runtime};
 use bytes::Bytes;
 use hypha_core::id::NodeId;
@@ -480,10 +480,8 @@ pub struct Publisher {
     key: Arc<str>,
     qos: Qos,
     encoding: Option<Arc<str>>,
-    cache: Mutex<Option<(u64, SharedRoute)>>,
+    cache: Mutex<Option<(u64, Arc<crate::runtime::Resolved>)>>,
 }
-
-type SharedRoute = Arc<Route<Arc<Handler>>>;
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -527,7 +525,7 @@ impl Publisher {
         &self.key
     }
 
-    fn route(&self) -> Arc<Route<Arc<Handler>>> {
+    fn route(&self) -> Arc<crate::runtime::Resolved> {
         let v = self.rt.version.load(Ordering::Acquire);
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cv, r)) = c.as_ref() {
@@ -535,7 +533,7 @@ impl Publisher {
                 return r.clone();
             }
         }
-        let (v, r) = self.rt.route_local(&self.key);
+        let (v, r) = self.rt.resolve(&self.key);
         *c = Some((v, r.clone()));
         r
     }

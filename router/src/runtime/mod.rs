@@ -58,6 +58,17 @@ impl Default for Qos {
     }
 }
 
+/// A publisher's resolved route: local subscribers, and the links (with the key id each one
+/// declared for this publisher's key and lane, 0 until known), so that a publication touches
+/// neither the tables nor the link map.
+pub(crate) struct Resolved {
+    pub route: Arc<Route<Arc<Handler>>>,
+    pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
+}
+
+/// The last route used by a link's reader: key, tables version, route.
+pub(crate) type RouteCache = (Arc<str>, u64, Arc<Route<Arc<Handler>>>);
+
 /// Counters of the node.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -351,6 +362,51 @@ impl Runtime {
         }
     }
 
+    /// Delivers a sample from a neighbour to the local subscribers. `cache` keeps the last
+    /// route (valid while the key and the tables' version are unchanged): a stream of samples on
+    /// one key does not touch the tables' lock.
+    pub fn deliver_remote_sample(
+        &self,
+        face: &Arc<Face>,
+        cache: &mut Option<RouteCache>,
+        key: Arc<str>,
+        kind: SampleKind,
+        payload: Bytes,
+        extra: Option<Box<face::Extra>>,
+    ) {
+        face.received.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .received_remote
+            .fetch_add(1, Ordering::Relaxed);
+        let version = self.version.load(Ordering::Acquire);
+        let route = match cache {
+            Some((k, v, r)) if *v == version && (Arc::ptr_eq(k, &key) || **k == *key) => r.clone(),
+            _ => {
+                let r = self.tables().route_remote(&key);
+                *cache = Some((key.clone(), version, r.clone()));
+                r
+            }
+        };
+        if route.local.is_empty() {
+            return;
+        }
+        let (timestamp, encoding, attachment) = match extra {
+            Some(e) => (e.timestamp, e.encoding, e.attachment),
+            None => (None, None, None),
+        };
+        self.deliver_local(
+            &route,
+            Sample {
+                key,
+                payload,
+                kind,
+                timestamp,
+                encoding,
+                attachment,
+            },
+        );
+    }
+
     /// Handles what a neighbour sent.
     pub fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
         match m {
@@ -358,24 +414,10 @@ impl Runtime {
                 key,
                 kind,
                 payload,
-                timestamp,
-                encoding,
-                attachment,
+                extra,
             } => {
-                face.received.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .received_remote
-                    .fetch_add(1, Ordering::Relaxed);
-                let route = self.tables().route_remote(&key);
-                let sample = Sample {
-                    key,
-                    payload,
-                    kind,
-                    timestamp,
-                    encoding,
-                    attachment,
-                };
-                self.deliver_local(&route, sample);
+                let mut none = None;
+                self.deliver_remote_sample(face, &mut none, key, kind, payload, extra);
             }
             Incoming::Subscriber(id, key) => {
                 self.tables().face_subscriber(face.id, id, key);
@@ -445,10 +487,17 @@ impl Runtime {
         }
     }
 
-    /// The route of a local publication on `key`.
-    pub fn route_local(&self, key: &Arc<str>) -> (u64, Arc<Route<Arc<Handler>>>) {
+    /// The route of a local publication on `key`, resolved to links.
+    pub fn resolve(&self, key: &Arc<str>) -> (u64, Arc<Resolved>) {
         let v = self.version.load(Ordering::Acquire);
-        (v, self.tables().route_local(key))
+        let route = self.tables().route_local(key);
+        let faces = route
+            .faces
+            .iter()
+            .filter_map(|id| self.face(*id))
+            .map(|f| (f, std::sync::atomic::AtomicU32::new(0)))
+            .collect();
+        (v, Arc::new(Resolved { route, faces }))
     }
 
     /// Publishes: local subscribers get the sample directly (no encoding), neighbours with a
@@ -456,7 +505,7 @@ impl Runtime {
     #[allow(clippy::too_many_arguments)]
     pub async fn publish(
         &self,
-        route: &Route<Arc<Handler>>,
+        resolved: &Resolved,
         key: &Arc<str>,
         qos: Qos,
         kind: SampleKind,
@@ -466,7 +515,7 @@ impl Runtime {
     ) -> u64 {
         let timestamp = self.config.timestamping.then(|| self.new_timestamp());
         self.publish_stamped(
-            route, key, qos, kind, payload, timestamp, encoding, attachment,
+            resolved, key, qos, kind, payload, timestamp, encoding, attachment,
         )
         .await
     }
@@ -475,7 +524,7 @@ impl Runtime {
     #[allow(clippy::too_many_arguments)]
     pub async fn publish_stamped(
         &self,
-        route: &Route<Arc<Handler>>,
+        resolved: &Resolved,
         key: &Arc<str>,
         qos: Qos,
         kind: SampleKind,
@@ -490,13 +539,12 @@ impl Runtime {
             reliable: qos.reliable,
         };
         let mut dropped = 0;
-        for fid in &route.faces {
-            let Some(face) = self.face(*fid) else {
-                continue;
-            };
+        let route = &resolved.route;
+        for (face, key_id) in &resolved.faces {
             let send = || {
                 face.send_sample(
                     key,
+                    key_id,
                     lane,
                     kind,
                     &payload,
