@@ -116,37 +116,44 @@ impl Seam {
     }
 
     /// Delivers the history (in timestamp order), then what was held, then goes live.
-    fn finish(&self, mut history: Vec<Sample>) {
-        history.sort_by_key(|s| s.timestamp);
+    /// Whether a live sample has arrived while syncing (the live path is then established).
+    fn live_seen(&self) -> bool {
+        matches!(&*self.state.lock().unwrap_or_else(|p| p.into_inner()), SeamState::Syncing(h) if !h.is_empty())
+    }
+
+    /// Delivers the history and the live samples held meanwhile, merged in timestamp order
+    /// (each publisher's clock is monotonic) without duplicates, then goes live.
+    fn finish(&self, history: Vec<Sample>) {
         let mut seen = std::collections::HashSet::new();
         let mut horizon = None;
-        for s in history {
-            if let Some(ts) = s.timestamp {
-                if !seen.insert(ts) {
-                    continue; // the same event from two storages
+        let mut pending = history;
+        loop {
+            // Take what was held (under the lock), deliver outside it; go live only when
+            // nothing new was held meanwhile, so no live sample can overtake the history.
+            {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let SeamState::Syncing(h) = &mut *st {
+                    pending.append(h);
                 }
-                horizon = horizon.max(Some(ts));
+                if pending.is_empty() {
+                    *st = SeamState::Live {
+                        seen: std::mem::take(&mut seen),
+                        horizon,
+                    };
+                    return;
+                }
             }
-            self.inner.deliver(s);
-        }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let held = match std::mem::replace(
-            &mut *st,
-            SeamState::Live {
-                seen: std::collections::HashSet::new(),
-                horizon,
-            },
-        ) {
-            SeamState::Syncing(h) => h,
-            SeamState::Live { .. } => Vec::new(),
-        };
-        for s in held {
-            if s.timestamp.is_some_and(|ts| seen.contains(&ts)) {
-                continue;
+            pending.sort_by_key(|s| s.timestamp);
+            for s in pending.drain(..) {
+                if let Some(ts) = s.timestamp {
+                    if !seen.insert(ts) {
+                        continue; // the same event from two storages, or history and live
+                    }
+                    horizon = horizon.max(Some(ts));
+                }
+                self.inner.deliver(s);
             }
-            self.inner.deliver(s);
         }
-        *st = SeamState::Live { seen, horizon };
     }
 }
 
@@ -709,23 +716,53 @@ impl SubscriberBuilder {
             id
         };
         if let (Some(seam), Some(since)) = (seam, self.history) {
-            let selector = format!("{key}?_time=[now(-{}ms)..]", since.as_millis());
-            let get = query::GetBuilder::new(self.rt.clone(), &selector)
-                .target(query::QueryTarget::All)
-                .consolidation(query::Consolidation::None);
+            let rt = self.rt.clone();
+            let key = key.clone();
             tokio::spawn(async move {
-                let history = match get.send().await {
-                    Ok(r) => r
-                        .collect()
-                        .await
-                        .into_iter()
-                        .filter_map(|r| r.result.ok())
-                        .collect(),
-                    Err(e) => {
-                        tracing::warn!("history query failed: {e}");
-                        Vec::new()
+                let fetch = |selector: String| {
+                    let get = query::GetBuilder::new(rt.clone(), &selector)
+                        .target(query::QueryTarget::All)
+                        .consolidation(query::Consolidation::None);
+                    async move {
+                        match get.send().await {
+                            Ok(r) => r
+                                .collect()
+                                .await
+                                .into_iter()
+                                .filter_map(|r| r.result.ok())
+                                .collect(),
+                            Err(e) => {
+                                tracing::warn!("history query failed: {e}");
+                                Vec::<Sample>::new()
+                            }
+                        }
                     }
                 };
+                let mut history =
+                    fetch(format!("{key}?_time=[now(-{}ms)..]", since.as_millis())).await;
+                // A publisher may not know of this subscriber yet: what it publishes meanwhile
+                // reaches only the storages. Once live samples flow (or after a second), ask
+                // again for what came since, so that the seam has no gap.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while !seam.live_seen() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let from = history
+                    .iter()
+                    .filter_map(|s| s.timestamp)
+                    .max()
+                    .map(|t| t.time.as_unix_micros())
+                    .unwrap_or(0);
+                let catch_up = if from > 0 {
+                    let ago = crate::storage::timeexpr::now_us()
+                        .saturating_sub(from as i64)
+                        .max(0) as u64;
+                    format!("{key}?_time=[now(-{}us)..]", ago + 1_000)
+                } else {
+                    format!("{key}?_time=[now(-{}ms)..]", since.as_millis() + 2_000)
+                };
+                history.extend(fetch(catch_up).await);
                 seam.finish(history);
             });
         }
