@@ -75,9 +75,10 @@ impl Buffer for alloc::vec::Vec<u8> {
         true
     }
     fn shrink(&mut self) {
-        // Keep a modest buffer around for the next burst; return the rest.
-        if self.capacity() > 256 * 1024 {
-            self.shrink_to(64 * 1024);
+        // Keep the buffer for the next burst (regrowing a large one costs page faults and
+        // zeroing on every message); give back only what exceeds a few MiB.
+        if self.capacity() > 4 << 20 {
+            self.shrink_to(1 << 20);
         }
     }
 }

@@ -279,6 +279,8 @@ pub struct Session<B: Buffer, K: KeyTable> {
     rx_sn: [u32; SLOTS],
     lanes: [LaneQueue<B>; LANES],
     reassembly: [rx::Reassembly<B>; SLOTS],
+    /// The buffer of the last message delivered from fragments (see `take_reassembled`).
+    reassembled: Option<B>,
     keys: K,
     next_key_id: u32,
     events: heapless::Deque<Event, 4>,
@@ -324,6 +326,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             rx_sn: [0; SLOTS],
             lanes: core::array::from_fn(|_| LaneQueue::default()),
             reassembly: core::array::from_fn(|_| rx::Reassembly::default()),
+            reassembled: None,
             keys,
             next_key_id: 1,
             events: heapless::Deque::new(),
@@ -369,6 +372,13 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// Keys declared by the peer.
     pub fn remote_keys(&self) -> &K {
         &self.keys
+    }
+
+    /// Takes the buffer holding the last message reassembled from fragments (delivered by the
+    /// latest `handle_input` that completed one): payload slices handed to the sink point into
+    /// it, so a runtime can keep them without a copy. `None` if already taken.
+    pub fn take_reassembled(&mut self) -> Option<B> {
+        self.reassembled.take()
     }
 
     /// Bytes waiting in a lane's queue.

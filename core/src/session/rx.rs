@@ -231,10 +231,13 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         let buf = core::mem::take(&mut r.buf);
         self.stats.rx_reassembled += 1;
         self.deliver(f.priority, f.reliable, buf.bytes(), sink);
+        // The message's buffer stays available to `take_reassembled` (so a runtime can keep the
+        // payload without copying it); the slot takes the previous one, capacity kept, so a
+        // stream of large messages does not regrow its buffer every time.
+        let spare = self.reassembled.replace(buf);
         if let Some(r) = self.reassembly.get_mut(slot) {
-            r.buf = buf;
+            r.buf = spare.unwrap_or_default();
             r.buf.resize(0);
-            r.buf.shrink();
         }
     }
 

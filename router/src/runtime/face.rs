@@ -136,19 +136,38 @@ fn owned(keys: &HashMap<u32, Arc<str>>, k: WireKey<'_>) -> Option<OwnedKeyExpr> 
     resolve(keys, k).and_then(|s| OwnedKeyExpr::new(s.to_string()).ok())
 }
 
+/// A sample payload that lies in the session's reassembly buffer: patched in after
+/// `handle_input` from `take_reassembled`, without a copy. (index in `out`, address, length)
+pub(crate) type Fixup = (usize, usize, usize);
+
+/// The payload of a sample: a view of the batch, or (for a message reassembled from
+/// fragments) an empty placeholder and a fixup.
+fn payload_of(batch: &Bytes, part: &[u8], index: usize, fixups: &mut Vec<Fixup>) -> Bytes {
+    let start = batch.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    if part.is_empty() || (p >= start && p + part.len() <= start + batch.len()) {
+        bytes_of(batch, part)
+    } else {
+        fixups.push((index, p, part.len()));
+        Bytes::new()
+    }
+}
+
 fn convert(
     r: &Received<'_, '_>,
     batch: &Bytes,
     keys: &mut HashMap<u32, Arc<str>>,
     out: &mut Vec<Incoming>,
+    fixups: &mut Vec<Fixup>,
 ) {
     // The hot path (compact puts) reads the message in place rather than copying it.
     if let NetworkMessage::Put(p) = &r.msg {
+        let index = out.len();
         out.push(match keys.get(&p.key_id) {
             Some(k) => Incoming::Sample {
                 key: k.clone(),
                 kind: SampleKind::Put,
-                payload: bytes_of(batch, p.payload),
+                payload: payload_of(batch, p.payload, index, fixups),
                 extra: None,
             },
             None => Incoming::Other("put on an undeclared key id"),
@@ -169,7 +188,7 @@ fn convert(
             Some(key) => Incoming::Sample {
                 key,
                 kind: p.kind,
-                payload: bytes_of(batch, p.payload.0),
+                payload: payload_of(batch, p.payload.0, out.len(), fixups),
                 extra: (p.timestamp.is_some() || p.encoding.is_some() || p.attachment.is_some())
                     .then(|| {
                         Box::new(Extra {
@@ -509,6 +528,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
     let mut incoming: Vec<Incoming> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
     let mut route_cache: Option<super::RouteCache> = None;
+    let mut fixups: Vec<Fixup> = Vec::new();
     loop {
         let batch = tokio::select! {
             r = rx.recv() => r,
@@ -524,8 +544,31 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
         {
             let mut st = face.lock();
             st.session.handle_input(rt.now(), &batch, &mut |r| {
-                convert(r, &batch, &mut keys, &mut incoming)
+                convert(r, &batch, &mut keys, &mut incoming, &mut fixups)
             });
+            if !fixups.is_empty() {
+                // Payloads of a message reassembled from fragments: keep its buffer.
+                let whole = st.session.take_reassembled().map(|v| {
+                    let base = v.as_ptr() as usize;
+                    (base, v.len(), Bytes::from(v))
+                });
+                for (index, p, len) in fixups.drain(..) {
+                    let view = whole.as_ref().and_then(|(base, n, b)| {
+                        let off = p.checked_sub(*base)?;
+                        (off + len <= *n).then(|| b.slice(off..off + len))
+                    });
+                    match (incoming.get_mut(index), view) {
+                        (Some(Incoming::Sample { payload, .. }), Some(v)) => *payload = v,
+                        (Some(item), None) => {
+                            // Cannot happen (the buffer is the one just delivered); never
+                            // deliver a sample with a wrong payload.
+                            tracing::warn!(face = face.id, "reassembled payload not found");
+                            *item = Incoming::Other("reassembled payload not found");
+                        }
+                        _ => {}
+                    }
+                }
+            }
             while let Some(e) = st.session.poll_event() {
                 events.push(e);
             }
