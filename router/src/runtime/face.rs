@@ -383,9 +383,12 @@ impl Face {
                 attachment: attachment.map(RawBytes),
             }),
         };
-        st.session.send(lane.priority, lane.reliable, &msg)?;
-        self.sent.fetch_add(1, Ordering::Relaxed);
+        let r = st.session.send(lane.priority, lane.reliable, &msg);
+        // Wake the writer even when the lane is full: it must drain (a key declaration may have
+        // just been queued ahead of this message), or a blocked publisher would wait for nothing.
         self.wake.notify_one();
+        r?;
+        self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
