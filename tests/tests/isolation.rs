@@ -21,6 +21,11 @@ fn cfg(listen: &str) -> Config {
     c
 }
 
+/// The block bound of the default configuration.
+fn publisher_block_ms() -> u64 {
+    Config::default().queues.block_ms
+}
+
 /// Publishes `n` 1 KiB samples on `key` at a steady pace (10 per millisecond).
 async fn burst(p: &hypha::Publisher, n: u64) {
     let payload = bytes::Bytes::from(vec![7u8; 1024]);
@@ -122,5 +127,36 @@ async fn a_frozen_subscriber_does_not_slow_the_others() {
         frozen_link.dropped > 0,
         "nothing counted as dropped for the frozen peer"
     );
+
+    // Block: a publisher waits for the congested destination, but only up to `queues.block_ms`
+    // per sample, then drops for that destination alone (counted); the reader gets everything.
+    let before = got.load(Ordering::Relaxed);
+    let dropped_before = frozen_link.dropped;
+    let blocking = publisher
+        .declare_publisher("iso/block")
+        .unwrap()
+        .congestion_control(CongestionControl::Block);
+    let t0 = std::time::Instant::now();
+    for _ in 0..5 {
+        blocking.put(vec![1u8; 1024]).await.unwrap();
+    }
+    let waited = t0.elapsed();
+    let block_ms = publisher_block_ms();
+    assert!(
+        waited >= Duration::from_millis(block_ms * 5 * 9 / 10),
+        "did not wait: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(block_ms * 5 * 5),
+        "waited too long: {waited:?}"
+    );
+    assert_eq!(wait_count(before + 5).await, before + 5);
+    let info = publisher.info();
+    let frozen_link = info
+        .links
+        .iter()
+        .find(|l| l.node.to_string() == frozen_id)
+        .unwrap();
+    assert_eq!(frozen_link.dropped, dropped_before + 5);
     frozen.signal("CONT").unwrap();
 }
