@@ -57,6 +57,31 @@ pub(crate) struct PendingQuery {
     newest: HashMap<Arc<str>, Timestamp>,
 }
 
+/// Gives one query to local queryables; their replies go to `sink`, which is told they are all
+/// done when the last copy of the query is dropped (immediately if there is none).
+fn hand_out(
+    queryables: Vec<(Arc<crate::api::Handler>, bool)>,
+    sink: Sink,
+    key: OwnedKeyExpr,
+    parameters: String,
+    payload: Option<Bytes>,
+    attachment: Option<Bytes>,
+) {
+    let finalizer = Arc::new(Finalizer { sink });
+    let inner = Arc::new(QueryInner {
+        key,
+        parameters,
+        payload,
+        attachment,
+        finalizer,
+    });
+    for (h, _) in queryables {
+        h.deliver_query(Query {
+            inner: inner.clone(),
+        });
+    }
+}
+
 fn ts_of(r: &Reply) -> Option<Timestamp> {
     r.result.as_ref().ok().and_then(|s| s.timestamp)
 }
@@ -147,24 +172,11 @@ impl Runtime {
             }
         }
         if !local.is_empty() {
-            let fin = Arc::new(Finalizer {
-                sink: Sink::Local {
-                    rt: self.clone(),
-                    qid,
-                },
-            });
-            let inner = Arc::new(QueryInner {
-                key,
-                parameters,
-                payload,
-                attachment,
-                finalizer: fin,
-            });
-            for (h, _) in local {
-                h.deliver_query(Query {
-                    inner: inner.clone(),
-                });
-            }
+            let sink = Sink::Local {
+                rt: self.clone(),
+                qid,
+            };
+            hand_out(local, sink, key, parameters, payload, attachment);
         }
         if faces.is_empty() && !self.pending().get(&qid).is_some_and(|q| q.local) {
             self.finish_query(qid);
@@ -189,24 +201,11 @@ impl Runtime {
         if target == QueryTarget::AllComplete {
             local.retain(|(_, c)| *c);
         }
-        let fin = Arc::new(Finalizer {
-            sink: Sink::Remote {
-                face: face.clone(),
-                request_id,
-            },
-        });
-        let inner = Arc::new(QueryInner {
-            key,
-            parameters,
-            payload,
-            attachment,
-            finalizer: fin,
-        });
-        for (h, _) in local {
-            h.deliver_query(Query {
-                inner: inner.clone(),
-            });
-        }
+        let sink = Sink::Remote {
+            face: face.clone(),
+            request_id,
+        };
+        hand_out(local, sink, key, parameters, payload, attachment);
     }
 
     /// The link `old` to `node` closed while queries waited on it: if another link to the same
