@@ -164,6 +164,9 @@ enum Cmd {
         /// How long to listen.
         #[arg(long, default_value_t = 3)]
         secs: u64,
+        /// Accepted for uniformity with the other commands; scouting only browses mDNS.
+        #[command(flatten)]
+        common: Common,
     },
     /// Query SELECTOR (`KEYEXPR[?PARAMS]`) and print the replies; exits non-zero if none came.
     Get {
@@ -462,7 +465,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             s.close().await;
         }
-        Cmd::Scout { secs } => scout(Duration::from_secs(secs)).await?,
+        Cmd::Scout { secs, common: _ } => scout(Duration::from_secs(secs)).await?,
         Cmd::Get {
             selector,
             json,
