@@ -2,32 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use hypha::{Config, CongestionControl, SampleKind, Session};
+use hypha::{Config, CongestionControl, SampleKind};
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::{T, pair};
 
 fn cfg(listen: &str, connect: &[String]) -> Config {
-    let mut c = Config::default();
-    c.mdns = false;
-    c.listen = vec![listen.parse().unwrap()];
-    c.connect = connect.iter().map(|s| s.parse().unwrap()).collect();
-    c
-}
-
-async fn pair(proto: &str) -> (Session, Session) {
-    let a = hypha::open(cfg(&format!("{proto}/127.0.0.1:0"), &[]))
-        .await
-        .unwrap();
-    let ep = a.info().listening[0].to_string();
-    let b = hypha::open(cfg(&format!("{proto}/127.0.0.1:0"), &[ep]))
-        .await
-        .unwrap();
-    assert!(
-        a.wait_peers(1, T).await && b.wait_peers(1, T).await,
-        "no link"
-    );
-    (a, b)
+    common::node_config(listen, connect)
 }
 
 async fn recv(sub: &hypha::Subscriber) -> hypha::Sample {

@@ -6,23 +6,15 @@ use hypha::api::query::{Consolidation, QueryTarget, ReplyError};
 use hypha::{Config, Session};
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::T;
 
 fn cfg(connect: &[String]) -> Config {
-    let mut c = Config::default();
-    c.mdns = false;
-    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
-    c.connect = connect.iter().map(|s| s.parse().unwrap()).collect();
-    c
+    common::node_config("tcp/127.0.0.1:0", connect)
 }
 
 async fn pair() -> (Session, Session) {
-    let a = hypha::open(cfg(&[])).await.unwrap();
-    let b = hypha::open(cfg(&[a.info().listening[0].to_string()]))
-        .await
-        .unwrap();
-    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
-    (a, b)
+    common::pair("tcp").await
 }
 
 /// Waits until `s` sees a queryable for `key` (declarations travel asynchronously).

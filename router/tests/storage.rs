@@ -9,14 +9,11 @@ use hypha::{Config, SampleKind, Session};
 use hypha_core::keyexpr::OwnedKeyExpr;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::T;
 
 fn cfg(connect: &[String]) -> Config {
-    let mut c = Config::default();
-    c.mdns = false;
-    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
-    c.connect = connect.iter().map(|s| s.parse().unwrap()).collect();
-    c
+    common::node_config("tcp/127.0.0.1:0", connect)
 }
 
 fn scfg(key: &str, backend: BackendKind) -> StorageConfig {
