@@ -25,10 +25,15 @@
 #![warn(missing_docs)]
 
 pub mod api;
+/// The `hypha` program (`hypha --help`), for its binaries only: not a library API. Feature `cli`.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 pub mod config;
 pub mod routing;
+mod net;
 mod runtime;
+pub mod sample;
 pub mod storage;
 
 pub use api::{

@@ -221,7 +221,7 @@ enum Control {
     Init,
     Accept,
     Open,
-    Close(CloseReason),
+    Close(CloseReason, &'static str),
 }
 
 /// A network message received, with the means to resolve the peer's key ids.
@@ -419,20 +419,30 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
 
     /// Starts an orderly close: a `Close` goes out next, then the session is closed.
     pub fn close(&mut self, reason: CloseReason) {
+        self.close_with(reason, reason.as_str());
+    }
+
+    /// Like [`close`](Self::close), with a detail for the peer (e.g. the name of the cap it
+    /// exceeded). The detail is static so that closing never allocates.
+    pub fn close_with(&mut self, reason: CloseReason, detail: &'static str) {
         if matches!(self.state, State::Closing | State::Closed) {
             return;
         }
-        self.begin_close(reason, false);
+        self.begin_close_with(reason, detail, false);
     }
 
     fn begin_close(&mut self, reason: CloseReason, by_peer: bool) {
+        self.begin_close_with(reason, reason.as_str(), by_peer);
+    }
+
+    fn begin_close_with(&mut self, reason: CloseReason, detail: &'static str, by_peer: bool) {
         crate::core_debug!("session closing: {reason} (by peer: {by_peer})");
         if by_peer {
             self.state = State::Closed;
             self.control = None;
         } else {
             self.state = State::Closing;
-            self.control = Some(Control::Close(reason));
+            self.control = Some(Control::Close(reason, detail));
         }
         for lane in &mut self.lanes {
             lane.clear();

@@ -245,11 +245,11 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             Control::Open => TransportMessage::Open(Open {
                 initial_sn: self.local_initial_sn,
             }),
-            Control::Close(reason) => {
+            Control::Close(reason, detail) => {
                 self.state = State::Closed;
                 TransportMessage::Close(Close {
                     reason,
-                    detail: reason.as_str(),
+                    detail,
                 })
             }
         };

@@ -1,9 +1,8 @@
 //! The Session API: what applications call.
 
 pub mod query;
-mod sample;
 
-pub use sample::{Sample, SampleKind};
+pub use crate::sample::{Sample, SampleKind};
 
 use crate::config::Config;
 use crate::routing::DeclId;

@@ -54,23 +54,7 @@ pub enum ReplyError {
     Gone,
 }
 
-/// An error a queryable answered with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ErrorReply {
-    /// Its payload.
-    pub payload: Bytes,
-    /// Its encoding.
-    pub encoding: Option<Arc<str>>,
-}
-
-/// One reply to a `get`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    /// A sample, or the queryable's error.
-    pub result: Result<Sample, ErrorReply>,
-    /// The node that answered (`None`: this node).
-    pub replier: Option<NodeId>,
-}
+pub use crate::sample::{ErrorReply, Reply};
 
 /// Splits `key?params` into a key expression and parameters.
 pub fn parse_selector(selector: &str) -> Result<(OwnedKeyExpr, String), KeyExprError> {

@@ -1,7 +1,9 @@
-//! Samples: what subscribers receive.
+//! Samples, replies and reply errors: plain data every layer (net, runtime, api, storage)
+//! may use. A leaf: it depends on nothing in this crate.
 
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
+use hypha_core::id::NodeId;
 use hypha_core::keyexpr::KeyExpr;
 pub use hypha_core::wire::SampleKind;
 use std::sync::Arc;
@@ -34,4 +36,22 @@ impl Sample {
     pub fn payload_str(&self) -> Option<&str> {
         std::str::from_utf8(&self.payload).ok()
     }
+}
+
+/// An error a queryable answered instead of a sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// Its payload.
+    pub payload: Bytes,
+    /// Its encoding.
+    pub encoding: Option<Arc<str>>,
+}
+
+/// One reply to a `get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// A sample, or the queryable's error.
+    pub result: Result<Sample, ErrorReply>,
+    /// The node that answered (`None`: this node).
+    pub replier: Option<NodeId>,
 }

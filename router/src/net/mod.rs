@@ -1,0 +1,1503 @@
+//! The node core: a sans-IO routing state machine (no tokio, no sockets, no clock reads).
+//!
+//! Shaped like quinn-proto's `Endpoint`: the runtime feeds it inputs and executes what it asks.
+//!
+//! - inputs: [`Node::handle_face_up`], [`Node::handle_face_down`], [`Node::handle_message`]
+//!   (what a neighbour sent), [`Node::handle_local`] (what the application does),
+//!   [`Node::handle_timeout`]; time is always an argument;
+//! - outputs: [`Node::poll_action`] (send this message on that face, deliver this sample to
+//!   local declaration N, hand this query to these queryables, this reply, this query is done,
+//!   this declaration is ready, close that face) and [`Node::poll_timeout`];
+//! - the hot path: [`Node::route`] answers "where does a sample on this key from this source
+//!   go" with a cached [`Route`] that the runtime keeps and re-uses until it goes stale.
+//!
+//! Local declarations are plain ids ([`LocalId`]): the node never holds a handler, which is what
+//! keeps the API above it and the node below it independent. The routing policy per role is in
+//! [`hat`]; every message in or out of a face passes its [`intercept::Chain`].
+//!
+//! Remote input is capped per face ([`Caps`]): declarations, interests, pending queries, key
+//! length. A face that exceeds a cap is closed with a reason naming the cap.
+
+mod hat;
+pub(crate) mod intercept;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use crate::sample::{ErrorReply, Reply, Sample};
+use bytes::Bytes;
+use hat::From as Src0;
+use hypha_core::id::NodeId;
+use hypha_core::keyexpr::{KeTree, KeyExpr, OwnedKeyExpr};
+use hypha_core::time::{Duration, Instant};
+use hypha_core::wire::{
+    CloseReason, Consolidation, Mode, Priority, QueryTarget, SampleKind, interest,
+};
+use intercept::{Chain, Direction, InterceptFactory, NoIntercepts, Op, Verdict};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A face (a link to a neighbour), for the lifetime of the node.
+pub(crate) type FaceId = u64;
+/// A local declaration (subscriber, queryable, token, liveliness subscriber, publisher).
+pub(crate) type LocalId = u64;
+/// A query this node handles (its own, or one it answers or forwards). Also the request id it
+/// uses on the wire.
+pub(crate) type QueryId = u32;
+
+/// The kind of a neighbour, from its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FaceKind {
+    Peer,
+    Client,
+    Router,
+}
+
+impl FaceKind {
+    pub(crate) fn of(mode: Mode) -> Self {
+        match mode {
+            Mode::Peer => FaceKind::Peer,
+            Mode::Client => FaceKind::Client,
+            Mode::Router => FaceKind::Router,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FaceKind::Peer => "peer",
+            FaceKind::Client => "client",
+            FaceKind::Router => "router",
+        }
+    }
+}
+
+/// Quality of service of a send: the lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lane {
+    pub(crate) priority: Priority,
+    pub(crate) reliable: bool,
+}
+
+impl Lane {
+    /// Declarations and interests: reliable, highest priority.
+    pub(crate) const CONTROL: Lane = Lane {
+        priority: Priority::Control,
+        reliable: true,
+    };
+    /// Queries and replies travel on their own lane, so they never block publications.
+    pub(crate) const QUERY: Lane = Lane {
+        priority: Priority::InteractiveLow,
+        reliable: true,
+    };
+}
+
+/// Caps on what one neighbour may make this node hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caps {
+    /// Subscribers + queryables + tokens declared by one face.
+    pub(crate) declarations: usize,
+    /// Interests one face keeps open.
+    pub(crate) interests: usize,
+    /// Queries from one face not yet finished.
+    pub(crate) pending_queries: usize,
+    /// Longest key expression accepted from a face, in bytes.
+    pub(crate) key_len: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            declarations: 10_000,
+            interests: 1_000,
+            pending_queries: 1_000,
+            key_len: 1_024,
+        }
+    }
+}
+
+/// What the node is.
+pub(crate) struct NodeConfig {
+    pub(crate) id: NodeId,
+    pub(crate) role: Mode,
+    pub(crate) caps: Caps,
+    pub(crate) intercepts: Box<dyn InterceptFactory>,
+}
+
+impl NodeConfig {
+    pub(crate) fn new(id: NodeId, role: Mode) -> Self {
+        NodeConfig {
+            id,
+            role,
+            caps: Caps::default(),
+            intercepts: Box::new(NoIntercepts),
+        }
+    }
+}
+
+/// A declaration or interest on the wire, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decl {
+    Subscriber {
+        id: u32,
+        key: OwnedKeyExpr,
+    },
+    Unsubscriber {
+        id: u32,
+    },
+    Queryable {
+        id: u32,
+        key: OwnedKeyExpr,
+        complete: bool,
+    },
+    Unqueryable {
+        id: u32,
+    },
+    Token {
+        id: u32,
+        key: OwnedKeyExpr,
+    },
+    Untoken {
+        id: u32,
+    },
+    Interest {
+        id: u32,
+        key: Option<OwnedKeyExpr>,
+        flags: u8,
+    },
+    InterestFinal {
+        id: u32,
+    },
+    UndeclareInterest {
+        id: u32,
+    },
+}
+
+/// A query as it travels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) id: u32,
+    pub(crate) key: OwnedKeyExpr,
+    pub(crate) parameters: Arc<str>,
+    pub(crate) target: QueryTarget,
+    pub(crate) consolidation: Consolidation,
+    pub(crate) timeout_ms: u32,
+    pub(crate) payload: Option<Bytes>,
+    pub(crate) attachment: Option<Bytes>,
+}
+
+/// A network message between nodes, owned (the runtime converts to and from the wire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Msg {
+    Sample { sample: Sample, lane: Lane },
+    Declare(Decl),
+    Request(Request),
+    Response { id: u32, result: Result<Sample, ErrorReply> },
+    ResponseFinal { id: u32 },
+}
+
+impl Msg {
+    /// The lane a message travels on (samples carry theirs).
+    pub(crate) fn lane(&self) -> Lane {
+        match self {
+            Msg::Sample { lane, .. } => *lane,
+            Msg::Declare(_) => Lane::CONTROL,
+            Msg::Request(_) | Msg::Response { .. } | Msg::ResponseFinal { .. } => Lane::QUERY,
+        }
+    }
+}
+
+/// What a local query asks.
+#[derive(Clone, Debug)]
+pub(crate) struct QueryParams {
+    pub(crate) key: OwnedKeyExpr,
+    pub(crate) parameters: Arc<str>,
+    pub(crate) target: QueryTarget,
+    pub(crate) consolidation: Consolidation,
+    pub(crate) timeout: Duration,
+    pub(crate) payload: Option<Bytes>,
+    pub(crate) attachment: Option<Bytes>,
+}
+
+/// What the application does.
+#[derive(Clone, Debug)]
+pub(crate) enum Cmd {
+    Subscribe { id: LocalId, key: OwnedKeyExpr },
+    Queryable { id: LocalId, key: OwnedKeyExpr, complete: bool },
+    Token { id: LocalId, key: OwnedKeyExpr },
+    LivelinessSubscribe { id: LocalId, key: OwnedKeyExpr },
+    Publisher { id: LocalId, key: OwnedKeyExpr },
+    /// Withdraws any local declaration.
+    Undeclare { id: LocalId },
+    /// Publishes through the node (tests, forwarding; the runtime's publishers use [`Route`]).
+    Publish { sample: Sample, lane: Lane },
+    Query { id: QueryId, params: QueryParams },
+    CancelQuery { id: QueryId },
+    /// A local queryable's reply to a query it was handed.
+    Reply { query: QueryId, result: Result<Sample, ErrorReply> },
+    /// Every local queryable is done with the query.
+    ReplyFinal { query: QueryId },
+}
+
+/// What the node asks the runtime to do.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send `msg` on `face` (on `msg.lane()`).
+    Send { face: FaceId, msg: Msg },
+    /// Deliver a sample (or a liveliness change) to a local subscriber.
+    Deliver { to: LocalId, sample: Sample },
+    /// Hand a query to local queryables; they answer with [`Cmd::Reply`] and
+    /// [`Cmd::ReplyFinal`] (once, when all of them are done).
+    Query {
+        to: Vec<LocalId>,
+        query: QueryId,
+        key: OwnedKeyExpr,
+        parameters: Arc<str>,
+        payload: Option<Bytes>,
+        attachment: Option<Bytes>,
+    },
+    /// A reply to a local query.
+    Reply { query: QueryId, reply: Reply },
+    /// A local query is over (after its last reply).
+    QueryDone { query: QueryId },
+    /// A local declaration is known where it matters: every neighbour asked has answered.
+    Ready { id: LocalId },
+    /// Close a face. `drain`: after what is already queued on it has been written.
+    Close {
+        face: FaceId,
+        reason: CloseReason,
+        detail: &'static str,
+        drain: bool,
+    },
+}
+
+/// Where a sample goes: local subscribers and faces. Shared with the runtime, which keeps it
+/// until [`Route::is_stale`] says a declaration that could change it has changed.
+#[derive(Debug, Default)]
+pub(crate) struct Route {
+    pub(crate) locals: Vec<LocalId>,
+    pub(crate) faces: Vec<FaceId>,
+    /// The source face's ingress hooks refused samples on this key (count them as denied).
+    pub(crate) denied: bool,
+    stale: AtomicBool,
+}
+
+impl Route {
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+    fn expire(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+}
+
+/// Kinds of declarations that live in the tables and are propagated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Sub,
+    Qabl,
+    Token,
+}
+
+impl Kind {
+    fn flag(self) -> u8 {
+        match self {
+            Kind::Sub => interest::SUBSCRIBERS,
+            Kind::Qabl => interest::QUERYABLES,
+            Kind::Token => interest::TOKENS,
+        }
+    }
+}
+
+/// Who made a declaration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Src {
+    Local,
+    Face(FaceId),
+}
+
+/// One declaration in a table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Item {
+    src: Src,
+    /// Local id, or the face's declaration id.
+    id: u64,
+    complete: bool,
+}
+
+/// What the application declared.
+#[derive(Clone, Debug)]
+enum LocalKind {
+    Sub,
+    Qabl(bool),
+    Token,
+    LivSub,
+    Pub,
+}
+
+#[derive(Clone, Debug)]
+struct LocalDecl {
+    kind: LocalKind,
+    key: OwnedKeyExpr,
+}
+
+/// An interest we sent to a face.
+#[derive(Clone, Debug)]
+struct MyInterest {
+    key: OwnedKeyExpr,
+    flags: u8,
+    /// Its final marker arrived: the face told us every current match.
+    done: bool,
+}
+
+/// An interest a face asked of us.
+#[derive(Clone, Debug)]
+struct TheirInterest {
+    key: Option<OwnedKeyExpr>,
+    flags: u8,
+}
+
+/// What we declared to one face: one wire declaration per distinct (kind, key, complete),
+/// counted by how many sources hold it.
+#[derive(Default)]
+struct Out {
+    entries: HashMap<(Kind, OwnedKeyExpr, bool), (u32, usize)>,
+    counted: HashMap<(Kind, Src, u64), (OwnedKeyExpr, bool)>,
+    next_id: u32,
+}
+
+struct Face {
+    kind: FaceKind,
+    node: NodeId,
+    dialed: bool,
+    subs: HashMap<u32, OwnedKeyExpr>,
+    qabls: HashMap<u32, (OwnedKeyExpr, bool)>,
+    tokens: HashMap<u32, OwnedKeyExpr>,
+    their_interests: HashMap<u32, TheirInterest>,
+    my_interests: HashMap<u32, MyInterest>,
+    out: Out,
+    chain: Chain,
+    pending_queries: usize,
+    counters: FaceCounters,
+}
+
+/// Counters of one face, for `info` and the admin space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FaceCounters {
+    pub(crate) declarations_in: u64,
+    pub(crate) denied_in: u64,
+    pub(crate) denied_out: u64,
+    pub(crate) replies_refused: u64,
+}
+
+/// A snapshot of one face.
+#[derive(Clone, Debug)]
+pub(crate) struct FaceSnapshot {
+    pub(crate) id: FaceId,
+    pub(crate) kind: FaceKind,
+    pub(crate) node: NodeId,
+    pub(crate) subscribers: usize,
+    pub(crate) queryables: usize,
+    pub(crate) tokens: usize,
+    pub(crate) interests: usize,
+    pub(crate) declared_to: usize,
+    pub(crate) counters: FaceCounters,
+}
+
+/// Readiness of a local declaration, or a barrier a face asked us to pass on.
+struct Wait {
+    waiting: HashSet<FaceId>,
+    done: Done,
+}
+
+enum Done {
+    Ready(LocalId),
+    /// Answer `InterestFinal { id }` on the face.
+    Final(FaceId, u32),
+}
+
+/// Most routes cached before the cache is emptied (bounds memory under many keys).
+const MAX_CACHED_ROUTES: usize = 16_384;
+
+/// The node.
+pub(crate) struct Node {
+    id: NodeId,
+    role: Mode,
+    caps: Caps,
+    intercepts: Box<dyn InterceptFactory>,
+    faces: HashMap<FaceId, Face>,
+    locals: HashMap<LocalId, LocalDecl>,
+    subs: KeTree<Vec<Item>>,
+    qabls: KeTree<Vec<Item>>,
+    tokens: KeTree<Vec<Item>>,
+    liveliness_subs: KeTree<Vec<LocalId>>,
+    routes: HashMap<(Option<FaceId>, Arc<str>), Arc<Route>>,
+    waits: HashMap<u32, Wait>,
+    queries: HashMap<QueryId, query::QueryState>,
+    next_query: QueryId,
+    next_id: u64,
+    actions: VecDeque<Action>,
+    /// Bumped on every declaration change (for waiters on "something changed").
+    version: u64,
+}
+
+impl Node {
+    pub(crate) fn new(config: NodeConfig) -> Self {
+        Node {
+            id: config.id,
+            role: config.role,
+            caps: config.caps,
+            intercepts: config.intercepts,
+            faces: HashMap::new(),
+            locals: HashMap::new(),
+            subs: KeTree::new(),
+            qabls: KeTree::new(),
+            tokens: KeTree::new(),
+            liveliness_subs: KeTree::new(),
+            routes: HashMap::new(),
+            waits: HashMap::new(),
+            queries: HashMap::new(),
+            next_query: 1,
+            next_id: 1,
+            actions: VecDeque::new(),
+            version: 1,
+        }
+    }
+
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub(crate) fn role(&self) -> Mode {
+        self.role
+    }
+
+    /// Changes whenever a declaration (local or remote) or a face changes.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A fresh id for a local declaration (also used for interest ids).
+    pub(crate) fn next_local_id(&mut self) -> LocalId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// A fresh id for a local query.
+    pub(crate) fn next_query_id(&mut self) -> QueryId {
+        let id = self.next_query;
+        self.next_query = self.next_query.wrapping_add(1).max(1);
+        id
+    }
+
+    /// The next thing to do; poll until `None` after every input.
+    #[must_use]
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due (the earliest query deadline).
+    #[must_use]
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.queries.values().map(|q| q.deadline).min()
+    }
+
+    fn push(&mut self, a: Action) {
+        self.actions.push_back(a);
+    }
+
+    fn changed(&mut self) {
+        self.version += 1;
+    }
+
+    // ----- faces -----------------------------------------------------------------------------
+
+    /// A link completed its handshake with `node`, a neighbour of `kind`. `dialed`: this node
+    /// dialled it. If a link to `node` exists already, the one dialled by the smaller node id
+    /// survives (both ends agree) and the other is closed after draining; returns `false` if
+    /// the new face is the one refused.
+    pub(crate) fn handle_face_up(
+        &mut self,
+        _now: Instant,
+        face: FaceId,
+        kind: FaceKind,
+        node: NodeId,
+        dialed: bool,
+    ) -> bool {
+        if node == self.id {
+            self.push(Action::Close {
+                face,
+                reason: CloseReason::Refused,
+                detail: "a link to ourselves",
+                drain: false,
+            });
+            return false;
+        }
+        let dialer_of = |dialed: bool| if dialed { self.id } else { node };
+        let existing = self
+            .faces
+            .iter()
+            .find(|(_, f)| f.node == node)
+            .map(|(id, f)| (*id, f.dialed));
+        let mut replaced = None;
+        if let Some((old, old_dialed)) = existing {
+            if dialer_of(dialed) < dialer_of(old_dialed) {
+                // The new link wins: the old one goes once drained; its queries move over.
+                replaced = Some(old);
+            } else {
+                self.push(Action::Close {
+                    face,
+                    reason: CloseReason::Duplicate,
+                    detail: "duplicate link",
+                    drain: false,
+                });
+                return false;
+            }
+        }
+        let hooks = self.intercepts.build(face, kind, node);
+        self.faces.insert(
+            face,
+            Face {
+                kind,
+                node,
+                dialed,
+                subs: HashMap::new(),
+                qabls: HashMap::new(),
+                tokens: HashMap::new(),
+                their_interests: HashMap::new(),
+                my_interests: HashMap::new(),
+                out: Out {
+                    next_id: 1,
+                    ..Out::default()
+                },
+                chain: Chain::new(hooks),
+                pending_queries: 0,
+                counters: FaceCounters::default(),
+            },
+        );
+        self.expire_all_routes();
+        // Everything visible to the newcomer: local declarations and other faces'.
+        for (kind, src, id, key, complete) in self.all_decls() {
+            self.consider(face, kind, src, id, &key, complete);
+        }
+        // Our interests (publishers, liveliness subscribers) are asked of it too.
+        if hat::asks(kind) {
+            let mine: Vec<(LocalId, OwnedKeyExpr, u8)> = self
+                .locals
+                .iter()
+                .filter_map(|(id, l)| {
+                    interest_flags(&l.kind).map(|fl| (*id, l.key.clone(), fl))
+                })
+                .collect();
+            for (id, key, flags) in mine {
+                self.send_interest(face, id as u32, key, flags);
+            }
+        }
+        if let Some(old) = replaced {
+            self.push(Action::Close {
+                face: old,
+                reason: CloseReason::Duplicate,
+                detail: "duplicate link",
+                drain: true,
+            });
+            self.remove_face(old, Some(face));
+        }
+        self.changed();
+        true
+    }
+
+    /// A link is gone: everything it declared goes (its tokens vanish), queries waiting on it
+    /// are over for that part.
+    pub(crate) fn handle_face_down(&mut self, _now: Instant, face: FaceId) {
+        self.remove_face(face, None);
+    }
+
+    /// Removes a face; `replacement`: a new link to the same node that takes over its queries.
+    fn remove_face(&mut self, face: FaceId, replacement: Option<FaceId>) {
+        let Some(f) = self.faces.remove(&face) else {
+            return;
+        };
+        self.expire_all_routes();
+        // Withdraw what it declared, from the tables and from the other faces.
+        for (id, key) in f.subs {
+            self.remove_item(Kind::Sub, Src::Face(face), u64::from(id), &key);
+        }
+        for (id, (key, _)) in f.qabls {
+            self.remove_item(Kind::Qabl, Src::Face(face), u64::from(id), &key);
+        }
+        for (id, key) in f.tokens {
+            self.remove_item(Kind::Token, Src::Face(face), u64::from(id), &key);
+        }
+        // Barriers and readiness no longer wait for it.
+        let ids: Vec<u32> = self
+            .waits
+            .iter()
+            .filter(|(_, w)| w.waiting.contains(&face))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.wait_answered(id, face);
+        }
+        self.waits
+            .retain(|_, w| !matches!(w.done, Done::Final(f2, _) if f2 == face));
+        self.queries_face_down(face, replacement);
+        self.changed();
+    }
+
+    /// Faces, for `info` and the admin space.
+    pub(crate) fn faces(&self) -> Vec<FaceSnapshot> {
+        let mut v: Vec<FaceSnapshot> = self
+            .faces
+            .iter()
+            .map(|(id, f)| FaceSnapshot {
+                id: *id,
+                kind: f.kind,
+                node: f.node,
+                subscribers: f.subs.len(),
+                queryables: f.qabls.len(),
+                tokens: f.tokens.len(),
+                interests: f.their_interests.len(),
+                declared_to: f.out.entries.len(),
+                counters: FaceCounters {
+                    denied_in: f.counters.denied_in + f.chain.denied_in,
+                    denied_out: f.counters.denied_out + f.chain.denied_out,
+                    ..f.counters
+                },
+            })
+            .collect();
+        v.sort_by_key(|f| f.id);
+        v
+    }
+
+    /// The face linked to `node`, if any.
+    pub(crate) fn face_of(&self, node: NodeId) -> Option<FaceId> {
+        self.faces
+            .iter()
+            .find(|(_, f)| f.node == node)
+            .map(|(id, _)| *id)
+    }
+
+    /// The neighbour behind a face.
+    pub(crate) fn node_of(&self, face: FaceId) -> Option<NodeId> {
+        self.faces.get(&face).map(|f| f.node)
+    }
+
+    // ----- remote input ----------------------------------------------------------------------
+
+    /// A neighbour sent `msg` on `face`.
+    pub(crate) fn handle_message(&mut self, now: Instant, face: FaceId, msg: Msg) {
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        let (op, key) = op_of(&msg);
+        if let Some(k) = key {
+            if k.len() > self.caps.key_len {
+                self.close_for_cap(face, "cap limits.max_key_len exceeded");
+                return;
+            }
+        }
+        if let Verdict::Deny(why) = f.chain.check(Direction::Ingress, op, key) {
+            tracing::debug!(face, why, "ingress denied");
+            // A denied query is still answered (with nothing), so the querier does not hang.
+            if let Msg::Request(r) = &msg {
+                self.send(
+                    face,
+                    Msg::ResponseFinal { id: r.id },
+                );
+            }
+            return;
+        }
+        match msg {
+            Msg::Sample { sample, lane } => self.on_sample(Some(face), sample, lane),
+            Msg::Declare(d) => self.on_declare(face, d),
+            Msg::Request(r) => self.on_request(now, face, r),
+            Msg::Response { id, result } => self.on_response(face, id, result),
+            Msg::ResponseFinal { id } => self.on_response_final(face, id),
+        }
+    }
+
+    fn close_for_cap(&mut self, face: FaceId, cap: &'static str) {
+        tracing::warn!(face, cap, "closing face: {cap}");
+        self.push(Action::Close {
+            face,
+            reason: CloseReason::TooLarge,
+            detail: cap,
+            drain: false,
+        });
+        self.remove_face(face, None);
+    }
+
+    fn on_declare(&mut self, face: FaceId, d: Decl) {
+        const CAP: &str = "cap limits.max_declarations exceeded";
+        let cap = self.caps.declarations;
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        f.counters.declarations_in += 1;
+        let full = f.subs.len() + f.qabls.len() + f.tokens.len() >= cap;
+        let src = Src::Face(face);
+        match d {
+            Decl::Subscriber { id, key } => {
+                if full && !f.subs.contains_key(&id) {
+                    return self.close_for_cap(face, CAP);
+                }
+                if let Some(old) = f.subs.insert(id, key.clone()) {
+                    self.remove_item(Kind::Sub, src, u64::from(id), &old);
+                }
+                self.add_item(Kind::Sub, src, u64::from(id), key, false);
+            }
+            Decl::Unsubscriber { id } => {
+                if let Some(key) = f.subs.remove(&id) {
+                    self.remove_item(Kind::Sub, src, u64::from(id), &key);
+                }
+            }
+            Decl::Queryable { id, key, complete } => {
+                if full && !f.qabls.contains_key(&id) {
+                    return self.close_for_cap(face, CAP);
+                }
+                if let Some((old, _)) = f.qabls.insert(id, (key.clone(), complete)) {
+                    self.remove_item(Kind::Qabl, src, u64::from(id), &old);
+                }
+                self.add_item(Kind::Qabl, src, u64::from(id), key, complete);
+            }
+            Decl::Unqueryable { id } => {
+                if let Some((key, _)) = f.qabls.remove(&id) {
+                    self.remove_item(Kind::Qabl, src, u64::from(id), &key);
+                }
+            }
+            Decl::Token { id, key } => {
+                if full && !f.tokens.contains_key(&id) {
+                    return self.close_for_cap(face, CAP);
+                }
+                if let Some(old) = f.tokens.insert(id, key.clone()) {
+                    self.remove_item(Kind::Token, src, u64::from(id), &old);
+                }
+                self.add_item(Kind::Token, src, u64::from(id), key, false);
+            }
+            Decl::Untoken { id } => {
+                if let Some(key) = f.tokens.remove(&id) {
+                    self.remove_item(Kind::Token, src, u64::from(id), &key);
+                }
+            }
+            Decl::Interest { id, key, flags } => self.on_interest(face, id, key, flags),
+            Decl::InterestFinal { id } => {
+                let covered = match f.my_interests.get_mut(&id) {
+                    Some(i) if !i.done => {
+                        i.done = true;
+                        Some(i.key.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(k) = covered {
+                    self.expire_routes(&k);
+                }
+                self.wait_answered(id, face);
+            }
+            Decl::UndeclareInterest { id } => {
+                if f.their_interests.remove(&id).is_some() {
+                    self.recheck_face(face);
+                }
+            }
+        }
+    }
+
+    fn on_interest(&mut self, face: FaceId, id: u32, key: Option<OwnedKeyExpr>, flags: u8) {
+        let caps = self.caps;
+        let role = self.role;
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        let kind = f.kind;
+        let kinds = flags & (interest::SUBSCRIBERS | interest::QUERYABLES | interest::TOKENS);
+        if kinds != 0 {
+            if f.their_interests.len() >= caps.interests && !f.their_interests.contains_key(&id)
+            {
+                return self.close_for_cap(face, "cap limits.max_interests exceeded");
+            }
+            f.their_interests
+                .insert(id, TheirInterest { key: key.clone(), flags });
+            if flags & interest::CURRENT != 0 {
+                for (k, src, sid, dkey, complete) in self.all_decls() {
+                    if k.flag() & kinds != 0 {
+                        self.consider(face, k, src, sid, &dkey, complete);
+                    }
+                }
+            }
+            if flags & interest::FUTURE == 0 {
+                if let Some(f) = self.faces.get_mut(&face) {
+                    f.their_interests.remove(&id);
+                }
+            }
+        }
+        if flags & interest::CURRENT == 0 {
+            return;
+        }
+        // The final marker. A router passes a barrier (an interest asking for nothing but the
+        // final marker, sent after a declaration) on to the neighbours it propagated the
+        // face's declarations to, and answers once they all have: the declaration is then known
+        // wherever a matching sample could come from.
+        let onward: HashSet<FaceId> = if kinds == 0 && role == Mode::Router {
+            self.faces
+                .iter()
+                .filter(|(g, gf)| {
+                    **g != face
+                        && hat::asks(gf.kind)
+                        && hat::propagates(role, Src0::Face(kind), gf.kind)
+                })
+                .map(|(g, _)| *g)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        if onward.is_empty() {
+            self.send(face, Msg::Declare(Decl::InterestFinal { id }));
+            return;
+        }
+        let wid = self.next_local_id() as u32;
+        for g in &onward {
+            self.send(
+                *g,
+                Msg::Declare(Decl::Interest {
+                    id: wid,
+                    key: key.clone(),
+                    flags: interest::CURRENT,
+                }),
+            );
+        }
+        self.waits.insert(
+            wid,
+            Wait {
+                waiting: onward,
+                done: Done::Final(face, id),
+            },
+        );
+    }
+
+    fn wait_answered(&mut self, id: u32, face: FaceId) {
+        let Some(w) = self.waits.get_mut(&id) else {
+            return;
+        };
+        w.waiting.remove(&face);
+        if !w.waiting.is_empty() {
+            return;
+        }
+        let Some(w) = self.waits.remove(&id) else {
+            return;
+        };
+        match w.done {
+            Done::Ready(l) => self.push(Action::Ready { id: l }),
+            Done::Final(f, rid) => {
+                if self.faces.contains_key(&f) {
+                    self.send(f, Msg::Declare(Decl::InterestFinal { id: rid }));
+                }
+            }
+        }
+    }
+
+    fn on_sample(&mut self, src: Option<FaceId>, sample: Sample, lane: Lane) {
+        let route = self.route(src, &sample.key);
+        for l in &route.locals {
+            self.push(Action::Deliver {
+                to: *l,
+                sample: sample.clone(),
+            });
+        }
+        for f in &route.faces {
+            self.push(Action::Send {
+                face: *f,
+                msg: Msg::Sample {
+                    sample: sample.clone(),
+                    lane,
+                },
+            });
+        }
+    }
+
+    // ----- local input -----------------------------------------------------------------------
+
+    /// The application did something.
+    pub(crate) fn handle_local(&mut self, now: Instant, cmd: Cmd) {
+        match cmd {
+            Cmd::Subscribe { id, key } => {
+                self.declare_local(id, LocalKind::Sub, key);
+            }
+            Cmd::Queryable { id, key, complete } => {
+                self.declare_local(id, LocalKind::Qabl(complete), key);
+            }
+            Cmd::Token { id, key } => self.declare_local(id, LocalKind::Token, key),
+            Cmd::LivelinessSubscribe { id, key } => {
+                // Tokens alive now, then changes.
+                let mut alive: Vec<String> = self
+                    .tokens
+                    .intersecting(&key.as_keyexpr())
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, _)| k.as_str().to_string())
+                    .collect();
+                alive.sort();
+                for k in alive {
+                    self.push(Action::Deliver {
+                        to: id,
+                        sample: token_sample(&k, SampleKind::Put),
+                    });
+                }
+                match self.liveliness_subs.get_mut(&key.as_keyexpr()) {
+                    Some(v) => v.push(id),
+                    None => {
+                        self.liveliness_subs.insert(&key.as_keyexpr(), vec![id]);
+                    }
+                }
+                self.declare_local(id, LocalKind::LivSub, key);
+            }
+            Cmd::Publisher { id, key } => self.declare_local(id, LocalKind::Pub, key),
+            Cmd::Undeclare { id } => self.undeclare_local(id),
+            Cmd::Publish { sample, lane } => self.on_sample(None, sample, lane),
+            Cmd::Query { id, params } => self.start_query(now, id, params),
+            Cmd::CancelQuery { id } => {
+                self.queries.remove(&id);
+            }
+            Cmd::Reply { query, result } => self.on_reply(None, query, result),
+            Cmd::ReplyFinal { query } => self.local_final(query),
+        }
+    }
+
+    fn declare_local(&mut self, id: LocalId, kind: LocalKind, key: OwnedKeyExpr) {
+        self.locals.insert(
+            id,
+            LocalDecl {
+                kind: kind.clone(),
+                key: key.clone(),
+            },
+        );
+        let table = match kind {
+            LocalKind::Sub => Some((Kind::Sub, false)),
+            LocalKind::Qabl(c) => Some((Kind::Qabl, c)),
+            LocalKind::Token => Some((Kind::Token, false)),
+            LocalKind::LivSub | LocalKind::Pub => None,
+        };
+        let mut waiting = HashSet::new();
+        if let Some((k, complete)) = table {
+            self.add_item(k, Src::Local, id, key.clone(), complete);
+            // A barrier on each asked face it went to: ready once each has it.
+            let to: Vec<FaceId> = self
+                .faces
+                .iter()
+                .filter(|(_, f)| {
+                    hat::asks(f.kind) && f.out.counted.contains_key(&(k, Src::Local, id))
+                })
+                .map(|(g, _)| *g)
+                .collect();
+            for g in to {
+                self.send(
+                    g,
+                    Msg::Declare(Decl::Interest {
+                        id: id as u32,
+                        key: Some(key.clone()),
+                        flags: interest::CURRENT,
+                    }),
+                );
+                waiting.insert(g);
+            }
+        } else if let Some(flags) = interest_flags(&kind) {
+            let to: Vec<FaceId> = self
+                .faces
+                .iter()
+                .filter(|(_, f)| hat::asks(f.kind))
+                .map(|(g, _)| *g)
+                .collect();
+            for g in to {
+                self.send_interest(g, id as u32, key.clone(), flags);
+                waiting.insert(g);
+            }
+        }
+        if waiting.is_empty() {
+            self.push(Action::Ready { id });
+        } else {
+            self.waits.insert(
+                id as u32,
+                Wait {
+                    waiting,
+                    done: Done::Ready(id),
+                },
+            );
+        }
+        self.changed();
+    }
+
+    fn send_interest(&mut self, face: FaceId, id: u32, key: OwnedKeyExpr, flags: u8) {
+        if let Some(f) = self.faces.get_mut(&face) {
+            f.my_interests.insert(
+                id,
+                MyInterest {
+                    key: key.clone(),
+                    flags,
+                    done: false,
+                },
+            );
+        }
+        self.send(
+            face,
+            Msg::Declare(Decl::Interest {
+                id,
+                key: Some(key),
+                flags: flags | interest::CURRENT | interest::FUTURE,
+            }),
+        );
+    }
+
+    fn undeclare_local(&mut self, id: LocalId) {
+        let Some(l) = self.locals.remove(&id) else {
+            return;
+        };
+        self.waits.remove(&(id as u32));
+        match l.kind {
+            LocalKind::Sub => self.remove_item(Kind::Sub, Src::Local, id, &l.key),
+            LocalKind::Qabl(_) => self.remove_item(Kind::Qabl, Src::Local, id, &l.key),
+            LocalKind::Token => self.remove_item(Kind::Token, Src::Local, id, &l.key),
+            LocalKind::LivSub | LocalKind::Pub => {
+                if let LocalKind::LivSub = l.kind {
+                    if let Some(v) = self.liveliness_subs.get_mut(&l.key.as_keyexpr()) {
+                        v.retain(|x| *x != id);
+                        if v.is_empty() {
+                            self.liveliness_subs.remove(&l.key.as_keyexpr());
+                        }
+                    }
+                }
+                let iid = id as u32;
+                let faces: Vec<FaceId> = self
+                    .faces
+                    .iter_mut()
+                    .filter_map(|(g, f)| f.my_interests.remove(&iid).map(|_| *g))
+                    .collect();
+                for g in faces {
+                    self.send(g, Msg::Declare(Decl::UndeclareInterest { id: iid }));
+                }
+                self.expire_routes(&l.key);
+            }
+        }
+        self.changed();
+    }
+
+    // ----- tables and propagation ------------------------------------------------------------
+
+    fn table(&mut self, kind: Kind) -> &mut KeTree<Vec<Item>> {
+        match kind {
+            Kind::Sub => &mut self.subs,
+            Kind::Qabl => &mut self.qabls,
+            Kind::Token => &mut self.tokens,
+        }
+    }
+
+    fn add_item(&mut self, kind: Kind, src: Src, id: u64, key: OwnedKeyExpr, complete: bool) {
+        let item = Item { src, id, complete };
+        let first = {
+            let t = self.table(kind);
+            match t.get_mut(&key.as_keyexpr()) {
+                Some(v) => {
+                    v.push(item);
+                    v.len() == 1
+                }
+                None => {
+                    t.insert(&key.as_keyexpr(), vec![item]);
+                    true
+                }
+            }
+        };
+        if kind != Kind::Token {
+            self.expire_routes(&key);
+        } else if first {
+            self.token_event(&key, SampleKind::Put);
+        }
+        let faces: Vec<FaceId> = self.faces.keys().copied().collect();
+        for g in faces {
+            self.consider(g, kind, src, id, &key, complete);
+        }
+        self.changed();
+    }
+
+    fn remove_item(&mut self, kind: Kind, src: Src, id: u64, key: &OwnedKeyExpr) {
+        let last = {
+            let t = self.table(kind);
+            match t.get_mut(&key.as_keyexpr()) {
+                Some(v) => {
+                    v.retain(|i| !(i.src == src && i.id == id));
+                    let empty = v.is_empty();
+                    if empty {
+                        t.remove(&key.as_keyexpr());
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if kind != Kind::Token {
+            self.expire_routes(key);
+        } else if last {
+            self.token_event(key, SampleKind::Delete);
+        }
+        let faces: Vec<FaceId> = self.faces.keys().copied().collect();
+        for g in faces {
+            self.withdraw(g, kind, src, id);
+        }
+        self.changed();
+    }
+
+    fn token_event(&mut self, key: &OwnedKeyExpr, kind: SampleKind) {
+        let mut to: Vec<LocalId> = self
+            .liveliness_subs
+            .intersecting(&key.as_keyexpr())
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        to.sort_unstable();
+        for l in to {
+            self.push(Action::Deliver {
+                to: l,
+                sample: token_sample(key.as_str(), kind),
+            });
+        }
+    }
+
+    /// Every declaration in the tables: (kind, source, id, key, complete).
+    fn all_decls(&self) -> Vec<(Kind, Src, u64, OwnedKeyExpr, bool)> {
+        let mut v = Vec::new();
+        for (kind, t) in [
+            (Kind::Sub, &self.subs),
+            (Kind::Qabl, &self.qabls),
+            (Kind::Token, &self.tokens),
+        ] {
+            for (k, items) in t.iter() {
+                for i in items {
+                    if let Ok(key) = OwnedKeyExpr::new(k.as_str().to_string()) {
+                        v.push((kind, i.src, i.id, key, i.complete));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn should_send(&self, face: FaceId, kind: Kind, src: Src, key: &OwnedKeyExpr) -> bool {
+        let Some(f) = self.faces.get(&face) else {
+            return false;
+        };
+        let from = match src {
+            Src::Local => Src0::Local,
+            Src::Face(g) if g == face => return false,
+            Src::Face(g) => match self.faces.get(&g) {
+                Some(gf) => Src0::Face(gf.kind),
+                None => return false,
+            },
+        };
+        if !hat::propagates(self.role, from, f.kind) {
+            return false;
+        }
+        if hat::filters_by_interest(f.kind) {
+            let k = key.as_keyexpr();
+            return f.their_interests.values().any(|i| {
+                i.flags & kind.flag() != 0
+                    && i.key.as_ref().is_none_or(|ik| ik.as_keyexpr().intersects(&k))
+            });
+        }
+        true
+    }
+
+    /// Declares (kind, key) from `src` to `face` if it should see it and has not yet.
+    fn consider(
+        &mut self,
+        face: FaceId,
+        kind: Kind,
+        src: Src,
+        id: u64,
+        key: &OwnedKeyExpr,
+        complete: bool,
+    ) {
+        if !self.should_send(face, kind, src, key) {
+            return;
+        }
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        if f.out.counted.contains_key(&(kind, src, id)) {
+            return;
+        }
+        if f.chain.check(Direction::Egress, Op::Declare, Some(key.as_str())) != Verdict::Pass {
+            return;
+        }
+        f.out.counted.insert((kind, src, id), (key.clone(), complete));
+        let out = &mut f.out;
+        let slot = (kind, key.clone(), complete);
+        let new_id = match out.entries.get_mut(&slot) {
+            Some((_, refs)) => {
+                *refs += 1;
+                None
+            }
+            None => {
+                let wid = out.next_id;
+                out.next_id = out.next_id.wrapping_add(1).max(1);
+                out.entries.insert(slot, (wid, 1));
+                Some(wid)
+            }
+        };
+        if let Some(wid) = new_id {
+            let d = match kind {
+                Kind::Sub => Decl::Subscriber {
+                    id: wid,
+                    key: key.clone(),
+                },
+                Kind::Qabl => Decl::Queryable {
+                    id: wid,
+                    key: key.clone(),
+                    complete,
+                },
+                Kind::Token => Decl::Token {
+                    id: wid,
+                    key: key.clone(),
+                },
+            };
+            self.send(face, Msg::Declare(d));
+        }
+    }
+
+    /// Withdraws (kind, src, id) from what `face` was told, undeclaring when no source is left.
+    fn withdraw(&mut self, face: FaceId, kind: Kind, src: Src, id: u64) {
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        let Some((key, complete)) = f.out.counted.remove(&(kind, src, id)) else {
+            return;
+        };
+        let slot = (kind, key, complete);
+        let gone = match f.out.entries.get_mut(&slot) {
+            Some((wid, refs)) => {
+                *refs -= 1;
+                (*refs == 0).then_some(*wid)
+            }
+            None => None,
+        };
+        if let Some(wid) = gone {
+            f.out.entries.remove(&slot);
+            let d = match kind {
+                Kind::Sub => Decl::Unsubscriber { id: wid },
+                Kind::Qabl => Decl::Unqueryable { id: wid },
+                Kind::Token => Decl::Untoken { id: wid },
+            };
+            self.send(face, Msg::Declare(d));
+        }
+    }
+
+    /// After a face's interests shrank: withdraw what it should no longer see.
+    fn recheck_face(&mut self, face: FaceId) {
+        let Some(f) = self.faces.get(&face) else {
+            return;
+        };
+        let counted: Vec<(Kind, Src, u64, OwnedKeyExpr)> = f
+            .out
+            .counted
+            .iter()
+            .map(|((k, s, i), (key, _))| (*k, *s, *i, key.clone()))
+            .collect();
+        for (k, s, i, key) in counted {
+            if !self.should_send(face, k, s, &key) {
+                self.withdraw(face, k, s, i);
+            }
+        }
+    }
+
+    /// Queues a message for a face through its egress hooks.
+    fn send(&mut self, face: FaceId, msg: Msg) {
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        let (op, key) = op_of(&msg);
+        if !matches!(msg, Msg::Declare(_)) {
+            // Declarations were checked where they were decided (consider), with their key.
+            if let Verdict::Deny(why) = f.chain.check(Direction::Egress, op, key) {
+                tracing::debug!(face, why, "egress denied");
+                return;
+            }
+        }
+        self.actions.push_back(Action::Send { face, msg });
+    }
+
+    // ----- routes ----------------------------------------------------------------------------
+
+    /// Where a sample on `key` from `src` (`None`: this node) goes. Cached; the runtime may keep
+    /// the `Arc` until [`Route::is_stale`].
+    pub(crate) fn route(&mut self, src: Option<FaceId>, key: &str) -> Arc<Route> {
+        if let Some(r) = self.routes.get(&(src, Arc::from(key))) {
+            return r.clone();
+        }
+        let r = Arc::new(self.compute_route(src, key));
+        if self.routes.len() >= MAX_CACHED_ROUTES {
+            self.expire_all_routes();
+        }
+        self.routes.insert((src, Arc::from(key)), r.clone());
+        r
+    }
+
+    fn compute_route(&mut self, src: Option<FaceId>, key: &str) -> Route {
+        let Ok(k) = KeyExpr::new(key) else {
+            return Route::default();
+        };
+        let from = match src {
+            None => Src0::Local,
+            Some(f) => match self.faces.get_mut(&f) {
+                Some(face) => {
+                    if !face.chain.admits(Direction::Ingress, Op::Sample, key) {
+                        return Route {
+                            denied: true,
+                            ..Route::default()
+                        };
+                    }
+                    Src0::Face(face.kind)
+                }
+                None => return Route::default(),
+            },
+        };
+        let mut locals = Vec::new();
+        let mut faces = Vec::new();
+        for (_, items) in self.subs.intersecting(&k) {
+            for i in items {
+                match i.src {
+                    Src::Local => locals.push(i.id),
+                    Src::Face(g) if Some(g) != src => faces.push(g),
+                    Src::Face(_) => {}
+                }
+            }
+        }
+        if src.is_none() && hat::sends_uncovered(self.role) {
+            for (g, f) in &self.faces {
+                if hat::asks(f.kind) && !covered(f, &k) {
+                    faces.push(*g);
+                }
+            }
+        }
+        locals.sort_unstable();
+        locals.dedup();
+        faces.sort_unstable();
+        faces.dedup();
+        let role = self.role;
+        faces.retain(|g| match self.faces.get_mut(g) {
+            Some(f) => {
+                hat::forwards(role, from, f.kind) && f.chain.admits(Direction::Egress, Op::Sample, key)
+            }
+            None => false,
+        });
+        Route {
+            locals,
+            faces,
+            denied: false,
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    /// Expires every cached route on a key intersecting `key`.
+    fn expire_routes(&mut self, key: &OwnedKeyExpr) {
+        let k = key.as_keyexpr();
+        self.routes.retain(|(_, rk), r| {
+            let hit = KeyExpr::new(rk).map_or(true, |rk| rk.intersects(&k));
+            if hit {
+                r.expire();
+            }
+            !hit
+        });
+    }
+
+    fn expire_all_routes(&mut self) {
+        for r in self.routes.values() {
+            r.expire();
+        }
+        self.routes.clear();
+    }
+
+    /// True if some subscriber, local or remote, matches `key` (a publisher's matching status).
+    pub(crate) fn has_subscriber(&self, key: &KeyExpr<'_>) -> bool {
+        self.subs.intersecting(key).any(|(_, v)| !v.is_empty())
+    }
+
+    /// Queryables matching `key`: (local ones, faces holding one).
+    pub(crate) fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
+        let mut local = false;
+        let mut remote = false;
+        for (_, items) in self.qabls.intersecting(key) {
+            for i in items {
+                match i.src {
+                    Src::Local => local = true,
+                    Src::Face(_) => remote = true,
+                }
+            }
+        }
+        (local, remote)
+    }
+
+    /// Every liveliness token alive here matching `key`, sorted.
+    pub(crate) fn tokens_matching(&self, key: &KeyExpr<'_>) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tokens
+            .intersecting(key)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.as_str().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of local declarations and of remote ones held for faces.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let remote = self
+            .faces
+            .values()
+            .map(|f| f.subs.len() + f.qabls.len() + f.tokens.len())
+            .sum();
+        (self.locals.len(), remote)
+    }
+}
+
+/// The interest flags of a local declaration that asks neighbours for theirs.
+fn interest_flags(kind: &LocalKind) -> Option<u8> {
+    match kind {
+        LocalKind::Pub => Some(interest::SUBSCRIBERS),
+        LocalKind::LivSub => Some(interest::TOKENS),
+        _ => None,
+    }
+}
+
+/// Has `f` answered an interest of ours for subscribers that includes `key` in full?
+fn covered(f: &Face, key: &KeyExpr<'_>) -> bool {
+    f.my_interests.values().any(|i| {
+        i.done && i.flags & interest::SUBSCRIBERS != 0 && i.key.as_keyexpr().includes(key)
+    })
+}
+
+fn op_of(msg: &Msg) -> (Op, Option<&str>) {
+    match msg {
+        Msg::Sample { sample, .. } => (Op::Sample, Some(&sample.key)),
+        Msg::Declare(d) => (
+            Op::Declare,
+            match d {
+                Decl::Subscriber { key, .. }
+                | Decl::Queryable { key, .. }
+                | Decl::Token { key, .. } => Some(key.as_str()),
+                Decl::Interest { key, .. } => key.as_ref().map(|k| k.as_str()),
+                _ => None,
+            },
+        ),
+        Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
+        Msg::Response { result, .. } => (
+            Op::Reply,
+            result.as_ref().ok().map(|s| &*s.key),
+        ),
+        Msg::ResponseFinal { .. } => (Op::Reply, None),
+    }
+}
+
+fn token_sample(key: &str, kind: SampleKind) -> Sample {
+    Sample {
+        key: Arc::from(key),
+        payload: Bytes::new(),
+        kind,
+        timestamp: None,
+        encoding: None,
+        attachment: None,
+    }
+}

@@ -1,0 +1,762 @@
+//! Deterministic multi-node tests: a [`Mesh`] of [`Node`]s on a fake clock, messages passed in
+//! memory in order per link (quinn-proto's `tests/util.rs` `Pair` is the model). No sockets,
+//! no sleeps, no tokio.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn k(s: &str) -> OwnedKeyExpr {
+    OwnedKeyExpr::new(s.to_string()).expect("test key")
+}
+
+fn sample(key: &str, payload: &str) -> Sample {
+    Sample {
+        key: Arc::from(key),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        kind: SampleKind::Put,
+        timestamp: None,
+        encoding: None,
+        attachment: None,
+    }
+}
+
+const DATA: Lane = Lane {
+    priority: Priority::Data,
+    reliable: true,
+};
+
+/// How a local queryable in the mesh answers: these (key, payload) samples, then final.
+type Answer = Vec<(String, String)>;
+
+/// What happened at one node.
+#[derive(Default, Debug)]
+struct Inbox {
+    /// Samples delivered, per local id.
+    delivered: BTreeMap<LocalId, Vec<Sample>>,
+    replies: BTreeMap<QueryId, Vec<Reply>>,
+    done: HashSet<QueryId>,
+    ready: HashSet<LocalId>,
+    closed: Vec<(FaceId, CloseReason, &'static str)>,
+}
+
+struct Mesh {
+    now: Instant,
+    nodes: Vec<Node>,
+    inbox: Vec<Inbox>,
+    /// face id -> (node index, peer node index, peer's face id)
+    links: HashMap<FaceId, (usize, usize, FaceId)>,
+    /// In-flight messages per directed link, in order: (to node, on its face, msg).
+    wire: VecDeque<(usize, FaceId, Msg)>,
+    answers: HashMap<(usize, LocalId), Answer>,
+    next_face: FaceId,
+    /// Every sample sent on a face: (sending node, face, key).
+    sample_sends: Vec<(usize, FaceId, String)>,
+    /// Declarations sent: (sending node, face, decl).
+    decl_sends: Vec<(usize, FaceId, Decl)>,
+}
+
+impl Mesh {
+    fn new(roles: &[Mode]) -> Self {
+        Self::with_caps(roles, Caps::default())
+    }
+
+    fn with_caps(roles: &[Mode], caps: Caps) -> Self {
+        let nodes = roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut c = NodeConfig::new(NodeId::from_u128(i as u128 + 1), *r);
+                c.caps = caps;
+                Node::new(c)
+            })
+            .collect();
+        Mesh {
+            now: Instant::from_micros(1_000_000),
+            nodes,
+            inbox: roles.iter().map(|_| Inbox::default()).collect(),
+            links: HashMap::new(),
+            wire: VecDeque::new(),
+            answers: HashMap::new(),
+            next_face: 100,
+            sample_sends: Vec::new(),
+            decl_sends: Vec::new(),
+        }
+    }
+
+    fn kind(&self, i: usize) -> FaceKind {
+        FaceKind::of(self.nodes[i].role())
+    }
+
+    /// Links `a` (dialer) and `b`; returns (a's face, b's face).
+    fn link(&mut self, a: usize, b: usize) -> (FaceId, FaceId) {
+        let fa = self.next_face;
+        let fb = self.next_face + 1;
+        self.next_face += 2;
+        self.links.insert(fa, (a, b, fb));
+        self.links.insert(fb, (b, a, fa));
+        let (ka, kb) = (self.kind(a), self.kind(b));
+        let (ida, idb) = (self.nodes[a].id(), self.nodes[b].id());
+        let now = self.now;
+        self.nodes[a].handle_face_up(now, fa, kb, idb, true);
+        self.nodes[b].handle_face_up(now, fb, ka, ida, false);
+        self.run();
+        (fa, fb)
+    }
+
+    fn unlink(&mut self, face: FaceId) {
+        let Some((a, b, fb)) = self.links.remove(&face) else {
+            return;
+        };
+        self.links.remove(&fb);
+        self.wire.retain(|(_, f, _)| *f != face && *f != fb);
+        let now = self.now;
+        self.nodes[a].handle_face_down(now, face);
+        self.nodes[b].handle_face_down(now, fb);
+        self.run();
+    }
+
+    fn local(&mut self, i: usize, cmd: Cmd) {
+        let now = self.now;
+        self.nodes[i].handle_local(now, cmd);
+        self.run();
+    }
+
+    fn id(&mut self, i: usize) -> LocalId {
+        self.nodes[i].next_local_id()
+    }
+
+    fn subscribe(&mut self, i: usize, key: &str) -> LocalId {
+        let id = self.id(i);
+        self.local(i, Cmd::Subscribe { id, key: k(key) });
+        id
+    }
+
+    fn publisher(&mut self, i: usize, key: &str) -> LocalId {
+        let id = self.id(i);
+        self.local(i, Cmd::Publisher { id, key: k(key) });
+        id
+    }
+
+    fn put(&mut self, i: usize, key: &str, payload: &str) {
+        self.local(
+            i,
+            Cmd::Publish {
+                sample: sample(key, payload),
+                lane: DATA,
+            },
+        );
+    }
+
+    fn queryable(&mut self, i: usize, key: &str, complete: bool, answer: &[(&str, &str)]) {
+        let id = self.id(i);
+        self.answers.insert(
+            (i, id),
+            answer
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        );
+        self.local(
+            i,
+            Cmd::Queryable {
+                id,
+                key: k(key),
+                complete,
+            },
+        );
+    }
+
+    fn query(&mut self, i: usize, key: &str, target: QueryTarget, c: Consolidation) -> QueryId {
+        let id = self.nodes[i].next_query_id();
+        self.local(
+            i,
+            Cmd::Query {
+                id,
+                params: QueryParams {
+                    key: k(key),
+                    parameters: Arc::from(""),
+                    target,
+                    consolidation: c,
+                    timeout: Duration::from_secs(10),
+                    payload: None,
+                    attachment: None,
+                },
+            },
+        );
+        id
+    }
+
+    fn delivered(&self, i: usize, id: LocalId) -> Vec<String> {
+        self.inbox[i]
+            .delivered
+            .get(&id)
+            .map(|v| {
+                v.iter()
+                    .map(|s| format!("{}={}", s.key, String::from_utf8_lossy(&s.payload)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        let now = self.now;
+        for n in &mut self.nodes {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        self.run();
+    }
+
+    /// Runs until nothing is left to do: actions executed, messages delivered in order.
+    fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            let mut progress = false;
+            for i in 0..self.nodes.len() {
+                while let Some(a) = self.nodes[i].poll_action() {
+                    progress = true;
+                    self.execute(i, a);
+                }
+            }
+            if let Some((to, face, msg)) = self.wire.pop_front() {
+                progress = true;
+                let now = self.now;
+                self.nodes[to].handle_message(now, face, msg);
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("the mesh did not settle");
+    }
+
+    fn execute(&mut self, i: usize, a: Action) {
+        match a {
+            Action::Send { face, msg } => {
+                let Some((_, b, fb)) = self.links.get(&face).copied() else {
+                    return;
+                };
+                match &msg {
+                    Msg::Sample { sample, .. } => {
+                        self.sample_sends.push((i, face, sample.key.to_string()))
+                    }
+                    Msg::Declare(d) => self.decl_sends.push((i, face, d.clone())),
+                    _ => {}
+                }
+                self.wire.push_back((b, fb, msg));
+            }
+            Action::Deliver { to, sample } => {
+                self.inbox[i].delivered.entry(to).or_default().push(sample)
+            }
+            Action::Query { to, query, .. } => {
+                let now = self.now;
+                for l in to {
+                    let answers = self.answers.get(&(i, l)).cloned().unwrap_or_default();
+                    for (key, value) in answers {
+                        self.nodes[i].handle_local(
+                            now,
+                            Cmd::Reply {
+                                query,
+                                result: Ok(sample(&key, &value)),
+                            },
+                        );
+                    }
+                }
+                self.nodes[i].handle_local(now, Cmd::ReplyFinal { query });
+            }
+            Action::Reply { query, reply } => {
+                self.inbox[i].replies.entry(query).or_default().push(reply)
+            }
+            Action::QueryDone { query } => {
+                self.inbox[i].done.insert(query);
+            }
+            Action::Ready { id } => {
+                self.inbox[i].ready.insert(id);
+            }
+            Action::Close {
+                face,
+                reason,
+                detail,
+                drain: _,
+            } => {
+                self.inbox[i].closed.push((face, reason, detail));
+                if let Some((_, b, fb)) = self.links.remove(&face) {
+                    self.links.remove(&fb);
+                    self.wire.retain(|(_, f, _)| *f != face && *f != fb);
+                    let now = self.now;
+                    self.nodes[b].handle_face_down(now, fb);
+                    self.nodes[i].handle_face_down(now, face);
+                }
+            }
+        }
+    }
+
+    fn reply_payloads(&self, i: usize, q: QueryId) -> Vec<String> {
+        let mut v: Vec<String> = self.inbox[i]
+            .replies
+            .get(&q)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r.result.as_ref().ok())
+                    .map(|s| format!("{}={}", s.key, String::from_utf8_lossy(&s.payload)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+use Mode::{Client, Peer, Router};
+
+#[test]
+fn peers_deliver_directly_and_send_nothing_where_nothing_matches() {
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    m.link(0, 1);
+    m.link(0, 2);
+    m.link(1, 2);
+    let s = m.subscribe(1, "fleet/*/speed");
+    m.put(0, "fleet/car1/speed", "42");
+    m.put(0, "fleet/car1/fuel", "7");
+    assert_eq!(m.delivered(1, s), ["fleet/car1/speed=42"]);
+    // One sample sent, to node 1 only; nothing for the key nobody wants, nothing to node 2.
+    assert_eq!(m.sample_sends.len(), 1);
+    assert_eq!(m.sample_sends[0].0, 0);
+    assert!(m.sample_sends.iter().all(|(_, _, key)| key == "fleet/car1/speed"));
+}
+
+#[test]
+fn peers_do_not_forward_between_peers() {
+    // A line 0 - 1 - 2 of peers: 2's subscriber is not reachable from 0 (peers mesh directly).
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    m.link(0, 1);
+    m.link(1, 2);
+    let s = m.subscribe(2, "a/**");
+    m.put(0, "a/b", "x");
+    assert!(m.delivered(2, s).is_empty());
+    assert!(m.sample_sends.is_empty());
+}
+
+#[test]
+fn router_forwards_client_to_client_peer_and_back() {
+    // 0 router, 1 and 2 clients of it, 3 a peer linked to it.
+    let mut m = Mesh::new(&[Router, Client, Client, Peer]);
+    m.link(1, 0);
+    m.link(2, 0);
+    m.link(3, 0);
+    let s2 = m.subscribe(2, "fleet/**");
+    let s3 = m.subscribe(3, "fleet/**");
+    let s1 = m.subscribe(1, "fleet/**");
+    let p1 = m.publisher(1, "fleet/car1/speed");
+    assert!(m.inbox[1].ready.contains(&p1));
+    m.put(1, "fleet/car1/speed", "1");
+    assert_eq!(m.delivered(2, s2), ["fleet/car1/speed=1"]);
+    assert_eq!(m.delivered(3, s3), ["fleet/car1/speed=1"]);
+    // The publisher's own subscriber gets it locally, not echoed back by the router.
+    assert_eq!(m.delivered(1, s1), ["fleet/car1/speed=1"]);
+    // Peer -> clients.
+    m.put(3, "fleet/car9/speed", "9");
+    assert_eq!(m.delivered(1, s1), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
+    assert_eq!(m.delivered(2, s2), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
+    assert_eq!(m.delivered(3, s3), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
+    // Each sample crossed each face at most once.
+    let mut sends = m.sample_sends.clone();
+    sends.sort();
+    sends.dedup();
+    assert_eq!(sends.len(), m.sample_sends.len());
+}
+
+#[test]
+fn writer_side_filtering_nothing_crosses_where_nobody_matches() {
+    let mut m = Mesh::new(&[Router, Client, Client]);
+    let (_, r_to_1) = m.link(1, 0);
+    let (_, r_to_2) = m.link(2, 0);
+    let s2 = m.subscribe(2, "a/**");
+    let p = m.publisher(1, "b/x");
+    assert!(m.inbox[1].ready.contains(&p));
+    m.put(1, "b/x", "nobody");
+    // The publisher's interest was answered with no subscriber: nothing leaves the client.
+    assert!(m.sample_sends.is_empty(), "{:?}", m.sample_sends);
+    let p2 = m.publisher(1, "a/x");
+    assert!(m.inbox[1].ready.contains(&p2));
+    m.put(1, "a/x", "yes");
+    assert_eq!(m.delivered(2, s2), ["a/x=yes"]);
+    // Exactly two sends: client 1 -> router, router -> client 2.
+    assert_eq!(m.sample_sends.len(), 2);
+    assert!(m.sample_sends.iter().all(|(n, f, _)| *n == 1 || *f == r_to_2));
+    assert!(!m.sample_sends.iter().any(|(_, f, _)| *f == r_to_1));
+}
+
+#[test]
+fn clients_get_only_the_declarations_matching_their_interests() {
+    let mut m = Mesh::new(&[Router, Client, Peer]);
+    let (_, r_to_c) = m.link(1, 0);
+    m.link(2, 0);
+    for i in 0..50 {
+        m.subscribe(2, &format!("noise/{i}"));
+    }
+    m.subscribe(2, "wanted/**");
+    let before = m
+        .decl_sends
+        .iter()
+        .filter(|(_, f, _)| *f == r_to_c)
+        .count();
+    assert_eq!(before, 0, "nothing is declared to a client that asked for nothing");
+    m.publisher(1, "wanted/x");
+    let to_client: Vec<&Decl> = m
+        .decl_sends
+        .iter()
+        .filter(|(_, f, _)| *f == r_to_c)
+        .map(|(_, _, d)| d)
+        .collect();
+    let subs: Vec<&Decl> = to_client
+        .iter()
+        .copied()
+        .filter(|d| matches!(d, Decl::Subscriber { .. }))
+        .collect();
+    assert_eq!(subs.len(), 1, "{to_client:?}");
+    assert!(matches!(subs[0], Decl::Subscriber { key, .. } if key.as_str() == "wanted/**"));
+}
+
+#[test]
+fn ready_means_the_first_sample_after_declaring_is_not_lost() {
+    // Zenoh #495: samples published right after declaring are lost. Here both sides wait for
+    // `Ready` and the very first publication arrives.
+    let mut m = Mesh::new(&[Router, Client, Client, Peer]);
+    m.link(1, 0);
+    m.link(2, 0);
+    m.link(3, 0);
+    // Hold the wire: declare, and check readiness only settles after the router answered.
+    let id = m.id(2);
+    m.nodes[2].handle_local(m.now, Cmd::Subscribe { id, key: k("x/**") });
+    while let Some(a) = m.nodes[2].poll_action() {
+        assert!(!matches!(a, Action::Ready { .. }), "ready before the router knew");
+        m.execute(2, a);
+    }
+    m.run();
+    assert!(m.inbox[2].ready.contains(&id));
+    let p = m.publisher(1, "x/y");
+    assert!(m.inbox[1].ready.contains(&p));
+    m.put(1, "x/y", "first");
+    assert_eq!(m.delivered(2, id), ["x/y=first"]);
+    // And a peer behind the router has it too once ready: the router passed the barrier on.
+    let id3 = m.subscribe(3, "z/**");
+    assert!(m.inbox[3].ready.contains(&id3));
+    let p1 = m.publisher(1, "z/1");
+    assert!(m.inbox[1].ready.contains(&p1));
+    m.put(1, "z/1", "one");
+    assert_eq!(m.delivered(3, id3), ["z/1=one"]);
+}
+
+#[test]
+fn a_client_with_no_interest_settled_still_sends_upstream() {
+    // A plain put (no declared publisher) from a client: the router decides, nothing is lost.
+    let mut m = Mesh::new(&[Router, Client, Client]);
+    m.link(1, 0);
+    m.link(2, 0);
+    let s = m.subscribe(2, "k/**");
+    m.put(1, "k/1", "v");
+    assert_eq!(m.delivered(2, s), ["k/1=v"]);
+}
+
+#[test]
+fn liveliness_through_a_router_appears_and_vanishes() {
+    let mut m = Mesh::new(&[Router, Client, Client]);
+    let (c1_face, _) = m.link(1, 0);
+    m.link(2, 0);
+    let lid = m.id(2);
+    m.local(2, Cmd::LivelinessSubscribe { id: lid, key: k("group/*") });
+    let t = m.id(1);
+    m.local(1, Cmd::Token { id: t, key: k("group/a") });
+    let seen: Vec<(String, SampleKind)> = m.inbox[2].delivered[&lid]
+        .iter()
+        .map(|s| (s.key.to_string(), s.kind))
+        .collect();
+    assert_eq!(seen, [("group/a".to_string(), SampleKind::Put)]);
+    // Client 1 goes away: its token vanishes for client 2.
+    m.unlink(c1_face);
+    let last = m.inbox[2].delivered[&lid].last().map(|s| (s.key.to_string(), s.kind));
+    assert_eq!(last, Some(("group/a".to_string(), SampleKind::Delete)));
+}
+
+#[test]
+fn query_targets_and_consolidation() {
+    // 0 queries; 1 and 2 are peers with queryables on store/** (1 complete, 2 not).
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    m.link(0, 1);
+    m.link(0, 2);
+    m.queryable(1, "store/**", true, &[("store/a", "1"), ("store/b", "1")]);
+    m.queryable(2, "store/**", false, &[("store/a", "2")]);
+    let q = m.query(0, "store/**", QueryTarget::All, Consolidation::None);
+    assert!(m.inbox[0].done.contains(&q));
+    assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/a=2", "store/b=1"]);
+    let q = m.query(0, "store/**", QueryTarget::AllComplete, Consolidation::None);
+    assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/b=1"]);
+    let q = m.query(0, "store/**", QueryTarget::BestMatching, Consolidation::None);
+    assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/b=1"]);
+    // Latest: one reply per key (no timestamps: the last one wins), delivered at the end.
+    let q = m.query(0, "store/**", QueryTarget::All, Consolidation::Latest);
+    assert_eq!(m.reply_payloads(0, q).len(), 2);
+    assert!(m.inbox[0].done.contains(&q));
+}
+
+#[test]
+fn queries_cross_a_router_and_replies_come_back() {
+    let mut m = Mesh::new(&[Router, Client, Client, Peer]);
+    m.link(1, 0);
+    m.link(2, 0);
+    m.link(3, 0);
+    m.queryable(2, "cfg/**", true, &[("cfg/a", "from-client")]);
+    m.queryable(3, "cfg/**", true, &[("cfg/b", "from-peer")]);
+    let q = m.query(1, "cfg/**", QueryTarget::All, Consolidation::None);
+    assert!(m.inbox[1].done.contains(&q));
+    assert_eq!(
+        m.reply_payloads(1, q),
+        ["cfg/a=from-client", "cfg/b=from-peer"]
+    );
+    // From the peer: its own queryable and the client's, through the router.
+    let q2 = m.query(3, "cfg/**", QueryTarget::All, Consolidation::None);
+    assert_eq!(
+        m.reply_payloads(3, q2),
+        ["cfg/a=from-client", "cfg/b=from-peer"]
+    );
+    // A reply outside the query's key expression is refused, and counted.
+    m.queryable(2, "liar/**", true, &[("elsewhere/x", "forged"), ("liar/ok", "fine")]);
+    let q3 = m.query(1, "liar/**", QueryTarget::All, Consolidation::None);
+    assert!(m.inbox[1].done.contains(&q3));
+    assert_eq!(m.reply_payloads(1, q3), ["liar/ok=fine"]);
+}
+
+#[test]
+fn a_query_nobody_answers_times_out_on_the_fake_clock() {
+    let mut m = Mesh::new(&[Peer, Peer]);
+    let (_, b_face) = m.link(0, 1);
+    m.queryable(1, "slow/**", true, &[]);
+    // Make node 1's face deaf: drop everything node 0 sends from now on.
+    m.links.remove(&b_face);
+    let q = m.query(0, "slow/**", QueryTarget::All, Consolidation::None);
+    assert!(!m.inbox[0].done.contains(&q));
+    m.advance(Duration::from_secs(9));
+    assert!(!m.inbox[0].done.contains(&q));
+    m.advance(Duration::from_secs(2));
+    assert!(m.inbox[0].done.contains(&q));
+}
+
+#[test]
+fn duplicate_links_keep_the_one_dialled_by_the_smaller_id() {
+    let mut m = Mesh::new(&[Peer, Peer]);
+    let s = m.subscribe(1, "d/**");
+    // Node 1 (id 2) dials node 0 (id 1) first, then node 0 dials node 1: the latter wins.
+    let (f10, f01) = m.link(1, 0);
+    let (f01b, _) = m.link(0, 1);
+    let closed: Vec<FaceId> = m.inbox.iter().flat_map(|i| i.closed.iter().map(|c| c.0)).collect();
+    assert!(closed.contains(&f10) || closed.contains(&f01), "{closed:?}");
+    assert_eq!(m.nodes[0].faces().len(), 1);
+    assert_eq!(m.nodes[0].face_of(m.nodes[1].id()), Some(f01b));
+    m.put(0, "d/1", "once");
+    assert_eq!(m.delivered(1, s), ["d/1=once"]);
+}
+
+#[test]
+fn a_face_over_its_declaration_cap_is_closed_naming_the_cap() {
+    let caps = Caps {
+        declarations: 10,
+        ..Caps::default()
+    };
+    let mut m = Mesh::with_caps(&[Peer, Peer], caps);
+    m.link(0, 1);
+    for i in 0..11 {
+        m.subscribe(1, &format!("spam/{i}"));
+    }
+    let closed = &m.inbox[0].closed;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].1, CloseReason::TooLarge);
+    assert!(closed[0].2.contains("max_declarations"));
+    // Its state went with it.
+    assert_eq!(m.nodes[0].counts().1, 0);
+    assert!(m.nodes[0].faces().is_empty());
+}
+
+#[test]
+fn long_keys_and_interest_floods_are_capped() {
+    let caps = Caps {
+        key_len: 32,
+        interests: 3,
+        ..Caps::default()
+    };
+    let mut m = Mesh::with_caps(&[Router, Client], caps);
+    m.link(1, 0);
+    m.subscribe(1, &"x".repeat(40));
+    assert!(m.inbox[0].closed[0].2.contains("max_key_len"));
+    let mut m = Mesh::with_caps(&[Router, Client], caps);
+    m.link(1, 0);
+    for i in 0..4 {
+        m.publisher(1, &format!("p/{i}"));
+    }
+    assert!(m.inbox[0].closed[0].2.contains("max_interests"));
+}
+
+#[test]
+fn ingress_and_egress_hooks_see_and_can_deny() {
+    struct DenySecret;
+    impl intercept::Intercept for DenySecret {
+        fn check(&mut self, _: Direction, op: Op, key: Option<&str>) -> Verdict {
+            if op == Op::Sample && key.is_some_and(|k| k.starts_with("secret")) {
+                Verdict::Deny("secret")
+            } else {
+                Verdict::Pass
+            }
+        }
+    }
+    struct F;
+    impl InterceptFactory for F {
+        fn build(&self, _: FaceId, _: FaceKind, _: NodeId) -> Vec<Box<dyn intercept::Intercept>> {
+            vec![Box::new(DenySecret)]
+        }
+    }
+    let mut m = Mesh::new(&[Peer, Peer]);
+    let mut cfg = NodeConfig::new(NodeId::from_u128(1), Peer);
+    cfg.intercepts = Box::new(F);
+    m.nodes[0] = Node::new(cfg);
+    m.link(0, 1);
+    let s1 = m.subscribe(1, "**");
+    let s0 = m.subscribe(0, "**");
+    m.put(0, "secret/a", "no");
+    m.put(0, "open/a", "yes");
+    assert_eq!(m.delivered(1, s1), ["open/a=yes"]);
+    m.put(1, "secret/b", "no");
+    m.put(1, "open/b", "yes");
+    // Local delivery is not a face's business; what came in on the face was filtered.
+    assert_eq!(m.delivered(0, s0), ["secret/a=no", "open/a=yes", "open/b=yes"]);
+    let f = m.nodes[0].face_of(NodeId::from_u128(2));
+    let r = m.nodes[0].route(f, "secret/b");
+    assert!(r.denied);
+}
+
+#[test]
+fn routes_are_cached_and_expire_precisely() {
+    let mut m = Mesh::new(&[Peer, Peer]);
+    m.link(0, 1);
+    m.subscribe(1, "a/**");
+    let ra = m.nodes[0].route(None, "a/1");
+    let rb = m.nodes[0].route(None, "b/1");
+    assert_eq!(ra.faces.len(), 1);
+    assert!(rb.faces.is_empty());
+    m.subscribe(1, "b/*");
+    assert!(!ra.is_stale(), "a declaration on b/* does not touch routes on a/1");
+    assert!(rb.is_stale());
+    assert_eq!(m.nodes[0].route(None, "b/1").faces.len(), 1);
+}
+
+// ----- property test: random topologies ----------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Topo {
+    /// Roles of the backbone nodes (peers and routers, fully meshed).
+    core: Vec<Mode>,
+    /// Each client's upstream (index into core).
+    clients: Vec<usize>,
+    /// Subscriptions: (node, key).
+    subs: Vec<(usize, String)>,
+    /// Publications: (node, key).
+    pubs: Vec<(usize, String)>,
+}
+
+const KEYS: &[&str] = &["a/x", "a/y", "b/x", "b/y/z"];
+const EXPRS: &[&str] = &["a/x", "a/*", "b/**", "**", "*/x", "c/d"];
+
+fn topo() -> impl Strategy<Value = Topo> {
+    (
+        prop::collection::vec(prop::bool::ANY, 1..4),
+        prop::collection::vec(0usize..4, 0..4),
+    )
+        .prop_flat_map(|(core, clients)| {
+            let core: Vec<Mode> = core
+                .into_iter()
+                .map(|r| if r { Router } else { Peer })
+                .collect();
+            let nc = core.len();
+            let clients: Vec<usize> = clients.into_iter().map(|c| c % nc).collect();
+            let n = nc + clients.len();
+            (
+                Just(core),
+                Just(clients),
+                prop::collection::vec((0..n, prop::sample::select(EXPRS)), 0..6),
+                prop::collection::vec((0..n, prop::sample::select(KEYS)), 1..6),
+            )
+        })
+        .prop_map(|(core, clients, subs, pubs)| Topo {
+            core,
+            clients,
+            subs: subs.into_iter().map(|(n, s)| (n, s.to_string())).collect(),
+            pubs: pubs.into_iter().map(|(n, s)| (n, s.to_string())).collect(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Every sample reaches exactly the matching local subscribers, once each; and nothing is
+    /// sent on a face where nothing matches (each sample a node receives is delivered or
+    /// forwarded by it).
+    #[test]
+    fn every_sample_reaches_exactly_the_matching_subscribers_once(t in topo()) {
+        let mut roles = t.core.clone();
+        roles.extend(t.clients.iter().map(|_| Client));
+        let mut m = Mesh::new(&roles);
+        let nc = t.core.len();
+        for a in 0..nc {
+            for b in a + 1..nc {
+                m.link(a, b);
+            }
+        }
+        for (i, up) in t.clients.iter().enumerate() {
+            m.link(nc + i, *up);
+        }
+        let mut subs = Vec::new();
+        for (n, e) in &t.subs {
+            let id = m.subscribe(*n, e);
+            prop_assert!(m.inbox[*n].ready.contains(&id));
+            subs.push((*n, id, k(e)));
+        }
+        for (n, key) in &t.pubs {
+            let p = m.publisher(*n, key);
+            prop_assert!(m.inbox[*n].ready.contains(&p));
+        }
+        for (seq, (n, key)) in t.pubs.iter().enumerate() {
+            m.put(*n, key, &seq.to_string());
+        }
+        for (n, id, e) in &subs {
+            let mut got = m.delivered(*n, *id);
+            got.sort();
+            let mut want: Vec<String> = t
+                .pubs
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, key))| e.as_keyexpr().intersects(&KeyExpr::new(key).unwrap()))
+                .map(|(seq, (_, key))| format!("{key}={seq}"))
+                .collect();
+            want.sort();
+            prop_assert_eq!(got, want, "subscriber {} on node {}", e, n);
+        }
+        // Nothing sent where nothing matches: every node that was sent a sample on `key`
+        // has a matching local subscriber, or a client behind it does.
+        for (from, face, key) in &m.sample_sends {
+            let (_, to, _) = m.links[face];
+            let kx = KeyExpr::new(key).unwrap();
+            let behind: Vec<usize> = if to < nc {
+                std::iter::once(to)
+                    .chain(t.clients.iter().enumerate().filter(|(_, u)| **u == to).map(|(i, _)| nc + i))
+                    .collect()
+            } else {
+                vec![to]
+            };
+            let wanted = subs.iter().any(|(n, _, e)| {
+                let reachable = if *from >= nc { *n != *from } else { behind.contains(n) };
+                reachable && e.as_keyexpr().intersects(&kx)
+            });
+            prop_assert!(wanted, "sample on {} sent from {} to {} where nothing matches", key, from, to);
+        }
+    }
+}
