@@ -7,10 +7,11 @@ use hypha::api::query::QueryTarget;
 use hypha::storage::{self, BackendKind, StorageConfig};
 use hypha::{Config, SampleKind, Session};
 use hypha_core::keyexpr::OwnedKeyExpr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::T;
+use common::{T, wait_until};
 
 fn cfg(connect: &[String]) -> Config {
     common::node_config("tcp/127.0.0.1:0", connect)
@@ -39,13 +40,17 @@ async fn values(s: &Session, selector: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls until `f` holds (storage ingestion is asynchronous).
-async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + T;
-    while !f().await {
-        assert!(Instant::now() < deadline, "condition not met in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until `store` has taken in `n` samples in all (ingestion is asynchronous): after that,
+/// its answers reflect every one of them.
+async fn stored(store: &storage::Storage, n: u64) {
+    wait_until(T, async || store.stats.stored.load(Ordering::Relaxed) >= n)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the storage took in {} samples, not {n}",
+                store.stats.stored.load(Ordering::Relaxed)
+            )
+        });
 }
 
 async fn latest_and_tombstones(backend: BackendKind) {
@@ -60,7 +65,7 @@ async fn latest_and_tombstones(backend: BackendKind) {
     p.put("10").await.unwrap();
     p.put("11").await.unwrap();
     b.put("fleet/car2/speed", "20").await.unwrap();
-    eventually(|| async { values(&b, "fleet/**").await.len() == 2 }).await;
+    stored(&store, 3).await;
     assert_eq!(
         values(&b, "fleet/**").await,
         [
@@ -71,7 +76,11 @@ async fn latest_and_tombstones(backend: BackendKind) {
     // Delete, then a late put carrying an older timestamp: the key stays deleted.
     let before_delete = b.new_timestamp();
     b.delete("fleet/car2/speed").await.unwrap();
-    eventually(|| async { values(&b, "fleet/**").await.len() == 1 }).await;
+    stored(&store, 4).await;
+    assert_eq!(
+        values(&b, "fleet/**").await,
+        [("fleet/car1/speed".into(), "11".into())]
+    );
     // Publish with the stale timestamp through the wire: simulate with a Sample replayed by a
     // queryable-less path — storages stamp samples without timestamps, so use a timestamping
     // session to send an explicitly old sample.
@@ -84,7 +93,9 @@ async fn latest_and_tombstones(backend: BackendKind) {
     pc.put_with_timestamp("resurrected?", before_delete)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Only once the storage has taken the stale put in does its absence from the answer mean
+    // something.
+    stored(&store, 5).await;
     assert_eq!(
         values(&b, "fleet/**").await.len(),
         1,
@@ -106,13 +117,7 @@ async fn latest_and_tombstones(backend: BackendKind) {
         .collect()
         .await;
     assert!(bad[0].result.is_err());
-    assert!(
-        store
-            .stats
-            .stored
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 5
-    );
+    assert_eq!(store.stats.stored.load(Ordering::Relaxed), 5);
     store.close().await;
 }
 
@@ -132,13 +137,21 @@ async fn retention_by_count() {
     let a = hypha::open(cfg(&[])).await.unwrap();
     let mut c = scfg("r/**", BackendKind::Memory);
     c.retain_count = Some(5);
-    let _store = storage::start(&a, c).await.unwrap();
+    let store = storage::start(&a, c).await.unwrap();
     for i in 0..20 {
         a.put("r/x", format!("{i}")).await.unwrap();
     }
-    eventually(|| async { values(&a, "r/**?_time=[..]").await.len() == 5 }).await;
-    let h = values(&a, "r/**?_time=[..]").await;
-    assert_eq!(h.last().unwrap().1, "19");
+    stored(&store, 20).await;
+    // Retention runs on the storage's own timer, which announces nothing: poll the history.
+    wait_until(T, async || values(&a, "r/**?_time=[..]").await.len() == 5)
+        .await
+        .expect("history not pruned to 5 samples");
+    let h: Vec<String> = values(&a, "r/**?_time=[..]")
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(h, ["15", "16", "17", "18", "19"], "the newest 5 are kept");
 }
 
 /// A late joiner gets the history from the storage, then the live stream, with no gap and no
@@ -149,7 +162,7 @@ async fn late_joiner_replays_then_continues_live() {
     sc.timestamping = true;
     let a = hypha::open(sc).await.unwrap();
     let ep = a.info().listening[0].to_string();
-    let _store = storage::start(&a, scfg("seq/**", BackendKind::Memory))
+    let store = storage::start(&a, scfg("seq/**", BackendKind::Memory))
         .await
         .unwrap();
     let mut pc = cfg(std::slice::from_ref(&ep));
@@ -168,7 +181,8 @@ async fn late_joiner_replays_then_continues_live() {
         }
         i
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Some history first (the storage has taken in 100 samples), so the seam is crossed.
+    stored(&store, 100).await;
     // The late joiner: its own node, asking for the last minute of history.
     let late = hypha::open(cfg(&[ep])).await.unwrap();
     assert!(late.wait_peers(2, T).await);

@@ -1,6 +1,7 @@
 //! Helpers for Hypha's multi-process and multi-host tests: child processes that are killed when
-//! the test ends (even on panic), JSON-line readers with deadlines, free ports, and network
-//! namespaces that are deleted on drop.
+//! the test ends (even on panic), JSON-line readers with deadlines, the address a node reports in
+//! its ready line, a bounded [`wait_until`], [`require_or_skip`] for tests that need root or
+//! IPv6, and network namespaces that are deleted on drop.
 
 #![warn(missing_docs)]
 
@@ -143,12 +144,73 @@ pub async fn run_cli(bin: &str, args: &[&str]) -> anyhow::Result<(i32, String, S
     ))
 }
 
+/// The first endpoint a node listens on, from its JSON ready line
+/// (`{"event":"ready","id":…,"listening":["tcp/127.0.0.1:40123",…]}`, printed by `hypha peer` and
+/// `hypha storage`): start a node on port 0 and dial what this returns.
+pub fn listening_endpoint(ready: &serde_json::Value) -> anyhow::Result<String> {
+    ready["listening"]
+        .get(0)
+        .and_then(|e| e.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no listening endpoint in the ready line {ready}"))
+}
+
 /// A TCP port free right now on 127.0.0.1 (bound then released).
+///
+/// Racy: another process may take the port between its release and its use. Use it only where a
+/// node must come back on the same endpoint after a restart; everywhere else, listen on port 0
+/// and read the address back with [`listening_endpoint`].
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// True when running under CI (`CI=true`, as `.ci/run` sets it, or `CI=1`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Whether a test that needs something a machine may lack (root, `ip netns`, IPv6 loopback) can
+/// run; `missing` is why it cannot (`None`: it can). Under CI ([`in_ci`]) a missing requirement
+/// fails the test: CI must never report as passed a test it did not run. Elsewhere it prints
+/// `skipped: <why>` and returns `false`; the test then returns.
+///
+/// ```
+/// fn a_test_that_needs_namespaces() {
+///     if !hypha_tests::require_or_skip(hypha_tests::netns::unavailable()) {
+///         return;
+///     }
+///     // … build a `netns::Lab` …
+/// }
+/// # let _ = a_test_that_needs_namespaces;
+/// ```
+pub fn require_or_skip(missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    assert!(!in_ci(), "cannot run this test under CI: {why}");
+    eprintln!("skipped: {why} (under CI=true this is a failure)");
+    false
+}
+
+/// Polls `condition` until it holds, for at most `timeout`: `Err` if it never did.
+///
+/// Only for state that no event announces (a counter, a table entry going away); where there is
+/// an event (a line, a sample, `wait_matching`), wait for it instead.
+pub async fn wait_until(
+    timeout: Duration,
+    mut condition: impl AsyncFnMut() -> bool,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(timeout, async {
+        let mut pause = Duration::from_millis(1);
+        while !condition().await {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    })
+    .await
 }
 
 pub mod netns;

@@ -6,10 +6,13 @@
 
 use std::process::Command;
 
-/// Why the lab cannot run here (not root, no `ip netns`), to print as a skip reason.
+/// Why the lab cannot run here (not root, no `ip netns`), for [`crate::require_or_skip`].
 pub fn unavailable() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    let uid = match Command::new("id").arg("-u").output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => return Some(format!("cannot tell whether this is root (`id -u`: {e})")),
+    };
+    if uid != "0" {
         return Some("network namespace tests need root".into());
     }
     match Command::new("ip").args(["netns", "list"]).output() {

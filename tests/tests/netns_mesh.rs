@@ -1,11 +1,13 @@
 //! Three peers in three network namespaces with no configured endpoints: they find each other
 //! with mDNS and exchange publications; one is killed with SIGKILL: the two others keep
 //! exchanging, and their liveliness subscribers see its token disappear within the lease.
+//!
+//! Needs root and `ip netns`: without them each test prints a skip, or fails under `CI=true`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use hypha_tests::Proc;
 use hypha_tests::netns::{Lab, unavailable};
+use hypha_tests::{Proc, require_or_skip};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -52,8 +54,7 @@ async fn hears(p: &mut Proc, want: &[String], timeout: Duration) -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_namespaces_discover_exchange_and_survive_a_kill() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
+    if !require_or_skip(unavailable()) {
         return;
     }
     let lab = Lab::new(4, 1).unwrap(); // hosts 0..3 run peers, host 3 scouts
@@ -150,8 +151,7 @@ async fn three_namespaces_discover_exchange_and_survive_a_kill() {
 /// found by mDNS; the history of the storage replays a publication made from the third host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_cross_namespaces() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
+    if !require_or_skip(unavailable()) {
         return;
     }
     let lab = Lab::new(3, 2).unwrap();

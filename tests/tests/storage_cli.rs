@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use hypha_tests::{Proc, free_port};
+use hypha_tests::{Proc, free_port, listening_endpoint};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -28,8 +28,6 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn storage_in_another_process_answers_latest_and_history() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let ep = format!("tcp/127.0.0.1:{port}");
     let data = dir.path().join("db");
     let mut st = Proc::spawn(
         "storage",
@@ -39,11 +37,12 @@ async fn storage_in_another_process_answers_latest_and_history() {
             "--data-dir",
             data.to_str().unwrap(),
             "--listen",
-            &ep,
+            "tcp/127.0.0.1:0",
         ]),
     )
     .unwrap();
-    st.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let ready = st.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let ep = listening_endpoint(&ready).unwrap();
     for (k, v) in [
         ("shop/apples", "3"),
         ("shop/pears", "5"),
@@ -119,6 +118,9 @@ async fn storage_in_another_process_answers_latest_and_history() {
 
 #[tokio::test]
 async fn consolidation_and_timeouts_with_queryable_processes() {
+    // Racy `free_port()`: the ready line of `hypha queryable` carries no `listening` endpoint
+    // (router/src/cli.rs), so the port it bound cannot be read back. Listen on port 0 and use
+    // `listening_endpoint` once it does, as `peer` and `storage` do.
     let port = free_port();
     let ep = format!("tcp/127.0.0.1:{port}");
     let mut q1 = Proc::spawn("q1", cli(&["queryable", "cfg/**", "one", "--listen", &ep])).unwrap();

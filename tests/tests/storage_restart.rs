@@ -37,6 +37,8 @@ fn storage(dir: &std::path::Path, ep: &str) -> Proc {
 async fn sigkill_mid_stream_loses_nothing_older_than_the_flush_window() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
+    // `free_port` is racy, but justified here: the storage restarts on the same endpoint, which
+    // the publisher keeps redialling.
     let ep = format!("tcp/127.0.0.1:{}", free_port());
     let mut st = storage(&data, &ep);
     st.wait_json(T, |v| v["event"] == "ready").await.unwrap();

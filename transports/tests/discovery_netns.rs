@@ -7,7 +7,9 @@
 //! `discover` example (`transports/examples/discover.rs`) run with `ip netns exec`; the test reads
 //! its JSON lines with a deadline.
 //!
-//! Needs root and `ip netns`; otherwise every test prints `skipped: <reason>` and passes.
+//! Needs root and `ip netns`; without them every test prints `skipped: <reason>` and returns,
+//! except under `CI=true`, where it fails (see `common::require_or_skip`). Once they are there,
+//! failing to build the topology fails the test.
 //! The guard ([`Net`]) kills the nodes it started and deletes its namespaces when dropped, so
 //! cleanup happens even when an assertion fails.
 
@@ -20,6 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// Every wait has this deadline.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -144,12 +148,8 @@ struct Net {
 }
 
 impl Net {
-    /// A switch namespace with bridge `br0`, or the reason the test cannot run here.
+    /// A switch namespace with bridge `br0`.
     fn new() -> Result<Net, String> {
-        if !is_root() {
-            return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
-        }
-        run(&["ip", "netns", "list"]).map_err(|e| format!("`ip netns` unavailable: {e}"))?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let (lines_tx, lines) = mpsc::channel();
@@ -349,15 +349,22 @@ impl Drop for Net {
     }
 }
 
-/// The topology, or `None` after printing why the test is skipped.
-fn setup() -> Option<Net> {
-    match Net::new() {
-        Ok(net) => Some(net),
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
-            None
-        }
+/// Why these tests cannot run here (not root, no `ip netns`), or `None`.
+fn unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
     }
+    run(&["ip", "netns", "list"])
+        .err()
+        .map(|e| format!("`ip netns` unavailable: {e}"))
+}
+
+/// The topology, or `None` when the test is skipped (never under `CI=true`).
+fn setup() -> Option<Net> {
+    if !common::require_or_skip(unavailable()) {
+        return None;
+    }
+    Some(Net::new().unwrap_or_else(|e| panic!("cannot build the test topology: {e}")))
 }
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {

@@ -10,6 +10,8 @@ use hypha_transports::{
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 /// Header byte of a reliable frame on the Data lane (kind 5, lane 5, R).
 const RELIABLE: u8 = 0x6d;
 /// Header byte of a best-effort frame on the RealTime lane (kind 5, lane 1).
@@ -114,8 +116,10 @@ async fn tcp_link() {
 
 #[tokio::test]
 async fn tcp_ipv6_link() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback on this machine");
+    let no_ipv6 = std::net::TcpListener::bind("[::1]:0")
+        .err()
+        .map(|e| format!("no IPv6 loopback on this machine ([::1]:0: {e})"));
+    if !common::require_or_skip(no_ipv6) {
         return;
     }
     let tls = TlsConfig::default();

@@ -32,3 +32,21 @@ pub async fn pair(proto: &str) -> (Session, Session) {
     );
     (a, b)
 }
+
+/// Polls `condition` until it holds, for at most `timeout`: `Err` if it never did.
+///
+/// Only for state that no event announces (a storage counter, retention); where there is an
+/// event (a sample, `wait_matching`, `wait_peers`), wait for it instead.
+pub async fn wait_until(
+    timeout: Duration,
+    mut condition: impl AsyncFnMut() -> bool,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(timeout, async {
+        let mut pause = Duration::from_millis(1);
+        while !condition().await {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    })
+    .await
+}
