@@ -82,6 +82,44 @@ impl Default for QueueConfig {
     }
 }
 
+/// Caps on what one neighbour may make this node hold (`[limits]`). A face that exceeds one
+/// is closed with a reason naming the cap (e.g. `cap limits.max_declarations exceeded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Subscribers + queryables + liveliness tokens one neighbour may declare.
+    pub max_declarations: usize,
+    /// Interests one neighbour may keep open.
+    pub max_interests: usize,
+    /// Queries from one neighbour not yet finished.
+    pub max_pending_queries: usize,
+    /// Longest key expression accepted from a neighbour, in bytes.
+    pub max_key_len: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let c = crate::net::Caps::default();
+        LimitsConfig {
+            max_declarations: c.declarations,
+            max_interests: c.interests,
+            max_pending_queries: c.pending_queries,
+            max_key_len: c.key_len,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(crate) fn caps(&self) -> crate::net::Caps {
+        crate::net::Caps {
+            declarations: self.max_declarations,
+            interests: self.max_interests,
+            pending_queries: self.max_pending_queries,
+            key_len: self.max_key_len,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct TlsFile {
@@ -104,6 +142,7 @@ struct File {
     timestamping: bool,
     tls: TlsFile,
     queues: QueueConfig,
+    limits: LimitsConfig,
 }
 
 impl Default for File {
@@ -119,6 +158,7 @@ impl Default for File {
             timestamping: true,
             tls: TlsFile::default(),
             queues: QueueConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -147,6 +187,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Queue sizes.
     pub queues: QueueConfig,
+    /// Caps on remote input per neighbour.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -163,6 +205,7 @@ impl Default for Config {
             timestamping: true,
             tls: TlsConfig::default(),
             queues: QueueConfig::default(),
+            limits: LimitsConfig::default(),
         })
     }
 }
@@ -254,6 +297,19 @@ impl Config {
                 message: "0 (expected at least 1)".into(),
             });
         }
+        for (field, v) in [
+            ("limits.max_declarations", f.limits.max_declarations),
+            ("limits.max_interests", f.limits.max_interests),
+            ("limits.max_pending_queries", f.limits.max_pending_queries),
+            ("limits.max_key_len", f.limits.max_key_len),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value {
+                    field,
+                    message: "0 (expected at least 1)".into(),
+                });
+            }
+        }
         if f.tls.mutual && f.tls.ca.is_none() {
             return Err(ConfigError::Value {
                 field: "tls.mutual",
@@ -285,6 +341,7 @@ impl Config {
                 mutual: f.tls.mutual,
             },
             queues: f.queues,
+            limits: f.limits,
         })
     }
 }

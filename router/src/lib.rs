@@ -18,7 +18,8 @@
 //! - [`api`]: `Session`, publishers (priority, reliability, congestion control), subscribers
 //!   (callback, stream, newest-N ring), liveliness tokens, matching status.
 //! - [`config`]: the TOML configuration.
-//! - `routing`: the tables (who subscribes to what, per neighbour), tokio-free.
+//! - `net`: the sans-IO node core (tables, routing policy per role, interests, queries),
+//!   tokio-free.
 //! - `runtime`: one reader and one writer task per link around `hypha_core`'s session state
 //!   machine; per-link, per-lane queues so a slow neighbour never slows the others.
 
@@ -30,7 +31,6 @@ pub mod api;
 #[doc(hidden)]
 pub mod cli;
 pub mod config;
-pub mod routing;
 mod net;
 mod runtime;
 pub mod sample;

@@ -5,12 +5,12 @@ pub mod query;
 pub use crate::sample::{Sample, SampleKind};
 
 use crate::config::Config;
-use crate::routing::DeclId;
-use crate::runtime::{CongestionControl, Qos, Runtime};
+use crate::net::{Cmd, LocalId};
+use crate::runtime::{CongestionControl, IncomingQuery, LocalSink, Qos, Runtime};
 use bytes::Bytes;
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::{KeyExpr, KeyExprError, OwnedKeyExpr};
-use hypha_core::wire::{Declare, Mode, Priority, SampleKind as Kind, WireKey};
+use hypha_core::wire::{Mode, Priority, SampleKind as Kind};
 use hypha_transports::Endpoint;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ pub enum OpenError {
     Listen(#[from] hypha_transports::ListenError),
     /// Discovery could not start.
     #[error("mDNS discovery failed to start: {0}")]
-    Discovery(String),
+    Discovery(#[from] hypha_transports::discovery::DiscoveryError),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -194,7 +194,8 @@ impl Handler {
         }
     }
 
-    pub(crate) fn deliver_query(&self, q: query::Query) {
+    pub(crate) fn deliver_query(&self, q: IncomingQuery) {
+        let q = query::Query::from_incoming(q);
         self.received.fetch_add(1, Ordering::Relaxed);
         match &self.delivery {
             Delivery::QueryCallback(f) => f(q),
@@ -211,6 +212,15 @@ impl Handler {
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
+    }
+}
+
+impl LocalSink for Handler {
+    fn deliver(&self, sample: Sample) {
+        Handler::deliver(self, sample);
+    }
+    fn query(&self, q: IncomingQuery) {
+        self.deliver_query(q);
     }
 }
 
@@ -252,7 +262,7 @@ struct CloseOnDrop(Arc<Runtime>);
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         let rt = self.0.clone();
-        if !rt.closed.load(Ordering::Acquire) {
+        if !rt.is_closed() {
             if let Ok(h) = tokio::runtime::Handle::try_current() {
                 h.spawn(async move { rt.close().await });
             }
@@ -262,27 +272,35 @@ impl Drop for CloseOnDrop {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Session({})", self.rt.id)
+        write!(f, "Session({})", self.rt.id())
     }
 }
 
 /// Opens a session: starts listeners, dials configured endpoints, starts mDNS discovery.
 pub async fn open(config: Config) -> Result<Session, OpenError> {
     let rt = Runtime::new(config);
+    rt.start();
     let mut bound = Vec::new();
-    for ep in &rt.config.listen {
-        let l = hypha_transports::listen(ep, &rt.config.tls).await?;
-        tracing::info!(node = %rt.id, endpoint = %l.local_endpoint(), "listening");
+    for ep in &rt.config().listen {
+        let l = hypha_transports::listen(ep, &rt.config().tls).await?;
+        tracing::info!(node = %rt.id(), endpoint = %l.local_endpoint(), "listening");
         bound.push(l.local_endpoint().clone());
         rt.serve(l);
     }
-    *rt.listening.lock().unwrap_or_else(|p| p.into_inner()) = bound.clone();
-    for ep in rt.config.connect.clone() {
-        rt.keep_connected(ep);
-    }
-    crate::runtime::start_dialer(&rt);
-    if rt.config.mdns {
-        crate::runtime::start_discovery(&rt, bound).map_err(OpenError::Discovery)?;
+    rt.set_listening(bound.clone());
+    let connect = rt.config().connect.clone();
+    if rt.config().mode == Mode::Client {
+        // A client keeps one link: to the first endpoint of its list that answers, failing over
+        // to the next when it breaks. It never dials what it discovers (it only dials out).
+        rt.keep_connected_to_one_of(connect);
+    } else {
+        for ep in connect {
+            rt.keep_connected(ep);
+        }
+        crate::runtime::start_dialer(&rt);
+        if rt.config().mdns {
+            crate::runtime::start_discovery(&rt, bound)?;
+        }
     }
     Ok(Session {
         _guard: Arc::new(CloseOnDrop(rt.clone())),
@@ -297,6 +315,8 @@ pub struct LinkSummary {
     pub node: NodeId,
     /// Its mode.
     pub mode: Mode,
+    /// What the link is to this node: `peer`, `client` or `router` (the neighbour's role).
+    pub kind: &'static str,
     /// Its endpoint as seen from here.
     pub remote: Endpoint,
     /// Messages queued to it.
@@ -307,6 +327,12 @@ pub struct LinkSummary {
     pub received: u64,
     /// Bytes waiting in its queues.
     pub queued_bytes: usize,
+    /// Messages from it refused by this node's ingress hooks.
+    pub denied_in: u64,
+    /// Messages to it refused by this node's egress hooks.
+    pub denied_out: u64,
+    /// Subscribers, queryables and tokens it declared here.
+    pub declarations: usize,
 }
 
 /// What a session knows about itself.
@@ -326,50 +352,49 @@ pub struct Info {
     pub received: u64,
     /// Messages dropped for congested destinations.
     pub dropped: u64,
+    /// Samples forwarded from one neighbour to another.
+    pub forwarded: u64,
+    /// Samples refused by ingress hooks.
+    pub denied: u64,
 }
 
 impl Session {
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.rt.id
+        self.rt.id()
     }
 
     /// A description of this node, its links and counters.
     pub fn info(&self) -> Info {
-        let mut links: Vec<LinkSummary> = self
+        let links = self
             .rt
-            .faces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|f| {
-                let p = f.peer()?;
-                Some(LinkSummary {
-                    node: p.node_id,
-                    mode: p.mode,
-                    remote: f.info.remote.clone(),
-                    sent: f.sent.load(Ordering::Relaxed),
-                    dropped: f.dropped.load(Ordering::Relaxed),
-                    received: f.received.load(Ordering::Relaxed),
-                    queued_bytes: f.queued_bytes(),
-                })
+            .links()
+            .into_iter()
+            .map(|l| LinkSummary {
+                node: l.node,
+                mode: l.mode,
+                kind: l.kind.as_str(),
+                remote: l.remote,
+                sent: l.sent,
+                dropped: l.dropped,
+                received: l.received,
+                queued_bytes: l.queued_bytes,
+                denied_in: l.denied_in,
+                denied_out: l.denied_out,
+                declarations: l.declarations,
             })
             .collect();
-        links.sort_by_key(|l| l.node);
-        let c = &self.rt.counters;
+        let c = self.rt.counters();
         Info {
-            id: self.rt.id,
-            mode: self.rt.config.mode,
-            listening: self
-                .rt
-                .listening
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            id: self.rt.id(),
+            mode: self.rt.config().mode,
+            listening: self.rt.listening(),
             links,
             published: c.published.load(Ordering::Relaxed),
             received: c.received_remote.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            denied: c.denied.load(Ordering::Relaxed),
         }
     }
 
@@ -386,53 +411,34 @@ impl Session {
     /// Waits until at least `n` neighbours are connected, up to `timeout`. Returns whether they
     /// are.
     pub async fn wait_peers(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.rt.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.peers().len() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.peers().len() >= n;
-            }
-        }
+        self.rt
+            .wait_until(timeout, || self.rt.links().len() >= n)
+            .await
     }
 
     /// Waits until some queryable (here or on a neighbour) matches `key`, up to `timeout`.
     pub async fn wait_queryable(&self, key: &OwnedKeyExpr, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.rt.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let (l, f) = self.rt.tables().queryables_for(&key.as_keyexpr());
-            let alive = f
-                .iter()
-                .any(|(f, _)| self.rt.face(*f).is_some_and(|f| !f.is_dead()));
-            if !l.is_empty() || alive {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
-            }
-        }
+        self.rt
+            .wait_until(timeout, || {
+                let (l, r) = self.rt.has_queryable(&key.as_keyexpr());
+                l || r
+            })
+            .await
     }
 
     /// Publishes `payload` on `key` with default options.
     pub async fn put(&self, key: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
-        self.declare_publisher(key)?.put(payload).await
+        self.publisher(key)?.put(payload).await
     }
 
     /// Publishes a deletion of `key`.
     pub async fn delete(&self, key: &str) -> Result<(), PublishError> {
-        self.declare_publisher(key)?.delete().await
+        self.publisher(key)?.delete().await
     }
 
-    /// A publisher on a concrete key, with default options (Data lane, reliable, drop when
-    /// congested). Adjust with its builder methods.
-    pub fn declare_publisher(&self, key: &str) -> Result<Publisher, PublishError> {
+    /// A one-shot publisher: no interest declared (a client sends it upstream, where the router
+    /// filters).
+    fn publisher(&self, key: &str) -> Result<Publisher, PublishError> {
         let k = keyexpr(key)?;
         if k.as_keyexpr().is_wild() {
             return Err(PublishError::Wildcard(k.into_string()));
@@ -443,7 +449,22 @@ impl Session {
             qos: Qos::default(),
             encoding: None,
             cache: Mutex::new(None),
+            decl: None,
         })
+    }
+
+    /// A publisher on a concrete key, with default options (Data lane, reliable, drop when
+    /// congested). Adjust with its builder methods. It asks its neighbours for the matching
+    /// subscribers (an interest); [`Publisher::ready`] resolves once they have all answered,
+    /// so that the first publication reaches every subscriber already declared.
+    pub fn declare_publisher(&self, key: &str) -> Result<Publisher, PublishError> {
+        let mut p = self.publisher(key)?;
+        if self.rt.is_closed() {
+            return Err(PublishError::Closed);
+        }
+        let k = OwnedKeyExpr::new(p.key.to_string())?;
+        p.decl = Some(self.rt.declare(None, |id| Cmd::Publisher { id, key: k }));
+        Ok(p)
     }
 
     /// A subscriber on a key expression; choose how it receives with the builder.
@@ -451,7 +472,7 @@ impl Session {
         SubscriberBuilder {
             rt: self.rt.clone(),
             key: keyexpr(key),
-            capacity: self.rt.config.queues.subscriber,
+            capacity: self.rt.config().queues.subscriber,
             history: None,
         }
     }
@@ -486,7 +507,17 @@ pub struct Publisher {
     key: Arc<str>,
     qos: Qos,
     encoding: Option<Arc<str>>,
-    cache: Mutex<Option<(u64, Arc<crate::runtime::Resolved>)>>,
+    cache: Mutex<Option<Arc<crate::runtime::Resolved>>>,
+    /// The node's declaration (its interest), for declared publishers.
+    decl: Option<LocalId>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if let Some(id) = self.decl {
+            self.rt.undeclare(id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -532,16 +563,25 @@ impl Publisher {
     }
 
     fn route(&self) -> Arc<crate::runtime::Resolved> {
-        let v = self.rt.version.load(Ordering::Acquire);
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((cv, r)) = c.as_ref() {
-            if *cv == v {
+        if let Some(r) = c.as_ref() {
+            if !r.route.is_stale() {
                 return r.clone();
             }
         }
-        let (v, r) = self.rt.resolve(&self.key);
-        *c = Some((v, r.clone()));
+        let r = self.rt.resolve(None, &self.key);
+        *c = Some(r.clone());
         r
+    }
+
+    /// Waits until every neighbour asked has told this publisher its matching subscribers, up
+    /// to `timeout`: a publication made after this reaches every subscriber declared before
+    /// it. Returns whether it is ready (`true` at once for a one-shot `Session::put`).
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        match self.decl {
+            Some(id) => self.rt.wait_ready(id, timeout).await,
+            None => true,
+        }
     }
 
     async fn publish(
@@ -550,7 +590,7 @@ impl Publisher {
         payload: Bytes,
         attachment: Option<Bytes>,
     ) -> Result<(), PublishError> {
-        if self.rt.closed.load(Ordering::Acquire) {
+        if self.rt.is_closed() {
             return Err(PublishError::Closed);
         }
         let route = self.route();
@@ -561,6 +601,7 @@ impl Publisher {
                 self.qos,
                 kind,
                 payload,
+                None,
                 self.encoding.clone(),
                 attachment,
             )
@@ -580,12 +621,12 @@ impl Publisher {
         payload: impl Into<Bytes>,
         timestamp: hypha_core::hlc::Timestamp,
     ) -> Result<(), PublishError> {
-        if self.rt.closed.load(Ordering::Acquire) {
+        if self.rt.is_closed() {
             return Err(PublishError::Closed);
         }
         let route = self.route();
         self.rt
-            .publish_stamped(
+            .publish(
                 &route,
                 &self.key,
                 self.qos,
@@ -616,23 +657,14 @@ impl Publisher {
 
     /// True if some subscriber, here or on a neighbour, matches the key.
     pub fn matching_status(&self) -> bool {
-        KeyExpr::new(&self.key).is_ok_and(|k| self.rt.tables().has_subscriber(&k))
+        KeyExpr::new(&self.key).is_ok_and(|k| self.rt.has_subscriber(&k))
     }
 
     /// Waits until a subscriber matches, up to `timeout`. Returns the matching status.
     pub async fn wait_matching(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.rt.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.matching_status() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.matching_status();
-            }
-        }
+        self.rt
+            .wait_until(timeout, || self.matching_status())
+            .await
     }
 
     /// Waits until everything queued for neighbours has been written, up to `timeout`.
@@ -694,7 +726,7 @@ impl SubscriberBuilder {
 
     fn declare(self, delivery: Delivery, rx: Receiver) -> Result<Subscriber, DeclareError> {
         let key = self.key?;
-        if self.rt.closed.load(Ordering::Acquire) {
+        if self.rt.is_closed() {
             return Err(DeclareError::Closed);
         }
         let handler = Arc::new(Handler::new(delivery));
@@ -708,12 +740,8 @@ impl SubscriberBuilder {
             Some(seam) => Arc::new(Handler::new(Delivery::Seam(seam.clone()))),
             None => handler.clone(),
         };
-        let id = {
-            let mut t = self.rt.tables();
-            let id = t.next_id();
-            t.add_subscriber(id, key.clone(), registered);
-            id
-        };
+        let k2 = key.clone();
+        let id = self.rt.declare(Some(registered), |id| Cmd::Subscribe { id, key: k2 });
         if let (Some(seam), Some(since)) = (seam, self.history) {
             let rt = self.rt.clone();
             let key = key.clone();
@@ -765,18 +793,12 @@ impl SubscriberBuilder {
                 seam.finish(history);
             });
         }
-        self.rt.declare_to_all(Declare::Subscriber {
-            id: id as u32,
-            key: WireKey::Name(key.as_str()),
-        });
-        self.rt.tables_changed();
         Ok(Subscriber {
             rt: self.rt,
             id,
             key,
             handler,
             rx,
-            liveliness: false,
         })
     }
 }
@@ -790,11 +812,10 @@ enum Receiver {
 /// A subscriber. Dropping it undeclares it.
 pub struct Subscriber {
     rt: Arc<Runtime>,
-    id: DeclId,
+    id: LocalId,
     key: OwnedKeyExpr,
     handler: Arc<Handler>,
     rx: Receiver,
-    liveliness: bool,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -833,6 +854,13 @@ impl Subscriber {
         }
     }
 
+    /// Waits until the subscriber is known where it matters (every neighbour asked has
+    /// acknowledged it; through a router, the router's neighbours too), up to `timeout`:
+    /// publications made after this reach it. Returns whether it is ready.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        self.rt.wait_ready(self.id, timeout).await
+    }
+
     /// Samples delivered to this subscriber.
     pub fn received(&self) -> u64 {
         self.handler.received.load(Ordering::Relaxed)
@@ -846,16 +874,7 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let mut t = self.rt.tables();
-        if self.liveliness {
-            t.liveliness_subscribers.remove(&self.id);
-            return;
-        }
-        t.remove_subscriber(self.id);
-        drop(t);
-        self.rt
-            .declare_to_all(Declare::UndeclareSubscriber { id: self.id as u32 });
-        self.rt.tables_changed();
+        self.rt.undeclare(self.id);
     }
 }
 
@@ -869,17 +888,11 @@ impl Liveliness {
     /// token is dropped, the session closes, or this node dies and its links' leases expire.
     pub fn declare_token(&self, key: &str) -> Result<LivelinessToken, DeclareError> {
         let key = keyexpr(key)?;
-        let id = {
-            let mut t = self.rt.tables();
-            let id = t.next_id();
-            t.tokens.insert(id, key.clone());
-            id
-        };
-        self.rt.declare_to_all(Declare::Token {
-            id: id as u32,
-            key: WireKey::Name(key.as_str()),
-        });
-        self.rt.token_event(&key, Kind::Put);
+        if self.rt.is_closed() {
+            return Err(DeclareError::Closed);
+        }
+        let k = key.clone();
+        let id = self.rt.declare(None, |id| Cmd::Token { id, key: k });
         Ok(LivelinessToken {
             rt: self.rt.clone(),
             id,
@@ -891,41 +904,22 @@ impl Liveliness {
     /// appears, a delete for each that disappears. Receives like a stream subscriber.
     pub fn declare_subscriber(&self, key: &str) -> Result<Subscriber, DeclareError> {
         let key = keyexpr(key)?;
-        let (tx, rx) = mpsc::channel(self.rt.config.queues.subscriber.max(1024));
-        let handler = Arc::new(Handler {
-            delivery: Delivery::Channel(tx),
-            received: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-        });
-        let (id, alive) = {
-            let mut t = self.rt.tables();
-            let id = t.next_id();
-            t.liveliness_subscribers.insert(
-                id,
-                crate::routing::Local {
-                    key: key.clone(),
-                    handle: handler.clone(),
-                },
-            );
-            (id, t.tokens_matching(&key.as_keyexpr()))
-        };
-        for k in alive {
-            handler.deliver(Sample {
-                key: Arc::from(k.as_str()),
-                payload: Bytes::new(),
-                kind: Kind::Put,
-                timestamp: None,
-                encoding: None,
-                attachment: None,
-            });
+        if self.rt.is_closed() {
+            return Err(DeclareError::Closed);
         }
+        let (tx, rx) = mpsc::channel(self.rt.config().queues.subscriber.max(1024));
+        let handler = Arc::new(Handler::new(Delivery::Channel(tx)));
+        let k = key.clone();
+        let id = self.rt.declare(Some(handler.clone()), |id| Cmd::LivelinessSubscribe {
+            id,
+            key: k,
+        });
         Ok(Subscriber {
             rt: self.rt.clone(),
             id,
             key,
             handler,
             rx: Receiver::Channel(tokio::sync::Mutex::new(rx)),
-            liveliness: true,
         })
     }
 }
@@ -933,7 +927,7 @@ impl Liveliness {
 /// A liveliness token. Dropping it withdraws it.
 pub struct LivelinessToken {
     rt: Arc<Runtime>,
-    id: DeclId,
+    id: LocalId,
     key: OwnedKeyExpr,
 }
 
@@ -945,9 +939,6 @@ impl std::fmt::Debug for LivelinessToken {
 
 impl Drop for LivelinessToken {
     fn drop(&mut self) {
-        self.rt.tables().tokens.remove(&self.id);
-        self.rt
-            .declare_to_all(Declare::UndeclareToken { id: self.id as u32 });
-        self.rt.token_event(&self.key, Kind::Delete);
+        self.rt.undeclare(self.id);
     }
 }

@@ -9,15 +9,13 @@
 //! done.
 
 use super::{DeclareError, Delivery, Handler, Sample, keyexpr};
-use crate::routing::DeclId;
-use crate::runtime::Runtime;
-use crate::runtime::face::Face;
+use crate::net::{Cmd, LocalId, QueryParams};
+use crate::runtime::{IncomingQuery, Runtime};
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
-use hypha_core::id::NodeId;
 use hypha_core::keyexpr::{KeyExpr, KeyExprError, OwnedKeyExpr};
 pub use hypha_core::wire::{Consolidation, QueryTarget};
-use hypha_core::wire::{Declare, SampleKind, WireKey};
+use hypha_core::wire::SampleKind;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -133,17 +131,23 @@ impl GetBuilder {
             Consolidation::Auto => Consolidation::Latest,
             c => c,
         };
-        self.rt
-            .start_query(
-                key,
-                parameters,
-                self.target,
-                consolidation,
-                self.timeout,
-                self.payload,
-                self.attachment,
-            )
-            .await
+        if self.rt.is_closed() {
+            return Err(QueryError::Closed);
+        }
+        let (id, rx) = self.rt.start_query(QueryParams {
+            key,
+            parameters: Arc::from(parameters),
+            target: self.target,
+            consolidation,
+            timeout: self.timeout.into(),
+            payload: self.payload,
+            attachment: self.attachment,
+        });
+        Ok(Replies {
+            rt: self.rt,
+            id,
+            rx,
+        })
     }
 }
 
@@ -183,34 +187,14 @@ impl Drop for Replies {
     }
 }
 
-/// Where a queryable's replies go.
-pub(crate) enum Sink {
-    /// A `get` made on this node.
-    Local { rt: Arc<Runtime>, qid: u32 },
-    /// A request from a neighbour.
-    Remote { face: Arc<Face>, request_id: u32 },
-}
-
-/// Tells the querier that this node's queryables are done when the last `Query` copy drops.
-pub(crate) struct Finalizer {
-    pub sink: Sink,
-}
-
-impl Drop for Finalizer {
-    fn drop(&mut self) {
-        match &self.sink {
-            Sink::Local { rt, qid } => rt.query_part_done(*qid, None),
-            Sink::Remote { face, request_id } => face.send_response_final(*request_id),
-        }
-    }
-}
-
 pub(crate) struct QueryInner {
     pub key: OwnedKeyExpr,
-    pub parameters: String,
+    pub parameters: Arc<str>,
     pub payload: Option<Bytes>,
     pub attachment: Option<Bytes>,
-    pub finalizer: Arc<Finalizer>,
+    /// Replies go through it; when the last copy drops, the querier is told this node's
+    /// queryables are done.
+    pub responder: Arc<crate::runtime::Responder>,
 }
 
 /// A query received by a queryable. Cheap to clone; the querier learns this queryable is done
@@ -227,6 +211,18 @@ impl std::fmt::Debug for Query {
 }
 
 impl Query {
+    pub(crate) fn from_incoming(q: IncomingQuery) -> Self {
+        Query {
+            inner: Arc::new(QueryInner {
+                key: q.key,
+                parameters: q.parameters,
+                payload: q.payload,
+                attachment: q.attachment,
+                responder: q.responder,
+            }),
+        }
+    }
+
     /// The queried key expression.
     pub fn key_expr(&self) -> KeyExpr<'_> {
         self.inner.key.as_keyexpr()
@@ -320,21 +316,10 @@ impl Query {
     }
 
     async fn send(&self, r: Result<Sample, ErrorReply>) -> Result<(), ReplyError> {
-        match &self.inner.finalizer.sink {
-            Sink::Local { rt, qid } => {
-                if rt.deliver_reply(*qid, None, r) {
-                    Ok(())
-                } else {
-                    Err(ReplyError::Gone)
-                }
-            }
-            Sink::Remote { face, request_id } => {
-                if face.send_reply(*request_id, r).await {
-                    Ok(())
-                } else {
-                    Err(ReplyError::Gone)
-                }
-            }
+        if self.inner.responder.reply(r) {
+            Ok(())
+        } else {
+            Err(ReplyError::Gone)
         }
     }
 }
@@ -388,18 +373,10 @@ impl QueryableBuilder {
             return Err(DeclareError::Closed);
         }
         let handler = Arc::new(Handler::new(delivery));
-        let id = {
-            let mut t = self.rt.tables();
-            let id = t.next_id();
-            t.add_queryable(id, key.clone(), handler, self.complete);
-            id
-        };
-        self.rt.declare_to_all(Declare::Queryable {
-            id: id as u32,
-            key: WireKey::Name(key.as_str()),
-            complete: self.complete,
-        });
-        self.rt.tables_changed();
+        let (k, complete) = (key.clone(), self.complete);
+        let id = self
+            .rt
+            .declare(Some(handler), |id| Cmd::Queryable { id, key: k, complete });
         Ok(Queryable {
             rt: self.rt,
             id,
@@ -412,7 +389,7 @@ impl QueryableBuilder {
 /// A queryable. Dropping it undeclares it.
 pub struct Queryable {
     rt: Arc<Runtime>,
-    id: DeclId,
+    id: LocalId,
     key: OwnedKeyExpr,
     rx: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>>,
 }
@@ -433,11 +410,16 @@ impl Queryable {
     }
 }
 
+impl Queryable {
+    /// Waits until the queryable is known where it matters, up to `timeout` (see
+    /// `Subscriber::ready`).
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        self.rt.wait_ready(self.id, timeout).await
+    }
+}
+
 impl Drop for Queryable {
     fn drop(&mut self) {
-        self.rt.tables().remove_queryable(self.id);
-        self.rt
-            .declare_to_all(Declare::UndeclareQueryable { id: self.id as u32 });
-        self.rt.tables_changed();
+        self.rt.undeclare(self.id);
     }
 }

@@ -318,6 +318,11 @@ impl Node {
         }
     }
 
+    /// True while a query is in progress here (replies to it are still taken).
+    pub(crate) fn query_alive(&self, qid: QueryId) -> bool {
+        self.queries.contains_key(&qid)
+    }
+
     /// Queries past their deadline end now.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<QueryId> = self

@@ -8,7 +8,8 @@
 //! never stops reading (no deadlock when both sides' socket buffers are full).
 
 use super::Runtime;
-use crate::routing::FaceId;
+use crate::net::{Decl, FaceId, Lane, Msg, Request};
+use crate::sample::{ErrorReply, Sample};
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
 use hypha_core::keyexpr::OwnedKeyExpr;
@@ -19,20 +20,15 @@ use hypha_core::wire::{
     CloseReason, Declare, NetworkMessage, Priority, Push, Put, RawBytes, SampleKind, WireKey,
 };
 use hypha_transports::{Link, LinkInfo, LinkRecv, LinkRx, LinkSend, LinkTx};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Notify;
 
-/// Queries and replies travel on their own lane, so they never block publications.
-pub(crate) const QUERY_LANE: Priority = Priority::InteractiveLow;
-
-/// Quality of service of a send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Lane {
-    pub priority: Priority,
-    pub reliable: bool,
-}
+/// Most messages (declarations, queries, replies) waiting for room on a full lane before the
+/// link is closed: such messages are never dropped, so a neighbour that stops reading must not
+/// make them pile up without end.
+const MAX_BACKLOG: usize = 65_536;
 
 struct FaceState {
     session: HeapSession,
@@ -67,11 +63,17 @@ pub(crate) struct Face {
     pub sent: AtomicU64,
     /// Samples received from this neighbour.
     pub received: AtomicU64,
+    /// Messages that must not be dropped (declarations, queries, replies) waiting for room,
+    /// in order; the writer moves them into the session as lanes drain.
+    backlog: Mutex<VecDeque<Msg>>,
+    /// The neighbour's kind, set at the handshake.
+    pub kind: OnceLock<crate::net::FaceKind>,
 }
 
 /// What a batch carried, owned, dispatched after the session lock is released.
 pub(crate) enum Incoming {
-    /// A publication. Kept small (the rare extras are boxed): a batch of 8-byte puts carries
+    /// A publication: the hot path, handled by the runtime on a cached route without entering
+    /// the node. Kept small (the rare extras are boxed): a batch of 8-byte puts carries
     /// thousands of these, and moving fat enums around showed up as a quarter of the receiver's
     /// time.
     Sample {
@@ -79,29 +81,13 @@ pub(crate) enum Incoming {
         kind: SampleKind,
         payload: Bytes,
         extra: Option<Box<Extra>>,
+        lane: Lane,
     },
-    Subscriber(u32, OwnedKeyExpr),
-    Unsubscriber(u32),
-    Queryable(u32, OwnedKeyExpr, bool),
-    Unqueryable(u32),
-    Token(u32, OwnedKeyExpr),
-    Untoken(u32),
+    /// Anything else for the node.
+    Msg(Msg),
     /// A node and where it listens.
     Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
-    Request {
-        id: u32,
-        key: OwnedKeyExpr,
-        parameters: String,
-        target: hypha_core::wire::QueryTarget,
-        payload: Option<Bytes>,
-        attachment: Option<Bytes>,
-    },
-    Reply(
-        u32,
-        Result<crate::api::Sample, crate::api::query::ErrorReply>,
-    ),
-    ReplyFinal(u32),
-    /// Anything else (queries and replies arrive with their own issue).
+    /// Something the node cannot use (counted).
     Other(&'static str),
 }
 
@@ -160,6 +146,10 @@ fn convert(
     out: &mut Vec<Incoming>,
     fixups: &mut Vec<Fixup>,
 ) {
+    let lane = Lane {
+        priority: r.priority,
+        reliable: r.reliable,
+    };
     // The hot path (compact puts) reads the message in place rather than copying it.
     if let NetworkMessage::Put(p) = &r.msg {
         let index = out.len();
@@ -169,21 +159,15 @@ fn convert(
                 kind: SampleKind::Put,
                 payload: payload_of(batch, p.payload, index, fixups),
                 extra: None,
+                lane,
             },
             None => Incoming::Other("put on an undeclared key id"),
         });
         return;
     }
+    let decl = |d: Decl| Incoming::Msg(Msg::Declare(d));
     let item = match r.msg {
-        NetworkMessage::Put(p) => match keys.get(&p.key_id) {
-            Some(k) => Incoming::Sample {
-                key: k.clone(),
-                kind: SampleKind::Put,
-                payload: bytes_of(batch, p.payload),
-                extra: None,
-            },
-            None => Incoming::Other("put on an undeclared key id"),
-        },
+        NetworkMessage::Put(_) => return,
         NetworkMessage::Push(p) => match resolve(keys, p.key) {
             Some(key) => Incoming::Sample {
                 key,
@@ -197,6 +181,7 @@ fn convert(
                             attachment: p.attachment.map(|a| bytes_of(batch, a.0)),
                         })
                     }),
+                lane,
             },
             None => Incoming::Other("push on an undeclared key id"),
         },
@@ -210,21 +195,37 @@ fn convert(
                 return;
             }
             Declare::Subscriber { id, key } => match owned(keys, key) {
-                Some(k) => Incoming::Subscriber(id, k),
+                Some(key) => decl(Decl::Subscriber { id, key }),
                 None => Incoming::Other("subscriber on an undeclared key id"),
             },
-            Declare::UndeclareSubscriber { id } => Incoming::Unsubscriber(id),
+            Declare::UndeclareSubscriber { id } => decl(Decl::Unsubscriber { id }),
             Declare::Queryable { id, key, complete } => match owned(keys, key) {
-                Some(k) => Incoming::Queryable(id, k, complete),
+                Some(key) => decl(Decl::Queryable { id, key, complete }),
                 None => Incoming::Other("queryable on an undeclared key id"),
             },
-            Declare::UndeclareQueryable { id } => Incoming::Unqueryable(id),
+            Declare::UndeclareQueryable { id } => decl(Decl::Unqueryable { id }),
             Declare::Token { id, key } => match owned(keys, key) {
-                Some(k) => Incoming::Token(id, k),
+                Some(key) => decl(Decl::Token { id, key }),
                 None => Incoming::Other("token on an undeclared key id"),
             },
-            Declare::UndeclareToken { id } => Incoming::Untoken(id),
-            _ => Incoming::Other("interest"),
+            Declare::UndeclareToken { id } => decl(Decl::Untoken { id }),
+            Declare::Interest { id, key, flags } => match key {
+                None => decl(Decl::Interest {
+                    id,
+                    key: None,
+                    flags,
+                }),
+                Some(k) => match owned(keys, k) {
+                    Some(k) => decl(Decl::Interest {
+                        id,
+                        key: Some(k),
+                        flags,
+                    }),
+                    None => Incoming::Other("interest on an undeclared key id"),
+                },
+            },
+            Declare::InterestFinal { id } => decl(Decl::InterestFinal { id }),
+            Declare::UndeclareInterest { id } => decl(Decl::UndeclareInterest { id }),
         },
         NetworkMessage::Gossip(g) => Incoming::Gossip(
             g.node_id,
@@ -235,21 +236,23 @@ fn convert(
                 .collect(),
         ),
         NetworkMessage::Request(q) => match owned(keys, q.key) {
-            Some(key) => Incoming::Request {
+            Some(key) => Incoming::Msg(Msg::Request(Request {
                 id: q.id,
                 key,
-                parameters: q.parameters.to_string(),
+                parameters: Arc::from(q.parameters),
                 target: q.target,
+                consolidation: q.consolidation,
+                timeout_ms: q.timeout_ms,
                 payload: q.payload.map(|p| bytes_of(batch, p.0)),
                 attachment: q.attachment.map(|a| bytes_of(batch, a.0)),
-            },
+            })),
             None => Incoming::Other("request on an undeclared key id"),
         },
         NetworkMessage::Response(r) => match r.body {
             hypha_core::wire::ReplyBody::Sample(p) => match resolve(keys, p.key) {
-                Some(key) => Incoming::Reply(
-                    r.request_id,
-                    Ok(crate::api::Sample {
+                Some(key) => Incoming::Msg(Msg::Response {
+                    id: r.request_id,
+                    result: Ok(Sample {
                         key,
                         payload: bytes_of(batch, p.payload.0),
                         kind: p.kind,
@@ -257,20 +260,109 @@ fn convert(
                         encoding: p.encoding.map(Arc::from),
                         attachment: p.attachment.map(|a| bytes_of(batch, a.0)),
                     }),
-                ),
+                }),
                 None => Incoming::Other("reply on an undeclared key id"),
             },
-            hypha_core::wire::ReplyBody::Err { payload, encoding } => Incoming::Reply(
-                r.request_id,
-                Err(crate::api::query::ErrorReply {
+            hypha_core::wire::ReplyBody::Err { payload, encoding } => Incoming::Msg(Msg::Response {
+                id: r.request_id,
+                result: Err(ErrorReply {
                     payload: bytes_of(batch, payload.0),
                     encoding: encoding.map(Arc::from),
                 }),
-            ),
+            }),
         },
-        NetworkMessage::ResponseFinal(f) => Incoming::ReplyFinal(f.request_id),
+        NetworkMessage::ResponseFinal(f) => Incoming::Msg(Msg::ResponseFinal { id: f.request_id }),
     };
     out.push(item);
+}
+
+/// Encodes a node message (other than a sample) for the wire and queues it on its lane.
+fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
+    use hypha_core::wire::{ReplyBody, Response, ResponseFinal};
+    let lane = msg.lane();
+    let wire = |m: &NetworkMessage<'_>, s: &mut HeapSession| s.send(lane.priority, lane.reliable, m);
+    match msg {
+        Msg::Sample { sample, .. } => wire(
+            &NetworkMessage::Push(Push {
+                key: WireKey::Name(&sample.key),
+                kind: sample.kind,
+                payload: RawBytes(&sample.payload),
+                timestamp: sample.timestamp,
+                encoding: sample.encoding.as_deref(),
+                attachment: sample.attachment.as_deref().map(RawBytes),
+            }),
+            session,
+        ),
+        Msg::Declare(d) => {
+            let d = match d {
+                Decl::Subscriber { id, key } => Declare::Subscriber {
+                    id: *id,
+                    key: WireKey::Name(key.as_str()),
+                },
+                Decl::Unsubscriber { id } => Declare::UndeclareSubscriber { id: *id },
+                Decl::Queryable { id, key, complete } => Declare::Queryable {
+                    id: *id,
+                    key: WireKey::Name(key.as_str()),
+                    complete: *complete,
+                },
+                Decl::Unqueryable { id } => Declare::UndeclareQueryable { id: *id },
+                Decl::Token { id, key } => Declare::Token {
+                    id: *id,
+                    key: WireKey::Name(key.as_str()),
+                },
+                Decl::Untoken { id } => Declare::UndeclareToken { id: *id },
+                Decl::Interest { id, key, flags } => Declare::Interest {
+                    id: *id,
+                    key: key.as_ref().map(|k| WireKey::Name(k.as_str())),
+                    flags: *flags,
+                },
+                Decl::InterestFinal { id } => Declare::InterestFinal { id: *id },
+                Decl::UndeclareInterest { id } => Declare::UndeclareInterest { id: *id },
+            };
+            wire(&NetworkMessage::Declare(d), session)
+        }
+        Msg::Request(r) => wire(
+            &NetworkMessage::Request(hypha_core::wire::Request {
+                id: r.id,
+                key: WireKey::Name(r.key.as_str()),
+                parameters: &r.parameters,
+                target: r.target,
+                consolidation: r.consolidation,
+                timeout_ms: r.timeout_ms,
+                payload: r.payload.as_deref().map(RawBytes),
+                encoding: None,
+                attachment: r.attachment.as_deref().map(RawBytes),
+            }),
+            session,
+        ),
+        Msg::Response { id, result } => {
+            let body = match result {
+                Ok(s) => ReplyBody::Sample(Push {
+                    key: WireKey::Name(&s.key),
+                    kind: s.kind,
+                    payload: RawBytes(&s.payload),
+                    timestamp: s.timestamp,
+                    encoding: s.encoding.as_deref(),
+                    attachment: s.attachment.as_deref().map(RawBytes),
+                }),
+                Err(e) => ReplyBody::Err {
+                    payload: RawBytes(&e.payload),
+                    encoding: e.encoding.as_deref(),
+                },
+            };
+            wire(
+                &NetworkMessage::Response(Response {
+                    request_id: *id,
+                    body,
+                }),
+                session,
+            )
+        }
+        Msg::ResponseFinal { id } => wire(
+            &NetworkMessage::ResponseFinal(ResponseFinal { request_id: *id }),
+            session,
+        ),
+    }
 }
 
 impl Face {
@@ -284,7 +376,7 @@ impl Face {
         cfg.lease = hypha_core::time::Duration::from_millis(rt.config.lease_ms);
         cfg.handshake_timeout = hypha_core::time::Duration::from_millis(rt.config.lease_ms);
         cfg.lane_capacity = rt.config.queues.lane_bytes;
-        let session = HeapSession::new(cfg, role, rt.now(), rt.random_u64());
+        let session = HeapSession::new(cfg, role, rt.now(), super::random_u64());
         Face {
             id,
             info,
@@ -304,6 +396,8 @@ impl Face {
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            backlog: Mutex::new(VecDeque::new()),
+            kind: OnceLock::new(),
         }
     }
 
@@ -316,16 +410,75 @@ impl Face {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a declaration on the reliable control lane.
-    pub fn send_declare(&self, d: Declare<'_>) {
-        let r = self
-            .lock()
-            .session
-            .send(Priority::Control, true, &NetworkMessage::Declare(d));
-        match r {
-            Ok(()) => self.wake.notify_one(),
-            Err(SendError::Closed | SendError::NotOpen) => {}
-            Err(e) => tracing::warn!(face = self.id, "declaration not sent: {e}"),
+    /// Queues a node message. Samples (forwarded by a router) are dropped and counted when
+    /// their lane is full, like any publication under `Drop`; every other message is never
+    /// dropped: it waits in the backlog, in order, until the lane has room.
+    pub fn send_msg(&self, msg: Msg) {
+        if let Msg::Sample { sample, lane } = &msg {
+            let hint = std::sync::atomic::AtomicU32::new(0);
+            match self.send_sample(
+                &sample.key,
+                &hint,
+                *lane,
+                sample.kind,
+                &sample.payload,
+                sample.timestamp,
+                sample.encoding.as_deref(),
+                sample.attachment.as_deref(),
+            ) {
+                Ok(()) => {}
+                Err(SendError::QueueFull) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::trace!(face = self.id, "not sent: {e}"),
+            }
+            return;
+        }
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        if backlog.is_empty() {
+            match send_encoded(&mut self.lock().session, &msg) {
+                Ok(()) => {
+                    drop(backlog);
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(SendError::QueueFull) => {}
+                Err(e) => {
+                    tracing::trace!(face = self.id, "not sent: {e}");
+                    return;
+                }
+            }
+        }
+        if backlog.len() >= MAX_BACKLOG {
+            drop(backlog);
+            tracing::warn!(face = self.id, "closing: backlog of unsent control messages full");
+            self.lock()
+                .session
+                .close_with(CloseReason::TooLarge, "cap: backlog of unsent messages full");
+        } else {
+            backlog.push_back(msg);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Moves backlogged messages into the session while their lanes have room.
+    fn drain_backlog(&self) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        if backlog.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        while let Some(m) = backlog.front() {
+            match send_encoded(&mut st.session, m) {
+                Ok(()) => {
+                    backlog.pop_front();
+                }
+                Err(SendError::QueueFull) => return,
+                Err(_) => {
+                    backlog.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -404,74 +557,6 @@ impl Face {
         }
     }
 
-    /// Queues `msg` on `lane`, waiting for room (never dropping); `false` if the link is gone.
-    async fn send_waiting(&self, priority: Priority, msg: &NetworkMessage<'_>) -> bool {
-        loop {
-            let space = self.space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            let r = self.lock().session.send(priority, true, msg);
-            match r {
-                Ok(()) => {
-                    self.wake.notify_one();
-                    return true;
-                }
-                Err(SendError::QueueFull) if !self.is_dead() => space.await,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Sends a query to this neighbour.
-    pub async fn send_request(&self, req: &hypha_core::wire::Request<'_>) -> bool {
-        self.send_waiting(QUERY_LANE, &NetworkMessage::Request(*req))
-            .await
-    }
-
-    /// Sends one reply; waits for room rather than drop it.
-    pub async fn send_reply(
-        &self,
-        request_id: u32,
-        r: Result<crate::api::Sample, crate::api::query::ErrorReply>,
-    ) -> bool {
-        use hypha_core::wire::{ReplyBody, Response};
-        let body = match &r {
-            Ok(s) => ReplyBody::Sample(Push {
-                key: WireKey::Name(&s.key),
-                kind: s.kind,
-                payload: RawBytes(&s.payload),
-                timestamp: s.timestamp,
-                encoding: s.encoding.as_deref(),
-                attachment: s.attachment.as_deref().map(RawBytes),
-            }),
-            Err(e) => ReplyBody::Err {
-                payload: RawBytes(&e.payload),
-                encoding: e.encoding.as_deref(),
-            },
-        };
-        self.send_waiting(
-            QUERY_LANE,
-            &NetworkMessage::Response(Response { request_id, body }),
-        )
-        .await
-    }
-
-    /// Tells the querier this node is done with its query (after every reply, same lane).
-    pub fn send_response_final(self: &Arc<Self>, request_id: u32) {
-        let msg = NetworkMessage::ResponseFinal(hypha_core::wire::ResponseFinal { request_id });
-        let r = self.lock().session.send(QUERY_LANE, true, &msg);
-        match r {
-            Ok(()) => self.wake.notify_one(),
-            Err(SendError::QueueFull) => {
-                let face = self.clone();
-                tokio::spawn(async move {
-                    face.send_waiting(QUERY_LANE, &msg).await;
-                });
-            }
-            Err(_) => {}
-        }
-    }
-
     /// Closes the link once everything already queued on it has been written: nothing accepted
     /// for this link is lost (used when a duplicate link is replaced).
     pub fn close_when_drained(&self, reason: CloseReason) {
@@ -485,6 +570,12 @@ impl Face {
     /// Starts an orderly close; the writer sends `Close` and shuts the link.
     pub fn close(&self, reason: CloseReason) {
         self.lock().session.close(reason);
+        self.wake.notify_one();
+    }
+
+    /// Like `close`, telling the peer why (e.g. the cap it exceeded).
+    pub fn close_with(&self, reason: CloseReason, detail: &'static str) {
+        self.lock().session.close_with(reason, detail);
         self.wake.notify_one();
     }
 
@@ -582,9 +673,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
             match e {
                 Event::Established { peer, .. } => {
                     let _ = face.peer.set(peer);
-                    if !rt.face_established(&face) {
-                        face.close(CloseReason::Duplicate);
-                    }
+                    rt.face_established(&face);
                 }
                 Event::Closed { reason, by_peer } => {
                     log_close(&face, reason, by_peer);
@@ -599,7 +688,16 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
                     kind,
                     payload,
                     extra,
-                } => rt.deliver_remote_sample(&face, &mut route_cache, key, kind, payload, extra),
+                    lane,
+                } => rt.deliver_remote_sample(
+                    &face,
+                    &mut route_cache,
+                    key,
+                    kind,
+                    payload,
+                    extra,
+                    lane,
+                ),
                 other => rt.dispatch(&face, other),
             }
         }
@@ -626,6 +724,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
     loop {
         // Drain everything queued, one batch per write.
         loop {
+            face.drain_backlog();
             let n = face.lock().session.poll_transmit(rt.now(), &mut buf);
             face.space.notify_waiters();
             let Some(n) = n else { break };

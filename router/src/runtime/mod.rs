@@ -1,25 +1,32 @@
-//! The node's runtime: links, faces, discovery and dispatch.
+//! The runtime: tokio glue that executes what the node core ([`crate::net`]) decides.
+//!
+//! It owns the link drivers ([`face`]), listeners and dialing, discovery and gossip, the clock
+//! and randomness, and the registry that maps the core's [`LocalId`]s to the API's delivery
+//! ends ([`LocalSink`]). It decides nothing about routing: every declaration, interest, query
+//! and reply goes through [`Node`], and samples follow the [`Route`]s the node computed (cached
+//! here until they go stale).
 
 pub(crate) mod face;
-mod query_state;
 
-use crate::api::{Handler, Sample};
 use crate::config::Config;
-use crate::routing::{FaceId, Route, Tables};
+use crate::net::{
+    Action, Cmd, FaceId, FaceKind, Lane, LocalId, Msg, Node, NodeConfig, QueryId, QueryParams,
+    Route,
+};
+use crate::sample::{ErrorReply, Reply, Sample};
 use bytes::Bytes;
-use face::{Face, Incoming, Lane};
+use face::{Face, Incoming};
 use hypha_core::hlc::{Hlc, Ntp64, Timestamp};
 use hypha_core::id::NodeId;
-use hypha_core::keyexpr::OwnedKeyExpr;
+use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
 use hypha_core::session::{Role, SendError};
-use hypha_core::wire::{Declare, Gossip, NetworkMessage, SampleKind, WireKey};
+use hypha_core::wire::{Gossip, Mode, NetworkMessage, SampleKind};
 use hypha_transports::{Endpoint, Listener};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 /// How a publisher reacts when a destination's queue is full.
@@ -58,16 +65,70 @@ impl Default for Qos {
     }
 }
 
-/// A publisher's resolved route: local subscribers, and the links (with the key id each one
-/// declared for this publisher's key and lane, 0 until known), so that a publication touches
-/// neither the tables nor the link map.
+/// The delivery end of a local declaration (the API implements it).
+pub(crate) trait LocalSink: Send + Sync {
+    /// A sample (or liveliness change) for a subscriber.
+    fn deliver(&self, sample: Sample);
+    /// A query for a queryable.
+    fn query(&self, _query: IncomingQuery) {}
+}
+
+/// A query handed to local queryables. Cheap to clone; when the last clone of its
+/// [`Responder`] drops, the node is told that this node's queryables are done.
+#[derive(Clone)]
+pub(crate) struct IncomingQuery {
+    pub(crate) key: OwnedKeyExpr,
+    pub(crate) parameters: Arc<str>,
+    pub(crate) payload: Option<Bytes>,
+    pub(crate) attachment: Option<Bytes>,
+    pub(crate) responder: Arc<Responder>,
+}
+
+/// Replies to one query on behalf of the local queryables.
+pub(crate) struct Responder {
+    rt: Arc<Runtime>,
+    qid: QueryId,
+}
+
+impl Responder {
+    /// Sends one reply; `false` if the query is over (its querier left or it timed out).
+    pub(crate) fn reply(&self, result: Result<Sample, ErrorReply>) -> bool {
+        self.rt.with_node(|n, now| {
+            let alive = n.query_alive(self.qid);
+            if alive {
+                n.handle_local(
+                    now,
+                    Cmd::Reply {
+                        query: self.qid,
+                        result,
+                    },
+                );
+            }
+            alive
+        })
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let qid = self.qid;
+        self.rt
+            .with_node(|n, now| n.handle_local(now, Cmd::ReplyFinal { query: qid }));
+    }
+}
+
+/// A publisher's (or a reader's) resolved route: the node's [`Route`] with its local
+/// subscribers and links looked up, so that a publication touches neither the node nor the
+/// registries. Valid while `route.is_stale()` is false.
 pub(crate) struct Resolved {
-    pub route: Arc<Route<Arc<Handler>>>,
+    pub route: Arc<Route>,
+    pub locals: Vec<Arc<dyn LocalSink>>,
+    /// Links, each with the key id it declared for the publisher's key and lane (0 until known).
     pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
 }
 
-/// The last route used by a link's reader: key, tables version, route.
-pub(crate) type RouteCache = (Arc<str>, u64, Arc<Route<Arc<Handler>>>);
+/// The last route used by a link's reader: key and resolved route.
+pub(crate) type RouteCache = (Arc<str>, Arc<Resolved>);
 
 /// Counters of the node.
 #[derive(Debug, Default)]
@@ -77,47 +138,84 @@ pub(crate) struct Counters {
     pub received_remote: AtomicU64,
     pub dropped: AtomicU64,
     pub undeliverable: AtomicU64,
+    /// Samples refused by a face's ingress hooks.
+    pub denied: AtomicU64,
+    /// Samples forwarded from one face to another (routers, peers serving clients).
+    pub forwarded: AtomicU64,
+}
+
+/// Actions waiting to be executed outside the node's lock, in the order the node produced them.
+/// Whoever finds nobody draining drains; a delivery that re-enters the session (a callback
+/// that publishes) only appends, so nothing deadlocks and nothing is reordered.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<VecDeque<Action>>,
+    draining: AtomicBool,
 }
 
 pub(crate) struct Runtime {
-    pub id: NodeId,
-    pub config: Config,
-    pub tables: Mutex<Tables<Arc<Handler>>>,
-    /// Bumped whenever tables change, read lock-free by publishers.
-    pub version: AtomicU64,
-    pub faces: RwLock<HashMap<FaceId, Arc<Face>>>,
-    /// Fired whenever declarations change (matching status waiters).
-    pub changed: Notify,
-    next_face: AtomicU64,
+    /// This runtime, weakly (handed to responders of local queryables).
+    me: std::sync::Weak<Runtime>,
+    id: NodeId,
+    config: Config,
+    node: Mutex<Node>,
+    /// Link drivers by face id.
+    faces: RwLock<HashMap<FaceId, Arc<Face>>>,
+    /// Delivery ends of local declarations.
+    sinks: RwLock<HashMap<LocalId, Arc<dyn LocalSink>>>,
+    /// Local queries waiting for replies.
+    queriers: Mutex<HashMap<QueryId, mpsc::UnboundedSender<Reply>>>,
+    /// Local declarations that are ready.
+    ready: Mutex<HashSet<LocalId>>,
+    outbox: Outbox,
+    /// Fired whenever declarations, faces or readiness change.
+    changed: Notify,
+    /// Wakes the timer task (a query with an earlier deadline).
+    timer: Notify,
     hlc: Mutex<Hlc>,
     start_std: std::time::Instant,
     start_tokio: tokio::time::Instant,
-    pub listening: Mutex<Vec<Endpoint>>,
-    pub tasks: Mutex<Vec<JoinHandle<()>>>,
-    pub closed: AtomicBool,
-    pub counters: Counters,
-    rand: std::collections::hash_map::RandomState,
-    rand_ctr: AtomicU64,
-    /// Queries this node made, waiting for replies.
-    pub queries: Mutex<HashMap<u32, query_state::PendingQuery>>,
-    next_query: std::sync::atomic::AtomicU32,
+    listening: Mutex<Vec<Endpoint>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+    counters: Counters,
+    next_face: AtomicU64,
     /// The dialer of discovered peers (when mDNS is on).
-    pub dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
+    dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
     /// Last known endpoints of discovered peers.
-    pub known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
+    known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
     /// Nodes with a dialled link still handshaking (not dialled again meanwhile).
-    pub connecting: Mutex<std::collections::HashSet<NodeId>>,
+    connecting: Mutex<HashSet<NodeId>>,
 }
 
-/// 64 random bits from the OS-seeded hasher state (no extra dependency).
+/// 64 random bits from the operating system's generator.
 pub(crate) fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        // No OS randomness (never seen on Linux): fall back to the clock, loudly.
+        Err(e) => {
+            tracing::warn!("getrandom failed ({e}); falling back to the clock");
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }
+    }
+}
+
+/// A link seen by `info`.
+pub(crate) struct LinkView {
+    pub node: NodeId,
+    pub mode: Mode,
+    pub kind: FaceKind,
+    pub remote: Endpoint,
+    pub sent: u64,
+    pub dropped: u64,
+    pub received: u64,
+    pub queued_bytes: usize,
+    pub denied_in: u64,
+    pub denied_out: u64,
+    pub declarations: usize,
 }
 
 impl Runtime {
@@ -125,35 +223,64 @@ impl Runtime {
         let id = config.id.unwrap_or_else(|| {
             NodeId::from_u128((u128::from(random_u64()) << 64) | u128::from(random_u64()))
         });
-        Arc::new(Runtime {
+        let mut nc = NodeConfig::new(id, config.mode);
+        nc.caps = config.limits.caps();
+        Arc::new_cyclic(|me| Runtime {
+            me: me.clone(),
             id,
             hlc: Mutex::new(Hlc::new(id, 500_000)),
+            node: Mutex::new(Node::new(nc)),
             config,
-            tables: Mutex::new(Tables::new()),
-            version: AtomicU64::new(1),
             faces: RwLock::new(HashMap::new()),
+            sinks: RwLock::new(HashMap::new()),
+            queriers: Mutex::new(HashMap::new()),
+            ready: Mutex::new(HashSet::new()),
+            outbox: Outbox::default(),
             changed: Notify::new(),
-            next_face: AtomicU64::new(1),
+            timer: Notify::new(),
             start_std: std::time::Instant::now(),
             start_tokio: tokio::time::Instant::now(),
             listening: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
-            rand: std::collections::hash_map::RandomState::new(),
-            rand_ctr: AtomicU64::new(0),
+            next_face: AtomicU64::new(1),
             dialer: std::sync::OnceLock::new(),
-            queries: Mutex::new(HashMap::new()),
-            next_query: std::sync::atomic::AtomicU32::new(1),
             known: Mutex::new(HashMap::new()),
-            connecting: Mutex::new(std::collections::HashSet::new()),
+            connecting: Mutex::new(HashSet::new()),
         })
     }
 
-    pub fn random_u64(&self) -> u64 {
-        let mut h = self.rand.build_hasher();
-        h.write_u64(self.rand_ctr.fetch_add(1, Ordering::Relaxed));
-        h.finish()
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn listening(&self) -> Vec<Endpoint> {
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_listening(&self, eps: Vec<Endpoint>) {
+        *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = eps;
+    }
+
+    /// Resolves when declarations, faces or readiness may have changed (enable it first).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The session clock: microseconds since the runtime started.
@@ -182,10 +309,6 @@ impl Runtime {
             .new_timestamp(phys)
     }
 
-    pub fn tables(&self) -> std::sync::MutexGuard<'_, Tables<Arc<Handler>>> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn faces_snapshot(&self) -> Vec<Arc<Face>> {
         self.faces
             .read()
@@ -203,106 +326,277 @@ impl Runtime {
             .cloned()
     }
 
-    /// Call after any table change.
-    pub fn tables_changed(&self) {
-        self.version.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+    // ----- the node --------------------------------------------------------------------------
+
+    /// Runs `f` on the node, then executes what it asked: messages to faces are queued while
+    /// the node is still locked (so two threads can never reorder a face's declarations);
+    /// deliveries to the application run after the lock is released.
+    pub fn with_node<R>(&self, f: impl FnOnce(&mut Node, hypha_core::time::Instant) -> R) -> R {
+        let (r, changed) = {
+            let mut n = self.node.lock().unwrap_or_else(|p| p.into_inner());
+            let v = n.version();
+            let r = f(&mut n, self.now());
+            let mut later = Vec::new();
+            while let Some(a) = n.poll_action() {
+                match a {
+                    Action::Send { face, msg } => {
+                        if let Some(f) = self.face(face) {
+                            f.send_msg(msg);
+                        }
+                    }
+                    Action::Close {
+                        face,
+                        reason,
+                        detail,
+                        drain,
+                    } => {
+                        if let Some(f) = self.face(face) {
+                            if drain {
+                                f.close_when_drained(reason);
+                            } else {
+                                f.close_with(reason, detail);
+                            }
+                        }
+                    }
+                    other => later.push(other),
+                }
+            }
+            if !later.is_empty() {
+                self.outbox
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(later);
+            }
+            (r, n.version() != v)
+        };
+        self.drain_outbox();
+        if changed {
+            self.changed.notify_waiters();
+        }
+        r
     }
 
-    /// Sends a declaration to every established neighbour.
-    pub fn declare_to_all(&self, d: Declare<'_>) {
-        for f in self.faces_snapshot() {
-            f.send_declare(d);
+    fn drain_outbox(&self) {
+        loop {
+            if self.outbox.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            loop {
+                let next = self
+                    .outbox
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop_front();
+                let Some(a) = next else { break };
+                self.execute(a);
+            }
+            self.outbox.draining.store(false, Ordering::Release);
+            if self
+                .outbox
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
         }
     }
 
-    /// A handshake completed: registers the face, unless we already have a link to that node
-    /// (then the link dialled by the smaller node id is kept). Returns `false` to close it.
-    pub fn face_established(&self, face: &Arc<Face>) -> bool {
-        let Some(peer) = face.peer() else {
-            return false;
-        };
-        let dialer_of = |f: &Face| {
-            if f.role == Role::Dialer {
-                self.id
-            } else {
-                peer.node_id
-            }
-        };
-        let replaced = {
-            let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
-            let existing = faces
-                .values()
-                .find(|f| f.peer().map(|p| p.node_id) == Some(peer.node_id) && !f.is_dead())
-                .cloned();
-            if let Some(old) = &existing {
-                // Keep the link whose dialer has the smaller id; both ends agree on it.
-                if dialer_of(face) < dialer_of(old) {
-                    faces.remove(&old.id);
-                    old.close_when_drained(hypha_core::wire::CloseReason::Duplicate);
-                } else {
-                    return false;
+    fn sink(&self, id: LocalId) -> Option<Arc<dyn LocalSink>> {
+        self.sinks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn execute(&self, a: Action) {
+        match a {
+            Action::Deliver { to, sample } => {
+                if let Some(s) = self.sink(to) {
+                    self.counters.delivered_local.fetch_add(1, Ordering::Relaxed);
+                    s.deliver(sample);
                 }
             }
-            faces.insert(face.id, face.clone());
-            existing
+            Action::Query {
+                to,
+                query,
+                key,
+                parameters,
+                payload,
+                attachment,
+            } => {
+                let sinks: Vec<Arc<dyn LocalSink>> =
+                    to.iter().filter_map(|id| self.sink(*id)).collect();
+                let Some(rt) = self.self_arc() else { return };
+                let q = IncomingQuery {
+                    key,
+                    parameters,
+                    payload,
+                    attachment,
+                    responder: Arc::new(Responder { rt, qid: query }),
+                };
+                for s in sinks {
+                    s.query(q.clone());
+                }
+            }
+            Action::Reply { query, reply } => {
+                let tx = self
+                    .queriers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&query)
+                    .cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.send(reply);
+                }
+            }
+            Action::QueryDone { query } => {
+                self.queriers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&query);
+            }
+            Action::Ready { id } => {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id);
+                self.changed.notify_waiters();
+            }
+            // Executed under the node's lock in `with_node`.
+            Action::Send { .. } | Action::Close { .. } => {}
+        }
+    }
+
+    /// An `Arc` of this runtime, from the face registry's back-reference (set at start).
+    fn self_arc(&self) -> Option<Arc<Runtime>> {
+        self.me.upgrade()
+    }
+
+    // ----- local declarations ----------------------------------------------------------------
+
+    /// Declares something local: registers its delivery end (if any) under a fresh id, then
+    /// tells the node. Returns the id.
+    pub fn declare(
+        &self,
+        sink: Option<Arc<dyn LocalSink>>,
+        cmd: impl FnOnce(LocalId) -> Cmd,
+    ) -> LocalId {
+        self.with_node(|n, now| {
+            let id = n.next_local_id();
+            if let Some(s) = sink {
+                self.sinks
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, s);
+            }
+            n.handle_local(now, cmd(id));
+            id
+        })
+    }
+
+    /// Withdraws a local declaration.
+    pub fn undeclare(&self, id: LocalId) {
+        self.with_node(|n, now| n.handle_local(now, Cmd::Undeclare { id }));
+        self.sinks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    pub fn is_ready(&self, id: LocalId) -> bool {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    /// Waits until a declaration is known where it matters (every neighbour asked answered),
+    /// up to `timeout`. Returns whether it is.
+    pub async fn wait_ready(&self, id: LocalId, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.is_ready(id)).await
+    }
+
+    /// Waits until `cond` holds, re-checking whenever the node changes, up to `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if cond() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return cond();
+            }
+        }
+    }
+
+    pub fn has_subscriber(&self, key: &KeyExpr<'_>) -> bool {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_subscriber(key)
+    }
+
+    /// (a local queryable matches, a neighbour's does)
+    pub fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_queryable(key)
+    }
+
+    pub fn tokens_matching(&self, key: &KeyExpr<'_>) -> Vec<String> {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tokens_matching(key)
+    }
+
+    // ----- faces -----------------------------------------------------------------------------
+
+    /// A handshake completed: registers the face with the node, which may refuse it (a
+    /// duplicate of an existing link, a link to ourselves) by closing it.
+    pub fn face_established(&self, face: &Arc<Face>) {
+        let Some(peer) = face.peer() else {
+            return;
         };
-        if let Some(old) = &replaced {
-            // Its declarations come again on the new link; forget them now so that nothing
-            // (a query, a publication) is routed to a link that is going away.
-            self.tables().remove_face(old.id);
+        let kind = FaceKind::of(peer.mode);
+        let _ = face.kind.set(kind);
+        self.faces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(face.id, face.clone());
+        let dialed = face.role == Role::Dialer;
+        let accepted = self.with_node(|n, now| {
+            n.handle_face_up(now, face.id, kind, peer.node_id, dialed)
+        });
+        if !accepted {
+            self.faces
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&face.id);
+            return;
         }
         tracing::info!(peer = %peer.node_id, mode = %peer.mode, remote = %face.info.remote, "connected");
         if let Some(d) = self.dialer.get() {
             d.set_connected(peer.node_id, true);
         }
-        let (subs, tokens, queryables) = {
-            let mut t = self.tables();
-            t.add_face(face.id, Some(peer.node_id));
-            let subs: Vec<(u64, String)> = t
-                .subscribers
-                .iter()
-                .map(|(id, s)| (*id, s.key.as_str().to_string()))
-                .collect();
-            let tokens: Vec<(u64, String)> = t
-                .tokens
-                .iter()
-                .map(|(id, k)| (*id, k.as_str().to_string()))
-                .collect();
-            let queryables: Vec<(u64, String, bool)> = t
-                .queryables
-                .iter()
-                .map(|(id, (q, c))| (*id, q.key.as_str().to_string(), *c))
-                .collect();
-            (subs, tokens, queryables)
-        };
-        // Replay our declarations to the new neighbour.
-        for (id, key) in &subs {
-            face.send_declare(Declare::Subscriber {
-                id: *id as u32,
-                key: WireKey::Name(key),
-            });
-        }
-        for (id, key, complete) in &queryables {
-            face.send_declare(Declare::Queryable {
-                id: *id as u32,
-                key: WireKey::Name(key),
-                complete: *complete,
-            });
-        }
-        for (id, key) in &tokens {
-            face.send_declare(Declare::Token {
-                id: *id as u32,
-                key: WireKey::Name(key),
-            });
-        }
         self.gossip_to(face);
-        self.tables_changed();
-        true
     }
 
-    /// A link is gone: forget its declarations; its liveliness tokens disappear.
-    pub fn face_closed(self: &Arc<Self>, face: &Arc<Face>) {
+    /// A link is gone: the node forgets what it declared; its liveliness tokens disappear.
+    pub fn face_closed(&self, face: &Arc<Face>) {
         let was_registered = {
             let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
             faces.get(&face.id).is_some_and(|f| Arc::ptr_eq(f, face))
@@ -311,6 +605,7 @@ impl Runtime {
         if !was_registered {
             return;
         }
+        self.with_node(|n, now| n.handle_face_down(now, face.id));
         if let Some(p) = face.peer() {
             tracing::info!(peer = %p.node_id, "disconnected");
             if let Some(d) = self.dialer.get() {
@@ -322,49 +617,102 @@ impl Runtime {
                     .get(&p.node_id)
                     .cloned();
                 if let Some(eps) = known {
-                    if !self.closed.load(Ordering::Acquire) && !self.connected_to(p.node_id) {
+                    if !self.is_closed() && !self.connected_to(p.node_id) {
                         d.dial(Some(p.node_id), eps);
                     }
                 }
             }
         }
-        self.requery_or_done(face.id, face.peer().map(|p| p.node_id));
-        let vanished: Vec<OwnedKeyExpr> = {
-            let mut t = self.tables();
-            let gone = t.remove_face(face.id);
-            gone.map(|d| {
-                d.tokens
-                    .into_values()
-                    .filter(|k| t.token_holders(k) == 0)
-                    .collect()
+        self.changed.notify_waiters();
+    }
+
+    /// Handles what a neighbour sent (everything but samples).
+    pub fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
+        match m {
+            Incoming::Sample {
+                key,
+                kind,
+                payload,
+                extra,
+                lane,
+            } => {
+                let mut none = None;
+                self.deliver_remote_sample(face, &mut none, key, kind, payload, extra, lane);
+            }
+            Incoming::Msg(msg) => {
+                let is_request = matches!(msg, Msg::Request(_));
+                self.with_node(|n, now| n.handle_message(now, face.id, msg));
+                if is_request {
+                    self.timer.notify_one();
+                }
+            }
+            Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
+            Incoming::Other(what) => {
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(face = face.id, "ignored: {what}");
+            }
+        }
+    }
+
+    /// Links, for `info`.
+    pub fn links(&self) -> Vec<LinkView> {
+        let snaps = self
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .faces();
+        let mut v: Vec<LinkView> = snaps
+            .into_iter()
+            .filter_map(|s| {
+                let f = self.face(s.id)?;
+                let p = f.peer()?;
+                Some(LinkView {
+                    node: s.node,
+                    mode: p.mode,
+                    kind: s.kind,
+                    remote: f.info.remote.clone(),
+                    sent: f.sent.load(Ordering::Relaxed),
+                    dropped: f.dropped.load(Ordering::Relaxed),
+                    received: f.received.load(Ordering::Relaxed),
+                    queued_bytes: f.queued_bytes(),
+                    denied_in: s.counters.denied_in,
+                    denied_out: s.counters.denied_out,
+                    declarations: s.subscribers + s.queryables + s.tokens,
+                })
             })
-            .unwrap_or_default()
-        };
-        for key in vanished {
-            self.token_event(&key, SampleKind::Delete);
-        }
-        self.tables_changed();
+            .collect();
+        v.sort_by_key(|l| l.node);
+        v
     }
 
-    /// Delivers a liveliness change to matching local liveliness subscribers.
-    pub fn token_event(&self, key: &OwnedKeyExpr, kind: SampleKind) {
-        let subs = self.tables().liveliness_subscribers_for(&key.as_keyexpr());
-        let sample = Sample {
-            key: Arc::from(key.as_str()),
-            payload: Bytes::new(),
-            kind,
-            timestamp: None,
-            encoding: None,
-            attachment: None,
-        };
-        for s in subs {
-            s.deliver(sample.clone());
-        }
+    // ----- samples ---------------------------------------------------------------------------
+
+    /// The route of a sample on `key` from `src` (`None`: published here), resolved to
+    /// delivery ends and links.
+    pub fn resolve(&self, src: Option<FaceId>, key: &str) -> Arc<Resolved> {
+        let route = self
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .route(src, key);
+        let locals = route.locals.iter().filter_map(|id| self.sink(*id)).collect();
+        let faces = route
+            .faces
+            .iter()
+            .filter_map(|id| self.face(*id))
+            .map(|f| (f, std::sync::atomic::AtomicU32::new(0)))
+            .collect();
+        Arc::new(Resolved {
+            route,
+            locals,
+            faces,
+        })
     }
 
-    /// Delivers a sample from a neighbour to the local subscribers. `cache` keeps the last
-    /// route (valid while the key and the tables' version are unchanged): a stream of samples on
-    /// one key does not touch the tables' lock.
+    /// Delivers a sample from a neighbour: to local subscribers, and on to the faces the node's
+    /// route says (a peer or router forwarding for its clients). `cache` keeps the last route
+    /// while it is fresh: a stream of samples on one key does not touch the node's lock.
+    #[allow(clippy::too_many_arguments)]
     pub fn deliver_remote_sample(
         &self,
         face: &Arc<Face>,
@@ -373,29 +721,51 @@ impl Runtime {
         kind: SampleKind,
         payload: Bytes,
         extra: Option<Box<face::Extra>>,
+        lane: Lane,
     ) {
         face.received.fetch_add(1, Ordering::Relaxed);
         self.counters
             .received_remote
             .fetch_add(1, Ordering::Relaxed);
-        let version = self.version.load(Ordering::Acquire);
-        let route = match cache {
-            Some((k, v, r)) if *v == version && (Arc::ptr_eq(k, &key) || **k == *key) => r.clone(),
+        let resolved = match cache {
+            Some((k, r)) if !r.route.is_stale() && (Arc::ptr_eq(k, &key) || **k == *key) => {
+                r.clone()
+            }
             _ => {
-                let r = self.tables().route_remote(&key);
-                *cache = Some((key.clone(), version, r.clone()));
+                let r = self.resolve(Some(face.id), &key);
+                *cache = Some((key.clone(), r.clone()));
                 r
             }
         };
-        if route.local.is_empty() {
+        if resolved.route.denied {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if resolved.locals.is_empty() && resolved.faces.is_empty() {
             return;
         }
         let (timestamp, encoding, attachment) = match extra {
             Some(e) => (e.timestamp, e.encoding, e.attachment),
             None => (None, None, None),
         };
+        for (f, key_id) in &resolved.faces {
+            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            if let Err(SendError::QueueFull) = f.send_sample(
+                &key,
+                key_id,
+                lane,
+                kind,
+                &payload,
+                timestamp,
+                encoding.as_deref(),
+                attachment.as_deref(),
+            ) {
+                f.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.deliver_local(
-            &route,
+            &resolved.locals,
             Sample {
                 key,
                 payload,
@@ -407,97 +777,16 @@ impl Runtime {
         );
     }
 
-    /// Handles what a neighbour sent.
-    pub fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
-        match m {
-            Incoming::Sample {
-                key,
-                kind,
-                payload,
-                extra,
-            } => {
-                let mut none = None;
-                self.deliver_remote_sample(face, &mut none, key, kind, payload, extra);
-            }
-            Incoming::Subscriber(id, key) => {
-                self.tables().face_subscriber(face.id, id, key);
-                self.tables_changed();
-            }
-            Incoming::Unsubscriber(id) => {
-                self.tables().face_unsubscriber(face.id, id);
-                self.tables_changed();
-            }
-            Incoming::Queryable(id, key, complete) => {
-                self.tables().face_queryable(face.id, id, key, complete);
-                self.tables_changed();
-            }
-            Incoming::Unqueryable(id) => {
-                self.tables().face_unqueryable(face.id, id);
-                self.tables_changed();
-            }
-            Incoming::Token(id, key) => {
-                let first = {
-                    let mut t = self.tables();
-                    let held = t.token_holders(&key);
-                    t.face_token(face.id, id, key.clone()) && held == 0
-                };
-                if first {
-                    self.token_event(&key, SampleKind::Put);
-                }
-            }
-            Incoming::Untoken(id) => {
-                let last = {
-                    let mut t = self.tables();
-                    t.face_untoken(face.id, id)
-                        .filter(|k| t.token_holders(k) == 0)
-                };
-                if let Some(key) = last {
-                    self.token_event(&key, SampleKind::Delete);
-                }
-            }
-            Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
-            Incoming::Request {
-                id,
-                key,
-                parameters,
-                target,
-                payload,
-                attachment,
-            } => self.on_request(face, id, key, parameters, target, payload, attachment),
-            Incoming::Reply(id, r) => {
-                self.deliver_reply(id, face.peer().map(|p| p.node_id), r);
-            }
-            Incoming::ReplyFinal(id) => self.query_part_done(id, Some(face.id)),
-            Incoming::Other(what) => {
-                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(face = face.id, "ignored: {what}");
-            }
-        }
-    }
-
-    fn deliver_local(&self, route: &Route<Arc<Handler>>, sample: Sample) {
-        if let Some((last, rest)) = route.local.split_last() {
+    fn deliver_local(&self, locals: &[Arc<dyn LocalSink>], sample: Sample) {
+        if let Some((last, rest)) = locals.split_last() {
             for h in rest {
                 h.deliver(sample.clone());
             }
             last.deliver(sample);
             self.counters
                 .delivered_local
-                .fetch_add(route.local.len() as u64, Ordering::Relaxed);
+                .fetch_add(locals.len() as u64, Ordering::Relaxed);
         }
-    }
-
-    /// The route of a local publication on `key`, resolved to links.
-    pub fn resolve(&self, key: &Arc<str>) -> (u64, Arc<Resolved>) {
-        let v = self.version.load(Ordering::Acquire);
-        let route = self.tables().route_local(key);
-        let faces = route
-            .faces
-            .iter()
-            .filter_map(|id| self.face(*id))
-            .map(|f| (f, std::sync::atomic::AtomicU32::new(0)))
-            .collect();
-        (v, Arc::new(Resolved { route, faces }))
     }
 
     /// Publishes: local subscribers get the sample directly (no encoding), neighbours with a
@@ -510,36 +799,20 @@ impl Runtime {
         qos: Qos,
         kind: SampleKind,
         payload: Bytes,
-        encoding: Option<Arc<str>>,
-        attachment: Option<Bytes>,
-    ) -> u64 {
-        let timestamp = self.config.timestamping.then(|| self.new_timestamp());
-        self.publish_stamped(
-            resolved, key, qos, kind, payload, timestamp, encoding, attachment,
-        )
-        .await
-    }
-
-    /// Publishes with a given timestamp (or none).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn publish_stamped(
-        &self,
-        resolved: &Resolved,
-        key: &Arc<str>,
-        qos: Qos,
-        kind: SampleKind,
-        payload: Bytes,
         timestamp: Option<Timestamp>,
         encoding: Option<Arc<str>>,
         attachment: Option<Bytes>,
     ) -> u64 {
+        let timestamp = match timestamp {
+            Some(t) => Some(t),
+            None => self.config.timestamping.then(|| self.new_timestamp()),
+        };
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         let lane = Lane {
             priority: qos.priority,
             reliable: qos.reliable,
         };
         let mut dropped = 0;
-        let route = &resolved.route;
         for (face, key_id) in &resolved.faces {
             let send = || {
                 face.send_sample(
@@ -587,7 +860,7 @@ impl Runtime {
                 Err(e) => tracing::trace!(face = face.id, "not sent: {e}"),
             }
         }
-        if !route.local.is_empty() {
+        if !resolved.locals.is_empty() {
             let sample = Sample {
                 key: key.clone(),
                 payload,
@@ -596,10 +869,65 @@ impl Runtime {
                 encoding,
                 attachment,
             };
-            self.deliver_local(route, sample);
+            self.deliver_local(&resolved.locals, sample);
         }
         self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         dropped
+    }
+
+    // ----- queries ---------------------------------------------------------------------------
+
+    /// Starts a local query; replies arrive on the returned stream, which ends when the query
+    /// is over.
+    pub fn start_query(&self, params: QueryParams) -> (QueryId, mpsc::UnboundedReceiver<Reply>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let qid = self.with_node(|n, now| {
+            let qid = n.next_query_id();
+            self.queriers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(qid, tx);
+            n.handle_local(now, Cmd::Query { id: qid, params });
+            qid
+        });
+        self.timer.notify_one();
+        (qid, rx)
+    }
+
+    /// The querier dropped its stream.
+    pub fn cancel_query(&self, qid: QueryId) {
+        self.queriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&qid);
+        self.with_node(|n, now| n.handle_local(now, Cmd::CancelQuery { id: qid }));
+    }
+
+    /// Runs the node's timers (query deadlines) for the node's lifetime.
+    fn start_timer(self: &Arc<Self>) {
+        let rt = self.clone();
+        self.spawn(async move {
+            loop {
+                let wake = rt.timer.notified();
+                tokio::pin!(wake);
+                wake.as_mut().enable();
+                let due = rt
+                    .node
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .poll_timeout();
+                match due {
+                    Some(t) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(rt.instant_of(t)) => {}
+                            _ = &mut wake => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+                rt.with_node(|n, now| n.handle_timeout(now));
+            }
+        });
     }
 
     pub fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -607,6 +935,11 @@ impl Runtime {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(h);
+    }
+
+    /// Starts what every node runs: the timer, listeners' accept loops are added by `serve`.
+    pub fn start(self: &Arc<Self>) {
+        self.start_timer();
     }
 
     /// Accepts links on a listener for the node's lifetime.
@@ -624,25 +957,50 @@ impl Runtime {
 
     /// Keeps a link to a configured endpoint: connect, run until it breaks, redial with backoff.
     pub fn keep_connected(self: &Arc<Self>, ep: Endpoint) {
+        self.keep_connected_to_one_of(vec![ep]);
+    }
+
+    /// Keeps one link to the first endpoint of `eps` that answers: when it breaks (or cannot
+    /// be reached), the next one is tried, round robin, with backoff once all have failed.
+    /// This is a client's failover list; the node replays the client's declarations and
+    /// interests on the new link.
+    pub fn keep_connected_to_one_of(self: &Arc<Self>, eps: Vec<Endpoint>) {
+        if eps.is_empty() {
+            return;
+        }
         let rt = self.clone();
         self.spawn(async move {
             let mut backoff = Duration::from_millis(100);
-            while !rt.closed.load(Ordering::Acquire) {
-                match hypha_transports::connect(&ep, &rt.config.tls).await {
+            let mut i = 0usize;
+            let mut failed_in_a_row = 0usize;
+            while !rt.is_closed() {
+                let ep = &eps[i % eps.len()];
+                let mut ok = false;
+                match hypha_transports::connect(ep, &rt.config.tls).await {
                     Ok(link) => {
                         tracing::debug!(endpoint = %ep, "connected, handshaking");
                         if face::run(rt.clone(), link, Role::Dialer).await.is_some() {
                             backoff = Duration::from_millis(100);
+                            ok = true;
                         }
                     }
                     Err(e) => tracing::debug!(endpoint = %ep, "connect failed: {e}"),
                 }
-                if rt.closed.load(Ordering::Acquire) {
+                if rt.is_closed() {
                     break;
                 }
-                let jitter = Duration::from_millis(rt.random_u64() % 50);
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // After a working link broke, try the next endpoint at once (failover);
+                // after a whole round of failures, back off.
+                i += 1;
+                failed_in_a_row = if ok { 0 } else { failed_in_a_row + 1 };
+                if ok && eps.len() > 1 {
+                    continue;
+                }
+                if failed_in_a_row % eps.len() == 0 || eps.len() == 1 {
+                    let jitter = Duration::from_millis(random_u64() % 50);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         });
     }
@@ -683,10 +1041,13 @@ impl Runtime {
         for t in tasks {
             t.abort();
         }
+        // Local queries end now.
+        self.queriers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
-}
 
-impl Runtime {
     /// Waits until every link's queues are empty, up to `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -736,11 +1097,13 @@ pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
 }
 
 /// Starts mDNS discovery: found peers are dialled (see [`Runtime::consider_dialing`]).
-pub(crate) fn start_discovery(rt: &Arc<Runtime>, listening: Vec<Endpoint>) -> Result<(), String> {
+pub(crate) fn start_discovery(
+    rt: &Arc<Runtime>,
+    listening: Vec<Endpoint>,
+) -> Result<(), hypha_transports::discovery::DiscoveryError> {
     use hypha_transports::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent};
     let (discovery, mut events) =
-        Discovery::start(DiscoveryConfig::new(rt.id, rt.config.mode, listening))
-            .map_err(|e| e.to_string())?;
+        Discovery::start(DiscoveryConfig::new(rt.id, rt.config.mode, listening))?;
     let rt2 = rt.clone();
     rt.spawn(async move {
         let _discovery = discovery; // announced while this task lives
