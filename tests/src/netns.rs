@@ -96,6 +96,92 @@ impl Lab {
         Ok(())
     }
 
+    /// Adds a host behind a NAT: a router namespace on the bridge (public address
+    /// `addr(nat)`) masquerading, with nftables, a private namespace (192.168.`k`.2) whose only
+    /// route is through it. Hosts on the bridge have no route to the private subnet, so a node
+    /// there can only dial out. Returns (nat host index, private host index); both are hosts of
+    /// the lab ([`Lab::command`], deleted on drop). Needs `nft` (Debian package `nftables`).
+    pub fn add_behind_nat(&mut self, k: u8) -> anyhow::Result<(usize, usize)> {
+        let nat = self.hosts.len();
+        self.add_host(nat)?;
+        let nat_ns = self.hosts[nat].clone();
+        let private = self.hosts.len();
+        let ns = format!("{}p{private}", self.tag);
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        let (a, b) = (format!("{}n{k}", self.tag), format!("{}m{k}", self.tag));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        ip(&["link", "set", &a, "netns", &nat_ns])?;
+        ip(&["link", "set", &b, "netns", &ns])?;
+        ip(&["-n", &nat_ns, "link", "set", &a, "name", "lan0"])?;
+        ip(&[
+            "-n",
+            &nat_ns,
+            "addr",
+            "add",
+            &format!("192.168.{k}.1/24"),
+            "dev",
+            "lan0",
+        ])?;
+        ip(&["-n", &nat_ns, "link", "set", "lan0", "up"])?;
+        ip(&["-n", &ns, "link", "set", &b, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("192.168.{k}.2/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{k}.1"),
+        ])?;
+        let sysctl = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &nat_ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            sysctl.status.success(),
+            "sysctl ip_forward: {}",
+            String::from_utf8_lossy(&sysctl.stderr).trim()
+        );
+        let rules = format!(
+            "table ip hynat {{\n chain post {{\n  type nat hook postrouting priority 100; policy accept;\n  ip saddr 192.168.{k}.0/24 oifname \"eth0\" masquerade\n }}\n}}\n"
+        );
+        let mut nft = std::process::Command::new("ip")
+            .args(["netns", "exec", &nat_ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run nft (apt-get install nftables): {e}"))?;
+        if let Some(mut stdin) = nft.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(rules.as_bytes())?;
+        }
+        let out = nft.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok((nat, private))
+    }
+
     /// The address of host `i`.
     pub fn addr(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, i + 1)

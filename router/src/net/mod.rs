@@ -189,11 +189,19 @@ pub(crate) struct Request {
 /// A network message between nodes, owned (the runtime converts to and from the wire).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Msg {
-    Sample { sample: Sample, lane: Lane },
+    Sample {
+        sample: Sample,
+        lane: Lane,
+    },
     Declare(Decl),
     Request(Request),
-    Response { id: u32, result: Result<Sample, ErrorReply> },
-    ResponseFinal { id: u32 },
+    Response {
+        id: u32,
+        result: Result<Sample, ErrorReply>,
+    },
+    ResponseFinal {
+        id: u32,
+    },
 }
 
 impl Msg {
@@ -222,21 +230,52 @@ pub(crate) struct QueryParams {
 /// What the application does.
 #[derive(Clone, Debug)]
 pub(crate) enum Cmd {
-    Subscribe { id: LocalId, key: OwnedKeyExpr },
-    Queryable { id: LocalId, key: OwnedKeyExpr, complete: bool },
-    Token { id: LocalId, key: OwnedKeyExpr },
-    LivelinessSubscribe { id: LocalId, key: OwnedKeyExpr },
-    Publisher { id: LocalId, key: OwnedKeyExpr },
+    Subscribe {
+        id: LocalId,
+        key: OwnedKeyExpr,
+    },
+    Queryable {
+        id: LocalId,
+        key: OwnedKeyExpr,
+        complete: bool,
+    },
+    Token {
+        id: LocalId,
+        key: OwnedKeyExpr,
+    },
+    LivelinessSubscribe {
+        id: LocalId,
+        key: OwnedKeyExpr,
+    },
+    Publisher {
+        id: LocalId,
+        key: OwnedKeyExpr,
+    },
     /// Withdraws any local declaration.
-    Undeclare { id: LocalId },
+    Undeclare {
+        id: LocalId,
+    },
     /// Publishes through the node (tests, forwarding; the runtime's publishers use [`Route`]).
-    Publish { sample: Sample, lane: Lane },
-    Query { id: QueryId, params: QueryParams },
-    CancelQuery { id: QueryId },
+    Publish {
+        sample: Sample,
+        lane: Lane,
+    },
+    Query {
+        id: QueryId,
+        params: QueryParams,
+    },
+    CancelQuery {
+        id: QueryId,
+    },
     /// A local queryable's reply to a query it was handed.
-    Reply { query: QueryId, result: Result<Sample, ErrorReply> },
+    Reply {
+        query: QueryId,
+        result: Result<Sample, ErrorReply>,
+    },
     /// Every local queryable is done with the query.
-    ReplyFinal { query: QueryId },
+    ReplyFinal {
+        query: QueryId,
+    },
 }
 
 /// What the node asks the runtime to do.
@@ -586,9 +625,7 @@ impl Node {
             let mine: Vec<(LocalId, OwnedKeyExpr, u8)> = self
                 .locals
                 .iter()
-                .filter_map(|(id, l)| {
-                    interest_flags(&l.kind).map(|fl| (*id, l.key.clone(), fl))
-                })
+                .filter_map(|(id, l)| interest_flags(&l.kind).map(|fl| (*id, l.key.clone(), fl)))
                 .collect();
             for (id, key, flags) in mine {
                 self.send_interest(face, id as u32, key, flags);
@@ -701,10 +738,7 @@ impl Node {
             tracing::debug!(face, why, "ingress denied");
             // A denied query is still answered (with nothing), so the querier does not hang.
             if let Msg::Request(r) = &msg {
-                self.send(
-                    face,
-                    Msg::ResponseFinal { id: r.id },
-                );
+                self.send(face, Msg::ResponseFinal { id: r.id });
             }
             return;
         }
@@ -811,12 +845,16 @@ impl Node {
         let kind = f.kind;
         let kinds = flags & (interest::SUBSCRIBERS | interest::QUERYABLES | interest::TOKENS);
         if kinds != 0 {
-            if f.their_interests.len() >= caps.interests && !f.their_interests.contains_key(&id)
-            {
+            if f.their_interests.len() >= caps.interests && !f.their_interests.contains_key(&id) {
                 return self.close_for_cap(face, "cap limits.max_interests exceeded");
             }
-            f.their_interests
-                .insert(id, TheirInterest { key: key.clone(), flags });
+            f.their_interests.insert(
+                id,
+                TheirInterest {
+                    key: key.clone(),
+                    flags,
+                },
+            );
             if flags & interest::CURRENT != 0 {
                 for (k, src, sid, dkey, complete) in self.all_decls() {
                     if k.flag() & kinds != 0 {
@@ -1195,7 +1233,9 @@ impl Node {
             let k = key.as_keyexpr();
             return f.their_interests.values().any(|i| {
                 i.flags & kind.flag() != 0
-                    && i.key.as_ref().is_none_or(|ik| ik.as_keyexpr().intersects(&k))
+                    && i.key
+                        .as_ref()
+                        .is_none_or(|ik| ik.as_keyexpr().intersects(&k))
             });
         }
         true
@@ -1220,10 +1260,15 @@ impl Node {
         if f.out.counted.contains_key(&(kind, src, id)) {
             return;
         }
-        if f.chain.check(Direction::Egress, Op::Declare, Some(key.as_str())) != Verdict::Pass {
+        if f.chain
+            .check(Direction::Egress, Op::Declare, Some(key.as_str()))
+            != Verdict::Pass
+        {
             return;
         }
-        f.out.counted.insert((kind, src, id), (key.clone(), complete));
+        f.out
+            .counted
+            .insert((kind, src, id), (key.clone(), complete));
         let out = &mut f.out;
         let slot = (kind, key.clone(), complete);
         let new_id = match out.entries.get_mut(&slot) {
@@ -1379,7 +1424,8 @@ impl Node {
         let role = self.role;
         faces.retain(|g| match self.faces.get_mut(g) {
             Some(f) => {
-                hat::forwards(role, from, f.kind) && f.chain.admits(Direction::Egress, Op::Sample, key)
+                hat::forwards(role, from, f.kind)
+                    && f.chain.admits(Direction::Egress, Op::Sample, key)
             }
             None => false,
         });
@@ -1415,10 +1461,12 @@ impl Node {
         self.subs.intersecting(key).any(|(_, v)| !v.is_empty())
     }
 
-    /// Queryables matching `key`: (local ones, faces holding one).
+    /// Queryables matching `key`: (local ones, faces holding one). A client is not told of
+    /// queryables (it asks its upstream every query), so for it any upstream counts.
     pub(crate) fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
         let mut local = false;
-        let mut remote = false;
+        let mut remote =
+            hat::sends_uncovered(self.role) && self.faces.values().any(|f| hat::asks(f.kind));
         for (_, items) in self.qabls.intersecting(key) {
             for i in items {
                 match i.src {
@@ -1464,9 +1512,9 @@ fn interest_flags(kind: &LocalKind) -> Option<u8> {
 
 /// Has `f` answered an interest of ours for subscribers that includes `key` in full?
 fn covered(f: &Face, key: &KeyExpr<'_>) -> bool {
-    f.my_interests.values().any(|i| {
-        i.done && i.flags & interest::SUBSCRIBERS != 0 && i.key.as_keyexpr().includes(key)
-    })
+    f.my_interests
+        .values()
+        .any(|i| i.done && i.flags & interest::SUBSCRIBERS != 0 && i.key.as_keyexpr().includes(key))
 }
 
 fn op_of(msg: &Msg) -> (Op, Option<&str>) {
@@ -1483,10 +1531,7 @@ fn op_of(msg: &Msg) -> (Op, Option<&str>) {
             },
         ),
         Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
-        Msg::Response { result, .. } => (
-            Op::Reply,
-            result.as_ref().ok().map(|s| &*s.key),
-        ),
+        Msg::Response { result, .. } => (Op::Reply, result.as_ref().ok().map(|s| &*s.key)),
         Msg::ResponseFinal { .. } => (Op::Reply, None),
     }
 }
