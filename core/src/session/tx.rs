@@ -247,10 +247,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             }),
             Control::Close(reason, detail) => {
                 self.state = State::Closed;
-                TransportMessage::Close(Close {
-                    reason,
-                    detail,
-                })
+                TransportMessage::Close(Close { reason, detail })
             }
         };
         msg.encode(buf).ok()

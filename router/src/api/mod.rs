@@ -662,9 +662,7 @@ impl Publisher {
 
     /// Waits until a subscriber matches, up to `timeout`. Returns the matching status.
     pub async fn wait_matching(&self, timeout: Duration) -> bool {
-        self.rt
-            .wait_until(timeout, || self.matching_status())
-            .await
+        self.rt.wait_until(timeout, || self.matching_status()).await
     }
 
     /// Waits until everything queued for neighbours has been written, up to `timeout`.
@@ -741,7 +739,9 @@ impl SubscriberBuilder {
             None => handler.clone(),
         };
         let k2 = key.clone();
-        let id = self.rt.declare(Some(registered), |id| Cmd::Subscribe { id, key: k2 });
+        let id = self
+            .rt
+            .declare(Some(registered), |id| Cmd::Subscribe { id, key: k2 });
         if let (Some(seam), Some(since)) = (seam, self.history) {
             let rt = self.rt.clone();
             let key = key.clone();
@@ -910,10 +910,12 @@ impl Liveliness {
         let (tx, rx) = mpsc::channel(self.rt.config().queues.subscriber.max(1024));
         let handler = Arc::new(Handler::new(Delivery::Channel(tx)));
         let k = key.clone();
-        let id = self.rt.declare(Some(handler.clone()), |id| Cmd::LivelinessSubscribe {
-            id,
-            key: k,
-        });
+        let id = self
+            .rt
+            .declare(Some(handler.clone()), |id| Cmd::LivelinessSubscribe {
+                id,
+                key: k,
+            });
         Ok(Subscriber {
             rt: self.rt.clone(),
             id,

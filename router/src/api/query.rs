@@ -14,8 +14,8 @@ use crate::runtime::{IncomingQuery, Runtime};
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
 use hypha_core::keyexpr::{KeyExpr, KeyExprError, OwnedKeyExpr};
-pub use hypha_core::wire::{Consolidation, QueryTarget};
 use hypha_core::wire::SampleKind;
+pub use hypha_core::wire::{Consolidation, QueryTarget};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -374,9 +374,11 @@ impl QueryableBuilder {
         }
         let handler = Arc::new(Handler::new(delivery));
         let (k, complete) = (key.clone(), self.complete);
-        let id = self
-            .rt
-            .declare(Some(handler), |id| Cmd::Queryable { id, key: k, complete });
+        let id = self.rt.declare(Some(handler), |id| Cmd::Queryable {
+            id,
+            key: k,
+            complete,
+        });
         Ok(Queryable {
             rt: self.rt,
             id,

@@ -202,7 +202,11 @@ impl Node {
         id: u32,
         result: Result<Sample, ErrorReply>,
     ) {
-        if !self.queries.get(&id).is_some_and(|q| q.waiting.contains(&face)) {
+        if !self
+            .queries
+            .get(&id)
+            .is_some_and(|q| q.waiting.contains(&face))
+        {
             if let Some(f) = self.faces.get_mut(&face) {
                 f.counters.replies_refused += 1;
             }

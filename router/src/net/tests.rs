@@ -324,7 +324,11 @@ fn peers_deliver_directly_and_send_nothing_where_nothing_matches() {
     // One sample sent, to node 1 only; nothing for the key nobody wants, nothing to node 2.
     assert_eq!(m.sample_sends.len(), 1);
     assert_eq!(m.sample_sends[0].0, 0);
-    assert!(m.sample_sends.iter().all(|(_, _, key)| key == "fleet/car1/speed"));
+    assert!(
+        m.sample_sends
+            .iter()
+            .all(|(_, _, key)| key == "fleet/car1/speed")
+    );
 }
 
 #[test]
@@ -358,9 +362,18 @@ fn router_forwards_client_to_client_peer_and_back() {
     assert_eq!(m.delivered(1, s1), ["fleet/car1/speed=1"]);
     // Peer -> clients.
     m.put(3, "fleet/car9/speed", "9");
-    assert_eq!(m.delivered(1, s1), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
-    assert_eq!(m.delivered(2, s2), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
-    assert_eq!(m.delivered(3, s3), ["fleet/car1/speed=1", "fleet/car9/speed=9"]);
+    assert_eq!(
+        m.delivered(1, s1),
+        ["fleet/car1/speed=1", "fleet/car9/speed=9"]
+    );
+    assert_eq!(
+        m.delivered(2, s2),
+        ["fleet/car1/speed=1", "fleet/car9/speed=9"]
+    );
+    assert_eq!(
+        m.delivered(3, s3),
+        ["fleet/car1/speed=1", "fleet/car9/speed=9"]
+    );
     // Each sample crossed each face at most once.
     let mut sends = m.sample_sends.clone();
     sends.sort();
@@ -385,7 +398,11 @@ fn writer_side_filtering_nothing_crosses_where_nobody_matches() {
     assert_eq!(m.delivered(2, s2), ["a/x=yes"]);
     // Exactly two sends: client 1 -> router, router -> client 2.
     assert_eq!(m.sample_sends.len(), 2);
-    assert!(m.sample_sends.iter().all(|(n, f, _)| *n == 1 || *f == r_to_2));
+    assert!(
+        m.sample_sends
+            .iter()
+            .all(|(n, f, _)| *n == 1 || *f == r_to_2)
+    );
     assert!(!m.sample_sends.iter().any(|(_, f, _)| *f == r_to_1));
 }
 
@@ -398,12 +415,11 @@ fn clients_get_only_the_declarations_matching_their_interests() {
         m.subscribe(2, &format!("noise/{i}"));
     }
     m.subscribe(2, "wanted/**");
-    let before = m
-        .decl_sends
-        .iter()
-        .filter(|(_, f, _)| *f == r_to_c)
-        .count();
-    assert_eq!(before, 0, "nothing is declared to a client that asked for nothing");
+    let before = m.decl_sends.iter().filter(|(_, f, _)| *f == r_to_c).count();
+    assert_eq!(
+        before, 0,
+        "nothing is declared to a client that asked for nothing"
+    );
     m.publisher(1, "wanted/x");
     let to_client: Vec<&Decl> = m
         .decl_sends
@@ -432,7 +448,10 @@ fn ready_means_the_first_sample_after_declaring_is_not_lost() {
     let id = m.id(2);
     m.nodes[2].handle_local(m.now, Cmd::Subscribe { id, key: k("x/**") });
     while let Some(a) = m.nodes[2].poll_action() {
-        assert!(!matches!(a, Action::Ready { .. }), "ready before the router knew");
+        assert!(
+            !matches!(a, Action::Ready { .. }),
+            "ready before the router knew"
+        );
         m.execute(2, a);
     }
     m.run();
@@ -467,9 +486,21 @@ fn liveliness_through_a_router_appears_and_vanishes() {
     let (c1_face, _) = m.link(1, 0);
     m.link(2, 0);
     let lid = m.id(2);
-    m.local(2, Cmd::LivelinessSubscribe { id: lid, key: k("group/*") });
+    m.local(
+        2,
+        Cmd::LivelinessSubscribe {
+            id: lid,
+            key: k("group/*"),
+        },
+    );
     let t = m.id(1);
-    m.local(1, Cmd::Token { id: t, key: k("group/a") });
+    m.local(
+        1,
+        Cmd::Token {
+            id: t,
+            key: k("group/a"),
+        },
+    );
     let seen: Vec<(String, SampleKind)> = m.inbox[2].delivered[&lid]
         .iter()
         .map(|s| (s.key.to_string(), s.kind))
@@ -477,7 +508,9 @@ fn liveliness_through_a_router_appears_and_vanishes() {
     assert_eq!(seen, [("group/a".to_string(), SampleKind::Put)]);
     // Client 1 goes away: its token vanishes for client 2.
     m.unlink(c1_face);
-    let last = m.inbox[2].delivered[&lid].last().map(|s| (s.key.to_string(), s.kind));
+    let last = m.inbox[2].delivered[&lid]
+        .last()
+        .map(|s| (s.key.to_string(), s.kind));
     assert_eq!(last, Some(("group/a".to_string(), SampleKind::Delete)));
 }
 
@@ -491,10 +524,18 @@ fn query_targets_and_consolidation() {
     m.queryable(2, "store/**", false, &[("store/a", "2")]);
     let q = m.query(0, "store/**", QueryTarget::All, Consolidation::None);
     assert!(m.inbox[0].done.contains(&q));
-    assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/a=2", "store/b=1"]);
+    assert_eq!(
+        m.reply_payloads(0, q),
+        ["store/a=1", "store/a=2", "store/b=1"]
+    );
     let q = m.query(0, "store/**", QueryTarget::AllComplete, Consolidation::None);
     assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/b=1"]);
-    let q = m.query(0, "store/**", QueryTarget::BestMatching, Consolidation::None);
+    let q = m.query(
+        0,
+        "store/**",
+        QueryTarget::BestMatching,
+        Consolidation::None,
+    );
     assert_eq!(m.reply_payloads(0, q), ["store/a=1", "store/b=1"]);
     // Latest: one reply per key (no timestamps: the last one wins), delivered at the end.
     let q = m.query(0, "store/**", QueryTarget::All, Consolidation::Latest);
@@ -523,7 +564,12 @@ fn queries_cross_a_router_and_replies_come_back() {
         ["cfg/a=from-client", "cfg/b=from-peer"]
     );
     // A reply outside the query's key expression is refused, and counted.
-    m.queryable(2, "liar/**", true, &[("elsewhere/x", "forged"), ("liar/ok", "fine")]);
+    m.queryable(
+        2,
+        "liar/**",
+        true,
+        &[("elsewhere/x", "forged"), ("liar/ok", "fine")],
+    );
     let q3 = m.query(1, "liar/**", QueryTarget::All, Consolidation::None);
     assert!(m.inbox[1].done.contains(&q3));
     assert_eq!(m.reply_payloads(1, q3), ["liar/ok=fine"]);
@@ -551,7 +597,11 @@ fn duplicate_links_keep_the_one_dialled_by_the_smaller_id() {
     // Node 1 (id 2) dials node 0 (id 1) first, then node 0 dials node 1: the latter wins.
     let (f10, f01) = m.link(1, 0);
     let (f01b, _) = m.link(0, 1);
-    let closed: Vec<FaceId> = m.inbox.iter().flat_map(|i| i.closed.iter().map(|c| c.0)).collect();
+    let closed: Vec<FaceId> = m
+        .inbox
+        .iter()
+        .flat_map(|i| i.closed.iter().map(|c| c.0))
+        .collect();
     assert!(closed.contains(&f10) || closed.contains(&f01), "{closed:?}");
     assert_eq!(m.nodes[0].faces().len(), 1);
     assert_eq!(m.nodes[0].face_of(m.nodes[1].id()), Some(f01b));
@@ -629,7 +679,10 @@ fn ingress_and_egress_hooks_see_and_can_deny() {
     m.put(1, "secret/b", "no");
     m.put(1, "open/b", "yes");
     // Local delivery is not a face's business; what came in on the face was filtered.
-    assert_eq!(m.delivered(0, s0), ["secret/a=no", "open/a=yes", "open/b=yes"]);
+    assert_eq!(
+        m.delivered(0, s0),
+        ["secret/a=no", "open/a=yes", "open/b=yes"]
+    );
     let f = m.nodes[0].face_of(NodeId::from_u128(2));
     let r = m.nodes[0].route(f, "secret/b");
     assert!(r.denied);
@@ -645,7 +698,10 @@ fn routes_are_cached_and_expire_precisely() {
     assert_eq!(ra.faces.len(), 1);
     assert!(rb.faces.is_empty());
     m.subscribe(1, "b/*");
-    assert!(!ra.is_stale(), "a declaration on b/* does not touch routes on a/1");
+    assert!(
+        !ra.is_stale(),
+        "a declaration on b/* does not touch routes on a/1"
+    );
     assert!(rb.is_stale());
     assert_eq!(m.nodes[0].route(None, "b/1").faces.len(), 1);
 }

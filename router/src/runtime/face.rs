@@ -263,13 +263,15 @@ fn convert(
                 }),
                 None => Incoming::Other("reply on an undeclared key id"),
             },
-            hypha_core::wire::ReplyBody::Err { payload, encoding } => Incoming::Msg(Msg::Response {
-                id: r.request_id,
-                result: Err(ErrorReply {
-                    payload: bytes_of(batch, payload.0),
-                    encoding: encoding.map(Arc::from),
-                }),
-            }),
+            hypha_core::wire::ReplyBody::Err { payload, encoding } => {
+                Incoming::Msg(Msg::Response {
+                    id: r.request_id,
+                    result: Err(ErrorReply {
+                        payload: bytes_of(batch, payload.0),
+                        encoding: encoding.map(Arc::from),
+                    }),
+                })
+            }
         },
         NetworkMessage::ResponseFinal(f) => Incoming::Msg(Msg::ResponseFinal { id: f.request_id }),
     };
@@ -280,7 +282,8 @@ fn convert(
 fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
     use hypha_core::wire::{ReplyBody, Response, ResponseFinal};
     let lane = msg.lane();
-    let wire = |m: &NetworkMessage<'_>, s: &mut HeapSession| s.send(lane.priority, lane.reliable, m);
+    let wire =
+        |m: &NetworkMessage<'_>, s: &mut HeapSession| s.send(lane.priority, lane.reliable, m);
     match msg {
         Msg::Sample { sample, .. } => wire(
             &NetworkMessage::Push(Push {
@@ -451,10 +454,14 @@ impl Face {
         }
         if backlog.len() >= MAX_BACKLOG {
             drop(backlog);
-            tracing::warn!(face = self.id, "closing: backlog of unsent control messages full");
-            self.lock()
-                .session
-                .close_with(CloseReason::TooLarge, "cap: backlog of unsent messages full");
+            tracing::warn!(
+                face = self.id,
+                "closing: backlog of unsent control messages full"
+            );
+            self.lock().session.close_with(
+                CloseReason::TooLarge,
+                "cap: backlog of unsent messages full",
+            );
         } else {
             backlog.push_back(msg);
         }

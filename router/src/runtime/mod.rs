@@ -417,7 +417,9 @@ impl Runtime {
         match a {
             Action::Deliver { to, sample } => {
                 if let Some(s) = self.sink(to) {
-                    self.counters.delivered_local.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .delivered_local
+                        .fetch_add(1, Ordering::Relaxed);
                     s.deliver(sample);
                 }
             }
@@ -578,9 +580,8 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .insert(face.id, face.clone());
         let dialed = face.role == Role::Dialer;
-        let accepted = self.with_node(|n, now| {
-            n.handle_face_up(now, face.id, kind, peer.node_id, dialed)
-        });
+        let accepted =
+            self.with_node(|n, now| n.handle_face_up(now, face.id, kind, peer.node_id, dialed));
         if !accepted {
             self.faces
                 .write()
@@ -656,11 +657,7 @@ impl Runtime {
 
     /// Links, for `info`.
     pub fn links(&self) -> Vec<LinkView> {
-        let snaps = self
-            .node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .faces();
+        let snaps = self.node.lock().unwrap_or_else(|p| p.into_inner()).faces();
         let mut v: Vec<LinkView> = snaps
             .into_iter()
             .filter_map(|s| {
@@ -695,7 +692,11 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .route(src, key);
-        let locals = route.locals.iter().filter_map(|id| self.sink(*id)).collect();
+        let locals = route
+            .locals
+            .iter()
+            .filter_map(|id| self.sink(*id))
+            .collect();
         let faces = route
             .faces
             .iter()
