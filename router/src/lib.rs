@@ -24,6 +24,7 @@
 //!   machine; per-link, per-lane queues so a slow neighbour never slows the others.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod api;
 /// The `hypha` program (`hypha --help`), for its binaries only: not a library API. Feature `cli`.

@@ -333,6 +333,10 @@ pub struct LinkSummary {
     pub denied_out: u64,
     /// Subscribers, queryables and tokens it declared here.
     pub declarations: usize,
+    /// Interests it keeps open here (a client asking for what it needs).
+    pub interests: usize,
+    /// Declarations this node made to it (its own and those it propagates).
+    pub declared_to: usize,
 }
 
 /// What a session knows about itself.
@@ -382,6 +386,8 @@ impl Session {
                 denied_in: l.denied_in,
                 denied_out: l.denied_out,
                 declarations: l.declarations,
+                interests: l.interests,
+                declared_to: l.declared_to,
             })
             .collect();
         let c = self.rt.counters();

@@ -255,7 +255,9 @@ pub(crate) enum Cmd {
     Undeclare {
         id: LocalId,
     },
-    /// Publishes through the node (tests, forwarding; the runtime's publishers use [`Route`]).
+    /// Publishes through the node. The runtime's publishers take the fast path instead (the
+    /// same [`Route`], cached), so only the deterministic tests use this input.
+    #[cfg_attr(not(test), allow(dead_code))]
     Publish {
         sample: Sample,
         lane: Lane,
@@ -503,10 +505,12 @@ impl Node {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn id(&self) -> NodeId {
         self.id
     }
 
+    #[cfg(test)]
     pub(crate) fn role(&self) -> Mode {
         self.role
     }
@@ -708,16 +712,12 @@ impl Node {
     }
 
     /// The face linked to `node`, if any.
+    #[cfg(test)]
     pub(crate) fn face_of(&self, node: NodeId) -> Option<FaceId> {
         self.faces
             .iter()
             .find(|(_, f)| f.node == node)
             .map(|(id, _)| *id)
-    }
-
-    /// The neighbour behind a face.
-    pub(crate) fn node_of(&self, face: FaceId) -> Option<NodeId> {
-        self.faces.get(&face).map(|f| f.node)
     }
 
     // ----- remote input ----------------------------------------------------------------------
@@ -1478,19 +1478,8 @@ impl Node {
         (local, remote)
     }
 
-    /// Every liveliness token alive here matching `key`, sorted.
-    pub(crate) fn tokens_matching(&self, key: &KeyExpr<'_>) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .tokens
-            .intersecting(key)
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| k.as_str().to_string())
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Number of local declarations and of remote ones held for faces.
+    #[cfg(test)]
     pub(crate) fn counts(&self) -> (usize, usize) {
         let remote = self
             .faces

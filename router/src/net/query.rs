@@ -38,6 +38,9 @@ pub(super) struct QueryState {
     request: Request,
 }
 
+/// Candidate queryables: local ids and faces, each with whether it is complete for the query.
+type Candidates = (Vec<(LocalId, bool)>, Vec<(FaceId, bool)>);
+
 fn ts_of(r: &Reply) -> Option<Timestamp> {
     r.result.as_ref().ok().and_then(|s| s.timestamp)
 }
@@ -48,7 +51,7 @@ impl Node {
         &self,
         key: &OwnedKeyExpr,
         from: Option<FaceId>,
-    ) -> (Vec<(LocalId, bool)>, Vec<(FaceId, bool)>) {
+    ) -> Candidates {
         let k = key.as_keyexpr();
         let mut locals: Vec<(LocalId, bool)> = Vec::new();
         let mut faces: HashMap<FaceId, bool> = HashMap::new();

@@ -405,7 +405,7 @@ impl Face {
     }
 
     /// The neighbour, once the handshake completed.
-    pub fn peer(&self) -> Option<PeerInfo> {
+    pub(crate) fn peer(&self) -> Option<PeerInfo> {
         self.peer.get().copied()
     }
 
@@ -416,7 +416,7 @@ impl Face {
     /// Queues a node message. Samples (forwarded by a router) are dropped and counted when
     /// their lane is full, like any publication under `Drop`; every other message is never
     /// dropped: it waits in the backlog, in order, until the lane has room.
-    pub fn send_msg(&self, msg: Msg) {
+    pub(crate) fn send_msg(&self, msg: Msg) {
         if let Msg::Sample { sample, lane } = &msg {
             let hint = std::sync::atomic::AtomicU32::new(0);
             match self.send_sample(
@@ -491,7 +491,7 @@ impl Face {
 
     /// Queues a sample for this neighbour. `QueueFull` means the lane is full: drop or wait.
     #[allow(clippy::too_many_arguments)]
-    pub fn send_sample(
+    pub(crate) fn send_sample(
         &self,
         key: &Arc<str>,
         key_id_hint: &std::sync::atomic::AtomicU32,
@@ -553,7 +553,7 @@ impl Face {
     }
 
     /// Queues any network message on the reliable control lane.
-    pub fn send_control(&self, msg: &NetworkMessage<'_>) {
+    pub(crate) fn send_control(&self, msg: &NetworkMessage<'_>) {
         if self
             .lock()
             .session
@@ -566,7 +566,7 @@ impl Face {
 
     /// Closes the link once everything already queued on it has been written: nothing accepted
     /// for this link is lost (used when a duplicate link is replaced).
-    pub fn close_when_drained(&self, reason: CloseReason) {
+    pub(crate) fn close_when_drained(&self, reason: CloseReason) {
         *self
             .close_after_drain
             .lock()
@@ -575,29 +575,29 @@ impl Face {
     }
 
     /// Starts an orderly close; the writer sends `Close` and shuts the link.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         self.lock().session.close(reason);
         self.wake.notify_one();
     }
 
     /// Like `close`, telling the peer why (e.g. the cap it exceeded).
-    pub fn close_with(&self, reason: CloseReason, detail: &'static str) {
+    pub(crate) fn close_with(&self, reason: CloseReason, detail: &'static str) {
         self.lock().session.close_with(reason, detail);
         self.wake.notify_one();
     }
 
     /// Bytes waiting in this link's queues.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().session.total_queued_bytes()
     }
 
     /// True once the writer has shut the link.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
     }
 
     /// True once the link is down.
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
 

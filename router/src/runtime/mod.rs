@@ -216,10 +216,12 @@ pub(crate) struct LinkView {
     pub denied_in: u64,
     pub denied_out: u64,
     pub declarations: usize,
+    pub interests: usize,
+    pub declared_to: usize,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
         let id = config.id.unwrap_or_else(|| {
             NodeId::from_u128((u128::from(random_u64()) << 64) | u128::from(random_u64()))
         });
@@ -251,53 +253,48 @@ impl Runtime {
         })
     }
 
-    pub fn id(&self) -> NodeId {
+    pub(crate) fn id(&self) -> NodeId {
         self.id
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub fn listening(&self) -> Vec<Endpoint> {
+    pub(crate) fn listening(&self) -> Vec<Endpoint> {
         self.listening
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn set_listening(&self, eps: Vec<Endpoint>) {
+    pub(crate) fn set_listening(&self, eps: Vec<Endpoint>) {
         *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = eps;
     }
 
-    /// Resolves when declarations, faces or readiness may have changed (enable it first).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
-    }
-
     /// The session clock: microseconds since the runtime started.
-    pub fn now(&self) -> hypha_core::time::Instant {
+    pub(crate) fn now(&self) -> hypha_core::time::Instant {
         hypha_core::time::Instant::from_micros(self.start_std.elapsed().as_micros() as u64)
     }
 
     /// A tokio instant for a session-clock instant.
-    pub fn instant_of(&self, t: hypha_core::time::Instant) -> tokio::time::Instant {
+    pub(crate) fn instant_of(&self, t: hypha_core::time::Instant) -> tokio::time::Instant {
         self.start_tokio + Duration::from_micros(t.as_micros())
     }
 
-    pub fn next_face_id(&self) -> FaceId {
+    pub(crate) fn next_face_id(&self) -> FaceId {
         self.next_face.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn new_timestamp(&self) -> Timestamp {
+    pub(crate) fn new_timestamp(&self) -> Timestamp {
         let phys = Ntp64::from_unix_micros(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -318,7 +315,7 @@ impl Runtime {
             .collect()
     }
 
-    pub fn face(&self, id: FaceId) -> Option<Arc<Face>> {
+    pub(crate) fn face(&self, id: FaceId) -> Option<Arc<Face>> {
         self.faces
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -331,7 +328,7 @@ impl Runtime {
     /// Runs `f` on the node, then executes what it asked: messages to faces are queued while
     /// the node is still locked (so two threads can never reorder a face's declarations);
     /// deliveries to the application run after the lock is released.
-    pub fn with_node<R>(&self, f: impl FnOnce(&mut Node, hypha_core::time::Instant) -> R) -> R {
+    pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node, hypha_core::time::Instant) -> R) -> R {
         let (r, changed) = {
             let mut n = self.node.lock().unwrap_or_else(|p| p.into_inner());
             let v = n.version();
@@ -483,7 +480,7 @@ impl Runtime {
 
     /// Declares something local: registers its delivery end (if any) under a fresh id, then
     /// tells the node. Returns the id.
-    pub fn declare(
+    pub(crate) fn declare(
         &self,
         sink: Option<Arc<dyn LocalSink>>,
         cmd: impl FnOnce(LocalId) -> Cmd,
@@ -502,7 +499,7 @@ impl Runtime {
     }
 
     /// Withdraws a local declaration.
-    pub fn undeclare(&self, id: LocalId) {
+    pub(crate) fn undeclare(&self, id: LocalId) {
         self.with_node(|n, now| n.handle_local(now, Cmd::Undeclare { id }));
         self.sinks
             .write()
@@ -514,7 +511,7 @@ impl Runtime {
             .remove(&id);
     }
 
-    pub fn is_ready(&self, id: LocalId) -> bool {
+    pub(crate) fn is_ready(&self, id: LocalId) -> bool {
         self.ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -523,12 +520,12 @@ impl Runtime {
 
     /// Waits until a declaration is known where it matters (every neighbour asked answered),
     /// up to `timeout`. Returns whether it is.
-    pub async fn wait_ready(&self, id: LocalId, timeout: Duration) -> bool {
+    pub(crate) async fn wait_ready(&self, id: LocalId, timeout: Duration) -> bool {
         self.wait_until(timeout, || self.is_ready(id)).await
     }
 
     /// Waits until `cond` holds, re-checking whenever the node changes, up to `timeout`.
-    pub async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    pub(crate) async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let changed = self.changed.notified();
@@ -543,7 +540,7 @@ impl Runtime {
         }
     }
 
-    pub fn has_subscriber(&self, key: &KeyExpr<'_>) -> bool {
+    pub(crate) fn has_subscriber(&self, key: &KeyExpr<'_>) -> bool {
         self.node
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -551,25 +548,18 @@ impl Runtime {
     }
 
     /// (a local queryable matches, a neighbour's does)
-    pub fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
+    pub(crate) fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
         self.node
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .has_queryable(key)
     }
 
-    pub fn tokens_matching(&self, key: &KeyExpr<'_>) -> Vec<String> {
-        self.node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tokens_matching(key)
-    }
-
     // ----- faces -----------------------------------------------------------------------------
 
     /// A handshake completed: registers the face with the node, which may refuse it (a
     /// duplicate of an existing link, a link to ourselves) by closing it.
-    pub fn face_established(&self, face: &Arc<Face>) {
+    pub(crate) fn face_established(&self, face: &Arc<Face>) {
         let Some(peer) = face.peer() else {
             return;
         };
@@ -597,7 +587,7 @@ impl Runtime {
     }
 
     /// A link is gone: the node forgets what it declared; its liveliness tokens disappear.
-    pub fn face_closed(&self, face: &Arc<Face>) {
+    pub(crate) fn face_closed(&self, face: &Arc<Face>) {
         let was_registered = {
             let mut faces = self.faces.write().unwrap_or_else(|p| p.into_inner());
             faces.get(&face.id).is_some_and(|f| Arc::ptr_eq(f, face))
@@ -628,7 +618,7 @@ impl Runtime {
     }
 
     /// Handles what a neighbour sent (everything but samples).
-    pub fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
+    pub(crate) fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
         match m {
             Incoming::Sample {
                 key,
@@ -656,7 +646,7 @@ impl Runtime {
     }
 
     /// Links, for `info`.
-    pub fn links(&self) -> Vec<LinkView> {
+    pub(crate) fn links(&self) -> Vec<LinkView> {
         let snaps = self.node.lock().unwrap_or_else(|p| p.into_inner()).faces();
         let mut v: Vec<LinkView> = snaps
             .into_iter()
@@ -675,6 +665,8 @@ impl Runtime {
                     denied_in: s.counters.denied_in,
                     denied_out: s.counters.denied_out,
                     declarations: s.subscribers + s.queryables + s.tokens,
+                    interests: s.interests,
+                    declared_to: s.declared_to,
                 })
             })
             .collect();
@@ -686,7 +678,7 @@ impl Runtime {
 
     /// The route of a sample on `key` from `src` (`None`: published here), resolved to
     /// delivery ends and links.
-    pub fn resolve(&self, src: Option<FaceId>, key: &str) -> Arc<Resolved> {
+    pub(crate) fn resolve(&self, src: Option<FaceId>, key: &str) -> Arc<Resolved> {
         let route = self
             .node
             .lock()
@@ -714,7 +706,7 @@ impl Runtime {
     /// route says (a peer or router forwarding for its clients). `cache` keeps the last route
     /// while it is fresh: a stream of samples on one key does not touch the node's lock.
     #[allow(clippy::too_many_arguments)]
-    pub fn deliver_remote_sample(
+    pub(crate) fn deliver_remote_sample(
         &self,
         face: &Arc<Face>,
         cache: &mut Option<RouteCache>,
@@ -793,7 +785,7 @@ impl Runtime {
     /// Publishes: local subscribers get the sample directly (no encoding), neighbours with a
     /// matching subscriber get it on their link. Returns how many destinations dropped it.
     #[allow(clippy::too_many_arguments)]
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         resolved: &Resolved,
         key: &Arc<str>,
@@ -880,7 +872,7 @@ impl Runtime {
 
     /// Starts a local query; replies arrive on the returned stream, which ends when the query
     /// is over.
-    pub fn start_query(&self, params: QueryParams) -> (QueryId, mpsc::UnboundedReceiver<Reply>) {
+    pub(crate) fn start_query(&self, params: QueryParams) -> (QueryId, mpsc::UnboundedReceiver<Reply>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let qid = self.with_node(|n, now| {
             let qid = n.next_query_id();
@@ -896,7 +888,7 @@ impl Runtime {
     }
 
     /// The querier dropped its stream.
-    pub fn cancel_query(&self, qid: QueryId) {
+    pub(crate) fn cancel_query(&self, qid: QueryId) {
         self.queriers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -931,7 +923,7 @@ impl Runtime {
         });
     }
 
-    pub fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         let h = tokio::spawn(f);
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
@@ -939,12 +931,12 @@ impl Runtime {
     }
 
     /// Starts what every node runs: the timer, listeners' accept loops are added by `serve`.
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         self.start_timer();
     }
 
     /// Accepts links on a listener for the node's lifetime.
-    pub fn serve(self: &Arc<Self>, mut listener: Listener) {
+    pub(crate) fn serve(self: &Arc<Self>, mut listener: Listener) {
         let rt = self.clone();
         self.spawn(async move {
             while let Some(link) = listener.accept().await {
@@ -957,7 +949,7 @@ impl Runtime {
     }
 
     /// Keeps a link to a configured endpoint: connect, run until it breaks, redial with backoff.
-    pub fn keep_connected(self: &Arc<Self>, ep: Endpoint) {
+    pub(crate) fn keep_connected(self: &Arc<Self>, ep: Endpoint) {
         self.keep_connected_to_one_of(vec![ep]);
     }
 
@@ -965,7 +957,7 @@ impl Runtime {
     /// be reached), the next one is tried, round robin, with backoff once all have failed.
     /// This is a client's failover list; the node replays the client's declarations and
     /// interests on the new link.
-    pub fn keep_connected_to_one_of(self: &Arc<Self>, eps: Vec<Endpoint>) {
+    pub(crate) fn keep_connected_to_one_of(self: &Arc<Self>, eps: Vec<Endpoint>) {
         if eps.is_empty() {
             return;
         }
@@ -1006,7 +998,7 @@ impl Runtime {
         });
     }
 
-    pub fn connected_to(&self, node: NodeId) -> bool {
+    pub(crate) fn connected_to(&self, node: NodeId) -> bool {
         self.faces
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -1014,7 +1006,7 @@ impl Runtime {
             .any(|f| f.peer().map(|p| p.node_id) == Some(node) && !f.is_dead())
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1050,7 +1042,7 @@ impl Runtime {
     }
 
     /// Waits until every link's queues are empty, up to `timeout`.
-    pub async fn flush(&self, timeout: Duration) -> bool {
+    pub(crate) async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         for f in self.faces_snapshot() {
             loop {
@@ -1167,7 +1159,7 @@ impl Runtime {
     /// usually learn of each other: the smaller id dials at once, the other only if no link has
     /// appeared after a grace period, so a pair normally ends up with a single link (the
     /// duplicate rule in `face_established` settles the rare race).
-    pub fn consider_dialing(self: &Arc<Self>, node: NodeId, endpoints: Vec<Endpoint>) {
+    pub(crate) fn consider_dialing(self: &Arc<Self>, node: NodeId, endpoints: Vec<Endpoint>) {
         if node == self.id
             || endpoints.is_empty()
             || self.config.mode == hypha_core::wire::Mode::Client
@@ -1204,7 +1196,7 @@ impl Runtime {
     }
 
     /// Gossip on a new link: who we are and where we listen, and the neighbours we know.
-    pub fn gossip_to(&self, face: &Arc<Face>) {
+    pub(crate) fn gossip_to(&self, face: &Arc<Face>) {
         let own: Vec<String> = self
             .listening
             .lock()
