@@ -1,59 +1,47 @@
-//! Argument helpers shared by the examples (kept tiny on purpose: no CLI framework needed).
+//! Helpers shared by the examples: the network options every example takes (a clap `Args`
+//! struct to flatten into each example's own parser), logging and small statistics.
 
 use std::time::Duration;
 
-/// Command-line arguments: `--name value` pairs and repeatable flags.
-pub struct Args(Vec<String>);
-
-impl Args {
-    /// The process arguments.
-    pub fn from_env() -> Self {
-        Args(std::env::args().skip(1).collect())
-    }
-
-    /// Every value of a repeatable option.
-    pub fn all(&self, name: &str) -> Vec<String> {
-        self.0
-            .windows(2)
-            .filter(|w| w[0] == name)
-            .map(|w| w[1].clone())
-            .collect()
-    }
-
-    /// The value of an option, parsed, or a default.
-    pub fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
-        match self.all(name).last() {
-            Some(v) => v
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid value {v:?} for {name}")),
-            None => Ok(default),
-        }
-    }
-
-    /// True if a flag is present.
-    pub fn flag(&self, name: &str) -> bool {
-        self.0.iter().any(|a| a == name)
-    }
+/// Where an example's node listens and what it connects to. mDNS is off unless asked for, so
+/// that examples never multicast on a network by surprise.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NetArgs {
+    /// Endpoint to listen on (repeatable), e.g. tcp/127.0.0.1:7447. Default: quic/0.0.0.0:0.
+    #[arg(long = "listen", value_name = "EP")]
+    pub listen: Vec<String>,
+    /// Endpoint to connect to (repeatable), e.g. tcp/127.0.0.1:7447.
+    #[arg(long = "connect", value_name = "EP")]
+    pub connect: Vec<String>,
+    /// Announce and discover peers with mDNS.
+    #[arg(long)]
+    pub mdns: bool,
+    /// Timestamp samples (off by default: Zenoh peers, which the benchmarks compare with, do
+    /// not timestamp by default either).
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
-/// A configuration from `--listen EP` / `--connect EP` (repeatable) and `--mdns`; mDNS is off
-/// unless asked for, so that examples never multicast on a network by surprise.
-pub fn config(args: &Args) -> anyhow::Result<hypha::Config> {
-    let mut c = hypha::Config::default();
-    let listen = args.all("--listen");
-    if !listen.is_empty() {
-        c.listen = listen.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+impl NetArgs {
+    /// The node's configuration.
+    pub fn config(&self) -> anyhow::Result<hypha::Config> {
+        let mut c = hypha::Config::default();
+        if !self.listen.is_empty() {
+            c.listen = self
+                .listen
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()?;
+        }
+        c.connect = self
+            .connect
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        c.mdns = self.mdns;
+        c.timestamping = self.timestamps;
+        Ok(c)
     }
-    c.connect = args
-        .all("--connect")
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
-    c.mdns = args.flag("--mdns");
-    // Benchmarks compare with Zenoh peers, which do not timestamp by default: neither do we
-    // unless asked (`--timestamps`).
-    c.timestamping = args.flag("--timestamps");
-    Ok(c)
 }
 
 /// Peak resident memory of this process (VmHWM), in KiB.

@@ -10,8 +10,9 @@
 //!
 //! `cargo run --release -p hypha-examples --example fleet`
 
+use clap::Parser;
 use hypha::{Sample, SampleKind, Session};
-use hypha_examples::{Args, config, init_log};
+use hypha_examples::{NetArgs, init_log};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -142,9 +143,9 @@ async fn demo(secs: u64) -> anyhow::Result<()> {
 
 /// One car that prints every sample and liveliness change it sees as a JSON line.
 async fn node(args: &Args, name: String) -> anyhow::Result<()> {
-    let secs: u64 = args.get("--secs", 30)?;
-    let interval = Duration::from_millis(args.get("--interval-ms", 200)?);
-    let session = hypha::open(config(args)?).await?;
+    let secs = args.secs.unwrap_or(30);
+    let interval = Duration::from_millis(args.interval_ms);
+    let session = hypha::open(args.net.config()?).await?;
     let t0 = Instant::now();
     println!(
         "{}",
@@ -171,12 +172,29 @@ async fn node(args: &Args, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fleet demo (all in this process), or one car node with `--node NAME`.
+#[derive(Parser)]
+struct Args {
+    /// Run one car node with this name instead of the whole demo.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Run this long (default: 8 for the demo, 30 for a node).
+    #[arg(long)]
+    secs: Option<u64>,
+    /// A node's publishing interval.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    /// A node's network options (the demo uses its own loopback mesh).
+    #[command(flatten)]
+    net: NetArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    match args.all("--node").last() {
-        Some(name) => node(&args, name.clone()).await,
-        None => demo(args.get("--secs", 8)?).await,
+    let args = Args::parse();
+    match args.node.clone() {
+        Some(name) => node(&args, name).await,
+        None => demo(args.secs.unwrap_or(8)).await,
     }
 }

@@ -4,18 +4,37 @@
 //!
 //! `cargo run --release -p hypha-examples --example ping -- --connect tcp/127.0.0.1:7447 --n 10000 --size 64`
 
+use clap::Parser;
 use hypha::Priority;
-use hypha_examples::{Args, config, init_log, percentile};
+use hypha_examples::{NetArgs, init_log, percentile};
 use std::time::{Duration, Instant};
+
+/// Round-trip latency against `pong`.
+#[derive(Parser)]
+struct Args {
+    /// Round trips measured.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Round trips before measuring.
+    #[arg(long, default_value_t = 1_000)]
+    warmup: usize,
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let n: usize = args.get("--n", 10_000)?;
-    let size: usize = args.get("--size", 64)?;
-    let warmup: usize = args.get("--warmup", 1_000)?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args {
+        n,
+        size,
+        warmup,
+        net,
+    } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     let sub = session
         .declare_subscriber("bench/pong")
         .capacity(1024)

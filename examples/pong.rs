@@ -2,15 +2,25 @@
 //!
 //! `cargo run --release -p hypha-examples --example pong -- --listen tcp/127.0.0.1:7447`
 
+use clap::Parser;
 use hypha::Priority;
-use hypha_examples::{Args, config, init_log, run_for};
+use hypha_examples::{NetArgs, init_log, run_for};
+
+/// Echoes `bench/ping` on `bench/pong`.
+#[derive(Parser)]
+struct Args {
+    /// Run this long (0: forever).
+    #[arg(long, default_value_t = 0)]
+    secs: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let secs: u64 = args.get("--secs", 0)?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args { secs, net } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     eprintln!("pong listening on {:?}", session.info().listening);
     let sub = session
         .declare_subscriber("bench/ping")

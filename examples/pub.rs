@@ -2,16 +2,28 @@
 //!
 //! `cargo run -p hypha-examples --example pub -- [--key demo/hello] [--connect EP] [--listen EP] [--mdns]`
 
-use hypha_examples::{Args, config, init_log};
+use clap::Parser;
+use hypha_examples::{NetArgs, init_log};
 use std::time::Duration;
+
+/// Publishes a counter on a key once a second.
+#[derive(Parser)]
+struct Args {
+    /// The key published on.
+    #[arg(long, default_value = "demo/hello")]
+    key: String,
+    /// Stop after this many samples (0: never).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let key: String = args.get("--key", "demo/hello".to_string())?;
-    let count: u64 = args.get("--count", 0)?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args { key, count, net } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     let publisher = session.declare_publisher(&key)?;
     let mut i = 0u64;
     loop {

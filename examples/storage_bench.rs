@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p hypha-examples --example storage_bench [-- --n 1000000 --runs 3]`
 
+use clap::Parser;
 use hypha::api::query::{Consolidation, QueryTarget};
 use hypha::keyexpr::OwnedKeyExpr;
 use hypha::storage::{
@@ -11,7 +12,6 @@ use hypha::storage::{
 };
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
-use hypha_examples::Args;
 use std::time::{Duration, Instant};
 
 fn sample(i: u64, size: usize, t0: u64) -> StoredSample {
@@ -88,12 +88,23 @@ async fn replay(dir: &std::path::Path, n: u64) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// Storage ingest and replay figures.
+#[derive(Parser)]
+struct Args {
+    /// Samples stored, then replayed.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    /// Runs per figure (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Samples written per ingest run.
+    #[arg(long, default_value_t = 200_000)]
+    ingest_n: u64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::from_env();
-    let n: u64 = args.get("--n", 1_000_000)?;
-    let runs: usize = args.get("--runs", 3)?;
-    let ingest_n: u64 = args.get("--ingest-n", 200_000)?;
+    let Args { n, runs, ingest_n } = Args::parse();
     println!("| measurement | samples/s (median of {runs}) |");
     println!("| --- | ---: |");
     for size in [64usize, 1024] {

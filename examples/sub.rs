@@ -2,14 +2,24 @@
 //!
 //! `cargo run -p hypha-examples --example sub -- [--key 'demo/**'] [--listen EP] [--connect EP] [--mdns]`
 
-use hypha_examples::{Args, config, init_log};
+use clap::Parser;
+use hypha_examples::{NetArgs, init_log};
+
+/// Prints every sample matching a key expression.
+#[derive(Parser)]
+struct Args {
+    /// The key expression subscribed to.
+    #[arg(long, default_value = "demo/**")]
+    key: String,
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let key: String = args.get("--key", "demo/**".to_string())?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args { key, net } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     eprintln!(
         "subscribed to {key}; listening on {:?}",
         session.info().listening

@@ -3,17 +3,29 @@
 //!
 //! `cargo run --release -p hypha-examples --example thr_pub -- --connect tcp/127.0.0.1:7447 --size 8`
 
+use clap::Parser;
 use hypha::CongestionControl;
-use hypha_examples::{Args, config, init_log};
+use hypha_examples::{NetArgs, init_log};
 use std::time::{Duration, Instant};
+
+/// Publishes on `bench/thr` as fast as the link takes it.
+#[derive(Parser)]
+struct Args {
+    /// Payload bytes.
+    #[arg(long, default_value_t = 8)]
+    size: usize,
+    /// Run this long (0: forever).
+    #[arg(long, default_value_t = 0)]
+    secs: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let size: usize = args.get("--size", 8)?;
-    let secs: u64 = args.get("--secs", 0)?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args { size, secs, net } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     let publisher = session
         .declare_publisher("bench/thr")?
         .congestion_control(CongestionControl::Block);

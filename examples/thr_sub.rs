@@ -3,17 +3,27 @@
 //!
 //! `cargo run --release -p hypha-examples --example thr_sub -- --listen tcp/127.0.0.1:7447 --secs 5`
 
-use hypha_examples::{Args, config, init_log, rss_kb};
+use clap::Parser;
+use hypha_examples::{NetArgs, init_log, rss_kb};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Counts samples on `bench/thr`.
+#[derive(Parser)]
+struct Args {
+    /// Measure this long, from the first sample.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let args = Args::from_env();
-    let secs: u64 = args.get("--secs", 5)?;
-    let session = hypha::open(config(&args)?).await?;
+    let Args { secs, net } = Args::parse();
+    let session = hypha::open(net.config()?).await?;
     eprintln!("thr_sub listening on {:?}", session.info().listening);
     let count = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));

@@ -1,9 +1,13 @@
-//! The `hypha` command line (`hypha --help`). The binary's `main` calls [`main`].
+//! The `hypha` command line (`hypha --help`), behind the `cli` feature. The binaries' `main`
+//! calls [`main`]; nothing here is a library API, and this is the only place that uses anyhow.
 
+use crate::api::query::{Consolidation, QueryTarget};
 use crate::{Config, Sample, SampleKind, Session};
 use anyhow::{Context, Result};
 use base64::Engine;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hypha_core::wire::Mode;
+use hypha_transports::Endpoint;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,9 +22,31 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `--mode`: the CLI's spelling of [`Mode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Routes to its local subscribers and direct neighbours (the default).
+    Peer,
+    /// Attaches to one router or peer; never forwards.
+    Client,
+    /// Forwards between sites.
+    Router,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Peer => Mode::Peer,
+            ModeArg::Client => Mode::Client,
+            ModeArg::Router => Mode::Router,
+        }
+    }
+}
+
 #[derive(Args, Clone, Default)]
 struct Common {
-    /// Endpoint to listen on (repeatable), e.g. quic/0.0.0.0:7447. Default: quic/0.0.0.0:0.
+    /// Endpoint to listen on (repeatable), e.g. quic/0.0.0.0:7447. Default: quic/0.0.0.0:0
+    /// (`hypha router`: quic/[::]:7447).
     #[arg(long = "listen", value_name = "EP")]
     listen: Vec<String>,
     /// Endpoint to connect to (repeatable), e.g. tcp/192.0.2.1:7447.
@@ -32,16 +58,25 @@ struct Common {
     /// TOML configuration file (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Node mode: peer (default), client or router.
-    #[arg(long, value_name = "MODE")]
-    mode: Option<String>,
+    /// Node mode (default: peer, or the configuration file's).
+    #[arg(long, value_enum, value_name = "MODE")]
+    mode: Option<ModeArg>,
+}
+
+/// `--backend` of a storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// In memory: lost when the process exits.
+    Memory,
+    /// On disk (sled), under --data-dir.
+    Sled,
 }
 
 #[derive(Args, Clone)]
 struct StorageOpts {
-    /// memory or sled.
-    #[arg(long, default_value = "sled")]
-    backend: String,
+    /// Where a storage keeps its samples.
+    #[arg(long, value_enum, default_value_t = BackendArg::Sled)]
+    backend: BackendArg,
     /// Where sled keeps its files (default: hypha-data/<keyexpr>).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -60,12 +95,11 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     let key = hypha_core::keyexpr::OwnedKeyExpr::autocanonize(keyexpr.to_string())
         .map_err(|e| anyhow::anyhow!("invalid key expression {keyexpr:?}: {e}"))?;
     let mut c = crate::storage::StorageConfig::new(key);
-    c.backend = match (o.backend.as_str(), &o.data_dir) {
-        ("memory", _) => crate::storage::BackendKind::Memory,
-        ("sled", Some(d)) => crate::storage::BackendKind::Sled(d.clone()),
-        ("sled", None) => c.backend,
-        (other, _) => anyhow::bail!("unknown backend {other:?} (expected memory or sled)"),
-    };
+    match (o.backend, &o.data_dir) {
+        (BackendArg::Memory, _) => c.backend = crate::storage::BackendKind::Memory,
+        (BackendArg::Sled, Some(d)) => c.backend = crate::storage::BackendKind::Sled(d.clone()),
+        (BackendArg::Sled, None) => {} // the default directory
+    }
     if let Some(a) = &o.retain_age {
         c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);
     }
@@ -74,37 +108,91 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     Ok(c)
 }
 
+/// `get --target`: the CLI's spelling of [`QueryTarget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TargetArg {
+    /// The nearest matching queryables (complete ones preferred).
+    Best,
+    /// Every matching queryable.
+    All,
+    /// Every complete matching queryable.
+    Complete,
+}
+
+impl From<TargetArg> for QueryTarget {
+    fn from(t: TargetArg) -> Self {
+        match t {
+            TargetArg::Best => QueryTarget::BestMatching,
+            TargetArg::All => QueryTarget::All,
+            TargetArg::Complete => QueryTarget::AllComplete,
+        }
+    }
+}
+
+/// `get --consolidation`: the CLI's spelling of [`Consolidation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ConsolidationArg {
+    /// Latest per key, unless a `_time` window is asked for.
+    Auto,
+    /// Every reply.
+    None,
+    /// Drop replies older than one already printed for the same key.
+    Monotonic,
+    /// Only the newest reply per key, printed at the end.
+    Latest,
+}
+
+impl From<ConsolidationArg> for Consolidation {
+    fn from(c: ConsolidationArg) -> Self {
+        match c {
+            ConsolidationArg::Auto => Consolidation::Auto,
+            ConsolidationArg::None => Consolidation::None,
+            ConsolidationArg::Monotonic => Consolidation::Monotonic,
+            ConsolidationArg::Latest => Consolidation::Latest,
+        }
+    }
+}
+
+/// What `peer` and `router` do besides running the node.
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// Subscribe to KEYEXPR and print each sample as a JSON line (repeatable).
+    #[arg(long = "sub", value_name = "KEYEXPR")]
+    sub: Vec<String>,
+    /// Publish on KEY every --interval-ms (value: --value, `{i}` = counter).
+    #[arg(long = "pub", value_name = "KEY")]
+    publish: Option<String>,
+    /// The value published with --pub.
+    #[arg(long, default_value = "{i}")]
+    value: String,
+    /// Interval of --pub.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Hold a liveliness token on KEY (repeatable).
+    #[arg(long = "token", value_name = "KEY")]
+    token: Vec<String>,
+    /// Print liveliness changes of tokens matching KEYEXPR as JSON lines (repeatable).
+    #[arg(long = "liveliness", value_name = "KEYEXPR")]
+    liveliness: Vec<String>,
+    /// Host a storage on KEYEXPR in this node (repeatable; options as for `storage`).
+    #[arg(long = "storage", value_name = "KEYEXPR")]
+    storage: Vec<String>,
+    #[command(flatten)]
+    storage_opts: StorageOpts,
+    #[command(flatten)]
+    common: Common,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node until interrupted (optionally publishing, subscribing and holding tokens,
     /// printing what it sees as JSON lines).
-    Peer {
-        /// Subscribe to KEYEXPR and print each sample as a JSON line (repeatable).
-        #[arg(long = "sub", value_name = "KEYEXPR")]
-        sub: Vec<String>,
-        /// Publish on KEY every --interval-ms (value: --value, `{i}` = counter).
-        #[arg(long = "pub", value_name = "KEY")]
-        publish: Option<String>,
-        /// The value published with --pub.
-        #[arg(long, default_value = "{i}")]
-        value: String,
-        /// Interval of --pub.
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
-        /// Hold a liveliness token on KEY (repeatable).
-        #[arg(long = "token", value_name = "KEY")]
-        token: Vec<String>,
-        /// Print liveliness changes of tokens matching KEYEXPR as JSON lines (repeatable).
-        #[arg(long = "liveliness", value_name = "KEYEXPR")]
-        liveliness: Vec<String>,
-        /// Host a storage on KEYEXPR in this node (repeatable; options as for `storage`).
-        #[arg(long = "storage", value_name = "KEYEXPR")]
-        storage: Vec<String>,
-        #[command(flatten)]
-        storage_opts: StorageOpts,
-        #[command(flatten)]
-        common: Common,
-    },
+    Peer(NodeArgs),
+    /// Run a node in router mode until interrupted (options as for `peer`).
+    ///
+    /// Listens on quic/[::]:7447 (quic/0.0.0.0:7447 where IPv6 cannot be bound) unless --listen
+    /// or the configuration file says otherwise. --mode, if given, must be router.
+    Router(NodeArgs),
     /// Publish VALUE on KEY, once or repeatedly.
     Pub {
         /// The key (concrete, no wildcards).
@@ -175,12 +263,12 @@ enum Cmd {
         /// One JSON object per reply (like `sub --json`; errors have `"kind":"error"`).
         #[arg(long)]
         json: bool,
-        /// best | all | complete.
-        #[arg(long, default_value = "best")]
-        target: String,
-        /// auto | none | monotonic | latest.
-        #[arg(long, default_value = "auto")]
-        consolidation: String,
+        /// Which queryables are asked.
+        #[arg(long, value_enum, default_value_t = TargetArg::Best)]
+        target: TargetArg,
+        /// How replies are consolidated.
+        #[arg(long, value_enum, default_value_t = ConsolidationArg::Auto)]
+        consolidation: ConsolidationArg,
         /// How long to wait for replies.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
@@ -237,14 +325,59 @@ fn config(c: &Common) -> Result<Config> {
     if c.no_mdns {
         cfg.mdns = false;
     }
-    if let Some(m) = &c.mode {
-        cfg.mode = crate::config::parse_mode(m)?;
+    if let Some(m) = c.mode {
+        cfg.mode = m.into();
     }
     Ok(cfg)
 }
 
 async fn open(c: &Common) -> Result<Session> {
     Ok(crate::open(config(c)?).await?)
+}
+
+/// Where `hypha router` listens by default, and its fallback on hosts without IPv6.
+const ROUTER_LISTEN: &str = "quic/[::]:7447";
+const ROUTER_LISTEN_V4: &str = "quic/0.0.0.0:7447";
+
+/// The configuration of `hypha router`: `config` in router mode, listening on
+/// [`ROUTER_LISTEN`] unless `--listen` or the configuration file chose. The flag tells whether
+/// that default was applied.
+fn router_config(c: &Common) -> Result<(Config, bool)> {
+    if let Some(m) = c.mode.filter(|m| *m != ModeArg::Router) {
+        anyhow::bail!(
+            "`hypha router` runs in router mode; --mode {} is for `hypha peer`",
+            Mode::from(m)
+        );
+    }
+    let mut cfg = config(c)?;
+    cfg.mode = Mode::Router;
+    let default_listen = c.listen.is_empty() && cfg.listen == vec![Config::default_listen()];
+    if default_listen {
+        cfg.listen = vec![endpoint(ROUTER_LISTEN)?];
+    }
+    Ok((cfg, default_listen))
+}
+
+fn endpoint(s: &str) -> Result<Endpoint> {
+    s.parse().with_context(|| format!("endpoint {s}"))
+}
+
+/// Opens the router's node; if the default IPv6 listener cannot start for any reason other than
+/// its port being taken, listens on [`ROUTER_LISTEN_V4`] instead.
+async fn open_router(mut cfg: Config, default_listen: bool) -> Result<Session> {
+    match crate::open(cfg.clone()).await {
+        Err(crate::OpenError::Listen(e)) if default_listen && !port_taken(&e) => {
+            eprintln!("note: {e}; listening on {ROUTER_LISTEN_V4} instead");
+            cfg.listen = vec![endpoint(ROUTER_LISTEN_V4)?];
+            Ok(crate::open(cfg).await?)
+        }
+        r => Ok(r?),
+    }
+}
+
+fn port_taken(e: &hypha_transports::ListenError) -> bool {
+    matches!(e, hypha_transports::ListenError::Bind { source, .. }
+        if source.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 fn sample_json(s: &Sample) -> serde_json::Value {
@@ -356,29 +489,14 @@ async fn publish(
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Peer {
-            sub,
-            publish,
-            value,
-            interval_ms,
-            token,
-            liveliness,
-            storage,
-            storage_opts,
-            common,
-        } => {
-            peer(
-                &common,
-                &sub,
-                publish.as_deref(),
-                &value,
-                interval_ms,
-                &token,
-                &liveliness,
-                &storage,
-                &storage_opts,
-            )
-            .await?
+        Cmd::Peer(args) => {
+            let s = open(&args.common).await?;
+            node(&args, s).await?
+        }
+        Cmd::Router(args) => {
+            let (cfg, default_listen) = router_config(&args.common)?;
+            let s = open_router(cfg, default_listen).await?;
+            node(&args, s).await?
         }
         Cmd::Pub {
             key,
@@ -475,16 +593,15 @@ async fn run(cli: Cli) -> Result<()> {
             wait_ms,
             common,
         } => {
-            get(
-                &common,
-                &selector,
+            let get_args = Get {
+                selector,
                 json,
-                &target,
-                &consolidation,
-                timeout_ms,
-                wait_ms,
-            )
-            .await?
+                target: target.into(),
+                consolidation: consolidation.into(),
+                timeout: Duration::from_millis(timeout_ms),
+                wait: Duration::from_millis(wait_ms),
+            };
+            get(&common, get_args).await?
         }
         Cmd::Queryable {
             keyexpr,
@@ -563,20 +680,20 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn peer(
-    common: &Common,
-    sub: &[String],
-    publish: Option<&str>,
-    value: &str,
-    interval_ms: u64,
-    token: &[String],
-    liveliness: &[String],
-    storage: &[String],
-    storage_opts: &StorageOpts,
-) -> Result<()> {
+/// `peer` and `router`: runs the node `s` until interrupted, with what `args` asks for.
+async fn node(args: &NodeArgs, s: Session) -> Result<()> {
     use std::io::Write;
-    let s = open(common).await?;
+    let NodeArgs {
+        sub,
+        publish,
+        value,
+        interval_ms,
+        token,
+        liveliness,
+        storage,
+        storage_opts,
+        common: _,
+    } = args;
     let mut storages = Vec::new();
     for k in storage {
         let mut o = storage_opts.clone();
@@ -589,7 +706,8 @@ async fn peer(
     let info = s.info();
     let listening: Vec<String> = info.listening.iter().map(|e| e.to_string()).collect();
     eprintln!(
-        "hypha peer {} listening on {}",
+        "hypha {} {} listening on {}",
+        info.mode,
         info.id,
         listening.join(", ")
     );
@@ -644,7 +762,7 @@ async fn peer(
         }
     };
     let publisher = async {
-        let Some(key) = publish else {
+        let Some(key) = publish.as_deref() else {
             return std::future::pending::<Result<()>>().await;
         };
         let p = s.declare_publisher(key)?;
@@ -652,7 +770,7 @@ async fn peer(
         loop {
             p.put(value.replace("{i}", &i.to_string())).await?;
             i += 1;
-            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            tokio::time::sleep(Duration::from_millis(*interval_ms)).await;
         }
     };
     tokio::select! {
@@ -671,43 +789,37 @@ async fn peer(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn get(
-    common: &Common,
-    selector: &str,
+/// What `get` asks.
+struct Get {
+    selector: String,
     json: bool,
-    target: &str,
-    consolidation: &str,
-    timeout_ms: u64,
-    wait_ms: u64,
-) -> Result<()> {
-    use crate::api::query::{Consolidation, QueryTarget};
-    let target = match target {
-        "best" => QueryTarget::BestMatching,
-        "all" => QueryTarget::All,
-        "complete" => QueryTarget::AllComplete,
-        o => anyhow::bail!("unknown --target {o:?} (expected best, all or complete)"),
-    };
-    let consolidation = match consolidation {
-        "auto" => Consolidation::Auto,
-        "none" => Consolidation::None,
-        "monotonic" => Consolidation::Monotonic,
-        "latest" => Consolidation::Latest,
-        o => anyhow::bail!(
-            "unknown --consolidation {o:?} (expected auto, none, monotonic or latest)"
-        ),
-    };
+    target: QueryTarget,
+    consolidation: Consolidation,
+    timeout: Duration,
+    wait: Duration,
+}
+
+async fn get(common: &Common, q: Get) -> Result<()> {
+    let Get {
+        selector,
+        json,
+        target,
+        consolidation,
+        timeout,
+        wait,
+    } = q;
+    let selector = selector.as_str();
     let (key, _) = crate::api::query::parse_selector(selector)
         .map_err(|e| anyhow::anyhow!("invalid selector {selector:?}: {e}"))?;
     let s = open(common).await?;
     // Wait (briefly) until a queryable for the key is known, so a one-shot get is not lost to
     // discovery.
-    let _ = s.wait_queryable(&key, Duration::from_millis(wait_ms)).await;
+    let _ = s.wait_queryable(&key, wait).await;
     let mut replies = s
         .get(selector)
         .target(target)
         .consolidation(consolidation)
-        .timeout(Duration::from_millis(timeout_ms))
+        .timeout(timeout)
         .send()
         .await?;
     let mut n = 0;
@@ -725,7 +837,7 @@ async fn get(
     }
     s.close().await;
     if n == 0 {
-        anyhow::bail!("no reply to {selector} within {timeout_ms} ms");
+        anyhow::bail!("no reply to {selector} within {} ms", timeout.as_millis());
     }
     Ok(())
 }
@@ -789,5 +901,133 @@ pub fn main() {
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hypha").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    fn node_args(args: &[&str]) -> NodeArgs {
+        match parse(args).unwrap() {
+            Cmd::Peer(a) | Cmd::Router(a) => a,
+            _ => panic!("not peer or router: {args:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_backends_targets_and_consolidations_are_value_enums() {
+        let a = node_args(&["peer", "--mode", "client", "--backend", "memory"]);
+        assert_eq!(a.common.mode.map(Mode::from), Some(Mode::Client));
+        assert_eq!(a.storage_opts.backend, BackendArg::Memory);
+        assert_eq!(node_args(&["peer"]).storage_opts.backend, BackendArg::Sled);
+        match parse(&[
+            "get",
+            "k/**",
+            "--target",
+            "complete",
+            "--consolidation",
+            "latest",
+        ]) {
+            Ok(Cmd::Get {
+                target,
+                consolidation,
+                ..
+            }) => {
+                assert_eq!(QueryTarget::from(target), QueryTarget::AllComplete);
+                assert_eq!(Consolidation::from(consolidation), Consolidation::Latest);
+            }
+            _ => panic!("get did not parse"),
+        }
+        match parse(&["get", "k/**"]) {
+            Ok(Cmd::Get {
+                target,
+                consolidation,
+                ..
+            }) => {
+                assert_eq!(QueryTarget::from(target), QueryTarget::BestMatching);
+                assert_eq!(Consolidation::from(consolidation), Consolidation::Auto);
+            }
+            _ => panic!("get did not parse"),
+        }
+        for bad in [
+            &["peer", "--mode", "broker"][..],
+            &["storage", "k/**", "--backend", "floppy"],
+            &["get", "k/**", "--target", "nearest"],
+            &["get", "k/**", "--consolidation", "newest"],
+        ] {
+            let e = parse(bad).err().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+            // clap lists what is accepted.
+            assert!(e.to_string().contains("possible values"), "{e}");
+        }
+    }
+
+    #[test]
+    fn router_listens_on_7447_unless_told_otherwise() {
+        let a = node_args(&["router", "--no-mdns"]);
+        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        assert_eq!(cfg.mode, Mode::Router);
+        assert!(default_listen);
+        assert_eq!(cfg.listen, vec![endpoint(ROUTER_LISTEN).unwrap()]);
+        assert_eq!(
+            endpoint(ROUTER_LISTEN_V4).unwrap().to_string(),
+            ROUTER_LISTEN_V4
+        );
+
+        let a = node_args(&["router", "--listen", "tcp/127.0.0.1:0", "--mode", "router"]);
+        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        assert_eq!((cfg.mode, default_listen), (Mode::Router, false));
+        assert_eq!(cfg.listen, vec![endpoint("tcp/127.0.0.1:0").unwrap()]);
+
+        // A configuration file's listen endpoints are kept, and its mode is overridden.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("router.toml");
+        std::fs::write(&file, "mode = \"peer\"\nlisten = [\"udp/127.0.0.1:0\"]\n").unwrap();
+        let a = node_args(&["router", "--config", file.to_str().unwrap()]);
+        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        assert_eq!((cfg.mode, default_listen), (Mode::Router, false));
+        assert_eq!(cfg.listen, vec![endpoint("udp/127.0.0.1:0").unwrap()]);
+
+        let a = node_args(&["router", "--mode", "peer"]);
+        let e = router_config(&a.common).err().unwrap();
+        assert!(e.to_string().contains("--mode peer"), "{e}");
+    }
+
+    #[test]
+    fn only_a_taken_port_stops_the_ipv4_fallback() {
+        let ep = endpoint(ROUTER_LISTEN).unwrap();
+        let bind = |kind| hypha_transports::ListenError::Bind {
+            endpoint: ep.clone(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(port_taken(&bind(std::io::ErrorKind::AddrInUse)));
+        assert!(!port_taken(&bind(std::io::ErrorKind::AddrNotAvailable)));
+        assert!(!port_taken(&bind(std::io::ErrorKind::Unsupported)));
+        assert!(!port_taken(&hypha_transports::ListenError::Address(
+            ep,
+            "no IPv6".into()
+        )));
+    }
+
+    #[tokio::test]
+    async fn router_command_opens_a_node_in_router_mode() {
+        let a = node_args(&["router", "--no-mdns", "--listen", "tcp/127.0.0.1:0"]);
+        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        let s = open_router(cfg, default_listen).await.unwrap();
+        let info = s.info();
+        assert_eq!(info.mode, Mode::Router);
+        assert_eq!(info.listening.len(), 1);
+        s.close().await;
     }
 }
