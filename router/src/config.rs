@@ -95,6 +95,9 @@ pub struct LimitsConfig {
     pub max_pending_queries: usize,
     /// Longest key expression accepted from a neighbour, in bytes.
     pub max_key_len: usize,
+    /// Largest message (payload + attachment) sent or received, in bytes. A put above it is
+    /// refused with `PublishError::TooLarge`; a neighbour sending one is disconnected.
+    pub max_message_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -105,6 +108,7 @@ impl Default for LimitsConfig {
             max_interests: c.interests,
             max_pending_queries: c.pending_queries,
             max_key_len: c.key_len,
+            max_message_bytes: 16 << 20,
         }
     }
 }
@@ -302,6 +306,7 @@ impl Config {
             ("limits.max_interests", f.limits.max_interests),
             ("limits.max_pending_queries", f.limits.max_pending_queries),
             ("limits.max_key_len", f.limits.max_key_len),
+            ("limits.max_message_bytes", f.limits.max_message_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::Value {

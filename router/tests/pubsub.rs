@@ -213,3 +213,55 @@ async fn large_payloads_arrive_intact() {
         }
     }
 }
+
+#[tokio::test]
+async fn ready_declarations_lose_no_first_sample_and_puts_report_what_happened() {
+    // Fresh declarations on both sides of a link: once both are ready, the very first
+    // publication arrives (Zenoh #495). Repeated to give a race a chance to show.
+    let (a, b) = common::pair("tcp").await;
+    for i in 0..20 {
+        let key = format!("first/{i}");
+        let sub = b.declare_subscriber(&key).stream().unwrap();
+        assert!(sub.ready(T).await, "subscriber {i} never ready");
+        let p = a.declare_publisher(&key).unwrap();
+        assert!(p.ready(T).await, "publisher {i} never ready");
+        let r = p.put("first").await.unwrap();
+        assert_eq!(r.destinations, 1, "the publisher knows the subscriber");
+        assert_eq!(r.dropped, 0);
+        let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+        assert_eq!(&*s.key, key.as_str());
+    }
+    // A put that can never be sent is an error naming the limit, not a silent Ok.
+    let p = a.declare_publisher("big/x").unwrap();
+    let err = p.put(vec![0u8; (16 << 20) + 1]).await.unwrap_err();
+    assert!(
+        matches!(err, hypha::PublishError::TooLarge { limit, .. } if limit == 16 << 20),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("limits.max_message_bytes"),
+        "{err}"
+    );
+    let long = format!("k/{}", "x".repeat(1100));
+    let err = a.declare_publisher(&long).unwrap_err();
+    assert!(
+        matches!(err, hypha::PublishError::KeyTooLong { .. }),
+        "{err}"
+    );
+    // Attachment, timestamp and encoding travel together through one put builder.
+    let sub = b.declare_subscriber("opts/**").stream().unwrap();
+    assert!(sub.ready(T).await);
+    let p = a.declare_publisher("opts/x").unwrap();
+    assert!(p.ready(T).await);
+    let ts = a.new_timestamp();
+    p.put("v")
+        .attachment("att")
+        .timestamp(ts)
+        .encoding("text/plain")
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(s.attachment.as_deref(), Some(&b"att"[..]));
+    assert_eq!(s.timestamp, Some(ts));
+    assert_eq!(s.encoding.as_deref(), Some("text/plain"));
+}

@@ -90,7 +90,8 @@ async fn latest_and_tombstones(backend: BackendKind) {
     assert!(c.wait_peers(1, T).await);
     let pc = c.declare_publisher("fleet/car2/speed").unwrap();
     assert!(pc.wait_matching(T).await);
-    pc.put_with_timestamp("resurrected?", before_delete)
+    pc.put("resurrected?")
+        .timestamp(before_delete)
         .await
         .unwrap();
     // Only once the storage has taken the stale put in does its absence from the answer mean

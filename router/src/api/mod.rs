@@ -46,6 +46,22 @@ pub enum PublishError {
     /// The session was closed.
     #[error("session closed")]
     Closed,
+    /// The payload (with its attachment) is larger than `limits.max_message_bytes`.
+    #[error("message of {size} bytes is larger than limits.max_message_bytes ({limit})")]
+    TooLarge {
+        /// Payload + attachment bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The key is longer than the wire allows.
+    #[error("key of {len} bytes is longer than the limit of {limit} bytes")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Why a declaration failed.
@@ -432,13 +448,18 @@ impl Session {
             .await
     }
 
-    /// Publishes `payload` on `key` with default options.
-    pub async fn put(&self, key: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+    /// Publishes `payload` on `key` with default options (for options, declare a
+    /// publisher and use its `put` builder).
+    pub async fn put(
+        &self,
+        key: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PutReport, PublishError> {
         self.publisher(key)?.put(payload).await
     }
 
     /// Publishes a deletion of `key`.
-    pub async fn delete(&self, key: &str) -> Result<(), PublishError> {
+    pub async fn delete(&self, key: &str) -> Result<PutReport, PublishError> {
         self.publisher(key)?.delete().await
     }
 
@@ -448,6 +469,13 @@ impl Session {
         let k = keyexpr(key)?;
         if k.as_keyexpr().is_wild() {
             return Err(PublishError::Wildcard(k.into_string()));
+        }
+        let limit = hypha_core::wire::limits::MAX_KEY_LEN;
+        if k.as_str().len() > limit {
+            return Err(PublishError::KeyTooLong {
+                len: k.as_str().len(),
+                limit,
+            });
         }
         Ok(Publisher {
             rt: self.rt.clone(),
@@ -590,75 +618,17 @@ impl Publisher {
         }
     }
 
-    async fn publish(
-        &self,
-        kind: Kind,
-        payload: Bytes,
-        attachment: Option<Bytes>,
-    ) -> Result<(), PublishError> {
-        if self.rt.is_closed() {
-            return Err(PublishError::Closed);
-        }
-        let route = self.route();
-        self.rt
-            .publish(
-                &route,
-                &self.key,
-                self.qos,
-                kind,
-                payload,
-                None,
-                self.encoding.clone(),
-                attachment,
-            )
-            .await;
-        Ok(())
-    }
-
-    /// Publishes a value. Neighbours whose queue is full drop it (counted) or make this call
+    /// Publishes a value: `publisher.put(v).await`, with options
+    /// `.attachment(a).timestamp(t).encoding(e)` before the `.await`. Neighbours whose queue
+    /// is full drop it (counted, and reported in the returned [`PutReport`]) or make this call
     /// wait, per the congestion control; others are never slowed down.
-    pub async fn put(&self, payload: impl Into<Bytes>) -> Result<(), PublishError> {
-        self.publish(Kind::Put, payload.into(), None).await
+    pub fn put(&self, payload: impl Into<Bytes>) -> PutBuilder<'_> {
+        PutBuilder::new(self, Kind::Put, payload.into())
     }
 
-    /// Publishes a value with an explicit timestamp (replays, bridges, tests).
-    pub async fn put_with_timestamp(
-        &self,
-        payload: impl Into<Bytes>,
-        timestamp: hypha_core::hlc::Timestamp,
-    ) -> Result<(), PublishError> {
-        if self.rt.is_closed() {
-            return Err(PublishError::Closed);
-        }
-        let route = self.route();
-        self.rt
-            .publish(
-                &route,
-                &self.key,
-                self.qos,
-                Kind::Put,
-                payload.into(),
-                Some(timestamp),
-                self.encoding.clone(),
-                None,
-            )
-            .await;
-        Ok(())
-    }
-
-    /// Publishes a value with an attachment.
-    pub async fn put_with_attachment(
-        &self,
-        payload: impl Into<Bytes>,
-        attachment: impl Into<Bytes>,
-    ) -> Result<(), PublishError> {
-        self.publish(Kind::Put, payload.into(), Some(attachment.into()))
-            .await
-    }
-
-    /// Publishes a deletion.
-    pub async fn delete(&self) -> Result<(), PublishError> {
-        self.publish(Kind::Delete, Bytes::new(), None).await
+    /// Publishes a deletion (same options as `put`).
+    pub fn delete(&self) -> PutBuilder<'_> {
+        PutBuilder::new(self, Kind::Delete, Bytes::new())
     }
 
     /// True if some subscriber, here or on a neighbour, matches the key.
@@ -674,6 +644,137 @@ impl Publisher {
     /// Waits until everything queued for neighbours has been written, up to `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.rt.flush(timeout).await
+    }
+}
+
+/// What happened to one publication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutReport {
+    /// Destinations it was handed to: local subscribers and links to neighbours.
+    pub destinations: usize,
+    /// Links that dropped it (queue full under `Drop`, or `Block` waited `queues.block_ms` in
+    /// vain). Also counted per link in `Session::info`.
+    pub dropped: u64,
+}
+
+/// One publication being built; `.await` it. Nothing is sent until then.
+#[must_use = "a put does nothing until it is awaited"]
+pub struct PutBuilder<'a> {
+    publisher: &'a Publisher,
+    kind: Kind,
+    payload: Bytes,
+    attachment: Option<Bytes>,
+    timestamp: Option<hypha_core::hlc::Timestamp>,
+    encoding: Option<Arc<str>>,
+}
+
+impl<'a> PutBuilder<'a> {
+    fn new(publisher: &'a Publisher, kind: Kind, payload: Bytes) -> Self {
+        PutBuilder {
+            publisher,
+            kind,
+            payload,
+            attachment: None,
+            timestamp: None,
+            encoding: publisher.encoding.clone(),
+        }
+    }
+
+    /// Extra user bytes delivered with the sample.
+    pub fn attachment(mut self, a: impl Into<Bytes>) -> Self {
+        self.attachment = Some(a.into());
+        self
+    }
+
+    /// An explicit timestamp (replays, bridges, tests); default: the node's HLC when
+    /// `timestamping` is on.
+    pub fn timestamp(mut self, t: hypha_core::hlc::Timestamp) -> Self {
+        self.timestamp = Some(t);
+        self
+    }
+
+    /// The encoding of this sample (overrides the publisher's).
+    pub fn encoding(mut self, e: &str) -> Self {
+        self.encoding = Some(Arc::from(e));
+        self
+    }
+}
+
+impl<'a> std::future::IntoFuture for PutBuilder<'a> {
+    type Output = Result<PutReport, PublishError>;
+    type IntoFuture = PutFuture<'a>;
+
+    fn into_future(self) -> PutFuture<'a> {
+        let p = self.publisher;
+        if p.rt.is_closed() {
+            return PutFuture::Done(Some(Err(PublishError::Closed)));
+        }
+        let limit = p.rt.config().limits.max_message_bytes;
+        let size = self.payload.len() + self.attachment.as_ref().map_or(0, Bytes::len);
+        if size > limit {
+            return PutFuture::Done(Some(Err(PublishError::TooLarge { size, limit })));
+        }
+        let route = p.route();
+        let sample = crate::runtime::Outgoing {
+            key: p.key.clone(),
+            kind: self.kind,
+            payload: self.payload,
+            timestamp: self.timestamp,
+            encoding: self.encoding,
+            attachment: self.attachment,
+        };
+        // The common case completes here, without allocating; only a `Block` publisher facing
+        // a full queue gets a boxed future that waits for room.
+        match p.rt.publish_now(&route, p.qos, sample) {
+            Ok(r) => PutFuture::Done(Some(Ok(PutReport {
+                destinations: r.destinations,
+                dropped: r.dropped,
+            }))),
+            Err(blocked) => {
+                let rt = p.rt.clone();
+                PutFuture::Waiting(Box::pin(async move {
+                    let r = rt.publish_wait(&route, blocked).await;
+                    Ok(PutReport {
+                        destinations: r.destinations,
+                        dropped: r.dropped,
+                    })
+                }))
+            }
+        }
+    }
+}
+
+/// The future of a [`PutBuilder`].
+pub enum PutFuture<'a> {
+    #[doc(hidden)]
+    Done(Option<Result<PutReport, PublishError>>),
+    #[doc(hidden)]
+    Waiting(
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<PutReport, PublishError>> + Send + 'a>,
+        >,
+    ),
+}
+
+impl std::fmt::Debug for PutFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PutFuture")
+    }
+}
+
+impl std::future::Future for PutFuture<'_> {
+    type Output = Result<PutReport, PublishError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            PutFuture::Done(r) => {
+                std::task::Poll::Ready(r.take().unwrap_or(Err(PublishError::Closed)))
+            }
+            PutFuture::Waiting(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
@@ -704,31 +805,33 @@ impl SubscriberBuilder {
     pub fn callback(
         self,
         f: impl Fn(Sample) + Send + Sync + 'static,
-    ) -> Result<Subscriber, DeclareError> {
-        self.declare(Delivery::Callback(Box::new(f)), Receiver::None)
+    ) -> Result<Subscriber<Callback>, DeclareError> {
+        self.declare(Delivery::Callback(Box::new(f)), Callback)
     }
 
     /// An async stream: `recv().await`. When the consumer lags, newer samples are dropped and
     /// counted (`dropped()`); publishers are never slowed down.
-    pub fn stream(self) -> Result<Subscriber, DeclareError> {
+    pub fn stream(self) -> Result<Subscriber<Fifo>, DeclareError> {
         let (tx, rx) = mpsc::channel(self.capacity);
         self.declare(
             Delivery::Channel(tx),
-            Receiver::Channel(tokio::sync::Mutex::new(rx)),
+            Fifo {
+                rx: tokio::sync::Mutex::new(rx),
+            },
         )
     }
 
     /// A bounded ring keeping the newest `n` samples; older ones are evicted (and counted).
-    pub fn ring(self, n: usize) -> Result<Subscriber, DeclareError> {
+    pub fn ring(self, n: usize) -> Result<Subscriber<RingBuffer>, DeclareError> {
         let ring = Arc::new(Ring {
             q: Mutex::new(VecDeque::new()),
             cap: n.max(1),
             ready: Notify::new(),
         });
-        self.declare(Delivery::Ring(ring.clone()), Receiver::Ring(ring))
+        self.declare(Delivery::Ring(ring.clone()), RingBuffer { ring })
     }
 
-    fn declare(self, delivery: Delivery, rx: Receiver) -> Result<Subscriber, DeclareError> {
+    fn declare<H>(self, delivery: Delivery, rx: H) -> Result<Subscriber<H>, DeclareError> {
         let key = self.key?;
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
@@ -809,55 +912,86 @@ impl SubscriberBuilder {
     }
 }
 
-enum Receiver {
-    None,
-    Channel(tokio::sync::Mutex<mpsc::Receiver<Sample>>),
-    Ring(Arc<Ring>),
+/// The receiving end of a callback subscriber or queryable: there is nothing to receive,
+/// the callback gets everything (so there is no `recv` that could silently return nothing).
+#[derive(Debug)]
+pub struct Callback;
+
+/// The receiving end of a `stream()` subscriber: a bounded FIFO.
+#[derive(Debug)]
+pub struct Fifo {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Sample>>,
 }
 
-/// A subscriber. Dropping it undeclares it.
-pub struct Subscriber {
+impl Fifo {
+    /// The next sample; `None` once the session is gone.
+    pub async fn recv(&self) -> Option<Sample> {
+        self.rx.lock().await.recv().await
+    }
+
+    /// A sample if one is waiting.
+    pub fn try_recv(&self) -> Option<Sample> {
+        self.rx.try_lock().ok()?.try_recv().ok()
+    }
+}
+
+/// The receiving end of a `ring(n)` subscriber: the newest `n` samples.
+pub struct RingBuffer {
+    ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for RingBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RingBuffer({})", self.ring.cap)
+    }
+}
+
+impl RingBuffer {
+    /// The oldest sample kept, waiting for one if none is.
+    pub async fn recv(&self) -> Option<Sample> {
+        loop {
+            let ready = self.ring.ready.notified();
+            if let Some(s) = self.ring.pop() {
+                return Some(s);
+            }
+            ready.await;
+        }
+    }
+
+    /// The oldest sample kept, if any.
+    pub fn try_recv(&self) -> Option<Sample> {
+        self.ring.pop()
+    }
+}
+
+/// A subscriber; `H` is how it receives ([`Fifo`], [`RingBuffer`] or [`Callback`]), and the
+/// subscriber dereferences to it (`sub.recv().await` on a stream subscriber). Dropping it
+/// undeclares it.
+pub struct Subscriber<H = Fifo> {
     rt: Arc<Runtime>,
     id: LocalId,
     key: OwnedKeyExpr,
     handler: Arc<Handler>,
-    rx: Receiver,
+    rx: H,
 }
 
-impl std::fmt::Debug for Subscriber {
+impl<H> std::ops::Deref for Subscriber<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.rx
+    }
+}
+
+impl<H> std::fmt::Debug for Subscriber<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Subscriber({})", self.key)
     }
 }
 
-impl Subscriber {
+impl<H> Subscriber<H> {
     /// The key expression.
     pub fn key_expr(&self) -> &OwnedKeyExpr {
         &self.key
-    }
-
-    /// The next sample (stream and ring subscribers). `None` for callback subscribers.
-    pub async fn recv(&self) -> Option<Sample> {
-        match &self.rx {
-            Receiver::None => None,
-            Receiver::Channel(rx) => rx.lock().await.recv().await,
-            Receiver::Ring(r) => loop {
-                let ready = r.ready.notified();
-                if let Some(s) = r.pop() {
-                    return Some(s);
-                }
-                ready.await;
-            },
-        }
-    }
-
-    /// A sample if one is waiting.
-    pub fn try_recv(&self) -> Option<Sample> {
-        match &self.rx {
-            Receiver::None => None,
-            Receiver::Channel(rx) => rx.try_lock().ok()?.try_recv().ok(),
-            Receiver::Ring(r) => r.pop(),
-        }
     }
 
     /// Waits until the subscriber is known where it matters (every neighbour asked has
@@ -878,7 +1012,7 @@ impl Subscriber {
     }
 }
 
-impl Drop for Subscriber {
+impl<H> Drop for Subscriber<H> {
     fn drop(&mut self) {
         self.rt.undeclare(self.id);
     }
@@ -908,7 +1042,7 @@ impl Liveliness {
 
     /// A subscriber to tokens matching `key`: a put for each token alive now and each that
     /// appears, a delete for each that disappears. Receives like a stream subscriber.
-    pub fn declare_subscriber(&self, key: &str) -> Result<Subscriber, DeclareError> {
+    pub fn declare_subscriber(&self, key: &str) -> Result<Subscriber<Fifo>, DeclareError> {
         let key = keyexpr(key)?;
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
@@ -927,7 +1061,9 @@ impl Liveliness {
             id,
             key,
             handler,
-            rx: Receiver::Channel(tokio::sync::Mutex::new(rx)),
+            rx: Fifo {
+                rx: tokio::sync::Mutex::new(rx),
+            },
         })
     }
 }

@@ -350,24 +350,22 @@ impl QueryableBuilder {
     pub fn callback(
         self,
         f: impl Fn(Query) + Send + Sync + 'static,
-    ) -> Result<Queryable, DeclareError> {
-        self.declare(Delivery::QueryCallback(Box::new(f)), None)
+    ) -> Result<Queryable<super::Callback>, DeclareError> {
+        self.declare(Delivery::QueryCallback(Box::new(f)), super::Callback)
     }
 
     /// Queries on a stream: `recv().await`.
-    pub fn stream(self) -> Result<Queryable, DeclareError> {
+    pub fn stream(self) -> Result<Queryable<QueryFifo>, DeclareError> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.declare(
             Delivery::QueryChannel(tx),
-            Some(tokio::sync::Mutex::new(rx)),
+            QueryFifo {
+                rx: tokio::sync::Mutex::new(rx),
+            },
         )
     }
 
-    fn declare(
-        self,
-        delivery: Delivery,
-        rx: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>>,
-    ) -> Result<Queryable, DeclareError> {
+    fn declare<H>(self, delivery: Delivery, rx: H) -> Result<Queryable<H>, DeclareError> {
         let key = self.key?;
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
@@ -388,31 +386,43 @@ impl QueryableBuilder {
     }
 }
 
-/// A queryable. Dropping it undeclares it.
-pub struct Queryable {
+/// The receiving end of a `stream()` queryable (queries are never dropped: replying is what
+/// costs, and the querier's timeout bounds it).
+#[derive(Debug)]
+pub struct QueryFifo {
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>,
+}
+
+impl QueryFifo {
+    /// The next query; `None` once the session is gone.
+    pub async fn recv(&self) -> Option<Query> {
+        self.rx.lock().await.recv().await
+    }
+}
+
+/// A queryable; `H` is how it receives ([`QueryFifo`] or [`super::Callback`]), and it
+/// dereferences to it. Dropping it undeclares it.
+pub struct Queryable<H = QueryFifo> {
     rt: Arc<Runtime>,
     id: LocalId,
     key: OwnedKeyExpr,
-    rx: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<Query>>>,
+    rx: H,
 }
 
-impl std::fmt::Debug for Queryable {
+impl<H> std::ops::Deref for Queryable<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.rx
+    }
+}
+
+impl<H> std::fmt::Debug for Queryable<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Queryable({})", self.key)
     }
 }
 
-impl Queryable {
-    /// The next query (stream queryables); `None` for callback queryables.
-    pub async fn recv(&self) -> Option<Query> {
-        match &self.rx {
-            Some(rx) => rx.lock().await.recv().await,
-            None => None,
-        }
-    }
-}
-
-impl Queryable {
+impl<H> Queryable<H> {
     /// Waits until the queryable is known where it matters, up to `timeout` (see
     /// `Subscriber::ready`).
     pub async fn ready(&self, timeout: Duration) -> bool {
@@ -420,7 +430,7 @@ impl Queryable {
     }
 }
 
-impl Drop for Queryable {
+impl<H> Drop for Queryable<H> {
     fn drop(&mut self) {
         self.rt.undeclare(self.id);
     }

@@ -379,6 +379,8 @@ impl Face {
         cfg.lease = hypha_core::time::Duration::from_millis(rt.config.lease_ms);
         cfg.handshake_timeout = hypha_core::time::Duration::from_millis(rt.config.lease_ms);
         cfg.lane_capacity = rt.config.queues.lane_bytes;
+        // Room for the framing around the largest payload + attachment accepted.
+        cfg.max_message_size = rt.config.limits.max_message_bytes.saturating_add(64 << 10);
         let session = HeapSession::new(cfg, role, rt.now(), super::random_u64());
         Face {
             id,

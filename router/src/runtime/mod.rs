@@ -127,6 +127,62 @@ pub(crate) struct Resolved {
     pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
 }
 
+/// A publication on its way out.
+pub(crate) struct Outgoing {
+    pub(crate) key: Arc<str>,
+    pub(crate) kind: SampleKind,
+    pub(crate) payload: Bytes,
+    pub(crate) timestamp: Option<Timestamp>,
+    pub(crate) encoding: Option<Arc<str>>,
+    pub(crate) attachment: Option<Bytes>,
+}
+
+impl Outgoing {
+    fn send_on(
+        &self,
+        face: &Face,
+        key_id: &std::sync::atomic::AtomicU32,
+        lane: Lane,
+    ) -> Result<(), SendError> {
+        face.send_sample(
+            &self.key,
+            key_id,
+            lane,
+            self.kind,
+            &self.payload,
+            self.timestamp,
+            self.encoding.as_deref(),
+            self.attachment.as_deref(),
+        )
+    }
+
+    fn sample(&self) -> Sample {
+        Sample {
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            kind: self.kind,
+            timestamp: self.timestamp,
+            encoding: self.encoding.clone(),
+            attachment: self.attachment.clone(),
+        }
+    }
+}
+
+/// What a publication did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PublishOutcome {
+    pub(crate) destinations: usize,
+    pub(crate) dropped: u64,
+}
+
+/// A `Block` publication that found links full: which ones, and what it did elsewhere.
+pub(crate) struct Blocked {
+    sample: Outgoing,
+    lane: Lane,
+    faces: Vec<usize>,
+    partial: PublishOutcome,
+}
+
 /// The last route used by a link's reader: key and resolved route.
 pub(crate) type RouteCache = (Arc<str>, Arc<Resolved>);
 
@@ -328,7 +384,10 @@ impl Runtime {
     /// Runs `f` on the node, then executes what it asked: messages to faces are queued while
     /// the node is still locked (so two threads can never reorder a face's declarations);
     /// deliveries to the application run after the lock is released.
-    pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node, hypha_core::time::Instant) -> R) -> R {
+    pub(crate) fn with_node<R>(
+        &self,
+        f: impl FnOnce(&mut Node, hypha_core::time::Instant) -> R,
+    ) -> R {
         let (r, changed) = {
             let mut n = self.node.lock().unwrap_or_else(|p| p.into_inner());
             let v = n.version();
@@ -782,97 +841,113 @@ impl Runtime {
         }
     }
 
-    /// Publishes: local subscribers get the sample directly (no encoding), neighbours with a
-    /// matching subscriber get it on their link. Returns how many destinations dropped it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn publish(
+    /// Publishes what can be published now: local subscribers get the sample directly (no
+    /// encoding), neighbours with a matching subscriber get it on their link. Under `Drop`, a
+    /// full link drops it (counted). Under `Block`, full links are returned to wait for with
+    /// [`publish_wait`](Self::publish_wait) (`Err`); everything else is already done.
+    pub(crate) fn publish_now(
         &self,
         resolved: &Resolved,
-        key: &Arc<str>,
         qos: Qos,
-        kind: SampleKind,
-        payload: Bytes,
-        timestamp: Option<Timestamp>,
-        encoding: Option<Arc<str>>,
-        attachment: Option<Bytes>,
-    ) -> u64 {
-        let timestamp = match timestamp {
-            Some(t) => Some(t),
-            None => self.config.timestamping.then(|| self.new_timestamp()),
-        };
+        mut s: Outgoing,
+    ) -> Result<PublishOutcome, Box<Blocked>> {
+        if s.timestamp.is_none() && self.config.timestamping {
+            s.timestamp = Some(self.new_timestamp());
+        }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         let lane = Lane {
             priority: qos.priority,
             reliable: qos.reliable,
         };
-        let mut dropped = 0;
-        for (face, key_id) in &resolved.faces {
-            let send = || {
-                face.send_sample(
-                    key,
-                    key_id,
-                    lane,
-                    kind,
-                    &payload,
-                    timestamp,
-                    encoding.as_deref(),
-                    attachment.as_deref(),
-                )
-            };
-            match send() {
+        let mut out = PublishOutcome {
+            destinations: resolved.locals.len() + resolved.faces.len(),
+            dropped: 0,
+        };
+        let mut blocked = Vec::new();
+        for (i, (face, key_id)) in resolved.faces.iter().enumerate() {
+            match s.send_on(face, key_id, lane) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) if qos.congestion == CongestionControl::Block => {
-                    let deadline = tokio::time::Instant::now()
-                        + Duration::from_millis(self.config.queues.block_ms);
-                    let mut sent = false;
-                    while !face.is_dead() {
-                        let notified = face.space.notified();
-                        tokio::pin!(notified);
-                        notified.as_mut().enable();
-                        match send() {
-                            Ok(()) => {
-                                sent = true;
-                                break;
-                            }
-                            Err(SendError::QueueFull) => {}
-                            Err(_) => break,
-                        }
-                        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                            break;
-                        }
-                    }
-                    if !sent {
-                        face.dropped.fetch_add(1, Ordering::Relaxed);
-                        dropped += 1;
-                    }
+                    blocked.push(i);
                 }
                 Err(SendError::QueueFull) => {
                     face.dropped.fetch_add(1, Ordering::Relaxed);
-                    dropped += 1;
+                    out.dropped += 1;
                 }
                 Err(e) => tracing::trace!(face = face.id, "not sent: {e}"),
             }
         }
         if !resolved.locals.is_empty() {
-            let sample = Sample {
-                key: key.clone(),
-                payload,
-                kind,
-                timestamp,
-                encoding,
-                attachment,
-            };
-            self.deliver_local(&resolved.locals, sample);
+            self.deliver_local(&resolved.locals, s.sample());
         }
-        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        dropped
+        self.counters
+            .dropped
+            .fetch_add(out.dropped, Ordering::Relaxed);
+        if blocked.is_empty() {
+            Ok(out)
+        } else {
+            Err(Box::new(Blocked {
+                sample: s,
+                lane,
+                faces: blocked,
+                partial: out,
+            }))
+        }
+    }
+
+    /// Waits for room on the links a `Block` publication found full, each up to
+    /// `queues.block_ms`; what still does not fit is dropped and counted.
+    pub(crate) async fn publish_wait(
+        &self,
+        resolved: &Resolved,
+        b: Box<Blocked>,
+    ) -> PublishOutcome {
+        let Blocked {
+            sample,
+            lane,
+            faces,
+            mut partial,
+        } = *b;
+        for i in faces {
+            let Some((face, key_id)) = resolved.faces.get(i) else {
+                continue;
+            };
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(self.config.queues.block_ms);
+            let mut sent = false;
+            while !face.is_dead() {
+                let notified = face.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match sample.send_on(face, key_id, lane) {
+                    Ok(()) => {
+                        sent = true;
+                        break;
+                    }
+                    Err(SendError::QueueFull) => {}
+                    Err(_) => break,
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+            if !sent {
+                face.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                partial.dropped += 1;
+            }
+        }
+        partial
     }
 
     // ----- queries ---------------------------------------------------------------------------
 
     /// Starts a local query; replies arrive on the returned stream, which ends when the query
     /// is over.
-    pub(crate) fn start_query(&self, params: QueryParams) -> (QueryId, mpsc::UnboundedReceiver<Reply>) {
+    pub(crate) fn start_query(
+        &self,
+        params: QueryParams,
+    ) -> (QueryId, mpsc::UnboundedReceiver<Reply>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let qid = self.with_node(|n, now| {
             let qid = n.next_query_id();
