@@ -327,6 +327,13 @@ fn config(c: &Common) -> Result<Config> {
     }
     if let Some(m) = c.mode {
         cfg.mode = m.into();
+        // A client only dials out: no default listener (an explicit --listen still counts).
+        if cfg.mode == hypha_core::wire::Mode::Client
+            && c.listen.is_empty()
+            && cfg.listen == vec![Config::default_listen()]
+        {
+            cfg.listen.clear();
+        }
     }
     Ok(cfg)
 }
@@ -471,14 +478,19 @@ async fn publish(
             wait.as_millis()
         );
     }
+    let mut dropped = 0u64;
     for i in 0..count {
         if i > 0 {
             tokio::time::sleep(interval).await;
         }
-        match kind {
+        let r = match kind {
             SampleKind::Put => p.put(value.replace("{i}", &i.to_string())).await?,
             SampleKind::Delete => p.delete().await?,
-        }
+        };
+        dropped += r.dropped;
+    }
+    if dropped > 0 {
+        eprintln!("warning: {dropped} of {count} publications dropped for congested links");
     }
     if !p.flush(Duration::from_secs(5)).await {
         eprintln!("warning: not everything was written before exiting");
@@ -659,9 +671,12 @@ async fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|l| {
                     serde_json::json!({
-                        "node": l.node.to_string(), "mode": l.mode.as_str(),
+                        "node": l.node.to_string(), "mode": l.mode.as_str(), "kind": l.kind,
                         "remote": l.remote.to_string(), "sent": l.sent, "dropped": l.dropped,
                         "received": l.received, "queued_bytes": l.queued_bytes,
+                        "declarations": l.declarations, "interests": l.interests,
+                        "declared_to": l.declared_to, "denied_in": l.denied_in,
+                        "denied_out": l.denied_out,
                     })
                 })
                 .collect();
@@ -669,9 +684,10 @@ async fn run(cli: Cli) -> Result<()> {
                 "{}",
                 serde_json::json!({
                     "id": info.id.to_string(), "mode": info.mode.as_str(),
+                    "role": info.mode.as_str(),
                     "listening": info.listening.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "links": links, "published": info.published, "received": info.received,
-                    "dropped": info.dropped,
+                    "dropped": info.dropped, "forwarded": info.forwarded, "denied": info.denied,
                 })
             );
             s.close().await;

@@ -327,11 +327,14 @@ impl Config {
                 message: "tls.cert and tls.key must be given together".into(),
             });
         }
+        let mode = parse_mode(&f.mode)?;
         Ok(Config {
             id,
-            mode: parse_mode(&f.mode)?,
+            mode,
             listen: match &f.listen {
                 Some(l) => endpoints("listen", l)?,
+                // A client only dials out (it works behind NAT): no listener unless asked.
+                None if mode == Mode::Client => Vec::new(),
                 None => vec![Self::default_listen()],
             },
             connect: endpoints("connect", &f.connect)?,

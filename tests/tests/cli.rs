@@ -142,4 +142,30 @@ async fn info_describes_the_node_and_its_links() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["id"].as_str().unwrap().len(), 32);
     assert_eq!(v["links"][0]["node"], ready["id"]);
+    assert_eq!(v["role"], "peer");
+    assert_eq!(v["links"][0]["kind"], "peer");
+}
+
+#[tokio::test]
+async fn a_client_attached_to_a_router_sees_roles_and_kinds() {
+    let mut r = Proc::spawn("router", cli(&["router", "--listen", "tcp/127.0.0.1:0"])).unwrap();
+    let ready = r.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let ep = listening_endpoint(&ready).unwrap();
+    let (code, out, err) = run(&[
+        "info",
+        "--mode",
+        "client",
+        "--connect",
+        &ep,
+        "--wait-ms",
+        "3000",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["role"], "client");
+    assert_eq!(v["links"][0]["kind"], "router");
+    assert_eq!(v["links"][0]["node"], ready["id"]);
+    // A client listens nowhere unless told to: it only dials out.
+    assert_eq!(v["listening"].as_array().map(Vec::len), Some(0), "{v}");
 }

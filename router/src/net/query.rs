@@ -47,11 +47,7 @@ fn ts_of(r: &Reply) -> Option<Timestamp> {
 
 impl Node {
     /// Queryables matching `key`: local ids, and faces (with whether each is complete for it).
-    fn queryables_for(
-        &self,
-        key: &OwnedKeyExpr,
-        from: Option<FaceId>,
-    ) -> Candidates {
+    fn queryables_for(&self, key: &OwnedKeyExpr, from: Option<FaceId>) -> Candidates {
         let k = key.as_keyexpr();
         let mut locals: Vec<(LocalId, bool)> = Vec::new();
         let mut faces: HashMap<FaceId, bool> = HashMap::new();

@@ -23,7 +23,7 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-async fn open(args: &[String]) -> anyhow::Result<zenoh::Session> {
+fn config(args: &[String]) -> anyhow::Result<zenoh::Config> {
     let mut c = zenoh::Config::default();
     let e = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
     c.insert_json5("mode", "\"peer\"").map_err(e)?;
@@ -40,7 +40,86 @@ async fn open(args: &[String]) -> anyhow::Result<zenoh::Session> {
         c.insert_json5("transport/link/tls/listen_certificate", &p("node.pem")).map_err(e)?;
         c.insert_json5("transport/link/tls/verify_name_on_connect", "false").map_err(e)?;
     }
-    zenoh::open(c).await.map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(c)
+}
+
+async fn open(args: &[String]) -> anyhow::Result<zenoh::Session> {
+    zenoh::open(config(args)?).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Ping and pong in Zenoh's own best style (its `z_ping` / `z_pong` examples): no runtime of
+/// ours, a blocking `recv()` on the subscriber's FIFO, `wait()` on every call, and the pong
+/// answering from the subscriber callback.
+fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
+    use zenoh::Wait;
+    let z = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    let s = zenoh::open(config(args)?).wait().map_err(z)?;
+    if mode == "pong" {
+        let p = s
+            .declare_publisher("bench/pong")
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::RealTime)
+            .express(true)
+            .wait()
+            .map_err(z)?;
+        let _sub = s
+            .declare_subscriber("bench/ping")
+            .callback(move |sample| {
+                let _ = p.put(sample.payload().clone()).wait();
+            })
+            .wait()
+            .map_err(z)?;
+        let secs: u64 = arg(args, "--secs", 0);
+        if secs == 0 {
+            loop {
+                std::thread::park();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+        return Ok(());
+    }
+    let n: usize = arg(args, "--n", 10_000);
+    let size: usize = arg(args, "--size", 64);
+    let warmup: usize = arg(args, "--warmup", 1_000);
+    let sub = s.declare_subscriber("bench/pong").wait().map_err(z)?;
+    let p = s
+        .declare_publisher("bench/ping")
+        .congestion_control(CongestionControl::Block)
+        .priority(Priority::RealTime)
+        .express(true)
+        .wait()
+        .map_err(z)?;
+    let t0 = Instant::now();
+    while !p.matching_status().wait().map_err(z)?.matching() {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no subscriber within 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let payload = vec![0xabu8; size.max(1)];
+    loop {
+        p.put(payload.clone()).wait().map_err(z)?;
+        if sub.recv_timeout(Duration::from_millis(200)).map_err(z)?.is_some() {
+            break;
+        }
+    }
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t0 = Instant::now();
+        p.put(payload.clone()).wait().map_err(z)?;
+        if sub.recv().is_err() {
+            anyhow::bail!("echo {i} lost");
+        }
+        if i >= warmup {
+            rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let mean = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{}",
+        serde_json::json!({"n": n, "size": size, "p50_us": percentile(&rtts, 50.0),
+            "p99_us": percentile(&rtts, 99.0), "p999_us": percentile(&rtts, 99.9), "mean_us": mean})
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -62,13 +141,24 @@ async fn wait_matching(p: &zenoh::pubsub::Publisher<'_>) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    if mode == "ping" || mode == "pong" {
+        return sync_ping_pong(&mode, &args);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(async_main(args))
+}
+
+async fn async_main(args: Vec<String>) -> anyhow::Result<()> {
     let mode = args.first().cloned().unwrap_or_default();
     let z = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
     match mode.as_str() {
-        "pong" => {
+        "pong_async" => {
             let s = open(&args).await?;
             let sub = s.declare_subscriber("bench/ping").await.map_err(z)?;
             let p = s
@@ -92,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::time::timeout(Duration::from_secs(secs), echo).await;
             }
         }
-        "ping" => {
+        "ping_async" => {
             let n: usize = arg(&args, "--n", 10_000);
             let size: usize = arg(&args, "--size", 64);
             let warmup: usize = arg(&args, "--warmup", 1_000);
