@@ -417,6 +417,13 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         id
     }
 
+    /// True if [`poll_transmit`](Self::poll_transmit) has something to send now (a handshake
+    /// or close message, or queued data). A driver uses it to skip waking its writer after
+    /// input that produced nothing to send (a cross-thread wake costs more than the input).
+    pub fn wants_transmit(&self) -> bool {
+        self.control.is_some() || self.total_queued_bytes() > 0
+    }
+
     /// Starts an orderly close: a `Close` goes out next, then the session is closed.
     pub fn close(&mut self, reason: CloseReason) {
         self.close_with(reason, reason.as_str());
