@@ -688,6 +688,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "listening": info.listening.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "links": links, "published": info.published, "received": info.received,
                     "dropped": info.dropped, "forwarded": info.forwarded, "denied": info.denied,
+                    "refused_handshaking": info.refused_handshaking,
                 })
             );
             s.close().await;

@@ -98,6 +98,11 @@ pub struct LimitsConfig {
     /// Largest message (payload + attachment) sent or received, in bytes. A put above it is
     /// refused with `PublishError::TooLarge`; a neighbour sending one is disconnected.
     pub max_message_bytes: usize,
+    /// Accepted links still handshaking, node-wide; more are closed at once (half-open
+    /// connections cannot take memory without limit).
+    pub max_handshaking: usize,
+    /// Accepted links still handshaking from one source address.
+    pub max_handshaking_per_source: usize,
 }
 
 impl Default for LimitsConfig {
@@ -109,6 +114,8 @@ impl Default for LimitsConfig {
             max_pending_queries: c.pending_queries,
             max_key_len: c.key_len,
             max_message_bytes: 16 << 20,
+            max_handshaking: 256,
+            max_handshaking_per_source: 32,
         }
     }
 }
@@ -307,6 +314,11 @@ impl Config {
             ("limits.max_pending_queries", f.limits.max_pending_queries),
             ("limits.max_key_len", f.limits.max_key_len),
             ("limits.max_message_bytes", f.limits.max_message_bytes),
+            ("limits.max_handshaking", f.limits.max_handshaking),
+            (
+                "limits.max_handshaking_per_source",
+                f.limits.max_handshaking_per_source,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Value {

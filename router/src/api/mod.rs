@@ -376,6 +376,9 @@ pub struct Info {
     pub forwarded: u64,
     /// Samples refused by ingress hooks.
     pub denied: u64,
+    /// Accepted links closed at once because too many were still handshaking
+    /// (`limits.max_handshaking`, `limits.max_handshaking_per_source`).
+    pub refused_handshaking: u64,
 }
 
 impl Session {
@@ -417,6 +420,7 @@ impl Session {
             dropped: c.dropped.load(Ordering::Relaxed),
             forwarded: c.forwarded.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
+            refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),
         }
     }
 

@@ -68,6 +68,8 @@ pub(crate) struct Face {
     backlog: Mutex<VecDeque<Msg>>,
     /// The neighbour's kind, set at the handshake.
     pub kind: OnceLock<crate::net::FaceKind>,
+    /// An accepted link's place among those handshaking (freed at `Established`).
+    slot: Mutex<Option<super::HandshakeSlot>>,
 }
 
 /// What a batch carried, owned, dispatched after the session lock is released.
@@ -403,6 +405,7 @@ impl Face {
             received: AtomicU64::new(0),
             backlog: Mutex::new(VecDeque::new()),
             kind: OnceLock::new(),
+            slot: Mutex::new(None),
         }
     }
 
@@ -613,10 +616,16 @@ impl Face {
 
 /// Runs a link until it closes: handshake, then traffic. Returns the peer, if the handshake
 /// completed.
-pub(crate) async fn run(rt: Arc<Runtime>, link: Link, role: Role) -> Option<PeerInfo> {
+pub(crate) async fn run(
+    rt: Arc<Runtime>,
+    link: Link,
+    role: Role,
+    slot: Option<super::HandshakeSlot>,
+) -> Option<PeerInfo> {
     let Link { info, tx, rx } = link;
     let id = rt.next_face_id();
     let face = Arc::new(Face::new(&rt, id, info, role));
+    *face.slot.lock().unwrap_or_else(|p| p.into_inner()) = slot;
     tracing::debug!(face = id, remote = %face.info.remote, ?role, "link up, handshaking");
     let writer = tokio::spawn(writer(rt.clone(), face.clone(), tx));
     reader(rt.clone(), face.clone(), rx).await;
@@ -688,6 +697,8 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
             match e {
                 Event::Established { peer, .. } => {
                     let _ = face.peer.set(peer);
+                    // No longer half-open: its place among those handshaking is free.
+                    face.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                     rt.face_established(&face);
                 }
                 Event::Closed { reason, by_peer } => {

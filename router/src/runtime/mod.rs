@@ -127,6 +127,36 @@ pub(crate) struct Resolved {
     pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
 }
 
+/// Links accepted and still handshaking.
+#[derive(Default)]
+struct Handshaking {
+    total: usize,
+    per_source: HashMap<std::net::IpAddr, usize>,
+}
+
+/// One accepted link's place among those handshaking; freed when the handshake completes or
+/// the link goes (dropped).
+pub(crate) struct HandshakeSlot {
+    rt: std::sync::Weak<Runtime>,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let Some(rt) = self.rt.upgrade() else { return };
+        let mut h = rt.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        h.total = h.total.saturating_sub(1);
+        if let Some(ip) = self.source {
+            if let Some(n) = h.per_source.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    h.per_source.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// A publication on its way out.
 pub(crate) struct Outgoing {
     pub(crate) key: Arc<str>,
@@ -198,6 +228,8 @@ pub(crate) struct Counters {
     pub denied: AtomicU64,
     /// Samples forwarded from one face to another (routers, peers serving clients).
     pub forwarded: AtomicU64,
+    /// Accepted links closed at once because too many were handshaking.
+    pub refused_handshaking: AtomicU64,
 }
 
 /// Actions waiting to be executed outside the node's lock, in the order the node produced them.
@@ -242,6 +274,19 @@ pub(crate) struct Runtime {
     known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
     /// Nodes with a dialled link still handshaking (not dialled again meanwhile).
     connecting: Mutex<HashSet<NodeId>>,
+    /// Accepted links still handshaking.
+    handshaking: Mutex<Handshaking>,
+}
+
+/// hypha-core's log shim, forwarded to `tracing` under the target `hypha_core`.
+fn core_log(level: hypha_core::log::Level, args: std::fmt::Arguments<'_>) {
+    use hypha_core::log::Level;
+    match level {
+        Level::Trace => tracing::trace!(target: "hypha_core", "{args}"),
+        Level::Debug => tracing::debug!(target: "hypha_core", "{args}"),
+        Level::Info => tracing::info!(target: "hypha_core", "{args}"),
+        Level::Warn => tracing::warn!(target: "hypha_core", "{args}"),
+    }
 }
 
 /// 64 random bits from the operating system's generator.
@@ -306,6 +351,7 @@ impl Runtime {
             dialer: std::sync::OnceLock::new(),
             known: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashSet::new()),
+            handshaking: Mutex::new(Handshaking::default()),
         })
     }
 
@@ -1006,21 +1052,54 @@ impl Runtime {
     }
 
     /// Starts what every node runs: the timer, listeners' accept loops are added by `serve`.
+    /// Also routes hypha-core's log records (why a session closed a link, …) to `tracing`.
     pub(crate) fn start(self: &Arc<Self>) {
+        let _ = hypha_core::log::set_sink(core_log);
         self.start_timer();
     }
 
     /// Accepts links on a listener for the node's lifetime.
+    /// Accepted links still handshaking are bounded per node (`limits.max_handshaking`) and
+    /// per source address (`limits.max_handshaking_per_source`): a link over either bound is
+    /// closed at once and counted, so half-open connections cannot take memory without limit.
     pub(crate) fn serve(self: &Arc<Self>, mut listener: Listener) {
         let rt = self.clone();
         self.spawn(async move {
             while let Some(link) = listener.accept().await {
+                let source = link.info.remote.socket_addr().map(|a| a.ip());
+                let Some(slot) = rt.handshake_slot(source) else {
+                    rt.counters.refused_handshaking.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(remote = %link.info.remote, "refused: too many links handshaking");
+                    drop(link);
+                    continue;
+                };
                 let rt2 = rt.clone();
                 tokio::spawn(async move {
-                    face::run(rt2, link, Role::Listener).await;
+                    face::run(rt2, link, Role::Listener, Some(slot)).await;
                 });
             }
         });
+    }
+
+    /// A place among the links handshaking, if both bounds allow one more.
+    fn handshake_slot(self: &Arc<Self>, source: Option<std::net::IpAddr>) -> Option<HandshakeSlot> {
+        let limits = &self.config.limits;
+        let mut h = self.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        if h.total >= limits.max_handshaking {
+            return None;
+        }
+        if let Some(ip) = source {
+            let n = h.per_source.entry(ip).or_insert(0);
+            if *n >= limits.max_handshaking_per_source {
+                return None;
+            }
+            *n += 1;
+        }
+        h.total += 1;
+        Some(HandshakeSlot {
+            rt: Arc::downgrade(self),
+            source,
+        })
     }
 
     /// Keeps a link to a configured endpoint: connect, run until it breaks, redial with backoff.
@@ -1047,7 +1126,10 @@ impl Runtime {
                 match hypha_transports::connect(ep, &rt.config.tls).await {
                     Ok(link) => {
                         tracing::debug!(endpoint = %ep, "connected, handshaking");
-                        if face::run(rt.clone(), link, Role::Dialer).await.is_some() {
+                        if face::run(rt.clone(), link, Role::Dialer, None)
+                            .await
+                            .is_some()
+                        {
                             backoff = Duration::from_millis(100);
                             ok = true;
                         }
@@ -1152,7 +1234,7 @@ pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
                     .insert(n);
             }
             tokio::spawn(async move {
-                face::run(rt3.clone(), d.link, Role::Dialer).await;
+                face::run(rt3.clone(), d.link, Role::Dialer, None).await;
                 if let Some(n) = d.node_id {
                     rt3.connecting
                         .lock()
