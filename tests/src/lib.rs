@@ -213,4 +213,5 @@ pub async fn wait_until(
     .await
 }
 
+pub mod impair;
 pub mod netns;

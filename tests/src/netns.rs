@@ -182,6 +182,40 @@ impl Lab {
         Ok((nat, private))
     }
 
+    /// Hosts `0..n` with only their loopback up: no link to the bridge (whose namespace is never
+    /// created) and no address. Join them with whatever the test needs, such as an impaired
+    /// point-to-point link ([`crate::impair::ImpairedLink`]); deleted on drop like any lab.
+    pub fn isolated(n: usize, id: u8) -> anyhow::Result<Lab> {
+        let pid = std::process::id();
+        let tag = format!("hy{}{}", pid % 100_000, id);
+        let mut lab = Lab {
+            switch: format!("{tag}sw"),
+            hosts: Vec::new(),
+            tag,
+            subnet: String::new(),
+        };
+        for _ in 0..n {
+            lab.add_isolated_host()?;
+        }
+        Ok(lab)
+    }
+
+    /// Adds a host with only its loopback up (no bridge link, no address); returns its index.
+    pub fn add_isolated_host(&mut self) -> anyhow::Result<usize> {
+        let i = self.hosts.len();
+        let ns = format!("{}x{i}", self.tag);
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(i)
+    }
+
+    /// The prefix of every name of this lab (namespaces, interfaces): unique per process and
+    /// lab id, at most 10 characters, so that `tag()` plus 5 characters is a valid interface name.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
     /// The address of host `i`.
     pub fn addr(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, i + 1)
