@@ -47,6 +47,9 @@ pub enum LinkError {
     /// The peer did not complete the link setup in time.
     #[error("link setup timed out")]
     Timeout,
+    /// This kind of link does not offer the operation.
+    #[error("this link does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// Why `listen` failed.
@@ -147,6 +150,45 @@ pub enum LinkRx {
     Quic(quic::QuicRx),
     /// In-process.
     Mem(mem::MemRx),
+}
+
+impl LinkTx {
+    /// True if this link can write a batch without waiting ([`try_send`](Self::try_send)):
+    /// TCP and unix streams. Others always go through `send`.
+    pub fn can_try_send(&self) -> bool {
+        matches!(self, LinkTx::Stream(_))
+    }
+
+    /// True if part of a batch given to `try_send` still waits to be written (finish it with
+    /// [`flush`](Self::flush) before the next `try_send` can succeed).
+    pub fn has_pending(&self) -> bool {
+        match self {
+            LinkTx::Stream(t) => t.has_pending(),
+            _ => false,
+        }
+    }
+
+    /// Writes one batch at once, on the caller's thread, if the socket takes it: `Ok(true)`
+    /// when written entirely; `Ok(false)` when it is kept (wholly or in part) for
+    /// [`flush`](Self::flush). Only for links where [`can_try_send`](Self::can_try_send); other
+    /// links answer [`LinkError::Unsupported`] without taking the batch.
+    pub fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
+        if batch.is_empty() || batch.len() > crate::MAX_BATCH {
+            return Err(LinkError::TooLarge(batch.len()));
+        }
+        match self {
+            LinkTx::Stream(t) => t.try_send(batch),
+            _ => Err(LinkError::Unsupported("try_send")),
+        }
+    }
+
+    /// Finishes writing what `try_send` kept.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        match self {
+            LinkTx::Stream(t) => t.flush().await,
+            _ => Ok(()),
+        }
+    }
 }
 
 impl LinkSend for LinkTx {

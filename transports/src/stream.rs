@@ -25,6 +25,9 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 pub struct StreamTx {
     w: Writer,
     buf: Vec<u8>,
+    /// Bytes of `buf` not yet written by a [`StreamTx::try_send`] that could not finish; they
+    /// go out first on the next `send` or `flush`.
+    pending: std::ops::Range<usize>,
 }
 
 /// Receiving half of a stream link.
@@ -50,10 +53,62 @@ impl StreamTx {
         StreamTx {
             w,
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
+            pending: 0..0,
         }
     }
 
+    /// True if part of a batch given to `try_send` is still waiting to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the rest of a batch `try_send` could not finish.
+    pub(crate) async fn flush(&mut self) -> Result<(), LinkError> {
+        while !self.pending.is_empty() {
+            let n = self
+                .w
+                .write(self.buf.get(self.pending.clone()).unwrap_or(&[]))
+                .await
+                .map_err(closed_or_io)?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            self.pending.start += n;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch without waiting, on the caller's thread: `Ok(true)` if it was written
+    /// entirely; `Ok(false)` if the socket took only part of it (or nothing): the rest is kept
+    /// and must be finished with [`flush`](Self::flush) before anything else is sent.
+    pub(crate) fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
+        use std::task::{Context, Poll, Waker};
+        if self.has_pending() {
+            return Ok(false);
+        }
+        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(batch);
+        let mut done = 0usize;
+        let mut cx = Context::from_waker(Waker::noop());
+        while done < self.buf.len() {
+            let rest = self.buf.get(done..).unwrap_or(&[]);
+            match std::pin::Pin::new(&mut self.w).poll_write(&mut cx, rest) {
+                Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(e)) => return Err(closed_or_io(e)),
+                Poll::Pending => {
+                    self.pending = done..self.buf.len();
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        self.flush().await?;
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
         if batch.len() < VECTORED_FROM {
             // Small batch: one contiguous buffer, one write.

@@ -70,7 +70,19 @@ pub(crate) struct Face {
     pub kind: OnceLock<crate::net::FaceKind>,
     /// An accepted link's place among those handshaking (freed at `Established`).
     slot: Mutex<Option<super::HandshakeSlot>>,
+    /// The link's sending half while the writer task is idle: a publisher finding the link
+    /// idle writes its batch itself, on its own thread (no wake of the writer, no thread hop).
+    parked_tx: Mutex<Option<LinkTx>>,
+    /// The session clock's epoch (the runtime's), for writes made outside the writer.
+    epoch: std::time::Instant,
+    /// When (session µs) a publisher last wrote directly: within `DIRECT_GAP_US` of it, the
+    /// link counts as busy and puts are batched by the writer instead.
+    last_direct: AtomicU64,
 }
+
+/// Puts closer together than this go through the writer (batched); a put after a quieter spell
+/// is written at once by its caller. 50 µs: a ping-pong stays direct, a tight loop batches.
+const DIRECT_GAP_US: u64 = 50;
 
 /// What a batch carried, owned, dispatched after the session lock is released.
 pub(crate) enum Incoming {
@@ -98,6 +110,11 @@ pub(crate) struct Extra {
     pub timestamp: Option<Timestamp>,
     pub encoding: Option<Arc<str>>,
     pub attachment: Option<Bytes>,
+}
+
+thread_local! {
+    /// The batch buffer of direct writes, one per thread (64 KiB, reused).
+    static DIRECT_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A zero-copy view of `part` if it lies inside `batch`, else a copy (reassembled messages).
@@ -406,6 +423,9 @@ impl Face {
             backlog: Mutex::new(VecDeque::new()),
             kind: OnceLock::new(),
             slot: Mutex::new(None),
+            parked_tx: Mutex::new(None),
+            epoch: rt.start_std,
+            last_direct: AtomicU64::new(0),
         }
     }
 
@@ -433,6 +453,7 @@ impl Face {
                 sample.timestamp,
                 sample.encoding.as_deref(),
                 sample.attachment.as_deref(),
+                false,
             ) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) => {
@@ -506,9 +527,10 @@ impl Face {
         timestamp: Option<Timestamp>,
         encoding: Option<&str>,
         attachment: Option<&[u8]>,
+        express: bool,
     ) -> Result<(), SendError> {
-        let mut st = self.lock();
-        let st = &mut *st;
+        let mut guard = self.lock();
+        let st = &mut *guard;
         // Best-effort lanes may lose a declaration, so they name the key in full.
         let wkey = if lane.reliable {
             let hint = key_id_hint.load(Ordering::Relaxed);
@@ -548,13 +570,73 @@ impl Face {
                 attachment: attachment.map(RawBytes),
             }),
         };
+        let was_idle = st.session.total_queued_bytes() == 0;
         let r = st.session.send(lane.priority, lane.reliable, &msg);
+        drop(guard);
+        if r.is_ok() && (express || was_idle) && self.write_directly(express) {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         // Wake the writer even when the lane is full: it must drain (a key declaration may have
         // just been queued ahead of this message), or a blocked publisher would wait for nothing.
         self.wake.notify_one();
         r?;
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn now(&self) -> hypha_core::time::Instant {
+        hypha_core::time::Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    /// Writes what the session has queued on the caller's thread, if the writer task is idle,
+    /// the link can write without waiting, and (unless `express`) no direct write happened in
+    /// the last `DIRECT_GAP_US`. Returns true if everything queued went out (the writer need
+    /// not be woken).
+    fn write_directly(&self, express: bool) -> bool {
+        let now = self.now();
+        if !express
+            && now
+                .as_micros()
+                .saturating_sub(self.last_direct.load(Ordering::Relaxed))
+                < DIRECT_GAP_US
+        {
+            return false;
+        }
+        let Ok(mut parked) = self.parked_tx.try_lock() else {
+            return false;
+        };
+        let Some(tx) = parked.as_mut() else {
+            return false;
+        };
+        if !tx.can_try_send() || tx.has_pending() {
+            return false;
+        }
+        self.last_direct.store(now.as_micros(), Ordering::Relaxed);
+        let mut buf = DIRECT_BUF.with(|b| b.take());
+        buf.resize(hypha_transports::MAX_BATCH, 0);
+        let mut all = true;
+        loop {
+            let n = self.lock().session.poll_transmit(now, &mut buf);
+            let Some(n) = n else { break };
+            match tx.try_send(buf.get(..n).unwrap_or(&[])) {
+                Ok(true) => {}
+                // Kept in part: the writer finishes it.
+                Ok(false) => {
+                    all = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(face = self.id, "direct write failed: {e}");
+                    all = false;
+                    break;
+                }
+            }
+        }
+        DIRECT_BUF.with(|b| b.replace(buf));
+        drop(parked);
+        self.space.notify_waiters();
+        all
     }
 
     /// Queues any network message on the reliable control lane.
@@ -745,22 +827,39 @@ fn log_close(face: &Face, reason: CloseReason, by_peer: bool) {
     }
 }
 
-async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
+async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
     let mut buf = vec![0u8; hypha_transports::MAX_BATCH];
+    let mut held = Some(tx);
     loop {
-        // Drain everything queued, one batch per write.
-        loop {
+        // Take the sending half back from where idle publishers could use it.
+        let parked = face
+            .parked_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut tx) = held.take().or(parked) else {
+            tracing::debug!(face = face.id, "writer lost its link");
+            face.kill();
+            face.finished.store(true, Ordering::Release);
+            face.done.notify_waiters();
+            return;
+        };
+        // Finish a batch a publisher's direct write left half-written, then drain everything
+        // queued, one batch per write.
+        let mut failed = tx.flush().await.err();
+        while failed.is_none() {
             face.drain_backlog();
             let n = face.lock().session.poll_transmit(rt.now(), &mut buf);
             face.space.notify_waiters();
             let Some(n) = n else { break };
-            if let Err(e) = tx.send(&buf[..n]).await {
-                tracing::debug!(face = face.id, "write failed: {e}");
-                face.kill();
-                face.finished.store(true, Ordering::Release);
-                face.done.notify_waiters();
-                return;
-            }
+            failed = tx.send(&buf[..n]).await.err();
+        }
+        if let Some(e) = failed {
+            tracing::debug!(face = face.id, "write failed: {e}");
+            face.kill();
+            face.finished.store(true, Ordering::Release);
+            face.done.notify_waiters();
+            return;
         }
         let drained_close = face
             .close_after_drain
@@ -769,6 +868,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
             .take();
         if let Some(reason) = drained_close {
             face.lock().session.close(reason);
+            held = Some(tx);
             continue;
         }
         let (closed, deadline) = {
@@ -800,6 +900,8 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, mut tx: LinkTx) {
             face.done.notify_waiters();
             return;
         }
+        // Idle: park the sending half so that a publisher can write at once itself.
+        *face.parked_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,

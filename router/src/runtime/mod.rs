@@ -173,6 +173,7 @@ impl Outgoing {
         face: &Face,
         key_id: &std::sync::atomic::AtomicU32,
         lane: Lane,
+        express: bool,
     ) -> Result<(), SendError> {
         face.send_sample(
             &self.key,
@@ -183,6 +184,7 @@ impl Outgoing {
             self.timestamp,
             self.encoding.as_deref(),
             self.attachment.as_deref(),
+            express,
         )
     }
 
@@ -857,6 +859,7 @@ impl Runtime {
                 timestamp,
                 encoding.as_deref(),
                 attachment.as_deref(),
+                false,
             ) {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -911,7 +914,7 @@ impl Runtime {
         };
         let mut blocked = Vec::new();
         for (i, (face, key_id)) in resolved.faces.iter().enumerate() {
-            match s.send_on(face, key_id, lane) {
+            match s.send_on(face, key_id, lane, qos.express) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) if qos.congestion == CongestionControl::Block => {
                     blocked.push(i);
@@ -965,7 +968,7 @@ impl Runtime {
                 let notified = face.space.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                match sample.send_on(face, key_id, lane) {
+                match sample.send_on(face, key_id, lane, false) {
                     Ok(()) => {
                         sent = true;
                         break;
