@@ -469,16 +469,27 @@ async fn publish(
     wait: Duration,
 ) -> Result<()> {
     let s = open(common).await?;
+    let t0 = tokio::time::Instant::now();
+    // Reach every matching node, not the first one found: wait for discovery to settle, then
+    // for every neighbour to tell this publisher its matching subscribers.
     let p = s
         .declare_publisher(key)?
         .congestion_control(crate::CongestionControl::Block);
-    if !p.wait_matching(wait).await {
+    let settled = p.wait_settled(wait).await;
+    let ready = settled;
+    if !p.matching_status() && !p.wait_matching(wait.saturating_sub(t0.elapsed())).await {
         eprintln!(
             "note: no matching subscriber after {} ms; publishing anyway",
             wait.as_millis()
         );
+    } else if !(settled && ready) {
+        eprintln!(
+            "note: discovery had not settled after {} ms; some subscribers may be missed",
+            wait.as_millis()
+        );
     }
     let mut dropped = 0u64;
+    let mut reached = 0usize;
     for i in 0..count {
         if i > 0 {
             tokio::time::sleep(interval).await;
@@ -488,7 +499,9 @@ async fn publish(
             SampleKind::Delete => p.delete().await?,
         };
         dropped += r.dropped;
+        reached = reached.max(r.destinations);
     }
+    eprintln!("{key}: {count} publication(s), reached {reached} destination(s)");
     if dropped > 0 {
         eprintln!("warning: {dropped} of {count} publications dropped for congested links");
     }
@@ -831,7 +844,11 @@ async fn get(common: &Common, q: Get) -> Result<()> {
     let s = open(common).await?;
     // Wait (briefly) until a queryable for the key is known, so a one-shot get is not lost to
     // discovery.
-    let _ = s.wait_queryable(&key, wait).await;
+    let t0 = tokio::time::Instant::now();
+    let _ = s.wait_settled(wait).await;
+    let _ = s
+        .wait_queryable(&key, wait.saturating_sub(t0.elapsed()))
+        .await;
     let mut replies = s
         .get(selector)
         .target(target)

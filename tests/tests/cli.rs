@@ -169,3 +169,50 @@ async fn a_client_attached_to_a_router_sees_roles_and_kinds() {
     // A client listens nowhere unless told to: it only dials out.
     assert_eq!(v["listening"].as_array().map(Vec::len), Some(0), "{v}");
 }
+
+#[tokio::test]
+async fn a_one_shot_put_reaches_every_subscriber_not_the_first_one_found() {
+    // A hub, and four subscribing peers that know only the hub. A `put` that also knows only
+    // the hub learns of the four by gossip: it must wait until it is linked to all of them
+    // (peers do not forward for each other) and reach every one.
+    let mut hub = Proc::spawn("hub", cli(&["peer", "--listen", "tcp/127.0.0.1:0"])).unwrap();
+    let ready = hub.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let hub_ep = listening_endpoint(&ready).unwrap();
+    let mut subs = Vec::new();
+    for i in 0..4 {
+        let mut p = Proc::spawn(
+            &format!("sub{i}"),
+            cli(&[
+                "peer",
+                "--listen",
+                "tcp/127.0.0.1:0",
+                "--connect",
+                &hub_ep,
+                "--sub",
+                "multi/**",
+            ]),
+        )
+        .unwrap();
+        p.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+        subs.push(p);
+    }
+    let (code, _, err) = run(&[
+        "put",
+        "multi/x",
+        "all",
+        "--connect",
+        &hub_ep,
+        "--wait-ms",
+        "8000",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("reached 4 destination(s)"), "{err}");
+    for p in subs.iter_mut() {
+        let v = p
+            .wait_json(T, |v| v["event"] == "sample" && v["key"] == "multi/x")
+            .await
+            .unwrap();
+        assert_eq!(v["payload"], "all");
+    }
+}

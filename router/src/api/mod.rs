@@ -442,6 +442,14 @@ impl Session {
             .await
     }
 
+    /// Waits until discovery has settled, up to `timeout`: a link to every configured endpoint,
+    /// no dial in progress, and every node learnt of through gossip (or mDNS) connected. What a
+    /// short-lived program (a one-shot put or get) should wait for before it acts, so that it
+    /// reaches every matching node rather than the first one found. Returns whether it settled.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        self.rt.wait_until(timeout, || self.rt.settled()).await
+    }
+
     /// Waits until some queryable (here or on a neighbour) matches `key`, up to `timeout`.
     pub async fn wait_queryable(&self, key: &OwnedKeyExpr, timeout: Duration) -> bool {
         self.rt
@@ -617,9 +625,30 @@ impl Publisher {
     /// it. Returns whether it is ready (`true` at once for a one-shot `Session::put`).
     pub async fn ready(&self, timeout: Duration) -> bool {
         match self.decl {
-            Some(id) => self.rt.wait_ready(id, timeout).await,
+            Some(id) => {
+                self.rt
+                    .wait_until(timeout, || {
+                        self.rt.is_ready(id) && self.rt.interest_answered_everywhere(id)
+                    })
+                    .await
+            }
             None => true,
         }
+    }
+
+    /// Waits until discovery has settled and every neighbour linked by then has answered this
+    /// publisher's interest (see [`Session::wait_settled`] and [`ready`](Self::ready)), up to
+    /// `timeout`: what a one-shot program waits for so that its first put reaches every
+    /// matching subscriber it can. Returns whether that happened in time.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        let Some(id) = self.decl else { return true };
+        self.rt
+            .wait_until(timeout, || {
+                self.rt.settled()
+                    && self.rt.is_ready(id)
+                    && self.rt.interest_answered_everywhere(id)
+            })
+            .await
     }
 
     /// Publishes a value: `publisher.put(v).await`, with options

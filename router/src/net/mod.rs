@@ -825,6 +825,7 @@ impl Node {
                 };
                 if let Some(k) = covered {
                     self.expire_routes(&k);
+                    self.changed();
                 }
                 self.wait_answered(id, face);
             }
@@ -1454,6 +1455,17 @@ impl Node {
             r.expire();
         }
         self.routes.clear();
+    }
+
+    /// True if every neighbour this node asks has answered the interest of local declaration
+    /// `id` (a publisher, a liveliness subscriber): it knows every current match on every link
+    /// up now, including links that came up after it was first ready.
+    pub(crate) fn interest_answered_everywhere(&self, id: LocalId) -> bool {
+        let iid = id as u32;
+        self.faces
+            .values()
+            .filter(|f| hat::asks(f.kind))
+            .all(|f| f.my_interests.get(&iid).is_some_and(|i| i.done))
     }
 
     /// True if some subscriber, local or remote, matches `key` (a publisher's matching status).

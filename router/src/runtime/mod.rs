@@ -631,7 +631,8 @@ impl Runtime {
         self.wait_until(timeout, || self.is_ready(id)).await
     }
 
-    /// Waits until `cond` holds, re-checking whenever the node changes, up to `timeout`.
+    /// Waits until `cond` holds, re-checking whenever the node changes (and every 50 ms, for
+    /// state outside the node such as gossip), up to `timeout`.
     pub(crate) async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -641,10 +642,20 @@ impl Runtime {
             if cond() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let tick = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+            let _ = tokio::time::timeout_at(tick, changed).await;
+            if tokio::time::Instant::now() >= deadline {
                 return cond();
             }
         }
+    }
+
+    /// Every neighbour asked has answered local declaration `id`'s interest.
+    pub(crate) fn interest_answered_everywhere(&self, id: LocalId) -> bool {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interest_answered_everywhere(id)
     }
 
     pub(crate) fn has_subscriber(&self, key: &KeyExpr<'_>) -> bool {
@@ -1156,6 +1167,35 @@ impl Runtime {
                 }
             }
         });
+    }
+
+    /// Discovery has settled for now: a link per configured endpoint (a client: one link), no
+    /// dial in progress, and every node learnt of by gossip or mDNS connected.
+    pub(crate) fn settled(&self) -> bool {
+        let links = self.links().len();
+        let want = match self.config.mode {
+            Mode::Client => usize::from(!self.config.connect.is_empty()),
+            _ => self.config.connect.len(),
+        };
+        if links < want {
+            return false;
+        }
+        if !self
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return false;
+        }
+        let known: Vec<NodeId> = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        known.into_iter().all(|n| self.connected_to(n))
     }
 
     pub(crate) fn connected_to(&self, node: NodeId) -> bool {

@@ -44,6 +44,46 @@ fn main() -> anyhow::Result<()> {
             let p = |q: f64| rtts[((q / 100.0) * (rtts.len() - 1) as f64).round() as usize];
             println!("{}", serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)}));
         }
+        Some("tokio_ping") => {
+            // The async floor: the same ping-pong with tokio (multi-thread runtime, the ping loop
+            // in `block_on` like an application's `main`, the echo a task on the workers).
+            drop(l);
+            let n: usize = arg(&args, "--n", 10_000);
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rtts = rt.block_on(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = l.local_addr()?;
+                tokio::spawn(async move {
+                    if let Ok((mut s, _)) = l.accept().await {
+                        let _ = s.set_nodelay(true);
+                        let mut buf = vec![0u8; size];
+                        while s.read_exact(&mut buf).await.is_ok() {
+                            if s.write_all(&buf).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                let mut buf = vec![1u8; size];
+                let mut rtts = Vec::with_capacity(n);
+                for i in 0..n + 1000 {
+                    let t0 = Instant::now();
+                    s.write_all(&buf).await?;
+                    s.read_exact(&mut buf).await?;
+                    if i >= 1000 {
+                        rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                anyhow::Ok(rtts)
+            })?;
+            let mut rtts = rtts;
+            rtts.sort_by(|a, b| a.total_cmp(b));
+            let p = |q: f64| rtts[((q / 100.0) * (rtts.len() - 1) as f64).round() as usize];
+            println!("{}", serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)}));
+        }
         Some("stream") => {
             let secs: f64 = arg(&args, "--secs", 5.0);
             let writer = std::thread::spawn(move || -> anyhow::Result<()> {
