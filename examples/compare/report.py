@@ -121,5 +121,15 @@ try:
 except Exception as e:  # matplotlib missing: the table stands alone
     lines += ["", f"(plot not drawn: {e})"]
 
-open(md, "w").write("\n".join(lines) + "\n")
+# Sections written by other harnesses (syscalls.sh, before_after.sh) follow this marker and are
+# kept when the file is rewritten.
+MARK = "<!-- sections below are kept by report.py -->"
+kept = ""
+try:
+    old = open(md).read()
+    if MARK in old:
+        kept = old[old.index(MARK):]
+except OSError:
+    pass
+open(md, "w").write("\n".join(lines) + "\n\n" + (kept or MARK + "\n"))
 print("\n".join(lines))
