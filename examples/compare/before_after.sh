@@ -19,20 +19,9 @@ N=${N:-10000}
 SECS=${SECS:-4}
 BEFORE=${BEFORE:-}
 
-cargo build --release -q -p hypha-examples --examples --manifest-path "$ROOT/Cargo.toml"
-(cd "$HERE" && cargo build --release -q)
-AFTER="$ROOT/target/release/examples"
-ZB="$HERE/target/release/zbench"
-RAW="$HERE/target/release/rawtcp"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+AFTER="$HX"
 OUT="$WORK/results.jsonl"
 : > "$OUT"
 record() { # system workload round json

@@ -17,19 +17,8 @@ N=${N:-10000}
 FANOUT=${FANOUT:-8}
 
 echo "== building" >&2
-cargo build --release -q -p hypha-examples --examples --manifest-path "$ROOT/Cargo.toml"
-(cd "$HERE" && cargo build --release -q)
-HX="$ROOT/target/release/examples"
-ZB="$HERE/target/release/zbench"
-RAW="$HERE/target/release/rawtcp"
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 
 # TLS material for Zenoh's QUIC (Hypha generates its own self-signed certificate).
 TLS="$WORK/tls"; mkdir -p "$TLS"
@@ -41,7 +30,6 @@ printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" > "$TLS/ext"
 openssl x509 -req -in "$TLS/node.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
   -days 2 -extfile "$TLS/ext" -out "$TLS/node.pem" 2>/dev/null
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OUT="$HERE/results.jsonl"
 : > "$OUT"
 rep=0
@@ -53,7 +41,6 @@ record() { # system workload param json
 bin() { # system role -> command prefix
   if [ "$1" = hypha ]; then echo "$HX/$2"; else echo "$ZB $2"; fi
 }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 ping_run() { # system proto
   local sys=$1 proto=$2 ep res pid

@@ -32,6 +32,7 @@ pub mod api;
 #[doc(hidden)]
 pub mod cli;
 pub mod config;
+mod info;
 mod net;
 mod runtime;
 pub mod sample;

@@ -324,36 +324,7 @@ pub async fn open(config: Config) -> Result<Session, OpenError> {
     })
 }
 
-/// A neighbour and its link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkSummary {
-    /// The neighbour's id.
-    pub node: NodeId,
-    /// Its mode.
-    pub mode: Mode,
-    /// What the link is to this node: `peer`, `client` or `router` (the neighbour's role).
-    pub kind: &'static str,
-    /// Its endpoint as seen from here.
-    pub remote: Endpoint,
-    /// Messages queued to it.
-    pub sent: u64,
-    /// Messages dropped for it (congestion).
-    pub dropped: u64,
-    /// Samples received from it.
-    pub received: u64,
-    /// Bytes waiting in its queues.
-    pub queued_bytes: usize,
-    /// Messages from it refused by this node's ingress hooks.
-    pub denied_in: u64,
-    /// Messages to it refused by this node's egress hooks.
-    pub denied_out: u64,
-    /// Subscribers, queryables and tokens it declared here.
-    pub declarations: usize,
-    /// Interests it keeps open here (a client asking for what it needs).
-    pub interests: usize,
-    /// Declarations this node made to it (its own and those it propagates).
-    pub declared_to: usize,
-}
+pub use crate::info::LinkSummary;
 
 /// What a session knows about itself.
 #[derive(Clone, Debug)]
@@ -389,26 +360,7 @@ impl Session {
 
     /// A description of this node, its links and counters.
     pub fn info(&self) -> Info {
-        let links = self
-            .rt
-            .links()
-            .into_iter()
-            .map(|l| LinkSummary {
-                node: l.node,
-                mode: l.mode,
-                kind: l.kind.as_str(),
-                remote: l.remote,
-                sent: l.sent,
-                dropped: l.dropped,
-                received: l.received,
-                queued_bytes: l.queued_bytes,
-                denied_in: l.denied_in,
-                denied_out: l.denied_out,
-                declarations: l.declarations,
-                interests: l.interests,
-                declared_to: l.declared_to,
-            })
-            .collect();
+        let links = self.rt.links();
         let c = self.rt.counters();
         Info {
             id: self.rt.id(),

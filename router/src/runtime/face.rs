@@ -790,24 +790,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
             }
         }
         for m in incoming.drain(..) {
-            match m {
-                Incoming::Sample {
-                    key,
-                    kind,
-                    payload,
-                    extra,
-                    lane,
-                } => rt.deliver_remote_sample(
-                    &face,
-                    &mut route_cache,
-                    key,
-                    kind,
-                    payload,
-                    extra,
-                    lane,
-                ),
-                other => rt.dispatch(&face, other),
-            }
+            rt.dispatch(&face, &mut route_cache, m);
         }
         if closed {
             return;

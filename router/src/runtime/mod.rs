@@ -306,23 +306,6 @@ pub(crate) fn random_u64() -> u64 {
     }
 }
 
-/// A link seen by `info`.
-pub(crate) struct LinkView {
-    pub node: NodeId,
-    pub mode: Mode,
-    pub kind: FaceKind,
-    pub remote: Endpoint,
-    pub sent: u64,
-    pub dropped: u64,
-    pub received: u64,
-    pub queued_bytes: usize,
-    pub denied_in: u64,
-    pub denied_out: u64,
-    pub declarations: usize,
-    pub interests: usize,
-    pub declared_to: usize,
-}
-
 impl Runtime {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         let id = config.id.unwrap_or_else(|| {
@@ -735,8 +718,14 @@ impl Runtime {
         self.changed.notify_waiters();
     }
 
-    /// Handles what a neighbour sent (everything but samples).
-    pub(crate) fn dispatch(self: &Arc<Self>, face: &Arc<Face>, m: Incoming) {
+    /// Handles what a neighbour sent. Samples take the hot path on `cache`, the link's last
+    /// route; everything else goes to the node.
+    pub(crate) fn dispatch(
+        self: &Arc<Self>,
+        face: &Arc<Face>,
+        cache: &mut Option<RouteCache>,
+        m: Incoming,
+    ) {
         match m {
             Incoming::Sample {
                 key,
@@ -744,10 +733,7 @@ impl Runtime {
                 payload,
                 extra,
                 lane,
-            } => {
-                let mut none = None;
-                self.deliver_remote_sample(face, &mut none, key, kind, payload, extra, lane);
-            }
+            } => self.deliver_remote_sample(face, cache, key, kind, payload, extra, lane),
             Incoming::Msg(msg) => {
                 let is_request = matches!(msg, Msg::Request(_));
                 self.with_node(|n, now| n.handle_message(now, face.id, msg));
@@ -764,17 +750,17 @@ impl Runtime {
     }
 
     /// Links, for `info`.
-    pub(crate) fn links(&self) -> Vec<LinkView> {
+    pub(crate) fn links(&self) -> Vec<crate::info::LinkSummary> {
         let snaps = self.node.lock().unwrap_or_else(|p| p.into_inner()).faces();
-        let mut v: Vec<LinkView> = snaps
+        let mut v: Vec<crate::info::LinkSummary> = snaps
             .into_iter()
             .filter_map(|s| {
                 let f = self.face(s.id)?;
                 let p = f.peer()?;
-                Some(LinkView {
+                Some(crate::info::LinkSummary {
                     node: s.node,
                     mode: p.mode,
-                    kind: s.kind,
+                    kind: s.kind.as_str(),
                     remote: f.info.remote.clone(),
                     sent: f.sent.load(Ordering::Relaxed),
                     dropped: f.dropped.load(Ordering::Relaxed),
