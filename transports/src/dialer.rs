@@ -390,10 +390,14 @@ fn jittered(d: Duration, r: u64) -> Duration {
     d - quarter + Duration::from_nanos(off)
 }
 
-/// Random bits for jitter, without a random-number crate: std's hasher keys are seeded from the
-/// OS and change with every `RandomState`.
+/// Random bits for jitter, from the operating system's generator (std's hasher keys as a
+/// fallback should it ever fail).
 fn random_u64() -> u64 {
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => std::collections::hash_map::RandomState::new().hash_one(0u8),
+    }
 }
 
 #[cfg(test)]
