@@ -103,6 +103,10 @@ pub struct LimitsConfig {
     pub max_handshaking: usize,
     /// Accepted links still handshaking from one source address.
     pub max_handshaking_per_source: usize,
+    /// Bytes all links together may hold in partial reassemblies (messages split in
+    /// fragments whose last piece has not arrived). Past it, the link that grows it has its
+    /// largest partial message evicted (counted; on a reliable lane that link is closed).
+    pub max_reassembly_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +120,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 16 << 20,
             max_handshaking: 256,
             max_handshaking_per_source: 32,
+            max_reassembly_bytes: 256 << 20,
         }
     }
 }

@@ -50,3 +50,143 @@ async fn half_open_links_are_bounded_per_source_and_their_places_come_back() {
         .unwrap();
     assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
 }
+
+/// A node's session driven by hand over raw TCP (preamble, then u16-length-prefixed batches).
+struct RawPeer {
+    s: TcpStream,
+    session: hypha_core::session::HeapSession,
+    buf: Vec<u8>,
+    t0: std::time::Instant,
+}
+
+impl RawPeer {
+    async fn connect(addr: &str, id: u128) -> RawPeer {
+        use hypha_core::session::{Config, HeapSession, Role};
+        let s = half_open(addr).await;
+        let cfg = Config::new(hypha_core::id::NodeId::from_u128(id));
+        let t0 = std::time::Instant::now();
+        let session = HeapSession::new(
+            cfg,
+            Role::Dialer,
+            hypha_core::time::Instant::from_micros(0),
+            7,
+        );
+        let mut p = RawPeer {
+            s,
+            session,
+            buf: vec![0u8; 65_535],
+            t0,
+        };
+        while !p.session.is_open() {
+            p.flush(usize::MAX).await;
+            p.read_one().await;
+        }
+        p.flush(usize::MAX).await;
+        p
+    }
+
+    fn now(&self) -> hypha_core::time::Instant {
+        hypha_core::time::Instant::from_micros(self.t0.elapsed().as_micros() as u64)
+    }
+
+    /// Writes up to `max` batches the session has queued.
+    async fn flush(&mut self, max: usize) {
+        for _ in 0..max {
+            let now = self.now();
+            let Some(n) = self.session.poll_transmit(now, &mut self.buf) else {
+                return;
+            };
+            let mut framed = (n as u16).to_le_bytes().to_vec();
+            framed.extend_from_slice(&self.buf[..n]);
+            self.s.write_all(&framed).await.unwrap();
+        }
+    }
+
+    /// Reads one batch and feeds it to the session; `false` at EOF.
+    async fn read_one(&mut self) -> bool {
+        let mut len = [0u8; 2];
+        if tokio::time::timeout(T, self.s.read_exact(&mut len))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_none()
+        {
+            return false;
+        }
+        let mut batch = vec![0u8; usize::from(u16::from_le_bytes(len))];
+        if self.s.read_exact(&mut batch).await.is_err() {
+            return false;
+        }
+        let now = self.now();
+        self.session.handle_input(now, &batch, &mut |_| {});
+        true
+    }
+
+    /// Queues one reliable message of `size` bytes and writes only its first `pieces` batches.
+    async fn start_big_message(&mut self, size: usize, pieces: usize) {
+        use hypha_core::wire::{NetworkMessage, Priority, Push, RawBytes, SampleKind, WireKey};
+        let payload = vec![3u8; size];
+        let msg = NetworkMessage::Push(Push {
+            key: WireKey::Name("big/partial"),
+            kind: SampleKind::Put,
+            payload: RawBytes(&payload),
+            timestamp: None,
+            encoding: None,
+            attachment: None,
+        });
+        self.session.send(Priority::Background, true, &msg).unwrap();
+        self.flush(pieces).await;
+    }
+}
+
+#[tokio::test]
+async fn partial_messages_share_one_node_wide_budget_and_give_it_back() {
+    let mut c = common::node_config("tcp/127.0.0.1:0", &[]);
+    c.limits.max_reassembly_bytes = 1 << 20;
+    let a = hypha::open(c).await.unwrap();
+    let addr = a.info().listening[0]
+        .to_string()
+        .trim_start_matches("tcp/")
+        .to_string();
+    // Two links each start a 4 MiB message and stop after ~640 KiB: the second pushes the
+    // node past its 1 MiB budget, so its partial message is evicted and, its lane being
+    // reliable, the link is closed with a reason.
+    let mut one = RawPeer::connect(&addr, 0xa1).await;
+    one.start_big_message(4 << 20, 10).await;
+    let mut two = RawPeer::connect(&addr, 0xa2).await;
+    two.start_big_message(4 << 20, 10).await;
+    while two.read_one().await {}
+    let events: Vec<_> = std::iter::from_fn(|| two.session.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            hypha_core::session::Event::Closed {
+                reason: hypha_core::wire::CloseReason::TooLarge,
+                by_peer: true
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(a.info().reassembly_evicted, 1);
+    // The first link goes: what it held returns to the budget, so a third link may hold as
+    // much without anything evicted.
+    drop(one);
+    let mut three = RawPeer::connect(&addr, 0xa3).await;
+    // Wait until the node has seen the first link go (it is no longer among its links).
+    common::wait_until(T, async || {
+        a.info()
+            .links
+            .iter()
+            .all(|l| l.node != hypha_core::id::NodeId::from_u128(0xa1))
+    })
+    .await
+    .unwrap();
+    three.start_big_message(4 << 20, 10).await;
+    // The third link is still up: a keep-alive exchange works and nothing more was evicted.
+    let mut probe = RawPeer::connect(&addr, 0xa4).await;
+    probe.start_big_message(64 << 10, 1).await;
+    common::wait_until(T, async || a.info().links.len() >= 2)
+        .await
+        .unwrap();
+    assert_eq!(a.info().reassembly_evicted, 1, "{:?}", a.info());
+}

@@ -197,6 +197,8 @@ pub struct Stats {
     pub rx_reassembled: u64,
     /// Partial reassemblies dropped (a fragment was lost on a best-effort lane).
     pub rx_reassembly_dropped: u64,
+    /// Partial reassemblies evicted because a node-wide budget was exceeded.
+    pub rx_reassembly_evicted: u64,
     /// Keep-alives sent.
     pub keepalives_sent: u64,
 }
@@ -372,6 +374,45 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// Keys declared by the peer.
     pub fn remote_keys(&self) -> &K {
         &self.keys
+    }
+
+    /// Bytes held in partial reassemblies (messages whose last fragment has not arrived). A
+    /// runtime adds these up across its links to enforce a node-wide budget.
+    pub fn reassembly_held(&self) -> usize {
+        self.reassembly
+            .iter()
+            .filter(|r| r.is_active())
+            .map(|r| r.held())
+            .sum()
+    }
+
+    /// Drops the largest partial reassembly (a node-wide budget is exceeded) and frees its
+    /// memory; counted in `stats.rx_reassembly_evicted`. On a reliable lane the message cannot
+    /// be skipped, so the link is closed (`TooLarge`, "reassembly budget"). Returns the bytes
+    /// freed (0 if there was nothing to evict).
+    pub fn evict_partial(&mut self) -> usize {
+        let Some((slot, held)) = self
+            .reassembly
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_active())
+            .map(|(i, r)| (i, r.held()))
+            .max_by_key(|(_, h)| *h)
+        else {
+            return 0;
+        };
+        if let Some(r) = self.reassembly.get_mut(slot) {
+            r.evict();
+        }
+        self.stats.rx_reassembly_evicted += 1;
+        if slot % 2 == 1 {
+            crate::core_warn!("closing link: node-wide reassembly budget exceeded");
+            self.close_with(
+                CloseReason::TooLarge,
+                "node-wide reassembly budget exceeded",
+            );
+        }
+        held
     }
 
     /// Takes the buffer holding the last message reassembled from fragments (delivered by the

@@ -13,6 +13,23 @@ pub(super) struct Reassembly<B> {
     active: bool,
 }
 
+impl<B: Buffer> Reassembly<B> {
+    pub(super) fn is_active(&self) -> bool {
+        self.active
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.buf.bytes().len()
+    }
+
+    /// Forgets the partial message and frees its memory.
+    pub(super) fn evict(&mut self) {
+        self.active = false;
+        self.buf.resize(0);
+        self.buf.shrink();
+    }
+}
+
 enum Verdict {
     Accept,
     Drop,

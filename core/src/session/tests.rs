@@ -516,6 +516,51 @@ fn ten_mib_payload_is_fragmented_and_reassembled() {
 }
 
 #[test]
+fn a_partial_reassembly_can_be_evicted_for_a_node_wide_budget() {
+    let mut p = Pair::new(cfg(1), cfg(2));
+    p.drive();
+    let payload = vec![7u8; 1 << 20];
+    let push = || {
+        NetworkMessage::Push(Push {
+            key: crate::wire::WireKey::Name("big/blob"),
+            kind: SampleKind::Put,
+            payload: RawBytes(&payload),
+            timestamp: None,
+            encoding: None,
+            attachment: None,
+        })
+    };
+    // Best effort: three fragments in, then evicted: memory freed, counted, link still open.
+    p.a.send(Priority::Background, false, &push()).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..3 {
+        let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
+        p.b.handle_input(p.now, &buf[..n], &mut |_| panic!("nothing is complete yet"));
+    }
+    let held = p.b.reassembly_held();
+    assert!(held > 100_000, "{held}");
+    assert_eq!(p.b.evict_partial(), held);
+    assert_eq!(p.b.reassembly_held(), 0);
+    assert_eq!(p.b.stats().rx_reassembly_evicted, 1);
+    assert!(p.b.is_open());
+    assert_eq!(p.b.evict_partial(), 0, "nothing left to evict");
+    // Reliable: the message cannot be skipped, so evicting it closes the link, naming why.
+    let mut p = Pair::new(cfg(1), cfg(2));
+    p.drive();
+    p.a.send(Priority::Background, true, &push()).unwrap();
+    let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
+    p.b.handle_input(p.now, &buf[..n], &mut |_| panic!("nothing is complete yet"));
+    assert!(p.b.evict_partial() > 0);
+    assert!(matches!(
+        p.b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::TooLarge,
+            by_peer: false
+        })
+    ));
+}
+
+#[test]
 fn reassembly_cap_is_enforced() {
     let mut cb = cfg(2);
     cb.max_message_size = 1 << 20;

@@ -350,6 +350,9 @@ pub struct Info {
     /// Accepted links closed at once because too many were still handshaking
     /// (`limits.max_handshaking`, `limits.max_handshaking_per_source`).
     pub refused_handshaking: u64,
+    /// Partial messages evicted because all links together exceeded
+    /// `limits.max_reassembly_bytes`.
+    pub reassembly_evicted: u64,
 }
 
 impl Session {
@@ -373,6 +376,7 @@ impl Session {
             forwarded: c.forwarded.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
             refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),
+            reassembly_evicted: c.reassembly_evicted.load(Ordering::Relaxed),
         }
     }
 

@@ -723,6 +723,11 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
     let mut events: Vec<Event> = Vec::new();
     let mut route_cache: Option<super::RouteCache> = None;
     let mut fixups: Vec<Fixup> = Vec::new();
+    let mut reassembly_held = 0usize;
+    let _release = ReassemblyRelease {
+        rt: rt.clone(),
+        face: face.clone(),
+    };
     loop {
         let batch = tokio::select! {
             r = rx.recv() => r,
@@ -764,6 +769,9 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
                     }
                 }
             }
+            // Partial reassemblies count against the node-wide budget: past it, this link's
+            // largest partial message is evicted (counted; on a reliable lane the link closes).
+            reassembly_held = rt.account_reassembly(reassembly_held, &mut st.session);
             while let Some(e) = st.session.poll_event() {
                 events.push(e);
             }
@@ -795,6 +803,19 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
         if closed {
             return;
         }
+    }
+}
+
+/// Gives a link's partial reassemblies back to the node-wide budget when its reader ends.
+struct ReassemblyRelease {
+    rt: Arc<Runtime>,
+    face: Arc<Face>,
+}
+
+impl Drop for ReassemblyRelease {
+    fn drop(&mut self) {
+        let held = self.face.lock().session.reassembly_held();
+        self.rt.release_reassembly(held);
     }
 }
 

@@ -23,7 +23,7 @@ use hypha_core::session::{Role, SendError};
 use hypha_core::wire::{Gossip, Mode, NetworkMessage, SampleKind};
 use hypha_transports::{Endpoint, Listener};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -232,6 +232,8 @@ pub(crate) struct Counters {
     pub forwarded: AtomicU64,
     /// Accepted links closed at once because too many were handshaking.
     pub refused_handshaking: AtomicU64,
+    /// Partial messages evicted for the node-wide reassembly budget.
+    pub reassembly_evicted: AtomicU64,
 }
 
 /// Actions waiting to be executed outside the node's lock, in the order the node produced them.
@@ -278,6 +280,8 @@ pub(crate) struct Runtime {
     connecting: Mutex<HashSet<NodeId>>,
     /// Accepted links still handshaking.
     handshaking: Mutex<Handshaking>,
+    /// Bytes held in partial reassemblies by all links.
+    reassembly: AtomicUsize,
 }
 
 /// hypha-core's log shim, forwarded to `tracing` under the target `hypha_core`.
@@ -337,6 +341,7 @@ impl Runtime {
             known: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashSet::new()),
             handshaking: Mutex::new(Handshaking::default()),
+            reassembly: AtomicUsize::new(0),
         })
     }
 
@@ -631,6 +636,52 @@ impl Runtime {
                 return cond();
             }
         }
+    }
+
+    /// Updates the node-wide count of bytes in partial reassemblies with one link's change
+    /// (`before` is what the link held at its last call) and, past `limits.max_reassembly_bytes`,
+    /// evicts that link's largest partial messages until under budget. Returns what it holds now.
+    pub(crate) fn account_reassembly(
+        &self,
+        before: usize,
+        session: &mut hypha_core::session::HeapSession,
+    ) -> usize {
+        let mut now = session.reassembly_held();
+        let budget = self.config.limits.max_reassembly_bytes;
+        let mut total = if now >= before {
+            self.reassembly.fetch_add(now - before, Ordering::AcqRel) + (now - before)
+        } else {
+            self.reassembly
+                .fetch_sub(before - now, Ordering::AcqRel)
+                .saturating_sub(before - now)
+        };
+        while total > budget {
+            let freed = session.evict_partial();
+            if freed == 0 {
+                break;
+            }
+            self.counters
+                .reassembly_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "node-wide reassembly budget ({budget} bytes) exceeded: partial message of {freed} bytes evicted"
+            );
+            now -= freed.min(now);
+            total = self
+                .reassembly
+                .fetch_sub(freed, Ordering::AcqRel)
+                .saturating_sub(freed);
+        }
+        now
+    }
+
+    /// A link's partial reassemblies leave the budget (the link is gone).
+    pub(crate) fn release_reassembly(&self, held: usize) {
+        let _ = self
+            .reassembly
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(held))
+            });
     }
 
     /// Every neighbour asked has answered local declaration `id`'s interest.
