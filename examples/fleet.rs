@@ -106,7 +106,15 @@ async fn demo(secs: u64) -> anyhow::Result<()> {
                 *counts.entry(car.clone()).or_default() += 1;
                 last.insert(car, s.payload_str().unwrap_or("?").to_string());
             }
-            Some(s) = alive.recv() => println!("{}", show(&s)),
+            Some(s) = alive.recv() => {
+                println!("{}", show(&s));
+                // A departed car's last speed is not shown as if it were still driving.
+                if s.kind == SampleKind::Delete {
+                    if let Some(car) = s.key.split('/').nth(1) {
+                        last.remove(car);
+                    }
+                }
+            }
             _ = tick.tick() => {
                 let row: Vec<String> = last.iter().map(|(k, v)| format!("{k}={v:>5} km/h")).collect();
                 println!("{:>6.2}s speeds: {}", t0.elapsed().as_secs_f64(), row.join("  "));

@@ -258,6 +258,17 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
                     Ok(Ok(conn)) => {
                         let _ = tx.send(link(conn, local_addr, None)).await;
                     }
+                    // A peer that gives up its own handshake (it kept another link to us, the
+                    // duplicate rule) is routine: only other failures are worth a warning.
+                    Ok(Err(quinn::ConnectionError::ApplicationClosed(_)))
+                    | Ok(Err(quinn::ConnectionError::LocallyClosed)) => {
+                        tracing::debug!(%remote, "quic peer closed during its handshake")
+                    }
+                    Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+                        if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
+                    {
+                        tracing::debug!(%remote, "quic peer closed during its handshake")
+                    }
                     Ok(Err(e)) => tracing::warn!(%remote, "refusing quic peer: {e}"),
                     Err(_) => tracing::warn!(%remote, "refusing quic peer: handshake timed out"),
                 }
