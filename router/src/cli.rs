@@ -637,21 +637,35 @@ async fn run(cli: Cli) -> Result<()> {
             let q = s.declare_queryable(&keyexpr).stream()?;
             println!(
                 "{}",
-                serde_json::json!({"event": "ready", "id": s.id().to_string()})
+                serde_json::json!({"event": "ready", "id": s.id().to_string(),
+                    "listening": s.info().listening.iter().map(|e| e.to_string()).collect::<Vec<_>>()})
             );
+            let own_key_is_concrete = crate::keyexpr::KeyExpr::new(&keyexpr)
+                .map(|k| !k.is_wild())
+                .unwrap_or(false);
             loop {
                 let query = tokio::select! {
                     q = q.recv() => q,
                     _ = shutdown_signal() => None,
                 };
                 let Some(query) = query else { break };
+                // A sample's key is concrete: answer on the queried key, or on our own when the
+                // query is a wildcard and ours is concrete; otherwise say why there is no value.
                 let key = query.key_expr();
-                let key = if key.is_wild() {
-                    keyexpr.clone()
+                let r = if !key.is_wild() {
+                    let key = key.to_string();
+                    query.reply(&key, value.clone()).await
+                } else if own_key_is_concrete {
+                    query.reply(&keyexpr, value.clone()).await
                 } else {
-                    key.to_string()
+                    query
+                        .reply_err(format!(
+                            "{keyexpr} holds no concrete key to answer {} with: ask a concrete key",
+                            query.key_expr()
+                        ))
+                        .await
                 };
-                if let Err(e) = query.reply(&key, value.clone()).await {
+                if let Err(e) = r {
                     eprintln!("warning: reply failed: {e}");
                 }
             }
@@ -846,9 +860,10 @@ async fn get(common: &Common, q: Get) -> Result<()> {
     // discovery.
     let t0 = tokio::time::Instant::now();
     let _ = s.wait_settled(wait).await;
-    let _ = s
+    let known = s
         .wait_queryable(&key, wait.saturating_sub(t0.elapsed()))
         .await;
+    let asked = tokio::time::Instant::now();
     let mut replies = s
         .get(selector)
         .target(target)
@@ -869,9 +884,25 @@ async fn get(common: &Common, q: Get) -> Result<()> {
         };
         println!("{line}");
     }
+    let took = asked.elapsed();
     s.close().await;
     if n == 0 {
-        anyhow::bail!("no reply to {selector} within {} ms", timeout.as_millis());
+        if !known {
+            anyhow::bail!(
+                "no queryable or storage matching {selector} was found within {} ms",
+                wait.as_millis()
+            );
+        }
+        if took < timeout {
+            anyhow::bail!(
+                "every queryable matching {selector} answered, with nothing (after {} ms)",
+                took.as_millis()
+            );
+        }
+        anyhow::bail!(
+            "no reply to {selector} within {} ms (the matching queryables did not finish)",
+            timeout.as_millis()
+        );
     }
     Ok(())
 }
@@ -933,9 +964,23 @@ pub fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text the message
+/// already shows (errors that print their source) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
 }
 
 #[cfg(test)]

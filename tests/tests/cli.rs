@@ -119,6 +119,8 @@ async fn errors_are_one_clear_line_and_a_nonzero_exit() {
             lines[0].starts_with("error: ") && lines[0].contains(want),
             "{args:?}: {err}"
         );
+        // Each cause once (errors that print their source are not followed by it again).
+        assert_eq!(lines[0].matches(want).count(), 1, "{args:?}: {err}");
     }
 }
 

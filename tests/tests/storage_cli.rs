@@ -113,7 +113,8 @@ async fn storage_in_another_process_answers_latest_and_history() {
     ])
     .await;
     assert_ne!(code, 0);
-    assert!(err.contains("no reply"), "{err}");
+    // An empty storage is told apart from an unreachable one.
+    assert!(err.contains("answered, with nothing"), "{err}");
 }
 
 #[tokio::test]
@@ -183,7 +184,10 @@ async fn consolidation_and_timeouts_with_queryable_processes() {
     ])
     .await;
     assert_ne!(code, 0);
-    assert!(err.starts_with("error: no reply"), "{err}");
+    assert!(
+        err.starts_with("error: no queryable or storage matching nothing/here was found"),
+        "{err}"
+    );
     // Bad arguments are clear errors.
     let (code, _, err) = run(&["get", "cfg/x", "--target", "nearest"]).await;
     assert_ne!(code, 0);
@@ -191,4 +195,34 @@ async fn consolidation_and_timeouts_with_queryable_processes() {
     let (code, _, err) = run(&["storage", "s/**", "--backend", "rocks"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("rocks"), "{err}");
+}
+
+#[tokio::test]
+async fn a_queryable_answers_on_concrete_keys_only() {
+    // Port 0, read back from the ready line (which now carries `listening`).
+    let mut q = Proc::spawn(
+        "q",
+        cli(&["queryable", "conf/**", "v1", "--listen", "tcp/127.0.0.1:0"]),
+    )
+    .unwrap();
+    let ready = q.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let ep = listening_endpoint(&ready).unwrap();
+    // A concrete key is answered on that key.
+    let (code, out, err) = run(&["get", "conf/a", "--json", "--connect", &ep]).await;
+    assert_eq!(code, 0, "{err}");
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 1, "{out}");
+    assert_eq!(
+        (v[0]["key"].as_str(), v[0]["payload"].as_str()),
+        (Some("conf/a"), Some("v1"))
+    );
+    // A wildcard query gets an error reply saying why, never a sample on a wildcard key.
+    let (_, out, err) = run(&["get", "conf/**", "--json", "--connect", &ep]).await;
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 1, "{out} {err}");
+    assert_eq!(v[0]["kind"], "error", "{out}");
+    assert!(
+        v[0]["payload"].as_str().unwrap_or("").contains("concrete"),
+        "{out}"
+    );
 }
