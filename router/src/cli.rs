@@ -477,6 +477,11 @@ async fn publish(
         .congestion_control(crate::CongestionControl::Block);
     let settled = p.wait_settled(wait).await;
     let ready = settled;
+    if s.info().links.is_empty() {
+        if let Some(e) = s.connect_error() {
+            anyhow::bail!("could not reach any node: {e}");
+        }
+    }
     if !p.matching_status() && !p.wait_matching(wait.saturating_sub(t0.elapsed())).await {
         eprintln!(
             "note: no matching subscriber after {} ms; publishing anyway",
@@ -863,6 +868,11 @@ async fn get(common: &Common, q: Get) -> Result<()> {
     let known = s
         .wait_queryable(&key, wait.saturating_sub(t0.elapsed()))
         .await;
+    if s.info().links.is_empty() && !known {
+        if let Some(e) = s.connect_error() {
+            anyhow::bail!("could not reach any node: {e}");
+        }
+    }
     let asked = tokio::time::Instant::now();
     let mut replies = s
         .get(selector)

@@ -190,3 +190,19 @@ async fn partial_messages_share_one_node_wide_budget_and_give_it_back() {
         .unwrap();
     assert_eq!(a.info().reassembly_evicted, 1, "{:?}", a.info());
 }
+
+#[tokio::test]
+async fn a_node_demanding_mutual_tls_refuses_plaintext_listeners_and_dials() {
+    for (listen, connect) in [
+        ("tcp/127.0.0.1:0", vec![]),
+        ("quic/127.0.0.1:0", vec!["tcp/127.0.0.1:1".to_string()]),
+    ] {
+        let mut c = common::node_config(listen, &connect);
+        c.tls.mutual = true;
+        let err = hypha::open(c).await.unwrap_err().to_string();
+        assert!(
+            err.contains("plaintext") && err.contains("tls.mutual"),
+            "{err}"
+        );
+    }
+}

@@ -110,6 +110,19 @@ async fn errors_are_one_clear_line_and_a_nonzero_exit() {
             "/nonexistent/h.toml",
         ),
         (vec!["peer", "--listen", taken.as_str()], "cannot listen"),
+        // Nobody to publish to is an error naming why, not a silent success.
+        (
+            vec![
+                "put",
+                "a",
+                "x",
+                "--connect",
+                "tcp/127.0.0.1:1",
+                "--wait-ms",
+                "1500",
+            ],
+            "could not reach any node",
+        ),
     ] {
         let (code, out, err) = run(&args).await;
         assert_ne!(code, 0, "{args:?} succeeded: {out}");

@@ -292,8 +292,33 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A node that demands authentication (`tls.mutual`) refuses to listen on or dial a
+/// plaintext transport (tcp, udp, unix): a peer there could bypass the certificates.
+fn check_authenticated(config: &Config) -> Result<(), OpenError> {
+    if !config.tls.mutual {
+        return Ok(());
+    }
+    let plaintext = |e: &Endpoint| match e {
+        Endpoint::Net { protocol, .. } => *protocol != hypha_transports::Protocol::Quic,
+        Endpoint::Unix(_) => true,
+        Endpoint::Mem(_) => false,
+    };
+    for (field, eps) in [("listen", &config.listen), ("connect", &config.connect)] {
+        if let Some(e) = eps.iter().find(|e| plaintext(e)) {
+            return Err(OpenError::Config(crate::config::ConfigError::Value {
+                field,
+                message: format!(
+                    "{e} is plaintext, and tls.mutual demands authenticated links: use quic/"
+                ),
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// Opens a session: starts listeners, dials configured endpoints, starts mDNS discovery.
 pub async fn open(config: Config) -> Result<Session, OpenError> {
+    check_authenticated(&config)?;
     let rt = Runtime::new(config);
     rt.start();
     let mut bound = Vec::new();
@@ -396,6 +421,13 @@ impl Session {
         self.rt
             .wait_until(timeout, || self.rt.links().len() >= n)
             .await
+    }
+
+    /// Why the last attempt to reach a configured endpoint failed (refused, unreachable, a TLS
+    /// certificate the peer refused or we refused…), if one did. With no link up, this is what
+    /// a short-lived program should report instead of publishing into nothing.
+    pub fn connect_error(&self) -> Option<String> {
+        self.rt.last_connect_error()
     }
 
     /// Waits until discovery has settled, up to `timeout`: a link to every configured endpoint,

@@ -282,6 +282,8 @@ pub(crate) struct Runtime {
     handshaking: Mutex<Handshaking>,
     /// Bytes held in partial reassemblies by all links.
     reassembly: AtomicUsize,
+    /// Why the last dial of a configured endpoint failed (for `Session::connect_error`).
+    last_connect_error: Mutex<Option<String>>,
 }
 
 /// hypha-core's log shim, forwarded to `tracing` under the target `hypha_core`.
@@ -342,6 +344,7 @@ impl Runtime {
             connecting: Mutex::new(HashSet::new()),
             handshaking: Mutex::new(Handshaking::default()),
             reassembly: AtomicUsize::new(0),
+            last_connect_error: Mutex::new(None),
         })
     }
 
@@ -682,6 +685,14 @@ impl Runtime {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(held))
             });
+    }
+
+    /// Why the last dial of a configured endpoint failed, if one did.
+    pub(crate) fn last_connect_error(&self) -> Option<String> {
+        self.last_connect_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every neighbour asked has answered local declaration `id`'s interest.
@@ -1185,7 +1196,12 @@ impl Runtime {
                             ok = true;
                         }
                     }
-                    Err(e) => tracing::debug!(endpoint = %ep, "connect failed: {e}"),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %ep, "connect failed: {e}");
+                        *rt.last_connect_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(format!("{ep}: {e}"));
+                    }
                 }
                 if rt.is_closed() {
                     break;
