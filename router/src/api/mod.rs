@@ -329,6 +329,7 @@ pub async fn open(config: Config) -> Result<Session, OpenError> {
         rt.serve(l);
     }
     rt.set_listening(bound.clone());
+    rt.set_listening_locators();
     let connect = rt.config().connect.clone();
     if rt.config().mode == Mode::Client {
         // A client keeps one link: to the first endpoint of its list that answers, failing over

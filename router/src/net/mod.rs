@@ -202,6 +202,12 @@ pub(crate) enum Msg {
     ResponseFinal {
         id: u32,
     },
+    /// "`node` (a neighbour of this kind) listens on `locators`" (comma-separated endpoints).
+    Gossip {
+        node: NodeId,
+        mode: Mode,
+        locators: Arc<str>,
+    },
 }
 
 impl Msg {
@@ -209,7 +215,7 @@ impl Msg {
     pub(crate) fn lane(&self) -> Lane {
         match self {
             Msg::Sample { lane, .. } => *lane,
-            Msg::Declare(_) => Lane::CONTROL,
+            Msg::Declare(_) | Msg::Gossip { .. } => Lane::CONTROL,
             Msg::Request(_) | Msg::Response { .. } | Msg::ResponseFinal { .. } => Lane::QUERY,
         }
     }
@@ -303,6 +309,14 @@ pub(crate) enum Action {
     QueryDone { query: QueryId },
     /// A local declaration is known where it matters: every neighbour asked has answered.
     Ready { id: LocalId },
+    /// A node and where it listens, learnt by gossip. `neighbour`: it announced itself on one
+    /// of our links (remember it, to redial it later); otherwise it is a neighbour's neighbour
+    /// the runtime may dial (peers form a full mesh).
+    Discovered {
+        node: NodeId,
+        locators: Arc<str>,
+        neighbour: bool,
+    },
     /// Close a face. `drain`: after what is already queued on it has been written.
     Close {
         face: FaceId,
@@ -480,7 +494,14 @@ pub(crate) struct Node {
     actions: VecDeque<Action>,
     /// Bumped on every declaration change (for waiters on "something changed").
     version: u64,
+    /// Where this node listens (gossiped to every new neighbour).
+    locators: Arc<str>,
+    /// Where neighbours said they listen (relayed to newcomers), capped.
+    known: HashMap<NodeId, Arc<str>>,
 }
+
+/// Most nodes remembered from gossip (a neighbour cannot exhaust memory with it).
+const MAX_KNOWN: usize = 4096;
 
 impl Node {
     pub(crate) fn new(config: NodeConfig) -> Self {
@@ -502,7 +523,14 @@ impl Node {
             next_id: 1,
             actions: VecDeque::new(),
             version: 1,
+            locators: Arc::from(""),
+            known: HashMap::new(),
         }
+    }
+
+    /// Where this node listens, comma-separated (told to every new neighbour).
+    pub(crate) fn set_locators(&mut self, locators: Arc<str>) {
+        self.locators = locators;
     }
 
     #[cfg(test)]
@@ -635,6 +663,32 @@ impl Node {
                 self.send_interest(face, id as u32, key, flags);
             }
         }
+        // Gossip: who we are and where we listen, and the neighbours we know (so that peers
+        // configured with one endpoint still form a full mesh).
+        self.send(
+            face,
+            Msg::Gossip {
+                node: self.id,
+                mode: self.role,
+                locators: self.locators.clone(),
+            },
+        );
+        let known: Vec<(NodeId, Arc<str>)> = self
+            .known
+            .iter()
+            .filter(|(n, _)| **n != node && self.faces.values().any(|f| f.node == **n))
+            .map(|(n, l)| (*n, l.clone()))
+            .collect();
+        for (n, locators) in known {
+            self.send(
+                face,
+                Msg::Gossip {
+                    node: n,
+                    mode: Mode::Peer,
+                    locators,
+                },
+            );
+        }
         if let Some(old) = replaced {
             self.push(Action::Close {
                 face: old,
@@ -748,6 +802,11 @@ impl Node {
             Msg::Request(r) => self.on_request(now, face, r),
             Msg::Response { id, result } => self.on_response(face, id, result),
             Msg::ResponseFinal { id } => self.on_response_final(face, id),
+            Msg::Gossip {
+                node,
+                mode: _,
+                locators,
+            } => self.on_gossip(face, node, locators),
         }
     }
 
@@ -911,6 +970,39 @@ impl Node {
                 done: Done::Final(face, id),
             },
         );
+    }
+
+    /// A neighbour told us where `node` listens. About itself: remembered and relayed one hop
+    /// to our other neighbours; about another node: the runtime may dial it.
+    fn on_gossip(&mut self, face: FaceId, node: NodeId, locators: Arc<str>) {
+        let Some(from) = self.faces.get(&face).map(|f| f.node) else {
+            return;
+        };
+        if node == self.id || locators.is_empty() {
+            return;
+        }
+        let neighbour = node == from;
+        if neighbour {
+            if self.known.len() < MAX_KNOWN || self.known.contains_key(&node) {
+                self.known.insert(node, locators.clone());
+            }
+            let others: Vec<FaceId> = self.faces.keys().copied().filter(|g| *g != face).collect();
+            for g in others {
+                self.send(
+                    g,
+                    Msg::Gossip {
+                        node,
+                        mode: Mode::Peer,
+                        locators: locators.clone(),
+                    },
+                );
+            }
+        }
+        self.push(Action::Discovered {
+            node,
+            locators,
+            neighbour,
+        });
     }
 
     fn wait_answered(&mut self, id: u32, face: FaceId) {
@@ -1534,6 +1626,7 @@ fn op_of(msg: &Msg) -> (Op, Option<&str>) {
         Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
         Msg::Response { result, .. } => (Op::Reply, result.as_ref().ok().map(|s| &*s.key)),
         Msg::ResponseFinal { .. } => (Op::Reply, None),
+        Msg::Gossip { .. } => (Op::Declare, None),
     }
 }
 

@@ -38,6 +38,8 @@ struct Inbox {
     done: HashSet<QueryId>,
     ready: HashSet<LocalId>,
     closed: Vec<(FaceId, CloseReason, &'static str)>,
+    /// Gossip learnt: (node, locators, announced by itself).
+    discovered: Vec<(NodeId, String, bool)>,
 }
 
 struct Mesh {
@@ -275,6 +277,13 @@ impl Mesh {
             Action::Ready { id } => {
                 self.inbox[i].ready.insert(id);
             }
+            Action::Discovered {
+                node,
+                locators,
+                neighbour,
+            } => self.inbox[i]
+                .discovered
+                .push((node, locators.to_string(), neighbour)),
             Action::Close {
                 face,
                 reason,
@@ -704,6 +713,49 @@ fn routes_are_cached_and_expire_precisely() {
     );
     assert!(rb.is_stale());
     assert_eq!(m.nodes[0].route(None, "b/1").faces.len(), 1);
+}
+
+#[test]
+fn gossip_tells_newcomers_of_neighbours_and_relays_self_announcements() {
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    for i in 0..3 {
+        m.nodes[i].set_locators(Arc::from(format!("tcp/10.0.0.{i}:7447")));
+    }
+    let id = |i: usize| NodeId::from_u128(i as u128 + 1);
+    // 0 - 1: each announces itself to the other (remembered, not to dial: already linked).
+    m.link(0, 1);
+    assert!(
+        m.inbox[0]
+            .discovered
+            .contains(&(id(1), "tcp/10.0.0.1:7447".into(), true))
+    );
+    assert!(
+        m.inbox[1]
+            .discovered
+            .contains(&(id(0), "tcp/10.0.0.0:7447".into(), true))
+    );
+    // 2 links to 1 only: 1 tells it of 0 (a node to dial), and relays 2's self-announcement
+    // to 0 (which may dial 2 too): peers configured with one endpoint form a full mesh.
+    m.link(2, 1);
+    assert!(
+        m.inbox[2]
+            .discovered
+            .contains(&(id(0), "tcp/10.0.0.0:7447".into(), false))
+    );
+    assert!(
+        m.inbox[0]
+            .discovered
+            .contains(&(id(2), "tcp/10.0.0.2:7447".into(), false))
+    );
+    // Nobody is told about itself, and empty announcements are ignored.
+    for (i, inbox) in m.inbox.iter().enumerate() {
+        assert!(
+            inbox
+                .discovered
+                .iter()
+                .all(|(n, l, _)| *n != id(i) && !l.is_empty())
+        );
+    }
 }
 
 // ----- property test: random topologies ----------------------------------------------------

@@ -17,7 +17,7 @@ use hypha_core::session::{
     Config as SessionConfig, Event, HeapSession, PeerInfo, Received, Role, SendError,
 };
 use hypha_core::wire::{
-    CloseReason, Declare, NetworkMessage, Priority, Push, Put, RawBytes, SampleKind, WireKey,
+    CloseReason, Declare, NetworkMessage, Push, Put, RawBytes, SampleKind, WireKey,
 };
 use hypha_transports::{Link, LinkInfo, LinkRecv, LinkRx, LinkSend, LinkTx};
 use std::collections::{HashMap, VecDeque};
@@ -384,6 +384,18 @@ fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
             &NetworkMessage::ResponseFinal(ResponseFinal { request_id: *id }),
             session,
         ),
+        Msg::Gossip {
+            node,
+            mode,
+            locators,
+        } => wire(
+            &NetworkMessage::Gossip(hypha_core::wire::Gossip {
+                node_id: *node,
+                mode: *mode,
+                locators,
+            }),
+            session,
+        ),
     }
 }
 
@@ -637,18 +649,6 @@ impl Face {
         drop(parked);
         self.space.notify_waiters();
         all
-    }
-
-    /// Queues any network message on the reliable control lane.
-    pub(crate) fn send_control(&self, msg: &NetworkMessage<'_>) {
-        if self
-            .lock()
-            .session
-            .send(Priority::Control, true, msg)
-            .is_ok()
-        {
-            self.wake.notify_one();
-        }
     }
 
     /// Closes the link once everything already queued on it has been written: nothing accepted

@@ -20,7 +20,7 @@ use hypha_core::hlc::{Hlc, Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
 use hypha_core::session::{Role, SendError};
-use hypha_core::wire::{Gossip, Mode, NetworkMessage, SampleKind};
+use hypha_core::wire::{Mode, SampleKind};
 use hypha_transports::{Endpoint, Listener};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -564,6 +564,28 @@ impl Runtime {
                     .insert(id);
                 self.changed.notify_waiters();
             }
+            Action::Discovered {
+                node,
+                locators,
+                neighbour,
+            } => {
+                let eps: Vec<Endpoint> = locators
+                    .split(',')
+                    .filter_map(|l| l.parse().ok())
+                    .take(hypha_transports::discovery::MAX_ENDPOINTS)
+                    .collect();
+                if eps.is_empty() {
+                    return;
+                }
+                if neighbour {
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    if known.len() < MAX_KNOWN || known.contains_key(&node) {
+                        known.insert(node, eps);
+                    }
+                } else if let Some(rt) = self.self_arc() {
+                    rt.consider_dialing(node, eps);
+                }
+            }
             // Executed under the node's lock in `with_node`.
             Action::Send { .. } | Action::Close { .. } => {}
         }
@@ -746,7 +768,6 @@ impl Runtime {
         if let Some(d) = self.dialer.get() {
             d.set_connected(peer.node_id, true);
         }
-        self.gossip_to(face);
     }
 
     /// A link is gone: the node forgets what it declared; its liveliness tokens disappear.
@@ -1448,79 +1469,36 @@ impl Runtime {
         }
     }
 
-    /// Gossip on a new link: who we are and where we listen, and the neighbours we know.
-    pub(crate) fn gossip_to(&self, face: &Arc<Face>) {
+    /// Where this node listens, as gossiped: its network endpoints (unix and mem ones mean
+    /// nothing on another host).
+    pub(crate) fn set_listening_locators(&self) {
         let own: Vec<String> = self
-            .listening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .listening()
             .iter()
             .filter(|e| matches!(e, Endpoint::Net { .. }))
             .map(|e| e.to_string())
             .collect();
-        let peer = face.peer().map(|p| p.node_id);
-        let locators = own.join(",");
-        face.send_control(&NetworkMessage::Gossip(Gossip {
-            node_id: self.id,
-            mode: self.config.mode,
-            locators: &locators,
-        }));
-        let known: Vec<(NodeId, Vec<Endpoint>)> = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(n, _)| Some(**n) != peer && self.connected_to(**n))
-            .map(|(n, e)| (*n, e.clone()))
-            .collect();
-        for (node, eps) in known {
-            let locators = eps
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            face.send_control(&NetworkMessage::Gossip(Gossip {
-                node_id: node,
-                mode: hypha_core::wire::Mode::Peer,
-                locators: &locators,
-            }));
-        }
+        let locators: Arc<str> = Arc::from(own.join(","));
+        self.with_node(|n, _| n.set_locators(locators));
     }
 
-    /// A neighbour told us where a node listens.
+    /// A neighbour told us where a node listens: endpoints with an unspecified host stand for
+    /// the neighbour's own address (about itself) or are dropped (about others); then the node
+    /// decides (remember, relay, dial).
     fn on_gossip(self: &Arc<Self>, face: &Arc<Face>, node: NodeId, endpoints: Vec<Endpoint>) {
         let from = face.peer().map(|p| p.node_id);
         let remote_ip = face.info.remote.socket_addr().map(|a| a.ip());
         let about_itself = from == Some(node);
-        let eps: Vec<Endpoint> = endpoints
+        let eps: Vec<String> = endpoints
             .iter()
             .filter_map(|e| with_host(e, if about_itself { remote_ip } else { None }))
+            .map(|e| e.to_string())
             .collect();
-        if eps.is_empty() || node == self.id {
-            return;
-        }
-        if about_itself {
-            // Relay the self-announcement one hop, to our other neighbours.
-            self.known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(node, eps.clone());
-            let locators = eps
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            for f in self.faces_snapshot() {
-                if f.id != face.id {
-                    f.send_control(&NetworkMessage::Gossip(Gossip {
-                        node_id: node,
-                        mode: hypha_core::wire::Mode::Peer,
-                        locators: &locators,
-                    }));
-                }
-            }
-        } else {
-            self.consider_dialing(node, eps);
-        }
+        let msg = Msg::Gossip {
+            node,
+            mode: Mode::Peer,
+            locators: Arc::from(eps.join(",")),
+        };
+        self.with_node(|n, now| n.handle_message(now, face.id, msg));
     }
 }
