@@ -207,4 +207,37 @@ async fn late_joiner_replays_then_continues_live() {
         got, expected,
         "gap or duplicate at the seam (published {published})"
     );
+    // The replay says what it found: a storage, and the 100+ samples it held.
+    let report = sub
+        .history_done(T)
+        .await
+        .expect("the seam was never crossed");
+    assert!(report.storage_found, "{report:?}");
+    assert!(
+        report.replies >= 100 && report.delivered >= 100,
+        "{report:?}"
+    );
+}
+
+/// A late joiner with no storage in reach is told so (not left with a silent empty replay),
+/// and goes live anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_without_a_storage_is_told_so_and_goes_live() {
+    let (a, b) = common::pair("tcp").await;
+    let sub = b
+        .declare_subscriber("nohist/**")
+        .history(Duration::from_secs(60))
+        .stream()
+        .unwrap();
+    let report = sub.history_done(T).await.expect("no report");
+    assert_eq!(
+        (report.storage_found, report.replies, report.delivered),
+        (false, 0, 0),
+        "{report:?}"
+    );
+    let p = a.declare_publisher("nohist/x").unwrap();
+    assert!(p.ready(T).await);
+    p.put("live").await.unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(s.payload_str(), Some("live"));
 }

@@ -93,8 +93,21 @@ pub(crate) enum Delivery {
     Seam(Arc<Seam>),
 }
 
+/// What a late joiner's history replay found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryReport {
+    /// A storage (or other queryable) matching the key was known when history was asked.
+    pub storage_found: bool,
+    /// Replies received from storages (history samples before de-duplication).
+    pub replies: usize,
+    /// Samples delivered at the seam, in timestamp order without duplicates: the history and
+    /// the live samples held while it was fetched.
+    pub delivered: usize,
+}
+
 /// The seam between a late joiner's history and its live stream.
 pub(crate) struct Seam {
+    report: tokio::sync::watch::Sender<Option<HistoryReport>>,
     state: Mutex<SeamState>,
     inner: Arc<Handler>,
 }
@@ -130,15 +143,10 @@ impl Seam {
         }
     }
 
-    /// Delivers the history (in timestamp order), then what was held, then goes live.
-    /// Whether a live sample has arrived while syncing (the live path is then established).
-    fn live_seen(&self) -> bool {
-        matches!(&*self.state.lock().unwrap_or_else(|p| p.into_inner()), SeamState::Syncing(h) if !h.is_empty())
-    }
-
     /// Delivers the history and the live samples held meanwhile, merged in timestamp order
     /// (each publisher's clock is monotonic) without duplicates, then goes live.
-    fn finish(&self, history: Vec<Sample>) {
+    fn finish(&self, history: Vec<Sample>, mut report: HistoryReport) {
+        report.replies = history.len();
         let mut seen = std::collections::HashSet::new();
         let mut horizon = None;
         let mut pending = history;
@@ -155,6 +163,8 @@ impl Seam {
                         seen: std::mem::take(&mut seen),
                         horizon,
                     };
+                    drop(st);
+                    self.report.send_replace(Some(report));
                     return;
                 }
             }
@@ -166,6 +176,7 @@ impl Seam {
                     }
                     horizon = horizon.max(Some(ts));
                 }
+                report.delivered += 1;
                 self.inner.deliver(s);
             }
         }
@@ -859,12 +870,15 @@ impl SubscriberBuilder {
             return Err(DeclareError::Closed);
         }
         let handler = Arc::new(Handler::new(delivery));
+        let (report_tx, report_rx) = tokio::sync::watch::channel(None);
         let seam = self.history.map(|_| {
             Arc::new(Seam {
+                report: report_tx,
                 state: Mutex::new(SeamState::Syncing(Vec::new())),
                 inner: handler.clone(),
             })
         });
+        let history = self.history.map(|_| report_rx);
         let registered = match &seam {
             Some(seam) => Arc::new(Handler::new(Delivery::Seam(seam.clone()))),
             None => handler.clone(),
@@ -873,9 +887,12 @@ impl SubscriberBuilder {
         let id = self
             .rt
             .declare(Some(registered), |id| Cmd::Subscribe { id, key: k2 });
-        if let (Some(seam), Some(since)) = (seam, self.history) {
-            let rt = self.rt.clone();
-            let key = key.clone();
+        if let (Some(seam), Some(since)) = (&seam, self.history) {
+            let (rt, seam, key) = (self.rt.clone(), seam.clone(), key.clone());
+            // The window is fixed now, at declaration: exactly `since`, however long the waits.
+            let start = std::time::SystemTime::now()
+                .checked_sub(since)
+                .unwrap_or(std::time::UNIX_EPOCH);
             tokio::spawn(async move {
                 let fetch = |selector: String| {
                     let get = query::GetBuilder::new(rt.clone(), &selector)
@@ -896,32 +913,39 @@ impl SubscriberBuilder {
                         }
                     }
                 };
-                let mut history =
-                    fetch(format!("{key}?_time=[now(-{}ms)..]", since.as_millis())).await;
-                // A publisher may not know of this subscriber yet: what it publishes meanwhile
-                // reaches only the storages. Once live samples flow (or after a second), ask
-                // again for what came since, so that the seam has no gap.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                while !seam.live_seen() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let from = history
-                    .iter()
-                    .filter_map(|s| s.timestamp)
-                    .max()
-                    .map(|t| t.time.as_unix_micros())
-                    .unwrap_or(0);
-                let catch_up = if from > 0 {
-                    let ago = crate::storage::timeexpr::now_us()
-                        .saturating_sub(from as i64)
-                        .max(0) as u64;
-                    format!("{key}?_time=[now(-{}us)..]", ago + 1_000)
-                } else {
-                    format!("{key}?_time=[now(-{}ms)..]", since.as_millis() + 2_000)
+                let since_time = |t: std::time::SystemTime| {
+                    format!("{key}?_time=[{}..]", humantime::format_rfc3339_micros(t))
                 };
-                history.extend(fetch(catch_up).await);
-                seam.finish(history);
+                // Events, not sleeps: once the subscriber is ready, every publisher that matters
+                // sends to it (those samples wait at the seam); then ask the storages that are
+                // known to exist (bounded waits; the report says when none was found).
+                let _ = rt.wait_ready(id, HISTORY_WAIT).await;
+                let storage_found = rt
+                    .wait_until(HISTORY_WAIT, || {
+                        let (l, r) = rt.has_queryable(&key.as_keyexpr());
+                        l || r
+                    })
+                    .await;
+                let mut history = if storage_found {
+                    fetch(since_time(start)).await
+                } else {
+                    Vec::new()
+                };
+                // A sample published just before the publisher knew of this subscriber may have
+                // reached a storage only after it answered: ask once more for what is newer
+                // than the newest sample replayed (duplicates are removed at the seam).
+                if storage_found {
+                    if let Some(newest) = history.iter().filter_map(|s| s.timestamp).max() {
+                        let t = std::time::UNIX_EPOCH
+                            + Duration::from_micros(newest.time.as_unix_micros());
+                        history.extend(fetch(since_time(t)).await);
+                    }
+                }
+                let report = HistoryReport {
+                    storage_found,
+                    ..HistoryReport::default()
+                };
+                seam.finish(history, report);
             });
         }
         Ok(Subscriber {
@@ -930,9 +954,13 @@ impl SubscriberBuilder {
             key,
             handler,
             rx,
+            history,
         })
     }
 }
+
+/// How long a late joiner waits to be ready, and for a storage to be known, before asking.
+const HISTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// The receiving end of a callback subscriber or queryable: there is nothing to receive,
 /// the callback gets everything (so there is no `recv` that could silently return nothing).
@@ -995,6 +1023,8 @@ pub struct Subscriber<H = Fifo> {
     key: OwnedKeyExpr,
     handler: Arc<Handler>,
     rx: H,
+    /// A late joiner's history replay report, once it is done.
+    history: Option<tokio::sync::watch::Receiver<Option<HistoryReport>>>,
 }
 
 impl<H> std::ops::Deref for Subscriber<H> {
@@ -1014,6 +1044,21 @@ impl<H> Subscriber<H> {
     /// The key expression.
     pub fn key_expr(&self) -> &OwnedKeyExpr {
         &self.key
+    }
+
+    /// For a late joiner (`history(..)`): what its replay found, once the seam has been crossed
+    /// (`None` before, and for subscribers without history).
+    pub fn history_report(&self) -> Option<HistoryReport> {
+        self.history.as_ref().and_then(|r| *r.borrow())
+    }
+
+    /// Waits until a late joiner has crossed the seam (history delivered, live from then on),
+    /// up to `timeout`, and says what the replay found: in particular whether any storage was
+    /// there to answer (`storage_found`), so that "no history" is never silent.
+    pub async fn history_done(&self, timeout: Duration) -> Option<HistoryReport> {
+        let mut rx = self.history.clone()?;
+        let r = tokio::time::timeout(timeout, rx.wait_for(|r| r.is_some())).await;
+        r.ok().and_then(|r| r.ok().and_then(|v| *v))
     }
 
     /// Waits until the subscriber is known where it matters (every neighbour asked has
@@ -1086,6 +1131,7 @@ impl Liveliness {
             rx: Fifo {
                 rx: tokio::sync::Mutex::new(rx),
             },
+            history: None,
         })
     }
 }
@@ -1106,5 +1152,64 @@ impl std::fmt::Debug for LivelinessToken {
 impl Drop for LivelinessToken {
     fn drop(&mut self) {
         self.rt.undeclare(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypha_core::hlc::{Ntp64, Timestamp};
+
+    fn at(t: u64, v: &str) -> Sample {
+        Sample {
+            key: Arc::from("k/a"),
+            payload: Bytes::copy_from_slice(v.as_bytes()),
+            kind: Kind::Put,
+            timestamp: Some(Timestamp {
+                time: Ntp64(t << 32),
+                id: NodeId::from_u128(1),
+            }),
+            encoding: None,
+            attachment: None,
+        }
+    }
+
+    /// The seam, deterministically: live samples held while history is fetched, history and
+    /// held samples merged in timestamp order without duplicates, then live (a replayed event
+    /// arriving live again is dropped), and the report.
+    #[test]
+    fn the_seam_merges_history_and_live_without_gap_or_duplicate() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let inner = Arc::new(Handler::new(Delivery::Channel(tx)));
+        let (report_tx, report_rx) = tokio::sync::watch::channel(None);
+        let seam = Seam {
+            report: report_tx,
+            state: Mutex::new(SeamState::Syncing(Vec::new())),
+            inner,
+        };
+        seam.on_live(at(3, "3"));
+        seam.on_live(at(2, "2")); // also in the history
+        assert!(rx.try_recv().is_err(), "nothing before the history");
+        seam.finish(
+            vec![at(2, "2"), at(1, "1")],
+            HistoryReport {
+                storage_found: true,
+                ..HistoryReport::default()
+            },
+        );
+        seam.on_live(at(3, "3")); // replayed already: dropped
+        seam.on_live(at(4, "4"));
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|s| s.payload_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(got, ["1", "2", "3", "4"]);
+        assert_eq!(
+            *report_rx.borrow(),
+            Some(HistoryReport {
+                storage_found: true,
+                replies: 2,
+                delivered: 3
+            })
+        );
     }
 }
