@@ -97,6 +97,8 @@ fn size_hint(msg: &NetworkMessage<'_>) -> usize {
         },
         NetworkMessage::ResponseFinal(_) => 8,
         NetworkMessage::Gossip(g) => g.locators.len() + 40,
+        NetworkMessage::PutSn(p) => p.payload.len() + 20,
+        NetworkMessage::PushSn(p) => push(&p.push) + 10,
     }
 }
 

@@ -19,6 +19,8 @@ mod tag {
     pub const RESPONSE: u32 = 5;
     pub const RESPONSE_FINAL: u32 = 6;
     pub const GOSSIP: u32 = 7;
+    pub const PUT_SN: u32 = 8;
+    pub const PUSH_SN: u32 = 9;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -70,6 +72,39 @@ pub struct Put<'a> {
     pub key_id: u32,
     /// The payload.
     pub payload: &'a [u8],
+}
+
+/// Where a sample comes from, end to end: the publisher's per-link source id (declared with
+/// [`Declare::Source`], standing for a node and one of its publishers) and its sequence number
+/// (per publisher, not per link: it crosses routers unchanged), so that a subscriber can tell
+/// a duplicate or a gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seq {
+    /// Source id declared by the sender on this link.
+    pub src: u32,
+    /// The publisher's sequence number (wraps at 2^32).
+    pub sn: u32,
+}
+
+/// A compact put with its [`Seq`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutSn<'a> {
+    /// Key id declared by the sender on this link.
+    pub key_id: u32,
+    /// Source and sequence number.
+    pub seq: Seq,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// A push with its [`Seq`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSn<'a> {
+    /// Source and sequence number.
+    pub seq: Seq,
+    /// The publication.
+    #[serde(borrow)]
+    pub push: Push<'a>,
 }
 
 /// A publication with every option: full or declared key, put or delete, timestamp, encoding,
@@ -176,6 +211,16 @@ pub enum Declare<'a> {
     UndeclareInterest {
         /// Interest id.
         id: u32,
+    },
+    /// Binds a source id, for later [`Seq`]s from the sender, to publisher `publisher` of node
+    /// `node`.
+    Source {
+        /// The source id.
+        id: u32,
+        /// The publishing node.
+        node: crate::id::NodeId,
+        /// The publisher, numbered by its node.
+        publisher: u32,
     },
 }
 
@@ -308,6 +353,10 @@ pub enum NetworkMessage<'a> {
     ResponseFinal(ResponseFinal),
     /// Where a node can be reached, told to neighbours so they can dial it.
     Gossip(Gossip<'a>),
+    /// A compact put with a source and sequence number.
+    PutSn(PutSn<'a>),
+    /// A push with a source and sequence number.
+    PushSn(PushSn<'a>),
 }
 
 /// "Node `node_id` listens on these endpoints": sent by a node about itself when a link opens,
@@ -360,6 +409,16 @@ impl<'a> NetworkMessage<'a> {
             NetworkMessage::Response(m) => Self::tagged(buf, tag::RESPONSE, m),
             NetworkMessage::ResponseFinal(m) => Self::tagged(buf, tag::RESPONSE_FINAL, m),
             NetworkMessage::Gossip(m) => Self::tagged(buf, tag::GOSSIP, m),
+            NetworkMessage::PutSn(p) => {
+                let pos = varint::put_u32(buf, 0, tag::PUT_SN)?;
+                let pos = varint::put_u32(buf, pos, p.key_id)?;
+                let pos = varint::put_u32(buf, pos, p.seq.src)?;
+                let pos = varint::put_u32(buf, pos, p.seq.sn)?;
+                let len = u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
+                let pos = varint::put_u32(buf, pos, len)?;
+                put_slice(buf, pos, p.payload)
+            }
+            NetworkMessage::PushSn(m) => Self::tagged(buf, tag::PUSH_SN, m),
         }
     }
 
@@ -423,6 +482,30 @@ impl<'a> NetworkMessage<'a> {
                 let (m, rest): (Gossip<'a>, _) = postcard::take_from_bytes(body)?;
                 check_len(Field::Locators, m.locators.len(), limits::MAX_LOCATORS_LEN)?;
                 Ok((NetworkMessage::Gossip(m), rest))
+            }
+            tag::PUT_SN => {
+                let (key_id, rest) = varint::take_u32(body)?;
+                let (src, rest) = varint::take_u32(rest)?;
+                let (sn, rest) = varint::take_u32(rest)?;
+                let (len, rest) = varint::take_u32(rest)?;
+                let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
+                if rest.len() < len {
+                    return Err(DecodeError::Truncated);
+                }
+                let (payload, rest) = rest.split_at(len);
+                Ok((
+                    NetworkMessage::PutSn(PutSn {
+                        key_id,
+                        seq: Seq { src, sn },
+                        payload,
+                    }),
+                    rest,
+                ))
+            }
+            tag::PUSH_SN => {
+                let (m, rest): (PushSn<'a>, _) = postcard::take_from_bytes(body)?;
+                m.push.validate()?;
+                Ok((NetworkMessage::PushSn(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

@@ -279,6 +279,45 @@ fn golden_declarations() {
         NetworkMessage::Declare(Declare::UndeclareInterest { id: 5 }),
         &[0x03, 0x0a, 0x05],
     );
+    let mut source = vec![0x03, 0x0b, 0x02];
+    source.extend_from_slice(&[0; 15]);
+    source.extend_from_slice(&[0x07, 0x2a]);
+    golden_n(
+        NetworkMessage::Declare(Declare::Source {
+            id: 2,
+            node: crate::id::NodeId::from_u128(7),
+            publisher: 42,
+        }),
+        &source,
+    );
+}
+
+#[test]
+fn golden_sequenced_samples() {
+    // Compact put with a source and sequence number: tag 8, key id, src, sn, len, payload.
+    golden_n(
+        NetworkMessage::PutSn(PutSn {
+            key_id: 1,
+            seq: Seq { src: 2, sn: 300 },
+            payload: b"hi",
+        }),
+        &[0x08, 0x01, 0x02, 0xac, 0x02, 0x02, b'h', b'i'],
+    );
+    // Push with a source and sequence number: tag 9, src, sn, then the Push fields.
+    golden_n(
+        NetworkMessage::PushSn(PushSn {
+            seq: Seq { src: 1, sn: 0 },
+            push: Push {
+                key: WireKey::Id(3),
+                kind: SampleKind::Delete,
+                payload: RawBytes(b""),
+                timestamp: None,
+                encoding: None,
+                attachment: None,
+            },
+        }),
+        &[0x09, 0x01, 0x00, 0x00, 0x03, 0x01, 0x00, 0x00, 0x00, 0x00],
+    );
 }
 
 #[test]
@@ -565,6 +604,19 @@ fn network_message() -> impl Strategy<Value = NetworkMessage<'static>> {
             payload: &PAYLOAD[..n]
         })),
         push_strategy(&PAYLOAD).prop_map(NetworkMessage::Push),
+        (any::<u32>(), any::<u32>(), any::<u32>(), 0..PAYLOAD.len()).prop_map(
+            |(key_id, src, sn, n)| NetworkMessage::PutSn(PutSn {
+                key_id,
+                seq: Seq { src, sn },
+                payload: &PAYLOAD[..n]
+            })
+        ),
+        (any::<u32>(), any::<u32>(), push_strategy(&PAYLOAD)).prop_map(|(src, sn, push)| {
+            NetworkMessage::PushSn(PushSn {
+                seq: Seq { src, sn },
+                push,
+            })
+        }),
         (any::<u32>(), key_strategy())
             .prop_map(|(id, key)| NetworkMessage::Declare(Declare::KeyExpr { id, key })),
         (any::<u32>(), wire_key(), any::<bool>()).prop_map(|(id, key, complete)| {
