@@ -23,6 +23,20 @@ pub struct Sample {
     pub encoding: Option<Arc<str>>,
     /// Extra user bytes.
     pub attachment: Option<Bytes>,
+    /// The publisher it came from and its sequence number, end to end (samples of declared
+    /// publishers on reliable lanes); subscribers count duplicates and gaps with it.
+    pub source: Option<SampleSource>,
+}
+
+/// Which publisher made a sample, and its place in that publisher's sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleSource {
+    /// The publishing node.
+    pub node: NodeId,
+    /// The publisher, numbered by its node.
+    pub publisher: u32,
+    /// The publisher's sequence number (from 0, wrapping at 2^32).
+    pub sn: u32,
 }
 
 impl Sample {

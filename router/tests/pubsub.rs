@@ -265,3 +265,42 @@ async fn ready_declarations_lose_no_first_sample_and_puts_report_what_happened()
     assert_eq!(s.timestamp, Some(ts));
     assert_eq!(s.encoding.as_deref(), Some("text/plain"));
 }
+
+#[tokio::test]
+async fn samples_carry_their_publisher_and_sequence_end_to_end_through_a_router() {
+    use hypha_core::wire::Mode;
+    let mut rc = cfg("tcp/127.0.0.1:0", &[]);
+    rc.mode = Mode::Router;
+    let router = hypha::open(rc).await.unwrap();
+    let ep = router.info().listening[0].to_string();
+    let client = |ep: &str| {
+        let mut c = cfg("tcp/127.0.0.1:0", &[ep.to_string()]);
+        c.mode = Mode::Client;
+        c.listen.clear();
+        c
+    };
+    let a = hypha::open(client(&ep)).await.unwrap();
+    let b = hypha::open(client(&ep)).await.unwrap();
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let sub = b.declare_subscriber("seq/**").stream().unwrap();
+    assert!(sub.ready(T).await);
+    let p = a.declare_publisher("seq/x").unwrap();
+    assert!(p.ready(T).await);
+    let mut sns = Vec::new();
+    let mut publisher = None;
+    for i in 0..50 {
+        p.put(format!("{i}")).await.unwrap();
+        let s = recv(&sub).await;
+        let src = s
+            .source
+            .expect("a declared publisher's sample carries its source");
+        assert_eq!(src.node, a.id(), "the publishing node, not the router");
+        assert_eq!(*publisher.get_or_insert(src.publisher), src.publisher);
+        sns.push(src.sn);
+    }
+    assert_eq!(sns, (0..50).collect::<Vec<u32>>());
+    assert_eq!((sub.duplicates(), sub.gaps()), (0, 0));
+    // One-shot puts (no declared publisher) carry none.
+    a.put("seq/y", "once").await.unwrap();
+    assert_eq!(recv(&sub).await.source, None);
+}

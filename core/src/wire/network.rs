@@ -414,7 +414,8 @@ impl<'a> NetworkMessage<'a> {
                 let pos = varint::put_u32(buf, pos, p.key_id)?;
                 let pos = varint::put_u32(buf, pos, p.seq.src)?;
                 let pos = varint::put_u32(buf, pos, p.seq.sn)?;
-                let len = u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
+                let len =
+                    u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
                 let pos = varint::put_u32(buf, pos, len)?;
                 put_slice(buf, pos, p.payload)
             }

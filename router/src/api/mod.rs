@@ -188,6 +188,49 @@ pub struct Handler {
     delivery: Delivery,
     received: AtomicU64,
     dropped: AtomicU64,
+    /// Per publisher, the next sequence number expected.
+    seq: Mutex<SeqTrack>,
+    duplicates: AtomicU64,
+    gaps: AtomicU64,
+}
+
+/// Most publishers whose sequence a subscriber follows (more: the oldest-seen are forgotten,
+/// and one of them returning is taken as new, never as a gap).
+const MAX_TRACKED_PUBLISHERS: usize = 4096;
+
+#[derive(Default)]
+struct SeqTrack {
+    next: std::collections::HashMap<(NodeId, u32), u32>,
+}
+
+impl SeqTrack {
+    /// Returns (duplicate, missing samples before this one).
+    fn see(&mut self, s: &crate::sample::SampleSource) -> (bool, u64) {
+        let k = (s.node, s.publisher);
+        match self.next.get_mut(&k) {
+            None => {
+                if self.next.len() >= MAX_TRACKED_PUBLISHERS {
+                    self.next.clear();
+                }
+                self.next.insert(k, s.sn.wrapping_add(1));
+                (false, 0)
+            }
+            Some(next) => {
+                // Serial arithmetic: behind the expected number is a duplicate (or a replay),
+                // ahead of it a gap.
+                let ahead = s.sn.wrapping_sub(*next);
+                if ahead == 0 {
+                    *next = next.wrapping_add(1);
+                    (false, 0)
+                } else if ahead < 1 << 31 {
+                    *next = s.sn.wrapping_add(1);
+                    (false, u64::from(ahead))
+                } else {
+                    (true, 0)
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Handler {
@@ -204,6 +247,15 @@ impl std::fmt::Debug for Handler {
 impl Handler {
     pub(crate) fn deliver(&self, s: Sample) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(src) = &s.source {
+            let (dup, gap) = self.seq.lock().unwrap_or_else(|p| p.into_inner()).see(src);
+            if dup {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            if gap > 0 {
+                self.gaps.fetch_add(gap, Ordering::Relaxed);
+            }
+        }
         match &self.delivery {
             Delivery::Callback(f) => f(s),
             Delivery::Channel(tx) => {
@@ -238,6 +290,9 @@ impl Handler {
             delivery,
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            seq: Mutex::new(SeqTrack::default()),
+            duplicates: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
         }
     }
 }
@@ -496,6 +551,7 @@ impl Session {
             encoding: None,
             cache: Mutex::new(None),
             decl: None,
+            sn: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -554,8 +610,11 @@ pub struct Publisher {
     qos: Qos,
     encoding: Option<Arc<str>>,
     cache: Mutex<Option<Arc<crate::runtime::Resolved>>>,
-    /// The node's declaration (its interest), for declared publishers.
+    /// The node's declaration (its interest), for declared publishers; also the publisher's
+    /// number in its samples' [`SampleSource`](crate::sample::SampleSource).
     decl: Option<LocalId>,
+    /// The next sequence number.
+    sn: std::sync::atomic::AtomicU32,
 }
 
 impl Drop for Publisher {
@@ -748,7 +807,14 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
             return PutFuture::Done(Some(Err(PublishError::TooLarge { size, limit })));
         }
         let route = p.route();
+        // A declared publisher numbers its samples, end to end.
+        let source = p.decl.map(|id| crate::sample::SampleSource {
+            node: p.rt.id(),
+            publisher: id as u32,
+            sn: p.sn.fetch_add(1, Ordering::Relaxed),
+        });
         let sample = crate::runtime::Outgoing {
+            source,
             key: p.key.clone(),
             kind: self.kind,
             payload: self.payload,
@@ -1077,6 +1143,19 @@ impl<H> Subscriber<H> {
     pub fn dropped(&self) -> u64 {
         self.handler.dropped.load(Ordering::Relaxed)
     }
+
+    /// Samples received twice from the same publisher (same sequence number or older), by the
+    /// publishers' end-to-end sequence numbers. Delivered all the same (the application sees
+    /// the count).
+    pub fn duplicates(&self) -> u64 {
+        self.handler.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Samples that never arrived from publishers this subscriber hears (sequence numbers
+    /// skipped): losses anywhere on the way, made visible.
+    pub fn gaps(&self) -> u64 {
+        self.handler.gaps.load(Ordering::Relaxed)
+    }
 }
 
 impl<H> Drop for Subscriber<H> {
@@ -1171,7 +1250,40 @@ mod tests {
             }),
             encoding: None,
             attachment: None,
+            source: None,
         }
+    }
+
+    #[test]
+    fn sequence_numbers_reveal_duplicates_and_gaps_per_publisher() {
+        let mut t = SeqTrack::default();
+        let src = |publisher: u32, sn: u32| crate::sample::SampleSource {
+            node: NodeId::from_u128(9),
+            publisher,
+            sn,
+        };
+        let seen: Vec<(bool, u64)> = [0, 1, 1, 4, 2, 5]
+            .iter()
+            .map(|sn| t.see(&src(1, *sn)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (false, 0),
+                (false, 0),
+                (true, 0),
+                (false, 2),
+                (true, 0),
+                (false, 0)
+            ]
+        );
+        // Another publisher has its own sequence, joining mid-stream is no gap, and the
+        // sequence wraps.
+        assert_eq!(t.see(&src(2, 1000)), (false, 0));
+        assert_eq!(t.see(&src(2, 1001)), (false, 0));
+        assert_eq!(t.see(&src(3, u32::MAX)), (false, 0));
+        assert_eq!(t.see(&src(3, 0)), (false, 0));
+        assert_eq!(t.see(&src(3, 2)), (false, 1));
     }
 
     /// The seam, deterministically: live samples held while history is fetched, history and

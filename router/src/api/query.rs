@@ -278,6 +278,7 @@ impl Query {
             timestamp: None,
             encoding: None,
             attachment: None,
+            source: None,
         }))
         .await
     }
@@ -302,6 +303,7 @@ impl Query {
             timestamp,
             encoding: None,
             attachment: None,
+            source: None,
         }))
         .await
     }

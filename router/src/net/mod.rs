@@ -1638,5 +1638,6 @@ fn token_sample(key: &str, kind: SampleKind) -> Sample {
         timestamp: None,
         encoding: None,
         attachment: None,
+        source: None,
     }
 }

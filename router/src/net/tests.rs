@@ -18,6 +18,7 @@ fn sample(key: &str, payload: &str) -> Sample {
         timestamp: None,
         encoding: None,
         attachment: None,
+        source: None,
     }
 }
 

@@ -9,9 +9,10 @@
 
 use super::Runtime;
 use crate::net::{Decl, FaceId, Lane, Msg, Request};
-use crate::sample::{ErrorReply, Sample};
+use crate::sample::{ErrorReply, Sample, SampleSource};
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
+use hypha_core::id::NodeId;
 use hypha_core::keyexpr::OwnedKeyExpr;
 use hypha_core::session::{
     Config as SessionConfig, Event, HeapSession, PeerInfo, Received, Role, SendError,
@@ -35,6 +36,32 @@ struct FaceState {
     /// Key ids we declared on this link, per key and lane (a declaration travels on the lane
     /// that uses it, so it can never be overtaken by its first use on a multi-stream link).
     key_ids: HashMap<(Arc<str>, u8), u32>,
+    /// Source ids we declared on this link, per (node, publisher) and lane (same reason).
+    src_ids: HashMap<(NodeId, u32, u8), u32>,
+    next_src: u32,
+}
+
+/// Most sources (publishers) a neighbour may declare on one link; more are ignored (their
+/// samples arrive without a sequence number).
+const MAX_SOURCES: usize = 65_536;
+
+/// What a reader knows of the peer's declarations: key ids and source ids.
+#[derive(Default)]
+pub(crate) struct PeerIds {
+    keys: HashMap<u32, Arc<str>>,
+    sources: HashMap<u32, (NodeId, u32)>,
+}
+
+impl PeerIds {
+    fn source(&self, seq: hypha_core::wire::Seq) -> Option<SampleSource> {
+        self.sources
+            .get(&seq.src)
+            .map(|(node, publisher)| SampleSource {
+                node: *node,
+                publisher: *publisher,
+                sn: seq.sn,
+            })
+    }
 }
 
 /// A link to a neighbour.
@@ -96,6 +123,7 @@ pub(crate) enum Incoming {
         payload: Bytes,
         extra: Option<Box<Extra>>,
         lane: Lane,
+        source: Option<SampleSource>,
     },
     /// Anything else for the node.
     Msg(Msg),
@@ -161,7 +189,7 @@ fn payload_of(batch: &Bytes, part: &[u8], index: usize, fixups: &mut Vec<Fixup>)
 fn convert(
     r: &Received<'_, '_>,
     batch: &Bytes,
-    keys: &mut HashMap<u32, Arc<str>>,
+    ids: &mut PeerIds,
     out: &mut Vec<Incoming>,
     fixups: &mut Vec<Fixup>,
 ) {
@@ -172,22 +200,43 @@ fn convert(
     // The hot path (compact puts) reads the message in place rather than copying it.
     if let NetworkMessage::Put(p) = &r.msg {
         let index = out.len();
-        out.push(match keys.get(&p.key_id) {
+        out.push(match ids.keys.get(&p.key_id) {
             Some(k) => Incoming::Sample {
                 key: k.clone(),
                 kind: SampleKind::Put,
                 payload: payload_of(batch, p.payload, index, fixups),
                 extra: None,
                 lane,
+                source: None,
+            },
+            None => Incoming::Other("put on an undeclared key id"),
+        });
+        return;
+    }
+    if let NetworkMessage::PutSn(p) = &r.msg {
+        let index = out.len();
+        out.push(match ids.keys.get(&p.key_id) {
+            Some(k) => Incoming::Sample {
+                key: k.clone(),
+                kind: SampleKind::Put,
+                payload: payload_of(batch, p.payload, index, fixups),
+                extra: None,
+                lane,
+                source: ids.source(p.seq),
             },
             None => Incoming::Other("put on an undeclared key id"),
         });
         return;
     }
     let decl = |d: Decl| Incoming::Msg(Msg::Declare(d));
-    let item = match r.msg {
-        NetworkMessage::Put(_) => return,
-        NetworkMessage::Push(p) => match resolve(keys, p.key) {
+    let (push, source) = match r.msg {
+        NetworkMessage::Push(p) => (Some(p), None),
+        NetworkMessage::PushSn(p) => (Some(p.push), ids.source(p.seq)),
+        _ => (None, None),
+    };
+    let item = match (push, r.msg) {
+        (_, NetworkMessage::Put(_) | NetworkMessage::PutSn(_)) => return,
+        (Some(p), _) => match resolve(&ids.keys, p.key) {
             Some(key) => Incoming::Sample {
                 key,
                 kind: p.kind,
@@ -201,29 +250,30 @@ fn convert(
                         })
                     }),
                 lane,
+                source,
             },
             None => Incoming::Other("push on an undeclared key id"),
         },
-        NetworkMessage::Declare(d) => match d {
+        (None, NetworkMessage::Declare(d)) => match d {
             Declare::KeyExpr { id, key } => {
-                keys.insert(id, Arc::from(key));
+                ids.keys.insert(id, Arc::from(key));
                 return;
             }
             Declare::UndeclareKeyExpr { id } => {
-                keys.remove(&id);
+                ids.keys.remove(&id);
                 return;
             }
-            Declare::Subscriber { id, key } => match owned(keys, key) {
+            Declare::Subscriber { id, key } => match owned(&ids.keys, key) {
                 Some(key) => decl(Decl::Subscriber { id, key }),
                 None => Incoming::Other("subscriber on an undeclared key id"),
             },
             Declare::UndeclareSubscriber { id } => decl(Decl::Unsubscriber { id }),
-            Declare::Queryable { id, key, complete } => match owned(keys, key) {
+            Declare::Queryable { id, key, complete } => match owned(&ids.keys, key) {
                 Some(key) => decl(Decl::Queryable { id, key, complete }),
                 None => Incoming::Other("queryable on an undeclared key id"),
             },
             Declare::UndeclareQueryable { id } => decl(Decl::Unqueryable { id }),
-            Declare::Token { id, key } => match owned(keys, key) {
+            Declare::Token { id, key } => match owned(&ids.keys, key) {
                 Some(key) => decl(Decl::Token { id, key }),
                 None => Incoming::Other("token on an undeclared key id"),
             },
@@ -234,7 +284,7 @@ fn convert(
                     key: None,
                     flags,
                 }),
-                Some(k) => match owned(keys, k) {
+                Some(k) => match owned(&ids.keys, k) {
                     Some(k) => decl(Decl::Interest {
                         id,
                         key: Some(k),
@@ -245,8 +295,18 @@ fn convert(
             },
             Declare::InterestFinal { id } => decl(Decl::InterestFinal { id }),
             Declare::UndeclareInterest { id } => decl(Decl::UndeclareInterest { id }),
+            Declare::Source {
+                id,
+                node,
+                publisher,
+            } => {
+                if ids.sources.len() < MAX_SOURCES || ids.sources.contains_key(&id) {
+                    ids.sources.insert(id, (node, publisher));
+                }
+                return;
+            }
         },
-        NetworkMessage::Gossip(g) => Incoming::Gossip(
+        (None, NetworkMessage::Gossip(g)) => Incoming::Gossip(
             g.node_id,
             g.locators
                 .split(',')
@@ -254,7 +314,7 @@ fn convert(
                 .take(hypha_transports::discovery::MAX_ENDPOINTS)
                 .collect(),
         ),
-        NetworkMessage::Request(q) => match owned(keys, q.key) {
+        (None, NetworkMessage::Request(q)) => match owned(&ids.keys, q.key) {
             Some(key) => Incoming::Msg(Msg::Request(Request {
                 id: q.id,
                 key,
@@ -267,8 +327,8 @@ fn convert(
             })),
             None => Incoming::Other("request on an undeclared key id"),
         },
-        NetworkMessage::Response(r) => match r.body {
-            hypha_core::wire::ReplyBody::Sample(p) => match resolve(keys, p.key) {
+        (None, NetworkMessage::Response(r)) => match r.body {
+            hypha_core::wire::ReplyBody::Sample(p) => match resolve(&ids.keys, p.key) {
                 Some(key) => Incoming::Msg(Msg::Response {
                     id: r.request_id,
                     result: Ok(Sample {
@@ -278,6 +338,7 @@ fn convert(
                         timestamp: p.timestamp,
                         encoding: p.encoding.map(Arc::from),
                         attachment: p.attachment.map(|a| bytes_of(batch, a.0)),
+                        source: None,
                     }),
                 }),
                 None => Incoming::Other("reply on an undeclared key id"),
@@ -292,7 +353,10 @@ fn convert(
                 })
             }
         },
-        NetworkMessage::ResponseFinal(f) => Incoming::Msg(Msg::ResponseFinal { id: f.request_id }),
+        (None, NetworkMessage::ResponseFinal(f)) => {
+            Incoming::Msg(Msg::ResponseFinal { id: f.request_id })
+        }
+        (None, NetworkMessage::Push(_) | NetworkMessage::PushSn(_)) => return,
     };
     out.push(item);
 }
@@ -421,6 +485,8 @@ impl Face {
             state: Mutex::new(FaceState {
                 session,
                 key_ids: HashMap::new(),
+                src_ids: HashMap::new(),
+                next_src: 1,
             }),
             wake: Notify::new(),
             space: Notify::new(),
@@ -466,6 +532,7 @@ impl Face {
                 sample.encoding.as_deref(),
                 sample.attachment.as_deref(),
                 false,
+                sample.source,
             ) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) => {
@@ -540,6 +607,7 @@ impl Face {
         encoding: Option<&str>,
         attachment: Option<&[u8]>,
         express: bool,
+        source: Option<SampleSource>,
     ) -> Result<(), SendError> {
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -567,20 +635,59 @@ impl Face {
         } else {
             WireKey::Name(key)
         };
+        // The publisher and its sequence number travel on reliable lanes (a best-effort lane
+        // could lose the source declaration), bound to a source id declared on the lane.
+        let seq = match source {
+            Some(src) if lane.reliable => {
+                let slot = (src.node, src.publisher, lane.priority as u8);
+                let id = match st.src_ids.get(&slot) {
+                    Some(id) => *id,
+                    None => {
+                        let id = st.next_src;
+                        st.session.send(
+                            lane.priority,
+                            true,
+                            &NetworkMessage::Declare(Declare::Source {
+                                id,
+                                node: src.node,
+                                publisher: src.publisher,
+                            }),
+                        )?;
+                        st.next_src = st.next_src.wrapping_add(1).max(1);
+                        st.src_ids.insert(slot, id);
+                        id
+                    }
+                };
+                Some(hypha_core::wire::Seq {
+                    src: id,
+                    sn: src.sn,
+                })
+            }
+            _ => None,
+        };
         let compact = kind == SampleKind::Put
             && timestamp.is_none()
             && encoding.is_none()
             && attachment.is_none();
-        let msg = match (compact, wkey) {
-            (true, WireKey::Id(key_id)) => NetworkMessage::Put(Put { key_id, payload }),
-            _ => NetworkMessage::Push(Push {
-                key: wkey,
-                kind,
-                payload: RawBytes(payload),
-                timestamp,
-                encoding,
-                attachment: attachment.map(RawBytes),
-            }),
+        let push = Push {
+            key: wkey,
+            kind,
+            payload: RawBytes(payload),
+            timestamp,
+            encoding,
+            attachment: attachment.map(RawBytes),
+        };
+        let msg = match (compact, wkey, seq) {
+            (true, WireKey::Id(key_id), None) => NetworkMessage::Put(Put { key_id, payload }),
+            (true, WireKey::Id(key_id), Some(seq)) => {
+                NetworkMessage::PutSn(hypha_core::wire::PutSn {
+                    key_id,
+                    seq,
+                    payload,
+                })
+            }
+            (_, _, Some(seq)) => NetworkMessage::PushSn(hypha_core::wire::PushSn { seq, push }),
+            _ => NetworkMessage::Push(push),
         };
         let was_idle = st.session.total_queued_bytes() == 0;
         let r = st.session.send(lane.priority, lane.reliable, &msg);
@@ -718,7 +825,7 @@ pub(crate) async fn run(
 }
 
 async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
-    let mut keys: HashMap<u32, Arc<str>> = HashMap::new();
+    let mut ids = PeerIds::default();
     let mut incoming: Vec<Incoming> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
     let mut route_cache: Option<super::RouteCache> = None;
@@ -744,7 +851,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
         {
             let mut st = face.lock();
             st.session.handle_input(rt.now(), &batch, &mut |r| {
-                convert(r, &batch, &mut keys, &mut incoming, &mut fixups)
+                convert(r, &batch, &mut ids, &mut incoming, &mut fixups)
             });
             if !fixups.is_empty() {
                 // Payloads of a message reassembled from fragments: keep its buffer.

@@ -165,6 +165,7 @@ pub(crate) struct Outgoing {
     pub(crate) timestamp: Option<Timestamp>,
     pub(crate) encoding: Option<Arc<str>>,
     pub(crate) attachment: Option<Bytes>,
+    pub(crate) source: Option<crate::sample::SampleSource>,
 }
 
 impl Outgoing {
@@ -185,6 +186,7 @@ impl Outgoing {
             self.encoding.as_deref(),
             self.attachment.as_deref(),
             express,
+            self.source,
         )
     }
 
@@ -196,6 +198,7 @@ impl Outgoing {
             timestamp: self.timestamp,
             encoding: self.encoding.clone(),
             attachment: self.attachment.clone(),
+            source: self.source,
         }
     }
 }
@@ -816,7 +819,8 @@ impl Runtime {
                 payload,
                 extra,
                 lane,
-            } => self.deliver_remote_sample(face, cache, key, kind, payload, extra, lane),
+                source,
+            } => self.deliver_remote_sample(face, cache, key, kind, payload, extra, lane, source),
             Incoming::Msg(msg) => {
                 let is_request = matches!(msg, Msg::Request(_));
                 self.with_node(|n, now| n.handle_message(now, face.id, msg));
@@ -902,6 +906,7 @@ impl Runtime {
         payload: Bytes,
         extra: Option<Box<face::Extra>>,
         lane: Lane,
+        source: Option<crate::sample::SampleSource>,
     ) {
         face.received.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -940,6 +945,7 @@ impl Runtime {
                 encoding.as_deref(),
                 attachment.as_deref(),
                 false,
+                source,
             ) {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -954,6 +960,7 @@ impl Runtime {
                 timestamp,
                 encoding,
                 attachment,
+                source,
             },
         );
     }

@@ -221,6 +221,7 @@ fn to_sample(s: StoredSample) -> Sample {
         timestamp: Some(s.timestamp),
         encoding: s.encoding.map(|e| Arc::from(e.as_str())),
         attachment: None,
+        source: None,
     }
 }
 
