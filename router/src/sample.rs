@@ -24,7 +24,7 @@ pub struct Sample {
     /// Extra user bytes.
     pub attachment: Option<Bytes>,
     /// The publisher it came from and its sequence number, end to end (samples of declared
-    /// publishers on reliable lanes); subscribers count duplicates and gaps with it.
+    /// publishers); subscribers count duplicates and gaps with it.
     pub source: Option<SampleSource>,
 }
 

@@ -300,6 +300,16 @@ async fn samples_carry_their_publisher_and_sequence_end_to_end_through_a_router(
     }
     assert_eq!(sns, (0..50).collect::<Vec<u32>>());
     assert_eq!((sub.duplicates(), sub.gaps()), (0, 0));
+    // A best-effort publisher numbers its samples too (its source is declared on the
+    // reliable lane; only a sample overtaking that declaration could arrive unnumbered).
+    let be = a.declare_publisher("seq/be").unwrap().reliable(false);
+    assert!(be.ready(T).await);
+    let mut last = None;
+    for i in 0..20 {
+        be.put(format!("{i}")).await.unwrap();
+        last = recv(&sub).await.source;
+    }
+    assert_eq!(last.map(|s| s.sn), Some(19), "{last:?}");
     // One-shot puts (no declared publisher) carry none.
     a.put("seq/y", "once").await.unwrap();
     assert_eq!(recv(&sub).await.source, None);

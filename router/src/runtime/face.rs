@@ -635,10 +635,12 @@ impl Face {
         } else {
             WireKey::Name(key)
         };
-        // The publisher and its sequence number travel on reliable lanes (a best-effort lane
-        // could lose the source declaration), bound to a source id declared on the lane.
+        // The publisher and its sequence number, bound to a source id declared on the reliable
+        // lane of the sample's priority (so a best-effort lane cannot lose the declaration; a
+        // best-effort sample that overtakes it on a multi-stream link arrives without a
+        // sequence number, never with a wrong one).
         let seq = match source {
-            Some(src) if lane.reliable => {
+            Some(src) => {
                 let slot = (src.node, src.publisher, lane.priority as u8);
                 let id = match st.src_ids.get(&slot) {
                     Some(id) => *id,
