@@ -198,31 +198,21 @@ fn convert(
         reliable: r.reliable,
     };
     // The hot path (compact puts) reads the message in place rather than copying it.
-    if let NetworkMessage::Put(p) = &r.msg {
+    let compact = match &r.msg {
+        NetworkMessage::Put(p) => Some((p.key_id, p.payload, None)),
+        NetworkMessage::PutSn(p) => Some((p.key_id, p.payload, ids.source(p.seq))),
+        _ => None,
+    };
+    if let Some((key_id, payload, source)) = compact {
         let index = out.len();
-        out.push(match ids.keys.get(&p.key_id) {
+        out.push(match ids.keys.get(&key_id) {
             Some(k) => Incoming::Sample {
                 key: k.clone(),
                 kind: SampleKind::Put,
-                payload: payload_of(batch, p.payload, index, fixups),
+                payload: payload_of(batch, payload, index, fixups),
                 extra: None,
                 lane,
-                source: None,
-            },
-            None => Incoming::Other("put on an undeclared key id"),
-        });
-        return;
-    }
-    if let NetworkMessage::PutSn(p) = &r.msg {
-        let index = out.len();
-        out.push(match ids.keys.get(&p.key_id) {
-            Some(k) => Incoming::Sample {
-                key: k.clone(),
-                kind: SampleKind::Put,
-                payload: payload_of(batch, p.payload, index, fixups),
-                extra: None,
-                lane,
-                source: ids.source(p.seq),
+                source,
             },
             None => Incoming::Other("put on an undeclared key id"),
         });
