@@ -35,13 +35,15 @@ bin() { # system role
     zenoh) echo "$ZB $2" ;;
   esac
 }
-ping_run() { # system round
-  local ep pid res
-  ep="tcp/127.0.0.1:$(port)"
+ping_run() { # system round [proto]
+  local ep pid res proto=${3:-tcp}
+  ep="$proto/127.0.0.1:$(port)"
+  if [ "$1" = zenoh ] && [ "$proto" = quic ]; then export ZBENCH_TLS_DIR="$TLS"; ep="quic/localhost:${ep##*:}"; fi
   $(bin "$1" pong) --listen "$ep" >/dev/null 2>&1 & pid=$!; PIDS+=("$pid")
-  res=$(timeout 120 $(bin "$1" ping) --connect "$ep" --listen tcp/127.0.0.1:0 --n "$N" --size 64 2>/dev/null | tail -1 || true)
+  res=$(timeout 120 $(bin "$1" ping) --connect "$ep" --listen "$proto/127.0.0.1:0" --n "$N" --size 64 2>/dev/null | tail -1 || true)
+  unset ZBENCH_TLS_DIR
   stop "$pid"
-  record "$1" rtt_tcp_64 "$2" "$res"
+  record "$1" "rtt_${proto}_64" "$2" "$res"
 }
 thr_run() { # system round
   local ep spid ppid res
@@ -63,6 +65,7 @@ for r in $(seq 1 "$REPS"); do
   set -- $systems
   for i in $(seq 1 $((r % $#))); do set -- "${@:2}" "$1"; done
   for s in "$@"; do ping_run "$s" "$r"; done
+  for s in "$@"; do ping_run "$s" "$r" quic; done
   for s in "$@"; do thr_run "$s" "$r"; done
 done
 python3 - "$OUT" <<'EOF'
@@ -82,6 +85,9 @@ for s in ["raw", "after", "before", "zenoh"]:
     if (("rtt_tcp_64", s)) in by:
         print(f"  rtt tcp 64 B {s:6}: p50 {med('rtt_tcp_64', s, 'p50_us'):7.1f} us  p99 {med('rtt_tcp_64', s, 'p99_us'):7.1f} us")
 for s in ["after", "before", "zenoh"]:
+    if (("rtt_quic_64", s)) in by:
+        print(f"  rtt quic 64 B {s:6}: p50 {med('rtt_quic_64', s, 'p50_us'):7.1f} us  p99 {med('rtt_quic_64', s, 'p99_us'):7.1f} us")
+for s in ["after", "before", "zenoh"]:
     if (("thr_8", s)) in by:
         print(f"  thr 8 B     {s:6}: {med('thr_8', s, 'msgs_per_s'):12,.0f} msgs/s")
 for a, b in [("after", "zenoh"), ("before", "zenoh"), ("after", "before"), ("after", "raw")]:
@@ -90,6 +96,9 @@ for a, b in [("after", "zenoh"), ("before", "zenoh"), ("after", "before"), ("aft
         print(f"  rtt p50 {a}/{b}: {lo:.2f} / {m:.2f} / {hi:.2f}")
         lo, m, hi = ratios("rtt_tcp_64", a, b, "p99_us")
         print(f"  rtt p99 {a}/{b}: {lo:.2f} / {m:.2f} / {hi:.2f}")
+    if ("rtt_quic_64", a) in by and ("rtt_quic_64", b) in by:
+        lo, m, hi = ratios("rtt_quic_64", a, b, "p50_us")
+        print(f"  quic p50 {a}/{b}: {lo:.2f} / {m:.2f} / {hi:.2f}")
     if ("thr_8", a) in by and ("thr_8", b) in by:
         lo, m, hi = ratios("thr_8", a, b, "msgs_per_s")
         print(f"  thr 8 B {a}/{b}: {lo:.2f} / {m:.2f} / {hi:.2f}")
