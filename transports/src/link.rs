@@ -154,9 +154,9 @@ pub enum LinkRx {
 
 impl LinkTx {
     /// True if this link can write a batch without waiting ([`try_send`](Self::try_send)):
-    /// TCP and unix streams, QUIC (into quinn's buffers). Others always go through `send`.
+    /// TCP and unix streams. Others always go through `send`.
     pub fn can_try_send(&self) -> bool {
-        matches!(self, LinkTx::Stream(_) | LinkTx::Quic(_))
+        matches!(self, LinkTx::Stream(_))
     }
 
     /// True if part of a batch given to `try_send` still waits to be written (finish it with
@@ -164,7 +164,6 @@ impl LinkTx {
     pub fn has_pending(&self) -> bool {
         match self {
             LinkTx::Stream(t) => t.has_pending(),
-            LinkTx::Quic(t) => t.has_pending(),
             _ => false,
         }
     }
@@ -179,7 +178,6 @@ impl LinkTx {
         }
         match self {
             LinkTx::Stream(t) => t.try_send(batch),
-            LinkTx::Quic(t) => t.try_send(batch),
             _ => Err(LinkError::Unsupported("try_send")),
         }
     }
@@ -188,7 +186,6 @@ impl LinkTx {
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         match self {
             LinkTx::Stream(t) => t.flush().await,
-            LinkTx::Quic(t) => t.flush().await,
             _ => Ok(()),
         }
     }

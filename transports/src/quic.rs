@@ -26,17 +26,8 @@ pub struct QuicTx {
     conn: quinn::Connection,
     streams: Box<[Option<quinn::SendStream>; 8]>,
     buf: Vec<u8>,
-    /// What a `try_send` could not finish: a whole batch (`Whole`, sent by `flush` through
-    /// `send`), or the rest of a framed batch on a lane's stream.
-    pending: Option<Pending>,
     /// Keeps the client endpoint alive for dialled links.
     _endpoint: Option<quinn::Endpoint>,
-}
-
-#[derive(Debug)]
-enum Pending {
-    Whole(Vec<u8>),
-    Rest { lane: usize, data: Vec<u8> },
 }
 
 /// Receiving half of a QUIC link.
@@ -62,92 +53,7 @@ fn conn_err(e: quinn::ConnectionError) -> LinkError {
 }
 
 impl QuicTx {
-    pub(crate) fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Writes one batch without waiting, on the caller's thread, into quinn's buffers (its
-    /// connection driver then transmits): `Ok(true)` if taken entirely; `Ok(false)` if kept
-    /// for `flush` (a `Close`, a lane whose stream is not open yet, or a stream without
-    /// room).
-    pub(crate) fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
-        use std::task::{Context, Poll, Waker};
-        if self.pending.is_some() {
-            return Ok(false);
-        }
-        let (priority, reliable) = crate::batch_lane(batch);
-        let is_close = batch.first().is_some_and(|h| h & 7 == CLOSE_KIND);
-        if !is_close
-            && !reliable
-            && self
-                .conn
-                .max_datagram_size()
-                .is_some_and(|m| batch.len() <= m)
-            && self
-                .conn
-                .send_datagram(Bytes::copy_from_slice(batch))
-                .is_ok()
-        {
-            return Ok(true);
-        }
-        let lane = priority.index();
-        let stream = match self.streams.get_mut(lane) {
-            Some(Some(s)) if !is_close => s,
-            _ => {
-                self.pending = Some(Pending::Whole(batch.to_vec()));
-                return Ok(false);
-            }
-        };
-        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
-        self.buf.clear();
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(batch);
-        let mut done = 0usize;
-        let mut cx = Context::from_waker(Waker::noop());
-        while done < self.buf.len() {
-            let rest = self.buf.get(done..).unwrap_or(&[]);
-            match std::pin::Pin::new(&mut *stream).poll_write(&mut cx, rest) {
-                Poll::Ready(Ok(n)) if n > 0 => done += n,
-                Poll::Ready(Ok(_)) => return Err(LinkError::Closed),
-                Poll::Ready(Err(e)) => {
-                    return Err(match e {
-                        quinn::WriteError::ConnectionLost(c) => conn_err(c),
-                        other => quic_err(other),
-                    });
-                }
-                Poll::Pending => {
-                    self.pending = Some(Pending::Rest {
-                        lane,
-                        data: self.buf.get(done..).unwrap_or(&[]).to_vec(),
-                    });
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Sends what `try_send` kept.
-    pub(crate) async fn flush(&mut self) -> Result<(), LinkError> {
-        match self.pending.take() {
-            None => Ok(()),
-            Some(Pending::Whole(batch)) => self.send_now(&batch).await,
-            Some(Pending::Rest { lane, data }) => match self.streams.get_mut(lane) {
-                Some(Some(s)) => s.write_all(&data).await.map_err(|e| match e {
-                    quinn::WriteError::ConnectionLost(c) => conn_err(c),
-                    other => quic_err(other),
-                }),
-                _ => Err(quic_err("lane stream gone")),
-            },
-        }
-    }
-
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
-        self.flush().await?;
-        self.send_now(batch).await
-    }
-
-    async fn send_now(&mut self, batch: &[u8]) -> Result<(), LinkError> {
         if batch.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
             // A `Close` travels on the control stream; batches still in flight on the other
             // lanes' streams could arrive after it and be lost. Finish those streams and wait
@@ -316,7 +222,6 @@ fn link(conn: quinn::Connection, local: SocketAddr, endpoint: Option<quinn::Endp
             conn,
             streams: Default::default(),
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
-            pending: None,
             _endpoint: endpoint,
         }),
         rx: LinkRx::Quic(rx),
