@@ -869,3 +869,94 @@ proptest! {
         }
     }
 }
+
+// ----- property test: hostile remote input -------------------------------------------------
+
+/// One message a hostile (or buggy) neighbour might send.
+fn hostile_msg() -> impl Strategy<Value = Msg> {
+    let key = prop::sample::select(vec!["a", "a/b", "a/*", "**", "x/**", "a/b/c", "@x/y"]);
+    prop_oneof![
+        (0u32..8, key.clone()).prop_map(|(id, s)| Msg::Declare(Decl::Subscriber { id, key: k(s) })),
+        (0u32..8).prop_map(|id| Msg::Declare(Decl::Unsubscriber { id })),
+        (0u32..8, key.clone(), any::<bool>()).prop_map(|(id, s, complete)| {
+            Msg::Declare(Decl::Queryable {
+                id,
+                key: k(s),
+                complete,
+            })
+        }),
+        (0u32..8).prop_map(|id| Msg::Declare(Decl::Unqueryable { id })),
+        (0u32..8, key.clone()).prop_map(|(id, s)| Msg::Declare(Decl::Token { id, key: k(s) })),
+        (0u32..8).prop_map(|id| Msg::Declare(Decl::Untoken { id })),
+        (0u32..8, prop::option::of(key.clone()), any::<u8>()).prop_map(|(id, s, flags)| {
+            Msg::Declare(Decl::Interest {
+                id,
+                key: s.map(k),
+                flags,
+            })
+        }),
+        (0u32..8).prop_map(|id| Msg::Declare(Decl::InterestFinal { id })),
+        (0u32..8).prop_map(|id| Msg::Declare(Decl::UndeclareInterest { id })),
+        (0u32..8, key.clone(), 0u8..3).prop_map(|(id, s, t)| Msg::Request(Request {
+            id,
+            key: k(s),
+            parameters: Arc::from(""),
+            target: [
+                QueryTarget::BestMatching,
+                QueryTarget::All,
+                QueryTarget::AllComplete
+            ][t as usize],
+            consolidation: Consolidation::None,
+            timeout_ms: 100,
+            payload: None,
+            attachment: None,
+        })),
+        (0u32..8, key.clone()).prop_map(|(id, key)| Msg::Response {
+            id,
+            result: Ok(sample(if key.contains('*') { "a/b" } else { key }, "r")),
+        }),
+        (0u32..8).prop_map(|id| Msg::ResponseFinal { id }),
+        key.prop_map(|key| Msg::Sample {
+            sample: sample(if key.contains('*') { "a/b" } else { key }, "s"),
+            lane: DATA,
+        }),
+        (any::<u128>(), "[a-z0-9/.:,]{0,40}").prop_map(|(n, l)| Msg::Gossip {
+            node: NodeId::from_u128(n),
+            mode: Mode::Peer,
+            locators: Arc::from(l.as_str()),
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Whatever a neighbour sends, the node does not panic, holds no more than its caps, and
+    /// gives everything back when the face goes.
+    #[test]
+    fn hostile_input_never_panics_stays_capped_and_is_freed(
+        role in prop::sample::select(vec![Peer, Router, Client]),
+        msgs in prop::collection::vec(hostile_msg(), 0..120),
+    ) {
+        let caps = Caps { declarations: 6, interests: 3, pending_queries: 3, key_len: 64 };
+        let mut m = Mesh::with_caps(&[role, Peer, Client], caps);
+        // Node 0 has a well-behaved neighbour (2) and a hostile one (1), fed by hand.
+        m.link(2, 0);
+        let (_, hostile_face) = m.link(1, 0);
+        let sub = m.subscribe(0, "a/**");
+        let q = m.query(0, "a/**", QueryTarget::All, Consolidation::None);
+        for msg in msgs {
+            let now = m.now;
+            m.nodes[0].handle_message(now, hostile_face, msg);
+            m.run();
+            prop_assert!(m.nodes[0].counts().1 <= caps.declarations);
+        }
+        m.advance(Duration::from_secs(11));
+        prop_assert!(m.inbox[0].done.contains(&q), "the local query ended");
+        let _ = sub;
+        // The hostile face goes (if a cap has not closed it already): its state goes with it.
+        m.unlink(hostile_face);
+        let left: usize = m.nodes[0].faces().iter().map(|f| f.subscribers + f.queryables + f.tokens).sum();
+        prop_assert_eq!(left, 0, "only the quiet client's declarations (none) remain");
+        prop_assert!(m.nodes[0].queries.is_empty(), "no query outlives its deadline or its face");
+    }
+}
