@@ -8,7 +8,7 @@
 //! listen = ["quic/0.0.0.0:0"]              # default: QUIC on every interface, any port
 //! connect = ["quic/192.0.2.10:7447"]       # default: none
 //! mdns = true                              # announce and discover on the LAN
-//! lease_ms = 10000                         # link lease; keep-alives every lease/4
+//! lease_ms = 3000                          # link lease; keep-alives every lease/4
 //! batch_size = 65535                       # largest batch on a link
 //! timestamping = true                      # stamp every put with the node's HLC
 //!
@@ -169,7 +169,7 @@ impl Default for File {
             listen: None,
             connect: Vec::new(),
             mdns: true,
-            lease_ms: 10_000,
+            lease_ms: 3_000,
             batch_size: 65_535,
             timestamping: true,
             tls: TlsFile::default(),
@@ -216,7 +216,7 @@ impl Default for Config {
             listen: Vec::new(),
             connect: Vec::new(),
             mdns: true,
-            lease_ms: 10_000,
+            lease_ms: 3_000,
             batch_size: 65_535,
             timestamping: true,
             tls: TlsConfig::default(),
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Peer);
         assert_eq!(c.listen, vec![Config::default_listen()]);
         assert!(c.mdns && c.connect.is_empty() && c.id.is_none());
-        assert_eq!(c.lease_ms, 10_000);
+        assert_eq!(c.lease_ms, 3_000);
         assert_eq!(c.queues, QueueConfig::default());
     }
 
