@@ -15,6 +15,8 @@
 //! - [`session`]: the per-link state machine: handshake with version check, lease and
 //!   keep-alive, per-priority sequence numbers, batching, fragmentation and bounded reassembly,
 //!   key-expression id declarations.
+//! - [`framing`]: `0x00 COBS(batch | CRC-32) 0x00` for serial lines, shared by the device node
+//!   and the std `serial` links; never allocates.
 //! - [`time`], [`id`], [`hlc`]: the crate's own `Instant`/`Duration` (microseconds), 128-bit node
 //!   ids, and hybrid logical clock timestamps.
 //!
@@ -47,6 +49,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod framing;
 pub mod hlc;
 pub mod id;
 pub mod keyexpr;
