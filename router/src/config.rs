@@ -18,6 +18,14 @@
 //! key = "node.key"
 //! mutual = false
 //!
+//! [acl]                                    # access control (see the `acl` module)
+//! default = "deny"
+//! require_auth = true
+//! [[acl.rule]]
+//! who = ["robot/*"]
+//! ops = ["put"]
+//! keys = ["fleet/${id.last}/**"]
+//!
 //! [queues]
 //! lane_bytes = 1048576                     # per link and priority lane
 //! subscriber = 1024                        # samples buffered per stream subscriber
@@ -159,6 +167,7 @@ struct File {
     tls: TlsFile,
     queues: QueueConfig,
     limits: LimitsConfig,
+    acl: Option<crate::acl::AclFile>,
 }
 
 impl Default for File {
@@ -175,6 +184,7 @@ impl Default for File {
             tls: TlsFile::default(),
             queues: QueueConfig::default(),
             limits: LimitsConfig::default(),
+            acl: None,
         }
     }
 }
@@ -205,6 +215,8 @@ pub struct Config {
     pub queues: QueueConfig,
     /// Caps on remote input per neighbour.
     pub limits: LimitsConfig,
+    /// Access control (none: every neighbour may do anything).
+    pub acl: Option<crate::acl::Acl>,
 }
 
 impl Default for Config {
@@ -222,6 +234,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             queues: QueueConfig::default(),
             limits: LimitsConfig::default(),
+            acl: None,
         })
     }
 }
@@ -345,7 +358,23 @@ impl Config {
             });
         }
         let mode = parse_mode(&f.mode)?;
+        if f.acl.as_ref().is_some_and(|a| a.require_auth) && !(f.tls.mutual && f.tls.ca.is_some()) {
+            return Err(ConfigError::Value {
+                field: "acl.require_auth",
+                message:
+                    "needs tls.ca and tls.mutual = true (peers authenticate with certificates)"
+                        .into(),
+            });
+        }
+        let acl = match &f.acl {
+            Some(a) => Some(crate::acl::Acl::compile(a).map_err(|e| ConfigError::Value {
+                field: "acl",
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         Ok(Config {
+            acl,
             id,
             mode,
             listen: match &f.listen {

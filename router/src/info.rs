@@ -34,4 +34,6 @@ pub struct LinkSummary {
     pub interests: usize,
     /// Declarations this node made to it (its own and those it propagates).
     pub declared_to: usize,
+    /// Its access-control identity (`anonymous` without a verified certificate).
+    pub principal: String,
 }

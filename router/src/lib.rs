@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod acl;
 pub mod api;
 /// The `hypha` program (`hypha --help`), for its binaries only: not a library API. Feature `cli`.
 #[cfg(feature = "cli")]

@@ -61,6 +61,16 @@ pub struct ErrorReply {
     pub encoding: Option<Arc<str>>,
 }
 
+impl ErrorReply {
+    /// The refusal this error carries, when access control refused the query or a reply.
+    pub fn access_denied(&self) -> Option<crate::acl::AccessDenied> {
+        if self.encoding.as_deref() != Some(crate::acl::DENIED_ENCODING) {
+            return None;
+        }
+        crate::acl::AccessDenied::from_payload(&self.payload)
+    }
+}
+
 /// One reply to a `get`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

@@ -20,6 +20,9 @@ pub struct LinkInfo {
     pub mtu: usize,
     /// True if the link delivers every batch in order (streams); false for UDP.
     pub reliable: bool,
+    /// The peer's leaf certificate (DER), only when TLS verified it against the configured CA:
+    /// what the peer's access-control identity is taken from.
+    pub peer_certificate: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Why a link failed.

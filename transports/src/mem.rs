@@ -98,6 +98,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
         remote: endpoint.clone(),
         mtu: crate::MAX_BATCH,
         reliable: true,
+        peer_certificate: None,
     };
     let theirs = Link {
         info: info.clone(),

@@ -207,13 +207,31 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-fn link(conn: quinn::Connection, local: SocketAddr, endpoint: Option<quinn::Endpoint>) -> Link {
+/// `verified`: rustls checked the peer's certificate against the configured CA (so its leaf
+/// may stand for the peer's identity).
+fn link(
+    conn: quinn::Connection,
+    local: SocketAddr,
+    endpoint: Option<quinn::Endpoint>,
+    verified: bool,
+) -> Link {
+    let peer_certificate = if verified {
+        conn.peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|v| v.first().map(|c| Arc::<[u8]>::from(c.as_ref())))
+    } else {
+        None
+    };
     let info = LinkInfo {
         protocol: Protocol::Quic,
         local: Endpoint::from_socket(Protocol::Quic, local),
         remote: Endpoint::from_socket(Protocol::Quic, conn.remote_address()),
         mtu: crate::MAX_BATCH,
         reliable: true,
+        peer_certificate,
     };
     let rx = spawn_readers(conn.clone());
     Link {
@@ -236,6 +254,7 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
         .and_then(|v| v.into_iter().next())
         .ok_or_else(|| ListenError::Address(endpoint.clone(), "cannot resolve host".into()))?;
     let material = tls.load()?;
+    let verified = material.verifies_clients();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(material.server_config()?)
         .map_err(|e| ListenError::Address(endpoint.clone(), e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -256,7 +275,7 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(crate::SETUP_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => {
-                        let _ = tx.send(link(conn, local_addr, None)).await;
+                        let _ = tx.send(link(conn, local_addr, None, verified)).await;
                     }
                     // A peer that gives up its own handshake (it kept another link to us, the
                     // duplicate rule) is routine: only other failures are worth a warning.
@@ -290,6 +309,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
     };
     let remote = crate::link::resolve_one(endpoint).await?;
     let material = tls.load()?;
+    let verified = material.verifies_servers();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(material.client_config()?)
         .map_err(|e| ConnectError::Tls {
             endpoint: endpoint.clone(),
@@ -336,5 +356,5 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
         },
     })?;
     let local = ep.local_addr().map_err(io)?;
-    Ok(link(conn, local, Some(ep)))
+    Ok(link(conn, local, Some(ep), verified))
 }

@@ -266,6 +266,7 @@ pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenEr
                             remote: Endpoint::from_socket(Protocol::Tcp, peer),
                             mtu: crate::MAX_BATCH,
                             reliable: true,
+                            peer_certificate: None,
                         };
                         let _ = tx.send(tcp_link(s, info)).await;
                     }
@@ -302,6 +303,7 @@ pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectErro
                     remote: Endpoint::from_socket(Protocol::Tcp, addr),
                     mtu: crate::MAX_BATCH,
                     reliable: true,
+                    peer_certificate: None,
                 };
                 return Ok(tcp_link(s, info));
             }
@@ -352,6 +354,7 @@ pub(crate) async fn listen_unix(endpoint: &Endpoint) -> Result<Listener, ListenE
                             remote: ep,
                             mtu: crate::MAX_BATCH,
                             reliable: true,
+                            peer_certificate: None,
                         };
                         let _ = tx.send(unix_link(s, info)).await;
                     }
@@ -386,6 +389,7 @@ pub(crate) async fn connect_unix(endpoint: &Endpoint) -> Result<Link, ConnectErr
         remote: endpoint.clone(),
         mtu: crate::MAX_BATCH,
         reliable: true,
+        peer_certificate: None,
     };
     Ok(unix_link(s, info))
 }

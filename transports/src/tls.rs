@@ -78,6 +78,19 @@ fn load_err(what: &'static str, path: &std::path::Path, e: impl std::fmt::Displa
 }
 
 impl TlsConfig {
+    /// The DER of this node's own leaf certificate, when files are configured.
+    pub fn leaf_certificate(&self) -> Result<Option<Vec<u8>>, TlsError> {
+        let Some(c) = &self.cert else {
+            return Ok(None);
+        };
+        let first = CertificateDer::pem_file_iter(c)
+            .map_err(|e| load_err("certificate", c, e))?
+            .next()
+            .ok_or_else(|| load_err("certificate", c, "no certificate in file"))?
+            .map_err(|e| load_err("certificate", c, e))?;
+        Ok(Some(first.as_ref().to_vec()))
+    }
+
     pub(crate) fn load(&self) -> Result<TlsMaterial, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         if self.mutual && self.ca.is_none() {
@@ -134,6 +147,16 @@ impl TlsConfig {
 }
 
 impl TlsMaterial {
+    /// Listeners verify client certificates against the CA.
+    pub(crate) fn verifies_clients(&self) -> bool {
+        self.roots.is_some() && self.mutual
+    }
+
+    /// Dialers verify server certificates against the CA.
+    pub(crate) fn verifies_servers(&self) -> bool {
+        self.roots.is_some()
+    }
+
     pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;

@@ -150,6 +150,7 @@ pub(crate) async fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError>
                     remote: Endpoint::from_socket(Protocol::Udp, from),
                     mtu: UDP_MTU,
                     reliable: false,
+                    peer_certificate: None,
                 },
                 tx: LinkTx::Udp(UdpTx {
                     socket: sock.clone(),
@@ -189,6 +190,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
             remote: Endpoint::from_socket(Protocol::Udp, remote),
             mtu: UDP_MTU,
             reliable: false,
+            peer_certificate: None,
         },
         tx: LinkTx::Udp(UdpTx {
             socket: socket.clone(),

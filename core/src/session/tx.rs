@@ -99,6 +99,7 @@ fn size_hint(msg: &NetworkMessage<'_>) -> usize {
         NetworkMessage::Gossip(g) => g.locators.len() + 40,
         NetworkMessage::PutSn(p) => p.payload.len() + 20,
         NetworkMessage::PushSn(p) => push(&p.push) + 10,
+        NetworkMessage::Denied(d) => d.key.len() + d.principal.len() + d.rule.len() + 20,
     }
 }
 

@@ -21,6 +21,7 @@ mod tag {
     pub const GOSSIP: u32 = 7;
     pub const PUT_SN: u32 = 8;
     pub const PUSH_SN: u32 = 9;
+    pub const DENIED: u32 = 10;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -357,6 +358,46 @@ pub enum NetworkMessage<'a> {
     PutSn(PutSn<'a>),
     /// A push with a source and sequence number.
     PushSn(PushSn<'a>),
+    /// An access-control refusal.
+    Denied(Denied<'a>),
+}
+
+/// The operation an access-control decision was about (see [`Denied`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AclOp {
+    /// Publish a sample.
+    Put,
+    /// Publish a deletion.
+    Delete,
+    /// Declare a subscriber.
+    Sub,
+    /// Send a query.
+    Query,
+    /// Declare a queryable.
+    Queryable,
+    /// Reply to a query.
+    Reply,
+    /// Declare a liveliness token.
+    Token,
+    /// Subscribe to liveliness tokens.
+    TokenSub,
+    /// Use the admin space.
+    Admin,
+}
+
+/// "What you sent was refused by my access control": sent by the enforcing node to the neighbour
+/// whose declaration, interest or publication it refused, so that denials are never silent.
+/// Publications are noticed at most once per (key, operation) per interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denied<'a> {
+    /// The operation refused.
+    pub op: AclOp,
+    /// The key expression it was on (capped like every key).
+    pub key: &'a str,
+    /// The principal the enforcing node saw.
+    pub principal: &'a str,
+    /// The rule that decided (`default` when none matched).
+    pub rule: &'a str,
 }
 
 /// "Node `node_id` listens on these endpoints": sent by a node about itself when a link opens,
@@ -420,6 +461,7 @@ impl<'a> NetworkMessage<'a> {
                 put_slice(buf, pos, p.payload)
             }
             NetworkMessage::PushSn(m) => Self::tagged(buf, tag::PUSH_SN, m),
+            NetworkMessage::Denied(m) => Self::tagged(buf, tag::DENIED, m),
         }
     }
 
@@ -507,6 +549,13 @@ impl<'a> NetworkMessage<'a> {
                 let (m, rest): (PushSn<'a>, _) = postcard::take_from_bytes(body)?;
                 m.push.validate()?;
                 Ok((NetworkMessage::PushSn(m), rest))
+            }
+            tag::DENIED => {
+                let (m, rest): (Denied<'a>, _) = postcard::take_from_bytes(body)?;
+                validate_key(m.key)?;
+                check_len(Field::Detail, m.principal.len(), limits::MAX_DETAIL_LEN)?;
+                check_len(Field::Detail, m.rule.len(), limits::MAX_DETAIL_LEN)?;
+                Ok((NetworkMessage::Denied(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

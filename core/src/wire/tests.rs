@@ -405,6 +405,53 @@ fn golden_gossip() {
 }
 
 #[test]
+fn golden_denied() {
+    // tag 10 | op 0 (Put) | key | principal | rule, strings as varint length + bytes.
+    let mut want = vec![0x0a, 0x00, 0x03];
+    want.extend(b"a/b");
+    want.push(0x01);
+    want.extend(b"r");
+    want.push(0x07);
+    want.extend(b"default");
+    golden_n(
+        NetworkMessage::Denied(Denied {
+            op: AclOp::Put,
+            key: "a/b",
+            principal: "r",
+            rule: "default",
+        }),
+        &want,
+    );
+    let mut buf = vec![0u8; 4096];
+    let long = "x".repeat(limits::MAX_DETAIL_LEN + 1);
+    let n = NetworkMessage::Denied(Denied {
+        op: AclOp::TokenSub,
+        key: "a/b",
+        principal: &long,
+        rule: "r",
+    })
+    .encode(&mut buf)
+    .unwrap();
+    assert!(matches!(
+        NetworkMessage::decode(&buf[..n]),
+        Err(DecodeError::TooLong {
+            field: Field::Detail,
+            ..
+        })
+    ));
+    // An invalid key is refused on decode.
+    let n = NetworkMessage::Denied(Denied {
+        op: AclOp::Sub,
+        key: "a//b",
+        principal: "p",
+        rule: "r",
+    })
+    .encode(&mut buf)
+    .unwrap();
+    assert!(NetworkMessage::decode(&buf[..n]).is_err());
+}
+
+#[test]
 fn golden_scouting() {
     let m = ScoutMessage::Scout {
         version: 1,

@@ -74,6 +74,38 @@ pub enum DeclareError {
     /// The session was closed.
     #[error("session closed")]
     Closed,
+    /// A neighbour's access control refused the declaration.
+    #[error(transparent)]
+    AccessDenied(#[from] crate::acl::AccessDenied),
+}
+
+/// How long an awaited declaration (`declare_subscriber(k).await`) waits for its neighbours'
+/// verdict at most. A declaration not yet acknowledged by then is returned all the same (it is
+/// live; `declared()` can wait longer).
+pub const DECLARE_WAIT: Duration = Duration::from_secs(5);
+
+/// Refusals neighbours' access control told this node of (see [`Session::denials`]).
+pub struct Denials {
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::acl::AccessDenied>>,
+    missed: u64,
+}
+
+impl Denials {
+    /// The next refusal; `None` once the session is closed.
+    pub async fn recv(&mut self) -> Option<crate::acl::AccessDenied> {
+        loop {
+            match self.rx.recv().await {
+                Ok(d) => return Some((*d).clone()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => self.missed += n,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Refusals this receiver skipped because it read too slowly (64 are buffered).
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
 }
 
 fn keyexpr(key: &str) -> Result<OwnedKeyExpr, KeyExprError> {
@@ -382,9 +414,41 @@ fn check_authenticated(config: &Config) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// A node whose certificate chains to a CA takes its key's node id (see
+/// `acl::identity`): peers refuse any other. A configured id that differs is an error.
+fn bind_id_to_key(config: &mut Config) -> Result<(), OpenError> {
+    if config.tls.ca.is_none() {
+        return Ok(());
+    }
+    let cfg_err = |message: String| {
+        OpenError::Config(crate::config::ConfigError::Value {
+            field: "id",
+            message,
+        })
+    };
+    let Some(der) = config
+        .tls
+        .leaf_certificate()
+        .map_err(|e| cfg_err(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let bound = crate::acl::identity::node_id_of(&der).map_err(|e| cfg_err(e.to_string()))?;
+    match config.id {
+        Some(id) if id != bound => Err(cfg_err(format!(
+            "{id} is not this node's certificate's id {bound}: with tls.ca a node's id is bound to its key (leave id unset)"
+        ))),
+        _ => {
+            config.id = Some(bound);
+            Ok(())
+        }
+    }
+}
+
 /// Opens a session: starts listeners, dials configured endpoints, starts mDNS discovery.
-pub async fn open(config: Config) -> Result<Session, OpenError> {
+pub async fn open(mut config: Config) -> Result<Session, OpenError> {
     check_authenticated(&config)?;
+    bind_id_to_key(&mut config)?;
     let rt = Runtime::new(config);
     rt.start();
     let mut bound = Vec::new();
@@ -451,6 +515,24 @@ impl Session {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.rt.id()
+    }
+
+    /// Refusals by neighbours' access control, from now on: declarations of this node (also
+    /// returned by the awaited declare calls and `denied()`), and publications (at most one
+    /// notice per key and operation per 10 s from each enforcing neighbour).
+    pub fn denials(&self) -> Denials {
+        Denials {
+            rx: self.rt.subscribe_denials(),
+            missed: 0,
+        }
+    }
+
+    /// Replaces this node's access-control rules (`None`: none) without dropping links:
+    /// every link's rules and cached routes are rebuilt, so tightened rules apply to the next
+    /// sample, and neighbours' declarations now refused are dropped and noticed to them.
+    /// (The `hypha` program does this on SIGHUP.)
+    pub fn set_acl(&self, acl: Option<crate::acl::Acl>) {
+        self.rt.set_acl(acl);
     }
 
     /// A description of this node, its links and counters.
@@ -885,6 +967,21 @@ pub struct SubscriberBuilder {
     history: Option<Duration>,
 }
 
+impl std::future::IntoFuture for SubscriberBuilder {
+    type Output = Result<Subscriber<Fifo>, DeclareError>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    /// `declare_subscriber(k).await`: a stream subscriber, once the neighbours have accepted
+    /// it (up to [`DECLARE_WAIT`]); `Err(AccessDenied)` if one refused it.
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let s = self.stream()?;
+            s.declared(DECLARE_WAIT).await?;
+            Ok(s)
+        })
+    }
+}
+
 impl SubscriberBuilder {
     /// Samples buffered by `stream()` before newer ones are dropped (default from the config).
     pub fn capacity(mut self, n: usize) -> Self {
@@ -1107,6 +1204,20 @@ impl<H> std::fmt::Debug for Subscriber<H> {
 }
 
 impl<H> Subscriber<H> {
+    /// Waits until the subscriber is ready (see `ready`) or refused, up to `timeout`:
+    /// `Err(AccessDenied)` if a neighbour's access control refused it, else whether it is ready.
+    pub async fn declared(&self, timeout: Duration) -> Result<bool, DeclareError> {
+        self.rt
+            .wait_declared(self.id, timeout)
+            .await
+            .map_err(|d| DeclareError::AccessDenied((*d).clone()))
+    }
+
+    /// The refusal of this subscriber by a neighbour's access control, if any.
+    pub fn denied(&self) -> Option<crate::acl::AccessDenied> {
+        self.rt.denial(self.id).map(|d| (*d).clone())
+    }
+
     /// The key expression.
     pub fn key_expr(&self) -> &OwnedKeyExpr {
         &self.key
@@ -1170,6 +1281,22 @@ pub struct Liveliness {
 }
 
 impl Liveliness {
+    /// Declares a token and waits (up to [`DECLARE_WAIT`]) for the neighbours' verdict:
+    /// `Err(AccessDenied)` if one refused it.
+    pub async fn token(&self, key: &str) -> Result<LivelinessToken, DeclareError> {
+        let t = self.declare_token(key)?;
+        t.declared(DECLARE_WAIT).await?;
+        Ok(t)
+    }
+
+    /// A liveliness subscriber, once accepted (up to [`DECLARE_WAIT`]): `Err(AccessDenied)`
+    /// if a neighbour refused it.
+    pub async fn subscriber(&self, key: &str) -> Result<Subscriber<Fifo>, DeclareError> {
+        let s = self.declare_subscriber(key)?;
+        s.declared(DECLARE_WAIT).await?;
+        Ok(s)
+    }
+
     /// Declares a token: liveliness subscribers see a put on `key` now and a delete when the
     /// token is dropped, the session closes, or this node dies and its links' leases expire.
     pub fn declare_token(&self, key: &str) -> Result<LivelinessToken, DeclareError> {
@@ -1225,6 +1352,21 @@ pub struct LivelinessToken {
 impl std::fmt::Debug for LivelinessToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LivelinessToken({})", self.key)
+    }
+}
+
+impl LivelinessToken {
+    /// Waits until the token is known where it matters or refused, up to `timeout`.
+    pub async fn declared(&self, timeout: Duration) -> Result<bool, DeclareError> {
+        self.rt
+            .wait_declared(self.id, timeout)
+            .await
+            .map_err(|d| DeclareError::AccessDenied((*d).clone()))
+    }
+
+    /// The refusal of this token by a neighbour's access control, if any.
+    pub fn denied(&self) -> Option<crate::acl::AccessDenied> {
+        self.rt.denial(self.id).map(|d| (*d).clone())
     }
 }
 

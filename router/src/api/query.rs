@@ -333,6 +333,21 @@ pub struct QueryableBuilder {
     complete: bool,
 }
 
+impl std::future::IntoFuture for QueryableBuilder {
+    type Output = Result<Queryable<QueryFifo>, DeclareError>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    /// `declare_queryable(k).await`: a stream queryable once the neighbours have accepted it
+    /// (up to `DECLARE_WAIT`); `Err(AccessDenied)` if one refused it.
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let q = self.stream()?;
+            q.declared(super::DECLARE_WAIT).await?;
+            Ok(q)
+        })
+    }
+}
+
 impl QueryableBuilder {
     pub(crate) fn new(rt: Arc<Runtime>, key: Result<OwnedKeyExpr, KeyExprError>) -> Self {
         QueryableBuilder {
@@ -425,6 +440,19 @@ impl<H> std::fmt::Debug for Queryable<H> {
 }
 
 impl<H> Queryable<H> {
+    /// Waits until ready or refused, up to `timeout` (see `Subscriber::declared`).
+    pub async fn declared(&self, timeout: Duration) -> Result<bool, DeclareError> {
+        self.rt
+            .wait_declared(self.id, timeout)
+            .await
+            .map_err(|d| DeclareError::AccessDenied((*d).clone()))
+    }
+
+    /// The refusal of this queryable by a neighbour's access control, if any.
+    pub fn denied(&self) -> Option<crate::acl::AccessDenied> {
+        self.rt.denial(self.id).map(|d| (*d).clone())
+    }
+
     /// Waits until the queryable is known where it matters, up to `timeout` (see
     /// `Subscriber::ready`).
     pub async fn ready(&self, timeout: Duration) -> bool {

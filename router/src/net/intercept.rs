@@ -12,7 +12,9 @@
 //! (declarations, interests, queries, replies) is checked one by one.
 
 use super::{FaceId, FaceKind};
+use crate::acl::{AccessDenied, Principal};
 use hypha_core::id::NodeId;
+use std::sync::Arc;
 
 /// Into the node (from the face) or out of it (to the face).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,23 +26,42 @@ pub(crate) enum Direction {
 /// The operation a message performs, as an intercept sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// A sample (put or delete).
-    Sample,
-    /// A subscriber, queryable or token declaration, or an interest.
-    Declare,
+    /// A sample.
+    Put,
+    /// A deletion.
+    Delete,
+    /// A subscriber declaration.
+    Sub,
+    /// A queryable declaration.
+    Queryable,
+    /// A liveliness token.
+    Token,
+    /// An interest, with its [`hypha_core::wire::interest`] flags.
+    Interest(u8),
     /// A query.
     Query,
     /// A reply to a query.
     Reply,
+    /// Everything else (undeclarations, finals, gossip, notices).
+    Control,
+}
+
+/// Why a message was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Denial {
+    /// A short reason, for logs and counters.
+    pub(crate) why: &'static str,
+    /// When access control refused it: what the refused party is told.
+    pub(crate) acl: Option<Arc<AccessDenied>>,
 }
 
 /// What an intercept decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Let it pass.
     Pass,
     /// Drop it (the node counts it, per face and reason).
-    Deny(&'static str),
+    Deny(Denial),
 }
 
 /// One hook of a face's chain.
@@ -49,10 +70,16 @@ pub(crate) trait Intercept: Send {
     fn check(&mut self, dir: Direction, op: Op, key: Option<&str>) -> Verdict;
 }
 
-/// Builds the chain of a face when it comes up.
+/// Builds the chain of a face when it comes up (and again when the rules are reloaded).
 pub(crate) trait InterceptFactory: Send {
-    /// The hooks for a new face, in order.
-    fn build(&self, face: FaceId, kind: FaceKind, node: NodeId) -> Vec<Box<dyn Intercept>>;
+    /// The hooks for a face, in order.
+    fn build(
+        &self,
+        face: FaceId,
+        kind: FaceKind,
+        node: NodeId,
+        principal: &Principal,
+    ) -> Vec<Box<dyn Intercept>>;
 }
 
 /// The chain of one face.
@@ -76,12 +103,12 @@ impl Chain {
     /// Runs every hook; the first denial wins and is counted.
     pub(crate) fn check(&mut self, dir: Direction, op: Op, key: Option<&str>) -> Verdict {
         for h in &mut self.hooks {
-            if let Verdict::Deny(why) = h.check(dir, op, key) {
+            if let Verdict::Deny(d) = h.check(dir, op, key) {
                 match dir {
                     Direction::Ingress => self.denied_in += 1,
                     Direction::Egress => self.denied_out += 1,
                 }
-                return Verdict::Deny(why);
+                return Verdict::Deny(d);
             }
         }
         Verdict::Pass
@@ -100,7 +127,7 @@ impl Chain {
 pub(crate) struct NoIntercepts;
 
 impl InterceptFactory for NoIntercepts {
-    fn build(&self, _: FaceId, _: FaceKind, _: NodeId) -> Vec<Box<dyn Intercept>> {
+    fn build(&self, _: FaceId, _: FaceKind, _: NodeId, _: &Principal) -> Vec<Box<dyn Intercept>> {
         Vec::new()
     }
 }

@@ -24,6 +24,7 @@ mod query;
 #[cfg(test)]
 mod tests;
 
+use crate::acl::{AccessDenied, Principal};
 use crate::sample::{ErrorReply, Reply, Sample};
 use bytes::Bytes;
 use hat::From as Src0;
@@ -208,6 +209,8 @@ pub(crate) enum Msg {
         mode: Mode,
         locators: Arc<str>,
     },
+    /// "Access control refused what you sent" (to the neighbour refused).
+    Denied(Arc<crate::acl::AccessDenied>),
 }
 
 impl Msg {
@@ -215,7 +218,7 @@ impl Msg {
     pub(crate) fn lane(&self) -> Lane {
         match self {
             Msg::Sample { lane, .. } => *lane,
-            Msg::Declare(_) | Msg::Gossip { .. } => Lane::CONTROL,
+            Msg::Declare(_) | Msg::Gossip { .. } | Msg::Denied(_) => Lane::CONTROL,
             Msg::Request(_) | Msg::Response { .. } | Msg::ResponseFinal { .. } => Lane::QUERY,
         }
     }
@@ -309,6 +312,12 @@ pub(crate) enum Action {
     QueryDone { query: QueryId },
     /// A local declaration is known where it matters: every neighbour asked has answered.
     Ready { id: LocalId },
+    /// A neighbour's access control refused something of ours: these local declarations
+    /// (none for a refused publication).
+    Denied {
+        locals: Vec<LocalId>,
+        denial: Arc<AccessDenied>,
+    },
     /// A node and where it listens, learnt by gossip. `neighbour`: it announced itself on one
     /// of our links (remember it, to redial it later); otherwise it is a neighbour's neighbour
     /// the runtime may dial (peers form a full mesh).
@@ -332,8 +341,10 @@ pub(crate) enum Action {
 pub(crate) struct Route {
     pub(crate) locals: Vec<LocalId>,
     pub(crate) faces: Vec<FaceId>,
-    /// The source face's ingress hooks refused samples on this key (count them as denied).
+    /// The source face's ingress hooks refuse puts on this key (count them as denied).
     pub(crate) denied: bool,
+    /// ... and deletions.
+    pub(crate) denied_delete: bool,
     stale: AtomicBool,
 }
 
@@ -434,6 +445,12 @@ struct Face {
     chain: Chain,
     pending_queries: usize,
     counters: FaceCounters,
+    principal: Principal,
+    /// When a denial on this face was last logged, and how many since were not.
+    warned: Option<Instant>,
+    unwarned: u64,
+    /// When each refused publication was last noticed to the face.
+    noticed: HashMap<(crate::acl::Op, Arc<str>), Instant>,
 }
 
 /// Counters of one face, for `info` and the admin space.
@@ -457,6 +474,7 @@ pub(crate) struct FaceSnapshot {
     pub(crate) interests: usize,
     pub(crate) declared_to: usize,
     pub(crate) counters: FaceCounters,
+    pub(crate) principal: Principal,
 }
 
 /// Readiness of a local declaration, or a barrier a face asked us to pass on.
@@ -588,13 +606,16 @@ impl Node {
     /// dialled it. If a link to `node` exists already, the one dialled by the smaller node id
     /// survives (both ends agree) and the other is closed after draining; returns `false` if
     /// the new face is the one refused.
-    pub(crate) fn handle_face_up(
+    /// A face is up, to `node`, whose credential named `principal` (its access-control
+    /// identity on this face).
+    pub(crate) fn handle_face_up_as(
         &mut self,
         _now: Instant,
         face: FaceId,
         kind: FaceKind,
         node: NodeId,
         dialed: bool,
+        principal: Principal,
     ) -> bool {
         if node == self.id {
             self.push(Action::Close {
@@ -626,7 +647,7 @@ impl Node {
                 return false;
             }
         }
-        let hooks = self.intercepts.build(face, kind, node);
+        let hooks = self.intercepts.build(face, kind, node, &principal);
         self.faces.insert(
             face,
             Face {
@@ -645,6 +666,10 @@ impl Node {
                 chain: Chain::new(hooks),
                 pending_queries: 0,
                 counters: FaceCounters::default(),
+                principal,
+                warned: None,
+                unwarned: 0,
+                noticed: HashMap::new(),
             },
         );
         self.expire_all_routes();
@@ -740,6 +765,90 @@ impl Node {
         self.changed();
     }
 
+    /// New rules: every face's chain is rebuilt from its principal, every cached route
+    /// recomputed (tightened rules apply to the next sample), and each face's declarations
+    /// judged again: those now refused are dropped and noticed to the face.
+    pub(crate) fn set_intercepts(&mut self, now: Instant, factory: Box<dyn InterceptFactory>) {
+        self.intercepts = factory;
+        let ids: Vec<FaceId> = self.faces.keys().copied().collect();
+        for face in ids {
+            let Some(f) = self.faces.get_mut(&face) else {
+                continue;
+            };
+            let hooks = self.intercepts.build(face, f.kind, f.node, &f.principal);
+            let old = std::mem::take(&mut f.chain);
+            f.chain = Chain::new(hooks);
+            f.chain.denied_in = old.denied_in;
+            f.chain.denied_out = old.denied_out;
+            let mut refused: Vec<(Decl, intercept::Denial)> = Vec::new();
+            for (id, key) in &f.subs {
+                if let Verdict::Deny(d) =
+                    f.chain
+                        .check(Direction::Ingress, Op::Sub, Some(key.as_str()))
+                {
+                    refused.push((Decl::Unsubscriber { id: *id }, d));
+                }
+            }
+            for (id, (key, _)) in &f.qabls {
+                if let Verdict::Deny(d) =
+                    f.chain
+                        .check(Direction::Ingress, Op::Queryable, Some(key.as_str()))
+                {
+                    refused.push((Decl::Unqueryable { id: *id }, d));
+                }
+            }
+            for (id, key) in &f.tokens {
+                if let Verdict::Deny(d) =
+                    f.chain
+                        .check(Direction::Ingress, Op::Token, Some(key.as_str()))
+                {
+                    refused.push((Decl::Untoken { id: *id }, d));
+                }
+            }
+            for (undeclare, d) in refused {
+                self.warn_denied(now, face, &d);
+                if let Some(a) = d.acl {
+                    self.send(face, Msg::Denied(a));
+                }
+                // As if the face had withdrawn it.
+                self.on_declare(face, undeclare);
+            }
+        }
+        // What each face was told is judged again too (egress rules may have tightened).
+        let ids: Vec<FaceId> = self.faces.keys().copied().collect();
+        for face in ids {
+            let Some(f) = self.faces.get_mut(&face) else {
+                continue;
+            };
+            let told: Vec<(Kind, Src, u64, OwnedKeyExpr)> = f
+                .out
+                .counted
+                .iter()
+                .map(|((k, s, i), (key, _))| (*k, *s, *i, key.clone()))
+                .collect();
+            let mut gone = Vec::new();
+            for (k, src, i, key) in told {
+                let op = match k {
+                    Kind::Sub => Op::Sub,
+                    Kind::Qabl => Op::Queryable,
+                    Kind::Token => Op::Token,
+                };
+                if !f.chain.admits(Direction::Egress, op, key.as_str()) {
+                    gone.push((k, src, i));
+                }
+            }
+            for (k, src, i) in gone {
+                self.withdraw(face, k, src, i);
+            }
+            self.recheck_face(face);
+            for (kind, src, id, key, complete) in self.all_decls() {
+                self.consider(face, kind, src, id, &key, complete);
+            }
+        }
+        self.expire_all_routes();
+        self.changed();
+    }
+
     /// Faces, for `info` and the admin space.
     pub(crate) fn faces(&self) -> Vec<FaceSnapshot> {
         let mut v: Vec<FaceSnapshot> = self
@@ -754,6 +863,7 @@ impl Node {
                 tokens: f.tokens.len(),
                 interests: f.their_interests.len(),
                 declared_to: f.out.entries.len(),
+                principal: f.principal.clone(),
                 counters: FaceCounters {
                     denied_in: f.counters.denied_in + f.chain.denied_in,
                     denied_out: f.counters.denied_out + f.chain.denied_out,
@@ -788,13 +898,27 @@ impl Node {
                 return;
             }
         }
-        if let Verdict::Deny(why) = f.chain.check(Direction::Ingress, op, key) {
-            tracing::debug!(face, why, "ingress denied");
-            // A denied query is still answered (with nothing), so the querier does not hang.
-            if let Msg::Request(r) = &msg {
-                self.send(face, Msg::ResponseFinal { id: r.id });
+        let verdict = f.chain.check(Direction::Ingress, op, key);
+        let mut msg = msg;
+        if let Verdict::Deny(d) = verdict {
+            match msg {
+                // A refused reply still reaches the querier, as an access-denied error.
+                Msg::Response { id, .. } => {
+                    self.warn_denied(now, face, &d);
+                    let result = Err(match &d.acl {
+                        Some(a) => denied_reply(a),
+                        None => ErrorReply {
+                            payload: Bytes::from_static(b"reply refused"),
+                            encoding: None,
+                        },
+                    });
+                    msg = Msg::Response { id, result };
+                }
+                other => {
+                    self.on_ingress_denied(now, face, other, d);
+                    return;
+                }
             }
-            return;
         }
         match msg {
             Msg::Sample { sample, lane } => self.on_sample(Some(face), sample, lane),
@@ -807,7 +931,177 @@ impl Node {
                 mode: _,
                 locators,
             } => self.on_gossip(face, node, locators),
+            Msg::Denied(d) => self.on_denied_notice(face, d),
         }
+    }
+
+    /// Logs a denial at warn, at most once per face per [`WARN_EVERY`].
+    fn warn_denied(&mut self, now: Instant, face: FaceId, d: &intercept::Denial) {
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        if f.warned
+            .is_some_and(|t| now.saturating_since(t) < WARN_EVERY)
+        {
+            f.unwarned += 1;
+            return;
+        }
+        let also = std::mem::take(&mut f.unwarned);
+        f.warned = Some(now);
+        match &d.acl {
+            Some(a) => tracing::warn!(
+                face,
+                peer = %f.node,
+                principal = %a.principal,
+                op = crate::acl::op_name(a.op),
+                key = %a.key,
+                rule = %a.rule,
+                "access denied ({also} more on this link since the last warning)"
+            ),
+            None => {
+                tracing::warn!(face, peer = %f.node, why = d.why, "message refused ({also} more)")
+            }
+        }
+    }
+
+    /// Something the neighbour sent was refused: tell it (never silently), log, count.
+    fn on_ingress_denied(&mut self, now: Instant, face: FaceId, msg: Msg, d: intercept::Denial) {
+        self.warn_denied(now, face, &d);
+        let notice = |d: &intercept::Denial| d.acl.clone().map(Msg::Denied);
+        match msg {
+            Msg::Request(r) => {
+                if let Some(a) = &d.acl {
+                    self.send(
+                        face,
+                        Msg::Response {
+                            id: r.id,
+                            result: Err(denied_reply(a)),
+                        },
+                    );
+                }
+                self.send(face, Msg::ResponseFinal { id: r.id });
+            }
+            Msg::Declare(decl) => {
+                if let Some(n) = notice(&d) {
+                    self.send(face, n);
+                }
+                // An interest still gets its final, so the asker's barrier does not hang.
+                if let Decl::Interest { id, flags, .. } = decl {
+                    if flags & interest::CURRENT != 0 {
+                        self.send(face, Msg::Declare(Decl::InterestFinal { id }));
+                    }
+                }
+            }
+            Msg::Sample { sample, .. } => self.notice_sample(now, face, &sample.key, d),
+            _ => {}
+        }
+    }
+
+    /// Tells `face` (at most once per key and operation per [`NOTICE_EVERY`]) that a
+    /// publication of its was refused.
+    fn notice_sample(&mut self, now: Instant, face: FaceId, key: &Arc<str>, d: intercept::Denial) {
+        let Some(a) = d.acl else {
+            return;
+        };
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        let slot = (a.op, key.clone());
+        if f.noticed
+            .get(&slot)
+            .is_some_and(|t| now.saturating_since(*t) < NOTICE_EVERY)
+        {
+            return;
+        }
+        if f.noticed.len() >= MAX_NOTICED {
+            f.noticed
+                .retain(|_, t| now.saturating_since(*t) < NOTICE_EVERY);
+            if f.noticed.len() >= MAX_NOTICED {
+                return;
+            }
+        }
+        f.noticed.insert(slot, now);
+        self.send(face, Msg::Denied(a));
+    }
+
+    /// The runtime dropped a sample from `face` on a route its ingress hooks refuse: judge it
+    /// again (counted), log and notice it.
+    pub(crate) fn sample_denied(
+        &mut self,
+        now: Instant,
+        face: FaceId,
+        key: &Arc<str>,
+        kind: SampleKind,
+    ) {
+        let Some(f) = self.faces.get_mut(&face) else {
+            return;
+        };
+        if let Verdict::Deny(d) = f
+            .chain
+            .check(Direction::Ingress, sample_op(kind), Some(key))
+        {
+            self.warn_denied(now, face, &d);
+            self.notice_sample(now, face, key, d);
+        }
+    }
+
+    /// A neighbour refused something we sent: our own declarations learn it; declarations we
+    /// relayed for another face pass the notice on towards their source.
+    fn on_denied_notice(&mut self, face: FaceId, d: Arc<AccessDenied>) {
+        use crate::acl::Op as A;
+        let kind = match d.op {
+            A::Sub => Some((Kind::Sub, LocalKind::Sub)),
+            A::Queryable => Some((Kind::Qabl, LocalKind::Qabl(false))),
+            A::Token => Some((Kind::Token, LocalKind::Token)),
+            A::TokenSub => Some((Kind::Token, LocalKind::LivSub)),
+            _ => None,
+        };
+        let peer = self.faces.get(&face).map(|f| f.node);
+        tracing::warn!(
+            face,
+            peer = ?peer,
+            principal = %d.principal,
+            op = crate::acl::op_name(d.op),
+            key = %d.key,
+            rule = %d.rule,
+            "a neighbour's access control refused what we sent"
+        );
+        let mut locals: Vec<LocalId> = Vec::new();
+        let mut relay: Vec<FaceId> = Vec::new();
+        if let Some((table, lk)) = &kind {
+            locals = self
+                .locals
+                .iter()
+                .filter(|(_, l)| {
+                    l.key.as_str() == d.key
+                        && std::mem::discriminant(&l.kind) == std::mem::discriminant(lk)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if *table != Kind::Token || d.op == A::Token {
+                for (g, f) in &self.faces {
+                    if *g == face {
+                        continue;
+                    }
+                    let has = match table {
+                        Kind::Sub => f.subs.values().any(|k| k.as_str() == d.key),
+                        Kind::Qabl => f.qabls.values().any(|(k, _)| k.as_str() == d.key),
+                        Kind::Token => f.tokens.values().any(|k| k.as_str() == d.key),
+                    };
+                    if has {
+                        relay.push(*g);
+                    }
+                }
+            }
+        } else {
+            // A refused publication: ours, unless we only forwarded it.
+            locals.clear();
+        }
+        locals.sort_unstable();
+        for g in relay {
+            self.send(g, Msg::Denied(d.clone()));
+        }
+        self.push(Action::Denied { locals, denial: d });
     }
 
     fn close_for_cap(&mut self, face: FaceId, cap: &'static str) {
@@ -1353,10 +1647,12 @@ impl Node {
         if f.out.counted.contains_key(&(kind, src, id)) {
             return;
         }
-        if f.chain
-            .check(Direction::Egress, Op::Declare, Some(key.as_str()))
-            != Verdict::Pass
-        {
+        let op = match kind {
+            Kind::Sub => Op::Sub,
+            Kind::Qabl => Op::Queryable,
+            Kind::Token => Op::Token,
+        };
+        if f.chain.check(Direction::Egress, op, Some(key.as_str())) != Verdict::Pass {
             return;
         }
         f.out
@@ -1447,11 +1743,26 @@ impl Node {
             return;
         };
         let (op, key) = op_of(&msg);
-        if !matches!(msg, Msg::Declare(_)) {
+        let verdict = if matches!(msg, Msg::Declare(_)) {
             // Declarations were checked where they were decided (consider), with their key.
-            if let Verdict::Deny(why) = f.chain.check(Direction::Egress, op, key) {
-                tracing::debug!(face, why, "egress denied");
-                return;
+            Verdict::Pass
+        } else {
+            f.chain.check(Direction::Egress, op, key)
+        };
+        let mut msg = msg;
+        {
+            if let Verdict::Deny(d) = verdict {
+                tracing::debug!(face, why = d.why, "egress denied");
+                match (msg, d.acl) {
+                    // A reply the querier may not see becomes an access-denied error.
+                    (Msg::Response { id, .. }, Some(a)) => {
+                        msg = Msg::Response {
+                            id,
+                            result: Err(denied_reply(&a)),
+                        }
+                    }
+                    _ => return,
+                }
             }
         }
         self.actions.push_back(Action::Send { face, msg });
@@ -1477,13 +1788,17 @@ impl Node {
         let Ok(k) = KeyExpr::new(key) else {
             return Route::default();
         };
+        let (mut denied_put, mut denied_delete) = (false, false);
         let from = match src {
             None => Src0::Local,
             Some(f) => match self.faces.get_mut(&f) {
                 Some(face) => {
-                    if !face.chain.admits(Direction::Ingress, Op::Sample, key) {
+                    denied_put = !face.chain.admits(Direction::Ingress, Op::Put, key);
+                    denied_delete = !face.chain.admits(Direction::Ingress, Op::Delete, key);
+                    if denied_put && denied_delete {
                         return Route {
                             denied: true,
+                            denied_delete: true,
                             ..Route::default()
                         };
                     }
@@ -1517,15 +1832,15 @@ impl Node {
         let role = self.role;
         faces.retain(|g| match self.faces.get_mut(g) {
             Some(f) => {
-                hat::forwards(role, from, f.kind)
-                    && f.chain.admits(Direction::Egress, Op::Sample, key)
+                hat::forwards(role, from, f.kind) && f.chain.admits(Direction::Egress, Op::Put, key)
             }
             None => false,
         });
         Route {
             locals,
             faces,
-            denied: false,
+            denied: denied_put,
+            denied_delete,
             stale: AtomicBool::new(false),
         }
     }
@@ -1612,23 +1927,43 @@ fn covered(f: &Face, key: &KeyExpr<'_>) -> bool {
 
 fn op_of(msg: &Msg) -> (Op, Option<&str>) {
     match msg {
-        Msg::Sample { sample, .. } => (Op::Sample, Some(&sample.key)),
-        Msg::Declare(d) => (
-            Op::Declare,
-            match d {
-                Decl::Subscriber { key, .. }
-                | Decl::Queryable { key, .. }
-                | Decl::Token { key, .. } => Some(key.as_str()),
-                Decl::Interest { key, .. } => key.as_ref().map(|k| k.as_str()),
-                _ => None,
-            },
-        ),
+        Msg::Sample { sample, .. } => (sample_op(sample.kind), Some(&sample.key)),
+        Msg::Declare(d) => match d {
+            Decl::Subscriber { key, .. } => (Op::Sub, Some(key.as_str())),
+            Decl::Queryable { key, .. } => (Op::Queryable, Some(key.as_str())),
+            Decl::Token { key, .. } => (Op::Token, Some(key.as_str())),
+            Decl::Interest { key, flags, .. } => {
+                (Op::Interest(*flags), key.as_ref().map(|k| k.as_str()))
+            }
+            _ => (Op::Control, None),
+        },
         Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
         Msg::Response { result, .. } => (Op::Reply, result.as_ref().ok().map(|s| &*s.key)),
-        Msg::ResponseFinal { .. } => (Op::Reply, None),
-        Msg::Gossip { .. } => (Op::Declare, None),
+        Msg::ResponseFinal { .. } | Msg::Gossip { .. } | Msg::Denied(_) => (Op::Control, None),
     }
 }
+
+fn sample_op(kind: SampleKind) -> Op {
+    match kind {
+        SampleKind::Delete => Op::Delete,
+        _ => Op::Put,
+    }
+}
+
+/// The error reply that tells a querier access control refused something.
+fn denied_reply(d: &AccessDenied) -> ErrorReply {
+    ErrorReply {
+        payload: Bytes::from(d.to_payload()),
+        encoding: Some(Arc::from(crate::acl::DENIED_ENCODING)),
+    }
+}
+
+/// At most one warning per face per this interval (the rest are counted and summarised).
+const WARN_EVERY: Duration = Duration::from_secs(1);
+/// At most one notice per (face, operation, key) per this interval for refused publications.
+const NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// Publications remembered per face for rate-limiting notices.
+const MAX_NOTICED: usize = 256;
 
 fn token_sample(key: &str, kind: SampleKind) -> Sample {
     Sample {

@@ -3,6 +3,7 @@
 //! no sleeps, no tokio.
 
 use super::*;
+use crate::acl::Principal;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -41,6 +42,8 @@ struct Inbox {
     closed: Vec<(FaceId, CloseReason, &'static str)>,
     /// Gossip learnt: (node, locators, announced by itself).
     discovered: Vec<(NodeId, String, bool)>,
+    /// Refusals neighbours told of: (local declarations concerned, the refusal).
+    denied: Vec<(Vec<LocalId>, Arc<crate::acl::AccessDenied>)>,
 }
 
 struct Mesh {
@@ -93,6 +96,11 @@ impl Mesh {
 
     /// Links `a` (dialer) and `b`; returns (a's face, b's face).
     fn link(&mut self, a: usize, b: usize) -> (FaceId, FaceId) {
+        self.link_as(a, b, Principal::anonymous(), Principal::anonymous())
+    }
+
+    /// Links `a` and `b`; `a` sees `b` as `pb`, `b` sees `a` as `pa`.
+    fn link_as(&mut self, a: usize, b: usize, pa: Principal, pb: Principal) -> (FaceId, FaceId) {
         let fa = self.next_face;
         let fb = self.next_face + 1;
         self.next_face += 2;
@@ -101,8 +109,8 @@ impl Mesh {
         let (ka, kb) = (self.kind(a), self.kind(b));
         let (ida, idb) = (self.nodes[a].id(), self.nodes[b].id());
         let now = self.now;
-        self.nodes[a].handle_face_up(now, fa, kb, idb, true);
-        self.nodes[b].handle_face_up(now, fb, ka, ida, false);
+        self.nodes[a].handle_face_up_as(now, fa, kb, idb, true, pb);
+        self.nodes[b].handle_face_up_as(now, fb, ka, ida, false, pa);
         self.run();
         (fa, fb)
     }
@@ -278,6 +286,7 @@ impl Mesh {
             Action::Ready { id } => {
                 self.inbox[i].ready.insert(id);
             }
+            Action::Denied { locals, denial } => self.inbox[i].denied.push((locals, denial)),
             Action::Discovered {
                 node,
                 locators,
@@ -663,8 +672,11 @@ fn ingress_and_egress_hooks_see_and_can_deny() {
     struct DenySecret;
     impl intercept::Intercept for DenySecret {
         fn check(&mut self, _: Direction, op: Op, key: Option<&str>) -> Verdict {
-            if op == Op::Sample && key.is_some_and(|k| k.starts_with("secret")) {
-                Verdict::Deny("secret")
+            if matches!(op, Op::Put | Op::Delete) && key.is_some_and(|k| k.starts_with("secret")) {
+                Verdict::Deny(intercept::Denial {
+                    why: "secret",
+                    acl: None,
+                })
             } else {
                 Verdict::Pass
             }
@@ -672,7 +684,13 @@ fn ingress_and_egress_hooks_see_and_can_deny() {
     }
     struct F;
     impl InterceptFactory for F {
-        fn build(&self, _: FaceId, _: FaceKind, _: NodeId) -> Vec<Box<dyn intercept::Intercept>> {
+        fn build(
+            &self,
+            _: FaceId,
+            _: FaceKind,
+            _: NodeId,
+            _: &crate::acl::Principal,
+        ) -> Vec<Box<dyn intercept::Intercept>> {
             vec![Box::new(DenySecret)]
         }
     }
@@ -959,4 +977,212 @@ proptest! {
         prop_assert_eq!(left, 0, "only the quiet client's declarations (none) remain");
         prop_assert!(m.nodes[0].queries.is_empty(), "no query outlives its deadline or its face");
     }
+}
+
+fn acl_node(id: u128, role: Mode, rules: &str) -> Node {
+    #[derive(serde::Deserialize)]
+    struct W {
+        acl: crate::acl::AclFile,
+    }
+    let w: W = toml::from_str(rules).unwrap();
+    let acl = crate::acl::Acl::compile(&w.acl).unwrap();
+    let mut cfg = NodeConfig::new(NodeId::from_u128(id), role);
+    cfg.intercepts = Box::new(crate::acl::enforce::AclFactory(Arc::new(acl)));
+    Node::new(cfg)
+}
+
+const ROBOT_RULES: &str = r#"
+[acl]
+default = "deny"
+[[acl.rule]]
+id = "robots"
+who = ["robot/*"]
+ops = ["put", "token", "sub", "query", "serve"]
+keys = ["fleet/${id.last}/**"]
+[[acl.rule]]
+id = "ops"
+who = ["ops"]
+ops = ["sub", "query", "token_sub"]
+keys = ["fleet/**"]
+[[acl.rule]]
+id = "no-cameras"
+permission = "deny"
+who = ["ops"]
+ops = ["sub", "query"]
+keys = ["fleet/*/camera/**"]
+"#;
+
+#[test]
+fn acl_at_a_router_filters_refuses_and_tells() {
+    // 0: router enforcing the rules; 1: robot r1 (client); 2: ops (client); 3: robot r2.
+    let mut m = Mesh::new(&[Router, Client, Client, Client]);
+    m.nodes[0] = acl_node(1, Router, ROBOT_RULES);
+    let p = |s: &str| Principal::new(s).unwrap();
+    m.link_as(1, 0, p("robot/r1"), Principal::anonymous());
+    m.link_as(2, 0, p("ops"), Principal::anonymous());
+    m.link_as(3, 0, p("robot/r2"), Principal::anonymous());
+
+    // Ops subscribes to everything: accepted (it intersects the allow), then filtered per key.
+    let all = m.subscribe(2, "fleet/**");
+    assert!(m.inbox[2].ready.contains(&all));
+    assert!(m.inbox[2].denied.is_empty());
+    m.publisher(1, "fleet/r1/speed");
+    m.put(1, "fleet/r1/speed", "1");
+    m.put(1, "fleet/r1/camera/front", "jpeg");
+    assert_eq!(m.delivered(2, all), ["fleet/r1/speed=1"]);
+    // Robot 1 may not publish on robot 2's keys: dropped, and told (once per key per 10 s).
+    m.put(1, "fleet/r2/cmd", "stop");
+    m.put(1, "fleet/r2/cmd", "stop");
+    assert_eq!(m.delivered(2, all), ["fleet/r1/speed=1"]);
+    let notices: Vec<_> = m.inbox[1]
+        .denied
+        .iter()
+        .map(|(l, d)| (l.clone(), d.op, d.key.clone(), d.rule.clone()))
+        .collect();
+    assert_eq!(
+        notices,
+        [(
+            vec![],
+            crate::acl::Op::Put,
+            "fleet/r2/cmd".to_string(),
+            "default".to_string()
+        )]
+    );
+    assert_eq!(m.nodes[0].faces()[0].principal.name(), "robot/r1");
+
+    // A subscription wholly inside a deny is refused, and the declarer learns it before ready.
+    let cams = m.subscribe(2, "fleet/*/camera/**");
+    let (locals, d) = m.inbox[2].denied.last().cloned().unwrap();
+    assert_eq!(locals, vec![cams]);
+    assert_eq!(
+        (d.op, d.rule.as_str(), d.principal.as_str()),
+        (crate::acl::Op::Sub, "no-cameras", "ops")
+    );
+    assert!(
+        m.inbox[2].ready.contains(&cams),
+        "the barrier still completes"
+    );
+    // Robot 2 may not subscribe to robot 1's keys.
+    let spy = m.subscribe(3, "fleet/r1/**");
+    assert_eq!(m.inbox[3].denied.last().unwrap().0, vec![spy]);
+    m.put(1, "fleet/r1/speed", "2");
+    assert!(m.delivered(3, spy).is_empty());
+
+    // Liveliness (Zenoh #1562): robot 2 has no token_sub, so robot 1's token never reaches it,
+    // nor its undeclaration; ops sees both.
+    let liv_ops = m.id(2);
+    m.local(
+        2,
+        Cmd::LivelinessSubscribe {
+            id: liv_ops,
+            key: k("fleet/**"),
+        },
+    );
+    let liv_r2 = m.id(3);
+    m.local(
+        3,
+        Cmd::LivelinessSubscribe {
+            id: liv_r2,
+            key: k("fleet/**"),
+        },
+    );
+    assert_eq!(
+        m.inbox[3].denied.last().unwrap().1.op,
+        crate::acl::Op::TokenSub
+    );
+    let tok = m.id(1);
+    m.local(
+        1,
+        Cmd::Token {
+            id: tok,
+            key: k("fleet/r1/alive"),
+        },
+    );
+    m.local(1, Cmd::Undeclare { id: tok });
+    assert_eq!(m.delivered(2, liv_ops).len(), 2);
+    assert!(m.delivered(3, liv_r2).is_empty());
+    // A token outside the robot's grant is refused.
+    let bad = m.id(1);
+    m.local(
+        1,
+        Cmd::Token {
+            id: bad,
+            key: k("fleet/r2/alive"),
+        },
+    );
+    assert_eq!(m.inbox[1].denied.last().unwrap().0, vec![bad]);
+    assert_eq!(m.delivered(2, liv_ops).len(), 2);
+
+    // Queries: a denied query gets an access-denied error, not silence; replies outside the
+    // querier's grant become errors too.
+    m.queryable(
+        1,
+        "fleet/r1/**",
+        false,
+        &[("fleet/r1/speed", "1"), ("fleet/r1/camera/x", "img")],
+    );
+    let q = m.query(2, "fleet/r1/**", QueryTarget::All, Consolidation::None);
+    let replies = &m.inbox[2].replies[&q];
+    let oks: Vec<&str> = replies
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok().map(|s| &*s.key))
+        .collect();
+    assert_eq!(oks, ["fleet/r1/speed"]);
+    let errs: Vec<_> = replies
+        .iter()
+        .filter_map(|r| r.result.as_ref().err().and_then(|e| e.access_denied()))
+        .collect();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(
+        (errs[0].op, errs[0].rule.as_str()),
+        (crate::acl::Op::Query, "no-cameras")
+    );
+    assert!(m.inbox[2].done.contains(&q));
+    let q2 = m.query(3, "fleet/r1/**", QueryTarget::All, Consolidation::None);
+    let e = m.inbox[3].replies[&q2][0]
+        .result
+        .as_ref()
+        .err()
+        .and_then(|e| e.access_denied())
+        .unwrap();
+    assert_eq!(
+        (e.op, e.principal.as_str()),
+        (crate::acl::Op::Query, "robot/r2")
+    );
+    assert!(m.inbox[3].done.contains(&q2));
+}
+
+#[test]
+fn acl_reload_tightens_live_subscriptions() {
+    let mut m = Mesh::new(&[Router, Client, Client]);
+    m.nodes[0] = acl_node(1, Router, ROBOT_RULES);
+    let p = |s: &str| Principal::new(s).unwrap();
+    m.link_as(1, 0, p("robot/r1"), Principal::anonymous());
+    m.link_as(2, 0, p("ops"), Principal::anonymous());
+    let s = m.subscribe(2, "fleet/r1/**");
+    m.publisher(1, "fleet/r1/speed");
+    m.put(1, "fleet/r1/speed", "1");
+    assert_eq!(m.delivered(2, s).len(), 1);
+    // Ops loses its read grant: the live subscription is dropped and noticed, the next sample
+    // does not arrive.
+    let tighter = ROBOT_RULES.replace(
+        "ops = [\"sub\", \"query\", \"token_sub\"]",
+        "ops = [\"token_sub\"]",
+    );
+    assert_ne!(tighter, ROBOT_RULES);
+    #[derive(serde::Deserialize)]
+    struct W {
+        acl: crate::acl::AclFile,
+    }
+    let w: W = toml::from_str(&tighter).unwrap();
+    let acl = crate::acl::Acl::compile(&w.acl).unwrap();
+    let now = m.now;
+    m.nodes[0].set_intercepts(
+        now,
+        Box::new(crate::acl::enforce::AclFactory(Arc::new(acl))),
+    );
+    m.run();
+    assert_eq!(m.inbox[2].denied.last().unwrap().0, vec![s]);
+    m.put(1, "fleet/r1/speed", "2");
+    assert_eq!(m.delivered(2, s).len(), 1);
 }

@@ -95,6 +95,8 @@ pub(crate) struct Face {
     backlog: Mutex<VecDeque<Msg>>,
     /// The neighbour's kind, set at the handshake.
     pub kind: OnceLock<crate::net::FaceKind>,
+    /// The peer's access-control identity, set when the handshake completes.
+    pub principal: OnceLock<crate::acl::Principal>,
     /// An accepted link's place among those handshaking (freed at `Established`).
     slot: Mutex<Option<super::HandshakeSlot>>,
     /// The link's sending half while the writer task is idle: a publisher finding the link
@@ -346,6 +348,9 @@ fn convert(
         (None, NetworkMessage::ResponseFinal(f)) => {
             Incoming::Msg(Msg::ResponseFinal { id: f.request_id })
         }
+        (None, NetworkMessage::Denied(d)) => Incoming::Msg(Msg::Denied(Arc::new(
+            crate::acl::AccessDenied::from_wire(&d),
+        ))),
         (None, NetworkMessage::Push(_) | NetworkMessage::PushSn(_)) => return,
     };
     out.push(item);
@@ -450,6 +455,15 @@ fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
             }),
             session,
         ),
+        Msg::Denied(d) => wire(
+            &NetworkMessage::Denied(hypha_core::wire::Denied {
+                op: d.op,
+                key: &d.key,
+                principal: &d.principal,
+                rule: &d.rule,
+            }),
+            session,
+        ),
     }
 }
 
@@ -490,6 +504,7 @@ impl Face {
             received: AtomicU64::new(0),
             backlog: Mutex::new(VecDeque::new()),
             kind: OnceLock::new(),
+            principal: OnceLock::new(),
             slot: Mutex::new(None),
             parked_tx: Mutex::new(None),
             epoch: rt.start_std,

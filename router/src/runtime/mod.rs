@@ -237,7 +237,16 @@ pub(crate) struct Counters {
     pub refused_handshaking: AtomicU64,
     /// Partial messages evicted for the node-wide reassembly budget.
     pub reassembly_evicted: AtomicU64,
+    /// Access-control refusals neighbours told us of.
+    pub denials_received: AtomicU64,
+    /// Links refused for their identity (no credential with `require_auth`, a node id not
+    /// bound to the key, an unusable certificate).
+    pub refused_identity: AtomicU64,
 }
+
+/// Local declarations whose refusal is remembered (beyond, refusals are still counted and
+/// broadcast).
+const MAX_DENIALS: usize = 4_096;
 
 /// Actions waiting to be executed outside the node's lock, in the order the node produced them.
 /// Whoever finds nobody draining drains; a delivery that re-enters the session (a callback
@@ -287,6 +296,10 @@ pub(crate) struct Runtime {
     reassembly: AtomicUsize,
     /// Why the last dial of a configured endpoint failed (for `Session::connect_error`).
     last_connect_error: Mutex<Option<String>>,
+    /// Local declarations a neighbour's access control refused.
+    denials: Mutex<HashMap<LocalId, Arc<crate::acl::AccessDenied>>>,
+    /// Every refusal a neighbour tells us of.
+    denial_tx: tokio::sync::broadcast::Sender<Arc<crate::acl::AccessDenied>>,
 }
 
 /// hypha-core's log shim, forwarded to `tracing` under the target `hypha_core`.
@@ -322,6 +335,9 @@ impl Runtime {
         });
         let mut nc = NodeConfig::new(id, config.mode);
         nc.caps = config.limits.caps();
+        if let Some(acl) = &config.acl {
+            nc.intercepts = Box::new(crate::acl::enforce::AclFactory(Arc::new(acl.clone())));
+        }
         Arc::new_cyclic(|me| Runtime {
             me: me.clone(),
             id,
@@ -348,6 +364,8 @@ impl Runtime {
             handshaking: Mutex::new(Handshaking::default()),
             reassembly: AtomicUsize::new(0),
             last_connect_error: Mutex::new(None),
+            denials: Mutex::new(HashMap::new()),
+            denial_tx: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -567,6 +585,22 @@ impl Runtime {
                     .insert(id);
                 self.changed.notify_waiters();
             }
+            Action::Denied { locals, denial } => {
+                self.counters
+                    .denials_received
+                    .fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut d = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+                    for id in locals {
+                        if d.len() < MAX_DENIALS || d.contains_key(&id) {
+                            d.insert(id, denial.clone());
+                        }
+                    }
+                }
+                // Nobody listening is fine: the counter and the declaration's state remain.
+                let _ = self.denial_tx.send(denial);
+                self.changed.notify_waiters();
+            }
             Action::Discovered {
                 node,
                 locators,
@@ -752,14 +786,27 @@ impl Runtime {
             return;
         };
         let kind = FaceKind::of(peer.mode);
+        let principal = match self.identify(face, peer.node_id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters
+                    .refused_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %peer.node_id, remote = %face.info.remote, "refusing link: {e}");
+                face.close_with(hypha_core::wire::CloseReason::Refused, "identity refused");
+                return;
+            }
+        };
+        let _ = face.principal.set(principal.clone());
         let _ = face.kind.set(kind);
         self.faces
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(face.id, face.clone());
         let dialed = face.role == Role::Dialer;
-        let accepted =
-            self.with_node(|n, now| n.handle_face_up(now, face.id, kind, peer.node_id, dialed));
+        let accepted = self.with_node(|n, now| {
+            n.handle_face_up_as(now, face.id, kind, peer.node_id, dialed, principal)
+        });
         if !accepted {
             self.faces
                 .write()
@@ -770,6 +817,83 @@ impl Runtime {
         tracing::info!(peer = %peer.node_id, mode = %peer.mode, remote = %face.info.remote, "connected");
         if let Some(d) = self.dialer.get() {
             d.set_connected(peer.node_id, true);
+        }
+    }
+
+    /// The access-control principal of a link's peer, from the certificate TLS verified. With a
+    /// verified certificate the node id the peer claimed must be its key's; with `require_auth`
+    /// a peer without one is refused.
+    fn identify(
+        &self,
+        face: &Face,
+        claimed: NodeId,
+    ) -> Result<crate::acl::Principal, crate::acl::identity::IdentityError> {
+        use crate::acl::identity::{IdentityError, node_id_of, principal_of};
+        let Some(cert) = &face.info.peer_certificate else {
+            return match &self.config.acl {
+                Some(a) if a.require_auth() => Err(IdentityError::AuthRequired),
+                _ => Ok(crate::acl::Principal::anonymous()),
+            };
+        };
+        let bound = node_id_of(cert)?;
+        if bound != claimed {
+            return Err(IdentityError::IdentityMismatch { claimed, bound });
+        }
+        let from = self
+            .config
+            .acl
+            .as_ref()
+            .map_or(&crate::acl::DEFAULT_IDENTITY_FROM[..], |a| {
+                a.identity_from()
+            });
+        match principal_of(cert, from) {
+            Ok(p) => Ok(p),
+            // Without rules, a certificate we cannot name is still a verified peer.
+            Err(e) if self.config.acl.is_none() => {
+                tracing::debug!("peer certificate names no principal ({e}): anonymous");
+                Ok(crate::acl::Principal::anonymous())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the access-control rules (SIGHUP): links stay up; every face's hooks and every
+    /// cached route are rebuilt, so tightened rules apply to the next sample.
+    pub(crate) fn set_acl(&self, acl: Option<crate::acl::Acl>) {
+        let factory: Box<dyn crate::net::intercept::InterceptFactory> = match acl {
+            Some(a) => Box::new(crate::acl::enforce::AclFactory(Arc::new(a))),
+            None => Box::new(crate::net::intercept::NoIntercepts),
+        };
+        self.with_node(|n, now| n.set_intercepts(now, factory));
+    }
+
+    /// The refusal of local declaration `id`, if a neighbour refused it.
+    pub(crate) fn denial(&self, id: LocalId) -> Option<Arc<crate::acl::AccessDenied>> {
+        self.denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Refusals as neighbours tell them.
+    pub(crate) fn subscribe_denials(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<Arc<crate::acl::AccessDenied>> {
+        self.denial_tx.subscribe()
+    }
+
+    /// Waits until local declaration `id` is ready or refused, up to `timeout`.
+    pub(crate) async fn wait_declared(
+        &self,
+        id: LocalId,
+        timeout: Duration,
+    ) -> Result<bool, Arc<crate::acl::AccessDenied>> {
+        self.wait_until(timeout, || self.is_ready(id) || self.denial(id).is_some())
+            .await;
+        match self.denial(id) {
+            Some(d) => Err(d),
+            None => Ok(self.is_ready(id)),
         }
     }
 
@@ -858,6 +982,7 @@ impl Runtime {
                     declarations: s.subscribers + s.queryables + s.tokens,
                     interests: s.interests,
                     declared_to: s.declared_to,
+                    principal: s.principal.name().to_string(),
                 })
             })
             .collect();
@@ -922,8 +1047,11 @@ impl Runtime {
                 r
             }
         };
-        if resolved.route.denied {
+        if resolved.route.denied && kind != SampleKind::Delete
+            || resolved.route.denied_delete && kind == SampleKind::Delete
+        {
             self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            self.with_node(|n, now| n.sample_denied(now, face.id, &key, kind));
             return;
         }
         if resolved.locals.is_empty() && resolved.faces.is_empty() {
@@ -1216,10 +1344,12 @@ impl Runtime {
                 match hypha_transports::connect(ep, &rt.config.tls).await {
                     Ok(link) => {
                         tracing::debug!(endpoint = %ep, "connected, handshaking");
-                        if face::run(rt.clone(), link, Role::Dialer, None)
-                            .await
-                            .is_some()
-                        {
+                        // device node (serial links): the device sends Init whoever dialled.
+                        let role = match link.info.protocol.far_end_opens() {
+                            true => Role::Listener,
+                            false => Role::Dialer,
+                        };
+                        if face::run(rt.clone(), link, role, None).await.is_some() {
                             backoff = Duration::from_millis(100);
                             ok = true;
                         }
