@@ -25,6 +25,8 @@ pub enum Protocol {
     Unix,
     /// In-process channel (tests).
     Mem,
+    /// Serial framing (`0x00 COBS(batch | CRC-32) 0x00`) over TCP: an emulated board's UART.
+    SerialTcp,
 }
 
 impl Protocol {
@@ -36,7 +38,14 @@ impl Protocol {
             Protocol::Udp => "udp",
             Protocol::Unix => "unix",
             Protocol::Mem => "mem",
+            Protocol::SerialTcp => "serial+tcp",
         }
+    }
+
+    /// True if the far end opens the session (sends `Init`) whichever side opened the link: a
+    /// device on a serial line is a client that (re)starts its session when it boots.
+    pub const fn far_end_opens(self) -> bool {
+        matches!(self, Protocol::SerialTcp)
     }
 }
 
@@ -52,9 +61,9 @@ pub enum Host {
 /// An endpoint: a protocol and an address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
-    /// `quic/HOST:PORT`, `tcp/HOST:PORT` or `udp/HOST:PORT`.
+    /// `quic/HOST:PORT`, `tcp/HOST:PORT`, `udp/HOST:PORT` or `serial+tcp/HOST:PORT`.
     Net {
-        /// Quic, Tcp or Udp.
+        /// Quic, Tcp, Udp or SerialTcp.
         protocol: Protocol,
         /// Host.
         host: Host,
@@ -75,7 +84,7 @@ pub enum EndpointError {
     #[error("endpoint {0:?} has no protocol: expected PROTO/ADDRESS, e.g. quic/127.0.0.1:7447")]
     NoProtocol(String),
     /// Unknown protocol prefix.
-    #[error("unknown protocol {0:?} (expected quic, tcp, udp, unix or mem)")]
+    #[error("unknown protocol {0:?} (expected quic, tcp, udp, unix, mem or serial+tcp)")]
     UnknownProtocol(String),
     /// Address missing.
     #[error("endpoint {0:?} has an empty address")]
@@ -183,6 +192,7 @@ impl FromStr for Endpoint {
             "udp" => Protocol::Udp,
             "unix" => Protocol::Unix,
             "mem" => Protocol::Mem,
+            "serial+tcp" => Protocol::SerialTcp,
             _ => return Err(EndpointError::UnknownProtocol(proto.to_string())),
         };
         if addr.is_empty() {
@@ -281,6 +291,7 @@ mod tests {
             "quic/my-host:7447",
             "unix//tmp/hypha.sock",
             "mem/alpha",
+            "serial+tcp/127.0.0.1:4441",
         ] {
             let ep: Endpoint = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(ep.to_string(), s);

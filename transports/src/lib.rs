@@ -4,7 +4,8 @@
 //! moves bytes; it knows nothing of routing. Every batch is one transport message produced by
 //! `hypha_core::session` (at most 65,535 bytes).
 //!
-//! - [`Endpoint`]: `quic/HOST:PORT`, `tcp/HOST:PORT`, `udp/HOST:PORT`, `unix/PATH`, `mem/NAME`.
+//! - [`Endpoint`]: `quic/HOST:PORT`, `tcp/HOST:PORT`, `udp/HOST:PORT`, `unix/PATH`, `mem/NAME`,
+//!   `serial+tcp/HOST:PORT`.
 //! - [`listen`] / [`connect`]: a [`Listener`] yields [`Link`]s; a link splits into a [`LinkTx`]
 //!   (send a batch) and a [`LinkRx`] (receive a batch) owned by one driver task each, or one
 //!   task using both with `select!`. Native `async fn`s, no allocation per batch on the
@@ -18,6 +19,9 @@
 //!   (u16, little-endian), `TCP_NODELAY`; read in large chunks and split without copying.
 //! - **UDP**: one batch per datagram, best effort; an empty datagram says "closing".
 //! - **mem**: in-process channels, for tests.
+//! - **serial+tcp** ([`serial`]): batches framed `0x00 COBS(batch | CRC-32) 0x00` (the device
+//!   node's framing, `hypha_core::framing`) over TCP, how an emulated board's UART is reached;
+//!   the device opens the session ([`Protocol::far_end_opens`]).
 //! - [`discovery`]: mDNS (`_hypha._udp.local.`) announcements and browsing, turned into found /
 //!   lost events; [`dialer`]: parallel dialing with backoff that never dials itself or a node
 //!   it is already connected to.
@@ -30,6 +34,7 @@ mod endpoint;
 mod link;
 mod mem;
 mod quic;
+pub mod serial;
 mod stream;
 mod tls;
 mod udp;

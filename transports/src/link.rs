@@ -2,7 +2,7 @@
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::tls::{TlsConfig, TlsError};
-use crate::{AbortOnDrop, mem, quic, stream, udp};
+use crate::{AbortOnDrop, mem, quic, serial, stream, udp};
 use bytes::Bytes;
 use std::future::Future;
 use tokio::sync::mpsc;
@@ -140,6 +140,8 @@ pub enum LinkTx {
     Quic(quic::QuicTx),
     /// In-process.
     Mem(mem::MemTx),
+    /// Serial framing (COBS + CRC) over a byte stream.
+    Serial(serial::SerialTx),
 }
 
 /// The receiving half of any link.
@@ -153,6 +155,8 @@ pub enum LinkRx {
     Quic(quic::QuicRx),
     /// In-process.
     Mem(mem::MemRx),
+    /// Serial framing (COBS + CRC) over a byte stream.
+    Serial(serial::SerialRx),
 }
 
 impl LinkTx {
@@ -204,6 +208,7 @@ impl LinkSend for LinkTx {
             LinkTx::Udp(t) => t.send(batch).await,
             LinkTx::Quic(t) => t.send(batch).await,
             LinkTx::Mem(t) => t.send(batch).await,
+            LinkTx::Serial(t) => t.send(batch).await,
         }
     }
 
@@ -213,6 +218,7 @@ impl LinkSend for LinkTx {
             LinkTx::Udp(t) => t.close().await,
             LinkTx::Quic(t) => t.close().await,
             LinkTx::Mem(t) => t.close().await,
+            LinkTx::Serial(t) => t.close().await,
         }
     }
 }
@@ -224,6 +230,7 @@ impl LinkRecv for LinkRx {
             LinkRx::Udp(r) => r.recv().await,
             LinkRx::Quic(r) => r.recv().await,
             LinkRx::Mem(r) => r.recv().await,
+            LinkRx::Serial(r) => r.recv().await,
         }
     }
 }
@@ -283,6 +290,7 @@ pub async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Listener, Li
         Protocol::Udp => udp::listen(endpoint).await,
         Protocol::Quic => quic::listen(endpoint, tls).await,
         Protocol::Mem => mem::listen(endpoint),
+        Protocol::SerialTcp => serial::listen_tcp(endpoint).await,
     }
 }
 
@@ -295,6 +303,7 @@ pub async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, Conne
             Protocol::Udp => udp::connect(endpoint).await,
             Protocol::Quic => quic::connect(endpoint, tls).await,
             Protocol::Mem => mem::connect(endpoint).await,
+            Protocol::SerialTcp => serial::connect_tcp(endpoint).await,
         }
     };
     tokio::time::timeout(crate::SETUP_TIMEOUT, fut)
