@@ -42,7 +42,7 @@ mod udp;
 pub use endpoint::{Endpoint, EndpointError, Host, Protocol};
 pub use link::{
     ConnectError, Link, LinkError, LinkInfo, LinkRecv, LinkRx, LinkSend, LinkTx, ListenError,
-    Listener, connect, listen,
+    Listener, TlsCause, connect, listen,
 };
 pub use tls::{TlsConfig, TlsError};
 

@@ -25,6 +25,64 @@ pub struct LinkInfo {
     pub peer_certificate: Option<std::sync::Arc<[u8]>>,
 }
 
+/// Why TLS refused a link, from our verifier or the peer's alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsCause {
+    /// The certificate does not chain to the trusted CA (or is self-signed).
+    UnknownCa,
+    /// The certificate has expired.
+    Expired,
+    /// The certificate is not valid yet.
+    NotYetValid,
+    /// The listener demands a client certificate and none was sent.
+    CertificateRequired,
+    /// The certificate was revoked.
+    Revoked,
+    /// The certificate is malformed, of the wrong kind (a CA used as a leaf, a wrong key
+    /// usage) or otherwise refused.
+    BadCertificate,
+    /// Another handshake failure (no common protocol version, wrong ALPN, ...).
+    Other,
+}
+
+impl TlsCause {
+    /// From a TLS alert number (RFC 8446 §6) and the error text.
+    pub fn from_alert(alert: Option<u8>, text: &str) -> TlsCause {
+        if text.contains("NotValidYet") || text.contains("not valid yet") {
+            return TlsCause::NotYetValid;
+        }
+        if text.contains("Expired") {
+            return TlsCause::Expired;
+        }
+        if text.contains("UnknownIssuer") {
+            return TlsCause::UnknownCa;
+        }
+        match alert {
+            Some(48) => TlsCause::UnknownCa,
+            Some(45) => TlsCause::Expired,
+            Some(116) => TlsCause::CertificateRequired,
+            Some(44) => TlsCause::Revoked,
+            Some(42 | 43 | 46) => TlsCause::BadCertificate,
+            _ => TlsCause::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsCause::UnknownCa => "certificate not signed by the trusted CA",
+            TlsCause::Expired => "certificate expired",
+            TlsCause::NotYetValid => "certificate not valid yet",
+            TlsCause::CertificateRequired => "client certificate required",
+            TlsCause::Revoked => "certificate revoked",
+            TlsCause::BadCertificate => "certificate refused",
+            TlsCause::Other => "handshake failed",
+        })
+    }
+}
+
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +105,15 @@ pub enum LinkError {
     /// A QUIC-level failure.
     #[error("quic: {0}")]
     Quic(String),
+    /// The peer's TLS refused us after the handshake looked complete (TLS 1.3 checks the
+    /// client's certificate last): why.
+    #[error("TLS refused by the peer: {cause}: {reason}")]
+    Tls {
+        /// Why, as a type.
+        cause: TlsCause,
+        /// The peer's words.
+        reason: String,
+    },
     /// The peer did not complete the link setup in time.
     #[error("link setup timed out")]
     Timeout,
@@ -96,11 +163,13 @@ pub enum ConnectError {
         source: LinkError,
     },
     /// TLS refused the peer (certificate verification failed, or we were refused).
-    #[error("TLS refused the link to {endpoint}: {reason}")]
+    #[error("TLS refused the link to {endpoint}: {cause}: {reason}")]
     Tls {
         /// Where.
         endpoint: Endpoint,
-        /// The verifier's reason.
+        /// Why, as a type.
+        cause: TlsCause,
+        /// The verifier's words.
         reason: String,
     },
     /// TLS setup failed locally.

@@ -42,6 +42,16 @@ fn quic_err(e: impl std::fmt::Display) -> LinkError {
 }
 
 fn conn_err(e: quinn::ConnectionError) -> LinkError {
+    if let quinn::ConnectionError::ConnectionClosed(c) = &e {
+        let code = u64::from(c.error_code);
+        if (0x100..=0x1ff).contains(&code) {
+            let reason = c.to_string();
+            return LinkError::Tls {
+                cause: crate::link::TlsCause::from_alert(Some((code - 0x100) as u8), &reason),
+                reason,
+            };
+        }
+    }
     match e {
         quinn::ConnectionError::ApplicationClosed(_)
         | quinn::ConnectionError::ConnectionClosed(_)
@@ -313,6 +323,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(material.client_config()?)
         .map_err(|e| ConnectError::Tls {
             endpoint: endpoint.clone(),
+            cause: crate::link::TlsCause::Other,
             reason: e.to_string(),
         })?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -335,19 +346,26 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
         endpoint: endpoint.clone(),
         source: quic_err(e),
     })?;
+    // A TLS failure is a QUIC CRYPTO_ERROR: 0x100 + the TLS alert.
+    let alert = |code: quinn::TransportErrorCode| {
+        let c = u64::from(code);
+        (0x100..=0x1ff).contains(&c).then(|| (c - 0x100) as u8)
+    };
     let conn = connecting.await.map_err(|e| match e {
-        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
+        quinn::ConnectionError::TransportError(t) if alert(t.code).is_some() => {
+            let reason = t.to_string();
             ConnectError::Tls {
                 endpoint: endpoint.clone(),
-                reason: t.to_string(),
+                cause: crate::link::TlsCause::from_alert(alert(t.code), &reason),
+                reason,
             }
         }
-        quinn::ConnectionError::ConnectionClosed(c)
-            if c.error_code.to_string().contains("crypto") =>
-        {
+        quinn::ConnectionError::ConnectionClosed(c) if alert(c.error_code).is_some() => {
+            let reason = c.to_string();
             ConnectError::Tls {
                 endpoint: endpoint.clone(),
-                reason: c.to_string(),
+                cause: crate::link::TlsCause::from_alert(alert(c.error_code), &reason),
+                reason,
             }
         }
         other => ConnectError::Link {

@@ -492,6 +492,20 @@ impl Acl {
         })
     }
 
+    /// Compiles the `[acl]` section of a TOML text (a node configuration, or a file holding
+    /// only `[acl]`; other sections are ignored).
+    pub fn from_toml(text: &str) -> Result<Acl, AclError> {
+        #[derive(Deserialize)]
+        struct Only {
+            acl: Option<AclFile>,
+        }
+        let o: Only = toml::from_str(text).map_err(|e| acl_err("toml", e.to_string()))?;
+        match o.acl {
+            Some(f) => Acl::compile(&f),
+            None => Err(acl_err("toml", "no [acl] section")),
+        }
+    }
+
     /// A permissive ACL: no rules, default allow (what a node without `[acl]` enforces).
     pub fn allow_all() -> Acl {
         Acl {

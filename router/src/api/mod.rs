@@ -393,6 +393,15 @@ impl std::fmt::Debug for Session {
 /// A node that demands authentication (`tls.mutual`) refuses to listen on or dial a
 /// plaintext transport (tcp, udp, unix): a peer there could bypass the certificates.
 fn check_authenticated(config: &Config) -> Result<(), OpenError> {
+    if config.acl.as_ref().is_some_and(|a| a.require_auth())
+        && !(config.tls.mutual && config.tls.ca.is_some())
+    {
+        return Err(OpenError::Config(crate::config::ConfigError::Value {
+            field: "acl.require_auth",
+            message: "needs tls.ca and tls.mutual = true (peers authenticate with certificates)"
+                .into(),
+        }));
+    }
     if !config.tls.mutual {
         return Ok(());
     }
@@ -509,6 +518,11 @@ pub struct Info {
     /// Partial messages evicted because all links together exceeded
     /// `limits.max_reassembly_bytes`.
     pub reassembly_evicted: u64,
+    /// Links refused for their identity: no verified credential under `acl.require_auth`, a
+    /// node id not bound to the certificate's key, a certificate naming no usable principal.
+    pub refused_identity: u64,
+    /// Refusals neighbours' access control told this node of.
+    pub denials_received: u64,
 }
 
 impl Session {
@@ -551,6 +565,8 @@ impl Session {
             denied: c.denied.load(Ordering::Relaxed),
             refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),
             reassembly_evicted: c.reassembly_evicted.load(Ordering::Relaxed),
+            refused_identity: c.refused_identity.load(Ordering::Relaxed),
+            denials_received: c.denials_received.load(Ordering::Relaxed),
         }
     }
 

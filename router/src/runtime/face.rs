@@ -852,6 +852,11 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(face = face.id, "link closed: {e}");
+                if face.peer().is_none() && face.role == Role::Dialer {
+                    // Refused before the session opened (a TLS alert after the handshake):
+                    // that is why the dial failed.
+                    rt.note_connect_error(&face.info.remote, &e);
+                }
                 return;
             }
         };

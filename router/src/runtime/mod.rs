@@ -746,6 +746,14 @@ impl Runtime {
             });
     }
 
+    /// Records why a dial failed.
+    pub(crate) fn note_connect_error(&self, ep: &Endpoint, e: &dyn std::fmt::Display) {
+        *self
+            .last_connect_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(format!("{ep}: {e}"));
+    }
+
     /// Why the last dial of a configured endpoint failed, if one did.
     pub(crate) fn last_connect_error(&self) -> Option<String> {
         self.last_connect_error

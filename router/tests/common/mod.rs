@@ -50,3 +50,5 @@ pub async fn wait_until(
     })
     .await
 }
+
+pub mod pki;
