@@ -93,11 +93,12 @@ pub struct Config {
     /// Largest batch sent and accepted, in bytes (64 to 65,535; the buffers must be sized for
     /// it with [`rx_buffer_len`] and [`tx_buffer_len`]).
     pub mtu: u16,
-    /// The device's lease: the std side drops the link after this long without a byte from
-    /// the device; the device sends a keep-alive after `lease / 4` of silence.
-    pub lease: Duration,
-    /// How often `Init` is re-sent until the std side accepts.
-    pub init_interval: Duration,
+    /// The device's lease, in milliseconds: the std side drops the link after this long
+    /// without a byte from the device; the device sends a keep-alive after `lease / 4` of
+    /// silence. (Milliseconds as `u32`: no 64-bit division in the image.)
+    pub lease_ms: u32,
+    /// How often `Init` is re-sent until the std side accepts, in milliseconds.
+    pub init_interval_ms: u32,
     /// Seeds the initial sequence number (any value; a hardware RNG or a boot counter).
     pub seed: u32,
 }
@@ -108,8 +109,8 @@ impl Config {
         Config {
             node_id,
             mtu: 256,
-            lease: Duration::from_secs(3),
-            init_interval: Duration::from_millis(250),
+            lease_ms: 3_000,
+            init_interval_ms: 250,
             seed: 0,
         }
     }

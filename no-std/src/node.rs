@@ -178,6 +178,10 @@ enum Batch {
     Malformed,
 }
 
+fn ms(n: u32) -> Duration {
+    Duration::from_millis(u64::from(n))
+}
+
 fn valid_key(ke: &str) -> Result<(), Error> {
     match KeyExpr::new(ke) {
         Ok(_) => Ok(()),
@@ -213,7 +217,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             next_init: Instant::ZERO,
             send_open: false,
             send_close: None,
-            peer_lease: cfg.lease,
+            peer_lease: ms(cfg.lease_ms),
             batch: mtu,
             sn_mask: mask,
             tx_sn: cfg.seed & mask,
@@ -310,13 +314,13 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     }
 
     /// Asks for `ke?params`; replies arrive as [`Event::Reply`] / [`Event::ReplyErr`], then
-    /// one [`Event::ReplyEnd`] (at the latest after `timeout`).
+    /// one [`Event::ReplyEnd`] (at the latest after `timeout_ms`).
     pub fn get(
         &mut self,
         now: Instant,
         ke: &str,
         params: &str,
-        timeout: Duration,
+        timeout_ms: u32,
     ) -> Result<GetId, Error> {
         valid_key(ke)?;
         if self.gets.is_full() {
@@ -329,14 +333,14 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             parameters: params,
             target: QueryTarget::BestMatching,
             consolidation: Consolidation::Auto,
-            timeout_ms: timeout.as_millis().min(u64::from(u32::MAX)) as u32,
+            timeout_ms,
             payload: None,
             encoding: None,
             attachment: None,
         });
         self.stage_msg(&msg)?;
         self.next_get = id.wrapping_add(1).max(1);
-        let _ = self.gets.push((id, now + timeout));
+        let _ = self.gets.push((id, now + ms(timeout_ms)));
         Ok(GetId(id))
     }
 
@@ -463,7 +467,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         let control = if let Some(reason) = self.send_close.take() {
             Some(TransportMessage::Close(Close { reason, detail: "" }))
         } else if self.state == State::Connecting && now >= self.next_init {
-            self.next_init = now + self.cfg.init_interval;
+            self.next_init = now + ms(self.cfg.init_interval_ms);
             self.tx_sn = self.cfg.seed & self.sn_mask;
             Some(TransportMessage::Init(Init {
                 version: PROTOCOL_VERSION,
@@ -471,7 +475,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
                 mode: Mode::Client,
                 batch_size: self.batch as u16,
                 sn_bits: SN_BITS,
-                lease_ms: self.cfg.lease.as_millis().min(u64::from(u32::MAX)) as u32,
+                lease_ms: self.cfg.lease_ms,
                 initial_sn: self.tx_sn,
             }))
         } else if self.send_open {
@@ -505,7 +509,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             self.last_tx = now;
             return self.tx.get(split..split + n);
         }
-        if now.saturating_since(self.last_tx) >= self.cfg.lease.div(4) {
+        if now.saturating_since(self.last_tx) >= ms(self.cfg.lease_ms / 4) {
             self.stats.tx_keepalives += 1;
             let n = TransportMessage::KeepAlive.encode(&mut ctl).ok()?;
             return self.emit_control(now, ctl.get(..n)?);
@@ -535,7 +539,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         let mut t = match self.state {
             State::Connecting => self.next_init,
             State::Open => {
-                let keepalive = self.last_tx + self.cfg.lease.div(4);
+                let keepalive = self.last_tx + ms(self.cfg.lease_ms / 4);
                 let expiry = self.last_rx + self.peer_lease;
                 keepalive.min(expiry)
             }
@@ -582,7 +586,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         self.next_init = if by_peer {
             now
         } else {
-            now + self.cfg.init_interval
+            now + ms(self.cfg.init_interval_ms)
         };
         self.send_open = false;
         self.stage_len = 0;
@@ -649,10 +653,10 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             Batch::Accept(a) if self.state == State::Connecting => {
                 if a.version != PROTOCOL_VERSION || a.node_id == self.cfg.node_id {
                     self.send_close = Some(CloseReason::UnsupportedVersion);
-                    self.next_init = now + self.cfg.init_interval;
+                    self.next_init = now + ms(self.cfg.init_interval_ms);
                     return false;
                 }
-                self.peer_lease = Duration::from_millis(u64::from(a.lease_ms));
+                self.peer_lease = ms(a.lease_ms);
                 self.batch = self.batch.min(usize::from(a.batch_size)).max(64);
                 let bits = a.sn_bits.clamp(7, SN_BITS);
                 self.sn_mask = if bits >= 32 {

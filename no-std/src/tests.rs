@@ -338,9 +338,7 @@ fn pub_sub_query_and_get_cross_the_line() {
     std.got.clear();
 
     // a get from the device
-    let g = dev
-        .get(ms(5), "host/config", "", Duration::from_secs(1))
-        .unwrap();
+    let g = dev.get(ms(5), "host/config", "", 1000).unwrap();
     pump(&mut dev, &mut std, ms(5));
     assert_eq!(std.got, [Got::Request(g.0, "host/config".into())]);
     std.send(&NetworkMessage::Response(Response {
@@ -375,9 +373,7 @@ fn a_get_nobody_finishes_ends_at_its_deadline() {
     let mut dev = device(&mut b);
     let mut std = Std::new(ms(0));
     pump(&mut dev, &mut std, ms(0));
-    let g = dev
-        .get(ms(10), "host/x", "", Duration::from_millis(500))
-        .unwrap();
+    let g = dev.get(ms(10), "host/x", "", 500).unwrap();
     pump(&mut dev, &mut std, ms(10));
     assert!(dev.poll_timeout() <= ms(510));
     let evs = pump(&mut dev, &mut std, ms(509));

@@ -1,0 +1,423 @@
+//! The device node for real: `no-std/firmware`'s `qemu_node` runs on an emulated Cortex-M4
+//! (QEMU `netduinoplus2`), its UART on a TCP socket; a std `hypha router` attaches to it with
+//! `--connect serial+tcp/…`, and the host drives it with `hypha sub`, `hypha get` and `hypha
+//! put`.
+//!
+//! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run` installs both):
+//! under `CI=true` their absence fails the test, elsewhere it is a printed skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha_tests::{Proc, cli, free_port, require_or_skip, run_cli};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const CLI: &str = env!("CARGO_BIN_EXE_hypha-test-cli");
+const T: Duration = Duration::from_secs(20);
+/// The firmware's node id (no-std/firmware/src/bin/qemu_node.rs).
+const DEVICE_ID: &str = "00d00000000000000000000000000001";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the firmware is built: its own target directory beside the workspace's (the outer
+/// `cargo test` may hold the workspace's lock). `.ci/run` builds into the same place first.
+fn firmware_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("firmware")
+}
+
+/// Why the test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    let qemu = std::process::Command::new("qemu-system-arm")
+        .arg("--version")
+        .output();
+    if !qemu.is_ok_and(|o| o.status.success()) {
+        return Some("qemu-system-arm is not installed (apt-get install qemu-system-arm)".into());
+    }
+    let sysroot = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let lib = Path::new(&sysroot).join("lib/rustlib/thumbv7em-none-eabihf");
+    if !lib.exists() {
+        return Some(
+            "the thumbv7em-none-eabihf target is not installed (rustup target add)".into(),
+        );
+    }
+    None
+}
+
+/// Builds the firmware (release: the size-optimised, budget-linked profile); its ELF.
+fn build_firmware() -> PathBuf {
+    let dir = workspace().join("no-std/firmware");
+    let target = firmware_target_dir();
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(&dir)
+        .args(["build", "--release", "--bin", "qemu_node", "--target-dir"])
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "firmware build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("thumbv7em-none-eabihf/release/qemu_node")
+}
+
+/// QEMU with the firmware, its UART a TCP server on `port` (the guest waits for a client).
+fn qemu(elf: &Path, port: u16) -> Proc {
+    let mut c = Command::new("qemu-system-arm");
+    c.args([
+        "-M",
+        "netduinoplus2",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-serial",
+    ])
+    .arg(format!("tcp:127.0.0.1:{port},server=on,wait=on"))
+    .arg("-kernel")
+    .arg(elf);
+    Proc::spawn("qemu", c).unwrap()
+}
+
+/// A `hypha router` whose stderr (its log) is read line by line.
+struct Router {
+    child: Child,
+    log: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+    endpoint: String,
+}
+
+impl Router {
+    async fn start(device: &str) -> Router {
+        let mut c = cli(
+            CLI,
+            &["router", "--listen", "tcp/127.0.0.1:0", "--connect", device],
+        );
+        c.env("HYPHA_LOG", "info,hypha_transports::serial=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = c.spawn().unwrap();
+        let (tx, log) = mpsc::unbounded_channel();
+        let err = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(err).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(T, out.next_line())
+            .await
+            .expect("router ready in time")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+        let endpoint = hypha_tests::listening_endpoint(&v).unwrap();
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        Router {
+            child,
+            log,
+            seen: Vec::new(),
+            endpoint,
+        }
+    }
+
+    /// Waits for a log line satisfying `pred`.
+    async fn wait_log(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.log.recv()).await {
+                Ok(Some(l)) => {
+                    let hit = pred(&l);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                _ => panic!(
+                    "router: no log line for {what} within {T:?}: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every log line so far.
+    fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.log.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    fn client(&self) -> [&str; 4] {
+        ["--mode", "client", "--connect", self.endpoint.as_str()]
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn connected(who: &str) -> impl Fn(&str) -> bool + '_ {
+    move |l: &str| l.contains(" connected") && l.contains(who)
+}
+
+/// Subscribes to `device/temp` with the CLI, starts the device's 10 samples with `hypha put
+/// ctl/start`, and returns the payloads received (within `T`, and 300 ms more for any extra).
+async fn ten_samples(router: &mut Router) -> Vec<String> {
+    let mut args = vec!["sub", "device/temp", "--json"];
+    args.extend(router.client());
+    let mut sub = Proc::spawn("sub", cli(CLI, &args)).unwrap();
+    // The sub's link to the router is up (its subscription follows on the same link, before
+    // the put below can even start).
+    router
+        .wait_log("the subscriber's link", |l| {
+            l.contains(" connected") && l.contains("client") && !l.contains(DEVICE_ID)
+        })
+        .await;
+    let mut put = vec!["put", "ctl/start", "1", "--wait-ms", "10000"];
+    put.extend(router.client());
+    let (code, _, err) = run_cli(CLI, &put).await.unwrap();
+    assert_eq!(code, 0, "put ctl/start: {err}");
+    assert!(err.contains("reached 1 destination"), "{err}");
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let l = sub
+            .line(T)
+            .await
+            .unwrap_or_else(|| panic!("only {got:?} within {T:?}"));
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["key"], "device/temp");
+        got.push(v["payload"].as_str().unwrap().to_string());
+    }
+    if let Some(extra) = sub.line(Duration::from_millis(300)).await {
+        got.push(extra);
+    }
+    got
+}
+
+async fn device_info(router: &Router) -> String {
+    let mut get = vec!["get", "device/info", "--json", "--timeout-ms", "5000"];
+    get.extend(router.client());
+    let (code, out, err) = run_cli(CLI, &get).await.unwrap();
+    assert_eq!(code, 0, "get device/info: {err}");
+    let replies: Vec<&str> = out.lines().collect();
+    assert_eq!(replies.len(), 1, "exactly one reply: {out}");
+    let v: serde_json::Value = serde_json::from_str(replies[0]).unwrap();
+    assert_eq!(v["key"], "device/info");
+    v["payload"].as_str().unwrap().to_string()
+}
+
+/// `name=value` from a report line.
+fn field(line: &str, name: &str) -> u32 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+async fn exit_device(router: &Router, qemu: &mut Proc, code: &str) -> String {
+    let mut put = vec!["put", "ctl/exit", code, "--wait-ms", "10000"];
+    put.extend(router.client());
+    let (c, _, err) = run_cli(CLI, &put).await.unwrap();
+    assert_eq!(c, 0, "put ctl/exit: {err}");
+    let status = qemu.exit_code(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        status,
+        Some(code.parse().unwrap()),
+        "QEMU's exit status: {:?}",
+        qemu.seen
+    );
+    let mut report = None;
+    while let Some(l) = qemu.line(Duration::from_millis(200)).await {
+        if l.starts_with("hypha-nostd exit") {
+            report = Some(l);
+        }
+    }
+    report
+        .or_else(|| {
+            qemu.seen
+                .iter()
+                .find(|l| l.starts_with("hypha-nostd exit"))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no exit report from the firmware: {:?}", qemu.seen))
+}
+
+#[tokio::test]
+async fn device_node_on_qemu_publishes_answers_and_exits_with_the_code_sent() {
+    if !require_or_skip(missing()) {
+        return;
+    }
+    let elf = build_firmware();
+    let port = free_port(); // QEMU's server port is given on its command line
+    let mut qemu = qemu(&elf, port);
+    let mut router = Router::start(&format!("serial+tcp/127.0.0.1:{port}")).await;
+    router.wait_log("the device", connected(DEVICE_ID)).await;
+
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want, "10 samples, in order, no duplicate");
+
+    let info = device_info(&router).await;
+    assert!(info.starts_with("hypha-nostd "), "{info}");
+    let (hwm, stat, flash) = (
+        field(&info, "hwm"),
+        field(&info, "static"),
+        field(&info, "flash"),
+    );
+    eprintln!("device footprint: flash={flash} B, static RAM={stat} B, stack high-water={hwm} B");
+    assert!(stat + hwm <= 4096, "RAM budget: {stat} + {hwm} > 4096");
+
+    let report = exit_device(&router, &mut qemu, "0").await;
+    for f in ["crc_errors", "cobs_errors", "overflows"] {
+        assert_eq!(field(&report, f), 0, "device side: {report}");
+    }
+    assert_eq!(field(&report, "connects"), 1, "{report}");
+    let log = router.drain();
+    assert!(
+        !log.iter().any(|l| l.contains("serial framing error")),
+        "std side framing errors: {log:#?}"
+    );
+}
+
+/// A TCP proxy between the router and QEMU that injects junk and corrupted frames between the
+/// real ones (router → device), without touching the real frames.
+async fn noisy_proxy(upstream: u16) -> (u16, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let Ok((down, _)) = l.accept().await else {
+            return;
+        };
+        // QEMU may not listen yet: retry (bounded).
+        let mut up = None;
+        for _ in 0..200 {
+            match tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                Ok(s) => {
+                    up = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let up = up.expect("QEMU's UART socket within 10 s");
+        let (mut dr, mut dw) = down.into_split();
+        let (mut ur, mut uw) = up.into_split();
+        let back = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut ur, &mut dw).await;
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut n_chunks = 0u32;
+        loop {
+            let Ok(n) = dr.read(&mut buf).await else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            n_chunks += 1;
+            // Every chunk ends at a frame delimiter: noise after it is between frames.
+            if buf[n - 1] == 0 && n_chunks % 2 == 0 {
+                let mut frame = vec![0u8; 32];
+                let m = hypha_core::framing::encode(b"not a batch", &mut frame).unwrap();
+                frame[4] ^= 0x20; // a flipped bit: the CRC catches it
+                let mut noise = vec![0x55, 0xAA, 0x13, 0x00];
+                noise.extend_from_slice(&frame[..m]);
+                if uw.write_all(&noise).await.is_err() {
+                    break;
+                }
+            }
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        back.abort();
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn line_noise_is_counted_and_the_session_survives() {
+    if !require_or_skip(missing()) {
+        return;
+    }
+    let elf = build_firmware();
+    let port = free_port();
+    let mut qemu = qemu(&elf, port);
+    let (proxy, _proxy_task) = noisy_proxy(port).await;
+    let mut router = Router::start(&format!("serial+tcp/127.0.0.1:{proxy}")).await;
+    router.wait_log("the device", connected(DEVICE_ID)).await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want);
+    let info = device_info(&router).await;
+    assert!(info.starts_with("hypha-nostd "), "{info}");
+    let report = exit_device(&router, &mut qemu, "0").await;
+    let errors = field(&report, "crc_errors") + field(&report, "cobs_errors");
+    assert!(errors >= 2, "the injected noise is counted: {report}");
+    assert_eq!(
+        field(&report, "connects"),
+        1,
+        "the session survived: {report}"
+    );
+}
+
+#[tokio::test]
+async fn a_rebooted_device_is_taken_back_by_the_router() {
+    if !require_or_skip(missing()) {
+        return;
+    }
+    let elf = build_firmware();
+    let port = free_port();
+    let mut first = qemu(&elf, port);
+    let mut router = Router::start(&format!("serial+tcp/127.0.0.1:{port}")).await;
+    router.wait_log("the device", connected(DEVICE_ID)).await;
+    // Power cut: QEMU is killed mid-session, then the board boots again on the same UART.
+    first.signal("KILL").unwrap();
+    let _ = first.exit_code(T).await;
+    router
+        .wait_log("the old session's end", |l| {
+            l.contains("disconnected") && l.contains(DEVICE_ID)
+        })
+        .await;
+    let mut second = qemu(&elf, port);
+    router
+        .wait_log("the device again", connected(DEVICE_ID))
+        .await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(
+        got, want,
+        "the rebooted device's declarations were replayed"
+    );
+    let report = exit_device(&router, &mut second, "3").await;
+    assert_eq!(field(&report, "code"), 3);
+}
