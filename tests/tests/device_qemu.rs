@@ -336,15 +336,13 @@ async fn noisy_proxy(upstream: u16) -> (u16, tokio::task::JoinHandle<()>) {
         });
         let mut buf = vec![0u8; 4096];
         let mut n_chunks = 0u32;
-        loop {
-            let Ok(n) = dr.read(&mut buf).await else {
-                break;
-            };
+        while let Ok(n) = dr.read(&mut buf).await {
             if n == 0 {
                 break;
             }
             n_chunks += 1;
-            // Every chunk ends at a frame delimiter: noise after it is between frames.
+            // Noise only right after a delimiter: it lands between frames (or ends in a
+            // delimiter of its own before the rest of a frame), never inside a real one.
             if buf[n - 1] == 0 && n_chunks % 2 == 0 {
                 let mut frame = vec![0u8; 32];
                 let m = hypha_core::framing::encode(b"not a batch", &mut frame).unwrap();

@@ -39,7 +39,6 @@ pub fn start_clock(mut syst: SYST) {
     syst.clear_current();
     syst.enable_interrupt();
     syst.enable_counter();
-    core::mem::forget(syst);
 }
 
 /// Milliseconds since boot.
