@@ -183,6 +183,30 @@ struct NodeArgs {
     common: Common,
 }
 
+/// `acl` subcommands.
+#[derive(Subcommand)]
+enum AclCmd {
+    /// Print the decision for one operation of one principal on one key, and the rule that
+    /// made it (no node is started).
+    Check {
+        /// The node configuration holding the [acl] rules.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The principal (as a certificate would name it, or `anonymous`).
+        #[arg(long = "as", value_name = "PRINCIPAL")]
+        principal: String,
+        /// The operation: put, delete, sub, query, queryable, reply, token, token_sub, admin.
+        #[arg(long, value_name = "OP")]
+        op: String,
+        /// The key expression.
+        #[arg(long, value_name = "KEYEXPR")]
+        key: String,
+        /// Print a JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node until interrupted (optionally publishing, subscribing and holding tokens,
@@ -295,6 +319,11 @@ enum Cmd {
         opts: StorageOpts,
         #[command(flatten)]
         common: Common,
+    },
+    /// Access control: check a decision against a configuration's rules.
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
     },
     /// Print this node's id, endpoints and neighbours (JSON).
     Info {
@@ -493,6 +522,7 @@ async fn publish(
             wait.as_millis()
         );
     }
+    let mut denials = s.denials();
     let mut dropped = 0u64;
     let mut reached = 0usize;
     for i in 0..count {
@@ -513,9 +543,20 @@ async fn publish(
     if !p.flush(Duration::from_secs(5)).await {
         eprintln!("warning: not everything was written before exiting");
     }
+    // A neighbour's access control answers a refused publication with a notice: give it a
+    // moment to arrive (a round trip), so that a refusal is an error, not silence.
+    if !s.info().links.is_empty() {
+        if let Ok(Some(d)) = tokio::time::timeout(DENIAL_WAIT, denials.recv()).await {
+            s.close().await;
+            anyhow::bail!("{d}");
+        }
+    }
     s.close().await;
     Ok(())
 }
+
+/// How long `put`, `pub` and `delete` wait for an access-control refusal after publishing.
+const DENIAL_WAIT: Duration = Duration::from_millis(250);
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
@@ -587,7 +628,20 @@ async fn run(cli: Cli) -> Result<()> {
             common,
         } => {
             let s = open(&common).await?;
-            let sub = s.declare_subscriber(&keyexpr).capacity(65_536).stream()?;
+            // Awaited: a refusal by a neighbour's access control is an error, not silence (and
+            // one that comes later, from a neighbour linked after the declaration, ends it too).
+            let mut denials = s.denials();
+            let sub = s.declare_subscriber(&keyexpr).capacity(65_536).await?;
+            let refused = async {
+                loop {
+                    match denials.recv().await {
+                        Some(d) if sub.denied().is_some() => return d,
+                        Some(_) => {}
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::pin!(refused);
             let mut n = 0u64;
             use std::io::Write;
             let stdout = std::io::stdout();
@@ -595,6 +649,10 @@ async fn run(cli: Cli) -> Result<()> {
                 let sample = tokio::select! {
                     s = sub.recv() => s,
                     _ = shutdown_signal() => None,
+                    d = &mut refused => {
+                        s.close().await;
+                        anyhow::bail!("{d}");
+                    }
                 };
                 let Some(sample) = sample else { break };
                 let line = if json {
@@ -692,6 +750,16 @@ async fn run(cli: Cli) -> Result<()> {
             st.close().await;
             s.close().await;
         }
+        Cmd::Acl {
+            cmd:
+                AclCmd::Check {
+                    config,
+                    principal,
+                    op,
+                    key,
+                    json,
+                },
+        } => acl_check(&config, &principal, &op, &key, json)?,
         Cmd::Info { wait_ms, common } => {
             let s = open(&common).await?;
             let _ = s
@@ -708,7 +776,7 @@ async fn run(cli: Cli) -> Result<()> {
                         "received": l.received, "queued_bytes": l.queued_bytes,
                         "declarations": l.declarations, "interests": l.interests,
                         "declared_to": l.declared_to, "denied_in": l.denied_in,
-                        "denied_out": l.denied_out,
+                        "denied_out": l.denied_out, "principal": l.principal,
                     })
                 })
                 .collect();
@@ -721,6 +789,8 @@ async fn run(cli: Cli) -> Result<()> {
                     "links": links, "published": info.published, "received": info.received,
                     "dropped": info.dropped, "forwarded": info.forwarded, "denied": info.denied,
                     "refused_handshaking": info.refused_handshaking,
+                    "refused_identity": info.refused_identity,
+                    "denials_received": info.denials_received,
                 })
             );
             s.close().await;
@@ -741,7 +811,7 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
         liveliness,
         storage,
         storage_opts,
-        common: _,
+        common,
     } = args;
     let mut storages = Vec::new();
     for k in storage {
@@ -822,10 +892,12 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(*interval_ms)).await;
         }
     };
+    let reload = reload_on_sighup(&s, common.config.clone());
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = printer => {}
         r = publisher => r?,
+        _ = reload => {}
     }
     drop(subs);
     for w in watchers {
@@ -835,6 +907,91 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
         st.close().await;
     }
     s.close().await;
+    Ok(())
+}
+
+/// On SIGHUP, reads the configuration file again and applies its `[acl]` (links stay up). A
+/// file that no longer parses is reported and the current rules stay.
+async fn reload_on_sighup(s: &Session, file: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return std::future::pending().await;
+        };
+        while hup.recv().await.is_some() {
+            let Some(path) = &file else {
+                tracing::warn!("SIGHUP: no --config file to reload");
+                continue;
+            };
+            match Config::from_file(path) {
+                Ok(c) => {
+                    let rules = c.acl.as_ref().map_or(0, |_| 1);
+                    s.set_acl(c.acl);
+                    tracing::info!(file = %path.display(), "SIGHUP: access control reloaded ({})",
+                        if rules == 0 { "no [acl]: none" } else { "[acl] applied" });
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "acl_reloaded", "file": path.display().to_string()})
+                    );
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the current rules"),
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// `hypha acl check`.
+fn acl_check(
+    config: &std::path::Path,
+    principal: &str,
+    op: &str,
+    key: &str,
+    json: bool,
+) -> Result<()> {
+    use crate::acl::{Acl, Principal, op_name, parse_ops};
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let acl = Acl::from_toml(&text).with_context(|| format!("{}", config.display()))?;
+    let p = if principal == crate::acl::ANONYMOUS {
+        Principal::anonymous()
+    } else {
+        Principal::new(principal)?
+    };
+    let ops = parse_ops(op).filter(|v| v.len() == 1).ok_or_else(|| {
+        anyhow::anyhow!("--op {op}: expected put, delete, sub, query, queryable, reply, token, token_sub or admin")
+    })?;
+    let k = crate::keyexpr::OwnedKeyExpr::autocanonize(key.to_string())
+        .with_context(|| format!("--key {key}"))?;
+    let d = acl.decide(&p, ops[0], &k.as_keyexpr());
+    let roles = acl.roles_of(&p);
+    let verdict = if d.allow { "allow" } else { "deny" };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"decision": verdict, "rule": &*d.rule, "principal": p.name(),
+                "roles": roles, "op": op_name(ops[0]), "key": k.as_str()})
+        );
+    } else {
+        let how = if crate::acl::is_concrete(ops[0]) || !k.as_keyexpr().is_wild() {
+            ""
+        } else {
+            " (a wildcard declaration: accepted if any key may pass; each key is then judged at delivery)"
+        };
+        println!(
+            "{verdict}: {} on {} by {} (roles: {}), decided by rule {:?}{how}",
+            op_name(ops[0]),
+            k,
+            p.name(),
+            if roles.is_empty() {
+                "none".to_string()
+            } else {
+                roles.join(", ")
+            },
+            &*d.rule
+        );
+    }
     Ok(())
 }
 

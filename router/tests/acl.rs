@@ -2,6 +2,8 @@
 //! certificates, rules enforced by the node a neighbour is linked to, refusals that reach the
 //! refused party (never silent), and identity checks at link setup.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::pki::Pki;
@@ -78,7 +80,10 @@ async fn rules_at_the_router_filter_refuse_and_tell() {
     p.put("jpeg").await.unwrap();
     r1.put("fleet/r1/speed", "1").await.unwrap();
     let s = tokio::time::timeout(T, all.recv()).await.unwrap().unwrap();
-    assert_eq!(&*s.key, "fleet/r1/speed", "the camera sample, published first, was filtered");
+    assert_eq!(
+        &*s.key, "fleet/r1/speed",
+        "the camera sample, published first, was filtered"
+    );
 
     // A put outside the robot's grant: not delivered, and the publisher is told.
     let mut told = r1.denials();
@@ -101,7 +106,10 @@ async fn rules_at_the_router_filter_refuse_and_tell() {
     // Declarations refused: the awaited declare call returns the refusal.
     match ops.declare_subscriber("fleet/*/camera/**").await {
         Err(DeclareError::AccessDenied(d)) => {
-            assert_eq!((d.op, d.rule.as_str(), d.principal.as_str()), (Op::Sub, "no-cameras", "ops"))
+            assert_eq!(
+                (d.op, d.rule.as_str(), d.principal.as_str()),
+                (Op::Sub, "no-cameras", "ops")
+            )
         }
         other => panic!("camera subscription: {:?}", other.map(|_| ())),
     }
@@ -134,7 +142,12 @@ async fn rules_at_the_router_filter_refuse_and_tell() {
     assert_eq!(errs.len(), 1, "{replies:?}");
     assert_eq!(errs[0].rule, "no-cameras");
     let replies = r2.get("fleet/r1/**").send().await.unwrap().collect().await;
-    let e = replies[0].result.as_ref().unwrap_err().access_denied().unwrap();
+    let e = replies[0]
+        .result
+        .as_ref()
+        .unwrap_err()
+        .access_denied()
+        .unwrap();
     assert_eq!((e.op, e.principal.as_str()), (Op::Query, "robot/r2"));
 
     // Liveliness (Zenoh #1562): robot 2 may not watch tokens; ops may.
@@ -144,7 +157,10 @@ async fn rules_at_the_router_filter_refuse_and_tell() {
         other => panic!("robot token watch: {:?}", other.map(|_| ())),
     }
     let tok = r1.liveliness().token("fleet/r1/alive").await.unwrap();
-    let s = tokio::time::timeout(T, watch.recv()).await.unwrap().unwrap();
+    let s = tokio::time::timeout(T, watch.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*s.key, "fleet/r1/alive");
     drop(tok);
     assert!(matches!(
@@ -176,7 +192,9 @@ async fn reloaded_rules_apply_to_live_subscriptions() {
     p.put("2").await.unwrap();
     r1.put("fleet/r1/speed", "3").await.unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), sub.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), sub.recv())
+            .await
+            .is_err(),
         "a sample arrived after the grant was revoked"
     );
     assert_eq!(r.info().links.len(), 2, "links stayed up");
@@ -185,7 +203,10 @@ async fn reloaded_rules_apply_to_live_subscriptions() {
 #[tokio::test]
 async fn identities_are_checked_at_link_setup() {
     let pki = Pki::new();
-    let rules = FLEET.replace("default = \"deny\"", "default = \"deny\"\nrequire_auth = true");
+    let rules = FLEET.replace(
+        "default = \"deny\"",
+        "default = \"deny\"\nrequire_auth = true",
+    );
     let r = router(&pki, &rules).await;
     let ep = listen_ep(&r);
     let try_client = |tls: hypha_transports::TlsConfig| {
@@ -261,7 +282,10 @@ async fn a_node_id_not_bound_to_the_key_is_refused() {
     c.tls = pki.node("robot/r1", |_| {});
     c.id = Some(hypha_core::id::NodeId::from_u128(42));
     let e = hypha::open(c).await.unwrap_err().to_string();
-    assert!(e.contains("bound to its key"), "{e}");
+    assert!(
+        e.contains("bound to its key") && e.contains("identity mismatch"),
+        "{e}"
+    );
     // A hand-driven session with a valid certificate that claims another node's id.
     let tls = pki.node("robot/r1", |_| {});
     let link = hypha_transports::connect(&ep, &tls).await.unwrap();
@@ -323,7 +347,9 @@ keys = ["fleet/*/cmd"]
     };
     let a = peer("ops/a", vec![]).await.unwrap();
     let sensor = peer("sensor/t1", vec![listen_ep(&a)]).await.unwrap();
-    let b = peer("ops/b", vec![listen_ep(&a), listen_ep(&sensor)]).await.unwrap();
+    let b = peer("ops/b", vec![listen_ep(&a), listen_ep(&sensor)])
+        .await
+        .unwrap();
     assert!(b.wait_peers(2, T).await && sensor.wait_peers(2, T).await);
     let sa = a.declare_subscriber("fleet/**").await.unwrap();
     let sb = b.declare_subscriber("fleet/**").await.unwrap();
@@ -336,4 +362,23 @@ keys = ["fleet/*/cmd"]
     }
     let d = tokio::time::timeout(T, told.recv()).await.unwrap().unwrap();
     assert_eq!((d.op, d.rule.as_str()), (Op::Put, "sensors-no-cmd"));
+}
+
+#[tokio::test]
+async fn a_declaration_made_before_the_link_is_refused_when_it_comes_up() {
+    let pki = Pki::new();
+    let r = router(&pki, FLEET).await;
+    let mut c = node_config("quic/127.0.0.1:0", &[listen_ep(&r)]);
+    c.listen.clear();
+    c.mode = Mode::Client;
+    c.tls = pki.node("ops", |_| {});
+    let ops = hypha::open(c).await.unwrap();
+    let mut told = ops.denials();
+    let cams = ops
+        .declare_subscriber("fleet/*/camera/**")
+        .stream()
+        .unwrap();
+    let d = tokio::time::timeout(T, told.recv()).await.unwrap().unwrap();
+    assert_eq!((d.op, d.rule.as_str()), (Op::Sub, "no-cameras"));
+    assert_eq!(cams.denied(), Some(d));
 }

@@ -5,10 +5,12 @@
 //! trusted more than rustls did, and every parse failure is an error value (a certificate with
 //! no common name is normal: the name then comes from a SAN).
 //!
-//! **Node ids are bound to keys.** A node whose certificate chains to the mesh's CA takes as its
-//! id the first 16 bytes of the SHA-256 of its certificate's public key (SPKI); a peer that
-//! claims any other id in the handshake is refused with [`IdentityError::IdentityMismatch`].
-//! So a node id cannot be claimed without its key.
+//! **Node ids are bound to keys.** A node whose certificate chains to the mesh's CA takes as
+//! the first 8 bytes of its id the first 8 bytes of the SHA-256 of its certificate's public key
+//! (SPKI); the other 8 are random per process, so several processes may share one credential
+//! (a robot's node and the `hypha` commands run on it). A peer that claims an id without its
+//! key's prefix is refused with [`IdentityError::IdentityMismatch`]: taking over another node's
+//! id would take a 64-bit second preimage of SHA-256.
 
 use super::{IdentitySource, Principal, PrincipalError, validate_principal};
 use hypha_core::id::NodeId;
@@ -29,13 +31,14 @@ pub enum IdentityError {
     Principal(#[from] PrincipalError),
     /// The peer claimed a node id that is not its key's.
     #[error(
-        "identity mismatch: the peer claims node id {claimed} but its certificate's key is node {bound}"
+        "identity mismatch: the peer claims node id {claimed}, but ids of its certificate's key start with {}",
+        hex(prefix)
     )]
     IdentityMismatch {
         /// What the handshake said.
         claimed: NodeId,
-        /// What the key says.
-        bound: NodeId,
+        /// The first 8 bytes every id of that key has.
+        prefix: [u8; 8],
     },
     /// `require_auth` is set and the peer presented no verified credential.
     #[error("authentication required: the peer presented no verified certificate")]
@@ -52,12 +55,30 @@ pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], IdentityError> {
     Ok(out)
 }
 
-/// The node id bound to a certificate's key.
-pub fn node_id_of(cert_der: &[u8]) -> Result<NodeId, IdentityError> {
+/// The first 8 bytes of every node id bound to a certificate's key.
+pub fn id_prefix_of(cert_der: &[u8]) -> Result<[u8; 8], IdentityError> {
     let h = spki_sha256(cert_der)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    Ok(b)
+}
+
+/// A node id bound to a certificate's key: its prefix, then `random`.
+pub fn node_id_for(cert_der: &[u8], random: u64) -> Result<NodeId, IdentityError> {
     let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
+    b[..8].copy_from_slice(&id_prefix_of(cert_der)?);
+    b[8..].copy_from_slice(&random.to_be_bytes());
     Ok(NodeId(b))
+}
+
+/// Checks that `claimed` is bound to the certificate's key.
+pub fn check_bound(cert_der: &[u8], claimed: NodeId) -> Result<(), IdentityError> {
+    let prefix = id_prefix_of(cert_der)?;
+    if claimed.0[..8] == prefix {
+        Ok(())
+    } else {
+        Err(IdentityError::IdentityMismatch { claimed, prefix })
+    }
 }
 
 fn hex(b: &[u8]) -> String {

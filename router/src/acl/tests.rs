@@ -1,6 +1,6 @@
 //! The decision function against a brute-force oracle, principals, templates and certificates.
 
-use super::identity::{IdentityError, node_id_of, principal_of};
+use super::identity::{IdentityError, check_bound, id_prefix_of, node_id_for, principal_of};
 use super::*;
 use proptest::prelude::*;
 
@@ -323,13 +323,20 @@ fn principal_from_uri_then_dns_then_cn() {
         principal_of(b"not a cert", &all),
         Err(IdentityError::Parse(_))
     ));
-    assert!(node_id_of(b"\x30\x03\x02\x01\x00").is_err());
+    assert!(id_prefix_of(b"\x30\x03\x02\x01\x00").is_err());
 }
 
 #[test]
 fn node_ids_follow_keys() {
     let a = cert(rcgen::CertificateParams::default());
     let b = cert(rcgen::CertificateParams::default());
-    assert_eq!(node_id_of(&a).unwrap(), node_id_of(&a).unwrap());
-    assert_ne!(node_id_of(&a).unwrap(), node_id_of(&b).unwrap());
+    let (a1, a2) = (node_id_for(&a, 1).unwrap(), node_id_for(&a, 2).unwrap());
+    assert_ne!(a1, a2, "two processes of one credential get two ids");
+    assert!(check_bound(&a, a1).is_ok() && check_bound(&a, a2).is_ok());
+    let b1 = node_id_for(&b, 1).unwrap();
+    assert_ne!(id_prefix_of(&a).unwrap(), id_prefix_of(&b).unwrap());
+    assert!(matches!(
+        check_bound(&a, b1),
+        Err(IdentityError::IdentityMismatch { .. })
+    ));
 }

@@ -442,13 +442,17 @@ fn bind_id_to_key(config: &mut Config) -> Result<(), OpenError> {
     else {
         return Ok(());
     };
-    let bound = crate::acl::identity::node_id_of(&der).map_err(|e| cfg_err(e.to_string()))?;
+    use crate::acl::identity::{check_bound, node_id_for};
     match config.id {
-        Some(id) if id != bound => Err(cfg_err(format!(
-            "{id} is not this node's certificate's id {bound}: with tls.ca a node's id is bound to its key (leave id unset)"
-        ))),
-        _ => {
-            config.id = Some(bound);
+        Some(id) => check_bound(&der, id).map_err(|e| {
+            cfg_err(format!(
+                "{e}: with tls.ca a node's id is bound to its key (leave id unset)"
+            ))
+        }),
+        None => {
+            let id = node_id_for(&der, crate::runtime::random_u64())
+                .map_err(|e| cfg_err(e.to_string()))?;
+            config.id = Some(id);
             Ok(())
         }
     }

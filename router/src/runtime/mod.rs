@@ -836,17 +836,14 @@ impl Runtime {
         face: &Face,
         claimed: NodeId,
     ) -> Result<crate::acl::Principal, crate::acl::identity::IdentityError> {
-        use crate::acl::identity::{IdentityError, node_id_of, principal_of};
+        use crate::acl::identity::{IdentityError, check_bound, principal_of};
         let Some(cert) = &face.info.peer_certificate else {
             return match &self.config.acl {
                 Some(a) if a.require_auth() => Err(IdentityError::AuthRequired),
                 _ => Ok(crate::acl::Principal::anonymous()),
             };
         };
-        let bound = node_id_of(cert)?;
-        if bound != claimed {
-            return Err(IdentityError::IdentityMismatch { claimed, bound });
-        }
+        check_bound(cert, claimed)?;
         let from = self
             .config
             .acl

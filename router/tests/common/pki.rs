@@ -1,9 +1,11 @@
 //! A test PKI made with rcgen: a CA, and leaf certificates naming principals, on disk.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap fails the test
+
 use hypha_transports::TlsConfig;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,7 +51,9 @@ impl Pki {
     /// with no common name; `tweak` may change the parameters first.
     pub fn node(&self, principal: &str, tweak: impl FnOnce(&mut CertificateParams)) -> TlsConfig {
         let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI(format!("hypha:{principal}").try_into().unwrap())];
+        p.subject_alt_names = vec![SanType::URI(
+            format!("hypha:{principal}").try_into().unwrap(),
+        )];
         p.distinguished_name = DistinguishedName::new();
         tweak(&mut p);
         let key = KeyPair::generate().unwrap();
