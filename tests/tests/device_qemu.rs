@@ -3,8 +3,10 @@
 //! `--connect serial+tcp/…`, and the host drives it with `hypha sub`, `hypha get` and `hypha
 //! put`.
 //!
-//! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run` installs both):
-//! under `CI=true` their absence fails the test, elsewhere it is a printed skip.
+//! The QEMU tests need `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run`
+//! installs both): under `CI=true` their absence fails them, elsewhere it is a printed skip.
+//! `a_host_built_device_node_over_serial_tcp` runs the same node built for the host, on a thread
+//! behind a TCP socket, and needs nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -418,4 +420,118 @@ async fn a_rebooted_device_is_taken_back_by_the_router() {
     );
     let report = exit_device(&router, &mut second, "3").await;
     assert_eq!(field(&report, "code"), 3);
+}
+
+/// The same device node, built for the host and run on a thread over a TCP socket standing in
+/// for the UART: covers `serial+tcp/`, the router's dial path and the node on any machine,
+/// QEMU or not.
+fn host_device(l: std::net::TcpListener) -> std::thread::JoinHandle<(u32, String)> {
+    use hypha_nostd::{Config, Event, Node, rx_buffer_len, tx_buffer_len};
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        let mut rx = vec![0u8; rx_buffer_len(256)];
+        let mut tx = vec![0u8; tx_buffer_len(256)];
+        let cfg = Config::new(hypha_core::id::NodeId::from_u128(2 | (0xD0 << 112)));
+        let mut node: Node<'_, 4, 2, 2, 4> = Node::new(cfg, &mut rx, &mut tx);
+        let temp = node.declare_publisher("device/temp").unwrap();
+        node.declare_subscriber("ctl/**").unwrap();
+        node.declare_queryable("device/info").unwrap();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let (mut started, mut published) = (false, 0u32);
+        let mut query = None;
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "host device: no exit"
+            );
+            let now = hypha_nostd::Instant::from_micros(t0.elapsed().as_micros() as u64);
+            let n = match s.read(&mut buf) {
+                Ok(0) => panic!("host device: line closed"),
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            let mut fed = 0;
+            let mut exit = None;
+            loop {
+                fed += node.handle_rx(now, &buf[fed..n]);
+                while let Some(ev) = node.poll_event() {
+                    match ev {
+                        Event::Sample {
+                            key: "ctl/start", ..
+                        } => started = true,
+                        Event::Sample {
+                            key: "ctl/exit",
+                            payload,
+                            ..
+                        } => exit = Some(std::str::from_utf8(payload).unwrap().parse().unwrap()),
+                        Event::Query { id, .. } => query = Some(id),
+                        _ => {}
+                    }
+                }
+                if fed >= n {
+                    break;
+                }
+            }
+            if let Some(q) = query {
+                if node.reply(q, "device/info", b"hypha-nostd host").is_ok() {
+                    node.reply_final(q).unwrap();
+                    query = None;
+                }
+            }
+            if started
+                && published < 10
+                && node
+                    .put(temp, format!("sample-{published}").as_bytes())
+                    .is_ok()
+            {
+                published += 1;
+            }
+            while let Some(b) = node.poll_transmit(now) {
+                s.write_all(b).unwrap();
+            }
+            if let Some(code) = exit {
+                return (
+                    code,
+                    format!("{:?} connects={}", node.framing(), node.stats().connects),
+                );
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_host_built_device_node_over_serial_tcp() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dev = host_device(l);
+    let mut router = Router::start(&format!("serial+tcp/127.0.0.1:{port}")).await;
+    router
+        .wait_log("the device", connected("00d00000000000000000000000000002"))
+        .await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(device_info(&router).await, "hypha-nostd host");
+    let mut put = vec!["put", "ctl/exit", "5", "--wait-ms", "10000"];
+    put.extend(router.client());
+    let (c, _, err) = run_cli(CLI, &put).await.unwrap();
+    assert_eq!(c, 0, "{err}");
+    let (code, stats) = tokio::task::spawn_blocking(move || dev.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, 5);
+    assert!(
+        stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0")
+            && stats.ends_with("connects=1"),
+        "{stats}"
+    );
+    assert!(
+        !router
+            .drain()
+            .iter()
+            .any(|l| l.contains("serial framing error"))
+    );
 }
