@@ -27,6 +27,8 @@ pub enum Protocol {
     Mem,
     /// Serial framing (`0x00 COBS(batch | CRC-32) 0x00`) over TCP: an emulated board's UART.
     SerialTcp,
+    /// TCP with TLS 1.3 (the same certificates as QUIC), length-prefixed batches inside.
+    Tls,
 }
 
 impl Protocol {
@@ -39,6 +41,7 @@ impl Protocol {
             Protocol::Unix => "unix",
             Protocol::Mem => "mem",
             Protocol::SerialTcp => "serial+tcp",
+            Protocol::Tls => "tls",
         }
     }
 
@@ -61,7 +64,8 @@ pub enum Host {
 /// An endpoint: a protocol and an address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
-    /// `quic/HOST:PORT`, `tcp/HOST:PORT`, `udp/HOST:PORT` or `serial+tcp/HOST:PORT`.
+    /// `quic/HOST:PORT`, `tcp/HOST:PORT`, `tls/HOST:PORT`, `udp/HOST:PORT` or
+    /// `serial+tcp/HOST:PORT`.
     Net {
         /// Quic, Tcp, Udp or SerialTcp.
         protocol: Protocol,
@@ -193,6 +197,7 @@ impl FromStr for Endpoint {
             "unix" => Protocol::Unix,
             "mem" => Protocol::Mem,
             "serial+tcp" => Protocol::SerialTcp,
+            "tls" => Protocol::Tls,
             _ => return Err(EndpointError::UnknownProtocol(proto.to_string())),
         };
         if addr.is_empty() {

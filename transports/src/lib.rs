@@ -18,6 +18,8 @@
 //! - **TCP** and **unix**: a preamble (`HYPHA/1\n`) then batches prefixed by their length
 //!   (u16, little-endian), `TCP_NODELAY`; read in large chunks and split without copying.
 //! - **UDP**: one batch per datagram, best effort; an empty datagram says "closing".
+//! - **TLS over TCP** (`tls/HOST:PORT`): TLS 1.3 with the QUIC links' certificates (and mutual
+//!   TLS), then the TCP framing inside; for networks that block UDP.
 //! - **mem**: in-process channels, for tests.
 //! - **serial+tcp** ([`serial`]): batches framed `0x00 COBS(batch | CRC-32) 0x00` (the device
 //!   node's framing, `hypha_core::framing`) over TCP, how an emulated board's UART is reached;
@@ -37,6 +39,7 @@ mod quic;
 pub mod serial;
 mod stream;
 mod tls;
+mod tlstcp;
 mod udp;
 
 pub use endpoint::{Endpoint, EndpointError, Host, Protocol};

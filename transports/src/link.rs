@@ -2,7 +2,7 @@
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::tls::{TlsConfig, TlsError};
-use crate::{AbortOnDrop, mem, quic, serial, stream, udp};
+use crate::{AbortOnDrop, mem, quic, serial, stream, tlstcp, udp};
 use bytes::Bytes;
 use std::future::Future;
 use tokio::sync::mpsc;
@@ -35,6 +35,9 @@ pub enum TlsCause {
     Expired,
     /// The certificate is not valid yet.
     NotYetValid,
+    /// The peer's TLS alert says expired, which TLS also sends for not yet valid (over TCP the
+    /// alert is all the peer tells).
+    OutsideValidity,
     /// The listener demands a client certificate and none was sent.
     CertificateRequired,
     /// The certificate was revoked.
@@ -52,11 +55,20 @@ impl TlsCause {
         if text.contains("NotValidYet") || text.contains("not valid yet") {
             return TlsCause::NotYetValid;
         }
-        if text.contains("Expired") {
+        if text.contains("alert: CertificateExpired") {
+            return TlsCause::OutsideValidity;
+        }
+        if text.contains("Expired") || text.contains("expired") {
             return TlsCause::Expired;
         }
-        if text.contains("UnknownIssuer") {
+        if text.contains("UnknownIssuer") || text.contains("UnknownCA") {
             return TlsCause::UnknownCa;
+        }
+        if text.contains("CertificateRequired") {
+            return TlsCause::CertificateRequired;
+        }
+        if text.contains("BadCertificate") || text.contains("BadSignature") {
+            return TlsCause::BadCertificate;
         }
         match alert {
             Some(48) => TlsCause::UnknownCa,
@@ -75,6 +87,7 @@ impl std::fmt::Display for TlsCause {
             TlsCause::UnknownCa => "certificate not signed by the trusted CA",
             TlsCause::Expired => "certificate expired",
             TlsCause::NotYetValid => "certificate not valid yet",
+            TlsCause::OutsideValidity => "certificate expired or not valid yet",
             TlsCause::CertificateRequired => "client certificate required",
             TlsCause::Revoked => "certificate revoked",
             TlsCause::BadCertificate => "certificate refused",
@@ -232,7 +245,7 @@ impl LinkTx {
     /// True if this link can write a batch without waiting ([`try_send`](Self::try_send)):
     /// TCP and unix streams. Others always go through `send`.
     pub fn can_try_send(&self) -> bool {
-        matches!(self, LinkTx::Stream(_))
+        matches!(self, LinkTx::Stream(t) if t.direct())
     }
 
     /// True if part of a batch given to `try_send` still waits to be written (finish it with
@@ -253,7 +266,7 @@ impl LinkTx {
             return Err(LinkError::TooLarge(batch.len()));
         }
         match self {
-            LinkTx::Stream(t) => t.try_send(batch),
+            LinkTx::Stream(t) if t.direct() => t.try_send(batch),
             _ => Err(LinkError::Unsupported("try_send")),
         }
     }
@@ -360,6 +373,7 @@ pub async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Listener, Li
         Protocol::Quic => quic::listen(endpoint, tls).await,
         Protocol::Mem => mem::listen(endpoint),
         Protocol::SerialTcp => serial::listen_tcp(endpoint).await,
+        Protocol::Tls => tlstcp::listen(endpoint, tls).await,
     }
 }
 
@@ -373,6 +387,7 @@ pub async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, Conne
             Protocol::Quic => quic::connect(endpoint, tls).await,
             Protocol::Mem => mem::connect(endpoint).await,
             Protocol::SerialTcp => serial::connect_tcp(endpoint).await,
+            Protocol::Tls => tlstcp::connect(endpoint, tls).await,
         }
     };
     tokio::time::timeout(crate::SETUP_TIMEOUT, fut)

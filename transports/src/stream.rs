@@ -28,6 +28,9 @@ pub struct StreamTx {
     /// Bytes of `buf` not yet written by a [`StreamTx::try_send`] that could not finish; they
     /// go out first on the next `send` or `flush`.
     pending: std::ops::Range<usize>,
+    /// Flush the writer after each batch (TLS keeps records in its own buffer until then); such
+    /// a stream has no direct writes (`try_send`).
+    flush_each: bool,
 }
 
 /// Receiving half of a stream link.
@@ -54,7 +57,21 @@ impl StreamTx {
             w,
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
             pending: 0..0,
+            flush_each: false,
         }
+    }
+
+    /// A writer that buffers (TLS): flushed after each batch, never written to directly.
+    pub(crate) fn new_flushing(w: Writer) -> Self {
+        StreamTx {
+            flush_each: true,
+            ..StreamTx::new(w)
+        }
+    }
+
+    /// True if [`try_send`](Self::try_send) may write on the caller's thread.
+    pub(crate) fn direct(&self) -> bool {
+        !self.flush_each
     }
 
     /// True if part of a batch given to `try_send` is still waiting to be written.
@@ -115,7 +132,8 @@ impl StreamTx {
             self.buf.clear();
             self.buf.extend_from_slice(&len.to_le_bytes());
             self.buf.extend_from_slice(batch);
-            return self.w.write_all(&self.buf).await.map_err(closed_or_io);
+            self.w.write_all(&self.buf).await.map_err(closed_or_io)?;
+            return self.flush_if_buffered().await;
         }
         // Large batch: prefix and batch in one vectored write, without copying the batch.
         let prefix = len.to_le_bytes();
@@ -138,6 +156,13 @@ impl StreamTx {
                 return Err(LinkError::Closed);
             }
             done += n;
+        }
+        self.flush_if_buffered().await
+    }
+
+    async fn flush_if_buffered(&mut self) -> Result<(), LinkError> {
+        if self.flush_each {
+            self.w.flush().await.map_err(closed_or_io)?;
         }
         Ok(())
     }
@@ -179,7 +204,7 @@ impl StreamRx {
     }
 }
 
-fn closed_or_io(e: std::io::Error) -> LinkError {
+pub(crate) fn closed_or_io(e: std::io::Error) -> LinkError {
     use std::io::ErrorKind::*;
     match e.kind() {
         BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => {
@@ -190,8 +215,11 @@ fn closed_or_io(e: std::io::Error) -> LinkError {
 }
 
 /// Exchanges preambles on a fresh stream.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), LinkError> {
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<(), LinkError> {
     s.write_all(PREAMBLE).await.map_err(closed_or_io)?;
+    s.flush().await.map_err(closed_or_io)?;
     let mut got = [0u8; 8];
     s.read_exact(&mut got).await.map_err(closed_or_io)?;
     if &got != PREAMBLE {
@@ -218,7 +246,7 @@ fn unix_link(s: tokio::net::UnixStream, info: LinkInfo) -> Link {
     make_link(Box::new(r), Box::new(w), info)
 }
 
-fn tcp_tune(s: &tokio::net::TcpStream) {
+pub(crate) fn tcp_tune(s: &tokio::net::TcpStream) {
     let _ = s.set_nodelay(true);
     let sock = socket2::SockRef::from(s);
     let _ = sock.set_send_buffer_size(1 << 20);

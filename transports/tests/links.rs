@@ -168,6 +168,18 @@ async fn quic_link() {
 }
 
 #[tokio::test]
+async fn tls_over_tcp_link() {
+    // Self-signed (no CA): encrypted, unauthenticated, no direct writes (TLS buffers records).
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("tls/127.0.0.1:0", &tls, &tls).await;
+    assert!(a.info.reliable && a.info.peer_certificate.is_none());
+    assert!(!a.tx.can_try_send());
+    exchange(&mut a, &mut b, RELIABLE, 65_535).await;
+    exchange(&mut b, &mut a, RELIABLE, 100).await;
+    remote_close(a, b).await;
+}
+
+#[tokio::test]
 async fn quic_bulk_lane_does_not_block_realtime_lane() {
     let tls = TlsConfig::default();
     let (mut a, mut b) = pair("quic/127.0.0.1:0", &tls, &tls).await;

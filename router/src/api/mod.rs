@@ -406,7 +406,10 @@ fn check_authenticated(config: &Config) -> Result<(), OpenError> {
         return Ok(());
     }
     let plaintext = |e: &Endpoint| match e {
-        Endpoint::Net { protocol, .. } => *protocol != hypha_transports::Protocol::Quic,
+        Endpoint::Net { protocol, .. } => !matches!(
+            protocol,
+            hypha_transports::Protocol::Quic | hypha_transports::Protocol::Tls
+        ),
         Endpoint::Unix(_) => true,
         Endpoint::Mem(_) => false,
     };
@@ -415,7 +418,7 @@ fn check_authenticated(config: &Config) -> Result<(), OpenError> {
             return Err(OpenError::Config(crate::config::ConfigError::Value {
                 field,
                 message: format!(
-                    "{e} is plaintext, and tls.mutual demands authenticated links: use quic/"
+                    "{e} is plaintext, and tls.mutual demands authenticated links: use quic/ or tls/"
                 ),
             }));
         }
