@@ -20,6 +20,9 @@ pub struct NetArgs {
     /// not timestamp by default either).
     #[arg(long)]
     pub timestamps: bool,
+    /// Enforce the `[acl]` section of this TOML file on every link.
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<std::path::PathBuf>,
 }
 
 impl NetArgs {
@@ -40,6 +43,9 @@ impl NetArgs {
             .collect::<Result<_, _>>()?;
         c.mdns = self.mdns;
         c.timestamping = self.timestamps;
+        if let Some(f) = &self.acl {
+            c.acl = Some(hypha::acl::Acl::from_toml(&std::fs::read_to_string(f)?)?);
+        }
         Ok(c)
     }
 }

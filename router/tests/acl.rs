@@ -405,3 +405,77 @@ async fn a_declaration_made_before_the_link_is_refused_when_it_comes_up() {
     assert_eq!((d.op, d.rule.as_str()), (Op::Sub, "no-cameras"));
     assert_eq!(cams.denied(), Some(d));
 }
+
+#[tokio::test]
+async fn three_hops_stop_at_the_first_forbidding_hop_and_routers_confine_sites() {
+    // robot/r1 (client) -> router/site-a -> router/site-b -> ops (client).
+    let pki = Pki::new();
+    let rules_a = r#"
+[acl]
+default = "deny"
+[[acl.rule]]
+id = "robots"
+who = ["robot/*"]
+ops = ["write"]
+keys = ["fleet/${id.last}/**", "site-b/**"]
+[[acl.rule]]
+id = "peer-router"
+who = ["router/site-b"]
+ops = ["all"]
+keys = ["**"]
+"#;
+    let rules_b = r#"
+[acl]
+default = "deny"
+[[acl.rule]]
+id = "site-a-confined"
+who = ["router/site-a"]
+ops = ["write", "token", "serve"]
+keys = ["fleet/**"]
+[[acl.rule]]
+id = "site-a-reads"
+who = ["router/site-a"]
+ops = ["read"]
+keys = ["**"]
+[[acl.rule]]
+id = "ops"
+who = ["ops"]
+ops = ["read"]
+keys = ["**"]
+"#;
+    let mut ca = node_config("quic/127.0.0.1:0", &[]);
+    ca.mode = Mode::Router;
+    ca.tls = pki.node("router/site-a", |_| {});
+    let a = hypha::open(with_acl(ca, rules_a)).await.unwrap();
+    let mut cb = node_config("quic/127.0.0.1:0", &[listen_ep(&a)]);
+    cb.mode = Mode::Router;
+    cb.tls = pki.node("router/site-b", |_| {});
+    let b = hypha::open(with_acl(cb, rules_b)).await.unwrap();
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let robot = client(&pki, "robot/r1", &a).await;
+    let ops = client(&pki, "ops", &b).await;
+    let sub = ops.declare_subscriber("**").await.unwrap();
+    let p = robot.declare_publisher("fleet/r1/speed").unwrap();
+    assert!(p.wait_matching(T).await, "the subscription did not cross both routers");
+
+    // Denied at the first hop (router A): robot 1 may not write robot 2's keys.
+    let mut told = robot.denials();
+    robot.put("fleet/r2/cmd", "x").await.unwrap();
+    let d = tokio::time::timeout(T, told.recv()).await.unwrap().unwrap();
+    assert_eq!((d.principal.as_str(), d.rule.as_str()), ("robot/r1", "default"));
+
+    // Allowed by A, denied by B: site A may only write fleet/** into site B.
+    let mut a_told = a.denials();
+    robot.put("site-b/door", "open").await.unwrap();
+    let d = tokio::time::timeout(T, a_told.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (d.op, d.principal.as_str(), d.rule.as_str()),
+        (Op::Put, "router/site-a", "default")
+    );
+
+    // What both allow arrives, and nothing else did before it.
+    p.put("1").await.unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(&*s.key, "fleet/r1/speed");
+    assert!(b.info().denied >= 1 && a.info().denied >= 1);
+}
