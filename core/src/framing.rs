@@ -199,9 +199,13 @@ fn cobs_decode_in_place(buf: &mut [u8]) -> Option<usize> {
         if end > len {
             return None;
         }
-        buf.copy_within(r..end, w);
-        w += code - 1;
-        r = end;
+        // Forward, byte by byte (`w <= r`): no `memmove` in a device image for this.
+        while r < end {
+            let b = *buf.get(r)?;
+            *buf.get_mut(w)? = b;
+            r += 1;
+            w += 1;
+        }
         if code != 0xFF && r < len {
             *buf.get_mut(w)? = 0;
             w += 1;

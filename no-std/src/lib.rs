@@ -50,9 +50,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod ke;
 mod node;
 #[cfg(test)]
+mod one_wire;
+#[cfg(test)]
 mod tests;
+mod wire;
 
 pub use hypha_core::framing::FramingStats;
 pub use hypha_core::time::{Duration, Instant};

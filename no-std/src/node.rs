@@ -2,22 +2,18 @@
 //! declarations and their replay, the transmit batch, and events decoded lazily from the last
 //! frame received.
 
+use crate::ke;
+use crate::wire::{self, Batch, Control, FRAME_HEADER, Msg, Out, Writer, varint_len};
 use crate::{
     Config, Error, Event, GetId, KeyId, QableId, QueryId, REMOTE_KEY_LEN, REMOTE_KEYS,
     STAGE_OFFSET, Stats, SubId, SubSet, TOKENS, TokenId,
 };
 use hypha_core::framing::{self, Deframer, FramingStats};
-use hypha_core::keyexpr::KeyExpr;
 use hypha_core::time::{Duration, Instant};
-use hypha_core::wire::{
-    Close, CloseReason, Consolidation, Declare, Init, Mode, NetworkMessage, Open, PROTOCOL_VERSION,
-    Priority, Push, QueryTarget, RawBytes, ReplyBody, Request, Response, ResponseFinal, SampleKind,
-    TransportMessage, WireKey, encode_frame_header, frame_header_len, interest,
-};
+use hypha_core::wire::{CloseReason, PROTOCOL_VERSION, WireKey, interest};
 
-/// Lane and reliability of everything the device sends: one ordered lane, so a declaration
-/// always precedes its first use.
-const LANE: Priority = Priority::Data;
+// Everything the device sends goes on one ordered reliable lane (Data, `wire::FRAME_HEADER`),
+// so a declaration always precedes its first use.
 /// Sequence-number resolution proposed (one-byte sequence numbers, two-byte frame headers).
 const SN_BITS: u8 = 7;
 /// Id ranges of the device's declarations, one per kind.
@@ -104,6 +100,14 @@ impl RemoteKeys {
         }
     }
 
+    /// A received key: its name, or the name bound to its id.
+    fn resolve<'k>(&'k self, key: WireKey<'k>) -> Option<&'k str> {
+        match key {
+            WireKey::Name(k) => Some(k),
+            WireKey::Id(id) => self.get(id),
+        }
+    }
+
     fn get(&self, id: u32) -> Option<&str> {
         if id == 0 {
             return None;
@@ -158,42 +162,41 @@ pub struct Node<
     stats: Stats,
 }
 
-/// What a received batch was, with nothing borrowed.
-enum Batch {
-    Accept(hypha_core::wire::Accept),
-    Close(CloseReason),
-    KeepAlive,
-    Frame {
-        slot: usize,
-        reliable: bool,
-        sn: u32,
-        start: usize,
-    },
-    Fragment {
-        slot: usize,
-        reliable: bool,
-        sn: u32,
-    },
-    Ignored,
-    Malformed,
-}
-
 fn ms(n: u32) -> Duration {
     Duration::from_millis(u64::from(n))
 }
 
 fn valid_key(ke: &str) -> Result<(), Error> {
-    match KeyExpr::new(ke) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(Error::InvalidKey),
+    if ke::valid(ke) {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey)
     }
 }
 
-fn intersects(a: &str, b: &str) -> bool {
-    match (KeyExpr::new(a), KeyExpr::new(b)) {
-        (Ok(a), Ok(b)) => a.intersects(&b),
-        _ => false,
+/// A key the device matches received keys against: valid, and at most `ke::MAX_CHUNKS`
+/// chunks.
+fn matchable_key(ke: &str) -> Result<(), Error> {
+    valid_key(ke)?;
+    if ke::short_enough(ke) {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey)
     }
+}
+
+/// `Vec::swap_remove` by plain assignment (heapless' goes through `memmove`).
+fn swap_remove<T: Copy, const N: usize>(v: &mut heapless::Vec<T, N>, i: usize) {
+    if let Some(last) = v.pop() {
+        if let Some(slot) = v.get_mut(i) {
+            *slot = last;
+        }
+    }
+}
+
+/// Bytes of a frame header for sequence number `sn`.
+fn frame_header_len(sn: u32) -> usize {
+    1 + varint_len(sn)
 }
 
 impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: usize>
@@ -273,7 +276,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
 
     /// Subscribes to `ke`; matching samples arrive as [`Event::Sample`].
     pub fn declare_subscriber(&mut self, ke: &'static str) -> Result<SubId, Error> {
-        valid_key(ke)?;
+        matchable_key(ke)?;
         let id = self.subs.len();
         if id >= 32 {
             return Err(Error::Full);
@@ -284,7 +287,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
 
     /// Answers queries on `ke`; they arrive as [`Event::Query`].
     pub fn declare_queryable(&mut self, ke: &'static str) -> Result<QableId, Error> {
-        valid_key(ke)?;
+        matchable_key(ke)?;
         let id = self.qables.len();
         self.qables.push(ke).map_err(|_| Error::Full)?;
         Ok(QableId(id as u8))
@@ -306,11 +309,10 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         if usize::from(key.0) >= self.keys.len() {
             return Err(Error::InvalidKey);
         }
-        let msg = NetworkMessage::Put(hypha_core::wire::Put {
+        self.stage_msg(&Out::Put {
             key_id: u32::from(key.0) + 1,
             payload,
-        });
-        self.stage_msg(&msg)
+        })
     }
 
     /// Asks for `ke?params`; replies arrive as [`Event::Reply`] / [`Event::ReplyErr`], then
@@ -327,18 +329,12 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             return Err(Error::Full);
         }
         let id = self.next_get;
-        let msg = NetworkMessage::Request(Request {
+        self.stage_msg(&Out::Request {
             id,
-            key: WireKey::Name(ke),
-            parameters: params,
-            target: QueryTarget::BestMatching,
-            consolidation: Consolidation::Auto,
+            key: ke,
+            params,
             timeout_ms,
-            payload: None,
-            encoding: None,
-            attachment: None,
-        });
-        self.stage_msg(&msg)?;
+        })?;
         self.next_get = id.wrapping_add(1).max(1);
         let _ = self.gets.push((id, now + ms(timeout_ms)));
         Ok(GetId(id))
@@ -347,25 +343,16 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     /// Answers query `q` with a sample on `ke`.
     pub fn reply(&mut self, q: QueryId, ke: &str, payload: &[u8]) -> Result<(), Error> {
         valid_key(ke)?;
-        let msg = NetworkMessage::Response(Response {
+        self.stage_msg(&Out::Reply {
             request_id: q.0,
-            body: ReplyBody::Sample(Push {
-                key: WireKey::Name(ke),
-                kind: SampleKind::Put,
-                payload: RawBytes(payload),
-                timestamp: None,
-                encoding: None,
-                attachment: None,
-            }),
-        });
-        self.stage_msg(&msg)
+            key: ke,
+            payload,
+        })
     }
 
     /// Ends the answers to query `q`.
     pub fn reply_final(&mut self, q: QueryId) -> Result<(), Error> {
-        self.stage_msg(&NetworkMessage::ResponseFinal(ResponseFinal {
-            request_id: q.0,
-        }))
+        self.stage_msg(&Out::ResponseFinal(q.0))
     }
 
     // ----- transmit -----------------------------------------------------------------------
@@ -376,24 +363,24 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     }
 
     /// Appends a message to the batch being built.
-    fn stage_raw(&mut self, msg: &NetworkMessage<'_>) -> Result<(), Error> {
+    fn stage_raw(&mut self, msg: &Out<'_>) -> Result<(), Error> {
         let end = self.stage_room();
         let from = STAGE_OFFSET + self.stage_len;
         let Some(dst) = self.tx.get_mut(from..end) else {
             return Err(Error::WouldBlock);
         };
         match msg.encode(dst) {
-            Ok(n) => {
+            Some(n) => {
                 self.stage_len += n;
                 Ok(())
             }
-            Err(_) if self.stage_len > 0 => Err(Error::WouldBlock),
-            Err(_) => Err(Error::TooLarge),
+            None if self.stage_len > 0 => Err(Error::WouldBlock),
+            None => Err(Error::TooLarge),
         }
     }
 
     /// A user message: only on an open session, after every declaration.
-    fn stage_msg(&mut self, msg: &NetworkMessage<'_>) -> Result<(), Error> {
+    fn stage_msg(&mut self, msg: &Out<'_>) -> Result<(), Error> {
         if !self.buffers_ok {
             return Err(Error::BufferTooSmall);
         }
@@ -411,10 +398,8 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     fn stage_pending(&mut self) -> bool {
         while let Some(o) = self.owed.front().copied() {
             let msg = match o {
-                Owed::InterestFinal(id) => NetworkMessage::Declare(Declare::InterestFinal { id }),
-                Owed::ResponseFinal(id) => {
-                    NetworkMessage::ResponseFinal(ResponseFinal { request_id: id })
-                }
+                Owed::InterestFinal(id) => Out::InterestFinal(id),
+                Owed::ResponseFinal(id) => Out::ResponseFinal(id),
             };
             if self.stage_raw(&msg).is_err() {
                 return false;
@@ -426,23 +411,19 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
                 let i = self.sent.get(kind).copied().unwrap_or(usize::MAX);
                 let id = i as u32 + 1;
                 let decl = match kind {
-                    K_KEY => self.keys.get(i).map(|k| Declare::KeyExpr { id, key: k }),
-                    K_SUB => self.subs.get(i).map(|k| Declare::Subscriber {
-                        id,
-                        key: WireKey::Name(k),
-                    }),
-                    K_QABLE => self.qables.get(i).map(|k| Declare::Queryable {
+                    K_KEY => self.keys.get(i).map(|&key| Out::KeyExpr { id, key }),
+                    K_SUB => self.subs.get(i).map(|&key| Out::Subscriber { id, key }),
+                    K_QABLE => self.qables.get(i).map(|&key| Out::Queryable {
                         id: QABLE_BASE + id,
-                        key: WireKey::Name(k),
-                        complete: false,
+                        key,
                     }),
-                    _ => self.tokens.get(i).map(|k| Declare::Token {
+                    _ => self.tokens.get(i).map(|&key| Out::Token {
                         id: TOKEN_BASE + id,
-                        key: WireKey::Name(k),
+                        key,
                     }),
                 };
                 let Some(decl) = decl else { break };
-                if self.stage_raw(&NetworkMessage::Declare(decl)).is_err() {
+                if self.stage_raw(&decl).is_err() {
                     return false;
                 }
                 if let Some(s) = self.sent.get_mut(kind) {
@@ -465,29 +446,27 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         self.handle_timeout(now);
         let mut ctl = [0u8; 48];
         let control = if let Some(reason) = self.send_close.take() {
-            Some(TransportMessage::Close(Close { reason, detail: "" }))
+            Some(Control::Close(reason))
         } else if self.state == State::Connecting && now >= self.next_init {
             self.next_init = now + ms(self.cfg.init_interval_ms);
             self.tx_sn = self.cfg.seed & self.sn_mask;
-            Some(TransportMessage::Init(Init {
-                version: PROTOCOL_VERSION,
+            Some(Control::Init {
                 node_id: self.cfg.node_id,
-                mode: Mode::Client,
                 batch_size: self.batch as u16,
                 sn_bits: SN_BITS,
                 lease_ms: self.cfg.lease_ms,
                 initial_sn: self.tx_sn,
-            }))
+            })
         } else if self.send_open {
             self.send_open = false;
-            Some(TransportMessage::Open(Open {
+            Some(Control::Open {
                 initial_sn: self.tx_sn,
-            }))
+            })
         } else {
             None
         };
         if let Some(m) = control {
-            let n = m.encode(&mut ctl).ok()?;
+            let n = m.encode(&mut ctl)?;
             return self.emit_control(now, ctl.get(..n)?);
         }
         if self.state != State::Open {
@@ -499,7 +478,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             let sn = self.tx_sn;
             let start = STAGE_OFFSET - frame_header_len(sn);
             let hdr = self.tx.get_mut(start..STAGE_OFFSET)?;
-            encode_frame_header(hdr, LANE, true, sn).ok()?;
+            Writer::new(hdr).u8(FRAME_HEADER).var(sn).finish()?;
             self.tx_sn = sn.wrapping_add(1) & self.sn_mask;
             self.stats.tx_frames += 1;
             let end = STAGE_OFFSET + core::mem::take(&mut self.stage_len);
@@ -511,7 +490,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         }
         if now.saturating_since(self.last_tx) >= ms(self.cfg.lease_ms / 4) {
             self.stats.tx_keepalives += 1;
-            let n = TransportMessage::KeepAlive.encode(&mut ctl).ok()?;
+            let n = Control::KeepAlive.encode(&mut ctl)?;
             return self.emit_control(now, ctl.get(..n)?);
         }
         None
@@ -558,7 +537,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         let mut i = 0;
         while let Some((id, deadline)) = self.gets.get(i).copied() {
             if now >= deadline {
-                self.gets.swap_remove(i);
+                swap_remove(&mut self.gets, i);
                 let _ = self.ended.push(id);
             } else {
                 i += 1;
@@ -621,25 +600,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     }
 
     fn classify(&self, len: usize) -> Batch {
-        let batch = self.rx.frame(len);
-        match TransportMessage::decode(batch) {
-            Ok(TransportMessage::Accept(a)) => Batch::Accept(a),
-            Ok(TransportMessage::Close(c)) => Batch::Close(c.reason),
-            Ok(TransportMessage::KeepAlive) => Batch::KeepAlive,
-            Ok(TransportMessage::Frame(f)) => Batch::Frame {
-                slot: f.priority.index() * 2 + usize::from(f.reliable),
-                reliable: f.reliable,
-                sn: f.sn,
-                start: len - f.payload.len(),
-            },
-            Ok(TransportMessage::Fragment(f)) => Batch::Fragment {
-                slot: f.priority.index() * 2 + usize::from(f.reliable),
-                reliable: f.reliable,
-                sn: f.sn,
-            },
-            Ok(_) => Batch::Ignored,
-            Err(_) => Batch::Malformed,
-        }
+        wire::batch(self.rx.frame(len))
     }
 
     /// Handles one good batch; true if it left network messages to deliver.
@@ -770,9 +731,9 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
                 ..
             } = self;
             let bytes = rx.frame(end).get(pos..).unwrap_or(&[]);
-            let (msg, rest) = match NetworkMessage::take(bytes) {
-                Ok(x) => x,
-                Err(_) => {
+            let (msg, rest) = match wire::take(bytes) {
+                Some(x) => x,
+                None => {
                     self.cur = None;
                     self.stats.rx_malformed += 1;
                     self.disconnect(self.last_rx, CloseReason::Malformed, false);
@@ -800,39 +761,38 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     /// Decodes the message at `rx[pos..end]` again, as an event borrowing the buffer.
     fn decode_event(&self, pos: usize, end: usize) -> Option<Event<'_>> {
         let bytes = self.rx.frame(end).get(pos..)?;
-        let (msg, _) = NetworkMessage::take(bytes).ok()?;
+        let (msg, _) = wire::take(bytes)?;
+        let name = |k| self.remote.resolve(k);
         match msg {
-            NetworkMessage::Request(r) => {
-                let key = match r.key {
-                    WireKey::Name(k) => k,
-                    WireKey::Id(id) => self.remote.get(id)?,
-                };
+            Msg::Request { id, key, params } => {
+                let key = name(key)?;
                 Some(Event::Query {
-                    id: QueryId(r.id),
+                    id: QueryId(id),
                     qable: matching_qable(&self.qables, key)?,
                     key,
-                    params: r.parameters,
+                    params,
                 })
             }
-            NetworkMessage::Response(r) => Some(match r.body {
-                ReplyBody::Sample(p) => Event::Reply {
-                    get: GetId(r.request_id),
-                    key: match p.key {
-                        WireKey::Name(k) => k,
-                        WireKey::Id(id) => self.remote.get(id)?,
-                    },
-                    payload: p.payload.0,
-                },
-                ReplyBody::Err { payload, .. } => Event::ReplyErr {
-                    get: GetId(r.request_id),
-                    payload: payload.0,
-                },
+            Msg::Response {
+                request_id,
+                key: Some(key),
+                payload,
+            } => Some(Event::Reply {
+                get: GetId(request_id),
+                key: name(key)?,
+                payload,
             }),
-            NetworkMessage::ResponseFinal(f) => Some(Event::ReplyEnd {
-                get: GetId(f.request_id),
+            Msg::Response {
+                request_id,
+                key: None,
+                payload,
+            } => Some(Event::ReplyErr {
+                get: GetId(request_id),
+                payload,
             }),
-            ref m => {
-                let (kind, payload, key) = sample_parts(&self.remote, m)?;
+            Msg::ResponseFinal(id) => Some(Event::ReplyEnd { get: GetId(id) }),
+            Msg::Sample { kind, key, payload } => {
+                let key = name(key)?;
                 Some(Event::Sample {
                     subs: matching_subs(&self.subs, key),
                     kind,
@@ -840,6 +800,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
                     payload,
                 })
             }
+            _ => None,
         }
     }
 }
@@ -856,9 +817,9 @@ struct RxState<'x, const SUBS: usize, const QABLES: usize, const GETS: usize> {
 
 impl<const SUBS: usize, const QABLES: usize, const GETS: usize> RxState<'_, SUBS, QABLES, GETS> {
     /// Applies what a message does to the node's state; tells whether it makes an event.
-    fn inspect(&mut self, msg: &NetworkMessage<'_>) -> Step {
+    fn inspect(&mut self, msg: &Msg<'_>) -> Step {
         match *msg {
-            NetworkMessage::Declare(Declare::KeyExpr { id, key }) => {
+            Msg::KeyExpr { id, key } => {
                 if key.len() > REMOTE_KEY_LEN {
                     self.remote.remove(id);
                 } else if self.remote.insert(id, key) {
@@ -866,54 +827,49 @@ impl<const SUBS: usize, const QABLES: usize, const GETS: usize> RxState<'_, SUBS
                 }
                 Step::Skip
             }
-            NetworkMessage::Declare(Declare::UndeclareKeyExpr { id }) => {
+            Msg::UndeclareKeyExpr(id) => {
                 self.remote.remove(id);
                 Step::Skip
             }
-            NetworkMessage::Declare(Declare::Interest { id, flags, .. }) => {
+            Msg::Interest { id, flags } => {
                 if flags & interest::CURRENT != 0 {
                     self.owe(Owed::InterestFinal(id));
                 }
                 Step::Skip
             }
-            NetworkMessage::Put(_)
-            | NetworkMessage::PutSn(_)
-            | NetworkMessage::Push(_)
-            | NetworkMessage::PushSn(_) => match sample_parts(self.remote, msg) {
-                Some((_, _, key)) if matching_subs(self.subs, key).0 != 0 => Step::Deliver,
+            Msg::Sample { key, .. } => match self.remote.resolve(key) {
+                Some(key) if matching_subs(self.subs, key).0 != 0 => Step::Deliver,
                 Some(_) => Step::Skip,
                 None => {
                     self.stats.rx_unknown_key += 1;
                     Step::Skip
                 }
             },
-            NetworkMessage::Request(r) => {
-                let key = match r.key {
-                    WireKey::Name(k) => Some(k),
-                    WireKey::Id(id) => self.remote.get(id),
-                };
-                match key.and_then(|k| matching_qable(self.qables, k)) {
+            Msg::Request { id, key, .. } => {
+                match self
+                    .remote
+                    .resolve(key)
+                    .and_then(|k| matching_qable(self.qables, k))
+                {
                     Some(_) => Step::Deliver,
                     None => {
                         // Nothing here answers it: say so at once rather than leave the
                         // querier waiting for its deadline.
-                        self.owe(Owed::ResponseFinal(r.id));
+                        self.owe(Owed::ResponseFinal(id));
                         Step::Skip
                     }
                 }
             }
-            NetworkMessage::Response(r) if self.gets.iter().any(|g| g.0 == r.request_id) => {
+            Msg::Response { request_id, .. } if self.gets.iter().any(|g| g.0 == request_id) => {
                 Step::Deliver
             }
-            NetworkMessage::ResponseFinal(f) => {
-                match self.gets.iter().position(|g| g.0 == f.request_id) {
-                    Some(i) => {
-                        self.gets.swap_remove(i);
-                        Step::Deliver
-                    }
-                    None => Step::Skip,
+            Msg::ResponseFinal(id) => match self.gets.iter().position(|g| g.0 == id) {
+                Some(i) => {
+                    swap_remove(self.gets, i);
+                    Step::Deliver
                 }
-            }
+                None => Step::Skip,
+            },
             _ => Step::Skip,
         }
     }
@@ -925,28 +881,10 @@ impl<const SUBS: usize, const QABLES: usize, const GETS: usize> RxState<'_, SUBS
     }
 }
 
-/// Kind, payload and key of a sample message (`None` if its key id is unknown).
-fn sample_parts<'m>(
-    remote: &'m RemoteKeys,
-    msg: &NetworkMessage<'m>,
-) -> Option<(SampleKind, &'m [u8], &'m str)> {
-    let (kind, payload, key) = match *msg {
-        NetworkMessage::Put(p) => (SampleKind::Put, p.payload, WireKey::Id(p.key_id)),
-        NetworkMessage::PutSn(p) => (SampleKind::Put, p.payload, WireKey::Id(p.key_id)),
-        NetworkMessage::Push(p) => (p.kind, p.payload.0, p.key),
-        NetworkMessage::PushSn(p) => (p.push.kind, p.push.payload.0, p.push.key),
-        _ => return None,
-    };
-    match key {
-        WireKey::Name(k) => Some((kind, payload, k)),
-        WireKey::Id(id) => Some((kind, payload, remote.get(id)?)),
-    }
-}
-
 fn matching_subs(subs: &[&'static str], key: &str) -> SubSet {
     let mut set = 0u32;
     for (i, s) in subs.iter().enumerate().take(32) {
-        if intersects(s, key) {
+        if ke::intersects(s, key) {
             set |= 1 << i;
         }
     }
@@ -956,7 +894,7 @@ fn matching_subs(subs: &[&'static str], key: &str) -> SubSet {
 fn matching_qable(qables: &[&'static str], key: &str) -> Option<QableId> {
     qables
         .iter()
-        .position(|q| intersects(q, key))
+        .position(|q| ke::intersects(q, key))
         .map(|i| QableId(i as u8))
 }
 

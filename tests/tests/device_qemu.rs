@@ -297,6 +297,7 @@ async fn device_node_on_qemu_publishes_answers_and_exits_with_the_code_sent() {
     );
     eprintln!("device footprint: flash={flash} B, static RAM={stat} B, stack high-water={hwm} B");
     assert!(stat + hwm <= 4096, "RAM budget: {stat} + {hwm} > 4096");
+    assert!(flash <= 16_384, "flash budget: {flash} > 16384");
 
     let report = exit_device(&router, &mut qemu, "0").await;
     for f in ["crc_errors", "cobs_errors", "overflows"] {
