@@ -205,6 +205,13 @@ enum AclCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make a pre-shared token for PRINCIPAL: prints the token (give it to that node as
+    /// `[auth] token`) and the `[[acl.token]]` entry holding its hash (for the listeners).
+    Token {
+        /// Who will present it.
+        #[arg(long = "principal", value_name = "PRINCIPAL")]
+        principal: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -760,6 +767,22 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => acl_check(&config, &principal, &op, &key, json)?,
+        Cmd::Acl {
+            cmd: AclCmd::Token { principal },
+        } => {
+            crate::acl::Principal::new(&principal)?;
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let token = hex(&raw);
+            println!("# the node presenting it ([auth] token, or token_file holding it):");
+            println!("[auth]\ntoken = \"{token}\"\n");
+            println!("# the listeners' configuration:");
+            println!(
+                "[[acl.token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"",
+                hex(&crate::acl::token_hash(token.as_bytes()))
+            );
+        }
         Cmd::Info { wait_ms, common } => {
             let s = open(&common).await?;
             let _ = s

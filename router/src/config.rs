@@ -168,6 +168,14 @@ struct File {
     queues: QueueConfig,
     limits: LimitsConfig,
     acl: Option<crate::acl::AclFile>,
+    auth: AuthFile,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthFile {
+    token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 impl Default for File {
@@ -185,6 +193,7 @@ impl Default for File {
             queues: QueueConfig::default(),
             limits: LimitsConfig::default(),
             acl: None,
+            auth: AuthFile::default(),
         }
     }
 }
@@ -217,6 +226,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Access control (none: every neighbour may do anything).
     pub acl: Option<crate::acl::Acl>,
+    /// This node's pre-shared token, presented when it dials over an encrypted link (`[auth]
+    /// token = "…"` or `token_file = "…"`, whose first line is the token).
+    pub auth_token: Option<String>,
 }
 
 impl Default for Config {
@@ -235,6 +247,7 @@ impl Default for Config {
             queues: QueueConfig::default(),
             limits: LimitsConfig::default(),
             acl: None,
+            auth_token: None,
         })
     }
 }
@@ -373,7 +386,39 @@ impl Config {
             })?),
             None => None,
         };
+        let auth_token = match (&f.auth.token, &f.auth.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Value {
+                    field: "auth.token",
+                    message: "give auth.token or auth.token_file, not both".into(),
+                });
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Value {
+                        field: "auth.token_file",
+                        message: format!("{}: {e}", p.display()),
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if auth_token
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > hypha_core::wire::MAX_TOKEN_LEN)
+        {
+            return Err(ConfigError::Value {
+                field: "auth.token",
+                message: format!("must be 1 to {} bytes", hypha_core::wire::MAX_TOKEN_LEN),
+            });
+        }
         Ok(Config {
+            auth_token,
             acl,
             id,
             mode,

@@ -456,18 +456,27 @@ keys = ["**"]
     let ops = client(&pki, "ops", &b).await;
     let sub = ops.declare_subscriber("**").await.unwrap();
     let p = robot.declare_publisher("fleet/r1/speed").unwrap();
-    assert!(p.wait_matching(T).await, "the subscription did not cross both routers");
+    assert!(
+        p.wait_matching(T).await,
+        "the subscription did not cross both routers"
+    );
 
     // Denied at the first hop (router A): robot 1 may not write robot 2's keys.
     let mut told = robot.denials();
     robot.put("fleet/r2/cmd", "x").await.unwrap();
     let d = tokio::time::timeout(T, told.recv()).await.unwrap().unwrap();
-    assert_eq!((d.principal.as_str(), d.rule.as_str()), ("robot/r1", "default"));
+    assert_eq!(
+        (d.principal.as_str(), d.rule.as_str()),
+        ("robot/r1", "default")
+    );
 
     // Allowed by A, denied by B: site A may only write fleet/** into site B.
     let mut a_told = a.denials();
     robot.put("site-b/door", "open").await.unwrap();
-    let d = tokio::time::timeout(T, a_told.recv()).await.unwrap().unwrap();
+    let d = tokio::time::timeout(T, a_told.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (d.op, d.principal.as_str(), d.rule.as_str()),
         (Op::Put, "router/site-a", "default")
@@ -478,4 +487,143 @@ keys = ["**"]
     let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
     assert_eq!(&*s.key, "fleet/r1/speed");
     assert!(b.info().denied >= 1 && a.info().denied >= 1);
+}
+
+#[tokio::test]
+async fn pre_shared_tokens_name_principals_over_encrypted_links_only() {
+    let hash = |t: &str| {
+        hypha::acl::token_hash(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let rules = format!(
+        r#"
+[acl]
+default = "deny"
+[[acl.token]]
+principal = "robot/r7"
+sha256 = "{}"
+[[acl.token]]
+principal = "ops"
+sha256 = "{}"
+[[acl.rule]]
+id = "robots"
+who = ["robot/*"]
+ops = ["write"]
+keys = ["fleet/${{id.last}}/**"]
+[[acl.rule]]
+id = "ops"
+who = ["ops"]
+ops = ["read"]
+keys = ["fleet/**"]
+"#,
+        hash("secret-r7"),
+        hash("secret-ops")
+    );
+    // The router has no CA: links are encrypted (self-signed), principals come from tokens.
+    let mut c = Config::default();
+    c.mdns = false;
+    c.mode = Mode::Router;
+    c.listen = vec![
+        "quic/127.0.0.1:0".parse().unwrap(),
+        "tcp/127.0.0.1:0".parse().unwrap(),
+    ];
+    let r = hypha::open(with_acl(c, &rules)).await.unwrap();
+    let quic_ep = r.info().listening[0].to_string();
+    let tcp_ep = r.info().listening[1].to_string();
+    let with_token = |ep: &str, token: Option<&str>| {
+        let mut c = node_config("quic/127.0.0.1:0", &[ep.to_string()]);
+        c.listen.clear();
+        c.mode = Mode::Client;
+        c.auth_token = token.map(str::to_string);
+        hypha::open(c)
+    };
+    let ops = with_token(&quic_ep, Some("secret-ops")).await.unwrap();
+    let r7 = with_token(&quic_ep, Some("secret-r7")).await.unwrap();
+    assert!(ops.wait_peers(1, T).await && r7.wait_peers(1, T).await);
+    assert!(r.wait_peers(2, T).await);
+    let mut principals: Vec<String> = r.info().links.iter().map(|l| l.principal.clone()).collect();
+    principals.sort();
+    assert_eq!(principals, ["ops", "robot/r7"]);
+    let sub = ops.declare_subscriber("fleet/**").await.unwrap();
+    let p = r7.declare_publisher("fleet/r7/speed").unwrap();
+    assert!(p.wait_matching(T).await);
+    p.put("1").await.unwrap();
+    assert_eq!(
+        &*tokio::time::timeout(T, sub.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .key,
+        "fleet/r7/speed"
+    );
+
+    // A wrong token: refused.
+    let before = r.info().refused_identity;
+    let _bad = with_token(&quic_ep, Some("guess")).await.unwrap();
+    common::wait_until(T, async || r.info().refused_identity > before)
+        .await
+        .expect("a wrong token was not refused");
+    // No token: anonymous, whose put is refused (and told).
+    let anon = with_token(&quic_ep, None).await.unwrap();
+    assert!(anon.wait_peers(1, T).await);
+    let mut told = anon.denials();
+    anon.put("fleet/r7/speed", "forged").await.unwrap();
+    let d = tokio::time::timeout(T, told.recv()).await.unwrap().unwrap();
+    assert_eq!(d.principal, "anonymous");
+    // Over plain TCP the token is never sent: the link is anonymous.
+    let plain = with_token(&tcp_ep, Some("secret-r7")).await.unwrap();
+    assert!(plain.wait_peers(1, T).await);
+    common::wait_until(T, async || r.info().links.len() == 4)
+        .await
+        .unwrap();
+    let on_tcp: Vec<String> = r
+        .info()
+        .links
+        .iter()
+        .filter(|l| l.remote.to_string().starts_with("tcp/"))
+        .map(|l| l.principal.clone())
+        .collect();
+    assert_eq!(on_tcp, ["anonymous"]);
+
+    // A token holder cannot choose another id.
+    let mut spoof = node_config("quic/127.0.0.1:0", &[quic_ep.clone()]);
+    spoof.listen.clear();
+    spoof.mode = Mode::Client;
+    spoof.auth_token = Some("secret-r7".into());
+    let mut own = r7.id();
+    own.0[15] ^= 1; // same prefix, another process
+    spoof.id = Some(own);
+    let second = hypha::open(spoof).await.unwrap();
+    assert!(
+        second.wait_peers(1, T).await,
+        "a second process of the token was refused"
+    );
+    let mut spoof = node_config("quic/127.0.0.1:0", &[quic_ep.clone()]);
+    spoof.auth_token = Some("secret-r7".into());
+    spoof.id = Some(ops.id());
+    assert!(
+        hypha::open(spoof).await.is_err(),
+        "another token's id was accepted"
+    );
+
+    // Revoking robot/r7's token closes its link; the others stay.
+    let without = rules.replace(&hash("secret-r7"), &hash("rotated-r7"));
+    assert_eq!(r7.info().links.len(), 1);
+    r.set_acl(Some(hypha::acl::Acl::from_toml(&without).unwrap()));
+    common::wait_until(T, async || {
+        r7.info().links.is_empty() && second.info().links.is_empty()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the revoked token's link stayed up: r7 {:?} second {:?} router {:?}",
+            r7.info().links,
+            second.info().links,
+            r.info().links
+        )
+    });
+    assert!(r7.info().links.is_empty() && second.info().links.is_empty());
+    assert_eq!(ops.info().links.len(), 1);
 }

@@ -22,6 +22,7 @@ mod tag {
     pub const PUT_SN: u32 = 8;
     pub const PUSH_SN: u32 = 9;
     pub const DENIED: u32 = 10;
+    pub const AUTH: u32 = 11;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -360,6 +361,8 @@ pub enum NetworkMessage<'a> {
     PushSn(PushSn<'a>),
     /// An access-control refusal.
     Denied(Denied<'a>),
+    /// The dialer's credential, first message on an encrypted link.
+    Auth(Auth<'a>),
 }
 
 /// The operation an access-control decision was about (see [`Denied`]).
@@ -398,6 +401,18 @@ pub struct Denied<'a> {
     pub principal: &'a str,
     /// The rule that decided (`default` when none matched).
     pub rule: &'a str,
+}
+
+/// The largest pre-shared token accepted in an [`Auth`], in bytes.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+/// The session dialer's pre-shared token (empty: none), sent first on encrypted links (QUIC,
+/// TLS over TCP) only, so the listener knows who it talks to before anything else is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth<'a> {
+    /// The token (at most [`MAX_TOKEN_LEN`] bytes).
+    #[serde(borrow)]
+    pub token: RawBytes<'a>,
 }
 
 /// "Node `node_id` listens on these endpoints": sent by a node about itself when a link opens,
@@ -462,6 +477,7 @@ impl<'a> NetworkMessage<'a> {
             }
             NetworkMessage::PushSn(m) => Self::tagged(buf, tag::PUSH_SN, m),
             NetworkMessage::Denied(m) => Self::tagged(buf, tag::DENIED, m),
+            NetworkMessage::Auth(m) => Self::tagged(buf, tag::AUTH, m),
         }
     }
 
@@ -556,6 +572,11 @@ impl<'a> NetworkMessage<'a> {
                 check_len(Field::Detail, m.principal.len(), limits::MAX_DETAIL_LEN)?;
                 check_len(Field::Detail, m.rule.len(), limits::MAX_DETAIL_LEN)?;
                 Ok((NetworkMessage::Denied(m), rest))
+            }
+            tag::AUTH => {
+                let (m, rest): (Auth<'a>, _) = postcard::take_from_bytes(body)?;
+                check_len(Field::Detail, m.token.0.len(), MAX_TOKEN_LEN)?;
+                Ok((NetworkMessage::Auth(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

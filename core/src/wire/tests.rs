@@ -452,6 +452,24 @@ fn golden_denied() {
 }
 
 #[test]
+fn golden_auth() {
+    golden_n(
+        NetworkMessage::Auth(Auth {
+            token: RawBytes(b"tok"),
+        }),
+        &[0x0b, 0x03, b't', b'o', b'k'],
+    );
+    let long = vec![1u8; MAX_TOKEN_LEN + 1];
+    let mut buf = vec![0u8; 1024];
+    let n = NetworkMessage::Auth(Auth {
+        token: RawBytes(&long),
+    })
+    .encode(&mut buf)
+    .unwrap();
+    assert!(NetworkMessage::decode(&buf[..n]).is_err());
+}
+
+#[test]
 fn golden_scouting() {
     let m = ScoutMessage::Scout {
         version: 1,

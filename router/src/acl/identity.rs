@@ -71,6 +71,24 @@ pub fn node_id_for(cert_der: &[u8], random: u64) -> Result<NodeId, IdentityError
     Ok(NodeId(b))
 }
 
+/// The first 8 bytes of every node id bound to a pre-shared token (of hash `token_hash`).
+pub fn id_prefix_of_token(token_hash: &[u8; 32]) -> [u8; 8] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token_hash);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    b
+}
+
+/// Checks that `claimed` is bound to the token.
+pub fn check_bound_to_token(token_hash: &[u8; 32], claimed: NodeId) -> Result<(), IdentityError> {
+    let prefix = id_prefix_of_token(token_hash);
+    if claimed.0[..8] == prefix {
+        Ok(())
+    } else {
+        Err(IdentityError::IdentityMismatch { claimed, prefix })
+    }
+}
+
 /// Checks that `claimed` is bound to the certificate's key.
 pub fn check_bound(cert_der: &[u8], claimed: NodeId) -> Result<(), IdentityError> {
     let prefix = id_prefix_of(cert_der)?;

@@ -207,6 +207,39 @@ pub struct AclFile {
     /// The rules.
     #[serde(default)]
     pub rule: Vec<RuleFile>,
+    /// Pre-shared tokens: a principal and the SHA-256 of its token (hex). Accepted only over
+    /// encrypted links (QUIC, TLS over TCP); `hypha acl token` makes one.
+    #[serde(default)]
+    pub token: Vec<TokenFile>,
+}
+
+/// One `[[acl.token]]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// Who presents it.
+    pub principal: String,
+    /// SHA-256 of the token, 64 hex digits (the token itself is never stored).
+    pub sha256: String,
+}
+
+/// SHA-256 of a token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut h = [0u8; 32];
+    h.copy_from_slice(d.as_ref());
+    h
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// One `[[acl.rule]]`.
@@ -333,6 +366,7 @@ pub struct Acl {
     identity_from: Vec<IdentitySource>,
     roles: Vec<(String, Vec<Who>)>,
     rules: Vec<Rule>,
+    tokens: Vec<(Principal, [u8; 32])>,
 }
 
 /// Where certificate names come from when no `[acl]` says otherwise.
@@ -483,12 +517,25 @@ impl Acl {
                 keys,
             });
         }
+        let mut tokens = Vec::new();
+        for (i, t) in f.token.iter().enumerate() {
+            let at = format!("token {} ({})", i + 1, t.principal);
+            let p = Principal::new(&t.principal).map_err(|e| acl_err(&at, e.to_string()))?;
+            let h = parse_hex32(&t.sha256).ok_or_else(|| {
+                acl_err(&at, "sha256 must be 64 hex digits (the token's SHA-256)")
+            })?;
+            if tokens.iter().any(|(_, x)| *x == h) {
+                return Err(acl_err(at, "the same token is listed twice"));
+            }
+            tokens.push((p, h));
+        }
         Ok(Acl {
             default_allow,
             require_auth: f.require_auth,
             identity_from,
             roles,
             rules,
+            tokens,
         })
     }
 
@@ -514,7 +561,33 @@ impl Acl {
             identity_from: vec![IdentitySource::Uri, IdentitySource::Dns, IdentitySource::Cn],
             roles: Vec::new(),
             rules: Vec::new(),
+            tokens: Vec::new(),
         }
+    }
+
+    /// Whether pre-shared tokens are configured (listeners then wait for a dialer's credential
+    /// on encrypted links without a verified certificate).
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The principal of a token, comparing its hash with every configured one in constant
+    /// time (no early exit, so the time says nothing about which entry or how much matched).
+    pub fn principal_for_token(&self, token: &[u8]) -> Option<(Principal, [u8; 32])> {
+        use subtle::ConstantTimeEq;
+        let h = token_hash(token);
+        let mut found = None;
+        for (p, stored) in &self.tokens {
+            if bool::from(stored.ct_eq(&h)) {
+                found = Some((p.clone(), h));
+            }
+        }
+        found
+    }
+
+    /// Whether a token hash is still configured (after a reload).
+    pub fn knows_token(&self, hash: &[u8; 32]) -> bool {
+        self.tokens.iter().any(|(_, h)| h == hash)
     }
 
     /// Whether links without a verified credential are refused.

@@ -101,6 +101,14 @@ fn config_errors_are_clear() {
             "[acl]\n[[acl.rule]]\nid=\"x\"\nwho=[\"a\"]\nops=[\"put\"]\nkeys=[\"a\"]\n[[acl.rule]]\nid=\"x\"\nwho=[\"a\"]\nops=[\"put\"]\nkeys=[\"a\"]",
             "two rules",
         ),
+        (
+            "[acl]\n[[acl.token]]\nprincipal=\"r\"\nsha256=\"abc\"",
+            "64 hex digits",
+        ),
+        (
+            "[acl]\n[[acl.token]]\nprincipal=\"a/**\"\nsha256=\"00\"",
+            "key-expression syntax",
+        ),
     ];
     #[derive(Deserialize)]
     struct W {
@@ -111,6 +119,23 @@ fn config_errors_are_clear() {
         let e = Acl::compile(&w.acl).unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
     }
+}
+
+#[test]
+fn tokens_are_found_by_hash() {
+    let h: String = token_hash(b"s3cret")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let a = acl(&format!(
+        "[acl]\n[[acl.token]]\nprincipal = \"robot/r7\"\nsha256 = \"{h}\""
+    ));
+    assert!(a.has_tokens());
+    let (p, hash) = a.principal_for_token(b"s3cret").unwrap();
+    assert_eq!(p.name(), "robot/r7");
+    assert!(a.knows_token(&hash));
+    assert!(a.principal_for_token(b"s3cret ").is_none());
+    assert!(a.principal_for_token(b"").is_none());
 }
 
 #[test]

@@ -429,15 +429,41 @@ fn check_authenticated(config: &Config) -> Result<(), OpenError> {
 /// A node whose certificate chains to a CA takes its key's node id (see
 /// `acl::identity`): peers refuse any other. A configured id that differs is an error.
 fn bind_id_to_key(config: &mut Config) -> Result<(), OpenError> {
-    if config.tls.ca.is_none() {
-        return Ok(());
-    }
     let cfg_err = |message: String| {
         OpenError::Config(crate::config::ConfigError::Value {
             field: "id",
             message,
         })
     };
+    let has_cert = config.tls.ca.is_some() && config.tls.cert.is_some();
+    if let Some(token) = &config.auth_token {
+        if has_cert {
+            return Err(cfg_err(
+                "auth.token and a certificate (tls.ca + tls.cert): use one credential".into(),
+            ));
+        }
+        // A node presenting a token takes an id bound to it (as to a key: see acl::identity).
+        let h = crate::acl::token_hash(token.as_bytes());
+        let prefix = crate::acl::identity::id_prefix_of_token(&h);
+        match config.id {
+            Some(id) if id.0[..8] != prefix => {
+                return Err(cfg_err(format!(
+                    "{id}: with auth.token a node's id is bound to its token (leave id unset)"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&prefix);
+                b[8..].copy_from_slice(&crate::runtime::random_u64().to_be_bytes());
+                config.id = Some(NodeId(b));
+            }
+        }
+        return Ok(());
+    }
+    if config.tls.ca.is_none() {
+        return Ok(());
+    }
     let Some(der) = config
         .tls
         .leaf_certificate()

@@ -95,6 +95,10 @@ pub(crate) struct Face {
     backlog: Mutex<VecDeque<Msg>>,
     /// The neighbour's kind, set at the handshake.
     pub kind: OnceLock<crate::net::FaceKind>,
+    /// Whether the link's principal is still to come from a pre-shared token.
+    pub(crate) auth: Mutex<AuthGate>,
+    /// The hash of the token the principal came from (revoked tokens close their links).
+    pub(crate) token_hash: OnceLock<[u8; 32]>,
     /// The peer's access-control identity, set when the handshake completes.
     pub principal: OnceLock<crate::acl::Principal>,
     /// An accepted link's place among those handshaking (freed at `Established`).
@@ -131,9 +135,22 @@ pub(crate) enum Incoming {
     Msg(Msg),
     /// A node and where it listens.
     Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
+    /// The dialer's pre-shared token (empty: none), for the runtime.
+    Auth(Bytes),
     /// Something the node cannot use (counted).
     Other(&'static str),
 }
+
+/// Whether a link waits for its dialer's credential before its messages are judged.
+pub(crate) enum AuthGate {
+    /// The principal is known: messages go to the node.
+    Open,
+    /// Waiting for `Auth`: what arrives is held, in order.
+    Waiting(Vec<Incoming>),
+}
+
+/// Messages held for a link before its credential (beyond, the link is closed).
+const MAX_HELD: usize = 4096;
 
 /// Timestamp, encoding and attachment of a sample, when it has any.
 pub(crate) struct Extra {
@@ -348,6 +365,7 @@ fn convert(
         (None, NetworkMessage::ResponseFinal(f)) => {
             Incoming::Msg(Msg::ResponseFinal { id: f.request_id })
         }
+        (None, NetworkMessage::Auth(a)) => Incoming::Auth(bytes_of(batch, a.token.0)),
         (None, NetworkMessage::Denied(d)) => Incoming::Msg(Msg::Denied(Arc::new(
             crate::acl::AccessDenied::from_wire(&d),
         ))),
@@ -504,6 +522,8 @@ impl Face {
             received: AtomicU64::new(0),
             backlog: Mutex::new(VecDeque::new()),
             kind: OnceLock::new(),
+            auth: Mutex::new(AuthGate::Open),
+            token_hash: OnceLock::new(),
             principal: OnceLock::new(),
             slot: Mutex::new(None),
             parked_tx: Mutex::new(None),
@@ -524,6 +544,41 @@ impl Face {
     /// Queues a node message. Samples (forwarded by a router) are dropped and counted when
     /// their lane is full, like any publication under `Drop`; every other message is never
     /// dropped: it waits in the backlog, in order, until the lane has room.
+    /// Sends the pre-shared token (empty: none) as this link's first message.
+    pub(crate) fn send_auth(&self, token: &[u8]) {
+        let lane = Lane::CONTROL;
+        let m = NetworkMessage::Auth(hypha_core::wire::Auth {
+            token: RawBytes(token),
+        });
+        let r = self.lock().session.send(lane.priority, lane.reliable, &m);
+        if let Err(e) = r {
+            tracing::warn!(face = self.id, "credential not sent: {e}");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Holds what the link delivers until its principal is known (a pre-shared token is
+    /// expected first); `false` if it is already known.
+    pub(crate) fn hold(&self, m: Incoming) -> Result<(), Incoming> {
+        let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *a {
+            AuthGate::Open => Err(m),
+            AuthGate::Waiting(q) => {
+                if q.len() >= MAX_HELD {
+                    drop(a);
+                    tracing::warn!(
+                        face = self.id,
+                        "closing: {MAX_HELD} messages before the credential"
+                    );
+                    self.close_with(CloseReason::TooLarge, "messages before the credential");
+                } else {
+                    q.push(m);
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) fn send_msg(&self, msg: Msg) {
         if let Msg::Sample { sample, lane } = &msg {
             let hint = std::sync::atomic::AtomicU32::new(0);
@@ -917,7 +972,13 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
             }
         }
         for m in incoming.drain(..) {
-            rt.dispatch(&face, &mut route_cache, m);
+            if let Incoming::Auth(token) = m {
+                rt.authenticate(&face, &token, &mut route_cache);
+                continue;
+            }
+            if let Err(m) = face.hold(m) {
+                rt.dispatch(&face, &mut route_cache, m);
+            }
         }
         if closed {
             return;

@@ -244,6 +244,9 @@ pub(crate) struct Counters {
     pub refused_identity: AtomicU64,
 }
 
+/// How long a listener holding pre-shared tokens waits for a dialer's credential.
+const AUTH_WAIT: Duration = Duration::from_secs(2);
+
 /// Local declarations whose refusal is remembered (beyond, refusals are still counted and
 /// broadcast).
 const MAX_DENIALS: usize = 4_096;
@@ -296,6 +299,8 @@ pub(crate) struct Runtime {
     reassembly: AtomicUsize,
     /// Why the last dial of a configured endpoint failed (for `Session::connect_error`).
     last_connect_error: Mutex<Option<String>>,
+    /// The access-control rules in force (identities and tokens are judged by them).
+    acl: RwLock<Option<Arc<crate::acl::Acl>>>,
     /// Local declarations a neighbour's access control refused.
     denials: Mutex<HashMap<LocalId, Arc<crate::acl::AccessDenied>>>,
     /// Every refusal a neighbour tells us of.
@@ -333,6 +338,7 @@ impl Runtime {
         let id = config.id.unwrap_or_else(|| {
             NodeId::from_u128((u128::from(random_u64()) << 64) | u128::from(random_u64()))
         });
+        let acl = config.acl.clone().map(Arc::new);
         let mut nc = NodeConfig::new(id, config.mode);
         nc.caps = config.limits.caps();
         if let Some(acl) = &config.acl {
@@ -364,6 +370,7 @@ impl Runtime {
             handshaking: Mutex::new(Handshaking::default()),
             reassembly: AtomicUsize::new(0),
             last_connect_error: Mutex::new(None),
+            acl: RwLock::new(acl),
             denials: Mutex::new(HashMap::new()),
             denial_tx: tokio::sync::broadcast::channel(64).0,
         })
@@ -789,12 +796,96 @@ impl Runtime {
 
     /// A handshake completed: registers the face with the node, which may refuse it (a
     /// duplicate of an existing link, a link to ourselves) by closing it.
-    pub(crate) fn face_established(&self, face: &Arc<Face>) {
+    pub(crate) fn face_established(self: &Arc<Self>, face: &Arc<Face>) {
+        use hypha_transports::Protocol;
+        let encrypted = matches!(face.info.protocol, Protocol::Quic | Protocol::Tls);
+        if face.role == Role::Dialer {
+            if encrypted {
+                // Our credential (or none) first, so the listener can judge the rest.
+                let token = self.config.auth_token.as_deref().unwrap_or("");
+                face.send_auth(token.as_bytes());
+            } else if self.config.auth_token.is_some() {
+                tracing::warn!(remote = %face.info.remote, "auth.token is never sent over a plaintext link");
+            }
+        }
+        let wait = face.role == Role::Listener
+            && encrypted
+            && face.info.peer_certificate.is_none()
+            && self.acl().is_some_and(|a| a.has_tokens());
+        if wait {
+            *face.auth.lock().unwrap_or_else(|p| p.into_inner()) =
+                face::AuthGate::Waiting(Vec::new());
+            // A dialer that sends no credential is anonymous after this.
+            let (rt, f) = (self.clone(), face.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(AUTH_WAIT).await;
+                rt.authenticate(&f, &[], &mut None);
+            });
+            return;
+        }
+        self.admit(face, None);
+    }
+
+    /// The dialer's credential arrived (empty: none, or the wait ran out): the link's
+    /// principal is the token's, then what it sent meanwhile is judged, in order.
+    pub(crate) fn authenticate(
+        self: &Arc<Self>,
+        face: &Arc<Face>,
+        token: &[u8],
+        cache: &mut Option<RouteCache>,
+    ) {
+        let mut gate = face.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let face::AuthGate::Waiting(held) = &mut *gate else {
+            if !token.is_empty() {
+                tracing::debug!(
+                    face = face.id,
+                    "a credential where none was expected: ignored"
+                );
+            }
+            return;
+        };
+        let held = std::mem::take(held);
+        let by_token = if token.is_empty() {
+            None
+        } else {
+            match self.acl().and_then(|a| a.principal_for_token(token)) {
+                Some(found) => Some(found),
+                None => {
+                    *gate = face::AuthGate::Open;
+                    drop(gate);
+                    self.counters
+                        .refused_identity
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(remote = %face.info.remote, "refusing link: unknown pre-shared token");
+                    face.close_with(hypha_core::wire::CloseReason::Refused, "unknown token");
+                    return;
+                }
+            }
+        };
+        self.admit(face, by_token);
+        for m in held {
+            self.dispatch(face, cache, m);
+        }
+        *gate = face::AuthGate::Open;
+    }
+
+    /// Registers an established face with the node under its principal (from a token, or
+    /// else from its certificate), or refuses it.
+    fn admit(&self, face: &Arc<Face>, by_token: Option<(crate::acl::Principal, [u8; 32])>) {
         let Some(peer) = face.peer() else {
             return;
         };
         let kind = FaceKind::of(peer.mode);
-        let principal = match self.identify(face, peer.node_id) {
+        let identified = match by_token {
+            Some((p, hash)) => {
+                crate::acl::identity::check_bound_to_token(&hash, peer.node_id).map(|()| {
+                    let _ = face.token_hash.set(hash);
+                    p
+                })
+            }
+            None => self.identify(face, peer.node_id),
+        };
+        let principal = match identified {
             Ok(p) => p,
             Err(e) => {
                 self.counters
@@ -837,16 +928,15 @@ impl Runtime {
         claimed: NodeId,
     ) -> Result<crate::acl::Principal, crate::acl::identity::IdentityError> {
         use crate::acl::identity::{IdentityError, check_bound, principal_of};
+        let acl = self.acl();
         let Some(cert) = &face.info.peer_certificate else {
-            return match &self.config.acl {
+            return match &acl {
                 Some(a) if a.require_auth() => Err(IdentityError::AuthRequired),
                 _ => Ok(crate::acl::Principal::anonymous()),
             };
         };
         check_bound(cert, claimed)?;
-        let from = self
-            .config
-            .acl
+        let from = acl
             .as_ref()
             .map_or(&crate::acl::DEFAULT_IDENTITY_FROM[..], |a| {
                 a.identity_from()
@@ -854,7 +944,7 @@ impl Runtime {
         match principal_of(cert, from) {
             Ok(p) => Ok(p),
             // Without rules, a certificate we cannot name is still a verified peer.
-            Err(e) if self.config.acl.is_none() => {
+            Err(e) if acl.is_none() => {
                 tracing::debug!("peer certificate names no principal ({e}): anonymous");
                 Ok(crate::acl::Principal::anonymous())
             }
@@ -862,14 +952,37 @@ impl Runtime {
         }
     }
 
-    /// Replaces the access-control rules (SIGHUP): links stay up; every face's hooks and every
-    /// cached route are rebuilt, so tightened rules apply to the next sample.
+    /// Replaces the access-control rules (SIGHUP): links stay up (but those whose token was
+    /// removed close); every face's hooks and every cached route are rebuilt, so tightened
+    /// rules apply to the next sample.
     pub(crate) fn set_acl(&self, acl: Option<crate::acl::Acl>) {
+        *self.acl.write().unwrap_or_else(|p| p.into_inner()) = acl.clone().map(Arc::new);
+        let revoked: Vec<Arc<Face>> = self
+            .faces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|f| {
+                f.token_hash
+                    .get()
+                    .is_some_and(|h| !acl.as_ref().is_some_and(|a| a.knows_token(h)))
+            })
+            .cloned()
+            .collect();
+        for f in revoked {
+            tracing::warn!(remote = %f.info.remote, "closing link: its token was revoked");
+            f.close_with(hypha_core::wire::CloseReason::Refused, "token revoked");
+        }
         let factory: Box<dyn crate::net::intercept::InterceptFactory> = match acl {
             Some(a) => Box::new(crate::acl::enforce::AclFactory(Arc::new(a))),
             None => Box::new(crate::net::intercept::NoIntercepts),
         };
         self.with_node(|n, now| n.set_intercepts(now, factory));
+    }
+
+    /// The access-control rules in force (the configuration's, or the last reload's).
+    pub(crate) fn acl(&self) -> Option<Arc<crate::acl::Acl>> {
+        self.acl.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The refusal of local declaration `id`, if a neighbour refused it.
@@ -958,6 +1071,8 @@ impl Runtime {
                 }
             }
             Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
+            // Taken by the reader before dispatch; one here came after the link was admitted.
+            Incoming::Auth(_) => tracing::debug!(face = face.id, "late credential ignored"),
             Incoming::Other(what) => {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(face = face.id, "ignored: {what}");
