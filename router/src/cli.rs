@@ -814,6 +814,12 @@ async fn run(cli: Cli) -> Result<()> {
                     "refused_handshaking": info.refused_handshaking,
                     "refused_identity": info.refused_identity,
                     "denials_received": info.denials_received,
+                    "serial_framing": {
+                        "frames": info.serial_framing.frames,
+                        "crc_errors": info.serial_framing.crc_errors,
+                        "cobs_errors": info.serial_framing.cobs_errors,
+                        "overflows": info.serial_framing.overflows,
+                    },
                 })
             );
             s.close().await;

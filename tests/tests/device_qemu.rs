@@ -450,7 +450,8 @@ fn host_device(l: std::net::TcpListener) -> std::thread::JoinHandle<(u32, String
             );
             let now = hypha_nostd::Instant::from_micros(t0.elapsed().as_micros() as u64);
             let n = match s.read(&mut buf) {
-                Ok(0) => panic!("host device: line closed"),
+                // The std side hung up: no exit code was sent (u32::MAX says so).
+                Ok(0) => return (u32::MAX, format!("{:?} line closed", node.framing())),
                 Ok(n) => n,
                 Err(_) => 0,
             };
@@ -534,5 +535,68 @@ async fn a_host_built_device_node_over_serial_tcp() {
             .drain()
             .iter()
             .any(|l| l.contains("serial framing error"))
+    );
+}
+
+/// `hypha info` reports the process's serial framing counters: a node attached to a (host-built)
+/// device through a line that delivers junk and a corrupted frame before the device's bytes
+/// counts them, and the session still comes up.
+#[tokio::test]
+async fn hypha_info_reports_serial_framing_errors() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let device_port = l.local_addr().unwrap().port();
+    let dev = host_device(l);
+    // The "line": junk, then a frame with a flipped bit, then the device's bytes both ways.
+    let line = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let line_port = line.local_addr().unwrap().port();
+    let _line = tokio::spawn(async move {
+        let (mut std_side, _) = line.accept().await.unwrap();
+        let mut frame = vec![0u8; 32];
+        let m = hypha_core::framing::encode(b"not a batch", &mut frame).unwrap();
+        frame[4] ^= 0x20;
+        let mut noise = vec![0x55, 0xAA, 0x13, 0x00];
+        noise.extend_from_slice(&frame[..m]);
+        std_side.write_all(&noise).await.unwrap();
+        let mut device = tokio::net::TcpStream::connect(("127.0.0.1", device_port))
+            .await
+            .unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut std_side, &mut device).await;
+    });
+    let ep = format!("serial+tcp/127.0.0.1:{line_port}");
+    let args = [
+        "info",
+        "--mode",
+        "peer",
+        "--connect",
+        ep.as_str(),
+        "--wait-ms",
+        "1500",
+    ];
+    let (c, out, err) = run_cli(CLI, &args).await.unwrap();
+    assert_eq!(c, 0, "{err}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let links = info["links"].as_array().unwrap();
+    assert!(
+        links
+            .iter()
+            .any(|l| l["node"] == "00d00000000000000000000000000002"),
+        "the device's session came up: {info}"
+    );
+    let f = &info["serial_framing"];
+    let errors = f["crc_errors"].as_u64().unwrap() + f["cobs_errors"].as_u64().unwrap();
+    assert!(
+        errors >= 2,
+        "junk and the corrupted frame are counted: {info}"
+    );
+    assert_eq!(f["overflows"], 0, "{info}");
+    assert!(f["frames"].as_u64().unwrap() >= 1, "{info}");
+    // The device saw a clean line, then the hang-up.
+    let (code, stats) = tokio::task::spawn_blocking(move || dev.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, u32::MAX, "{stats}");
+    assert!(
+        stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0"),
+        "{stats}"
     );
 }

@@ -556,6 +556,9 @@ pub struct Info {
     pub refused_identity: u64,
     /// Refusals neighbours' access control told this node of.
     pub denials_received: u64,
+    /// Serial-line framing counters (frames, CRC, COBS and overflow errors) summed over every
+    /// `serial+tcp/` link this process has run (`hypha_transports::serial::framing_totals`).
+    pub serial_framing: hypha_core::framing::FramingStats,
 }
 
 impl Session {
@@ -600,6 +603,7 @@ impl Session {
             reassembly_evicted: c.reassembly_evicted.load(Ordering::Relaxed),
             refused_identity: c.refused_identity.load(Ordering::Relaxed),
             denials_received: c.denials_received.load(Ordering::Relaxed),
+            serial_framing: hypha_transports::serial::framing_totals(),
         }
     }
 
