@@ -268,6 +268,20 @@ async fn identities_are_checked_at_link_setup(proto: &str) {
     .await;
     assert!(!up, "a not-yet-valid certificate was accepted");
     assert!(why.contains("not valid yet"), "{why}");
+    // A CA certificate used as a leaf, and a certificate only good for servers.
+    let (_s, up, _) = try_client(pki.node("robot/r1", |p| {
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }))
+    .await;
+    assert!(!up, "a CA certificate was accepted as a client's");
+    let (_s, up, _) = try_client(pki.node("robot/r1", |p| {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    }))
+    .await;
+    assert!(
+        !up,
+        "a serverAuth-only certificate was accepted as a client's"
+    );
     // No client certificate (the CA only, to check the router).
     let mut no_cert = pki.node("x", |_| {});
     no_cert.cert = None;
@@ -588,7 +602,7 @@ keys = ["fleet/**"]
     assert_eq!(on_tcp, ["anonymous"]);
 
     // A token holder cannot choose another id.
-    let mut spoof = node_config("quic/127.0.0.1:0", &[quic_ep.clone()]);
+    let mut spoof = node_config("quic/127.0.0.1:0", std::slice::from_ref(&quic_ep));
     spoof.listen.clear();
     spoof.mode = Mode::Client;
     spoof.auth_token = Some("secret-r7".into());
@@ -600,7 +614,7 @@ keys = ["fleet/**"]
         second.wait_peers(1, T).await,
         "a second process of the token was refused"
     );
-    let mut spoof = node_config("quic/127.0.0.1:0", &[quic_ep.clone()]);
+    let mut spoof = node_config("quic/127.0.0.1:0", std::slice::from_ref(&quic_ep));
     spoof.auth_token = Some("secret-r7".into());
     spoof.id = Some(ops.id());
     assert!(

@@ -558,11 +558,11 @@ impl Face {
     }
 
     /// Holds what the link delivers until its principal is known (a pre-shared token is
-    /// expected first); `false` if it is already known.
-    pub(crate) fn hold(&self, m: Incoming) -> Result<(), Incoming> {
+    /// expected first); gives `m` back if it is already known.
+    pub(crate) fn hold(&self, m: Incoming) -> Option<Incoming> {
         let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *a {
-            AuthGate::Open => Err(m),
+            AuthGate::Open => Some(m),
             AuthGate::Waiting(q) => {
                 if q.len() >= MAX_HELD {
                     drop(a);
@@ -574,7 +574,7 @@ impl Face {
                 } else {
                     q.push(m);
                 }
-                Ok(())
+                None
             }
         }
     }
@@ -976,7 +976,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
                 rt.authenticate(&face, &token, &mut route_cache);
                 continue;
             }
-            if let Err(m) = face.hold(m) {
+            if let Some(m) = face.hold(m) {
                 rt.dispatch(&face, &mut route_cache, m);
             }
         }
