@@ -446,6 +446,8 @@ struct Face {
     pending_queries: usize,
     counters: FaceCounters,
     principal: Principal,
+    /// When the face came up.
+    since: Instant,
     /// When a denial on this face was last logged, and how many since were not.
     warned: Option<Instant>,
     unwarned: u64,
@@ -610,7 +612,7 @@ impl Node {
     /// identity on this face).
     pub(crate) fn handle_face_up_as(
         &mut self,
-        _now: Instant,
+        now: Instant,
         face: FaceId,
         kind: FaceKind,
         node: NodeId,
@@ -631,10 +633,31 @@ impl Node {
             .faces
             .iter()
             .find(|(_, f)| f.node == node)
-            .map(|(id, f)| (*id, f.dialed));
+            .map(|(id, f)| (*id, f.dialed, !f.principal.is_anonymous(), f.since));
         let mut replaced = None;
-        if let Some((old, old_dialed)) = existing {
-            if dialer_of(dialed) < dialer_of(old_dialed) {
+        if let Some((old, old_dialed, old_proven, since)) = existing {
+            // A link displaces an established one for the same id only if it proves that id
+            // as well (a certificate or token bound to it): an unproven claim never takes over
+            // a proven link. Between two links alike, the duplicate rule decides.
+            let proven = !principal.is_anonymous();
+            let new_wins = match (old_proven, proven) {
+                (true, false) => false,
+                (false, true) => true,
+                _ => dialer_of(dialed) < dialer_of(old_dialed),
+            };
+            // Two nodes dialling each other at once is routine; a second link for a node
+            // linked for a while is not.
+            if now.saturating_since(since) > SETTLED_LINK {
+                tracing::warn!(
+                    peer = %node,
+                    proven,
+                    old_proven,
+                    "a second link claims node {node}, linked for {:?}: {}",
+                    now.saturating_since(since),
+                    if new_wins { "it replaces the old one" } else { "refused" }
+                );
+            }
+            if new_wins {
                 // The new link wins: the old one goes once drained; its queries move over.
                 replaced = Some(old);
             } else {
@@ -667,6 +690,7 @@ impl Node {
                 pending_queries: 0,
                 counters: FaceCounters::default(),
                 principal,
+                since: now,
                 warned: None,
                 unwarned: 0,
                 noticed: HashMap::new(),
@@ -1957,6 +1981,9 @@ fn denied_reply(d: &AccessDenied) -> ErrorReply {
         encoding: Some(Arc::from(crate::acl::DENIED_ENCODING)),
     }
 }
+
+/// A link older than this is settled: a second link for its node is worth a warning.
+const SETTLED_LINK: Duration = Duration::from_secs(2);
 
 /// At most one warning per face per this interval (the rest are counted and summarised).
 const WARN_EVERY: Duration = Duration::from_secs(1);

@@ -1186,3 +1186,35 @@ fn acl_reload_tightens_live_subscriptions() {
     m.put(1, "fleet/r1/speed", "2");
     assert_eq!(m.delivered(2, s).len(), 1);
 }
+
+#[test]
+fn an_unproven_link_never_takes_over_a_proven_one() {
+    // Node 2 claims node 1's id without its credential.
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    let id1 = m.nodes[1].id();
+    m.nodes[2] = Node::new(NodeConfig::new(id1, Peer));
+    let p = Principal::new("robot/r1").unwrap();
+    m.link_as(0, 1, Principal::anonymous(), p.clone());
+    m.now = m.now + Duration::from_secs(5);
+    let (f02, _) = m.link_as(0, 2, Principal::anonymous(), Principal::anonymous());
+    assert!(
+        m.inbox[0]
+            .closed
+            .iter()
+            .any(|(f, r, _)| *f == f02 && *r == CloseReason::Duplicate),
+        "{:?}",
+        m.inbox[0].closed
+    );
+    let faces = m.nodes[0].faces();
+    assert_eq!(faces.len(), 1);
+    assert_eq!(faces[0].principal, p);
+    // A proven newcomer does replace an unproven link.
+    let mut m = Mesh::new(&[Peer, Peer, Peer]);
+    let id1 = m.nodes[1].id();
+    m.nodes[2] = Node::new(NodeConfig::new(id1, Peer));
+    m.link_as(0, 1, Principal::anonymous(), Principal::anonymous());
+    m.link_as(0, 2, Principal::anonymous(), p.clone());
+    let faces = m.nodes[0].faces();
+    assert_eq!(faces.len(), 1, "{faces:?}");
+    assert_eq!(faces[0].principal, p);
+}
