@@ -29,6 +29,8 @@ pub enum Protocol {
     SerialTcp,
     /// TCP with TLS 1.3 (the same certificates as QUIC), length-prefixed batches inside.
     Tls,
+    /// Serial framing over a real serial line (a tty: USB adapter, UART, pty).
+    Serial,
 }
 
 impl Protocol {
@@ -42,13 +44,14 @@ impl Protocol {
             Protocol::Mem => "mem",
             Protocol::SerialTcp => "serial+tcp",
             Protocol::Tls => "tls",
+            Protocol::Serial => "serial",
         }
     }
 
     /// True if the far end opens the session (sends `Init`) whichever side opened the link: a
     /// device on a serial line is a client that (re)starts its session when it boots.
     pub const fn far_end_opens(self) -> bool {
-        matches!(self, Protocol::SerialTcp)
+        matches!(self, Protocol::SerialTcp | Protocol::Serial)
     }
 }
 
@@ -78,7 +81,17 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `mem/NAME`.
     Mem(String),
+    /// `serial/PATH#baud=N`: a serial line (tty), e.g. `serial//dev/ttyUSB0#baud=115200`.
+    Serial {
+        /// The tty's path.
+        path: PathBuf,
+        /// Line speed in baud ([`DEFAULT_BAUD`] when the text gives none).
+        baud: u32,
+    },
 }
+
+/// The line speed of a `serial/PATH` endpoint written without `#baud=N`.
+pub const DEFAULT_BAUD: u32 = 115_200;
 
 /// Why endpoint text was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -88,7 +101,9 @@ pub enum EndpointError {
     #[error("endpoint {0:?} has no protocol: expected PROTO/ADDRESS, e.g. quic/127.0.0.1:7447")]
     NoProtocol(String),
     /// Unknown protocol prefix.
-    #[error("unknown protocol {0:?} (expected quic, tcp, udp, unix, mem or serial+tcp)")]
+    #[error(
+        "unknown protocol {0:?} (expected quic, tls, tcp, udp, unix, mem, serial or serial+tcp)"
+    )]
     UnknownProtocol(String),
     /// Address missing.
     #[error("endpoint {0:?} has an empty address")]
@@ -102,6 +117,19 @@ pub enum EndpointError {
     /// Host is not a valid IP address or host name.
     #[error("endpoint {0:?} has an invalid host {1:?}")]
     BadHost(String, String),
+    /// `serial/` without a device path before `#`.
+    #[error(
+        "endpoint {0:?} has no device path: expected serial/PATH#baud=N, e.g. serial//dev/ttyUSB0#baud=115200"
+    )]
+    NoPath(String),
+    /// `#baud=` that is not a positive integer.
+    #[error(
+        "endpoint {0:?} has an invalid baud rate {1:?}: expected a positive integer, e.g. #baud=115200"
+    )]
+    BadBaud(String, String),
+    /// An option after `#` other than `baud=N`.
+    #[error("endpoint {0:?} has an unknown option {1:?}: serial endpoints take #baud=N")]
+    BadOption(String, String),
 }
 
 impl Endpoint {
@@ -111,6 +139,7 @@ impl Endpoint {
             Endpoint::Net { protocol, .. } => *protocol,
             Endpoint::Unix(_) => Protocol::Unix,
             Endpoint::Mem(_) => Protocol::Mem,
+            Endpoint::Serial { .. } => Protocol::Serial,
         }
     }
 
@@ -198,6 +227,7 @@ impl FromStr for Endpoint {
             "mem" => Protocol::Mem,
             "serial+tcp" => Protocol::SerialTcp,
             "tls" => Protocol::Tls,
+            "serial" => Protocol::Serial,
             _ => return Err(EndpointError::UnknownProtocol(proto.to_string())),
         };
         if addr.is_empty() {
@@ -206,6 +236,7 @@ impl FromStr for Endpoint {
         match protocol {
             Protocol::Unix => return Ok(Endpoint::Unix(PathBuf::from(addr))),
             Protocol::Mem => return Ok(Endpoint::Mem(addr.to_string())),
+            Protocol::Serial => return parse_serial(&text, addr),
             _ => {}
         }
         let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
@@ -252,6 +283,34 @@ impl FromStr for Endpoint {
     }
 }
 
+/// `PATH[#baud=N]` of a `serial/` endpoint.
+fn parse_serial(text: &str, addr: &str) -> Result<Endpoint, EndpointError> {
+    let (path, options) = match addr.split_once('#') {
+        Some((p, o)) => (p, Some(o)),
+        None => (addr, None),
+    };
+    if path.is_empty() {
+        return Err(EndpointError::NoPath(text.to_string()));
+    }
+    let mut baud = DEFAULT_BAUD;
+    for opt in options.into_iter().flat_map(|o| o.split('&')) {
+        match opt.split_once('=') {
+            Some(("baud", v)) => {
+                baud = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| EndpointError::BadBaud(text.to_string(), v.to_string()))?;
+            }
+            _ => return Err(EndpointError::BadOption(text.to_string(), opt.to_string())),
+        }
+    }
+    Ok(Endpoint::Serial {
+        path: PathBuf::from(path),
+        baud,
+    })
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -278,6 +337,9 @@ impl fmt::Display for Endpoint {
             }
             Endpoint::Unix(p) => write!(f, "unix/{}", p.display()),
             Endpoint::Mem(n) => write!(f, "mem/{n}"),
+            Endpoint::Serial { path, baud } => {
+                write!(f, "serial/{}#baud={baud}", path.display())
+            }
         }
     }
 }
@@ -297,6 +359,8 @@ mod tests {
             "unix//tmp/hypha.sock",
             "mem/alpha",
             "serial+tcp/127.0.0.1:4441",
+            "serial//dev/ttyUSB0#baud=115200",
+            "serial//dev/pts/3#baud=9600",
         ] {
             let ep: Endpoint = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(ep.to_string(), s);
@@ -304,6 +368,17 @@ mod tests {
         let ep: Endpoint = "QUIC/10.0.0.1:1".parse().unwrap();
         assert_eq!(ep.protocol(), Protocol::Quic);
         assert_eq!(ep.socket_addr(), Some("10.0.0.1:1".parse().unwrap()));
+        let ep: Endpoint = "serial//dev/ttyACM0".parse().unwrap();
+        assert_eq!(
+            ep,
+            Endpoint::Serial {
+                path: "/dev/ttyACM0".into(),
+                baud: DEFAULT_BAUD
+            }
+        );
+        assert_eq!(ep.to_string(), "serial//dev/ttyACM0#baud=115200");
+        assert!(ep.protocol().far_end_opens());
+        assert_eq!(ep.socket_addr(), None);
     }
 
     #[test]
@@ -320,6 +395,21 @@ mod tests {
             ("tcp/[zz::1]:5", "invalid host"),
             ("tcp/bad_host!:5", "invalid host"),
             ("tcp/1.2.3.999:5", "invalid host"),
+            ("serial/", "empty address"),
+            ("serial/#baud=9600", "no device path"),
+            (
+                "serial//dev/ttyUSB0#baud=fast",
+                "invalid baud rate \"fast\"",
+            ),
+            ("serial//dev/ttyUSB0#baud=0", "invalid baud rate \"0\""),
+            ("serial//dev/ttyUSB0#baud=-9600", "invalid baud rate"),
+            ("serial//dev/ttyUSB0#baud=", "invalid baud rate"),
+            (
+                "serial//dev/ttyUSB0#parity=even",
+                "unknown option \"parity=even\"",
+            ),
+            ("serial//dev/ttyUSB0#", "unknown option"),
+            ("serials//dev/x", "unknown protocol"),
         ];
         for (text, want) in cases {
             let err = text.parse::<Endpoint>().unwrap_err().to_string();

@@ -5,7 +5,7 @@
 //! `hypha_core::session` (at most 65,535 bytes).
 //!
 //! - [`Endpoint`]: `quic/HOST:PORT`, `tcp/HOST:PORT`, `udp/HOST:PORT`, `unix/PATH`, `mem/NAME`,
-//!   `serial+tcp/HOST:PORT`.
+//!   `serial+tcp/HOST:PORT`, `serial/PATH#baud=N`.
 //! - [`listen`] / [`connect`]: a [`Listener`] yields [`Link`]s; a link splits into a [`LinkTx`]
 //!   (send a batch) and a [`LinkRx`] (receive a batch) owned by one driver task each, or one
 //!   task using both with `select!`. Native `async fn`s, no allocation per batch on the

@@ -373,6 +373,7 @@ pub async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Listener, Li
         Protocol::Quic => quic::listen(endpoint, tls).await,
         Protocol::Mem => mem::listen(endpoint),
         Protocol::SerialTcp => serial::listen_tcp(endpoint).await,
+        Protocol::Serial => serial::listen_tty(endpoint),
         Protocol::Tls => tlstcp::listen(endpoint, tls).await,
     }
 }
@@ -387,6 +388,7 @@ pub async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link, Conne
             Protocol::Quic => quic::connect(endpoint, tls).await,
             Protocol::Mem => mem::connect(endpoint).await,
             Protocol::SerialTcp => serial::connect_tcp(endpoint).await,
+            Protocol::Serial => serial::connect_tty(endpoint).await,
             Protocol::Tls => tlstcp::connect(endpoint, tls).await,
         }
     };

@@ -4,6 +4,13 @@
 //! - `serial+tcp/HOST:PORT`: the framing over a TCP connection, which is how an emulated
 //!   board's UART is reached (QEMU `-serial tcp:HOST:PORT,server=on`); listening accepts boards
 //!   whose UART dials out (`server=off`). No preamble: the first bytes are frames.
+//! - `serial/PATH#baud=N` (e.g. `serial//dev/ttyUSB0#baud=115200`, a USB adapter, a board's
+//!   UART or a pty): the tty opened read-write in raw mode, 8 data bits, no parity, one stop
+//!   bit, no flow control, at N baud (115,200 by default), for exclusive use (`flock` and
+//!   `TIOCEXCL`: a second opener is refused).
+//!   Lines are dialled only (`--connect`); a line that hangs up or fails is reopened by the
+//!   runtime's redial. Termios through `rustix` (no unsafe here), readiness through tokio's
+//!   reactor.
 //!
 //! On a serial line the **device opens the session** (it sends `Init`, re-sent until
 //! accepted), whichever side opened the line: [`Protocol::far_end_opens`] tells the runtime to
@@ -149,6 +156,10 @@ impl SerialRx {
 
 fn closed_or_io(e: std::io::Error) -> LinkError {
     use std::io::ErrorKind::*;
+    // EIO: a pty whose other side closed, or an unplugged USB adapter: the line's end.
+    if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) {
+        return LinkError::Closed;
+    }
     match e.kind() {
         BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => {
             LinkError::Closed
@@ -256,6 +267,89 @@ pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenEr
     ))
 }
 
+/// Opens `path` as a raw 8N1 line at `baud`, non-blocking, for this process alone.
+fn open_tty(path: &std::path::Path, baud: u32) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::termios::{
+        ControlModes, InputModes, OptionalActions, QueueSelector, SpecialCodeIndex,
+    };
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if !rustix::termios::isatty(&fd) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a terminal (tty) device", path.display()),
+        ));
+    }
+    let mut t = rustix::termios::tcgetattr(&fd)?;
+    t.make_raw();
+    t.control_modes |= ControlModes::CLOCAL | ControlModes::CREAD | ControlModes::CS8;
+    t.control_modes &= !(ControlModes::CSTOPB | ControlModes::PARENB | ControlModes::CRTSCTS);
+    t.input_modes &= !(InputModes::IXON | InputModes::IXOFF | InputModes::IXANY);
+    t.special_codes[SpecialCodeIndex::VMIN] = 1;
+    t.special_codes[SpecialCodeIndex::VTIME] = 0;
+    t.set_speed(baud).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("baud rate {baud} refused by {}: {e}", path.display()),
+        )
+    })?;
+    rustix::termios::tcsetattr(&fd, OptionalActions::Now, &t)?;
+    // Another process opening the line would interleave bytes with ours: an advisory lock
+    // (honoured by other Hypha nodes and serialport-based tools, root included), and
+    // TIOCEXCL for the rest (root bypasses it).
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            format!("{} is in use by another process ({e})", path.display()),
+        )
+    })?;
+    rustix::termios::ioctl_tiocexcl(&fd)?;
+    // Bytes queued before we owned the line are from an old session (the device resends Init).
+    let _ = rustix::termios::tcflush(&fd, QueueSelector::IFlush);
+    Ok(std::fs::File::from(fd))
+}
+
+/// Opens a serial line (`serial/PATH#baud=N`).
+pub(crate) async fn connect_tty(endpoint: &Endpoint) -> Result<Link, ConnectError> {
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let Endpoint::Serial { path, baud } = endpoint else {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a serial/ endpoint",
+        )));
+    };
+    let file = open_tty(path, *baud).map_err(io)?;
+    // Two descriptors of the one open line, each registered with the reactor. tokio's pipe
+    // halves only need a pollable, non-blocking descriptor, which a tty is.
+    let w = file.try_clone().map_err(io)?;
+    let r = tokio::net::unix::pipe::Receiver::from_file_unchecked(file).map_err(io)?;
+    let w = tokio::net::unix::pipe::Sender::from_file_unchecked(w).map_err(io)?;
+    let info = LinkInfo {
+        protocol: Protocol::Serial,
+        local: endpoint.clone(),
+        remote: endpoint.clone(),
+        mtu: SERIAL_MTU,
+        reliable: true,
+        peer_certificate: None,
+    };
+    Ok(make_link(Box::new(r), Box::new(w), info))
+}
+
+/// A serial line is opened, not listened on.
+pub(crate) fn listen_tty(endpoint: &Endpoint) -> Result<Listener, ListenError> {
+    Err(ListenError::Address(
+        endpoint.clone(),
+        "a serial line is opened, not listened on: give it to --connect".into(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +395,85 @@ mod tests {
         let (_, f) = de.push(&back);
         assert_eq!(de.frame(f.unwrap()), b"world");
         assert!(framing_totals().crc_errors + framing_totals().cobs_errors >= 2);
+    }
+
+    /// A pty pair: the master end (the "device"), and the slave's path.
+    fn pty() -> (std::fs::File, String) {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let m = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&m).unwrap();
+        unlockpt(&m).unwrap();
+        let name = ptsname(&m, Vec::new()).unwrap();
+        (std::fs::File::from(m), name.to_string_lossy().into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_tty_line_carries_frames_both_ways_and_its_hangup_closes_the_link() {
+        use std::io::{Read, Write};
+        let (mut master, slave) = pty();
+        let ep: Endpoint = format!("serial/{slave}#baud=115200").parse().unwrap();
+        let mut link = crate::connect(&ep, &TlsConfig::default()).await.unwrap();
+        assert_eq!(link.info.protocol, Protocol::Serial);
+        assert_eq!(link.info.remote, ep);
+        // The device: junk, then a frame.
+        let mut good = vec![0u8; framing::encoded_len(5)];
+        let n = framing::encode(b"hello", &mut good).unwrap();
+        let mut bytes = vec![0x42, 0x00];
+        bytes.extend_from_slice(&good[..n]);
+        master.write_all(&bytes).unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), link.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"hello");
+        link.tx.send(b"world").await.unwrap();
+        let back = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 64];
+            let mut got = Vec::new();
+            let mut de = Deframer::new(vec![0u8; 64]);
+            loop {
+                let n = master.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if let (_, Some(f)) = de.push(&got) {
+                    return de.frame(f).to_vec(); // the master end closes here
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(back, b"world");
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), link.rx.recv())
+            .await
+            .unwrap();
+        assert!(matches!(end, Err(LinkError::Closed)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tty_that_cannot_be_used_is_a_clear_error() {
+        let tls = TlsConfig::default();
+        let e = crate::connect(&"serial//dev/null#baud=9600".parse().unwrap(), &tls)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("serial//dev/null#baud=9600") && e.contains("not a terminal"),
+            "{e}"
+        );
+        let e = crate::connect(&"serial//nonexistent/ttyX".parse().unwrap(), &tls)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot connect to serial//nonexistent/ttyX"),
+            "{e}"
+        );
+        // A line in use by another process is refused (TIOCEXCL).
+        let (_master, slave) = pty();
+        let ep: Endpoint = format!("serial/{slave}").parse().unwrap();
+        let _first = crate::connect(&ep, &tls).await.unwrap();
+        let e = crate::connect(&ep, &tls).await.unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        let e = crate::listen(&ep, &tls).await.unwrap_err().to_string();
+        assert!(e.contains("--connect"), "{e}");
     }
 }

@@ -412,6 +412,7 @@ fn check_authenticated(config: &Config) -> Result<(), OpenError> {
         ),
         Endpoint::Unix(_) => true,
         Endpoint::Mem(_) => false,
+        Endpoint::Serial { .. } => true,
     };
     for (field, eps) in [("listen", &config.listen), ("connect", &config.connect)] {
         if let Some(e) = eps.iter().find(|e| plaintext(e)) {
