@@ -6,7 +6,10 @@
 //! The QEMU tests need `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run`
 //! installs both): under `CI=true` their absence fails them, elsewhere it is a printed skip.
 //! `a_host_built_device_node_over_serial_tcp` runs the same node built for the host, on a thread
-//! behind a TCP socket, and needs nothing.
+//! behind a TCP socket, and needs nothing. The `*_through_a_pty_bridge` variants put a real tty
+//! in the path: `socat` bridges the UART's (or the host-built device's) TCP socket to a pty
+//! pair and the router opens `serial//dev/pts/N#baud=115200`; they need `socat` (`.ci/run`
+//! installs it) on the same terms.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -598,5 +601,106 @@ async fn hypha_info_reports_serial_framing_errors() {
     assert!(
         stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0"),
         "{stats}"
+    );
+}
+
+// ---- pty bridge: the device's bytes reach `hypha router` through a real tty (`serial/`) ----
+
+/// Why the pty-bridge tests cannot run here, if they cannot.
+fn missing_socat() -> Option<String> {
+    let ok = std::process::Command::new("socat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!ok).then(|| "socat is not installed (apt-get install socat)".to_string())
+}
+
+/// `socat` bridging a new pty pair to the TCP socket at `port` (QEMU's UART, or the host-built
+/// device's socket): the router opens the pty's slave end as `serial//dev/pts/N`. socat waits
+/// for that open before it connects (`wait-slave`), so QEMU's guest, held until a client
+/// connects, starts once the line is owned. Returns socat and the endpoint.
+async fn pty_bridge(dir: &Path, port: u16) -> (Proc, String) {
+    let link = dir.join("ttyDEVICE");
+    let mut c = Command::new("socat");
+    c.arg(format!("pty,raw,echo=0,wait-slave,link={}", link.display()))
+        .arg(format!("tcp:127.0.0.1:{port}"));
+    let socat = Proc::spawn("socat", c).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let pts = loop {
+        if let Ok(p) = std::fs::read_link(&link) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "socat made no pty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(pts.starts_with("/dev/pts"), "{pts:?}");
+    (socat, format!("serial/{}#baud=115200", pts.display()))
+}
+
+#[tokio::test]
+async fn device_node_on_qemu_through_a_pty_bridge() {
+    if !require_or_skip(missing().or_else(missing_socat)) {
+        return;
+    }
+    let elf = build_firmware();
+    let port = free_port();
+    let mut qemu = qemu(&elf, port);
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, ep) = pty_bridge(dir.path(), port).await;
+    let mut router = Router::start(&ep).await;
+    router.wait_log("the device", connected(DEVICE_ID)).await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want, "10 samples, in order, no duplicate");
+    let info = device_info(&router).await;
+    assert!(info.starts_with("hypha-nostd "), "{info}");
+    let report = exit_device(&router, &mut qemu, "0").await;
+    for f in ["crc_errors", "cobs_errors", "overflows"] {
+        assert_eq!(field(&report, f), 0, "device side: {report}");
+    }
+    assert_eq!(field(&report, "connects"), 1, "{report}");
+    let log = router.drain();
+    assert!(
+        !log.iter().any(|l| l.contains("serial framing error")),
+        "std side framing errors: {log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_built_device_node_through_a_pty_bridge() {
+    if !require_or_skip(missing_socat()) {
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dev = host_device(l);
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, ep) = pty_bridge(dir.path(), port).await;
+    let mut router = Router::start(&ep).await;
+    router
+        .wait_log("the device", connected("00d00000000000000000000000000002"))
+        .await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want, "10 samples, in order, no duplicate");
+    assert_eq!(device_info(&router).await, "hypha-nostd host");
+    let mut put = vec!["put", "ctl/exit", "6", "--wait-ms", "10000"];
+    put.extend(router.client());
+    let (c, _, err) = run_cli(CLI, &put).await.unwrap();
+    assert_eq!(c, 0, "{err}");
+    let (code, stats) = tokio::task::spawn_blocking(move || dev.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, 6);
+    assert!(
+        stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0")
+            && stats.ends_with("connects=1"),
+        "{stats}"
+    );
+    assert!(
+        !router
+            .drain()
+            .iter()
+            .any(|l| l.contains("serial framing error"))
     );
 }
