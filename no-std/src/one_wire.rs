@@ -594,6 +594,10 @@ fn golden_bytes() {
     let (m, rest) = wire::take(&frame).unwrap();
     assert_eq!((m, rest), (Msg::Other, &frame[5..]));
     assert!(matches!(wire::take(rest), Some((Msg::Sample { .. }, []))));
+    // Cancel (tag 12, WIRE.md's pinned `Cancel{300}`) too.
+    let frame = [0x0c, 0xac, 0x02, 0x01, 0x05, b'x'];
+    let (m, rest) = wire::take(&frame).unwrap();
+    assert_eq!((m, rest), (Msg::Other, &frame[3..]));
     // Out of room is None, never a partial message handed on.
     assert_eq!(
         Out::Put {

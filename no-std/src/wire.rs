@@ -600,6 +600,12 @@ pub(crate) fn take(b: &[u8]) -> Option<(Msg<'_>, &[u8])> {
             }
             Msg::Other
         }
+        12 => {
+            // Cancel: the querier dropped a request's replies; the std side drops the device's
+            // late replies itself.
+            r.var()?;
+            Msg::Other
+        }
         _ => return None,
     };
     Some((msg, r.b))

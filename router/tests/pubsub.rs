@@ -151,6 +151,22 @@ async fn gossip_completes_the_mesh() {
         .await
         .unwrap();
     let c = hypha::open(cfg("tcp/127.0.0.1:0", &[ep])).await.unwrap();
+    mesh_of_three(a, b, c).await;
+}
+
+/// The same over unix sockets: gossip passes unix endpoints between nodes linked by unix
+/// sockets (they share the host), and the mesh forms.
+#[tokio::test]
+async fn gossip_completes_a_unix_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = |n: &str| format!("unix/{}", dir.path().join(n).display());
+    let a = hypha::open(cfg(&ep("a"), &[])).await.unwrap();
+    let b = hypha::open(cfg(&ep("b"), &[ep("a")])).await.unwrap();
+    let c = hypha::open(cfg(&ep("c"), &[ep("a")])).await.unwrap();
+    mesh_of_three(a, b, c).await;
+}
+
+async fn mesh_of_three(a: hypha::Session, b: hypha::Session, c: hypha::Session) {
     for s in [&a, &b, &c] {
         assert!(s.wait_peers(2, T).await, "{} has {:?}", s.id(), s.peers());
     }

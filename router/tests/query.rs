@@ -175,6 +175,66 @@ async fn dropping_the_reply_stream_cancels_the_query() {
     assert_eq!(query.reply("x/y", "late").await, Err(ReplyError::Gone));
 }
 
+/// Across nodes, and through a router: a querier that drops its replies makes the remote
+/// queryable's next replies fail with `Gone` (the cancel travels the request's path).
+#[tokio::test]
+async fn dropping_the_reply_stream_cancels_a_remote_query() {
+    for through_router in [false, true] {
+        let (answerer, querier, _router) = if through_router {
+            let mut rc = common::node_config("tcp/127.0.0.1:0", &[]);
+            rc.mode = hypha_core::wire::Mode::Router;
+            let r = hypha::open(rc).await.unwrap();
+            let ep = r.info().listening[0].to_string();
+            let client = |ep: &str| {
+                let mut c = cfg(&[ep.to_string()]);
+                c.listen.clear();
+                c.mode = hypha_core::wire::Mode::Client;
+                hypha::open(c)
+            };
+            let a = client(&ep).await.unwrap();
+            let b = client(&ep).await.unwrap();
+            (a, b, Some(r))
+        } else {
+            let (a, b) = pair().await;
+            (a, b, None)
+        };
+        let q = answerer.declare_queryable("many/**").await.unwrap();
+        let key = hypha::keyexpr::OwnedKeyExpr::new("many/**".to_string()).unwrap();
+        assert!(querier.wait_queryable(&key, T).await);
+        let mut replies = querier
+            .get("many/**")
+            .consolidation(Consolidation::None)
+            .timeout(T)
+            .send()
+            .await
+            .unwrap();
+        let query = tokio::time::timeout(T, q.recv()).await.unwrap().unwrap();
+        let serve = tokio::spawn(async move {
+            for i in 0..200 {
+                if query.reply(&format!("many/{i}"), "v").await == Err(ReplyError::Gone) {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            200
+        });
+        for _ in 0..5 {
+            assert!(
+                tokio::time::timeout(T, replies.recv())
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        drop(replies);
+        let sent = tokio::time::timeout(T, serve).await.unwrap().unwrap();
+        assert!(
+            sent < 200,
+            "the queryable sent all 200 replies after the querier left (router: {through_router})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_queryable_means_an_empty_answer_at_once() {
     let s = hypha::open(cfg(&[])).await.unwrap();

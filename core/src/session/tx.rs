@@ -101,6 +101,7 @@ fn size_hint(msg: &NetworkMessage<'_>) -> usize {
         NetworkMessage::PushSn(p) => push(&p.push) + 10,
         NetworkMessage::Denied(d) => d.key.len() + d.principal.len() + d.rule.len() + 20,
         NetworkMessage::Auth(a) => a.token.0.len() + 10,
+        NetworkMessage::Cancel(_) => 8,
     }
 }
 

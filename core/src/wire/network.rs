@@ -23,6 +23,7 @@ mod tag {
     pub const PUSH_SN: u32 = 9;
     pub const DENIED: u32 = 10;
     pub const AUTH: u32 = 11;
+    pub const CANCEL: u32 = 12;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -363,6 +364,8 @@ pub enum NetworkMessage<'a> {
     Denied(Denied<'a>),
     /// The dialer's credential, first message on an encrypted link.
     Auth(Auth<'a>),
+    /// The querier no longer wants replies to a request.
+    Cancel(Cancel),
 }
 
 /// The operation an access-control decision was about (see [`Denied`]).
@@ -401,6 +404,14 @@ pub struct Denied<'a> {
     pub principal: &'a str,
     /// The rule that decided (`default` when none matched).
     pub rule: &'a str,
+}
+
+/// "Stop answering my request `request_id`": the querier dropped its replies (or timed out).
+/// Passed on along the request's path, so queryables stop producing replies nobody reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The request, as the sender numbered it on this link.
+    pub request_id: u32,
 }
 
 /// The largest pre-shared token accepted in an [`Auth`], in bytes.
@@ -478,6 +489,7 @@ impl<'a> NetworkMessage<'a> {
             NetworkMessage::PushSn(m) => Self::tagged(buf, tag::PUSH_SN, m),
             NetworkMessage::Denied(m) => Self::tagged(buf, tag::DENIED, m),
             NetworkMessage::Auth(m) => Self::tagged(buf, tag::AUTH, m),
+            NetworkMessage::Cancel(m) => Self::tagged(buf, tag::CANCEL, m),
         }
     }
 
@@ -577,6 +589,10 @@ impl<'a> NetworkMessage<'a> {
                 let (m, rest): (Auth<'a>, _) = postcard::take_from_bytes(body)?;
                 check_len(Field::Detail, m.token.0.len(), MAX_TOKEN_LEN)?;
                 Ok((NetworkMessage::Auth(m), rest))
+            }
+            tag::CANCEL => {
+                let (m, rest): (Cancel, _) = postcard::take_from_bytes(body)?;
+                Ok((NetworkMessage::Cancel(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

@@ -452,6 +452,14 @@ fn golden_denied() {
 }
 
 #[test]
+fn golden_cancel() {
+    golden_n(
+        NetworkMessage::Cancel(Cancel { request_id: 300 }),
+        &[0x0c, 0xac, 0x02],
+    );
+}
+
+#[test]
 fn golden_auth() {
     golden_n(
         NetworkMessage::Auth(Auth {

@@ -211,6 +211,10 @@ pub(crate) enum Msg {
     },
     /// "Access control refused what you sent" (to the neighbour refused).
     Denied(Arc<crate::acl::AccessDenied>),
+    /// The querier dropped request `id`'s replies.
+    Cancel {
+        id: u32,
+    },
 }
 
 impl Msg {
@@ -219,7 +223,10 @@ impl Msg {
         match self {
             Msg::Sample { lane, .. } => *lane,
             Msg::Declare(_) | Msg::Gossip { .. } | Msg::Denied(_) => Lane::CONTROL,
-            Msg::Request(_) | Msg::Response { .. } | Msg::ResponseFinal { .. } => Lane::QUERY,
+            Msg::Request(_)
+            | Msg::Response { .. }
+            | Msg::ResponseFinal { .. }
+            | Msg::Cancel { .. } => Lane::QUERY,
         }
     }
 }
@@ -956,6 +963,7 @@ impl Node {
                 locators,
             } => self.on_gossip(face, node, locators),
             Msg::Denied(d) => self.on_denied_notice(face, d),
+            Msg::Cancel { id } => self.on_cancel(face, id),
         }
     }
 
@@ -1402,9 +1410,7 @@ impl Node {
             Cmd::Undeclare { id } => self.undeclare_local(id),
             Cmd::Publish { sample, lane } => self.on_sample(None, sample, lane),
             Cmd::Query { id, params } => self.start_query(now, id, params),
-            Cmd::CancelQuery { id } => {
-                self.queries.remove(&id);
-            }
+            Cmd::CancelQuery { id } => self.cancel_query(id),
             Cmd::Reply { query, result } => self.on_reply(None, query, result),
             Cmd::ReplyFinal { query } => self.local_final(query),
         }
@@ -1963,7 +1969,9 @@ fn op_of(msg: &Msg) -> (Op, Option<&str>) {
         },
         Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
         Msg::Response { result, .. } => (Op::Reply, result.as_ref().ok().map(|s| &*s.key)),
-        Msg::ResponseFinal { .. } | Msg::Gossip { .. } | Msg::Denied(_) => (Op::Control, None),
+        Msg::ResponseFinal { .. } | Msg::Gossip { .. } | Msg::Denied(_) | Msg::Cancel { .. } => {
+            (Op::Control, None)
+        }
     }
 }
 

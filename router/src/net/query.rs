@@ -321,6 +321,35 @@ impl Node {
         }
     }
 
+    /// Forgets a query and tells the faces still answering it to stop (local queryables'
+    /// further replies are refused: `query_alive` is false).
+    pub(super) fn cancel_query(&mut self, qid: QueryId) {
+        let Some(q) = self.queries.remove(&qid) else {
+            return;
+        };
+        if let Origin::Face { face, .. } = q.origin {
+            if let Some(f) = self.faces.get_mut(&face) {
+                f.pending_queries = f.pending_queries.saturating_sub(1);
+            }
+        }
+        let mut to: Vec<FaceId> = q.waiting.into_iter().collect();
+        to.sort_unstable();
+        for f in to {
+            self.send(f, Msg::Cancel { id: qid });
+        }
+    }
+
+    /// `face` cancelled its request `rid`.
+    pub(super) fn on_cancel(&mut self, face: FaceId, rid: u32) {
+        let found = self.queries.iter().find_map(|(qid, q)| match q.origin {
+            Origin::Face { face: f, rid: r } if f == face && r == rid => Some(*qid),
+            _ => None,
+        });
+        if let Some(qid) = found {
+            self.cancel_query(qid);
+        }
+    }
+
     /// True while a query is in progress here (replies to it are still taken).
     pub(crate) fn query_alive(&self, qid: QueryId) -> bool {
         self.queries.contains_key(&qid)

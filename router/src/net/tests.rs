@@ -1195,7 +1195,7 @@ fn an_unproven_link_never_takes_over_a_proven_one() {
     m.nodes[2] = Node::new(NodeConfig::new(id1, Peer));
     let p = Principal::new("robot/r1").unwrap();
     m.link_as(0, 1, Principal::anonymous(), p.clone());
-    m.now = m.now + Duration::from_secs(5);
+    m.now += Duration::from_secs(5);
     let (f02, _) = m.link_as(0, 2, Principal::anonymous(), Principal::anonymous());
     assert!(
         m.inbox[0]

@@ -366,6 +366,7 @@ fn convert(
             Incoming::Msg(Msg::ResponseFinal { id: f.request_id })
         }
         (None, NetworkMessage::Auth(a)) => Incoming::Auth(bytes_of(batch, a.token.0)),
+        (None, NetworkMessage::Cancel(c)) => Incoming::Msg(Msg::Cancel { id: c.request_id }),
         (None, NetworkMessage::Denied(d)) => Incoming::Msg(Msg::Denied(Arc::new(
             crate::acl::AccessDenied::from_wire(&d),
         ))),
@@ -471,6 +472,10 @@ fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
                 mode: *mode,
                 locators,
             }),
+            session,
+        ),
+        Msg::Cancel { id } => wire(
+            &NetworkMessage::Cancel(hypha_core::wire::Cancel { request_id: *id }),
             session,
         ),
         Msg::Denied(d) => wire(

@@ -1659,8 +1659,11 @@ pub(crate) fn start_discovery(
 const MAX_KNOWN: usize = 4096;
 
 /// `ep` with an unspecified host (0.0.0.0, [::]) replaced by `ip`.
-fn with_host(ep: &Endpoint, ip: Option<std::net::IpAddr>) -> Option<Endpoint> {
+/// `local`: the gossip came over a unix or mem link, so the node it names shares our host
+/// (or process) and its unix (or mem) endpoints are reachable from here.
+fn with_host(ep: &Endpoint, ip: Option<std::net::IpAddr>, local: bool) -> Option<Endpoint> {
     match (ep, ip) {
+        (Endpoint::Unix(_) | Endpoint::Mem(_), _) if local => Some(ep.clone()),
         (
             Endpoint::Net {
                 protocol,
@@ -1732,7 +1735,14 @@ impl Runtime {
         let own: Vec<String> = self
             .listening()
             .iter()
-            .filter(|e| matches!(e, Endpoint::Net { .. }))
+            // unix (and mem) endpoints too: they reach only nodes on this host (or process),
+            // and only links of the same kind pass them on (see `with_host`).
+            .filter(|e| {
+                matches!(
+                    e,
+                    Endpoint::Net { .. } | Endpoint::Unix(_) | Endpoint::Mem(_)
+                )
+            })
             .map(|e| e.to_string())
             .collect();
         let locators: Arc<str> = Arc::from(own.join(","));
@@ -1746,9 +1756,13 @@ impl Runtime {
         let from = face.peer().map(|p| p.node_id);
         let remote_ip = face.info.remote.socket_addr().map(|a| a.ip());
         let about_itself = from == Some(node);
+        let local = matches!(
+            face.info.protocol,
+            hypha_transports::Protocol::Unix | hypha_transports::Protocol::Mem
+        );
         let eps: Vec<String> = endpoints
             .iter()
-            .filter_map(|e| with_host(e, if about_itself { remote_ip } else { None }))
+            .filter_map(|e| with_host(e, if about_itself { remote_ip } else { None }, local))
             .map(|e| e.to_string())
             .collect();
         let msg = Msg::Gossip {
