@@ -27,6 +27,7 @@
 #![warn(unreachable_pub)]
 
 pub mod acl;
+mod admin;
 pub mod api;
 /// The `hypha` program (`hypha --help`), for its binaries only: not a library API. Feature `cli`.
 #[cfg(feature = "cli")]
@@ -34,6 +35,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod info;
+mod metrics;
 mod net;
 mod runtime;
 pub mod sample;

@@ -504,7 +504,41 @@ const RELATIONS: &[(&str, &str, bool, bool, bool)] = &[
     ("a/@v1/**", "a/@$*/**", false, false, false),
     ("**/@/**", "a/b/@/c", true, true, false),
     ("**/@/**", "a/@/b/@/c", false, false, false),
+    // The admin space (`@/<node>/**`): reached only by expressions that spell its `@`.
+    ("@/*/links/**", "@/n1/**", true, false, false),
+    ("@/*/links/**", "@/n1/links/n2", true, true, false),
+    ("@/*/node", "@/n1/**", true, false, false),
+    ("**", "@/n1/**", false, false, false),
+    ("*/**", "@/n1/links/n2", false, false, false),
+    ("x$*/**", "@/n1/**", false, false, false),
+    ("@/**", "@/n1/metrics", true, true, false),
 ];
+
+#[test]
+fn the_admin_space_is_out_of_reach_of_wildcards_in_a_tree() {
+    let mut t = KeTree::new();
+    for (i, k) in ["@/n1/**", "@/n2/**", "fleet/**", "fleet/car1/speed"]
+        .iter()
+        .enumerate()
+    {
+        t.insert(&ke(k), i);
+    }
+    let hits = |q: &str, f: fn(&KeTree<usize>, &KeyExpr<'_>) -> Vec<usize>| {
+        let mut v = f(&t, &ke(q));
+        v.sort();
+        v
+    };
+    let inter: fn(&KeTree<usize>, &KeyExpr<'_>) -> Vec<usize> =
+        |t, q| t.intersecting(q).map(|(_, v)| *v).collect();
+    let incl: fn(&KeTree<usize>, &KeyExpr<'_>) -> Vec<usize> =
+        |t, q| t.included_by(q).map(|(_, v)| *v).collect();
+    assert_eq!(hits("**", inter), vec![2, 3]);
+    assert_eq!(hits("**", incl), vec![2, 3]);
+    assert_eq!(hits("*/**", inter), vec![2, 3]);
+    assert_eq!(hits("@/*/links/**", inter), vec![0, 1]);
+    assert_eq!(hits("@/n2/node", inter), vec![1]);
+    assert_eq!(hits("@/**", incl), vec![0, 1]);
+}
 
 #[test]
 fn relation_table() {

@@ -17,6 +17,10 @@
 //!
 //! Everything else (undeclarations, finals, gossip) passes: it names nothing the neighbour
 //! was not already allowed to see.
+//!
+//! In the admin space (keys `@/…`): queries and replies need `admin` (both directions); the
+//! admin queryable's declaration is accepted from every neighbour and told only to
+//! neighbours with `admin` on it.
 
 use super::{AccessDenied, Acl, FaceRules, Op as A, Principal};
 use crate::net::intercept::{Denial, Direction, Intercept, InterceptFactory, Op, Verdict};
@@ -76,6 +80,23 @@ impl AclHook {
 
 impl Intercept for AclHook {
     fn check(&mut self, dir: Direction, op: Op, key: Option<&str>) -> Verdict {
+        // The admin space (`@/<node>/**`, issue 14): querying it, and the answers, are the
+        // `admin` operation; every node's admin queryable is declared everywhere (refusing it
+        // would only tell the neighbour about a declaration it never asked for).
+        if let Some(k) = key.filter(|k| *k == "@" || k.starts_with("@/")) {
+            return match (dir, op) {
+                (Direction::Ingress, Op::Queryable) => Verdict::Pass,
+                (Direction::Egress, Op::Queryable) => self.judge_as(A::Admin, k, true),
+                (_, Op::Query | Op::Reply) => self.judge(A::Admin, k),
+                _ => self.check_op(dir, op, key),
+            };
+        }
+        self.check_op(dir, op, key)
+    }
+}
+
+impl AclHook {
+    fn check_op(&mut self, dir: Direction, op: Op, key: Option<&str>) -> Verdict {
         let op = match (dir, op) {
             (Direction::Ingress, Op::Put) => A::Put,
             (Direction::Ingress, Op::Delete) => A::Delete,

@@ -369,6 +369,8 @@ impl Ring {
 pub struct Session {
     rt: Arc<Runtime>,
     _guard: Arc<CloseOnDrop>,
+    /// The admin space's queryable and the node's metrics (issue 14; `crate::admin`).
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 struct CloseOnDrop(Arc<Runtime>);
@@ -517,9 +519,18 @@ pub async fn open(mut config: Config) -> Result<Session, OpenError> {
             crate::runtime::start_discovery(&rt, bound)?;
         }
     }
+    // The admin space `@/<id>/**` (issue 14).
+    let admin = match crate::admin::declare(&rt) {
+        Ok(a) => Some(Arc::new(a)),
+        Err(e) => {
+            tracing::warn!("admin space not declared: {e}");
+            None
+        }
+    };
     Ok(Session {
         _guard: Arc::new(CloseOnDrop(rt.clone())),
         rt,
+        admin,
     })
 }
 
@@ -732,6 +743,17 @@ impl Session {
             rt: self.rt.clone(),
         }
     }
+
+    // ----- admin space (issue 14) ----------------------------------------------------------
+
+    /// The node's metrics as OpenMetrics text (what `@/<id>/metrics` answers).
+    pub fn metrics(&self) -> String {
+        self.admin
+            .as_ref()
+            .map_or_else(|| "# EOF\n".to_string(), |a| a.metrics.render())
+    }
+
+    // ----- end of admin space --------------------------------------------------------------
 
     /// Closes the session gracefully: neighbours are told, links are shut.
     pub async fn close(self) {

@@ -906,6 +906,31 @@ impl Node {
         v
     }
 
+    // ----- admin space (issue 14): a read-only snapshot of the tables -----------------------
+
+    /// Every subscriber, queryable and token in the tables, local and remote, for the admin
+    /// space: (kind `subscriber` | `queryable` | `token`, key, the declaring face or `None`
+    /// for this node, complete).
+    pub(crate) fn declarations(&self) -> Vec<(&'static str, OwnedKeyExpr, Option<FaceId>, bool)> {
+        self.all_decls()
+            .into_iter()
+            .map(|(kind, src, _, key, complete)| {
+                let kind = match kind {
+                    Kind::Sub => "subscriber",
+                    Kind::Qabl => "queryable",
+                    Kind::Token => "token",
+                };
+                let face = match src {
+                    Src::Local => None,
+                    Src::Face(f) => Some(f),
+                };
+                (kind, key, face, complete)
+            })
+            .collect()
+    }
+
+    // ----- end of admin space ----------------------------------------------------------------
+
     /// The face linked to `node`, if any.
     #[cfg(test)]
     pub(crate) fn face_of(&self, node: NodeId) -> Option<FaceId> {

@@ -847,6 +847,12 @@ impl Face {
         self.wake.notify_one();
     }
 
+    /// The link session's counters (bytes, batches, messages each way), for the admin space
+    /// and metrics (issue 14).
+    pub(crate) fn stats(&self) -> hypha_core::session::Stats {
+        *self.lock().session.stats()
+    }
+
     /// Bytes waiting in this link's queues.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().session.total_queued_bytes()

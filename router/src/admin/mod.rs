@@ -1,0 +1,318 @@
+//! The admin space: every node answers queries under `@/<node-id>/**` with what it knows of
+//! itself, as JSON (and its metrics as OpenMetrics text).
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `@/<id>/node` | id, mode, version, uptime, endpoints, node-wide counters |
+//! | `@/<id>/links/<peer-id>` | one per link: peer, kind, principal, transport, bytes and messages each way, drops, denials |
+//! | `@/<id>/subscribers` | every subscriber in the tables: key, origin (`local` or the declaring neighbour) |
+//! | `@/<id>/queryables` | the same for queryables (with `complete`) |
+//! | `@/<id>/tokens` | the same for liveliness tokens |
+//! | `@/<id>/metrics` | the node's metrics registry, OpenMetrics text (`crate::metrics`) |
+//!
+//! `@` is a verbatim chunk (`hypha_core::keyexpr`): `**` and `*` never match it, so wildcard
+//! subscribers and queries (`hypha sub '**'`) never see the admin space; `@/*/links/**` asks
+//! every node for its links. The queryable is an ordinary local queryable over the runtime:
+//! everything it answers is read from snapshots (`net::Node::faces`, `Node::declarations`, the
+//! links' session counters), never from logs. Access from a neighbour is the ACL operation
+//! `admin` (`acl::enforce`).
+
+pub(crate) mod json;
+
+use crate::api::query::{Query, Queryable};
+use crate::api::{Callback, DeclareError};
+use crate::runtime::Runtime;
+use crate::sample::Sample;
+use bytes::Bytes;
+use hypha_core::id::NodeId;
+use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
+use hypha_core::wire::{Mode, SampleKind};
+use json::Obj;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+/// The encoding of JSON admin values.
+pub(crate) const JSON: &str = "application/json";
+
+/// A node's mode as the admin space spells it.
+pub(crate) fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Peer => "peer",
+        Mode::Client => "client",
+        Mode::Router => "router",
+    }
+}
+
+/// One link, as the admin space and the metrics see it.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkView {
+    pub(crate) peer: NodeId,
+    pub(crate) kind: &'static str,
+    pub(crate) mode: Mode,
+    pub(crate) principal: String,
+    pub(crate) transport: String,
+    pub(crate) local: String,
+    pub(crate) remote: String,
+    pub(crate) stats: hypha_core::session::Stats,
+    /// Messages queued to the neighbour.
+    pub(crate) sent: u64,
+    /// Samples received from it.
+    pub(crate) received: u64,
+    /// Messages dropped for it (congestion).
+    pub(crate) dropped: u64,
+    pub(crate) queued_bytes: usize,
+    pub(crate) denied_in: u64,
+    pub(crate) denied_out: u64,
+    pub(crate) replies_refused: u64,
+    pub(crate) declarations: usize,
+    pub(crate) interests: usize,
+    pub(crate) declared_to: usize,
+}
+
+impl LinkView {
+    pub(crate) fn to_json(&self, me: NodeId) -> String {
+        let s = &self.stats;
+        let drops = Obj::new()
+            .int("congestion", self.dropped)
+            .int("acl_in", self.denied_in)
+            .int("acl_out", self.denied_out)
+            .int("lost", s.rx_lost)
+            .int("duplicates", s.rx_duplicates)
+            .int("replies_refused", self.replies_refused)
+            .finish();
+        Obj::new()
+            .str("node", &me.to_string())
+            .str("peer", &self.peer.to_string())
+            .str("kind", self.kind)
+            .str("mode", mode_name(self.mode))
+            .str("principal", &self.principal)
+            .str("transport", &self.transport)
+            .str("local", &self.local)
+            .str("remote", &self.remote)
+            .int("tx_bytes", s.tx_bytes)
+            .int("rx_bytes", s.rx_bytes)
+            .int("tx_messages", s.tx_messages)
+            .int("rx_messages", s.rx_messages)
+            .int("tx_batches", s.tx_batches)
+            .int("rx_batches", s.rx_batches)
+            .int("sent", self.sent)
+            .int("received", self.received)
+            .int("dropped", self.dropped)
+            .int("denied_in", self.denied_in)
+            .int("denied_out", self.denied_out)
+            .raw("drops", &drops)
+            .int("queued_bytes", self.queued_bytes as u64)
+            .int("declarations", self.declarations as u64)
+            .int("interests", self.interests as u64)
+            .int("declared_to", self.declared_to as u64)
+            .finish()
+    }
+}
+
+/// One subscriber, queryable or token in the node's tables.
+#[derive(Clone, Debug)]
+pub(crate) struct DeclView {
+    pub(crate) kind: &'static str,
+    pub(crate) key: OwnedKeyExpr,
+    /// The declaring neighbour, `None` for this node.
+    pub(crate) origin: Option<NodeId>,
+    pub(crate) complete: bool,
+}
+
+/// Everything the admin space answers, read at once.
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) id: NodeId,
+    pub(crate) mode: Mode,
+    pub(crate) uptime_s: f64,
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) links: Vec<LinkView>,
+    pub(crate) decls: Vec<DeclView>,
+    pub(crate) counters: Vec<(&'static str, u64)>,
+}
+
+impl Snapshot {
+    /// Reads the node, its links and counters.
+    pub(crate) fn read(rt: &Runtime) -> Snapshot {
+        let (faces, decls) = rt.with_node(|n, _| (n.faces(), n.declarations()));
+        let mut links = Vec::with_capacity(faces.len());
+        let mut node_of = std::collections::HashMap::new();
+        for s in &faces {
+            node_of.insert(s.id, s.node);
+            let Some(f) = rt.face(s.id) else { continue };
+            let Some(p) = f.peer() else { continue };
+            links.push(LinkView {
+                peer: s.node,
+                kind: s.kind.as_str(),
+                mode: p.mode,
+                principal: s.principal.name().to_string(),
+                transport: f.info.protocol.as_str().to_string(),
+                local: f.info.local.to_string(),
+                remote: f.info.remote.to_string(),
+                stats: f.stats(),
+                sent: f.sent.load(Ordering::Relaxed),
+                received: f.received.load(Ordering::Relaxed),
+                dropped: f.dropped.load(Ordering::Relaxed),
+                queued_bytes: f.queued_bytes(),
+                denied_in: s.counters.denied_in,
+                denied_out: s.counters.denied_out,
+                replies_refused: s.counters.replies_refused,
+                declarations: s.subscribers + s.queryables + s.tokens,
+                interests: s.interests,
+                declared_to: s.declared_to,
+            });
+        }
+        links.sort_by_key(|l| l.peer);
+        let decls = decls
+            .into_iter()
+            .map(|(kind, key, face, complete)| DeclView {
+                kind,
+                key,
+                origin: face.and_then(|f| node_of.get(&f).copied()),
+                complete,
+            })
+            .collect();
+        let c = rt.counters();
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let counters = vec![
+            ("published", l(&c.published)),
+            ("delivered_local", l(&c.delivered_local)),
+            ("received", l(&c.received_remote)),
+            ("dropped", l(&c.dropped)),
+            ("undeliverable", l(&c.undeliverable)),
+            ("forwarded", l(&c.forwarded)),
+            ("denied", l(&c.denied)),
+            ("refused_handshaking", l(&c.refused_handshaking)),
+            ("reassembly_evicted", l(&c.reassembly_evicted)),
+            ("refused_identity", l(&c.refused_identity)),
+            ("denials_received", l(&c.denials_received)),
+        ];
+        Snapshot {
+            id: rt.id(),
+            mode: rt.config().mode,
+            uptime_s: rt.now().as_micros() as f64 / 1e6,
+            endpoints: rt.listening().iter().map(|e| e.to_string()).collect(),
+            links,
+            decls,
+            counters,
+        }
+    }
+
+    /// `@/<id>/node`.
+    pub(crate) fn node_json(&self) -> String {
+        let mut counters = Obj::new();
+        for (k, v) in &self.counters {
+            counters = counters.int(k, *v);
+        }
+        Obj::new()
+            .str("id", &self.id.to_string())
+            .str("mode", mode_name(self.mode))
+            .str("version", env!("CARGO_PKG_VERSION"))
+            .num("uptime_s", self.uptime_s)
+            .raw("endpoints", &json::strings(&self.endpoints))
+            .int("links", self.links.len() as u64)
+            .raw("counters", &counters.finish())
+            .finish()
+    }
+
+    /// `@/<id>/subscribers`, `queryables`, `tokens`.
+    pub(crate) fn decls_json(&self, kind: &str) -> String {
+        json::array(self.decls.iter().filter(|d| d.kind == kind).map(|d| {
+            let o = Obj::new().str("key", d.key.as_str()).str(
+                "origin",
+                &d.origin
+                    .map_or_else(|| "local".to_string(), |n| n.to_string()),
+            );
+            if kind == "queryable" {
+                o.bool("complete", d.complete).finish()
+            } else {
+                o.finish()
+            }
+        }))
+    }
+
+    /// Every admin entry of this node: (key, value, encoding).
+    pub(crate) fn entries(
+        &self,
+        metrics: &dyn Fn() -> String,
+    ) -> Vec<(String, String, &'static str)> {
+        let base = format!("@/{}", self.id);
+        let mut v = vec![(format!("{base}/node"), self.node_json(), JSON)];
+        for l in &self.links {
+            v.push((format!("{base}/links/{}", l.peer), l.to_json(self.id), JSON));
+        }
+        for (name, kind) in [
+            ("subscribers", "subscriber"),
+            ("queryables", "queryable"),
+            ("tokens", "token"),
+        ] {
+            v.push((format!("{base}/{name}"), self.decls_json(kind), JSON));
+        }
+        v.push((
+            format!("{base}/metrics"),
+            metrics(),
+            crate::metrics::CONTENT_TYPE,
+        ));
+        v
+    }
+}
+
+/// The key expression every node answers: `@/<id>/**`.
+pub(crate) fn space_of(id: NodeId) -> String {
+    format!("@/{id}/**")
+}
+
+/// The admin queryable of one node; dropping it undeclares it.
+pub(crate) struct Admin {
+    _queryable: Queryable<Callback>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Declares the admin queryable of `rt`'s node.
+pub(crate) fn declare(rt: &Arc<Runtime>) -> Result<Admin, DeclareError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new(Arc::downgrade(rt)));
+    let weak: Weak<Runtime> = Arc::downgrade(rt);
+    let m = Arc::downgrade(&metrics);
+    let key = OwnedKeyExpr::autocanonize(space_of(rt.id()));
+    // Not `complete`: a `BestMatching` query (the default) would then stop at the querier's
+    // own admin space; as it is, `@/*/…` reaches every node.
+    let q = crate::api::query::QueryableBuilder::new(rt.clone(), key).callback(move |query| {
+        if let (Some(rt), Some(m)) = (weak.upgrade(), m.upgrade()) {
+            answer(&rt, &m, &query);
+        }
+    })?;
+    Ok(Admin {
+        _queryable: q,
+        metrics,
+    })
+}
+
+/// Answers one admin query: every entry whose key the query intersects.
+fn answer(rt: &Runtime, metrics: &crate::metrics::Metrics, query: &Query) {
+    let snap = Snapshot::read(rt);
+    let qk = query.key_expr();
+    let render = || metrics.render();
+    let entries = snap.entries(&render);
+    let ts = rt.new_timestamp();
+    let matching: Vec<Sample> = entries
+        .into_iter()
+        .filter(|(k, _, _)| KeyExpr::new(k).is_ok_and(|k| k.intersects(&qk)))
+        .map(|(k, v, enc)| Sample {
+            key: Arc::from(k.as_str()),
+            payload: Bytes::from(v),
+            kind: SampleKind::Put,
+            timestamp: Some(ts),
+            encoding: Some(Arc::from(enc)),
+            attachment: None,
+            source: None,
+        })
+        .collect();
+    let query = query.clone();
+    rt.spawn(async move {
+        for s in matching {
+            if query.reply_sample(s).await.is_err() {
+                break;
+            }
+        }
+    });
+}

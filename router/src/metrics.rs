@@ -1,0 +1,281 @@
+//! The node's metrics: one `prometheus-client` registry per node, served as OpenMetrics text
+//! at `@/<id>/metrics` (admin space) and on the HTTP gateway's `/metrics`.
+//!
+//! The counters live where they are counted (the runtime's atomics, each link's session
+//! counters, the node core's per-face denials); a [`Collector`] reads them on every scrape
+//! (`admin::Snapshot`), so nothing is counted twice and the hot path gains no work. Labels are
+//! per link (`peer`, the neighbour's node id) and per reason, never per key (cardinality).
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `hypha_info` | gauge (1) | `id`, `mode`, `version` |
+//! | `hypha_uptime_seconds` | gauge | |
+//! | `hypha_links` | gauge | |
+//! | `hypha_link_up` | gauge (1 per link) | `peer`, `kind`, `transport` |
+//! | `hypha_link_{tx,rx}_bytes_total`, `hypha_link_{tx,rx}_messages_total` | counter | `peer` |
+//! | `hypha_link_queue_bytes` | gauge (queue depth) | `peer` |
+//! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost |
+//! | `hypha_dropped_total` | counter | `reason` = congestion, acl, framing |
+//! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
+//! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
+//! | `hypha_declarations` | gauge | `kind` = subscriber, queryable, token |
+//!
+//! There is no RTT gauge yet: the link session measures none (keep-alives are one-way).
+
+use crate::admin::Snapshot;
+use crate::runtime::Runtime;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::Weak;
+
+/// The content type of the text this module renders.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One node's registry.
+pub(crate) struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub(crate) fn new(rt: Weak<Runtime>) -> Self {
+        let mut registry = Registry::with_prefix("hypha");
+        registry.register_collector(Box::new(NodeCollector { rt }));
+        Metrics { registry }
+    }
+
+    /// The registry as OpenMetrics text (ends with `# EOF`).
+    pub(crate) fn render(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            // Writing into a String cannot fail; a metric that could not be encoded is a bug.
+            s.push_str("# EOF\n");
+        }
+        s
+    }
+}
+
+struct NodeCollector {
+    rt: Weak<Runtime>,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[(Labels<'_>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(0u64);
+    let mut m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    if let [(labels, v)] = values
+        && labels.is_empty()
+    {
+        // No labels: `name value`, not `name{} value`.
+        return ConstCounter::new(*v).encode(m);
+    }
+    for (labels, v) in values {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[(Labels<'_>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(0i64);
+    let mut m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    if let [(labels, v)] = values
+        && labels.is_empty()
+    {
+        // No labels: `name value`, not `name{} value`.
+        return ConstGauge::new(*v).encode(m);
+    }
+    for (labels, v) in values {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(rt) = self.rt.upgrade() else {
+            return Ok(());
+        };
+        let s = Snapshot::read(&rt);
+        let c = |name: &str| {
+            s.counters
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        let id = s.id.to_string();
+        let version = env!("CARGO_PKG_VERSION");
+        gauge(
+            &mut enc,
+            "info",
+            "This node (always 1)",
+            &[(
+                vec![
+                    ("id", id.as_str()),
+                    ("mode", crate::admin::mode_name(s.mode)),
+                    ("version", version),
+                ],
+                1,
+            )],
+        )?;
+        let g = ConstGauge::new(s.uptime_s);
+        g.encode(enc.encode_descriptor(
+            "uptime_seconds",
+            "Seconds since the node started",
+            None,
+            g.metric_type(),
+        )?)?;
+        gauge(
+            &mut enc,
+            "links",
+            "Links up",
+            &[(vec![], s.links.len() as i64)],
+        )?;
+        let peers: Vec<String> = s.links.iter().map(|l| l.peer.to_string()).collect();
+        let per_link = |f: &dyn Fn(&crate::admin::LinkView) -> u64| -> Vec<(Labels<'_>, u64)> {
+            s.links
+                .iter()
+                .zip(&peers)
+                .map(|(l, p)| (vec![("peer", p.as_str())], f(l)))
+                .collect()
+        };
+        gauge(
+            &mut enc,
+            "link_up",
+            "1 for each link up",
+            &s.links
+                .iter()
+                .zip(&peers)
+                .map(|(l, p)| {
+                    (
+                        vec![
+                            ("peer", p.as_str()),
+                            ("kind", l.kind),
+                            ("transport", l.transport.as_str()),
+                        ],
+                        1,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut enc,
+            "link_tx_bytes",
+            "Bytes sent on the link",
+            &per_link(&|l| l.stats.tx_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "link_rx_bytes",
+            "Bytes received on the link",
+            &per_link(&|l| l.stats.rx_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "link_tx_messages",
+            "Network messages sent on the link",
+            &per_link(&|l| l.stats.tx_messages),
+        )?;
+        counter(
+            &mut enc,
+            "link_rx_messages",
+            "Network messages received on the link",
+            &per_link(&|l| l.stats.rx_messages),
+        )?;
+        gauge(
+            &mut enc,
+            "link_queue_bytes",
+            "Bytes waiting in the link's queues",
+            &s.links
+                .iter()
+                .zip(&peers)
+                .map(|(l, p)| (vec![("peer", p.as_str())], l.queued_bytes as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        let mut drops = Vec::new();
+        for (l, p) in s.links.iter().zip(&peers) {
+            for (reason, v) in [
+                ("congestion", l.dropped),
+                ("acl_in", l.denied_in),
+                ("acl_out", l.denied_out),
+                ("lost", l.stats.rx_lost),
+            ] {
+                drops.push((vec![("peer", p.as_str()), ("reason", reason)], v));
+            }
+        }
+        counter(
+            &mut enc,
+            "link_dropped",
+            "Messages dropped on the link, by reason",
+            &drops,
+        )?;
+        let f = hypha_transports::serial::framing_totals();
+        let framing = u64::from(f.crc_errors) + u64::from(f.cobs_errors) + u64::from(f.overflows);
+        counter(
+            &mut enc,
+            "dropped",
+            "Messages dropped by this node, by reason (framing: serial frames, process-wide)",
+            &[
+                (vec![("reason", "congestion")], c("dropped")),
+                (vec![("reason", "acl")], c("denied")),
+                (vec![("reason", "framing")], framing),
+            ],
+        )?;
+        for (name, key, help) in [
+            ("published", "published", "Publications made here"),
+            ("received", "received", "Samples received from neighbours"),
+            (
+                "forwarded",
+                "forwarded",
+                "Samples forwarded between neighbours",
+            ),
+            (
+                "delivered",
+                "delivered_local",
+                "Samples delivered to local subscribers",
+            ),
+        ] {
+            counter(&mut enc, name, help, &[(vec![], c(key))])?;
+        }
+        counter(
+            &mut enc,
+            "acl_denied",
+            "Access-control refusals: samples refused here, links refused for their identity, refusals neighbours told us of",
+            &[
+                (vec![("what", "samples")], c("denied")),
+                (vec![("what", "identity")], c("refused_identity")),
+                (vec![("what", "received")], c("denials_received")),
+            ],
+        )?;
+        let count = |k: &str| s.decls.iter().filter(|d| d.kind == k).count() as i64;
+        gauge(
+            &mut enc,
+            "declarations",
+            "Subscribers, queryables and tokens in the node's tables",
+            &[
+                (vec![("kind", "subscriber")], count("subscriber")),
+                (vec![("kind", "queryable")], count("queryable")),
+                (vec![("kind", "token")], count("token")),
+            ],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! The admin space (`@/<id>/**`) and the metrics, across three nodes on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha::Session;
+use hypha::api::query::{Consolidation, QueryTarget};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+mod common;
+use common::T;
+
+async fn open(connect: &[String]) -> Session {
+    hypha::open(common::node_config("tcp/127.0.0.1:0", connect))
+        .await
+        .unwrap()
+}
+
+fn ep(s: &Session) -> String {
+    s.info().listening[0].to_string()
+}
+
+/// Every reply to `selector`: (key, payload, encoding).
+async fn get_all(s: &Session, selector: &str) -> Vec<(String, String, String)> {
+    let replies = s
+        .get(selector)
+        .target(QueryTarget::All)
+        .consolidation(Consolidation::None)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let mut v: Vec<_> = replies
+        .into_iter()
+        .filter_map(|r| r.result.ok())
+        .map(|s| {
+            (
+                s.key.to_string(),
+                String::from_utf8(s.payload.to_vec()).unwrap(),
+                s.encoding.map(|e| e.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The (node, peer) pairs `@/*/links/**` reports, once they are exactly `want`.
+async fn wait_links(
+    s: &Session,
+    want: &BTreeSet<(String, String)>,
+) -> Vec<(String, String, String)> {
+    let mut last = Vec::new();
+    let ok = common::wait_until(T, async || {
+        last = get_all(s, "@/*/links/**").await;
+        let got: BTreeSet<(String, String)> = last
+            .iter()
+            .map(|(k, _, _)| {
+                let parts: Vec<&str> = k.split('/').collect();
+                assert_eq!((parts.len(), parts[0], parts[2]), (4, "@", "links"), "{k}");
+                (parts[1].to_string(), parts[3].to_string())
+            })
+            .collect();
+        got == *want && last.len() == want.len()
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "links never became {want:?}; last answer {last:?}"
+    );
+    last
+}
+
+fn pairs(nodes: &[&Session]) -> BTreeSet<(String, String)> {
+    let mut v = BTreeSet::new();
+    for a in nodes {
+        for b in nodes {
+            if a.id() != b.id() {
+                v.insert((a.id().to_string(), b.id().to_string()));
+            }
+        }
+    }
+    v
+}
+
+/// A field of a flat JSON object, as text (the tests carry no JSON parser of their own).
+fn field<'a>(json: &'a str, name: &str) -> &'a str {
+    let pat = format!("\"{name}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        + pat.len();
+    let rest = &json[at..];
+    let end = if let Some(r) = rest.strip_prefix('"') {
+        return &r[..r.find('"').unwrap()];
+    } else {
+        rest.find([',', '}']).unwrap()
+    };
+    &rest[..end]
+}
+
+#[tokio::test]
+async fn links_appear_and_disappear_across_three_nodes() {
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    let c = open(&[ep(&a), ep(&b)]).await;
+    assert!(a.wait_peers(2, T).await && b.wait_peers(2, T).await && c.wait_peers(2, T).await);
+
+    let links = wait_links(&c, &pairs(&[&a, &b, &c])).await;
+    for (key, v, enc) in &links {
+        assert_eq!(enc, "application/json");
+        assert!(key.ends_with(field(v, "peer")), "{key}: {v}");
+        assert!(key.contains(field(v, "node")), "{key}: {v}");
+        assert_eq!(field(v, "kind"), "peer");
+        assert_eq!(field(v, "transport"), "tcp");
+        assert_eq!(field(v, "principal"), "anonymous");
+        assert!(field(v, "remote").starts_with("tcp/127.0.0.1:"), "{v}");
+        let rx: u64 = field(v, "rx_bytes").parse().unwrap();
+        let tx: u64 = field(v, "tx_bytes").parse().unwrap();
+        assert!(
+            rx > 0 && tx > 0,
+            "handshake and declarations cross every link: {v}"
+        );
+    }
+
+    // Every node describes itself.
+    let nodes = get_all(&a, "@/*/node").await;
+    let ids: BTreeSet<String> = nodes
+        .iter()
+        .map(|(_, v, _)| field(v, "id").to_string())
+        .collect();
+    let want: BTreeSet<String> = [&a, &b, &c].iter().map(|s| s.id().to_string()).collect();
+    assert_eq!(ids, want);
+    for (_, v, _) in &nodes {
+        assert_eq!(field(v, "mode"), "peer");
+        assert_eq!(field(v, "version"), env!("CARGO_PKG_VERSION"));
+        assert_eq!(field(v, "links"), "2");
+    }
+
+    // A node that goes takes its links with it, on every side.
+    c.close().await;
+    wait_links(&a, &pairs(&[&a, &b])).await;
+
+    // One that comes links up again.
+    let d = open(&[ep(&a), ep(&b)]).await;
+    assert!(d.wait_peers(2, T).await);
+    wait_links(&b, &pairs(&[&a, &b, &d])).await;
+}
+
+#[tokio::test]
+async fn declarations_are_listed_with_their_origin() {
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let sub = b.declare_subscriber("fleet/*/speed").await.unwrap();
+    let q = b
+        .declare_queryable("config/**")
+        .complete(true)
+        .await
+        .unwrap();
+    let tok = b.liveliness().declare_token("fleet/car1").unwrap();
+    let a_id = a.id().to_string();
+    let b_id = b.id().to_string();
+    let mut subs = String::new();
+    common::wait_until(T, async || {
+        let v = get_all(&b, &format!("@/{a_id}/subscribers")).await;
+        subs = v.first().map(|e| e.1.clone()).unwrap_or_default();
+        subs.contains("fleet/*/speed")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a never listed b's subscriber: {subs}"));
+    assert!(
+        subs.contains(&format!(r#"{{"key":"fleet/*/speed","origin":"{b_id}"}}"#)),
+        "{subs}"
+    );
+    let local = get_all(&b, &format!("@/{b_id}/subscribers")).await;
+    assert!(
+        local[0]
+            .1
+            .contains(r#"{"key":"fleet/*/speed","origin":"local"}"#),
+        "{local:?}"
+    );
+    let qs = get_all(&a, &format!("@/{b_id}/queryables")).await;
+    assert!(
+        qs[0]
+            .1
+            .contains(r#"{"key":"config/**","origin":"local","complete":true}"#),
+        "{qs:?}"
+    );
+    // Each node's admin queryable is in everyone's tables too.
+    assert!(qs[0].1.contains(&format!("@/{a_id}/**")), "{qs:?}");
+    common::wait_until(T, async || {
+        get_all(&a, &format!("@/{a_id}/tokens")).await[0]
+            .1
+            .contains("fleet/car1")
+    })
+    .await
+    .unwrap();
+    drop((sub, q, tok));
+}
+
+#[tokio::test]
+async fn wildcards_never_reach_the_admin_space() {
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    // A subscriber and a queryable on `**` see neither admin samples nor admin queries.
+    let all = b.declare_subscriber("**").await.unwrap();
+    let qall = b.declare_queryable("**").await.unwrap();
+    let p = a.declare_publisher("plain/x").unwrap();
+    assert!(p.ready(T).await);
+    a.put(&format!("@/{}/x", a.id()), "admin").await.unwrap();
+    p.put("plain").await.unwrap();
+    let s = tokio::time::timeout(T, all.recv()).await.unwrap().unwrap();
+    assert_eq!(&*s.key, "plain/x", "the admin sample was delivered to `**`");
+
+    let answers = get_all(&a, &format!("@/{}/node", b.id())).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let mut plain = a
+        .get("plain/**")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    let query = tokio::time::timeout(T, qall.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        query.key_expr().as_str(),
+        "plain/**",
+        "the admin query reached `**`"
+    );
+    drop(query);
+    while plain.recv().await.is_some() {}
+}
+
+/// Checks `text` against the OpenMetrics text format: descriptors before their samples,
+/// one TYPE per family, counters' samples named `_total`, numeric values, `# EOF` last.
+/// Returns the samples: (name with labels, value).
+fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut it = rest.splitn(3, ' ');
+            let (kw, name) = (it.next().unwrap(), it.next().unwrap());
+            assert!(name.starts_with("hypha_"), "{line}");
+            match kw {
+                "TYPE" => {
+                    let t = it.next().unwrap();
+                    assert!(
+                        ["counter", "gauge", "info", "histogram", "unknown"].contains(&t),
+                        "{line}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "{line}"
+                    );
+                }
+                "HELP" | "UNIT" => {}
+                _ => panic!("unknown descriptor: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+        let name = series.split('{').next().unwrap();
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                for kv in inner
+                    .unwrap_or_else(|| panic!("labels: {line}"))
+                    .split("\",")
+                {
+                    let (k, v) = kv
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("label: {line}"));
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(!v.contains('\n'), "{line}");
+                }
+            }
+        }
+        let family = name
+            .strip_suffix("_total")
+            .filter(|f| types.get(*f).is_some_and(|t| t == "counter"));
+        match family {
+            Some(_) => {}
+            None => {
+                let t = types
+                    .get(name)
+                    .unwrap_or_else(|| panic!("sample without TYPE: {line}"));
+                assert_ne!(t, "counter", "a counter sample must end in _total: {line}");
+            }
+        }
+        samples.push((series.to_string(), value));
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_as_openmetrics_and_count_link_traffic() {
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let sub = b.declare_subscriber("m/x").await.unwrap();
+    let p = a.declare_publisher("m/x").unwrap();
+    assert!(p.ready(T).await);
+
+    let value = |samples: &[(String, f64)], series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in {samples:?}"))
+    };
+    let peer = b.id().to_string();
+    let tx_series = format!("hypha_link_tx_bytes_total{{peer=\"{peer}\"}}");
+    let before = parse_openmetrics(&a.metrics());
+    let tx0 = value(&before, &tx_series);
+    assert_eq!(value(&before, "hypha_links"), 1.0);
+    assert_eq!(
+        value(
+            &before,
+            &format!("hypha_link_up{{peer=\"{peer}\",kind=\"peer\",transport=\"tcp\"}}")
+        ),
+        1.0
+    );
+    for _ in 0..10 {
+        p.put(vec![7u8; 1000]).await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    }
+    let after = parse_openmetrics(&a.metrics());
+    assert!(
+        value(&after, &tx_series) >= tx0 + 10_000.0,
+        "{tx0} -> {after:?}"
+    );
+    assert_eq!(value(&after, "hypha_published_total"), 10.0);
+    assert_eq!(
+        value(&after, "hypha_dropped_total{reason=\"congestion\"}"),
+        0.0
+    );
+
+    // The same text through the admin space, from the other node.
+    let m = get_all(&b, &format!("@/{}/metrics", a.id())).await;
+    assert_eq!(m.len(), 1);
+    assert!(
+        m[0].2.starts_with("application/openmetrics-text"),
+        "{:?}",
+        m[0].2
+    );
+    let remote = parse_openmetrics(&m[0].1);
+    assert!(value(&remote, &tx_series) >= tx0 + 10_000.0);
+}
