@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 const RX_QUEUE: usize = 256;
 /// Header kind of a `Close` transport message (see `core/WIRE.md`).
 const CLOSE_KIND: u8 = 3;
+/// Header kind of a `Frame` (whole messages; fragments are kinds 6 and 7).
+const FRAME_KIND: u8 = 5;
 
 /// Sending half of a QUIC link.
 #[derive(Debug)]
@@ -71,7 +73,11 @@ impl QuicTx {
             self.drain_lanes().await;
         }
         let (priority, reliable) = crate::batch_lane(batch);
+        // Only whole frames go as datagrams: the fragments of one message all take the lane's
+        // stream, so a small last fragment cannot overtake the others and break reassembly.
+        let whole = batch.first().is_some_and(|h| h & 7 == FRAME_KIND);
         if !reliable
+            && whole
             && self
                 .conn
                 .max_datagram_size()

@@ -674,6 +674,17 @@ impl Face {
         express: bool,
         source: Option<SampleSource>,
     ) -> Result<(), SendError> {
+        // A link that loses datagrams (UDP) carries samples best effort whatever the publisher
+        // asked: a reliable lane there would close the link at the first loss. Losses are
+        // counted by the receiver (and seen as gaps by subscribers of declared publishers).
+        let lane = if self.info.reliable {
+            lane
+        } else {
+            Lane {
+                reliable: false,
+                ..lane
+            }
+        };
         let mut guard = self.lock();
         let st = &mut *guard;
         // Best-effort lanes may lose a declaration, so they name the key in full.
