@@ -336,7 +336,25 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Deframer<B> {
         Some(body)
     }
 
-    /// The batch of the frame `push` just returned (`len` as it returned it).
+    /// Takes a whole batch that arrived unframed (one datagram: the datagram link delimits and
+    /// checks it), in place of any partial frame; its length for [`frame`](Self::frame), or
+    /// `None` (counted as an overflow) if it is longer than the buffer.
+    pub fn load(&mut self, batch: &[u8]) -> Option<usize> {
+        self.reset();
+        match self.buf.as_mut().get_mut(..batch.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(batch);
+                self.stats.frames = self.stats.frames.wrapping_add(1);
+                Some(batch.len())
+            }
+            None => {
+                self.stats.overflows = self.stats.overflows.wrapping_add(1);
+                None
+            }
+        }
+    }
+
+    /// The batch of the frame `push` (or `load`) just returned (`len` as it returned it).
     pub fn frame(&self, len: usize) -> &[u8] {
         self.buf.as_ref().get(..len).unwrap_or(&[])
     }
@@ -348,6 +366,18 @@ mod tests {
     extern crate std;
     use proptest::prelude::*;
     use std::vec::Vec;
+
+    #[test]
+    fn a_datagram_is_loaded_whole_in_place_of_a_partial_frame() {
+        let mut de = Deframer::new([0u8; 8]);
+        assert_eq!(de.push(&[0x00, 0x05, 0x11]), (3, None));
+        assert_eq!(de.buffered(), 2);
+        assert_eq!(de.load(b"batch"), Some(5));
+        assert_eq!(de.frame(5), b"batch");
+        assert_eq!(de.buffered(), 0);
+        assert_eq!(de.load(b"too long!"), None);
+        assert_eq!((de.stats().frames, de.stats().overflows), (1, 1));
+    }
 
     fn framed(batch: &[u8]) -> Vec<u8> {
         let mut out = std::vec![0u8; encoded_len(batch.len())];

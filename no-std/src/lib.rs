@@ -26,6 +26,12 @@
 //! The framing (`0x00 COBS(batch | CRC-32) 0x00`) is `hypha_core::framing`, the same code the
 //! std `serial+tcp/` and `serial/` links run.
 //!
+//! A device with a network stack uses datagrams instead: [`Node::poll_transmit_datagram`]
+//! gives each batch unframed, to send as one UDP datagram, and [`Node::handle_datagram`]
+//! takes one received datagram; the std side is an ordinary `udp/` listener (one batch per
+//! datagram, the UDP checksum in place of the CRC). A firmware that uses one form carries
+//! none of the other.
+//!
 //! ```
 //! use hypha_core::id::NodeId;
 //! use hypha_core::time::Instant;

@@ -440,6 +440,22 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
     ///
     /// [`poll_timeout`]: Self::poll_timeout
     pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        self.transmit(now, true)
+    }
+
+    /// For a datagram link (UDP over a network stack): the next batch to send as **one
+    /// datagram**, unframed (no delimiters, COBS or CRC: the datagram delimits the batch and
+    /// its checksum covers it), as a std node's `udp/` link carries batches. The same rules
+    /// as [`poll_transmit`](Self::poll_transmit) otherwise; pair it with
+    /// [`handle_datagram`](Self::handle_datagram).
+    pub fn poll_transmit_datagram(&mut self, now: Instant) -> Option<&[u8]> {
+        self.transmit(now, false)
+    }
+
+    /// `poll_transmit`, framed for a byte stream or not (a datagram). Inlined into both so
+    /// that a firmware using one carries none of the other.
+    #[inline(always)]
+    fn transmit(&mut self, now: Instant, framed: bool) -> Option<&[u8]> {
         if !self.buffers_ok {
             return None;
         }
@@ -467,7 +483,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         };
         if let Some(m) = control {
             let n = m.encode(&mut ctl)?;
-            return self.emit_control(now, ctl.get(..n)?);
+            return self.emit_control(now, ctl.get(..n)?, framed);
         }
         if self.state != State::Open {
             return None;
@@ -482,6 +498,10 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             self.tx_sn = sn.wrapping_add(1) & self.sn_mask;
             self.stats.tx_frames += 1;
             let end = STAGE_OFFSET + core::mem::take(&mut self.stage_len);
+            if !framed {
+                self.last_tx = now;
+                return self.tx.get(start..end);
+            }
             let split = self.split();
             let (stage, wire) = self.tx.split_at_mut(split);
             let n = framing::encode(stage.get(start..end)?, wire).ok()?;
@@ -491,7 +511,7 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         if now.saturating_since(self.last_tx) >= ms(self.cfg.lease_ms / 4) {
             self.stats.tx_keepalives += 1;
             let n = Control::KeepAlive.encode(&mut ctl)?;
-            return self.emit_control(now, ctl.get(..n)?);
+            return self.emit_control(now, ctl.get(..n)?, framed);
         }
         None
     }
@@ -501,11 +521,17 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
         (STAGE_OFFSET + usize::from(self.cfg.mtu).max(64)).min(self.tx.len())
     }
 
-    /// Frames a transport control message into the wire area.
-    fn emit_control(&mut self, now: Instant, batch: &[u8]) -> Option<&[u8]> {
+    /// Puts a transport control message into the wire area, framed or as it is.
+    #[inline(always)]
+    fn emit_control(&mut self, now: Instant, batch: &[u8], framed: bool) -> Option<&[u8]> {
         let split = self.split();
         let wire = self.tx.get_mut(split..)?;
-        let n = framing::encode(batch, wire).ok()?;
+        let n = if framed {
+            framing::encode(batch, wire).ok()?
+        } else {
+            wire.get_mut(..batch.len())?.copy_from_slice(batch);
+            batch.len()
+        };
         self.last_tx = now;
         self.tx.get(split..split + n)
     }
@@ -597,6 +623,24 @@ impl<'b, const SUBS: usize, const QABLES: usize, const GETS: usize, const KEYS: 
             }
         }
         used
+    }
+
+    /// Feeds one received datagram: a whole batch, unframed (as
+    /// [`poll_transmit_datagram`](Self::poll_transmit_datagram) makes them). Returns false,
+    /// taking nothing, while events of the previous batch are pending: drain
+    /// [`poll_event`](Self::poll_event), then feed it again. A datagram longer than the
+    /// receive buffer is dropped and counted ([`framing`](Self::framing)`().overflows`).
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        if self.cur.is_some() {
+            return false;
+        }
+        if !self.buffers_ok || datagram.is_empty() {
+            return true;
+        }
+        if let Some(len) = self.rx.load(datagram) {
+            self.on_batch(now, len);
+        }
+        true
     }
 
     fn classify(&self, len: usize) -> Batch {

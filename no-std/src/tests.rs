@@ -623,3 +623,78 @@ proptest::proptest! {
         proptest::prop_assert!(std2.established, "{evs:?}");
     }
 }
+
+/// Datagrams both ways, unframed: every batch is one datagram, as on a `udp/` link.
+fn pump_datagrams(dev: &mut Dev<'_>, std: &mut Std, now: Instant) -> Vec<Ev> {
+    let mut evs = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..20 {
+        let mut moved = false;
+        while let Some(b) = dev.poll_transmit_datagram(now) {
+            let got = &mut std.got;
+            std.s.handle_input(now, b, &mut |r| got.push(record(r)));
+            moved = true;
+        }
+        while let Some(e) = std.s.poll_event() {
+            if let session::Event::Established { .. } = e {
+                std.established = true;
+            }
+        }
+        while let Some(n) = std.s.poll_transmit(now, &mut buf) {
+            while !dev.handle_datagram(now, &buf[..n]) {
+                while let Some(e) = dev.poll_event() {
+                    evs.push(owned(e));
+                }
+            }
+            moved = true;
+        }
+        while let Some(e) = dev.poll_event() {
+            evs.push(owned(e));
+        }
+        if !moved {
+            break;
+        }
+    }
+    evs
+}
+
+#[test]
+fn datagrams_carry_the_session_unframed() {
+    let mut b = Bufs::new();
+    let mut dev = device(&mut b);
+    let mut std = Std::new(ms(0));
+    assert_eq!(pump_datagrams(&mut dev, &mut std, ms(0)), [Ev::Connected]);
+    assert!(std.established && dev.is_connected());
+    assert_eq!(std.got, decls());
+    std.got.clear();
+    for i in 0..10u8 {
+        dev.put(KeyId(0), &[b'0' + i]).unwrap();
+        pump_datagrams(&mut dev, &mut std, ms(1));
+    }
+    let puts: Vec<Got> = (0..10u8)
+        .map(|i| Got::Put("device/temp".into(), vec![b'0' + i]))
+        .collect();
+    assert_eq!(std.got, puts);
+    std.send(&NetworkMessage::Push(Push {
+        key: WireKey::Name("ctl/led"),
+        kind: SampleKind::Put,
+        payload: RawBytes(b"on"),
+        timestamp: None,
+        encoding: None,
+        attachment: None,
+    }));
+    let evs = pump_datagrams(&mut dev, &mut std, ms(2));
+    assert_eq!(evs, [Ev::Sample(1, "ctl/led".into(), b"on".to_vec())]);
+    // Keep-alives go as datagrams too, and hold the lease.
+    let ka = dev.poll_transmit_datagram(ms(800)).unwrap().to_vec();
+    assert!(!ka.is_empty() && ka.len() < 8, "{ka:?}");
+    // A datagram larger than the receive buffer is dropped and counted, not a panic.
+    assert!(dev.handle_datagram(ms(801), &vec![0x55; rx_buffer_len(MTU) + 1]));
+    assert_eq!(dev.framing().overflows, 1);
+    assert!(dev.is_connected());
+    // A damaged frame in a datagram is a malformed batch: the session ends (and starts again).
+    assert!(dev.handle_datagram(ms(802), &[0x05, 0xFF, 0xFF, 0xFF]));
+    assert_eq!(dev.stats().rx_malformed, 1);
+    assert!(!dev.is_connected());
+    assert_eq!(dev.framing().crc_errors + dev.framing().cobs_errors, 0);
+}

@@ -109,14 +109,18 @@ struct Router {
     log: mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
     endpoint: String,
+    /// Every endpoint it listens on, from its ready line.
+    listening: Vec<String>,
 }
 
 impl Router {
     async fn start(device: &str) -> Router {
-        let mut c = cli(
-            CLI,
-            &["router", "--listen", "tcp/127.0.0.1:0", "--connect", device],
-        );
+        Router::start_with(&["--listen", "tcp/127.0.0.1:0", "--connect", device]).await
+    }
+
+    /// `hypha router ARGS`; the first `--listen` is where the CLI's clients connect.
+    async fn start_with(args: &[&str]) -> Router {
+        let mut c = cli(CLI, &[&["router"], args].concat());
         c.env("HYPHA_LOG", "info,hypha_transports::serial=warn")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -140,12 +144,19 @@ impl Router {
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
         let endpoint = hypha_tests::listening_endpoint(&v).unwrap();
+        let listening = v["listening"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
         tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
         Router {
             child,
             log,
             seen: Vec::new(),
             endpoint,
+            listening,
         }
     }
 
@@ -430,81 +441,123 @@ async fn a_rebooted_device_is_taken_back_by_the_router() {
 /// for the UART: covers `serial+tcp/`, the router's dial path and the node on any machine,
 /// QEMU or not.
 fn host_device(l: std::net::TcpListener) -> std::thread::JoinHandle<(u32, String)> {
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        run_host_device(HostLine::Stream(s))
+    })
+}
+
+/// The device's side of its link: a byte stream (the UART's stand-in) or datagrams.
+enum HostLine {
+    Stream(std::net::TcpStream),
+    /// A UDP socket connected to the router's `udp/` endpoint: one batch per datagram.
+    Datagram(std::net::UdpSocket),
+}
+
+/// The device application (publish 10 samples on `ctl/start`, answer `device/info`, exit
+/// with the code in `ctl/exit`) over `line`; the exit code (`u32::MAX` if the line closed)
+/// and the node's framing counters and connects.
+fn run_host_device(mut line: HostLine) -> (u32, String) {
     use hypha_nostd::{Config, Event, Node, rx_buffer_len, tx_buffer_len};
     use std::io::{Read, Write};
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
-        let mut rx = vec![0u8; rx_buffer_len(256)];
-        let mut tx = vec![0u8; tx_buffer_len(256)];
-        let cfg = Config::new(hypha_core::id::NodeId::from_u128(2 | (0xD0 << 112)));
-        let mut node: Node<'_, 4, 2, 2, 4> = Node::new(cfg, &mut rx, &mut tx);
-        let temp = node.declare_publisher("device/temp").unwrap();
-        node.declare_subscriber("ctl/**").unwrap();
-        node.declare_queryable("device/info").unwrap();
-        let t0 = std::time::Instant::now();
-        let mut buf = [0u8; 512];
-        let (mut started, mut published) = (false, 0u32);
-        let mut query = None;
-        loop {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "host device: no exit"
-            );
-            let now = hypha_nostd::Instant::from_micros(t0.elapsed().as_micros() as u64);
-            let n = match s.read(&mut buf) {
+    let mut rx = vec![0u8; rx_buffer_len(256)];
+    let mut tx = vec![0u8; tx_buffer_len(256)];
+    let cfg = Config::new(hypha_core::id::NodeId::from_u128(2 | (0xD0 << 112)));
+    let mut node: Node<'_, 4, 2, 2, 4> = Node::new(cfg, &mut rx, &mut tx);
+    let temp = node.declare_publisher("device/temp").unwrap();
+    node.declare_subscriber("ctl/**").unwrap();
+    node.declare_queryable("device/info").unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 2048];
+    let (mut started, mut published) = (false, 0u32);
+    let mut query = None;
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "host device: no exit"
+        );
+        let now = hypha_nostd::Instant::from_micros(t0.elapsed().as_micros() as u64);
+        let n = match &mut line {
+            HostLine::Stream(s) => match s.read(&mut buf) {
                 // The std side hung up: no exit code was sent (u32::MAX says so).
                 Ok(0) => return (u32::MAX, format!("{:?} line closed", node.framing())),
                 Ok(n) => n,
                 Err(_) => 0,
-            };
-            let mut fed = 0;
-            let mut exit = None;
-            loop {
-                fed += node.handle_rx(now, &buf[fed..n]);
-                while let Some(ev) = node.poll_event() {
-                    match ev {
-                        Event::Sample {
-                            key: "ctl/start", ..
-                        } => started = true,
-                        Event::Sample {
-                            key: "ctl/exit",
-                            payload,
-                            ..
-                        } => exit = Some(std::str::from_utf8(payload).unwrap().parse().unwrap()),
-                        Event::Query { id, .. } => query = Some(id),
-                        _ => {}
+            },
+            HostLine::Datagram(s) => s.recv(&mut buf).unwrap_or(0),
+        };
+        let mut exit = None;
+        let mut on_events = |node: &mut Node<'_, 4, 2, 2, 4>| {
+            while let Some(ev) = node.poll_event() {
+                match ev {
+                    Event::Sample {
+                        key: "ctl/start", ..
+                    } => started = true,
+                    Event::Sample {
+                        key: "ctl/exit",
+                        payload,
+                        ..
+                    } => exit = Some(std::str::from_utf8(payload).unwrap().parse().unwrap()),
+                    Event::Query { id, .. } => query = Some(id),
+                    _ => {}
+                }
+            }
+        };
+        match &line {
+            HostLine::Stream(_) => {
+                let mut fed = 0;
+                loop {
+                    fed += node.handle_rx(now, &buf[fed..n]);
+                    on_events(&mut node);
+                    if fed >= n {
+                        break;
                     }
                 }
-                if fed >= n {
-                    break;
+            }
+            HostLine::Datagram(_) => {
+                if n > 0 {
+                    while !node.handle_datagram(now, &buf[..n]) {
+                        on_events(&mut node);
+                    }
                 }
-            }
-            if let Some(q) = query {
-                if node.reply(q, "device/info", b"hypha-nostd host").is_ok() {
-                    node.reply_final(q).unwrap();
-                    query = None;
-                }
-            }
-            if started
-                && published < 10
-                && node
-                    .put(temp, format!("sample-{published}").as_bytes())
-                    .is_ok()
-            {
-                published += 1;
-            }
-            while let Some(b) = node.poll_transmit(now) {
-                s.write_all(b).unwrap();
-            }
-            if let Some(code) = exit {
-                return (
-                    code,
-                    format!("{:?} connects={}", node.framing(), node.stats().connects),
-                );
+                on_events(&mut node);
             }
         }
-    })
+        if let Some(q) = query {
+            if node.reply(q, "device/info", b"hypha-nostd host").is_ok() {
+                node.reply_final(q).unwrap();
+                query = None;
+            }
+        }
+        if started
+            && published < 10
+            && node
+                .put(temp, format!("sample-{published}").as_bytes())
+                .is_ok()
+        {
+            published += 1;
+        }
+        match &mut line {
+            HostLine::Stream(s) => {
+                while let Some(b) = node.poll_transmit(now) {
+                    s.write_all(b).unwrap();
+                }
+            }
+            HostLine::Datagram(s) => {
+                while let Some(b) = node.poll_transmit_datagram(now) {
+                    // Nobody listening yet (ICMP unreachable): the Init is resent.
+                    let _ = s.send(b);
+                }
+            }
+        }
+        if let Some(code) = exit {
+            return (
+                code,
+                format!("{:?} connects={}", node.framing(), node.stats().connects),
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -600,6 +653,46 @@ async fn hypha_info_reports_serial_framing_errors() {
     assert_eq!(code, u32::MAX, "{stats}");
     assert!(
         stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0"),
+        "{stats}"
+    );
+}
+
+/// The device node over UDP, as a board with a network stack attaches: one batch per datagram,
+/// unframed (`Node::poll_transmit_datagram` / `handle_datagram`), to a `hypha router`
+/// listening on `udp/`; the CLI drives it as over the serial line.
+#[tokio::test]
+async fn a_host_built_device_node_over_udp_datagrams() {
+    let mut router =
+        Router::start_with(&["--listen", "tcp/127.0.0.1:0", "--listen", "udp/127.0.0.1:0"]).await;
+    let udp = router
+        .listening
+        .iter()
+        .find_map(|e| e.strip_prefix("udp/"))
+        .unwrap_or_else(|| panic!("no udp/ endpoint in {:?}", router.listening))
+        .to_string();
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(&udp).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+    let dev = std::thread::spawn(move || run_host_device(HostLine::Datagram(s)));
+    router
+        .wait_log("the device", connected("00d00000000000000000000000000002"))
+        .await;
+    let got = ten_samples(&mut router).await;
+    let want: Vec<String> = (0..10).map(|i| format!("sample-{i}")).collect();
+    assert_eq!(got, want, "10 samples, in order, no duplicate");
+    assert_eq!(device_info(&router).await, "hypha-nostd host");
+    let mut put = vec!["put", "ctl/exit", "7", "--wait-ms", "10000"];
+    put.extend(router.client());
+    let (c, _, err) = run_cli(CLI, &put).await.unwrap();
+    assert_eq!(c, 0, "{err}");
+    let (code, stats) = tokio::task::spawn_blocking(move || dev.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, 7);
+    // No framing on datagrams: the deframer only took whole datagrams (none too large).
+    assert!(
+        stats.contains("crc_errors: 0, cobs_errors: 0, overflows: 0")
+            && stats.ends_with("connects=1"),
         "{stats}"
     );
 }
