@@ -179,6 +179,10 @@ struct NodeArgs {
     storage: Vec<String>,
     #[command(flatten)]
     storage_opts: StorageOpts,
+    /// Serve the HTTP gateway and the live page on ADDR (e.g. 127.0.0.1:8000; port 0 picks
+    /// one, printed as "http" in the ready line). Overrides the configuration's http.listen.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     common: Common,
 }
@@ -840,6 +844,7 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
         liveliness,
         storage,
         storage_opts,
+        http,
         common,
     } = args;
     let mut storages = Vec::new();
@@ -851,6 +856,11 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
         }
         storages.push(crate::storage::start(&s, storage_config(k, &o)?).await?);
     }
+    let http_cfg = config(common)?.http;
+    let gateway = match http.or(http_cfg.listen) {
+        Some(addr) => Some(crate::http::serve(s.clone(), addr, &http_cfg).await?),
+        None => None,
+    };
     let info = s.info();
     let listening: Vec<String> = info.listening.iter().map(|e| e.to_string()).collect();
     eprintln!(
@@ -859,10 +869,13 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
         info.id,
         listening.join(", ")
     );
-    println!(
-        "{}",
-        serde_json::json!({"event": "ready", "id": info.id.to_string(), "listening": listening})
-    );
+    let mut ready =
+        serde_json::json!({"event": "ready", "id": info.id.to_string(), "listening": listening});
+    if let Some(g) = &gateway {
+        eprintln!("http gateway and live page on http://{}/", g.local_addr());
+        ready["http"] = g.local_addr().to_string().into();
+    }
+    println!("{ready}");
     let _tokens = token
         .iter()
         .map(|t| s.liveliness().declare_token(t))

@@ -90,6 +90,31 @@ impl Default for QueueConfig {
     }
 }
 
+/// The HTTP gateway (`[http]`, issue 14): used by the `http` feature (`hypha peer --http`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where the gateway listens (`127.0.0.1:8000`); none unless given (`--http` overrides).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Origins sent `Access-Control-Allow-Origin` (`"*"` for any): none by default.
+    pub cors: Vec<String>,
+    /// SHA-256 digests (hex) of the bearer tokens accepted; empty: no token needed.
+    pub tokens_sha256: Vec<String>,
+    /// Samples queued per SSE client before they are dropped and announced (`event: lag`).
+    pub sse_queue: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            cors: Vec::new(),
+            tokens_sha256: Vec::new(),
+            sse_queue: 1024,
+        }
+    }
+}
+
 /// Caps on what one neighbour may make this node hold (`[limits]`). A face that exceeds one
 /// is closed with a reason naming the cap (e.g. `cap limits.max_declarations exceeded`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -169,6 +194,7 @@ struct File {
     limits: LimitsConfig,
     acl: Option<crate::acl::AclFile>,
     auth: AuthFile,
+    http: HttpConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -194,6 +220,7 @@ impl Default for File {
             limits: LimitsConfig::default(),
             acl: None,
             auth: AuthFile::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -229,6 +256,8 @@ pub struct Config {
     /// This node's pre-shared token, presented when it dials over an encrypted link (`[auth]
     /// token = "…"` or `token_file = "…"`, whose first line is the token).
     pub auth_token: Option<String>,
+    /// The HTTP gateway's settings (`[http]`).
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -248,6 +277,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             acl: None,
             auth_token: None,
+            http: HttpConfig::default(),
         })
     }
 }
@@ -441,6 +471,7 @@ impl Config {
             },
             queues: f.queues,
             limits: f.limits,
+            http: f.http,
         })
     }
 }

@@ -34,6 +34,9 @@ pub mod api;
 #[doc(hidden)]
 pub mod cli;
 pub mod config;
+/// The HTTP gateway. Feature `http`.
+#[cfg(feature = "http")]
+pub mod http;
 mod info;
 mod metrics;
 mod net;
