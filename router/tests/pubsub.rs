@@ -351,7 +351,10 @@ async fn every_size_on_every_transport_and_reliability() {
         let a = hypha::open(cfg(&la, &[])).await.unwrap();
         let ep = a.info().listening[0].to_string();
         let b = hypha::open(cfg(&lb, &[ep])).await.unwrap();
-        assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await, "{proto}: no link");
+        assert!(
+            a.wait_peers(1, T).await && b.wait_peers(1, T).await,
+            "{proto}: no link"
+        );
         let link_before = b.info().links[0].remote.clone();
         let sub = b.declare_subscriber("m/**").capacity(64).await.unwrap();
         for reliable in [true, false] {
@@ -381,22 +384,39 @@ async fn every_size_on_every_transport_and_reliability() {
                 if &*s.payload == b"end" {
                     break;
                 }
-                let i = sizes.iter().position(|n| *n == s.payload.len()).expect("a size sent");
+                let i = sizes
+                    .iter()
+                    .position(|n| *n == s.payload.len())
+                    .expect("a size sent");
                 assert!(
-                    s.payload.iter().enumerate().all(|(j, b)| *b == (j * 7 + i) as u8),
+                    s.payload
+                        .iter()
+                        .enumerate()
+                        .all(|(j, b)| *b == (j * 7 + i) as u8),
                     "{proto} reliable={reliable} {} B corrupted",
                     s.payload.len()
                 );
                 got += 1;
             }
             let lost = (sub.gaps() - gaps_before) as usize;
-            eprintln!("{proto} reliable={reliable}: {got}/{} arrived, {lost} seen lost", sizes.len());
-            assert_eq!(got + lost, sizes.len(), "{proto} reliable={reliable}: a loss went unseen");
+            eprintln!(
+                "{proto} reliable={reliable}: {got}/{} arrived, {lost} seen lost",
+                sizes.len()
+            );
+            assert_eq!(
+                got + lost,
+                sizes.len(),
+                "{proto} reliable={reliable}: a loss went unseen"
+            );
             if reliable && proto != "udp" {
                 assert_eq!(got, sizes.len(), "{proto}: reliable samples lost");
             }
         }
         assert_eq!(b.info().links.len(), 1, "{proto}: link lost");
-        assert_eq!(b.info().links[0].remote, link_before, "{proto}: the link was reset");
+        assert_eq!(
+            b.info().links[0].remote,
+            link_before,
+            "{proto}: the link was reset"
+        );
     }
 }
