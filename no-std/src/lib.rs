@@ -32,6 +32,10 @@
 //! datagram, the UDP checksum in place of the CRC). A firmware that uses one form carries
 //! none of the other.
 //!
+//! The optional `embassy` feature (off by default, outside the footprint gate) adds
+//! `io_async`: the node driven over any `embedded_io_async` Read + Write, with a clock
+//! passed in (executor-agnostic).
+//!
 //! ```
 //! use hypha_core::id::NodeId;
 //! use hypha_core::time::Instant;
@@ -56,6 +60,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[cfg(feature = "embassy")]
+pub mod io_async;
 mod ke;
 mod node;
 #[cfg(test)]
