@@ -21,6 +21,11 @@ struct Args {
     /// Round trips before measuring.
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
+    /// While measuring, publish samples of this many bytes on `bench/bulk` (Background
+    /// priority, blocking congestion control) as fast as the link takes them, on the same link
+    /// as the pings (the pong subscribes to them): head-of-line blocking shows in p99.
+    #[arg(long, default_value_t = 0)]
+    bulk: usize,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -32,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         n,
         size,
         warmup,
+        bulk,
         net,
     } = Args::parse();
     let session = hypha::open(net.config()?).await?;
@@ -58,6 +64,25 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
+    let bulk_task = if bulk > 0 {
+        let p = session
+            .declare_publisher("bench/bulk")?
+            .priority(Priority::Background)
+            .congestion_control(hypha::CongestionControl::Block);
+        if !p.wait_matching(Duration::from_secs(30)).await {
+            anyhow::bail!("the pong does not subscribe to bench/bulk");
+        }
+        let blob = bytes::Bytes::from(vec![0x5au8; bulk]);
+        Some(tokio::spawn(async move {
+            loop {
+                if p.put(blob.clone()).await.is_err() {
+                    break;
+                }
+            }
+        }))
+    } else {
+        None
+    };
     let mut rtts = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t0 = Instant::now();
@@ -70,12 +95,15 @@ async fn main() -> anyhow::Result<()> {
             rtts.push(t0.elapsed().as_secs_f64() * 1e6);
         }
     }
+    if let Some(t) = bulk_task {
+        t.abort();
+    }
     let mean = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
     rtts.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
         serde_json::json!({
-            "n": n, "size": size,
+            "n": n, "size": size, "bulk": bulk,
             "p50_us": percentile(&rtts, 50.0), "p99_us": percentile(&rtts, 99.0),
             "p999_us": percentile(&rtts, 99.9), "mean_us": mean,
         })

@@ -246,11 +246,20 @@ fn unix_link(s: tokio::net::UnixStream, info: LinkInfo) -> Link {
     make_link(Box::new(r), Box::new(w), info)
 }
 
+/// Unsent bytes the kernel may hold for a TCP link before the socket stops taking more
+/// (`TCP_NOTSENT_LOWAT`). Bytes in flight (sent, not yet acknowledged) are not counted, so a
+/// long fat link still fills its pipe; but what waits to be sent stays in the session's
+/// priority lanes, where a real-time message overtakes bulk, instead of in one kernel queue
+/// behind a megabyte of it.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 pub(crate) fn tcp_tune(s: &tokio::net::TcpStream) {
     let _ = s.set_nodelay(true);
     let sock = socket2::SockRef::from(s);
     let _ = sock.set_send_buffer_size(1 << 20);
     let _ = sock.set_recv_buffer_size(1 << 20);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT);
 }
 
 pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenError> {
