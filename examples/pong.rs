@@ -27,9 +27,7 @@ async fn main() -> anyhow::Result<()> {
         .capacity(1024)
         .stream()?;
     // `ping --bulk`'s background load: taken and dropped.
-    let _bulk = session
-        .declare_subscriber("bench/bulk")
-        .callback(|_| {})?;
+    let _bulk = session.declare_subscriber("bench/bulk").callback(|_| {})?;
     let publisher = session
         .declare_publisher("bench/pong")?
         .priority(Priority::RealTime)
