@@ -126,8 +126,9 @@ async fn three_namespaces_discover_exchange_and_survive_a_kill() {
     let took = killed.elapsed();
     eprintln!("token of the killed peer gone after {took:?} (lease {LEASE_MS} ms)");
     // The last sample of n2 arrived at most 100 ms before the kill: expiry is due one lease
-    // after it (plus scheduling slack).
-    assert!(took < Duration::from_millis(LEASE_MS + 1_000), "{took:?}");
+    // after it (plus scheduling slack: 2 s, as a loaded 2-core CI machine once took 4.02 s
+    // here; the tight bound per transport is tests/death.rs's).
+    assert!(took < Duration::from_millis(LEASE_MS + 2_000), "{took:?}");
     // The survivors keep exchanging.
     nodes[0].drain();
     nodes[1].drain();
