@@ -22,14 +22,14 @@
 //!
 //! There is no RTT gauge yet: the link session measures none (keep-alives are one-way).
 
-use crate::admin::Snapshot;
+use crate::admin::{Extra, Snapshot};
 use crate::runtime::Runtime;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 /// The content type of the text this module renders.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,9 +40,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(rt: Weak<Runtime>) -> Self {
+    pub(crate) fn new(rt: Weak<Runtime>, extra: Arc<Extra>) -> Self {
         let mut registry = Registry::with_prefix("hypha");
-        registry.register_collector(Box::new(NodeCollector { rt }));
+        registry.register_collector(Box::new(NodeCollector { rt, extra }));
         Metrics { registry }
     }
 
@@ -59,6 +59,7 @@ impl Metrics {
 
 struct NodeCollector {
     rt: Weak<Runtime>,
+    extra: Arc<Extra>,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -114,7 +115,7 @@ impl Collector for NodeCollector {
         let Some(rt) = self.rt.upgrade() else {
             return Ok(());
         };
-        let s = Snapshot::read(&rt);
+        let s = Snapshot::read(&rt, &self.extra);
         let c = |name: &str| {
             s.counters
                 .iter()

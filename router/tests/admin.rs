@@ -358,3 +358,96 @@ async fn metrics_parse_as_openmetrics_and_count_link_traffic() {
     let remote = parse_openmetrics(&m[0].1);
     assert!(value(&remote, &tx_series) >= tx0 + 10_000.0);
 }
+
+/// The JSON objects of a flat array's entries that contain `needle` (enough for the tests).
+fn objects_with<'a>(json: &'a str, needle: &str) -> Vec<&'a str> {
+    json.split("},{").filter(|o| o.contains(needle)).collect()
+}
+
+#[tokio::test]
+async fn storages_and_routes_are_listed_across_nodes() {
+    use hypha::keyexpr::OwnedKeyExpr;
+    use hypha::storage::{self, BackendKind, StorageConfig};
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    let c = open(&[ep(&a), ep(&b)]).await;
+    assert!(a.wait_peers(2, T).await && b.wait_peers(2, T).await && c.wait_peers(2, T).await);
+    let mut cfg = StorageConfig::new(OwnedKeyExpr::autocanonize("fleet/**".to_string()).unwrap());
+    cfg.backend = BackendKind::Memory;
+    let store = storage::start(&b, cfg).await.unwrap();
+    let sub = c.declare_subscriber("fleet/car1").await.unwrap();
+    let (a_id, b_id, c_id) = (a.id().to_string(), b.id().to_string(), c.id().to_string());
+
+    // Before any sample: listed, empty, no oldest sample.
+    let empty = get_all(&c, "@/*/storages/**").await;
+    assert_eq!(empty.len(), 1, "{empty:?}");
+    assert_eq!(empty[0].0, format!("@/{b_id}/storages/0"));
+    assert_eq!(field(&empty[0].1, "key"), "fleet/**");
+    assert_eq!(field(&empty[0].1, "backend"), "memory");
+    assert_eq!(field(&empty[0].1, "samples"), "0");
+    assert_eq!(field(&empty[0].1, "oldest"), "null");
+
+    let p = a.declare_publisher("fleet/car1").unwrap();
+    assert!(p.ready(T).await);
+    for v in ["1", "22", "333"] {
+        p.put(v).await.unwrap();
+    }
+    a.put("fleet/car2", "4444").await.unwrap();
+    a.delete("fleet/car2").await.unwrap();
+    let mut last = String::new();
+    common::wait_until(T, async || {
+        last = get_all(&c, &format!("@/{b_id}/storages/**"))
+            .await
+            .pop()
+            .map(|e| e.1)
+            .unwrap_or_default();
+        last.contains("\"samples\":5")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the storage never counted 5 samples: {last}"));
+    assert_eq!(field(&last, "keys"), "1", "car2 is deleted: {last}");
+    assert_eq!(field(&last, "bytes"), "10", "1 + 2 + 3 + 4 + 0: {last}");
+    assert_eq!(field(&last, "stored"), "5");
+    let oldest: u64 = field(&last, "oldest_unix_us").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(
+        oldest <= now && now - oldest < 60_000_000,
+        "{oldest} vs {now}"
+    );
+
+    // Routes: from a, fleet/car1 goes to b (fleet/**) and c (fleet/car1); b's storage is a
+    // local subscriber there.
+    let routes = get_all(&c, &format!("@/{a_id}/routes")).await;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    let r = &routes[0].1;
+    let car1 = objects_with(r, "\"key\":\"fleet/car1\"");
+    assert_eq!(car1.len(), 1, "{r}");
+    assert!(
+        car1[0].contains(&b_id) && car1[0].contains(&c_id),
+        "{}",
+        car1[0]
+    );
+    assert!(car1[0].contains("\"local_subscribers\":0"), "{}", car1[0]);
+    let on_b = get_all(&a, &format!("@/{b_id}/routes/**")).await;
+    let all = objects_with(&on_b[0].1, "\"key\":\"fleet/**\"");
+    assert!(all[0].contains("\"local_subscribers\":1"), "{on_b:?}");
+    assert!(
+        all[0].contains(&c_id),
+        "b's fleet/** reaches c's fleet/car1: {on_b:?}"
+    );
+    assert!(!all[0].contains(&a_id), "nothing on a subscribes: {on_b:?}");
+    let cached: u64 = field(r, "cached").parse().unwrap();
+    assert!(cached >= 1, "a published on fleet/car1: {r}");
+
+    // A storage that stops leaves the listing.
+    store.close().await;
+    assert!(
+        get_all(&c, &format!("@/{b_id}/storages/**"))
+            .await
+            .is_empty()
+    );
+    drop(sub);
+}

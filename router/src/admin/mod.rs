@@ -8,6 +8,8 @@
 //! | `@/<id>/subscribers` | every subscriber in the tables: key, origin (`local` or the declaring neighbour) |
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
+//! | `@/<id>/routes` | where a sample published here goes, per subscriber key expression: neighbours and local subscribers; the number of cached routes |
+//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters |
 //! | `@/<id>/metrics` | the node's metrics registry, OpenMetrics text (`crate::metrics`) |
 //!
 //! `@` is a verbatim chunk (`hypha_core::keyexpr`): `**` and `*` never match it, so wildcard
@@ -29,7 +31,7 @@ use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
 use hypha_core::wire::{Mode, SampleKind};
 use json::Obj;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The encoding of JSON admin values.
 pub(crate) const JSON: &str = "application/json";
@@ -119,6 +121,98 @@ pub(crate) struct DeclView {
     pub(crate) complete: bool,
 }
 
+/// Where a sample published here on keys of `key` goes.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteView {
+    pub(crate) key: OwnedKeyExpr,
+    pub(crate) peers: Vec<NodeId>,
+    pub(crate) locals: usize,
+}
+
+/// One storage of this node.
+#[derive(Clone, Debug)]
+pub(crate) struct StorageView {
+    pub(crate) n: u64,
+    pub(crate) key: OwnedKeyExpr,
+    pub(crate) backend: String,
+    pub(crate) keys: u64,
+    pub(crate) samples: u64,
+    pub(crate) bytes: u64,
+    /// NTP64 time of the oldest sample, 0 for none.
+    pub(crate) oldest: u64,
+    pub(crate) stored: u64,
+    pub(crate) queries: u64,
+    pub(crate) replied: u64,
+    pub(crate) errors: u64,
+}
+
+impl StorageView {
+    fn to_json(&self, me: NodeId) -> String {
+        let mut o = Obj::new()
+            .str("node", &me.to_string())
+            .int("n", self.n)
+            .str("key", self.key.as_str())
+            .str("backend", &self.backend)
+            .int("keys", self.keys)
+            .int("samples", self.samples)
+            .int("bytes", self.bytes)
+            .int("stored", self.stored)
+            .int("queries", self.queries)
+            .int("replied", self.replied)
+            .int("errors", self.errors);
+        o = if self.oldest == 0 {
+            o.raw("oldest", "null").raw("oldest_unix_us", "null")
+        } else {
+            let t = hypha_core::hlc::Ntp64(self.oldest);
+            o.str("oldest", &format!("{:016x}", self.oldest))
+                .int("oldest_unix_us", t.as_unix_micros())
+        };
+        o.finish()
+    }
+}
+
+/// What the admin space knows beyond the node and runtime: the node's storages (registered
+/// by `storage::start` through the session).
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    storages: Mutex<Vec<StorageEntry>>,
+    next_storage: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct StorageEntry {
+    n: u64,
+    key: OwnedKeyExpr,
+    backend: String,
+    stats: Weak<crate::storage::StorageStats>,
+}
+
+impl Extra {
+    fn storages(&self) -> Vec<StorageView> {
+        let mut list = self.storages.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|e| e.stats.strong_count() > 0);
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        list.iter()
+            .filter_map(|e| {
+                let st = e.stats.upgrade()?;
+                Some(StorageView {
+                    n: e.n,
+                    key: e.key.clone(),
+                    backend: e.backend.clone(),
+                    keys: l(&st.keys),
+                    samples: l(&st.samples),
+                    bytes: l(&st.bytes),
+                    oldest: l(&st.oldest),
+                    stored: l(&st.stored),
+                    queries: l(&st.queries),
+                    replied: l(&st.replied),
+                    errors: l(&st.errors),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Everything the admin space answers, read at once.
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
@@ -129,12 +223,16 @@ pub(crate) struct Snapshot {
     pub(crate) links: Vec<LinkView>,
     pub(crate) decls: Vec<DeclView>,
     pub(crate) counters: Vec<(&'static str, u64)>,
+    pub(crate) routes: Vec<RouteView>,
+    pub(crate) cached_routes: usize,
+    pub(crate) storages: Vec<StorageView>,
 }
 
 impl Snapshot {
-    /// Reads the node, its links and counters.
-    pub(crate) fn read(rt: &Runtime) -> Snapshot {
-        let (faces, decls) = rt.with_node(|n, _| (n.faces(), n.declarations()));
+    /// Reads the node, its links and counters, and `extra`'s storages.
+    pub(crate) fn read(rt: &Runtime, extra: &Extra) -> Snapshot {
+        let (faces, decls, (routes, cached_routes)) =
+            rt.with_node(|n, _| (n.faces(), n.declarations(), n.route_table()));
         let mut links = Vec::with_capacity(faces.len());
         let mut node_of = std::collections::HashMap::new();
         for s in &faces {
@@ -172,6 +270,10 @@ impl Snapshot {
                 complete,
             })
             .collect();
+        let routes = routes
+            .into_iter()
+            .map(|(key, peers, locals)| RouteView { key, peers, locals })
+            .collect();
         let c = rt.counters();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let counters = vec![
@@ -195,7 +297,29 @@ impl Snapshot {
             links,
             decls,
             counters,
+            routes,
+            cached_routes,
+            storages: extra.storages(),
         }
+    }
+
+    /// `@/<id>/routes`.
+    pub(crate) fn routes_json(&self) -> String {
+        let routes = json::array(self.routes.iter().map(|r| {
+            Obj::new()
+                .str("key", r.key.as_str())
+                .raw(
+                    "peers",
+                    &json::strings(r.peers.iter().map(|p| p.to_string())),
+                )
+                .int("local_subscribers", r.locals as u64)
+                .finish()
+        }));
+        Obj::new()
+            .str("node", &self.id.to_string())
+            .int("cached", self.cached_routes as u64)
+            .raw("routes", &routes)
+            .finish()
     }
 
     /// `@/<id>/node`.
@@ -248,6 +372,14 @@ impl Snapshot {
         ] {
             v.push((format!("{base}/{name}"), self.decls_json(kind), JSON));
         }
+        v.push((format!("{base}/routes"), self.routes_json(), JSON));
+        for st in &self.storages {
+            v.push((
+                format!("{base}/storages/{}", st.n),
+                st.to_json(self.id),
+                JSON,
+            ));
+        }
         v.push((
             format!("{base}/metrics"),
             metrics(),
@@ -266,30 +398,60 @@ pub(crate) fn space_of(id: NodeId) -> String {
 pub(crate) struct Admin {
     _queryable: Queryable<Callback>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    extra: Arc<Extra>,
+}
+
+impl Admin {
+    /// Lists a storage (until its stats are dropped with it).
+    pub(crate) fn register_storage(
+        &self,
+        key: OwnedKeyExpr,
+        backend: String,
+        stats: &Arc<crate::storage::StorageStats>,
+    ) {
+        let n = self.extra.next_storage.fetch_add(1, Ordering::Relaxed);
+        let mut list = self
+            .extra
+            .storages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        list.push(StorageEntry {
+            n,
+            key,
+            backend,
+            stats: Arc::downgrade(stats),
+        });
+    }
 }
 
 /// Declares the admin queryable of `rt`'s node.
 pub(crate) fn declare(rt: &Arc<Runtime>) -> Result<Admin, DeclareError> {
-    let metrics = Arc::new(crate::metrics::Metrics::new(Arc::downgrade(rt)));
+    let extra = Arc::new(Extra::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        Arc::downgrade(rt),
+        extra.clone(),
+    ));
     let weak: Weak<Runtime> = Arc::downgrade(rt);
     let m = Arc::downgrade(&metrics);
+    let x = extra.clone();
     let key = OwnedKeyExpr::autocanonize(space_of(rt.id()));
     // Not `complete`: a `BestMatching` query (the default) would then stop at the querier's
     // own admin space; as it is, `@/*/…` reaches every node.
     let q = crate::api::query::QueryableBuilder::new(rt.clone(), key).callback(move |query| {
         if let (Some(rt), Some(m)) = (weak.upgrade(), m.upgrade()) {
-            answer(&rt, &m, &query);
+            answer(&rt, &m, &x, &query);
         }
     })?;
     Ok(Admin {
         _queryable: q,
         metrics,
+        extra,
     })
 }
 
 /// Answers one admin query: every entry whose key the query intersects.
-fn answer(rt: &Runtime, metrics: &crate::metrics::Metrics, query: &Query) {
-    let snap = Snapshot::read(rt);
+fn answer(rt: &Runtime, metrics: &crate::metrics::Metrics, extra: &Extra, query: &Query) {
+    let snap = Snapshot::read(rt, extra);
     let qk = query.key_expr();
     let render = || metrics.render();
     let entries = snap.entries(&render);

@@ -753,6 +753,18 @@ impl Session {
             .map_or_else(|| "# EOF\n".to_string(), |a| a.metrics.render())
     }
 
+    /// Lists a storage in the admin space (`@/<id>/storages/**`) and its metrics.
+    pub(crate) fn register_storage(
+        &self,
+        key: OwnedKeyExpr,
+        backend: String,
+        stats: &Arc<crate::storage::StorageStats>,
+    ) {
+        if let Some(a) = &self.admin {
+            a.register_storage(key, backend, stats);
+        }
+    }
+
     // ----- end of admin space --------------------------------------------------------------
 
     /// Closes the session gracefully: neighbours are told, links are shut.

@@ -929,6 +929,32 @@ impl Node {
             .collect()
     }
 
+    /// Where a sample published here would go, per subscriber key expression in the tables
+    /// (local and remote): (key, the neighbours' node ids, local subscribers), plus how many
+    /// routes are cached. Computed afresh, not cached, and counted nowhere.
+    pub(crate) fn route_table(&mut self) -> (Vec<(OwnedKeyExpr, Vec<NodeId>, usize)>, usize) {
+        let mut keys: Vec<OwnedKeyExpr> = self
+            .subs
+            .iter()
+            .filter_map(|(k, _)| OwnedKeyExpr::new(k.as_str().to_string()).ok())
+            .collect();
+        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        keys.dedup_by(|a, b| a.as_str() == b.as_str());
+        let table = keys
+            .into_iter()
+            .map(|k| {
+                let r = self.compute_route(None, k.as_str());
+                let nodes = r
+                    .faces
+                    .iter()
+                    .filter_map(|f| self.faces.get(f).map(|f| f.node))
+                    .collect();
+                (k, nodes, r.locals.len())
+            })
+            .collect();
+        (table, self.routes.len())
+    }
+
     // ----- end of admin space ----------------------------------------------------------------
 
     /// The face linked to `node`, if any.

@@ -74,6 +74,32 @@ pub trait Backend: Send {
     fn flush(&mut self) -> Result<(), StorageError>;
     /// Samples in the history.
     fn history_len(&self) -> usize;
+    /// What the admin space shows of this store (kept up to date by the backend, so cheap).
+    fn summary(&self) -> Summary {
+        Summary {
+            samples: self.history_len() as u64,
+            ..Summary::default()
+        }
+    }
+}
+
+/// A backend's contents in numbers (`@/<id>/storages/**`, issue 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Keys whose latest value is a put (tombstones not counted).
+    pub keys: u64,
+    /// Samples in the history.
+    pub samples: u64,
+    /// Payload bytes in the history.
+    pub bytes: u64,
+    /// The oldest sample's timestamp in the history.
+    pub oldest: Option<Timestamp>,
+}
+
+/// How the live-key count changes when `new` replaces `old` as a key's latest value.
+fn live_delta(old: Option<&StoredSample>, new: &StoredSample) -> i64 {
+    let live = |s: Option<&StoredSample>| i64::from(s.is_some_and(|s| s.kind == SampleKind::Put));
+    live(Some(new)) - live(old)
 }
 
 /// History index: time, then node id, then key (the same event stored twice is one record).
@@ -111,6 +137,10 @@ fn newer(candidate: &StoredSample, existing: Option<&StoredSample>) -> bool {
 pub struct MemoryBackend {
     latest: BTreeMap<String, StoredSample>,
     history: BTreeMap<Vec<u8>, StoredSample>,
+    /// Keys whose latest value is a put.
+    keys: u64,
+    /// Payload bytes in `history`.
+    bytes: u64,
 }
 
 impl MemoryBackend {
@@ -122,8 +152,13 @@ impl MemoryBackend {
 
 impl Backend for MemoryBackend {
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
-        self.history.insert(hist_key(s), s.clone());
+        if let Some(old) = self.history.insert(hist_key(s), s.clone()) {
+            self.bytes = self.bytes.saturating_sub(old.payload.len() as u64);
+        }
+        self.bytes += s.payload.len() as u64;
         if newer(s, self.latest.get(&s.key)) {
+            let d = live_delta(self.latest.get(&s.key), s);
+            self.keys = self.keys.saturating_add_signed(d);
             self.latest.insert(s.key.clone(), s.clone());
             Ok(true)
         } else {
@@ -175,11 +210,15 @@ impl Backend for MemoryBackend {
             let lo = b.0.to_be_bytes().to_vec();
             let kept = self.history.split_off(&lo);
             n += self.history.len();
+            let gone: u64 = self.history.values().map(|s| s.payload.len() as u64).sum();
+            self.bytes = self.bytes.saturating_sub(gone);
             self.history = kept;
         }
         if let Some(keep) = keep {
             while self.history.len() > keep {
-                self.history.pop_first();
+                if let Some((_, s)) = self.history.pop_first() {
+                    self.bytes = self.bytes.saturating_sub(s.payload.len() as u64);
+                }
                 n += 1;
             }
         }
@@ -199,6 +238,15 @@ impl Backend for MemoryBackend {
     fn history_len(&self) -> usize {
         self.history.len()
     }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            keys: self.keys,
+            samples: self.history.len() as u64,
+            bytes: self.bytes,
+            oldest: self.history.values().next().map(|s| s.timestamp),
+        }
+    }
 }
 
 /// Samples in a sled database (trees `latest` and `history`).
@@ -207,6 +255,10 @@ pub struct SledBackend {
     latest: sled::Tree,
     history: sled::Tree,
     count: usize,
+    /// Keys whose latest value is a put.
+    keys: u64,
+    /// Payload bytes in `history`.
+    bytes: u64,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -232,12 +284,24 @@ impl SledBackend {
             .open()?;
         let latest = db.open_tree("latest")?;
         let history = db.open_tree("history")?;
-        let count = history.len();
+        // One pass over each tree at open; the counts are kept up to date from then on.
+        let (mut count, mut bytes, mut keys) = (0, 0, 0);
+        for kv in history.iter() {
+            let (_, v) = kv?;
+            count += 1;
+            bytes += decode(&v)?.payload.len() as u64;
+        }
+        for kv in latest.iter() {
+            let (_, v) = kv?;
+            keys += u64::from(decode(&v)?.kind == SampleKind::Put);
+        }
         Ok(SledBackend {
             db,
             latest,
             history,
             count,
+            keys,
+            bytes,
         })
     }
 }
@@ -245,15 +309,22 @@ impl SledBackend {
 impl Backend for SledBackend {
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
         let v = encode(s)?;
-        if self.history.insert(hist_key(s), v.as_slice())?.is_none() {
-            self.count += 1;
+        match self.history.insert(hist_key(s), v.as_slice())? {
+            None => self.count += 1,
+            Some(old) => {
+                let old = decode(&old)?.payload.len() as u64;
+                self.bytes = self.bytes.saturating_sub(old);
+            }
         }
+        self.bytes += s.payload.len() as u64;
         let existing = self
             .latest
             .get(s.key.as_bytes())?
             .map(|v| decode(&v))
             .transpose()?;
         if newer(s, existing.as_ref()) {
+            let d = live_delta(existing.as_ref(), s);
+            self.keys = self.keys.saturating_add_signed(d);
             self.latest.insert(s.key.as_bytes(), v)?;
             Ok(true)
         } else {
@@ -318,7 +389,10 @@ impl Backend for SledBackend {
             if !(old || over) {
                 break;
             }
-            self.history.remove(k)?;
+            if let Some(old) = self.history.remove(k)? {
+                let old = decode(&old).map_or(0, |s| s.payload.len() as u64);
+                self.bytes = self.bytes.saturating_sub(old);
+            }
             self.count = self.count.saturating_sub(1);
             n += 1;
         }
@@ -342,6 +416,22 @@ impl Backend for SledBackend {
 
     fn history_len(&self) -> usize {
         self.count
+    }
+
+    fn summary(&self) -> Summary {
+        let oldest = self
+            .history
+            .first()
+            .ok()
+            .flatten()
+            .and_then(|(_, v)| decode(&v).ok())
+            .map(|s| s.timestamp);
+        Summary {
+            keys: self.keys,
+            samples: self.count as u64,
+            bytes: self.bytes,
+            oldest,
+        }
     }
 }
 
@@ -400,10 +490,18 @@ mod tests {
             2
         );
         assert_eq!(b.history_len(), 5);
+        let sum = b.summary();
+        // a/1 live, a/2 deleted; payloads x, y, old, late, "" = 1 + 1 + 3 + 4 + 0 bytes.
+        assert_eq!((sum.keys, sum.samples, sum.bytes), (1, 5, 9));
+        assert_eq!(sum.oldest.map(|t| t.time.0), Some(5));
         // Retention by age, then by count; old tombstones expire.
         assert_eq!(b.prune(Some(Ntp64(11)), None, None).unwrap(), 2);
         assert_eq!(b.prune(None, Some(2), None).unwrap(), 1);
         assert_eq!(b.history_len(), 2);
+        let sum = b.summary();
+        // Left: 15 "late", 20 "" (a tombstone).
+        assert_eq!((sum.keys, sum.samples, sum.bytes), (1, 2, 4));
+        assert_eq!(sum.oldest.map(|t| t.time.0), Some(15));
         assert_eq!(b.prune(None, None, Some(Ntp64(21))).unwrap(), 1);
         assert_eq!(b.latest(&k).unwrap().len(), 1);
     }
@@ -423,6 +521,7 @@ mod tests {
         }
         let b = SledBackend::open(dir.path(), 100).unwrap();
         assert_eq!(b.history_len(), 2);
+        assert_eq!((b.summary().keys, b.summary().bytes), (1, 4));
         assert_eq!(b.latest(&KeyExpr::new("a/**").unwrap()).unwrap().len(), 1);
     }
 }

@@ -18,7 +18,7 @@
 mod backend;
 pub mod timeexpr;
 
-pub use backend::{Backend, MemoryBackend, SledBackend, StorageError, StoredSample};
+pub use backend::{Backend, MemoryBackend, SledBackend, StorageError, StoredSample, Summary};
 
 use crate::api::query::Query;
 use crate::{Sample, Session};
@@ -95,6 +95,25 @@ pub struct StorageStats {
     pub replied: AtomicU64,
     /// Backend errors.
     pub errors: AtomicU64,
+    // ----- admin space (issue 14): the backend's `Summary`, refreshed by the storage task ----
+    /// Keys whose latest value is a put.
+    pub keys: AtomicU64,
+    /// Samples in the history.
+    pub samples: AtomicU64,
+    /// Payload bytes in the history.
+    pub bytes: AtomicU64,
+    /// The oldest sample's time (NTP64), 0 when the history is empty.
+    pub oldest: AtomicU64,
+}
+
+impl StorageStats {
+    fn publish(&self, s: Summary) {
+        self.keys.store(s.keys, Ordering::Relaxed);
+        self.samples.store(s.samples, Ordering::Relaxed);
+        self.bytes.store(s.bytes, Ordering::Relaxed);
+        self.oldest
+            .store(s.oldest.map_or(0, |t| t.time.0), Ordering::Relaxed);
+    }
 }
 
 /// A running storage. Dropping it stops it (after flushing).
@@ -160,6 +179,12 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
         .complete(true)
         .stream()?;
     let stats = Arc::new(StorageStats::default());
+    stats.publish(backend.summary());
+    let backend_name = match &cfg.backend {
+        BackendKind::Memory => "memory".to_string(),
+        BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
+    };
+    session.register_storage(cfg.key.clone(), backend_name, &stats);
     let st = stats.clone();
     let session = session.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
@@ -179,7 +204,10 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
                         encoding: s.encoding.as_deref().map(str::to_string),
                     };
                     match backend.store(&stored) {
-                        Ok(_) => { st.stored.fetch_add(1, Ordering::Relaxed); }
+                        Ok(_) => {
+                            st.stored.fetch_add(1, Ordering::Relaxed);
+                            st.publish(backend.summary());
+                        }
                         Err(e) => {
                             st.errors.fetch_add(1, Ordering::Relaxed);
                             tracing::error!("storage {}: cannot store: {e}", cfg.key);
@@ -198,6 +226,7 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
                     if let Err(e) = backend.prune(before, cfg.retain_count, Some(tomb)) {
                         tracing::warn!("storage {}: retention failed: {e}", cfg.key);
                     }
+                    st.publish(backend.summary());
                 }
                 _ = &mut stop_rx => break,
             }
