@@ -20,6 +20,10 @@
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
 //! | `hypha_declarations` | gauge | `kind` = subscriber, queryable, token |
 //!
+//! | `hypha_storage_{keys,samples,bytes}` | gauge | `storage` (its key expression: configured, so bounded) |
+//! | `hypha_storage_write_seconds` | histogram | `storage`: one backend write (`Backend::store`) |
+//! | `hypha_replay_lag_seconds` | histogram | `storage`: from a history (`_time`) query's arrival to its last replayed sample handed on |
+//!
 //! There is no RTT gauge yet: the link session measures none (keep-alives are one-way).
 
 use crate::admin::{Extra, Snapshot};
@@ -27,12 +31,58 @@ use crate::runtime::Runtime;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Weak};
 
 /// The content type of the text this module renders.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type StorageLabels = Vec<(&'static str, String)>;
+type Timings = Family<StorageLabels, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 10 µs to ~10 s.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
+}
+
+/// The storage timing families of one node (cloned into its registry).
+#[derive(Clone, Debug)]
+pub(crate) struct StorageTimerFamilies {
+    write: Timings,
+    replay: Timings,
+}
+
+impl Default for StorageTimerFamilies {
+    fn default() -> Self {
+        StorageTimerFamilies {
+            write: Family::new_with_constructor(seconds_histogram),
+            replay: Family::new_with_constructor(seconds_histogram),
+        }
+    }
+}
+
+impl StorageTimerFamilies {
+    /// The histograms of the storage on `key`.
+    pub(crate) fn for_storage(&self, key: &str) -> StorageTimers {
+        let l = vec![("storage", key.to_string())];
+        StorageTimers {
+            write: self.write.get_or_create(&l).clone(),
+            replay: self.replay.get_or_create(&l).clone(),
+        }
+    }
+}
+
+/// One storage's histograms (handles into the node's registry).
+#[derive(Clone, Debug)]
+pub(crate) struct StorageTimers {
+    /// Seconds per backend write.
+    pub(crate) write: Histogram,
+    /// Seconds per history query answered.
+    pub(crate) replay: Histogram,
+}
 
 /// One node's registry.
 pub(crate) struct Metrics {
@@ -42,6 +92,16 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(rt: Weak<Runtime>, extra: Arc<Extra>) -> Self {
         let mut registry = Registry::with_prefix("hypha");
+        registry.register(
+            "storage_write_seconds",
+            "Seconds per storage backend write",
+            extra.timers.write.clone(),
+        );
+        registry.register(
+            "replay_lag_seconds",
+            "Seconds from a history query's arrival at a storage to its last replayed sample",
+            extra.timers.replay.clone(),
+        );
         registry.register_collector(Box::new(NodeCollector { rt, extra }));
         Metrics { registry }
     }
@@ -266,6 +326,30 @@ impl Collector for NodeCollector {
                 (vec![("what", "received")], c("denials_received")),
             ],
         )?;
+        for (name, help, f) in [
+            (
+                "storage_keys",
+                "Keys whose latest value is a put, per storage",
+                (|v: &crate::admin::StorageView| v.keys) as fn(&crate::admin::StorageView) -> u64,
+            ),
+            (
+                "storage_samples",
+                "Samples in each storage's history",
+                |v| v.samples,
+            ),
+            (
+                "storage_bytes",
+                "Payload bytes in each storage's history",
+                |v| v.bytes,
+            ),
+        ] {
+            let values: Vec<(Labels<'_>, i64)> = s
+                .storages
+                .iter()
+                .map(|v| (vec![("storage", v.key.as_str())], f(v) as i64))
+                .collect();
+            gauge(&mut enc, name, help, &values)?;
+        }
         let count = |k: &str| s.decls.iter().filter(|d| d.kind == k).count() as i64;
         gauge(
             &mut enc,

@@ -285,6 +285,18 @@ fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
                 }
             }
         }
+        let histogram = ["_bucket", "_sum", "_count"].iter().find_map(|sfx| {
+            name.strip_suffix(sfx)
+                .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+        });
+        if histogram.is_some() {
+            assert!(
+                !name.ends_with("_bucket") || series.contains("le=\""),
+                "a bucket without le: {line}"
+            );
+            samples.push((series.to_string(), value));
+            continue;
+        }
         let family = name
             .strip_suffix("_total")
             .filter(|f| types.get(*f).is_some_and(|t| t == "counter"));
@@ -450,4 +462,80 @@ async fn storages_and_routes_are_listed_across_nodes() {
             .is_empty()
     );
     drop(sub);
+}
+
+#[tokio::test]
+async fn storage_metrics_move_and_parse() {
+    use hypha::keyexpr::OwnedKeyExpr;
+    use hypha::storage::{self, BackendKind, StorageConfig};
+    let a = open(&[]).await;
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let mut cfg = StorageConfig::new(OwnedKeyExpr::autocanonize("st/**".to_string()).unwrap());
+    cfg.backend = BackendKind::Memory;
+    let store = storage::start(&a, cfg).await.unwrap();
+    let value = |samples: &[(String, f64)], series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in {samples:?}"))
+    };
+    let before = parse_openmetrics(&a.metrics());
+    assert_eq!(
+        value(&before, "hypha_storage_samples{storage=\"st/**\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &before,
+            "hypha_storage_write_seconds_count{storage=\"st/**\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&before, "hypha_replay_lag_seconds_count{storage=\"st/**\"}"),
+        0.0
+    );
+
+    let p = b.declare_publisher("st/x").unwrap();
+    assert!(p.ready(T).await);
+    for i in 0..4 {
+        p.put(format!("v{i}")).await.unwrap();
+    }
+    let mut m = Vec::new();
+    common::wait_until(T, async || {
+        m = parse_openmetrics(&a.metrics());
+        value(&m, "hypha_storage_samples{storage=\"st/**\"}") == 4.0
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the storage never held 4 samples: {m:?}"));
+    assert_eq!(
+        value(&m, "hypha_storage_write_seconds_count{storage=\"st/**\"}"),
+        4.0
+    );
+    assert!(value(&m, "hypha_storage_write_seconds_sum{storage=\"st/**\"}") > 0.0);
+    assert_eq!(value(&m, "hypha_storage_keys{storage=\"st/**\"}"), 1.0);
+    assert_eq!(value(&m, "hypha_storage_bytes{storage=\"st/**\"}"), 8.0);
+    // A latest-value query is not a replay; a history query is.
+    let latest = get_all(&b, "st/x").await;
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    let replay = get_all(&b, "st/**?_time=[now(-1m)..]").await;
+    assert_eq!(replay.len(), 4, "{replay:?}");
+    let mut after = Vec::new();
+    common::wait_until(T, async || {
+        after = parse_openmetrics(&a.metrics());
+        value(&after, "hypha_replay_lag_seconds_count{storage=\"st/**\"}") == 1.0
+    })
+    .await
+    .unwrap_or_else(|_| panic!("one replay never counted: {after:?}"));
+    // Every replay is at most the largest bucket's bound (+Inf counts them all).
+    assert_eq!(
+        value(
+            &after,
+            "hypha_replay_lag_seconds_bucket{le=\"+Inf\",storage=\"st/**\"}"
+        ),
+        1.0
+    );
+    store.close().await;
 }

@@ -177,6 +177,8 @@ impl StorageView {
 pub(crate) struct Extra {
     storages: Mutex<Vec<StorageEntry>>,
     next_storage: std::sync::atomic::AtomicU64,
+    /// Storage timings, registered in the node's metrics (`crate::metrics`).
+    pub(crate) timers: crate::metrics::StorageTimerFamilies,
 }
 
 #[derive(Debug)]
@@ -408,7 +410,8 @@ impl Admin {
         key: OwnedKeyExpr,
         backend: String,
         stats: &Arc<crate::storage::StorageStats>,
-    ) {
+    ) -> crate::metrics::StorageTimers {
+        let timers = self.extra.timers.for_storage(key.as_str());
         let n = self.extra.next_storage.fetch_add(1, Ordering::Relaxed);
         let mut list = self
             .extra
@@ -421,6 +424,7 @@ impl Admin {
             backend,
             stats: Arc::downgrade(stats),
         });
+        timers
     }
 }
 

@@ -759,10 +759,10 @@ impl Session {
         key: OwnedKeyExpr,
         backend: String,
         stats: &Arc<crate::storage::StorageStats>,
-    ) {
-        if let Some(a) = &self.admin {
-            a.register_storage(key, backend, stats);
-        }
+    ) -> Option<crate::metrics::StorageTimers> {
+        self.admin
+            .as_ref()
+            .map(|a| a.register_storage(key, backend, stats))
     }
 
     // ----- end of admin space --------------------------------------------------------------

@@ -184,7 +184,7 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
         BackendKind::Memory => "memory".to_string(),
         BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
     };
-    session.register_storage(cfg.key.clone(), backend_name, &stats);
+    let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let st = stats.clone();
     let session = session.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
@@ -203,7 +203,12 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
                         timestamp,
                         encoding: s.encoding.as_deref().map(str::to_string),
                     };
-                    match backend.store(&stored) {
+                    let t0 = std::time::Instant::now();
+                    let r = backend.store(&stored);
+                    if let Some(t) = &timers {
+                        t.write.observe(t0.elapsed().as_secs_f64());
+                    }
+                    match r {
                         Ok(_) => {
                             st.stored.fetch_add(1, Ordering::Relaxed);
                             st.publish(backend.summary());
@@ -216,8 +221,13 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
                 }
                 Some(q) = queryable.recv() => {
                     st.queries.fetch_add(1, Ordering::Relaxed);
+                    let t0 = std::time::Instant::now();
+                    let replay = q.parameter("_time").is_some();
                     let outcome = lookup(&*backend, &q);
                     respond(q, outcome, &st).await;
+                    if let (true, Some(t)) = (replay, &timers) {
+                        t.replay.observe(t0.elapsed().as_secs_f64());
+                    }
                 }
                 _ = retention.tick() => {
                     let now = timeexpr::now_us();
