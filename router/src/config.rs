@@ -102,6 +102,20 @@ pub struct HttpConfig {
     pub tokens_sha256: Vec<String>,
     /// Samples queued per SSE client before they are dropped and announced (`event: lag`).
     pub sse_queue: usize,
+    /// Bearer tokens that name a principal (`[[http.token]] principal = "ops", sha256 = "…"`):
+    /// a caller presenting one is judged by the node's access control as that principal
+    /// (callers with a `tokens_sha256` token, or none, as `anonymous`).
+    pub token: Vec<HttpToken>,
+}
+
+/// One `[[http.token]]`: a bearer token's SHA-256 (hex) and the principal it stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToken {
+    /// The principal the node's ACL sees (`ops`, `robot/r42`).
+    pub principal: String,
+    /// SHA-256 of the token, 64 hex digits (`hypha::http::token_digest`).
+    pub sha256: String,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +125,7 @@ impl Default for HttpConfig {
             cors: Vec::new(),
             tokens_sha256: Vec::new(),
             sse_queue: 1024,
+            token: Vec::new(),
         }
     }
 }

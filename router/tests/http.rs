@@ -599,3 +599,125 @@ async fn a_slow_sse_client_is_told_how_many_samples_it_lost() {
         "every sample is delivered or counted lost"
     );
 }
+
+#[tokio::test]
+async fn http_callers_are_judged_by_the_nodes_acl_as_their_token_principal() {
+    let mut cfg = common::node_config("tcp/127.0.0.1:0", &[]);
+    cfg.acl = Some(
+        hypha::acl::Acl::from_toml(
+            r#"
+[acl]
+default = "deny"
+[[acl.rule]]
+id = "ops-all"
+who = ["ops"]
+ops = ["all"]
+keys = ["**", "@/**"]
+[[acl.rule]]
+id = "viewer-read"
+who = ["viewer"]
+ops = ["query", "sub"]
+keys = ["demo/**"]
+[[acl.rule]]
+id = "no-secret"
+permission = "deny"
+who = ["viewer"]
+ops = ["all"]
+keys = ["demo/secret/**"]
+"#,
+        )
+        .unwrap(),
+    );
+    let a = hypha::open(cfg).await.unwrap();
+    let mut h = HttpConfig::default();
+    h.token = vec![
+        hypha::config::HttpToken {
+            principal: "ops".into(),
+            sha256: hypha::http::token_digest("ops-token"),
+        },
+        hypha::config::HttpToken {
+            principal: "viewer".into(),
+            sha256: hypha::http::token_digest("viewer-token"),
+        },
+    ];
+    h.tokens_sha256 = vec![hypha::http::token_digest("plain-token")];
+    let gw = gateway(&a, h).await;
+    let addr = gw.local_addr();
+    let viewer = [("Authorization", "Bearer viewer-token")];
+    let ops = [("Authorization", "Bearer ops-token")];
+    let denied = |body: &[u8]| {
+        let d = json(body);
+        (
+            d["op"].as_str().unwrap().to_string(),
+            d["key"].as_str().unwrap().to_string(),
+            d["principal"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        )
+    };
+    let s = |v: &str| v.to_string();
+
+    // The viewer reads demo/**, nothing else.
+    let (st, _, body) = request(addr, "GET", "/api/v1/k/demo/x", &viewer, b"").await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (st, _, body) = request(addr, "PUT", "/api/v1/k/demo/x", &viewer, b"1").await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        denied(&body),
+        (s("put"), s("demo/x"), s("viewer"), s("default"))
+    );
+    let (st, _, body) = request(addr, "DELETE", "/api/v1/k/demo/x", &viewer, b"").await;
+    assert_eq!((st, denied(&body).0), (403, s("delete")));
+    let (st, _, body) = request(addr, "GET", "/api/v1/k/demo/secret/a", &viewer, b"").await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        denied(&body),
+        (s("query"), s("demo/secret/a"), s("viewer"), s("no-secret"))
+    );
+    let sse = [
+        ("Authorization", "Bearer viewer-token"),
+        ("Accept", "text/event-stream"),
+    ];
+    let (st, _, body) = request(addr, "GET", "/api/v1/k/other/**", &sse, b"").await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        denied(&body),
+        (s("sub"), s("other/**"), s("viewer"), s("default"))
+    );
+    let (st, _, body) = request(addr, "GET", "/metrics", &viewer, b"").await;
+    assert_eq!(st, 403);
+    assert_eq!(denied(&body).0, "admin");
+    let (st, _, body) = request(addr, "GET", "/api/v1/topology", &viewer, b"").await;
+    assert_eq!((st, denied(&body).1), (403, s("@/*/**")));
+
+    // Ops may do everything, the admin space included.
+    let (st, _, body) = request(addr, "PUT", "/api/v1/k/demo/x", &ops, b"1").await;
+    assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    let (st, _, body) = request(addr, "GET", "/metrics", &ops, b"").await;
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
+    let path = format!("/api/v1/k/@/{}/node", a.id());
+    let (st, _, body) = request(addr, "GET", &path, &ops, b"").await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body).as_array().unwrap().len(), 1);
+    let (st, _, body) = request(addr, "GET", &path, &viewer, b"").await;
+    assert_eq!((st, denied(&body).0), (403, s("admin")));
+
+    // A token without a principal is anonymous; no token at all is still a 401.
+    let plain = [("Authorization", "Bearer plain-token")];
+    let (st, _, body) = request(addr, "GET", "/api/v1/k/demo/x", &plain, b"").await;
+    assert_eq!(st, 403);
+    assert_eq!(denied(&body).2, "anonymous");
+    let (st, _, _) = request(addr, "GET", "/api/v1/k/demo/x", &[], b"").await;
+    assert_eq!(st, 401);
+    // A bad principal name is a clear error at start-up.
+    let mut bad = HttpConfig::default();
+    bad.token = vec![hypha::config::HttpToken {
+        principal: "ops/*".into(),
+        sha256: hypha::http::token_digest("x"),
+    }];
+    let e = hypha::http::serve(a.clone(), "127.0.0.1:0".parse().unwrap(), &bad)
+        .await
+        .err()
+        .expect("a wildcard principal is refused");
+    assert!(e.to_string().contains("ops/*"), "{e}");
+}

@@ -765,6 +765,12 @@ impl Session {
             .map(|a| a.register_storage(key, backend, stats))
     }
 
+    /// The access-control rules in force (the HTTP gateway judges its callers by them).
+    #[cfg(feature = "http")]
+    pub(crate) fn acl(&self) -> Option<Arc<crate::acl::Acl>> {
+        self.rt.acl()
+    }
+
     // ----- end of admin space --------------------------------------------------------------
 
     /// Closes the session gracefully: neighbours are told, links are shut.

@@ -27,9 +27,15 @@
 //!   CORS header unless `http.cors` lists the origin; with `http.tokens_sha256` set, every
 //!   route but `/` needs `Authorization: Bearer <token>` (or `?access_token=` for the page's
 //!   EventSource), compared by SHA-256 digest.
+//! - **Identity and access control:** a caller whose token is an `[[http.token]]` entry is
+//!   that entry's principal; any other caller is `anonymous`. When the node has an ACL, each
+//!   request is judged as that principal before it reaches the mesh (`Acl::decide`): a get is
+//!   `query` (`admin` on `@/…`), an SSE subscription `sub`, a put `put`, a delete `delete`,
+//!   `/metrics` `admin` on `@/<id>/metrics`, the topology routes `admin` on `@/*/**`. A
+//!   refusal is 403 with the `AccessDenied` body naming the HTTP principal and the rule.
 
 use crate::Session;
-use crate::acl::AccessDenied;
+use crate::acl::{AccessDenied, Op, Principal};
 use crate::api::query::parameter;
 use crate::config::HttpConfig;
 use crate::sample::{Sample, SampleKind};
@@ -76,6 +82,15 @@ pub enum ServeError {
     /// A configured token digest is not 64 hex digits.
     #[error("http.tokens_sha256: {0:?} is not a SHA-256 digest (64 hex digits)")]
     Token(String),
+    /// An `[[http.token]]` entry's principal is not a valid principal name.
+    #[error("http.token: principal {name:?}: {source}")]
+    Principal {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::acl::PrincipalError,
+    },
 }
 
 /// A running gateway; it stops when dropped.
@@ -100,7 +115,8 @@ impl Drop for Gateway {
 struct Gw {
     session: Session,
     cors: Vec<String>,
-    tokens: Vec<[u8; 32]>,
+    /// Accepted token digests, each with the principal it names (`None`: anonymous).
+    tokens: Vec<([u8; 32], Option<Principal>)>,
     sse_queue: usize,
 }
 
@@ -127,11 +143,23 @@ pub async fn serve(
     addr: SocketAddr,
     config: &HttpConfig,
 ) -> Result<Gateway, ServeError> {
-    let tokens = config
+    let mut tokens = config
         .tokens_sha256
         .iter()
-        .map(|t| parse_digest(t).ok_or_else(|| ServeError::Token(t.clone())))
+        .map(|t| {
+            parse_digest(t)
+                .map(|d| (d, None))
+                .ok_or_else(|| ServeError::Token(t.clone()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    for t in &config.token {
+        let d = parse_digest(&t.sha256).ok_or_else(|| ServeError::Token(t.sha256.clone()))?;
+        let p = Principal::new(&t.principal).map_err(|source| ServeError::Principal {
+            name: t.principal.clone(),
+            source,
+        })?;
+        tokens.push((d, Some(p)));
+    }
     let gw = Arc::new(Gw {
         session,
         cors: config.cors.clone(),
@@ -186,24 +214,76 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, &json!({ "error": message }))
 }
 
-fn authorized(gw: &Gw, req: &Request) -> bool {
-    if gw.tokens.is_empty() || req.uri().path() == "/" {
-        return true;
+/// The caller's principal when its credential is accepted (`anonymous` without one where
+/// none is needed), `None` when it must be refused (401).
+fn authorized(gw: &Gw, req: &Request) -> Option<Principal> {
+    let token = presented_token(req);
+    if let Some(token) = &token {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        // Every entry is compared, in constant time, whatever matched first.
+        let mut found: Option<&Option<Principal>> = None;
+        for (t, p) in &gw.tokens {
+            if bool::from(subtle::ConstantTimeEq::ct_eq(t.as_slice(), d.as_ref())) {
+                found = found.or(Some(p));
+            }
+        }
+        if let Some(p) = found {
+            return Some(p.clone().unwrap_or_else(Principal::anonymous));
+        }
     }
+    (gw.tokens.is_empty() || req.uri().path() == "/").then(Principal::anonymous)
+}
+
+/// The bearer token of a request (header, or `?access_token=` for EventSource).
+fn presented_token(req: &Request) -> Option<String> {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let token = bearer.or_else(|| {
+    bearer.or_else(|| {
         req.uri()
             .query()
             .and_then(|q| parameter_of_url(q, "access_token"))
-    });
-    let Some(token) = token else { return false };
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    gw.tokens.iter().any(|t| t.as_slice() == d.as_ref())
+    })
+}
+
+/// What a request does, for the node's ACL: (operation, key expression), or `None` for
+/// routes that reach nothing of the mesh (the page, the OpenAPI document).
+fn operation(gw: &Gw, req: &Request) -> Option<(Op, String)> {
+    let path = req.uri().path();
+    if let Some(key) = path.strip_prefix("/api/v1/k/") {
+        let key = percent_decode(key);
+        let op = match *req.method() {
+            Method::PUT => Op::Put,
+            Method::DELETE => Op::Delete,
+            _ if wants_sse(req.headers()) => Op::Sub,
+            _ if key == "@" || key.starts_with("@/") => Op::Admin,
+            _ => Op::Query,
+        };
+        return Some((op, key));
+    }
+    match path {
+        "/metrics" => Some((Op::Admin, format!("@/{}/metrics", gw.session.id()))),
+        "/api/v1/topology" | "/api/v1/events" => Some((Op::Admin, "@/*/**".to_string())),
+        _ => None,
+    }
+}
+
+/// Judges the request by the node's ACL as `who`: the refusal, if any.
+fn refused(gw: &Gw, who: &Principal, req: &Request) -> Option<AccessDenied> {
+    let acl = gw.session.acl()?;
+    let (op, key) = operation(gw, req)?;
+    // A key that does not parse is the handler's 400, not an ACL matter.
+    let k = hypha_core::keyexpr::KeyExpr::new(&key).ok()?;
+    let d = acl.decide(who, op, &k);
+    (!d.allow).then(|| AccessDenied {
+        op,
+        key,
+        principal: who.name().to_string(),
+        rule: d.rule.to_string(),
+    })
 }
 
 /// One `name=value` of a URL query string (`&`-separated), percent-decoded.
@@ -264,13 +344,16 @@ async fn guard(State(gw): State<Arc<Gw>>, req: Request, next: Next) -> Response 
         );
         return r;
     }
-    if !authorized(&gw, &req) {
+    let Some(who) = authorized(&gw, &req) else {
         let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
-    }
-    let mut r = next.run(req).await;
+    };
+    let mut r = match refused(&gw, &who, &req) {
+        Some(d) => json_response(StatusCode::FORBIDDEN, &denied_json(&d)),
+        None => next.run(req).await,
+    };
     if let Some(o) = origin {
         r.headers_mut()
             .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
