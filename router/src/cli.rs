@@ -11,6 +11,8 @@ use hypha_transports::Endpoint;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod view;
+
 #[derive(Parser)]
 #[command(
     name = "hypha",
@@ -336,10 +338,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AclCmd,
     },
-    /// Print this node's id, endpoints and neighbours (JSON).
+    /// Print this node's id, endpoints and neighbours: a table (--json: one JSON object).
     Info {
         /// Wait this long for neighbours before printing.
         #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+        /// One JSON object (id, mode, listening, links with their counters, node counters).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A refreshing view of a node's links and rates (msg/s, bytes/s each way, drops), read
+    /// from its admin space: the node at the other end of --connect unless --node says.
+    ///
+    /// Runs as a client (unless --mode says otherwise) and redraws every --interval-ms until
+    /// interrupted; --once prints one frame (rates over one interval) without escape codes.
+    Top {
+        /// The node to show: its id, or `*` for every node that answers (default: the node
+        /// this one links to first).
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+        /// Time between two readings.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one frame and exit (two readings --interval-ms apart), plain text.
+        #[arg(long)]
+        once: bool,
+        /// Wait this long for the first link.
+        #[arg(long, default_value_t = 3000)]
         wait_ms: u64,
         #[command(flatten)]
         common: Common,
@@ -787,12 +814,23 @@ async fn run(cli: Cli) -> Result<()> {
                 hex(&crate::acl::token_hash(token.as_bytes()))
             );
         }
-        Cmd::Info { wait_ms, common } => {
+        Cmd::Info {
+            wait_ms,
+            json,
+            common,
+        } => {
             let s = open(&common).await?;
             let _ = s
                 .wait_peers(usize::MAX, Duration::from_millis(wait_ms))
                 .await;
             let info = s.info();
+            if !json {
+                let me = format!("@/{}/links/**", info.id);
+                let links = view::admin(&s, &me, Duration::from_secs(2)).await;
+                print!("{}", view::info_table(&info, &links));
+                s.close().await;
+                return Ok(());
+            }
             let links: Vec<serde_json::Value> = info
                 .links
                 .iter()
@@ -828,7 +866,71 @@ async fn run(cli: Cli) -> Result<()> {
             );
             s.close().await;
         }
+        Cmd::Top {
+            node,
+            interval_ms,
+            once,
+            wait_ms,
+            mut common,
+        } => top(node, interval_ms, once, wait_ms, &mut common).await?,
     }
+    Ok(())
+}
+
+/// `hypha top`: a client (by default) reading a node's admin space every `interval_ms`.
+async fn top(
+    node: Option<String>,
+    interval_ms: u64,
+    once: bool,
+    wait_ms: u64,
+    common: &mut Common,
+) -> Result<()> {
+    use std::io::Write;
+    common.mode.get_or_insert(ModeArg::Client);
+    let s = open(common).await?;
+    let target = match node {
+        Some(n) => n,
+        None => {
+            s.wait_peers(1, Duration::from_millis(wait_ms)).await;
+            match s.info().links.first() {
+                Some(l) => l.node.to_string(),
+                None => {
+                    s.close().await;
+                    anyhow::bail!("no node to show: no link within {wait_ms} ms (--connect EP)");
+                }
+            }
+        }
+    };
+    let interval = Duration::from_millis(interval_ms.max(100));
+    let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut t = view::Top::default();
+    if once {
+        t.frame(&s, &target, interval, timeout).await;
+        tokio::time::sleep(interval).await;
+        print!("{}", t.frame(&s, &target, interval, timeout).await);
+        s.close().await;
+        return Ok(());
+    }
+    let draw = async {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let frame = t.frame(&s, &target, interval, timeout).await;
+            let mut out = std::io::stdout().lock();
+            if write!(out, "{}{frame}", view::CLEAR)
+                .and_then(|_| out.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = draw => {}
+    }
+    s.close().await;
     Ok(())
 }
 

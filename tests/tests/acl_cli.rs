@@ -200,7 +200,7 @@ async fn the_cli_reports_refusals_checks_rules_and_reloads_them() {
     );
 
     // `info` names each neighbour's principal.
-    let (code, out, err) = run(&["info", "--config", &r2, "--connect", &ep]).await;
+    let (code, out, err) = run(&["info", "--json", "--config", &r2, "--connect", &ep]).await;
     assert_eq!(code, 0, "{err}");
     let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(info["links"][0]["principal"], "router/a", "{info}");

@@ -152,7 +152,7 @@ async fn info_describes_the_node_and_its_links() {
     let mut p = Proc::spawn("peer", cli(&["peer", "--listen", "tcp/127.0.0.1:0"])).unwrap();
     let ready = p.wait_json(T, |v| v["event"] == "ready").await.unwrap();
     let ep = listening_endpoint(&ready).unwrap();
-    let (code, out, err) = run(&["info", "--connect", &ep, "--wait-ms", "3000"]).await;
+    let (code, out, err) = run(&["info", "--json", "--connect", &ep, "--wait-ms", "3000"]).await;
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["id"].as_str().unwrap().len(), 32);
@@ -168,6 +168,7 @@ async fn a_client_attached_to_a_router_sees_roles_and_kinds() {
     let ep = listening_endpoint(&ready).unwrap();
     let (code, out, err) = run(&[
         "info",
+        "--json",
         "--mode",
         "client",
         "--connect",

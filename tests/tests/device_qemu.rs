@@ -621,6 +621,7 @@ async fn hypha_info_reports_serial_framing_errors() {
     let ep = format!("serial+tcp/127.0.0.1:{line_port}");
     let args = [
         "info",
+        "--json",
         "--mode",
         "peer",
         "--connect",
