@@ -241,3 +241,63 @@ async fn a_late_joiner_without_a_storage_is_told_so_and_goes_live() {
     let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
     assert_eq!(s.payload_str(), Some("live"));
 }
+
+/// A damaged store never becomes a live-looking zombie: with 64 corrupted bytes at any of
+/// several places in sled's data file, opening either returns every sample (sled's log kept
+/// them) or fails at once with an error naming the directory, within the open deadline.
+#[test]
+fn a_corrupt_store_opens_whole_or_fails_naming_its_directory() {
+    use hypha::storage::{Backend, SledBackend, StorageError, StoredSample};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut b = SledBackend::open(dir.path(), 10).unwrap();
+        for i in 0..2000u64 {
+            b.store(&StoredSample {
+                key: format!("k/{}", i % 50),
+                kind: SampleKind::Put,
+                payload: vec![7u8; 100],
+                timestamp: hypha_core::hlc::Timestamp {
+                    time: hypha_core::hlc::Ntp64((1_700_000_000u64 << 32) + i),
+                    id: hypha_core::id::NodeId::from_u128(1),
+                },
+                encoding: None,
+            })
+            .unwrap();
+        }
+    }
+    let file = dir.path().join("db");
+    let pristine = std::fs::read(&file).unwrap();
+    let mut failed = 0;
+    for at in [
+        0,
+        100,
+        4096,
+        65_536,
+        pristine.len() / 2,
+        pristine.len() - 200,
+    ] {
+        let mut bytes = pristine.clone();
+        for b in &mut bytes[at..(at + 64).min(pristine.len())] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let t0 = std::time::Instant::now();
+        match SledBackend::open_within(dir.path(), 10, Duration::from_secs(10)) {
+            Ok(b) => assert_eq!(
+                b.summary().samples,
+                2000,
+                "corruption at {at} lost samples silently"
+            ),
+            Err(e @ StorageError::Open { .. }) => {
+                failed += 1;
+                let text = e.to_string();
+                assert!(text.contains(&dir.path().display().to_string()), "{text}");
+            }
+            Err(e) => panic!("corruption at {at}: {e}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(12));
+        std::fs::write(&file, &pristine).unwrap();
+    }
+    // At least the damaged tail (the live log) is caught.
+    assert!(failed >= 1);
+}

@@ -41,6 +41,17 @@ pub enum StorageError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(String),
+    /// The store on disk could not be opened: corrupt, unreadable, or still opening after
+    /// the deadline (a damaged log can keep sled recovering forever).
+    #[error(
+        "cannot open the store in {path}: {reason} (move the directory away to start empty, or restore it from a backup)"
+    )]
+    Open {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The node refused a declaration.
     #[error(transparent)]
     Declare(#[from] crate::DeclareError),
@@ -275,9 +286,46 @@ fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
     postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
+/// How long opening a sled store may take before it is reported as damaged.
+pub(super) const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl SledBackend {
     /// Opens (or creates) the database in `dir`; sled writes its log to disk every `flush_ms`.
     pub fn open(dir: &Path, flush_ms: u64) -> Result<Self, StorageError> {
+        Self::open_within(dir, flush_ms, OPEN_DEADLINE)
+    }
+
+    /// [`open`](Self::open), giving up after `deadline` with [`StorageError::Open`] (the
+    /// opening thread is left to finish or spin on its own: sled offers no way to stop it).
+    pub fn open_within(
+        dir: &Path,
+        flush_ms: u64,
+        deadline: std::time::Duration,
+    ) -> Result<Self, StorageError> {
+        let open_err = |reason: String| StorageError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("hypha-sled-open".into())
+            .spawn(move || {
+                let _ = tx.send(Self::open_now(&path, flush_ms));
+            })
+            .map_err(|e| open_err(format!("cannot start the opening thread: {e}")))?;
+        match rx.recv_timeout(deadline) {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(StorageError::Sled(e))) => Err(open_err(e.to_string())),
+            Ok(Err(StorageError::Corrupt(e))) => Err(open_err(format!("corrupt record: {e}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(open_err(format!(
+                "still opening after {deadline:?}: the log is probably damaged"
+            ))),
+        }
+    }
+
+    fn open_now(dir: &Path, flush_ms: u64) -> Result<Self, StorageError> {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(flush_ms.max(1)))
