@@ -14,7 +14,8 @@
 //! | `hypha_link_up` | gauge (1 per link) | `peer`, `kind`, `transport` |
 //! | `hypha_link_{tx,rx}_bytes_total`, `hypha_link_{tx,rx}_messages_total` | counter | `peer` |
 //! | `hypha_link_queue_bytes` | gauge (queue depth) | `peer` |
-//! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost |
+//! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost (and framing, serial links) |
+//! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate, QUIC links only |
 //! | `hypha_dropped_total` | counter | `reason` = congestion, acl, framing |
 //! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
@@ -24,7 +25,8 @@
 //! | `hypha_storage_write_seconds` | histogram | `storage`: one backend write (`Backend::store`) |
 //! | `hypha_replay_lag_seconds` | histogram | `storage`: from a history (`_time`) query's arrival to its last replayed sample handed on |
 //!
-//! There is no RTT gauge yet: the link session measures none (keep-alives are one-way).
+//! RTT is the transport's (quinn's smoothed estimate) and only QUIC links have one: TCP and TLS
+//! links would need the kernel's `TCP_INFO`, which no crate here reads without unsafe code.
 
 use crate::admin::{Extra, Snapshot};
 use crate::runtime::Runtime;
@@ -281,6 +283,10 @@ impl Collector for NodeCollector {
             ] {
                 drops.push((vec![("peer", p.as_str()), ("reason", reason)], v));
             }
+            if l.framing.is_some() {
+                let v = l.framing_errors();
+                drops.push((vec![("peer", p.as_str()), ("reason", "framing")], v));
+            }
         }
         counter(
             &mut enc,
@@ -288,6 +294,20 @@ impl Collector for NodeCollector {
             "Messages dropped on the link, by reason",
             &drops,
         )?;
+        // Float seconds, one per link whose transport measures it.
+        let g = ConstGauge::new(0.0f64);
+        let mut m = enc.encode_descriptor(
+            "link_rtt_seconds",
+            "The link's round-trip time as its transport estimates it (QUIC links)",
+            None,
+            g.metric_type(),
+        )?;
+        for (l, p) in s.links.iter().zip(&peers) {
+            if let Some(rtt) = l.rtt {
+                let labels: Labels<'_> = vec![("peer", p.as_str())];
+                ConstGauge::new(rtt.as_secs_f64()).encode(m.encode_family(&labels)?)?;
+            }
+        }
         let f = hypha_transports::serial::framing_totals();
         let framing = u64::from(f.crc_errors) + u64::from(f.cobs_errors) + u64::from(f.overflows);
         counter(

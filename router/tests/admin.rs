@@ -539,3 +539,32 @@ async fn storage_metrics_move_and_parse() {
     );
     store.close().await;
 }
+
+/// Link RTT: QUIC links carry the QUIC stack's estimate (`rtt_us` in `@/<id>/links/<peer>`,
+/// `hypha_link_rtt_seconds{peer}`), on both ends; TCP links carry neither (no safe `TCP_INFO`).
+#[tokio::test]
+async fn link_rtt_is_reported_for_quic_links() {
+    let (a, b) = common::pair("quic").await;
+    let links = wait_links(&a, &pairs(&[&a, &b])).await;
+    assert_eq!(links.len(), 2);
+    for (k, json, _) in &links {
+        assert_eq!(field(json, "transport"), "quic", "{k}: {json}");
+        let rtt: u64 = field(json, "rtt_us").parse().unwrap();
+        assert!(rtt > 0 && rtt < 1_000_000, "{k}: {json}");
+    }
+    let series = format!("hypha_link_rtt_seconds{{peer=\"{}\"}}", b.id());
+    let m = parse_openmetrics(&a.metrics());
+    let rtt = m
+        .iter()
+        .find(|(s, _)| *s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {series} in {m:?}"));
+    assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+
+    let (c, d) = common::pair("tcp").await;
+    for (k, json, _) in wait_links(&c, &pairs(&[&c, &d])).await {
+        assert_eq!(field(&json, "transport"), "tcp", "{k}: {json}");
+        assert!(!json.contains("\"rtt_us\""), "{k}: {json}");
+    }
+    assert!(!c.metrics().contains("hypha_link_rtt_seconds{"));
+}

@@ -658,6 +658,67 @@ async fn hypha_info_reports_serial_framing_errors() {
     );
 }
 
+/// The same noisy line, seen through the admin space: `@/<id>/links/<device>` of the node the
+/// line is attached to carries the link's own `framing` counters (from the link's probe, not
+/// the process-wide totals), junk and the corrupted frame counted, the good frames too.
+#[tokio::test]
+async fn admin_space_reports_a_serial_links_framing_errors() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let device_port = l.local_addr().unwrap().port();
+    let dev = host_device(l);
+    let line = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let line_port = line.local_addr().unwrap().port();
+    let _line = tokio::spawn(async move {
+        let (mut std_side, _) = line.accept().await.unwrap();
+        let mut frame = vec![0u8; 32];
+        let m = hypha_core::framing::encode(b"not a batch", &mut frame).unwrap();
+        frame[4] ^= 0x20;
+        let mut noise = vec![0x55, 0xAA, 0x13, 0x00];
+        noise.extend_from_slice(&frame[..m]);
+        std_side.write_all(&noise).await.unwrap();
+        let mut device = tokio::net::TcpStream::connect(("127.0.0.1", device_port))
+            .await
+            .unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut std_side, &mut device).await;
+    });
+    let mut c = hypha::Config::default();
+    c.mdns = false;
+    c.connect = vec![format!("serial+tcp/127.0.0.1:{line_port}").parse().unwrap()];
+    let s = hypha::open(c).await.unwrap();
+    let key = format!("@/{}/links/00d00000000000000000000000000002", s.id());
+    let mut last = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let replies = s
+            .get(key.as_str())
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        if let Some(Ok(sample)) = replies.into_iter().next().map(|r| r.result) {
+            last = String::from_utf8(sample.payload.to_vec()).unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let link: serde_json::Value =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last:?}"));
+    assert_eq!(link["transport"], "serial+tcp", "{link}");
+    let f = &link["framing"];
+    let errors = f["crc_errors"].as_u64().unwrap() + f["cobs_errors"].as_u64().unwrap();
+    assert!(errors >= 2, "junk and the corrupted frame: {link}");
+    assert_eq!(f["overflows"], 0, "{link}");
+    assert!(f["frames"].as_u64().unwrap() >= 1, "{link}");
+    assert!(
+        link.get("rtt_us").is_none(),
+        "no RTT on a serial link: {link}"
+    );
+    drop(s);
+    let _ = tokio::task::spawn_blocking(move || dev.join().unwrap()).await;
+}
+
 /// The device node over UDP, as a board with a network stack attaches: one batch per datagram,
 /// unframed (`Node::poll_transmit_datagram` / `handle_datagram`), to a `hypha router`
 /// listening on `udp/`; the CLI drives it as over the serial line.

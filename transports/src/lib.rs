@@ -44,8 +44,8 @@ mod udp;
 
 pub use endpoint::{Endpoint, EndpointError, Host, Protocol};
 pub use link::{
-    ConnectError, Link, LinkError, LinkInfo, LinkRecv, LinkRx, LinkSend, LinkTx, ListenError,
-    Listener, TlsCause, connect, listen,
+    ConnectError, Link, LinkError, LinkInfo, LinkProbe, LinkRecv, LinkRx, LinkSend, LinkTx,
+    ListenError, Listener, TlsCause, connect, listen,
 };
 pub use tls::{TlsConfig, TlsError};
 

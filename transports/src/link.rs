@@ -23,6 +23,55 @@ pub struct LinkInfo {
     /// The peer's leaf certificate (DER), only when TLS verified it against the configured CA:
     /// what the peer's access-control identity is taken from.
     pub peer_certificate: Option<std::sync::Arc<[u8]>>,
+    /// Live figures only the transport knows (RTT, serial framing counters), readable while
+    /// the link runs; [`LinkProbe::default`] for a link that offers none.
+    pub probe: LinkProbe,
+}
+
+/// What the transport can tell about a running link, beyond what the session counts: the QUIC
+/// stack's smoothed RTT, a serial link's framing counters. The runtime's face keeps it (in its
+/// [`LinkInfo`]) to answer the admin space and the metrics. It holds only weak references and
+/// shared counters: it never keeps a link open. Not compared (`==` is always true).
+#[derive(Clone, Default)]
+pub struct LinkProbe {
+    /// The QUIC connection; the strong reference lives in the link's sending half.
+    pub(crate) quic: Option<std::sync::Weak<quinn::Connection>>,
+    /// A serial link's counters, updated by its receiving half.
+    pub(crate) framing: Option<std::sync::Arc<serial::SharedFraming>>,
+}
+
+impl LinkProbe {
+    /// The link's current round-trip time: QUIC links only (quinn's smoothed estimate), `None`
+    /// for other transports or once the link has gone. TCP and TLS links report none: the
+    /// kernel's `TCP_INFO` has no safe accessor in the crates used here (rustix 1.1, nix,
+    /// socket2) and the workspace forbids unsafe code.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        let conn = self.quic.as_ref()?.upgrade()?;
+        Some(conn.rtt())
+    }
+
+    /// A serial link's framing counters (frames, CRC and COBS errors, overflows) so far;
+    /// `None` for other transports.
+    pub fn framing(&self) -> Option<hypha_core::framing::FramingStats> {
+        self.framing.as_ref().map(|f| f.load())
+    }
+}
+
+impl PartialEq for LinkProbe {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LinkProbe {}
+
+impl std::fmt::Debug for LinkProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkProbe")
+            .field("rtt", &self.rtt())
+            .field("framing", &self.framing())
+            .finish()
+    }
 }
 
 /// Why TLS refused a link, from our verifier or the peer's alert.

@@ -99,6 +99,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
         mtu: crate::MAX_BATCH,
         reliable: true,
         peer_certificate: None,
+        probe: Default::default(),
     };
     let theirs = Link {
         info: info.clone(),

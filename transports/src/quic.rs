@@ -30,6 +30,9 @@ pub struct QuicTx {
     buf: Vec<u8>,
     /// Keeps the client endpoint alive for dialled links.
     _endpoint: Option<quinn::Endpoint>,
+    /// The one strong reference behind the link's [`LinkProbe`](crate::LinkProbe) (its RTT):
+    /// the probe's weak one fails once this half is gone.
+    _probe: Arc<quinn::Connection>,
 }
 
 /// Receiving half of a QUIC link.
@@ -241,14 +244,17 @@ fn link(
     } else {
         None
     };
-    let info = LinkInfo {
+    let mut info = LinkInfo {
         protocol: Protocol::Quic,
         local: Endpoint::from_socket(Protocol::Quic, local),
         remote: Endpoint::from_socket(Protocol::Quic, conn.remote_address()),
         mtu: crate::MAX_BATCH,
         reliable: true,
         peer_certificate,
+        probe: Default::default(),
     };
+    let probe = Arc::new(conn.clone());
+    info.probe.quic = Some(Arc::downgrade(&probe));
     let rx = spawn_readers(conn.clone());
     Link {
         info,
@@ -257,6 +263,7 @@ fn link(
             streams: Default::default(),
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
             _endpoint: endpoint,
+            _probe: probe,
         }),
         rx: LinkRx::Quic(rx),
     }

@@ -55,6 +55,35 @@ pub fn framing_totals() -> FramingStats {
     }
 }
 
+/// One serial link's framing counters, shared between its receiving half (which stores them
+/// after every push into the deframer) and its [`LinkProbe`](crate::LinkProbe) (which the
+/// runtime's face reads for the admin space).
+#[derive(Debug, Default)]
+pub(crate) struct SharedFraming {
+    frames: AtomicU32,
+    crc_errors: AtomicU32,
+    cobs_errors: AtomicU32,
+    overflows: AtomicU32,
+}
+
+impl SharedFraming {
+    fn store(&self, s: &FramingStats) {
+        self.frames.store(s.frames, Ordering::Relaxed);
+        self.crc_errors.store(s.crc_errors, Ordering::Relaxed);
+        self.cobs_errors.store(s.cobs_errors, Ordering::Relaxed);
+        self.overflows.store(s.overflows, Ordering::Relaxed);
+    }
+
+    pub(crate) fn load(&self) -> FramingStats {
+        FramingStats {
+            frames: self.frames.load(Ordering::Relaxed),
+            crc_errors: self.crc_errors.load(Ordering::Relaxed),
+            cobs_errors: self.cobs_errors.load(Ordering::Relaxed),
+            overflows: self.overflows.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Sending half of a serial link.
 pub struct SerialTx {
     w: Writer,
@@ -69,6 +98,8 @@ pub struct SerialRx {
     pos: usize,
     seen: FramingStats,
     remote: Endpoint,
+    /// This link's counters as the face sees them (through the link's probe).
+    shared: std::sync::Arc<SharedFraming>,
 }
 
 impl fmt::Debug for SerialTx {
@@ -135,6 +166,7 @@ impl SerialRx {
         let now = *self.de.stats();
         let was = std::mem::replace(&mut self.seen, now);
         FRAMES.fetch_add(now.frames.wrapping_sub(was.frames), Ordering::Relaxed);
+        self.shared.store(&now);
         let d_crc = now.crc_errors.wrapping_sub(was.crc_errors);
         let d_cobs = now.cobs_errors.wrapping_sub(was.cobs_errors);
         let d_over = now.overflows.wrapping_sub(was.overflows);
@@ -168,8 +200,10 @@ fn closed_or_io(e: std::io::Error) -> LinkError {
     }
 }
 
-fn make_link(r: Reader, w: Writer, info: LinkInfo) -> Link {
+fn make_link(r: Reader, w: Writer, mut info: LinkInfo) -> Link {
     let remote = info.remote.clone();
+    let shared = std::sync::Arc::new(SharedFraming::default());
+    info.probe.framing = Some(shared.clone());
     Link {
         info,
         tx: LinkTx::Serial(SerialTx { w, buf: Vec::new() }),
@@ -180,6 +214,7 @@ fn make_link(r: Reader, w: Writer, info: LinkInfo) -> Link {
             pos: 0,
             seen: FramingStats::default(),
             remote,
+            shared,
         }),
     }
 }
@@ -192,6 +227,7 @@ fn tcp_info(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> LinkIn
         mtu: SERIAL_MTU,
         reliable: true,
         peer_certificate: None,
+        probe: Default::default(),
     }
 }
 
@@ -338,6 +374,7 @@ pub(crate) async fn connect_tty(endpoint: &Endpoint) -> Result<Link, ConnectErro
         mtu: SERIAL_MTU,
         reliable: true,
         peer_certificate: None,
+        probe: Default::default(),
     };
     Ok(make_link(Box::new(r), Box::new(w), info))
 }

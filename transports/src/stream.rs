@@ -304,6 +304,7 @@ pub(crate) async fn listen_tcp(endpoint: &Endpoint) -> Result<Listener, ListenEr
                             mtu: crate::MAX_BATCH,
                             reliable: true,
                             peer_certificate: None,
+                            probe: Default::default(),
                         };
                         let _ = tx.send(tcp_link(s, info)).await;
                     }
@@ -341,6 +342,7 @@ pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<Link, ConnectErro
                     mtu: crate::MAX_BATCH,
                     reliable: true,
                     peer_certificate: None,
+                    probe: Default::default(),
                 };
                 return Ok(tcp_link(s, info));
             }
@@ -392,6 +394,7 @@ pub(crate) async fn listen_unix(endpoint: &Endpoint) -> Result<Listener, ListenE
                             mtu: crate::MAX_BATCH,
                             reliable: true,
                             peer_certificate: None,
+                            probe: Default::default(),
                         };
                         let _ = tx.send(unix_link(s, info)).await;
                     }
@@ -427,6 +430,7 @@ pub(crate) async fn connect_unix(endpoint: &Endpoint) -> Result<Link, ConnectErr
         mtu: crate::MAX_BATCH,
         reliable: true,
         peer_certificate: None,
+        probe: Default::default(),
     };
     Ok(unix_link(s, info))
 }

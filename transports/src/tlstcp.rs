@@ -85,6 +85,7 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
                             mtu: crate::MAX_BATCH,
                             reliable: true,
                             peer_certificate,
+                            probe: Default::default(),
                         };
                         let _ = tx.send(link(t, info)).await;
                     }
@@ -156,6 +157,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
         mtu: crate::MAX_BATCH,
         reliable: true,
         peer_certificate,
+        probe: Default::default(),
     };
     Ok(link(t, info))
 }

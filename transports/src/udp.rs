@@ -151,6 +151,7 @@ pub(crate) async fn listen(endpoint: &Endpoint) -> Result<Listener, ListenError>
                     mtu: UDP_MTU,
                     reliable: false,
                     peer_certificate: None,
+                    probe: Default::default(),
                 },
                 tx: LinkTx::Udp(UdpTx {
                     socket: sock.clone(),
@@ -191,6 +192,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Link, ConnectError> {
             mtu: UDP_MTU,
             reliable: false,
             peer_certificate: None,
+            probe: Default::default(),
         },
         tx: LinkTx::Udp(UdpTx {
             socket: socket.clone(),

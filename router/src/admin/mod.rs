@@ -4,7 +4,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `@/<id>/node` | id, mode, version, uptime, endpoints, node-wide counters |
-//! | `@/<id>/links/<peer-id>` | one per link: peer, kind, principal, transport, bytes and messages each way, drops, denials |
+//! | `@/<id>/links/<peer-id>` | one per link: peer, kind, principal, transport, bytes and messages each way, drops, denials; `rtt_us` (QUIC links), `framing` (serial links) |
 //! | `@/<id>/subscribers` | every subscriber in the tables: key, origin (`local` or the declaring neighbour) |
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
@@ -69,9 +69,20 @@ pub(crate) struct LinkView {
     pub(crate) declarations: usize,
     pub(crate) interests: usize,
     pub(crate) declared_to: usize,
+    /// The transport's RTT estimate (QUIC links; `hypha_transports::LinkProbe::rtt`).
+    pub(crate) rtt: Option<std::time::Duration>,
+    /// A serial link's framing counters (`LinkProbe::framing`).
+    pub(crate) framing: Option<hypha_core::framing::FramingStats>,
 }
 
 impl LinkView {
+    /// Serial frames dropped on this link (CRC, COBS, overflow); 0 for other links.
+    pub(crate) fn framing_errors(&self) -> u64 {
+        self.framing.map_or(0, |f| {
+            u64::from(f.crc_errors) + u64::from(f.cobs_errors) + u64::from(f.overflows)
+        })
+    }
+
     pub(crate) fn to_json(&self, me: NodeId) -> String {
         let s = &self.stats;
         let drops = Obj::new()
@@ -82,7 +93,7 @@ impl LinkView {
             .int("duplicates", s.rx_duplicates)
             .int("replies_refused", self.replies_refused)
             .finish();
-        Obj::new()
+        let mut o = Obj::new()
             .str("node", &me.to_string())
             .str("peer", &self.peer.to_string())
             .str("kind", self.kind)
@@ -106,8 +117,21 @@ impl LinkView {
             .int("queued_bytes", self.queued_bytes as u64)
             .int("declarations", self.declarations as u64)
             .int("interests", self.interests as u64)
-            .int("declared_to", self.declared_to as u64)
-            .finish()
+            .int("declared_to", self.declared_to as u64);
+        // Only where the transport knows them: no field rather than a made-up zero.
+        if let Some(rtt) = self.rtt {
+            o = o.int("rtt_us", u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+        }
+        if let Some(f) = self.framing {
+            let framing = Obj::new()
+                .int("frames", u64::from(f.frames))
+                .int("crc_errors", u64::from(f.crc_errors))
+                .int("cobs_errors", u64::from(f.cobs_errors))
+                .int("overflows", u64::from(f.overflows))
+                .finish();
+            o = o.raw("framing", &framing);
+        }
+        o.finish()
     }
 }
 
@@ -260,6 +284,8 @@ impl Snapshot {
                 declarations: s.subscribers + s.queryables + s.tokens,
                 interests: s.interests,
                 declared_to: s.declared_to,
+                rtt: f.info.probe.rtt(),
+                framing: f.info.probe.framing(),
             });
         }
         links.sort_by_key(|l| l.peer);
