@@ -108,6 +108,21 @@ pub struct HttpConfig {
     pub token: Vec<HttpToken>,
 }
 
+/// Opt-in metrics (`[metrics]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Key expressions (at most [`MAX_METRIC_PREFIXES`]) each counted by
+    /// `hypha_prefix_samples_total{prefix}` and `hypha_prefix_bytes_total{prefix}`: samples
+    /// published here or received from a neighbour whose key intersects it. None by default
+    /// (the metrics carry no per-key labels unless asked).
+    pub prefixes: Vec<String>,
+}
+
+/// Most `[metrics] prefixes` a node counts (each is one label value, and one key-expression
+/// match per newly resolved key).
+pub const MAX_METRIC_PREFIXES: usize = 64;
+
 /// One `[[http.token]]`: a bearer token's SHA-256 (hex) and the principal it stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +225,7 @@ struct File {
     acl: Option<crate::acl::AclFile>,
     auth: AuthFile,
     http: HttpConfig,
+    metrics: MetricsConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -236,6 +252,7 @@ impl Default for File {
             acl: None,
             auth: AuthFile::default(),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -273,6 +290,8 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// The HTTP gateway's settings (`[http]`).
     pub http: HttpConfig,
+    /// Opt-in metrics (`[metrics]`: per-prefix counters).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -293,6 +312,7 @@ impl Default for Config {
             acl: None,
             auth_token: None,
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
         })
     }
 }
@@ -462,6 +482,23 @@ impl Config {
                 message: format!("must be 1 to {} bytes", hypha_core::wire::MAX_TOKEN_LEN),
             });
         }
+        if f.metrics.prefixes.len() > MAX_METRIC_PREFIXES {
+            return Err(ConfigError::Value {
+                field: "metrics.prefixes",
+                message: format!(
+                    "{} prefixes (at most {MAX_METRIC_PREFIXES})",
+                    f.metrics.prefixes.len()
+                ),
+            });
+        }
+        for p in &f.metrics.prefixes {
+            if let Err(e) = hypha_core::keyexpr::KeyExpr::new(p) {
+                return Err(ConfigError::Value {
+                    field: "metrics.prefixes",
+                    message: format!("{p:?}: {e}"),
+                });
+            }
+        }
         Ok(Config {
             auth_token,
             acl,
@@ -487,6 +524,7 @@ impl Config {
             queues: f.queues,
             limits: f.limits,
             http: f.http,
+            metrics: f.metrics,
         })
     }
 }
@@ -494,6 +532,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_prefixes_are_key_expressions_at_most_64() {
+        let c = Config::from_toml("[metrics]\nprefixes = [\"fleet/*\", \"a/**\"]").unwrap();
+        assert_eq!(c.metrics.prefixes, ["fleet/*", "a/**"]);
+        assert!(Config::from_toml("").unwrap().metrics.prefixes.is_empty());
+        let e = Config::from_toml("[metrics]\nprefixes = [\"a//b\"]").unwrap_err();
+        assert!(e.to_string().contains("metrics.prefixes"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"p/{i}\"")).collect();
+        let text = format!("[metrics]\nprefixes = [{}]", many.join(","));
+        let e = Config::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

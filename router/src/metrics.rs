@@ -16,6 +16,7 @@
 //! | `hypha_link_queue_bytes` | gauge (queue depth) | `peer` |
 //! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost (and framing, serial links) |
 //! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate, QUIC links only |
+//! | `hypha_prefix_{samples,bytes}_total` | counter | `prefix`: only with `[metrics] prefixes` (configured, so bounded: at most 64) |
 //! | `hypha_dropped_total` | counter | `reason` = congestion, acl, framing |
 //! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
@@ -307,6 +308,29 @@ impl Collector for NodeCollector {
                 let labels: Labels<'_> = vec![("peer", p.as_str())];
                 ConstGauge::new(rtt.as_secs_f64()).encode(m.encode_family(&labels)?)?;
             }
+        }
+        // `[metrics] prefixes` (opt-in): one series per configured key expression, the
+        // atomics the runtime's resolved routes add to.
+        let prefixes = rt.prefix_counters();
+        if !prefixes.is_empty() {
+            let per_prefix = |f: &dyn Fn(&crate::runtime::PrefixCounter) -> u64| {
+                prefixes
+                    .iter()
+                    .map(|p| (vec![("prefix", p.expr.as_str())], f(p)))
+                    .collect::<Vec<(Labels<'_>, u64)>>()
+            };
+            counter(
+                &mut enc,
+                "prefix_samples",
+                "Samples published here or received from neighbours on keys in the prefix",
+                &per_prefix(&|p| p.samples.load(std::sync::atomic::Ordering::Relaxed)),
+            )?;
+            counter(
+                &mut enc,
+                "prefix_bytes",
+                "Payload bytes of those samples",
+                &per_prefix(&|p| p.bytes.load(std::sync::atomic::Ordering::Relaxed)),
+            )?;
         }
         let f = hypha_transports::serial::framing_totals();
         let framing = u64::from(f.crc_errors) + u64::from(f.cobs_errors) + u64::from(f.overflows);

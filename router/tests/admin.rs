@@ -568,3 +568,48 @@ async fn link_rtt_is_reported_for_quic_links() {
     }
     assert!(!c.metrics().contains("hypha_link_rtt_seconds{"));
 }
+
+/// `[metrics] prefixes`: `hypha_prefix_{samples,bytes}_total{prefix}` count the samples
+/// published here and received from neighbours on keys in the prefix, and nothing else.
+#[tokio::test]
+async fn prefix_counters_count_matching_keys_only() {
+    let mut c = common::node_config("tcp/127.0.0.1:0", &[]);
+    c.metrics.prefixes = vec!["fleet/*".into(), "zzz/**".into()];
+    let a = hypha::open(c).await.unwrap();
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let sub = a.declare_subscriber("**").await.unwrap();
+    // Published here: 3 x 100 B on fleet/x (counted), 2 on misc/y (not).
+    let p = a.declare_publisher("fleet/x").unwrap();
+    let q = a.declare_publisher("misc/y").unwrap();
+    // From the neighbour: 4 x 50 B on fleet/y (counted), 2 on fleet/a/b (`*` is one chunk).
+    let r = b.declare_publisher("fleet/y").unwrap();
+    let t = b.declare_publisher("fleet/a/b").unwrap();
+    assert!(r.ready(T).await && t.ready(T).await);
+    for _ in 0..3 {
+        p.put(vec![1u8; 100]).await.unwrap();
+    }
+    for _ in 0..2 {
+        q.put(vec![2u8; 1000]).await.unwrap();
+        t.put(vec![3u8; 1000]).await.unwrap();
+    }
+    for _ in 0..4 {
+        r.put(vec![4u8; 50]).await.unwrap();
+    }
+    for _ in 0..11 {
+        tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    }
+    let m = parse_openmetrics(&a.metrics());
+    let value = |series: &str| {
+        m.iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    assert_eq!(value("hypha_prefix_samples_total{prefix=\"fleet/*\"}"), 7.0);
+    assert_eq!(value("hypha_prefix_bytes_total{prefix=\"fleet/*\"}"), 500.0);
+    assert_eq!(value("hypha_prefix_samples_total{prefix=\"zzz/**\"}"), 0.0);
+    assert_eq!(value("hypha_prefix_bytes_total{prefix=\"zzz/**\"}"), 0.0);
+    // Opt-in: a node without prefixes has no such series.
+    assert!(!b.metrics().contains("hypha_prefix_"));
+}

@@ -125,6 +125,25 @@ pub(crate) struct Resolved {
     pub locals: Vec<Arc<dyn LocalSink>>,
     /// Links, each with the key id it declared for the publisher's key and lane (0 until known).
     pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
+    /// The `[metrics] prefixes` counters this key falls under, matched once when the route is
+    /// resolved: a sample only adds to these atomics (empty unless prefixes are configured).
+    pub prefixes: Vec<Arc<PrefixCounter>>,
+}
+
+/// One `[metrics] prefixes` entry: samples and payload bytes published here or received from
+/// neighbours on keys intersecting `expr` (`hypha_prefix_{samples,bytes}_total{prefix}`).
+#[derive(Debug)]
+pub(crate) struct PrefixCounter {
+    pub expr: String,
+    pub samples: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl PrefixCounter {
+    fn count(&self, payload: usize) {
+        self.samples.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(payload as u64, Ordering::Relaxed);
+    }
 }
 
 /// Links accepted and still handshaking.
@@ -286,6 +305,8 @@ pub(crate) struct Runtime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     counters: Counters,
+    /// `[metrics] prefixes`, in configured order (read by `metrics.rs`).
+    prefixes: Vec<Arc<PrefixCounter>>,
     next_face: AtomicU64,
     /// The dialer of discovered peers (when mDNS is on).
     dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
@@ -344,6 +365,18 @@ impl Runtime {
         if let Some(acl) = &config.acl {
             nc.intercepts = Box::new(crate::acl::enforce::AclFactory(Arc::new(acl.clone())));
         }
+        let prefixes = config
+            .metrics
+            .prefixes
+            .iter()
+            .map(|p| {
+                Arc::new(PrefixCounter {
+                    expr: p.clone(),
+                    samples: AtomicU64::new(0),
+                    bytes: AtomicU64::new(0),
+                })
+            })
+            .collect();
         Arc::new_cyclic(|me| Runtime {
             me: me.clone(),
             id,
@@ -363,6 +396,7 @@ impl Runtime {
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            prefixes,
             next_face: AtomicU64::new(1),
             dialer: std::sync::OnceLock::new(),
             known: Mutex::new(HashMap::new()),
@@ -386,6 +420,11 @@ impl Runtime {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The `[metrics] prefixes` counters.
+    pub(crate) fn prefix_counters(&self) -> &[Arc<PrefixCounter>] {
+        &self.prefixes
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -1131,10 +1170,22 @@ impl Runtime {
             .filter_map(|id| self.face(*id))
             .map(|f| (f, std::sync::atomic::AtomicU32::new(0)))
             .collect();
+        // The per-prefix match runs here, once per resolved key (routes are cached per key),
+        // never per sample. Prefixes were validated by the config; an invalid key matches none.
+        let prefixes = match KeyExpr::new(key) {
+            Ok(k) if !self.prefixes.is_empty() => self
+                .prefixes
+                .iter()
+                .filter(|p| KeyExpr::new(&p.expr).is_ok_and(|e| e.intersects(&k)))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         Arc::new(Resolved {
             route,
             locals,
             faces,
+            prefixes,
         })
     }
 
@@ -1173,6 +1224,9 @@ impl Runtime {
             self.counters.denied.fetch_add(1, Ordering::Relaxed);
             self.with_node(|n, now| n.sample_denied(now, face.id, &key, kind));
             return;
+        }
+        for p in &resolved.prefixes {
+            p.count(payload.len());
         }
         if resolved.locals.is_empty() && resolved.faces.is_empty() {
             return;
@@ -1239,6 +1293,9 @@ impl Runtime {
             s.timestamp = Some(self.new_timestamp());
         }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
+        for p in &resolved.prefixes {
+            p.count(s.payload.len());
+        }
         let lane = Lane {
             priority: qos.priority,
             reliable: qos.reliable,
