@@ -128,7 +128,8 @@ impl Drop for Proc {
 /// is multicast on the host's network.
 pub fn cli(bin: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin);
-    c.args(args).arg("--no-mdns");
+    // A command a test gives up on (a timeout, a failed assertion) must not outlive it.
+    c.args(args).arg("--no-mdns").kill_on_drop(true);
     c
 }
 
