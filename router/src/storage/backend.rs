@@ -319,7 +319,10 @@ impl SledBackend {
             Ok(Err(StorageError::Sled(e))) => Err(open_err(e.to_string())),
             Ok(Err(StorageError::Corrupt(e))) => Err(open_err(format!("corrupt record: {e}"))),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(open_err(format!(
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(open_err(
+                "sled panicked while reading it: the data is damaged".into(),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(open_err(format!(
                 "still opening after {deadline:?}: the log is probably damaged"
             ))),
         }
