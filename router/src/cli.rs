@@ -91,6 +91,14 @@ struct StorageOpts {
     /// sled flush interval in milliseconds (the durability window).
     #[arg(long, default_value_t = 100)]
     flush_ms: u64,
+    /// Samples the storage's ingest queue holds, at most (memory and what a crash can lose
+    /// beyond the flush window).
+    #[arg(long, value_name = "N", default_value_t = crate::storage::DEFAULT_QUEUE)]
+    queue: usize,
+    /// How long a full ingest queue holds the delivering link (back-pressure) before it drops
+    /// samples, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = crate::storage::DEFAULT_BLOCK_MS)]
+    block_ms: u64,
 }
 
 fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::StorageConfig> {
@@ -107,6 +115,11 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     }
     c.retain_count = o.retain_count;
     c.flush_ms = o.flush_ms;
+    if o.queue == 0 {
+        anyhow::bail!("--queue must be at least 1");
+    }
+    c.queue = o.queue;
+    c.block_ms = o.block_ms;
     Ok(c)
 }
 

@@ -23,7 +23,9 @@
 //! | `hypha_declarations` | gauge | `kind` = subscriber, queryable, token |
 //!
 //! | `hypha_storage_{keys,samples,bytes}` | gauge | `storage` (its key expression: configured, so bounded) |
-//! | `hypha_storage_write_seconds` | histogram | `storage`: one backend write (`Backend::store`) |
+//! | `hypha_storage_queued` | gauge | `storage`: samples in its ingest queue |
+//! | `hypha_storage_ingest_dropped_total` | counter | `storage`: samples dropped because its ingest queue stayed full |
+//! | `hypha_storage_write_seconds` | histogram | `storage`: one backend write of a batch |
 //! | `hypha_replay_lag_seconds` | histogram | `storage`: from a history (`_time`) query's arrival to its last replayed sample handed on |
 //!
 //! RTT is the transport's (quinn's smoothed estimate) and only QUIC links have one: TCP and TLS
@@ -394,6 +396,28 @@ impl Collector for NodeCollector {
                 .collect();
             gauge(&mut enc, name, help, &values)?;
         }
+        let queued: Vec<(Labels<'_>, i64)> = s
+            .storages
+            .iter()
+            .map(|v| (vec![("storage", v.key.as_str())], v.queued as i64))
+            .collect();
+        gauge(
+            &mut enc,
+            "storage_queued",
+            "Samples waiting in each storage's ingest queue",
+            &queued,
+        )?;
+        let dropped: Vec<(Labels<'_>, u64)> = s
+            .storages
+            .iter()
+            .map(|v| (vec![("storage", v.key.as_str())], v.dropped))
+            .collect();
+        counter(
+            &mut enc,
+            "storage_ingest_dropped",
+            "Samples each storage dropped because its ingest queue stayed full",
+            &dropped,
+        )?;
         let count = |k: &str| s.decls.iter().filter(|d| d.kind == k).count() as i64;
         gauge(
             &mut enc,

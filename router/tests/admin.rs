@@ -510,9 +510,15 @@ async fn storage_metrics_move_and_parse() {
     })
     .await
     .unwrap_or_else(|_| panic!("the storage never held 4 samples: {m:?}"));
+    // One observation per batch the writer stored (1 to 4 batches for 4 samples).
+    let writes = value(&m, "hypha_storage_write_seconds_count{storage=\"st/**\"}");
+    assert!((1.0..=4.0).contains(&writes), "{writes} batches");
     assert_eq!(
-        value(&m, "hypha_storage_write_seconds_count{storage=\"st/**\"}"),
-        4.0
+        writes,
+        store
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
     );
     assert!(value(&m, "hypha_storage_write_seconds_sum{storage=\"st/**\"}") > 0.0);
     assert_eq!(value(&m, "hypha_storage_keys{storage=\"st/**\"}"), 1.0);

@@ -9,7 +9,7 @@
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
 //! | `@/<id>/routes` | where a sample published here goes, per subscriber key expression: neighbours and local subscribers; the number of cached routes |
-//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters |
+//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters (stored, queries, replied, errors; ingest queue: queued, waited, dropped) |
 //! | `@/<id>/metrics` | the node's metrics registry, OpenMetrics text (`crate::metrics`) |
 //!
 //! `@` is a verbatim chunk (`hypha_core::keyexpr`): `**` and `*` never match it, so wildcard
@@ -168,6 +168,10 @@ pub(crate) struct StorageView {
     pub(crate) queries: u64,
     pub(crate) replied: u64,
     pub(crate) errors: u64,
+    /// Ingest queue (issue 17): samples waiting now, samples that waited for room, dropped.
+    pub(crate) queued: u64,
+    pub(crate) waited: u64,
+    pub(crate) dropped: u64,
 }
 
 impl StorageView {
@@ -183,7 +187,10 @@ impl StorageView {
             .int("stored", self.stored)
             .int("queries", self.queries)
             .int("replied", self.replied)
-            .int("errors", self.errors);
+            .int("errors", self.errors)
+            .int("queued", self.queued)
+            .int("waited", self.waited)
+            .int("dropped", self.dropped);
         o = if self.oldest == 0 {
             o.raw("oldest", "null").raw("oldest_unix_us", "null")
         } else {
@@ -233,6 +240,9 @@ impl Extra {
                     queries: l(&st.queries),
                     replied: l(&st.replied),
                     errors: l(&st.errors),
+                    queued: l(&st.queued),
+                    waited: l(&st.waited),
+                    dropped: l(&st.dropped),
                 })
             })
             .collect()

@@ -64,15 +64,44 @@ pub trait Backend: Send {
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError>;
     /// The latest sample of every key matching `key`, tombstones included, in key order.
     fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError>;
+    /// One page of a history scan: samples matching `key` with a timestamp in `[from, to]`, in
+    /// timestamp order, starting after the record `after` (a cursor from a previous page; `None`
+    /// starts at `from`), at most `limit` of them, looking at most at `scan` records. The page's
+    /// `next` is the cursor to continue from, `None` when the window is exhausted. A storage
+    /// answers a replay page by page, so that it never holds the whole window in memory and
+    /// ingest goes on between pages.
+    fn history_page(
+        &self,
+        key: &KeyExpr<'_>,
+        after: Option<&[u8]>,
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+        scan: usize,
+    ) -> Result<HistoryPage, StorageError>;
     /// Samples matching `key` with a timestamp in `[from, to]`, in timestamp order, at most
-    /// `limit`.
+    /// `limit` (all pages of [`history_page`](Self::history_page) collected: for tests and small
+    /// windows).
     fn history(
         &self,
         key: &KeyExpr<'_>,
         from: Ntp64,
         to: Ntp64,
         limit: usize,
-    ) -> Result<Vec<StoredSample>, StorageError>;
+    ) -> Result<Vec<StoredSample>, StorageError> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while out.len() < limit {
+            let page =
+                self.history_page(key, after.as_deref(), from, to, limit - out.len(), 4096)?;
+            out.extend(page.samples);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
     /// Drops history older than `before` and beyond the newest `keep` samples, and tombstones
     /// older than `tombstones_before`. Returns how many records were dropped.
     fn prune(
@@ -92,6 +121,15 @@ pub trait Backend: Send {
             ..Summary::default()
         }
     }
+}
+
+/// One page of a history scan ([`Backend::history_page`]).
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// The matching samples of this page, in timestamp order.
+    pub samples: Vec<StoredSample>,
+    /// Where the next page starts (exclusive), `None` when the window is exhausted.
+    pub next: Option<Vec<u8>>,
 }
 
 /// A backend's contents in numbers (`@/<id>/storages/**`, issue 14).
@@ -191,23 +229,37 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn history(
+    fn history_page(
         &self,
         key: &KeyExpr<'_>,
+        after: Option<&[u8]>,
         from: Ntp64,
         to: Ntp64,
         limit: usize,
-    ) -> Result<Vec<StoredSample>, StorageError> {
-        let lo = from.0.to_be_bytes().to_vec();
-        Ok(self
-            .history
-            .range(lo..)
-            .map(|(_, v)| v)
-            .take_while(|v| v.timestamp.time <= to)
-            .filter(|v| matches(key, &v.key))
-            .take(limit)
-            .cloned()
-            .collect())
+        scan: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(from.0.to_be_bytes().to_vec()),
+        };
+        let mut page = HistoryPage::default();
+        let mut last: Option<&Vec<u8>> = None;
+        let range = self.history.range::<Vec<u8>, _>((lo, Bound::Unbounded));
+        for (seen, (k, v)) in range.enumerate() {
+            if v.timestamp.time > to {
+                return Ok(page);
+            }
+            if seen >= scan.max(1) || page.samples.len() >= limit {
+                page.next = last.cloned();
+                return Ok(page);
+            }
+            if matches(key, &v.key) {
+                page.samples.push(v.clone());
+            }
+            last = Some(k);
+        }
+        Ok(page)
     }
 
     fn prune(
@@ -286,6 +338,9 @@ fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
     postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 8 << 20;
+
 /// How long opening a sled store may take before it is reported as damaged.
 pub(super) const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -332,6 +387,9 @@ impl SledBackend {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(flush_ms.max(1)))
+            // sled's page cache defaults to 1 GiB; a storage's working set is the tail of its
+            // history and the latest values, so a small cache bounds its memory (issue 17).
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
         let latest = db.open_tree("latest")?;
         let history = db.open_tree("history")?;
@@ -402,25 +460,39 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
-    fn history(
+    fn history_page(
         &self,
         key: &KeyExpr<'_>,
+        after: Option<&[u8]>,
         from: Ntp64,
         to: Ntp64,
         limit: usize,
-    ) -> Result<Vec<StoredSample>, StorageError> {
-        let mut out = Vec::new();
-        for kv in self.history.range(from.0.to_be_bytes()..) {
-            let (_, v) = kv?;
+        scan: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(from.0.to_be_bytes().to_vec()),
+        };
+        let mut page = HistoryPage::default();
+        let mut last: Option<sled::IVec> = None;
+        let range = self.history.range::<Vec<u8>, _>((lo, Bound::Unbounded));
+        for (seen, kv) in range.enumerate() {
+            let (k, v) = kv?;
             let s = decode(&v)?;
-            if s.timestamp.time > to || out.len() >= limit {
-                break;
+            if s.timestamp.time > to {
+                return Ok(page);
+            }
+            if seen >= scan.max(1) || page.samples.len() >= limit {
+                page.next = last.map(|l| l.to_vec());
+                return Ok(page);
             }
             if matches(key, &s.key) {
-                out.push(s);
+                page.samples.push(s);
             }
+            last = Some(k);
         }
-        Ok(out)
+        Ok(page)
     }
 
     fn prune(
@@ -541,6 +613,31 @@ mod tests {
             2
         );
         assert_eq!(b.history_len(), 5);
+        // Paging: one record looked at per page, then two samples per page, give the same
+        // samples as one scan; a window's end stops the pages.
+        for (limit, scan) in [(1, 1), (2, 9), (9, 2)] {
+            let mut paged = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            let mut pages = 0;
+            loop {
+                let p = b
+                    .history_page(&k, after.as_deref(), Ntp64(0), Ntp64(15), limit, scan)
+                    .unwrap();
+                assert!(p.samples.len() <= limit);
+                paged.extend(p.samples);
+                pages += 1;
+                match p.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            let times: Vec<u64> = paged.iter().map(|s| s.timestamp.time.0).collect();
+            assert_eq!(times, [5, 10, 11, 15], "limit {limit} scan {scan}");
+            assert!(
+                pages >= 4 / limit.min(scan),
+                "limit {limit} scan {scan}: {pages} pages"
+            );
+        }
         let sum = b.summary();
         // a/1 live, a/2 deleted; payloads x, y, old, late, "" = 1 + 1 + 3 + 4 + 0 bytes.
         assert_eq!((sum.keys, sum.samples, sum.bytes), (1, 5, 9));

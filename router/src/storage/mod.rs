@@ -11,26 +11,42 @@
 //! Samples that arrive without a timestamp are stamped by the storage's node.
 //!
 //! **Durability** (sled, the default backend): sled writes its log to disk every `flush_ms`
-//! (100 ms by default) and on shutdown; a sample acknowledged more than `flush_ms` before a crash
+//! (100 ms by default) and on shutdown; a sample *stored* more than `flush_ms` before a crash
 //! is on disk. The restart test (`tests/tests/storage_restart.rs`) kills a storage with SIGKILL in
 //! the middle of a write stream and checks exactly that.
+//!
+//! **Bounded ingest and back-pressure** (issue 17): samples reach the storage through a bounded
+//! queue (`queue` samples, 4,096 by default) drained by a writer thread of its own, in batches.
+//! When the queue is full, the subscriber callback *waits* for room, up to `block_ms`: the
+//! link (or local publisher) that delivered the sample is held meanwhile, so a remote publisher's
+//! link fills and its `Block` publications slow down to the storage's pace (a `Drop` publisher
+//! drops at its own link queue, counted there). If no room comes within `block_ms` the sample is
+//! dropped and counted (`StorageStats::dropped`), and from then on samples are dropped without
+//! waiting until the writer has drained the queue to half: a stuck disk never holds a link for
+//! more than one `block_ms`. What sits in the queue is what a crash loses beyond the flush window:
+//! at most `queue` samples.
+//!
+//! **Replay** streams: a `_time` query is answered page by page (at most 512 samples, 4,096 records
+//! looked at, per page) in a task of its own; the backend is locked per page, so ingest goes on
+//! between pages and a long replay never holds the whole window in memory.
 
 mod backend;
 pub mod timeexpr;
 
-pub use backend::{Backend, MemoryBackend, SledBackend, StorageError, StoredSample, Summary};
+pub use backend::{
+    Backend, HistoryPage, MemoryBackend, SledBackend, StorageError, StoredSample, Summary,
+};
 
 use crate::api::query::Query;
 use crate::{Sample, Session};
 use bytes::Bytes;
 use hypha_core::hlc::Ntp64;
-use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
+use hypha_core::keyexpr::OwnedKeyExpr;
 use hypha_core::wire::SampleKind;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Which backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +72,20 @@ pub struct StorageConfig {
     pub tombstone_ttl: Duration,
     /// sled flush interval.
     pub flush_ms: u64,
+    /// Samples waiting to be stored, at most (the ingest queue's bound).
+    pub queue: usize,
+    /// How long a full ingest queue holds the delivering link before the sample is dropped.
+    pub block_ms: u64,
 }
+
+/// Default bound of a storage's ingest queue.
+pub const DEFAULT_QUEUE: usize = 4096;
+/// Default wait of a full ingest queue.
+pub const DEFAULT_BLOCK_MS: u64 = 1000;
 
 impl StorageConfig {
     /// Defaults: sled in `hypha-data/<key>`, history kept for a day, tombstones for an hour,
-    /// 100 ms flushes.
+    /// 100 ms flushes, a queue of 4,096 samples that holds the link up to 1 s when full.
     pub fn new(key: OwnedKeyExpr) -> Self {
         let dir: String = key
             .as_str()
@@ -80,6 +105,8 @@ impl StorageConfig {
             retain_count: None,
             tombstone_ttl: Duration::from_secs(3_600),
             flush_ms: 100,
+            queue: DEFAULT_QUEUE,
+            block_ms: DEFAULT_BLOCK_MS,
         }
     }
 }
@@ -95,6 +122,18 @@ pub struct StorageStats {
     pub replied: AtomicU64,
     /// Backend errors.
     pub errors: AtomicU64,
+    /// Samples dropped because the ingest queue stayed full for `block_ms`, or was draining
+    /// after that.
+    pub dropped: AtomicU64,
+    /// Samples that found the ingest queue full and waited (back-pressure applied).
+    pub waited: AtomicU64,
+    /// Samples in the ingest queue now.
+    pub queued: AtomicU64,
+    /// Batches written (one backend lock and, with group commit, one write each).
+    pub batches: AtomicU64,
+    /// Set while the ingest queue is shedding: a wait for room timed out, and samples are
+    /// dropped without waiting until the writer has drained the queue to half.
+    pub shedding: AtomicBool,
     // ----- admin space (issue 14): the backend's `Summary`, refreshed by the storage task ----
     /// Keys whose latest value is a put.
     pub keys: AtomicU64,
@@ -154,9 +193,79 @@ fn ntp(us: i64) -> Ntp64 {
     Ntp64::from_unix_micros(us.max(0) as u64)
 }
 
+/// The backend, shared by the writer thread and the query tasks (each holds it for one batch
+/// or one page).
+type Shared = Arc<Mutex<Box<dyn Backend>>>;
+
+fn lock(b: &Shared) -> std::sync::MutexGuard<'_, Box<dyn Backend>> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Most samples the writer stores under one lock.
+const MAX_BATCH: usize = 512;
+/// Most samples of a replay page, and records looked at for one.
+const PAGE: usize = 512;
+const PAGE_SCAN: usize = 4096;
+
+/// The subscriber side of the ingest queue: waits for room (back-pressure) up to `block`, then
+/// drops and counts.
+struct Ingest {
+    tx: flume::Sender<Sample>,
+    block: Duration,
+    stats: std::sync::Weak<StorageStats>,
+    key: OwnedKeyExpr,
+}
+
+impl Ingest {
+    fn offer(&self, s: Sample) {
+        let s = match self.tx.try_send(s) {
+            Ok(()) => return,
+            Err(flume::TrySendError::Disconnected(_)) => return,
+            Err(flume::TrySendError::Full(s)) => s,
+        };
+        // Weak: a route cache may keep the subscriber's callback a while after the storage
+        // closed, and the admin space lists a storage while its stats live.
+        let Some(stats) = self.stats.upgrade() else {
+            return;
+        };
+        if stats.shedding.load(Ordering::Relaxed) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats.waited.fetch_add(1, Ordering::Relaxed);
+        // Only whether it timed out matters (the sample itself is dropped either way).
+        let wait = || {
+            self.tx
+                .send_timeout(s, self.block)
+                .map_err(|e| matches!(e, flume::SendTimeoutError::Timeout(_)))
+        };
+        // On a multi-thread runtime, hand this worker's other tasks to another worker while
+        // this one waits (a current-thread runtime has no other worker: it just waits).
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let r = if multi {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        if r == Err(true) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !stats.shedding.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "storage {}: ingest queue full for {:?}: dropping samples until it drains \
+                     (dropped so far: {})",
+                    self.key,
+                    self.block,
+                    stats.dropped.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
 /// Starts a storage on `session`.
 pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, StorageError> {
-    let mut backend: Box<dyn Backend> = match &cfg.backend {
+    let backend: Box<dyn Backend> = match &cfg.backend {
         BackendKind::Memory => Box::new(MemoryBackend::new()),
         BackendKind::Sled(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -168,88 +277,196 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
             Box::new(SledBackend::open(dir, cfg.flush_ms)?)
         }
     };
-    let (tx, mut samples) = mpsc::unbounded_channel::<Sample>();
+    start_with(session, cfg, backend).await
+}
+
+/// Starts a storage on `session` over a backend of the caller's (`cfg.backend` only names it in
+/// the admin space).
+pub async fn start_with(
+    session: &Session,
+    cfg: StorageConfig,
+    backend: Box<dyn Backend>,
+) -> Result<Storage, StorageError> {
+    if cfg.queue == 0 {
+        return Err(StorageError::Config(
+            "a storage's queue must hold at least one sample".into(),
+        ));
+    }
+    let stats = Arc::new(StorageStats::default());
+    stats.publish(backend.summary());
+    let history_len = backend.history_len();
+    let backend: Shared = Arc::new(Mutex::new(backend));
+    let (tx, rx) = flume::bounded::<Sample>(cfg.queue);
+    let ingest = Ingest {
+        tx,
+        block: Duration::from_millis(cfg.block_ms),
+        stats: Arc::downgrade(&stats),
+        key: cfg.key.clone(),
+    };
     let sub = session
         .declare_subscriber(cfg.key.as_str())
-        .callback(move |s| {
-            let _ = tx.send(s);
-        })?;
+        .callback(move |s| ingest.offer(s))?;
     let queryable = session
         .declare_queryable(cfg.key.as_str())
         .complete(true)
         .stream()?;
-    let stats = Arc::new(StorageStats::default());
-    stats.publish(backend.summary());
     let backend_name = match &cfg.backend {
         BackendKind::Memory => "memory".to_string(),
         BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
     };
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let w = Writer {
+            rx,
+            backend: backend.clone(),
+            stats: stats.clone(),
+            stopping: stopping.clone(),
+            session: session.clone(),
+            timers: timers.clone(),
+            cfg: cfg.clone(),
+        };
+        std::thread::Builder::new()
+            .name("hypha-storage".into())
+            .spawn(move || w.run())
+            .map_err(|e| StorageError::Config(format!("cannot start the writer thread: {e}")))?
+    };
     let st = stats.clone();
-    let session = session.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
-    tracing::info!(key = %cfg.key, backend = ?cfg.backend, samples = backend.history_len(), "storage started");
+    tracing::info!(key = %cfg.key, backend = ?cfg.backend, samples = history_len, queue = cfg.queue, "storage started");
     let task = tokio::spawn(async move {
-        let _sub = sub;
-        let mut retention = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                Some(s) = samples.recv() => {
-                    let timestamp = s.timestamp.unwrap_or_else(|| session.new_timestamp());
-                    let stored = StoredSample {
-                        key: s.key.to_string(),
-                        kind: s.kind,
-                        payload: s.payload.to_vec(),
-                        timestamp,
-                        encoding: s.encoding.as_deref().map(str::to_string),
-                    };
-                    let t0 = std::time::Instant::now();
-                    let r = backend.store(&stored);
-                    if let Some(t) = &timers {
-                        t.write.observe(t0.elapsed().as_secs_f64());
-                    }
-                    match r {
-                        Ok(_) => {
-                            st.stored.fetch_add(1, Ordering::Relaxed);
-                            st.publish(backend.summary());
-                        }
-                        Err(e) => {
-                            st.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("storage {}: cannot store: {e}", cfg.key);
-                        }
-                    }
-                }
                 Some(q) = queryable.recv() => {
-                    st.queries.fetch_add(1, Ordering::Relaxed);
-                    let t0 = std::time::Instant::now();
-                    let replay = q.parameter("_time").is_some();
-                    let outcome = lookup(&*backend, &q);
-                    respond(q, outcome, &st).await;
-                    if let (true, Some(t)) = (replay, &timers) {
-                        t.replay.observe(t0.elapsed().as_secs_f64());
-                    }
-                }
-                _ = retention.tick() => {
-                    let now = timeexpr::now_us();
-                    let before = cfg.retain_age.map(|a| ntp(now - a.as_micros() as i64));
-                    let tomb = ntp(now - cfg.tombstone_ttl.as_micros() as i64);
-                    if let Err(e) = backend.prune(before, cfg.retain_count, Some(tomb)) {
-                        tracing::warn!("storage {}: retention failed: {e}", cfg.key);
-                    }
-                    st.publish(backend.summary());
+                    tokio::spawn(answer(q, backend.clone(), st.clone(), timers.clone()));
                 }
                 _ = &mut stop_rx => break,
             }
         }
-        if let Err(e) = backend.flush() {
-            tracing::error!("storage {}: final flush failed: {e}", cfg.key);
-        }
+        // No new samples: the writer drains what is queued, flushes and ends.
+        drop(sub);
+        drop(queryable);
+        stopping.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     });
     Ok(Storage {
         stop: Some(stop_tx),
         task: Some(task),
         stats,
     })
+}
+
+/// The writer thread: drains the ingest queue in batches into the backend, runs retention.
+struct Writer {
+    rx: flume::Receiver<Sample>,
+    backend: Shared,
+    stats: Arc<StorageStats>,
+    stopping: Arc<AtomicBool>,
+    session: Session,
+    timers: Option<crate::metrics::StorageTimers>,
+    cfg: StorageConfig,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut batch: Vec<StoredSample> = Vec::with_capacity(MAX_BATCH);
+        let mut next_retention = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => {
+                    batch.push(self.stored(s));
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(s) => batch.push(self.stored(s)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    if self.stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+            if !batch.is_empty() {
+                self.write(&mut batch);
+            }
+            let len = self.rx.len();
+            if len <= self.cfg.queue / 2 && self.stats.shedding.swap(false, Ordering::Relaxed) {
+                tracing::info!(
+                    "storage {}: ingest queue drained; {} samples dropped in all",
+                    self.cfg.key,
+                    self.stats.dropped.load(Ordering::Relaxed)
+                );
+            }
+            self.stats.queued.store(len as u64, Ordering::Relaxed);
+            if Instant::now() >= next_retention {
+                next_retention = Instant::now() + Duration::from_secs(1);
+                self.retention();
+            }
+        }
+        // What is still queued (bounded) is stored before the final flush.
+        batch.extend(self.rx.drain().map(|s| self.stored(s)));
+        if !batch.is_empty() {
+            self.write(&mut batch);
+        }
+        if let Err(e) = lock(&self.backend).flush() {
+            tracing::error!("storage {}: final flush failed: {e}", self.cfg.key);
+        }
+    }
+
+    fn stored(&self, s: Sample) -> StoredSample {
+        StoredSample {
+            key: s.key.to_string(),
+            kind: s.kind,
+            payload: s.payload.to_vec(),
+            timestamp: s.timestamp.unwrap_or_else(|| self.session.new_timestamp()),
+            encoding: s.encoding.as_deref().map(str::to_string),
+        }
+    }
+
+    fn write(&self, batch: &mut Vec<StoredSample>) {
+        let t0 = Instant::now();
+        let mut b = lock(&self.backend);
+        let (mut ok, mut failed) = (0, 0);
+        let mut first_err = None;
+        for s in batch.drain(..) {
+            match b.store(&s) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let summary = b.summary();
+        drop(b);
+        if let Some(t) = &self.timers {
+            t.write.observe(t0.elapsed().as_secs_f64());
+        }
+        self.stats.stored.fetch_add(ok, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.publish(summary);
+        if let Some(e) = first_err {
+            self.stats.errors.fetch_add(failed, Ordering::Relaxed);
+            tracing::error!(
+                "storage {}: cannot store {failed} samples: {e}",
+                self.cfg.key
+            );
+        }
+    }
+
+    fn retention(&self) {
+        let now = timeexpr::now_us();
+        let before = self.cfg.retain_age.map(|a| ntp(now - a.as_micros() as i64));
+        let tomb = ntp(now - self.cfg.tombstone_ttl.as_micros() as i64);
+        let mut b = lock(&self.backend);
+        if let Err(e) = b.prune(before, self.cfg.retain_count, Some(tomb)) {
+            tracing::warn!("storage {}: retention failed: {e}", self.cfg.key);
+        }
+        self.stats.publish(b.summary());
+    }
 }
 
 fn to_sample(s: StoredSample) -> Sample {
@@ -264,44 +481,131 @@ fn to_sample(s: StoredSample) -> Sample {
     }
 }
 
-/// What to answer a query with: samples, or an error message for the querier.
-fn lookup(backend: &dyn Backend, q: &Query) -> Result<Vec<StoredSample>, String> {
-    let key: OwnedKeyExpr = q.key_expr().into();
-    let k: KeyExpr<'_> = key.as_keyexpr();
+/// What a query asks for.
+enum Plan {
+    Latest {
+        limit: usize,
+    },
+    History {
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+    },
+}
+
+fn plan(q: &Query) -> Result<Plan, String> {
     let limit = match q.parameter("limit").map(str::parse::<usize>) {
         Some(Ok(n)) => n,
         Some(Err(_)) => return Err("invalid limit: expected a number".into()),
         None => usize::MAX,
     };
-    let result = match q.parameter("_time") {
+    Ok(match q.parameter("_time") {
         Some(range) => {
             let (from, to) =
                 timeexpr::parse_range(range, timeexpr::now_us()).map_err(|e| e.to_string())?;
-            backend.history(&k, ntp(from), ntp(to), limit)
-        }
-        None => backend.latest(&k).map(|v| {
-            v.into_iter()
-                .filter(|s| s.kind == SampleKind::Put)
-                .take(limit)
-                .collect()
-        }),
-    };
-    result.map_err(|e| format!("storage error: {e}"))
-}
-
-async fn respond(q: Query, outcome: Result<Vec<StoredSample>, String>, st: &StorageStats) {
-    match outcome {
-        Ok(samples) => {
-            for s in samples {
-                if q.reply_sample(to_sample(s)).await.is_err() {
-                    return; // the querier is gone
-                }
-                st.replied.fetch_add(1, Ordering::Relaxed);
+            Plan::History {
+                from: ntp(from),
+                to: ntp(to),
+                limit,
             }
         }
-        Err(e) => {
-            st.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = q.reply_err(e).await;
+        None => Plan::Latest { limit },
+    })
+}
+
+/// Runs `f` on the backend off the async threads.
+async fn with_backend<T: Send + 'static>(
+    backend: &Shared,
+    f: impl FnOnce(&dyn Backend) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, String> {
+    let b = backend.clone();
+    match tokio::task::spawn_blocking(move || f(&**lock(&b))).await {
+        Ok(r) => r.map_err(|e| format!("storage error: {e}")),
+        Err(e) => Err(format!("storage error: {e}")),
+    }
+}
+
+/// Answers one query: latest values at once, a history window page by page.
+async fn answer(
+    q: Query,
+    backend: Shared,
+    st: Arc<StorageStats>,
+    timers: Option<crate::metrics::StorageTimers>,
+) {
+    st.queries.fetch_add(1, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let key: Arc<OwnedKeyExpr> = Arc::new(q.key_expr().into());
+    let r = match plan(&q) {
+        Err(e) => Err(e),
+        Ok(Plan::Latest { limit }) => {
+            let k = key.clone();
+            match with_backend(&backend, move |b| b.latest(&k.as_keyexpr())).await {
+                Ok(v) => {
+                    let v = v
+                        .into_iter()
+                        .filter(|s| s.kind == SampleKind::Put)
+                        .take(limit);
+                    reply_all(&q, v, &st).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Ok(Plan::History { from, to, limit }) => {
+            let r = replay(&q, &backend, &st, key, from, to, limit).await;
+            if let (Ok(()), Some(t)) = (&r, &timers) {
+                t.replay.observe(t0.elapsed().as_secs_f64());
+            }
+            r
+        }
+    };
+    if let Err(e) = r {
+        st.errors.fetch_add(1, Ordering::Relaxed);
+        let _ = q.reply_err(e).await;
+    }
+}
+
+/// Streams a history window page by page; `Ok` also when the querier went away.
+async fn replay(
+    q: &Query,
+    backend: &Shared,
+    st: &StorageStats,
+    key: Arc<OwnedKeyExpr>,
+    from: Ntp64,
+    to: Ntp64,
+    mut left: usize,
+) -> Result<(), String> {
+    let mut after: Option<Vec<u8>> = None;
+    while left > 0 {
+        let k = key.clone();
+        let n = left.min(PAGE);
+        let page = with_backend(backend, move |b| {
+            b.history_page(&k.as_keyexpr(), after.as_deref(), from, to, n, PAGE_SCAN)
+        })
+        .await?;
+        left -= page.samples.len();
+        if !reply_all(q, page.samples.into_iter(), st).await {
+            return Ok(());
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
         }
     }
+    Ok(())
+}
+
+/// Replies with every sample; false when the querier is gone.
+async fn reply_all(
+    q: &Query,
+    samples: impl Iterator<Item = StoredSample>,
+    st: &StorageStats,
+) -> bool {
+    for s in samples {
+        if q.reply_sample(to_sample(s)).await.is_err() {
+            return false;
+        }
+        st.replied.fetch_add(1, Ordering::Relaxed);
+    }
+    true
 }

@@ -1,0 +1,233 @@
+//! A storage's bounded ingest (issue 17): a full queue holds the delivering link (back-pressure)
+//! rather than growing, sheds and counts when it stays full, and replays in pages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha::api::query::QueryTarget;
+use hypha::storage::{
+    self, Backend, BackendKind, HistoryPage, MemoryBackend, StorageConfig, StorageError,
+    StoredSample, Summary,
+};
+use hypha::{CongestionControl, Session};
+use hypha_core::hlc::Ntp64;
+use hypha_core::keyexpr::{KeyExpr, OwnedKeyExpr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+mod common;
+use common::{T, wait_until};
+
+/// A memory backend whose writes wait while its gate is closed: a storage whose disk stalls.
+struct Gated {
+    inner: MemoryBackend,
+    open: Arc<AtomicBool>,
+}
+
+impl Backend for Gated {
+    fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
+        while !self.open.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.store(s)
+    }
+    fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError> {
+        self.inner.latest(key)
+    }
+    fn history_page(
+        &self,
+        key: &KeyExpr<'_>,
+        after: Option<&[u8]>,
+        from: Ntp64,
+        to: Ntp64,
+        limit: usize,
+        scan: usize,
+    ) -> Result<HistoryPage, StorageError> {
+        self.inner.history_page(key, after, from, to, limit, scan)
+    }
+    fn prune(
+        &mut self,
+        before: Option<Ntp64>,
+        keep: Option<usize>,
+        tombstones_before: Option<Ntp64>,
+    ) -> Result<usize, StorageError> {
+        self.inner.prune(before, keep, tombstones_before)
+    }
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn history_len(&self) -> usize {
+        self.inner.history_len()
+    }
+    fn summary(&self) -> Summary {
+        self.inner.summary()
+    }
+}
+
+fn scfg(key: &str, queue: usize, block_ms: u64) -> StorageConfig {
+    let mut c = StorageConfig::new(OwnedKeyExpr::autocanonize(key.to_string()).unwrap());
+    c.backend = BackendKind::Memory;
+    c.queue = queue;
+    c.block_ms = block_ms;
+    c
+}
+
+/// A storage on `a` behind a closed gate, and a `Block` publisher on `b` that sees it.
+async fn gated(
+    a: &Session,
+    b: &Session,
+    key: &str,
+    queue: usize,
+    block_ms: u64,
+) -> (storage::Storage, Arc<AtomicBool>, hypha::Publisher) {
+    let open = Arc::new(AtomicBool::new(false));
+    let backend = Gated {
+        inner: MemoryBackend::new(),
+        open: open.clone(),
+    };
+    let st = storage::start_with(a, scfg(key, queue, block_ms), Box::new(backend))
+        .await
+        .unwrap();
+    let p = b
+        .declare_publisher(key)
+        .unwrap()
+        .congestion_control(CongestionControl::Block);
+    assert!(
+        p.wait_matching(T).await,
+        "the publisher never saw the storage"
+    );
+    (st, open, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ingest_queue_holds_the_link_and_loses_nothing() {
+    let (a, b) = common::pair("tcp").await;
+    let (st, open, p) = gated(&a, &b, "bp/k", 8, 30_000).await;
+    for i in 0..200 {
+        p.put(format!("{i}")).await.unwrap();
+    }
+    // The writer is stuck on its first sample and the queue is full: the next delivery waits
+    // for room instead of queueing without bound or dropping.
+    wait_until(T, async || st.stats.waited.load(Ordering::Relaxed) >= 1)
+        .await
+        .expect("no delivery ever waited for room");
+    assert!(st.stats.queued.load(Ordering::Relaxed) <= 8);
+    assert_eq!(st.stats.stored.load(Ordering::Relaxed), 0);
+    open.store(true, Ordering::Relaxed);
+    wait_until(T, async || st.stats.stored.load(Ordering::Relaxed) == 200)
+        .await
+        .unwrap_or_else(|_| panic!("stored {} of 200", st.stats.stored.load(Ordering::Relaxed)));
+    assert_eq!(st.stats.dropped.load(Ordering::Relaxed), 0);
+    assert!(st.stats.waited.load(Ordering::Relaxed) >= 1);
+    st.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_that_stays_full_drops_counts_and_recovers() {
+    let (a, b) = common::pair("tcp").await;
+    let (st, open, p) = gated(&a, &b, "bp/k", 8, 100).await;
+    for i in 0..200 {
+        p.put(format!("{i}")).await.unwrap();
+    }
+    wait_until(T, async || st.stats.dropped.load(Ordering::Relaxed) >= 1)
+        .await
+        .expect("a queue full for longer than block_ms never dropped");
+    assert!(st.stats.shedding.load(Ordering::Relaxed));
+    assert!(st.stats.queued.load(Ordering::Relaxed) <= 8);
+    open.store(true, Ordering::Relaxed);
+    let all = async || {
+        st.stats.stored.load(Ordering::Relaxed) + st.stats.dropped.load(Ordering::Relaxed) == 200
+            && !st.stats.shedding.load(Ordering::Relaxed)
+    };
+    wait_until(T, all).await.unwrap_or_else(|_| {
+        panic!(
+            "stored {} + dropped {} of 200",
+            st.stats.stored.load(Ordering::Relaxed),
+            st.stats.dropped.load(Ordering::Relaxed)
+        )
+    });
+    let stored = st.stats.stored.load(Ordering::Relaxed);
+    // What was queued (and the sample the writer held) is stored, the rest counted.
+    assert!(stored >= 8, "stored {stored}");
+    let dropped = st.stats.dropped.load(Ordering::Relaxed);
+    // Drained: a new sample is stored, not dropped.
+    p.put("after").await.unwrap();
+    wait_until(T, async || {
+        st.stats.stored.load(Ordering::Relaxed) == stored + 1
+    })
+    .await
+    .expect("a sample after the storage recovered was not stored");
+    assert_eq!(st.stats.dropped.load(Ordering::Relaxed), dropped);
+    // The admin space shows the counters.
+    let replies = a
+        .get("@/*/storages/**")
+        .timeout(T)
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let json: Vec<String> = replies
+        .into_iter()
+        .filter_map(|r| r.result.ok())
+        .map(|s| s.payload_str().unwrap().to_string())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|j| j.contains(&format!("\"dropped\":{dropped}"))),
+        "{json:?}"
+    );
+    st.close().await;
+}
+
+/// A replay longer than a page, of a key that is rare in the history (pages that match nothing
+/// go on), streams every sample in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_streams_in_pages() {
+    let (a, b) = common::pair("tcp").await;
+    let st = storage::start(&a, scfg("rp/**", 4096, 1000)).await.unwrap();
+    let pa = a.declare_publisher("rp/a").unwrap();
+    let pb = a.declare_publisher("rp/b").unwrap();
+    let mut n = 0;
+    for i in 0..10 {
+        pa.put(format!("a{i}")).await.unwrap();
+        n += 1;
+    }
+    for i in 0..6000 {
+        pb.put(format!("b{i}")).await.unwrap();
+        n += 1;
+    }
+    for i in 10..20 {
+        pa.put(format!("a{i}")).await.unwrap();
+        n += 1;
+    }
+    wait_until(T, async || st.stats.stored.load(Ordering::Relaxed) == n)
+        .await
+        .expect("not all stored");
+    let get = async |sel: &str| -> Vec<String> {
+        b.get(sel)
+            .target(QueryTarget::All)
+            .timeout(T)
+            .send()
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .into_iter()
+            .map(|r| r.result.unwrap().payload_str().unwrap().to_string())
+            .collect()
+    };
+    let a_all = get("rp/a?_time=[..]").await;
+    let want: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    assert_eq!(a_all, want);
+    let all = get("rp/**?_time=[..]").await;
+    assert_eq!(all.len() as u64, n);
+    assert_eq!(all.first().map(String::as_str), Some("a0"));
+    assert_eq!(all.last().map(String::as_str), Some("a19"));
+    assert_eq!(all.get(10).map(String::as_str), Some("b0"));
+    assert_eq!(all.get(6009).map(String::as_str), Some("b5999"));
+    let limited = get("rp/b?_time=[..];limit=1000").await;
+    assert_eq!(limited.len(), 1000);
+    assert_eq!(limited.last().map(String::as_str), Some("b999"));
+    st.close().await;
+}
