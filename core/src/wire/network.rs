@@ -24,6 +24,8 @@ mod tag {
     pub const DENIED: u32 = 10;
     pub const AUTH: u32 = 11;
     pub const CANCEL: u32 = 12;
+    pub const LINK_STATE: u32 = 13;
+    pub const ROUTED: u32 = 14;
 }
 
 /// How a message names its key: a numeric id declared earlier on this link, or in full.
@@ -366,6 +368,10 @@ pub enum NetworkMessage<'a> {
     Auth(Auth<'a>),
     /// The querier no longer wants replies to a request.
     Cancel(Cancel),
+    /// A router's link-state advertisement (between routers only).
+    LinkState(LinkState<'a>),
+    /// A message routed across the router backbone (between routers only).
+    Routed(Routed<'a>),
 }
 
 /// The operation an access-control decision was about (see [`Denied`]).
@@ -440,6 +446,85 @@ pub struct Gossip<'a> {
     pub locators: &'a str,
 }
 
+/// Most neighbours one [`LinkState`] lists.
+pub const MAX_LSA_LINKS: usize = 64;
+/// Bytes per neighbour in [`LinkState::links`]: its node id and the cost (u32, little endian).
+pub const LSA_LINK_LEN: usize = 20;
+/// Longest site name, in bytes.
+pub const MAX_SITE_LEN: usize = 64;
+
+/// A router's link-state advertisement: who it is, its site, and its backbone neighbours with
+/// their costs. Flooded to every router; the newest per router wins, compared on
+/// (`epoch`, `seq`), so a restarted router (a later epoch) is never mistaken for a stale one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState<'a> {
+    /// The advertising router.
+    pub router: crate::id::NodeId,
+    /// When it booted (unix ms).
+    pub epoch: u64,
+    /// Bumped on every change.
+    pub seq: u64,
+    /// Its site (at most [`MAX_SITE_LEN`] bytes; empty: none).
+    pub site: &'a str,
+    /// Bit 0: it faces its site's peer mesh (designated router); bit 1: it may be designated.
+    pub flags: u8,
+    /// Its neighbours: [`LSA_LINK_LEN`] bytes each (16-byte node id, u32 LE cost), at most
+    /// [`MAX_LSA_LINKS`]. Iterate with [`LinkState::links`].
+    #[serde(borrow)]
+    pub links: RawBytes<'a>,
+}
+
+impl<'a> LinkState<'a> {
+    /// The neighbours and costs listed.
+    pub fn links(&self) -> impl Iterator<Item = (crate::id::NodeId, u32)> + 'a {
+        self.links.0.chunks_exact(LSA_LINK_LEN).map(|c| {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&c[..16]);
+            let mut cost = [0u8; 4];
+            cost.copy_from_slice(&c[16..]);
+            (crate::id::NodeId(id), u32::from_le_bytes(cost))
+        })
+    }
+
+    /// Writes `links` in the [`LinkState::links`] layout into `buf`, returning the bytes used.
+    pub fn write_links(
+        links: impl IntoIterator<Item = (crate::id::NodeId, u32)>,
+        buf: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let mut n = 0;
+        for (id, cost) in links {
+            let slot = buf
+                .get_mut(n..n + LSA_LINK_LEN)
+                .ok_or(EncodeError::BufferTooSmall)?;
+            slot[..16].copy_from_slice(&id.0);
+            slot[16..].copy_from_slice(&cost.to_le_bytes());
+            n += LSA_LINK_LEN;
+        }
+        Ok(n)
+    }
+}
+
+/// A message travelling across the backbone from router `src` to router `dst`: each router on
+/// the way sends it to its next hop towards `dst` (from its own link-state routes) and
+/// decrements `hops`; at 0 it is dropped and counted, so a loop while routers disagree is
+/// bounded. `body` is one network message in its stateless form (keys by name, no ids bound on
+/// any link); a `PushSn` body names its publisher by `origin` (the publishing node) and
+/// `seq.src` (the publisher's id on that node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routed<'a> {
+    /// The router that put it on the backbone.
+    pub src: crate::id::NodeId,
+    /// The router it is for.
+    pub dst: crate::id::NodeId,
+    /// Hops left.
+    pub hops: u8,
+    /// The publishing node of a `PushSn` body.
+    pub origin: Option<crate::id::NodeId>,
+    /// The message.
+    #[serde(borrow)]
+    pub body: RawBytes<'a>,
+}
+
 impl<'a> NetworkMessage<'a> {
     /// Encodes the message at the start of `buf`, returning its length.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
@@ -490,6 +575,8 @@ impl<'a> NetworkMessage<'a> {
             NetworkMessage::Denied(m) => Self::tagged(buf, tag::DENIED, m),
             NetworkMessage::Auth(m) => Self::tagged(buf, tag::AUTH, m),
             NetworkMessage::Cancel(m) => Self::tagged(buf, tag::CANCEL, m),
+            NetworkMessage::LinkState(m) => Self::tagged(buf, tag::LINK_STATE, m),
+            NetworkMessage::Routed(m) => Self::tagged(buf, tag::ROUTED, m),
         }
     }
 
@@ -593,6 +680,19 @@ impl<'a> NetworkMessage<'a> {
             tag::CANCEL => {
                 let (m, rest): (Cancel, _) = postcard::take_from_bytes(body)?;
                 Ok((NetworkMessage::Cancel(m), rest))
+            }
+            tag::LINK_STATE => {
+                let (m, rest): (LinkState<'a>, _) = postcard::take_from_bytes(body)?;
+                check_len(Field::Detail, m.site.len(), MAX_SITE_LEN)?;
+                check_len(Field::Detail, m.links.0.len(), MAX_LSA_LINKS * LSA_LINK_LEN)?;
+                if m.links.0.len() % LSA_LINK_LEN != 0 {
+                    return Err(DecodeError::Truncated);
+                }
+                Ok((NetworkMessage::LinkState(m), rest))
+            }
+            tag::ROUTED => {
+                let (m, rest): (Routed<'a>, _) = postcard::take_from_bytes(body)?;
+                Ok((NetworkMessage::Routed(m), rest))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }

@@ -460,6 +460,61 @@ fn golden_cancel() {
 }
 
 #[test]
+fn golden_link_state_and_routed() {
+    let a = crate::id::NodeId([0xaa; 16]);
+    let b = crate::id::NodeId([0xbb; 16]);
+    let mut links = [0u8; 2 * LSA_LINK_LEN];
+    let n = LinkState::write_links([(a, 20), (b, 300)], &mut links).unwrap();
+    assert_eq!(n, 40);
+    let ls = LinkState {
+        router: b,
+        epoch: 5,
+        seq: 7,
+        site: "A",
+        flags: 3,
+        links: RawBytes(&links),
+    };
+    let mut expect = vec![0x0d];
+    expect.extend_from_slice(&[0xbb; 16]);
+    expect.extend_from_slice(&[5, 7, 1, b'A', 3, 40]);
+    expect.extend_from_slice(&links);
+    golden_n(NetworkMessage::LinkState(ls), &expect);
+    assert_eq!(ls.links().collect::<Vec<_>>(), vec![(a, 20), (b, 300)]);
+    // Too many neighbours, a ragged list or a long site name are refused on decode.
+    let mut buf = vec![0u8; 4096];
+    let many = vec![0u8; (MAX_LSA_LINKS + 1) * LSA_LINK_LEN];
+    for bad in [
+        LinkState {
+            links: RawBytes(&many),
+            ..ls
+        },
+        LinkState {
+            links: RawBytes(&links[..39]),
+            ..ls
+        },
+        LinkState {
+            site: core::str::from_utf8(&[b'x'; MAX_SITE_LEN + 1]).unwrap(),
+            ..ls
+        },
+    ] {
+        let n = NetworkMessage::LinkState(bad).encode(&mut buf).unwrap();
+        assert!(NetworkMessage::decode(&buf[..n]).is_err());
+    }
+    let r = Routed {
+        src: a,
+        dst: b,
+        hops: 16,
+        origin: None,
+        body: RawBytes(&[0x0c, 0xac, 0x02]),
+    };
+    let mut expect = vec![0x0e];
+    expect.extend_from_slice(&[0xaa; 16]);
+    expect.extend_from_slice(&[0xbb; 16]);
+    expect.extend_from_slice(&[16, 0, 3, 0x0c, 0xac, 0x02]);
+    golden_n(NetworkMessage::Routed(r), &expect);
+}
+
+#[test]
 fn golden_auth() {
     golden_n(
         NetworkMessage::Auth(Auth {

@@ -20,6 +20,7 @@
 
 mod hat;
 pub(crate) mod intercept;
+pub(crate) mod linkstate;
 mod query;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,13 @@ pub(crate) enum FaceKind {
     Peer,
     Client,
     Router,
+    /// A router reached across the backbone (a virtual face: its messages travel wrapped in
+    /// `Routed` along link-state routes). Exists on routers only, one per reachable router.
+    Remote,
+    /// As the routing policy sees a remote router of another site when this router is its
+    /// site's designated router (it relays between that router and the site's peers). Never
+    /// stored on a face: see `Node::hat_kind`.
+    RemoteRelay,
 }
 
 impl FaceKind {
@@ -69,6 +77,7 @@ impl FaceKind {
             FaceKind::Peer => "peer",
             FaceKind::Client => "client",
             FaceKind::Router => "router",
+            FaceKind::Remote | FaceKind::RemoteRelay => "remote",
         }
     }
 }
@@ -123,6 +132,10 @@ pub(crate) struct NodeConfig {
     pub(crate) role: Mode,
     pub(crate) caps: Caps,
     pub(crate) intercepts: Box<dyn InterceptFactory>,
+    /// A router's site (empty: none).
+    pub(crate) site: Arc<str>,
+    /// When this node booted (unix ms): a router's link-state epoch.
+    pub(crate) epoch: u64,
 }
 
 impl NodeConfig {
@@ -132,6 +145,8 @@ impl NodeConfig {
             role,
             caps: Caps::default(),
             intercepts: Box::new(NoIntercepts),
+            site: Arc::from(""),
+            epoch: 1,
         }
     }
 }
@@ -215,6 +230,27 @@ pub(crate) enum Msg {
     Cancel {
         id: u32,
     },
+    /// A router's link-state advertisement (between backbone neighbours).
+    LinkState(Arc<linkstate::Lsa>),
+    /// `inner`, for router `dst` across the backbone (outbound only: the runtime wraps it,
+    /// forwards transit copies and unwraps what is for this router).
+    Routed {
+        dst: NodeId,
+        inner: Box<Msg>,
+    },
+    /// A routed message passing through (runtime only: never handed to the node).
+    Transit(Box<Transit>),
+}
+
+/// A routed message in transit, its body kept encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Transit {
+    pub(crate) src: NodeId,
+    pub(crate) dst: NodeId,
+    pub(crate) hops: u8,
+    pub(crate) origin: Option<NodeId>,
+    pub(crate) body: Bytes,
+    pub(crate) lane: Lane,
 }
 
 impl Msg {
@@ -222,7 +258,11 @@ impl Msg {
     pub(crate) fn lane(&self) -> Lane {
         match self {
             Msg::Sample { lane, .. } => *lane,
-            Msg::Declare(_) | Msg::Gossip { .. } | Msg::Denied(_) => Lane::CONTROL,
+            Msg::Declare(_) | Msg::Gossip { .. } | Msg::Denied(_) | Msg::LinkState(_) => {
+                Lane::CONTROL
+            }
+            Msg::Routed { inner, .. } => inner.lane(),
+            Msg::Transit(t) => t.lane,
             Msg::Request(_)
             | Msg::Response { .. }
             | Msg::ResponseFinal { .. }
@@ -348,6 +388,8 @@ pub(crate) enum Action {
 pub(crate) struct Route {
     pub(crate) locals: Vec<LocalId>,
     pub(crate) faces: Vec<FaceId>,
+    /// Routers across the backbone: (the backbone link to send on, the router it is for).
+    pub(crate) routed: Vec<(FaceId, NodeId)>,
     /// The source face's ingress hooks refuse puts on this key (count them as denied).
     pub(crate) denied: bool,
     /// ... and deletions.
@@ -462,6 +504,40 @@ struct Face {
     noticed: HashMap<(crate::acl::Op, Arc<str>), Instant>,
 }
 
+impl Face {
+    fn new(
+        kind: FaceKind,
+        node: NodeId,
+        dialed: bool,
+        chain: Chain,
+        principal: Principal,
+        now: Instant,
+    ) -> Face {
+        Face {
+            kind,
+            node,
+            dialed,
+            subs: HashMap::new(),
+            qabls: HashMap::new(),
+            tokens: HashMap::new(),
+            their_interests: HashMap::new(),
+            my_interests: HashMap::new(),
+            out: Out {
+                next_id: 1,
+                ..Out::default()
+            },
+            chain,
+            pending_queries: 0,
+            counters: FaceCounters::default(),
+            principal,
+            since: now,
+            warned: None,
+            unwarned: 0,
+            noticed: HashMap::new(),
+        }
+    }
+}
+
 /// Counters of one face, for `info` and the admin space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FaceCounters {
@@ -525,7 +601,51 @@ pub(crate) struct Node {
     locators: Arc<str>,
     /// Where neighbours said they listen (relayed to newcomers), capped.
     known: HashMap<NodeId, Arc<str>>,
+    /// A router's link-state database (routers only).
+    lsdb: Option<linkstate::Lsdb>,
+    /// The virtual face of each router reachable across the backbone.
+    pairs: std::collections::BTreeMap<NodeId, FaceId>,
+    next_pair: FaceId,
+    /// Interests of clients and peers passed on to every remote router:
+    /// (origin face, its interest id) → (our interest id, key, flags).
+    forwarded: HashMap<(FaceId, u32), (u32, OwnedKeyExpr, u8)>,
+    /// Backbone neighbours whose link cost was configured or measured here (the others take
+    /// the cost their far end advertises).
+    cost_set: HashSet<NodeId>,
+    pub(crate) backbone_counters: BackboneCounters,
+    /// This router is its site's designated router.
+    is_dr: bool,
+    /// Not before this may it claim the role (set at its first backbone event).
+    dr_hold: Option<Instant>,
+    dr_hold_fired: bool,
+    /// The id of the interest last passed on to remote routers.
+    last_forwarded: u32,
+    /// Passed-on interests asking for current matches only (forgotten once answered).
+    once: HashSet<u32>,
 }
+
+/// How long a router waits from its first backbone event before claiming its site's
+/// designated-router role (time to hear of an incumbent).
+const DR_HOLD: Duration = Duration::from_secs(1);
+
+/// Counters of the backbone, for `info` and the admin space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BackboneCounters {
+    /// Messages for a router with no route (dropped).
+    pub(crate) unroutable: u64,
+    /// Routed messages dropped when their hop count ran out.
+    pub(crate) hop_drop: u64,
+    /// Routed messages passed on towards another router.
+    pub(crate) transit: u64,
+}
+
+/// Virtual faces (remote routers) are numbered from here, far from the runtime's link ids.
+const PAIR_FACE_BASE: FaceId = 1 << 62;
+/// The interest a router asks every remote router with: their queryables (a query has no
+/// declaration to ask ahead with, and queryables are few; see ARCHITECTURE.md).
+const QUERYABLES_INTEREST: u32 = u32::MAX - 1;
+/// Hops a routed message may take.
+pub(crate) const MAX_HOPS: u8 = 16;
 
 /// Most nodes remembered from gossip (a neighbour cannot exhaust memory with it).
 const MAX_KNOWN: usize = 4096;
@@ -552,6 +672,18 @@ impl Node {
             version: 1,
             locators: Arc::from(""),
             known: HashMap::new(),
+            lsdb: (config.role == Mode::Router)
+                .then(|| linkstate::Lsdb::new(config.id, config.epoch, config.site.clone())),
+            pairs: Default::default(),
+            next_pair: PAIR_FACE_BASE,
+            forwarded: HashMap::new(),
+            cost_set: HashSet::new(),
+            backbone_counters: BackboneCounters::default(),
+            is_dr: false,
+            dr_hold: None,
+            dr_hold_fired: false,
+            last_forwarded: 0,
+            once: HashSet::new(),
         }
     }
 
@@ -598,7 +730,28 @@ impl Node {
     /// When [`handle_timeout`](Self::handle_timeout) is next due (the earliest query deadline).
     #[must_use]
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.queries.values().map(|q| q.deadline).min()
+        let dr = self.dr_hold.filter(|_| !self.dr_hold_fired);
+        let lsa = self.lsdb.as_ref().and_then(|db| db.next_expiry());
+        self.queries
+            .values()
+            .map(|q| q.deadline)
+            .chain(dr)
+            .chain(lsa)
+            .min()
+    }
+
+    /// Backbone timers: the designated-router hold, ageing of unreachable routers' LSAs.
+    fn backbone_timeout(&mut self, now: Instant) {
+        if self.lsdb.is_none() {
+            return;
+        }
+        if let Some(db) = self.lsdb.as_mut() {
+            db.expire(now);
+        }
+        if self.dr_hold.is_some_and(|h| h <= now) && !self.dr_hold_fired {
+            self.dr_hold_fired = true;
+            self.elect(now);
+        }
     }
 
     fn push(&mut self, a: Action) {
@@ -639,7 +792,7 @@ impl Node {
         let existing = self
             .faces
             .iter()
-            .find(|(_, f)| f.node == node)
+            .find(|(_, f)| f.node == node && f.kind != FaceKind::Remote)
             .map(|(id, f)| (*id, f.dialed, !f.principal.is_anonymous(), f.since));
         let mut replaced = None;
         if let Some((old, old_dialed, old_proven, since)) = existing {
@@ -680,36 +833,30 @@ impl Node {
         let hooks = self.intercepts.build(face, kind, node, &principal);
         self.faces.insert(
             face,
-            Face {
-                kind,
-                node,
-                dialed,
-                subs: HashMap::new(),
-                qabls: HashMap::new(),
-                tokens: HashMap::new(),
-                their_interests: HashMap::new(),
-                my_interests: HashMap::new(),
-                out: Out {
-                    next_id: 1,
-                    ..Out::default()
-                },
-                chain: Chain::new(hooks),
-                pending_queries: 0,
-                counters: FaceCounters::default(),
-                principal,
-                since: now,
-                warned: None,
-                unwarned: 0,
-                noticed: HashMap::new(),
-            },
+            Face::new(kind, node, dialed, Chain::new(hooks), principal, now),
         );
         self.expire_all_routes();
+        if self.role == Mode::Router && kind == FaceKind::Router {
+            // A backbone link: it carries link state and routed messages only.
+            self.adjacency_up(now, face, node);
+            if let Some(old) = replaced {
+                self.push(Action::Close {
+                    face: old,
+                    reason: CloseReason::Duplicate,
+                    detail: "duplicate link",
+                    drain: true,
+                });
+                self.remove_face(old, Some(face));
+            }
+            self.changed();
+            return true;
+        }
         // Everything visible to the newcomer: local declarations and other faces'.
         for (kind, src, id, key, complete) in self.all_decls() {
             self.consider(face, kind, src, id, &key, complete);
         }
         // Our interests (publishers, liveliness subscribers) are asked of it too.
-        if hat::asks(kind) {
+        if hat::asks(self.role, kind) {
             let mine: Vec<(LocalId, OwnedKeyExpr, u8)> = self
                 .locals
                 .iter()
@@ -760,8 +907,16 @@ impl Node {
 
     /// A link is gone: everything it declared goes (its tokens vanish), queries waiting on it
     /// are over for that part.
-    pub(crate) fn handle_face_down(&mut self, _now: Instant, face: FaceId) {
+    pub(crate) fn handle_face_down(&mut self, now: Instant, face: FaceId) {
+        let backbone = self
+            .faces
+            .get(&face)
+            .filter(|f| self.role == Mode::Router && f.kind == FaceKind::Router)
+            .map(|f| f.node);
         self.remove_face(face, None);
+        if let Some(node) = backbone {
+            self.adjacency_down(now, node);
+        }
     }
 
     /// Removes a face; `replacement`: a new link to the same node that takes over its queries.
@@ -770,6 +925,20 @@ impl Node {
             return;
         };
         self.expire_all_routes();
+        if f.kind == FaceKind::Remote {
+            self.pairs.remove(&f.node);
+        }
+        // Interests it asked that were passed on to remote routers are withdrawn there.
+        let gone: Vec<(u32, u32)> = self
+            .forwarded
+            .iter()
+            .filter(|((g, _), _)| *g == face)
+            .map(|((_, their), (wid, _, _))| (*their, *wid))
+            .collect();
+        for (their, wid) in gone {
+            self.forwarded.remove(&(face, their));
+            self.withdraw_forwarded(wid);
+        }
         // Withdraw what it declared, from the tables and from the other faces.
         for (id, key) in f.subs {
             self.remove_item(Kind::Sub, Src::Face(face), u64::from(id), &key);
@@ -906,6 +1075,422 @@ impl Node {
         v
     }
 
+    // ----- the backbone (routers only) -------------------------------------------------------
+
+    /// How the routing policy sees a face: a remote router of another site is a relay for
+    /// this site's peers when this router is the site's designated router.
+    fn hat_kind(&self, f: &Face) -> FaceKind {
+        if f.kind == FaceKind::Remote && self.is_dr {
+            let other_site = self
+                .lsdb
+                .as_ref()
+                .and_then(|db| db.lsa(&f.node).map(|l| l.site != *db.site()))
+                .unwrap_or(false);
+            if other_site {
+                return FaceKind::RemoteRelay;
+            }
+        }
+        f.kind
+    }
+
+    /// Elects the site's designated router among the reachable routers of this site: the
+    /// incumbent (its LSA says so) keeps the role (non-preemptive); without one, the lowest
+    /// id takes it; two incumbents (a partition healed): the lower id. A router claims the
+    /// role only after [`DR_HOLD`] from its first backbone event, so that a router booting
+    /// next to an incumbent learns of it first.
+    fn elect(&mut self, now: Instant) {
+        let Some(db) = self.lsdb.as_ref() else {
+            return;
+        };
+        let hold = *self.dr_hold.get_or_insert(now + DR_HOLD);
+        let site = db.site().clone();
+        let mut incumbents = Vec::new();
+        let mut all = vec![self.id];
+        if self.is_dr {
+            incumbents.push(self.id);
+        }
+        for r in db.routes().keys() {
+            if let Some(l) = db.lsa(r).filter(|l| l.site == site) {
+                all.push(*r);
+                if l.flags & linkstate::FLAG_DR != 0 {
+                    incumbents.push(*r);
+                }
+            }
+        }
+        let dr = incumbents
+            .iter()
+            .min()
+            .copied()
+            .or_else(|| all.iter().min().copied());
+        let me = dr == Some(self.id) && (self.is_dr || now >= hold);
+        if me != self.is_dr {
+            tracing::info!(site = %site, designated = me, "designated router of the site");
+            self.is_dr = me;
+            let flags = if me { linkstate::FLAG_DR } else { 0 };
+            if let Some(db) = self.lsdb.as_mut() {
+                db.set_flags(now, flags);
+            }
+            let own = self.lsdb.as_ref().map(|db| db.own().clone());
+            if let Some(own) = own {
+                self.flood(None, own);
+            }
+            self.relay_changed();
+        }
+    }
+
+    /// Whether this router is its site's designated router.
+    pub(crate) fn is_designated(&self) -> bool {
+        self.is_dr
+    }
+
+    /// The designated-router role moved: what peers and remote routers were told is judged
+    /// again, and peers' interests are passed on (or withdrawn) accordingly.
+    fn relay_changed(&mut self) {
+        self.expire_all_routes();
+        let ids: Vec<FaceId> = self
+            .faces
+            .iter()
+            .filter(|(_, f)| matches!(f.kind, FaceKind::Peer | FaceKind::Remote))
+            .map(|(g, _)| *g)
+            .collect();
+        for face in &ids {
+            self.recheck_face(*face);
+        }
+        for face in &ids {
+            for (kind, src, id, key, complete) in self.all_decls() {
+                self.consider(*face, kind, src, id, &key, complete);
+            }
+        }
+        // Peers' interests: passed on to relayed routers while designated, withdrawn when not.
+        let peer_fwd: Vec<(FaceId, u32)> = self
+            .forwarded
+            .iter()
+            .filter(|((g, _), _)| self.faces.get(g).is_some_and(|f| f.kind == FaceKind::Peer))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in peer_fwd {
+            if let Some((wid, _, _)) = self.forwarded.remove(&k) {
+                self.withdraw_forwarded(wid);
+            }
+        }
+        if self.is_dr {
+            let peers: Vec<(FaceId, u32, Option<OwnedKeyExpr>, u8)> = self
+                .faces
+                .iter()
+                .filter(|(_, f)| f.kind == FaceKind::Peer)
+                .flat_map(|(g, f)| {
+                    f.their_interests
+                        .iter()
+                        .map(move |(id, i)| (*g, *id, i.key.clone(), i.flags))
+                })
+                .collect();
+            for (face, id, key, flags) in peers {
+                self.forward_interest(face, id, key, flags);
+            }
+        }
+        self.changed();
+    }
+
+    /// Passes a client's or (designated router) a peer's interest on to the remote routers
+    /// that may answer it; returns those it was sent to.
+    fn forward_interest(
+        &mut self,
+        face: FaceId,
+        id: u32,
+        key: Option<OwnedKeyExpr>,
+        flags: u8,
+    ) -> HashSet<FaceId> {
+        let on_demand = flags & (interest::SUBSCRIBERS | interest::TOKENS);
+        let Some(kind) = self.faces.get(&face).map(|f| f.kind) else {
+            return HashSet::new();
+        };
+        let to: HashSet<FaceId> = self
+            .pairs
+            .values()
+            .copied()
+            .filter(|p| {
+                kind == FaceKind::Client
+                    || self
+                        .faces
+                        .get(p)
+                        .is_some_and(|f| self.hat_kind(f) == FaceKind::RemoteRelay)
+            })
+            .collect();
+        if on_demand == 0 || to.is_empty() {
+            return HashSet::new();
+        }
+        let wid = self.next_local_id() as u32;
+        let key = key.unwrap_or_else(|| OwnedKeyExpr::new("**".to_string()).expect("valid"));
+        for p in &to {
+            self.send_interest(*p, wid, key.clone(), on_demand);
+        }
+        if flags & interest::FUTURE != 0 {
+            self.forwarded.insert((face, id), (wid, key, on_demand));
+        } else {
+            // Current only: asked once, forgotten once answered (the wait holds the id).
+            self.once.insert(wid);
+        }
+        self.last_forwarded = wid;
+        to
+    }
+
+    /// Faces that carry backbone traffic only (no gossip, no declarations of their own):
+    /// links to other routers, on a router, and the virtual faces of remote routers.
+    fn backbone_kind(&self, kind: FaceKind) -> bool {
+        kind == FaceKind::Remote || (self.role == Mode::Router && kind == FaceKind::Router)
+    }
+
+    /// The backbone link to `node`, if up.
+    fn backbone_face(&self, node: &NodeId) -> Option<FaceId> {
+        self.faces
+            .iter()
+            .find(|(_, f)| f.kind == FaceKind::Router && f.node == *node)
+            .map(|(id, _)| *id)
+    }
+
+    /// The backbone link a routed message for router `dst` leaves on (transit included).
+    pub(crate) fn next_hop_face(&self, dst: &NodeId) -> Option<FaceId> {
+        let hop = self.lsdb.as_ref()?.route(dst)?;
+        self.backbone_face(&hop.next)
+    }
+
+    /// The virtual face standing for router `src` (what it sends us is handled as coming
+    /// from there).
+    pub(crate) fn pair_face(&self, src: &NodeId) -> Option<FaceId> {
+        self.pairs.get(src).copied()
+    }
+
+    /// A routed message was dropped (its hop count ran out, or no route): counted.
+    pub(crate) fn routed_dropped(&mut self, hops_out: bool) {
+        if hops_out {
+            self.backbone_counters.hop_drop += 1;
+        } else {
+            self.backbone_counters.unroutable += 1;
+        }
+    }
+
+    /// A routed message passed through (counted).
+    pub(crate) fn routed_transit(&mut self) {
+        self.backbone_counters.transit += 1;
+    }
+
+    /// The link-state database (routers only), for `info` and the admin space.
+    pub(crate) fn lsdb(&self) -> Option<&linkstate::Lsdb> {
+        self.lsdb.as_ref()
+    }
+
+    /// Sets the cost of a backbone link (configured, or measured RTT in ms).
+    pub(crate) fn set_link_cost(&mut self, now: Instant, face: FaceId, cost: u32) {
+        let Some(node) = self
+            .faces
+            .get(&face)
+            .filter(|f| f.kind == FaceKind::Router)
+            .map(|f| f.node)
+        else {
+            return;
+        };
+        self.cost_set.insert(node);
+        let changed = self
+            .lsdb
+            .as_mut()
+            .is_some_and(|db| db.set_adjacency(now, node, cost));
+        if changed {
+            self.after_own_change(now);
+        }
+    }
+
+    fn adjacency_up(&mut self, now: Instant, face: FaceId, node: NodeId) {
+        let Some(db) = self.lsdb.as_mut() else {
+            return;
+        };
+        let cost = db.adjacency_cost(&node).unwrap_or(linkstate::DEFAULT_COST);
+        db.set_adjacency(now, node, cost);
+        // The whole database to the newcomer (ours first), then our new LSA to the others.
+        let all = db.all();
+        for l in all {
+            self.send(face, Msg::LinkState(Arc::new(l)));
+        }
+        let own = self.lsdb.as_ref().map(|db| db.own().clone());
+        if let Some(own) = own {
+            self.flood(Some(face), own);
+        }
+        self.update_pairs(now);
+    }
+
+    fn adjacency_down(&mut self, now: Instant, node: NodeId) {
+        self.cost_set.remove(&node);
+        let changed = self
+            .lsdb
+            .as_mut()
+            .is_some_and(|db| db.remove_adjacency(now, node));
+        if changed {
+            self.after_own_change(now);
+        }
+    }
+
+    fn after_own_change(&mut self, now: Instant) {
+        let own = self.lsdb.as_ref().map(|db| db.own().clone());
+        if let Some(own) = own {
+            self.flood(None, own);
+        }
+        self.update_pairs(now);
+    }
+
+    /// Sends `lsa` to every backbone neighbour but `except`.
+    fn flood(&mut self, except: Option<FaceId>, lsa: linkstate::Lsa) {
+        let to: Vec<FaceId> = self
+            .faces
+            .iter()
+            .filter(|(g, f)| f.kind == FaceKind::Router && Some(**g) != except)
+            .map(|(g, _)| *g)
+            .collect();
+        let lsa = Arc::new(lsa);
+        for g in to {
+            self.send(g, Msg::LinkState(lsa.clone()));
+        }
+    }
+
+    fn on_link_state(&mut self, now: Instant, face: FaceId, lsa: Arc<linkstate::Lsa>) {
+        let Some(from) = self
+            .faces
+            .get(&face)
+            .filter(|f| f.kind == FaceKind::Router)
+            .map(|f| f.node)
+        else {
+            return;
+        };
+        let Some(db) = self.lsdb.as_mut() else {
+            return;
+        };
+        let lsa = Arc::unwrap_or_clone(lsa);
+        // A neighbour's cost for its link to us, when ours was neither configured nor
+        // measured: both ends then advertise the same cost.
+        let adopt = (lsa.router == from && !self.cost_set.contains(&from))
+            .then(|| {
+                lsa.links
+                    .iter()
+                    .find(|(n, _)| *n == self.id)
+                    .map(|(_, c)| *c)
+            })
+            .flatten()
+            .filter(|c| db.adjacency_cost(&from).is_some_and(|mine| mine != *c));
+        let about_me = lsa.router == self.id;
+        match db.receive(now, lsa.clone()) {
+            linkstate::Received::Newer { .. } => {
+                let out = if about_me { db.own().clone() } else { lsa };
+                self.flood(if about_me { None } else { Some(face) }, out);
+            }
+            linkstate::Received::Stale(ours) => self.send(face, Msg::LinkState(Arc::new(ours))),
+            linkstate::Received::Same => {}
+        }
+        if let Some(c) = adopt {
+            let changed = self
+                .lsdb
+                .as_mut()
+                .is_some_and(|db| db.set_adjacency(now, from, c));
+            if changed {
+                let own = self.lsdb.as_ref().map(|db| db.own().clone());
+                if let Some(own) = own {
+                    self.flood(None, own);
+                }
+            }
+        }
+        self.update_pairs(now);
+    }
+
+    /// Creates a virtual face for every router newly reachable, removes those of routers no
+    /// longer reachable (their declarations go: only then do their tokens vanish), and
+    /// re-resolves routes (next hops may have moved).
+    fn update_pairs(&mut self, now: Instant) {
+        let Some(db) = self.lsdb.as_ref() else {
+            return;
+        };
+        let reachable: Vec<NodeId> = db.routes().keys().copied().collect();
+        let gone: Vec<FaceId> = self
+            .pairs
+            .iter()
+            .filter(|(n, _)| !reachable.contains(n))
+            .map(|(_, f)| *f)
+            .collect();
+        for f in gone {
+            self.remove_face(f, None);
+        }
+        let new: Vec<NodeId> = reachable
+            .into_iter()
+            .filter(|n| !self.pairs.contains_key(n))
+            .collect();
+        for node in new {
+            let face = self.next_pair;
+            self.next_pair += 1;
+            self.pairs.insert(node, face);
+            self.faces.insert(
+                face,
+                Face::new(
+                    FaceKind::Remote,
+                    node,
+                    false,
+                    Chain::default(),
+                    Principal::anonymous(),
+                    now,
+                ),
+            );
+            self.pair_up(face);
+        }
+        self.expire_all_routes();
+        self.elect(now);
+        self.changed();
+    }
+
+    /// A remote router became reachable: ask it for what our side needs (local publishers
+    /// and liveliness subscribers, clients' and peers' interests, every queryable), and tell
+    /// it what matches its interests once they arrive.
+    fn pair_up(&mut self, face: FaceId) {
+        let mine: Vec<(LocalId, OwnedKeyExpr, u8)> = self
+            .locals
+            .iter()
+            .filter_map(|(id, l)| interest_flags(&l.kind).map(|fl| (*id, l.key.clone(), fl)))
+            .collect();
+        for (id, key, flags) in mine {
+            self.send_interest(face, id as u32, key, flags);
+        }
+        let relay = self
+            .faces
+            .get(&face)
+            .is_some_and(|f| self.hat_kind(f) == FaceKind::RemoteRelay);
+        let fwd: Vec<(u32, OwnedKeyExpr, u8)> = self
+            .forwarded
+            .iter()
+            .filter(|((g, _), _)| {
+                relay
+                    || self
+                        .faces
+                        .get(g)
+                        .is_some_and(|f| f.kind == FaceKind::Client)
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        for (wid, key, flags) in fwd {
+            self.send_interest(face, wid, key, flags);
+        }
+        self.send_interest(
+            face,
+            QUERYABLES_INTEREST,
+            OwnedKeyExpr::new("**".to_string()).expect("valid"),
+            interest::QUERYABLES,
+        );
+    }
+
+    /// Withdraws a passed-on interest from every remote router.
+    fn withdraw_forwarded(&mut self, wid: u32) {
+        let pairs: Vec<FaceId> = self.pairs.values().copied().collect();
+        for p in pairs {
+            if let Some(f) = self.faces.get_mut(&p) {
+                f.my_interests.remove(&wid);
+            }
+            self.send(p, Msg::Declare(Decl::UndeclareInterest { id: wid }));
+        }
+    }
+
     // ----- admin space (issue 14): a read-only snapshot of the tables -----------------------
 
     /// Every subscriber, queryable and token in the tables, local and remote, for the admin
@@ -1015,6 +1600,9 @@ impl Node {
             } => self.on_gossip(face, node, locators),
             Msg::Denied(d) => self.on_denied_notice(face, d),
             Msg::Cancel { id } => self.on_cancel(face, id),
+            Msg::LinkState(lsa) => self.on_link_state(now, face, lsa),
+            // Unwrapped by the runtime; never handed to the node.
+            Msg::Routed { .. } | Msg::Transit(_) => {}
         }
     }
 
@@ -1269,6 +1857,9 @@ impl Node {
                 if f.their_interests.remove(&id).is_some() {
                     self.recheck_face(face);
                 }
+                if let Some((wid, _, _)) = self.forwarded.remove(&(face, id)) {
+                    self.withdraw_forwarded(wid);
+                }
             }
         }
     }
@@ -1276,6 +1867,9 @@ impl Node {
     fn on_interest(&mut self, face: FaceId, id: u32, key: Option<OwnedKeyExpr>, flags: u8) {
         let caps = self.caps;
         let role = self.role;
+        let Some(hk) = self.faces.get(&face).map(|f| self.hat_kind(f)) else {
+            return;
+        };
         let Some(f) = self.faces.get_mut(&face) else {
             return;
         };
@@ -1305,6 +1899,26 @@ impl Node {
                 }
             }
         }
+        // Interest on demand across the backbone: a client's (or, at the designated router,
+        // a peer's) interest in subscribers or tokens is passed on to the remote routers,
+        // which then declare what matches (and only that) back to us; its final waits for
+        // theirs.
+        if role == Mode::Router && matches!(kind, FaceKind::Client | FaceKind::Peer) {
+            let via = self.forward_interest(face, id, key.clone(), flags);
+            if !via.is_empty() {
+                if flags & interest::CURRENT != 0 {
+                    let wid = self.last_forwarded;
+                    self.waits.insert(
+                        wid,
+                        Wait {
+                            waiting: via,
+                            done: Done::Final(face, id),
+                        },
+                    );
+                }
+                return;
+            }
+        }
         if flags & interest::CURRENT == 0 {
             return;
         }
@@ -1317,8 +1931,8 @@ impl Node {
                 .iter()
                 .filter(|(g, gf)| {
                     **g != face
-                        && hat::asks(gf.kind)
-                        && hat::propagates(role, Src0::Face(kind), gf.kind)
+                        && hat::asks(role, gf.kind)
+                        && hat::propagates(role, Src0::Face(hk), self.hat_kind(gf))
                 })
                 .map(|(g, _)| *g)
                 .collect()
@@ -1352,7 +1966,12 @@ impl Node {
     /// A neighbour told us where `node` listens. About itself: remembered and relayed one hop
     /// to our other neighbours; about another node: the runtime may dial it.
     fn on_gossip(&mut self, face: FaceId, node: NodeId, locators: Arc<str>) {
-        let Some(from) = self.faces.get(&face).map(|f| f.node) else {
+        let Some(from) = self
+            .faces
+            .get(&face)
+            .filter(|f| !self.backbone_kind(f.kind))
+            .map(|f| f.node)
+        else {
             return;
         };
         if node == self.id || locators.is_empty() {
@@ -1363,7 +1982,12 @@ impl Node {
             if self.known.len() < MAX_KNOWN || self.known.contains_key(&node) {
                 self.known.insert(node, locators.clone());
             }
-            let others: Vec<FaceId> = self.faces.keys().copied().filter(|g| *g != face).collect();
+            let others: Vec<FaceId> = self
+                .faces
+                .iter()
+                .filter(|(g, f)| **g != face && !self.backbone_kind(f.kind))
+                .map(|(g, _)| *g)
+                .collect();
             for g in others {
                 self.send(
                     g,
@@ -1393,6 +2017,9 @@ impl Node {
         let Some(w) = self.waits.remove(&id) else {
             return;
         };
+        if self.once.remove(&id) {
+            self.withdraw_forwarded(id);
+        }
         match w.done {
             Done::Ready(l) => self.push(Action::Ready { id: l }),
             Done::Final(f, rid) => {
@@ -1417,6 +2044,18 @@ impl Node {
                 msg: Msg::Sample {
                     sample: sample.clone(),
                     lane,
+                },
+            });
+        }
+        for (link, dst) in &route.routed {
+            self.push(Action::Send {
+                face: *link,
+                msg: Msg::Routed {
+                    dst: *dst,
+                    inner: Box::new(Msg::Sample {
+                        sample: sample.clone(),
+                        lane,
+                    }),
                 },
             });
         }
@@ -1489,7 +2128,7 @@ impl Node {
                 .faces
                 .iter()
                 .filter(|(_, f)| {
-                    hat::asks(f.kind) && f.out.counted.contains_key(&(k, Src::Local, id))
+                    hat::asks(self.role, f.kind) && f.out.counted.contains_key(&(k, Src::Local, id))
                 })
                 .map(|(g, _)| *g)
                 .collect();
@@ -1508,7 +2147,7 @@ impl Node {
             let to: Vec<FaceId> = self
                 .faces
                 .iter()
-                .filter(|(_, f)| hat::asks(f.kind))
+                .filter(|(_, f)| hat::asks(self.role, f.kind))
                 .map(|(g, _)| *g)
                 .collect();
             for g in to {
@@ -1690,11 +2329,11 @@ impl Node {
             Src::Local => Src0::Local,
             Src::Face(g) if g == face => return false,
             Src::Face(g) => match self.faces.get(&g) {
-                Some(gf) => Src0::Face(gf.kind),
+                Some(gf) => Src0::Face(self.hat_kind(gf)),
                 None => return false,
             },
         };
-        if !hat::propagates(self.role, from, f.kind) {
+        if !hat::propagates(self.role, from, self.hat_kind(f)) {
             return false;
         }
         if hat::filters_by_interest(f.kind) {
@@ -1846,6 +2485,21 @@ impl Node {
                 }
             }
         }
+        if f.kind == FaceKind::Remote {
+            // Across the backbone: wrapped for the router, on the link its route leaves by.
+            let dst = f.node;
+            match self.next_hop_face(&dst) {
+                Some(link) => self.actions.push_back(Action::Send {
+                    face: link,
+                    msg: Msg::Routed {
+                        dst,
+                        inner: Box::new(msg),
+                    },
+                }),
+                None => self.backbone_counters.unroutable += 1,
+            }
+            return;
+        }
         self.actions.push_back(Action::Send { face, msg });
     }
 
@@ -1870,6 +2524,9 @@ impl Node {
             return Route::default();
         };
         let (mut denied_put, mut denied_delete) = (false, false);
+        let src_kind = src
+            .and_then(|f| self.faces.get(&f))
+            .map(|f| self.hat_kind(f));
         let from = match src {
             None => Src0::Local,
             Some(f) => match self.faces.get_mut(&f) {
@@ -1883,7 +2540,7 @@ impl Node {
                             ..Route::default()
                         };
                     }
-                    Src0::Face(face.kind)
+                    Src0::Face(src_kind.unwrap_or(face.kind))
                 }
                 None => return Route::default(),
             },
@@ -1901,7 +2558,7 @@ impl Node {
         }
         if src.is_none() && hat::sends_uncovered(self.role) {
             for (g, f) in &self.faces {
-                if hat::asks(f.kind) && !covered(f, &k) {
+                if hat::asks(self.role, f.kind) && !covered(f, &k) {
                     faces.push(*g);
                 }
             }
@@ -1911,15 +2568,32 @@ impl Node {
         faces.sort_unstable();
         faces.dedup();
         let role = self.role;
-        faces.retain(|g| match self.faces.get_mut(g) {
-            Some(f) => {
-                hat::forwards(role, from, f.kind) && f.chain.admits(Direction::Egress, Op::Put, key)
+        let kinds: HashMap<FaceId, FaceKind> = faces
+            .iter()
+            .filter_map(|g| self.faces.get(g).map(|f| (*g, self.hat_kind(f))))
+            .collect();
+        faces.retain(|g| match (self.faces.get_mut(g), kinds.get(g)) {
+            (Some(f), Some(k)) => {
+                hat::forwards(role, from, *k) && f.chain.admits(Direction::Egress, Op::Put, key)
             }
-            None => false,
+            _ => false,
+        });
+        // Remote routers are reached on the backbone link of their route.
+        let mut routed = Vec::new();
+        faces.retain(|g| match self.faces.get(g) {
+            Some(f) if f.kind == FaceKind::Remote => {
+                match self.next_hop_face(&f.node) {
+                    Some(link) => routed.push((link, f.node)),
+                    None => self.backbone_counters.unroutable += 1,
+                }
+                false
+            }
+            _ => true,
         });
         Route {
             locals,
             faces,
+            routed,
             denied: denied_put,
             denied_delete,
             stale: AtomicBool::new(false),
@@ -1952,7 +2626,7 @@ impl Node {
         let iid = id as u32;
         self.faces
             .values()
-            .filter(|f| hat::asks(f.kind))
+            .filter(|f| hat::asks(self.role, f.kind))
             .all(|f| f.my_interests.get(&iid).is_some_and(|i| i.done))
     }
 
@@ -1965,8 +2639,8 @@ impl Node {
     /// queryables (it asks its upstream every query), so for it any upstream counts.
     pub(crate) fn has_queryable(&self, key: &KeyExpr<'_>) -> (bool, bool) {
         let mut local = false;
-        let mut remote =
-            hat::sends_uncovered(self.role) && self.faces.values().any(|f| hat::asks(f.kind));
+        let mut remote = hat::sends_uncovered(self.role)
+            && self.faces.values().any(|f| hat::asks(self.role, f.kind));
         for (_, items) in self.qabls.intersecting(key) {
             for i in items {
                 match i.src {
@@ -2020,9 +2694,13 @@ fn op_of(msg: &Msg) -> (Op, Option<&str>) {
         },
         Msg::Request(r) => (Op::Query, Some(r.key.as_str())),
         Msg::Response { result, .. } => (Op::Reply, result.as_ref().ok().map(|s| &*s.key)),
-        Msg::ResponseFinal { .. } | Msg::Gossip { .. } | Msg::Denied(_) | Msg::Cancel { .. } => {
-            (Op::Control, None)
-        }
+        Msg::ResponseFinal { .. }
+        | Msg::Gossip { .. }
+        | Msg::Denied(_)
+        | Msg::Cancel { .. }
+        | Msg::LinkState(_)
+        | Msg::Routed { .. }
+        | Msg::Transit(_) => (Op::Control, None),
     }
 }
 

@@ -68,14 +68,14 @@ impl Node {
         let src = match from {
             None => hat::From::Local,
             Some(f) => match self.faces.get(&f) {
-                Some(ff) => hat::From::Face(ff.kind),
+                Some(ff) => hat::From::Face(self.hat_kind(ff)),
                 None => hat::From::Local,
             },
         };
         // A client asks its upstream every query (it is not told of queryables).
         if from.is_none() && hat::sends_uncovered(self.role) {
             for (g, f) in &self.faces {
-                if hat::asks(f.kind) {
+                if hat::asks(self.role, f.kind) {
                     faces.entry(*g).or_insert(false);
                 }
             }
@@ -85,7 +85,7 @@ impl Node {
             .filter(|(g, _)| {
                 self.faces
                     .get(g)
-                    .is_some_and(|f| hat::forwards(self.role, src, f.kind))
+                    .is_some_and(|f| hat::forwards(self.role, src, self.hat_kind(f)))
             })
             .collect();
         faces.sort_unstable();
@@ -366,6 +366,7 @@ impl Node {
         for id in expired {
             self.finish(id);
         }
+        self.backbone_timeout(now);
     }
 
     /// A face went: queries it asked are dropped; queries waiting on it move to `replacement`

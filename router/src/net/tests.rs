@@ -245,6 +245,33 @@ impl Mesh {
 
     fn execute(&mut self, i: usize, a: Action) {
         match a {
+            Action::Send {
+                face,
+                msg: Msg::Routed { dst, inner },
+            } => {
+                // The runtime's part: hop by hop along each router's own next hop, then
+                // handled at `dst` as coming from the sender's virtual face.
+                let src = self.nodes[i].id();
+                let mut link = face;
+                for _ in 0..MAX_HOPS {
+                    let Some((_, b, _)) = self.links.get(&link).copied() else {
+                        return;
+                    };
+                    if let Msg::Sample { sample, .. } = &*inner {
+                        self.sample_sends.push((i, link, sample.key.to_string()));
+                    }
+                    if self.nodes[b].id() == dst {
+                        if let Some(pf) = self.nodes[b].pair_face(&src) {
+                            self.wire.push_back((b, pf, *inner));
+                        }
+                        return;
+                    }
+                    match self.nodes[b].next_hop_face(&dst) {
+                        Some(next) => link = next,
+                        None => return,
+                    }
+                }
+            }
             Action::Send { face, msg } => {
                 let Some((_, b, fb)) = self.links.get(&face).copied() else {
                     return;

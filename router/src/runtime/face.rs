@@ -108,6 +108,8 @@ pub(crate) struct Face {
     parked_tx: Mutex<Option<LinkTx>>,
     /// The session clock's epoch (the runtime's), for writes made outside the writer.
     epoch: std::time::Instant,
+    /// This node's id (the source of what it routes across the backbone).
+    me: NodeId,
     /// When (session µs) a publisher last wrote directly: within `DIRECT_GAP_US` of it, the
     /// link counts as busy and puts are batched by the writer instead.
     last_direct: AtomicU64,
@@ -137,8 +139,20 @@ pub(crate) enum Incoming {
     Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
     /// The dialer's pre-shared token (empty: none), for the runtime.
     Auth(Bytes),
+    /// A message routed across the backbone (for us, or in transit).
+    Routed(Box<RoutedIn>),
     /// Something the node cannot use (counted).
     Other(&'static str),
+}
+
+/// A received `Routed` message, its body still encoded.
+pub(crate) struct RoutedIn {
+    pub src: NodeId,
+    pub dst: NodeId,
+    pub hops: u8,
+    pub origin: Option<NodeId>,
+    pub body: Bytes,
+    pub lane: Lane,
 }
 
 /// Whether a link waits for its dialer's credential before its messages are judged.
@@ -216,8 +230,20 @@ fn convert(
         priority: r.priority,
         reliable: r.reliable,
     };
+    convert_msg(r.msg, lane, batch, ids, out, fixups);
+}
+
+/// Converts one network message found in `batch` (zero-copy where it lies inside it).
+pub(crate) fn convert_msg(
+    msg: NetworkMessage<'_>,
+    lane: Lane,
+    batch: &Bytes,
+    ids: &mut PeerIds,
+    out: &mut Vec<Incoming>,
+    fixups: &mut Vec<Fixup>,
+) {
     // The hot path (compact puts) reads the message in place rather than copying it.
-    let compact = match &r.msg {
+    let compact = match &msg {
         NetworkMessage::Put(p) => Some((p.key_id, p.payload, None)),
         NetworkMessage::PutSn(p) => Some((p.key_id, p.payload, ids.source(p.seq))),
         _ => None,
@@ -238,12 +264,12 @@ fn convert(
         return;
     }
     let decl = |d: Decl| Incoming::Msg(Msg::Declare(d));
-    let (push, source) = match r.msg {
+    let (push, source) = match msg {
         NetworkMessage::Push(p) => (Some(p), None),
         NetworkMessage::PushSn(p) => (Some(p.push), ids.source(p.seq)),
         _ => (None, None),
     };
-    let item = match (push, r.msg) {
+    let item = match (push, msg) {
         (_, NetworkMessage::Put(_) | NetworkMessage::PutSn(_)) => return,
         (Some(p), _) => match resolve(&ids.keys, p.key) {
             Some(key) => Incoming::Sample {
@@ -370,17 +396,180 @@ fn convert(
         (None, NetworkMessage::Denied(d)) => Incoming::Msg(Msg::Denied(Arc::new(
             crate::acl::AccessDenied::from_wire(&d),
         ))),
+        (None, NetworkMessage::LinkState(l)) => {
+            let mut links: Vec<(NodeId, u32)> = l.links().collect();
+            links.sort_unstable();
+            links.dedup_by_key(|x| x.0);
+            Incoming::Msg(Msg::LinkState(Arc::new(crate::net::linkstate::Lsa {
+                router: l.router,
+                epoch: l.epoch,
+                seq: l.seq,
+                site: Arc::from(l.site),
+                flags: l.flags,
+                links,
+            })))
+        }
+        (None, NetworkMessage::Routed(r)) => Incoming::Routed(Box::new(RoutedIn {
+            src: r.src,
+            dst: r.dst,
+            hops: r.hops,
+            origin: r.origin,
+            body: bytes_of(batch, r.body.0),
+            lane,
+        })),
         (None, NetworkMessage::Push(_) | NetworkMessage::PushSn(_)) => return,
     };
     out.push(item);
 }
 
+/// A stateless source table for a routed body: its `PushSn` names publisher `seq.src` of
+/// node `origin`.
+pub(crate) fn routed_ids(origin: Option<NodeId>, msg: &NetworkMessage<'_>) -> PeerIds {
+    let mut ids = PeerIds::default();
+    if let (Some(o), NetworkMessage::PushSn(p)) = (origin, msg) {
+        ids.sources.insert(p.seq.src, (o, p.seq.src));
+    }
+    ids
+}
+
+/// Encodes one network message into a fresh buffer (a routed body).
+fn encode_vec(m: &NetworkMessage<'_>, hint: usize) -> Result<Vec<u8>, SendError> {
+    let mut len = hint.max(256);
+    loop {
+        let mut buf = vec![0u8; len];
+        match m.encode(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(_) if len < (64 << 20) => len *= 2,
+            Err(_) => return Err(SendError::TooLarge),
+        }
+    }
+}
+
+/// The stateless form of a node message, for a routed body: keys by name, a sample's
+/// publisher as (origin, publisher id).
+fn stateless_body(msg: &Msg) -> Result<(Vec<u8>, Option<NodeId>), SendError> {
+    match msg {
+        Msg::Sample { sample, .. } => {
+            let body = sample_body(
+                &sample.key,
+                sample.kind,
+                &sample.payload,
+                sample.timestamp,
+                sample.encoding.as_deref(),
+                sample.attachment.as_deref(),
+                sample.source,
+            )?;
+            Ok((body, sample.source.map(|s| s.node)))
+        }
+        Msg::Routed { .. } | Msg::LinkState(_) | Msg::Transit(_) => Err(SendError::TooLarge),
+        other => {
+            let mut out = None;
+            with_network(other, &mut |m| {
+                out = Some(encode_vec(m, 512));
+                Ok(())
+            })?;
+            Ok((out.unwrap_or(Err(SendError::TooLarge))?, None))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_body(
+    key: &str,
+    kind: SampleKind,
+    payload: &[u8],
+    timestamp: Option<Timestamp>,
+    encoding: Option<&str>,
+    attachment: Option<&[u8]>,
+    source: Option<SampleSource>,
+) -> Result<Vec<u8>, SendError> {
+    let push = Push {
+        key: WireKey::Name(key),
+        kind,
+        payload: RawBytes(payload),
+        timestamp,
+        encoding,
+        attachment: attachment.map(RawBytes),
+    };
+    let m = match source {
+        Some(s) => NetworkMessage::PushSn(hypha_core::wire::PushSn {
+            seq: hypha_core::wire::Seq {
+                src: s.publisher,
+                sn: s.sn,
+            },
+            push,
+        }),
+        None => NetworkMessage::Push(push),
+    };
+    encode_vec(&m, payload.len() + key.len() + 128)
+}
+
 /// Encodes a node message (other than a sample) for the wire and queues it on its lane.
-fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
-    use hypha_core::wire::{ReplyBody, Response, ResponseFinal};
+fn send_encoded(session: &mut HeapSession, msg: &Msg, me: NodeId) -> Result<(), SendError> {
     let lane = msg.lane();
-    let wire =
-        |m: &NetworkMessage<'_>, s: &mut HeapSession| s.send(lane.priority, lane.reliable, m);
+    match msg {
+        Msg::Routed { dst, inner } => {
+            let (body, origin) = stateless_body(inner)?;
+            session.send(
+                lane.priority,
+                lane.reliable,
+                &NetworkMessage::Routed(hypha_core::wire::Routed {
+                    src: me,
+                    dst: *dst,
+                    hops: crate::net::MAX_HOPS,
+                    origin,
+                    body: RawBytes(&body),
+                }),
+            )
+        }
+        Msg::Transit(t) => session.send(
+            t.lane.priority,
+            t.lane.reliable,
+            &NetworkMessage::Routed(hypha_core::wire::Routed {
+                src: t.src,
+                dst: t.dst,
+                hops: t.hops,
+                origin: t.origin,
+                body: RawBytes(&t.body),
+            }),
+        ),
+        Msg::LinkState(l) => {
+            use hypha_core::wire::{LSA_LINK_LEN, LinkState, MAX_LSA_LINKS};
+            let n = l.links.len().min(MAX_LSA_LINKS);
+            let mut links = vec![0u8; n * LSA_LINK_LEN];
+            LinkState::write_links(l.links.iter().take(n).copied(), &mut links)
+                .map_err(|_| SendError::TooLarge)?;
+            session.send(
+                lane.priority,
+                lane.reliable,
+                &NetworkMessage::LinkState(LinkState {
+                    router: l.router,
+                    epoch: l.epoch,
+                    seq: l.seq,
+                    site: &l.site,
+                    flags: l.flags,
+                    links: RawBytes(&links),
+                }),
+            )
+        }
+        other => with_network(other, &mut |m| {
+            session.send(lane.priority, lane.reliable, m)
+        }),
+    }
+}
+
+/// Builds the network message of a node message (keys by name) and hands it to `f`.
+fn with_network(
+    msg: &Msg,
+    f: &mut dyn FnMut(&NetworkMessage<'_>) -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    use hypha_core::wire::{ReplyBody, Response, ResponseFinal};
+    let mut session = ();
+    let mut wire = |m: &NetworkMessage<'_>, _: &mut ()| f(m);
+    let session = &mut session;
     match msg {
         Msg::Sample { sample, .. } => wire(
             &NetworkMessage::Push(Push {
@@ -487,6 +676,7 @@ fn send_encoded(session: &mut HeapSession, msg: &Msg) -> Result<(), SendError> {
             }),
             session,
         ),
+        Msg::Routed { .. } | Msg::LinkState(_) | Msg::Transit(_) => Err(SendError::TooLarge),
     }
 }
 
@@ -533,6 +723,7 @@ impl Face {
             slot: Mutex::new(None),
             parked_tx: Mutex::new(None),
             epoch: rt.start_std,
+            me: rt.id,
             last_direct: AtomicU64::new(0),
         }
     }
@@ -609,7 +800,7 @@ impl Face {
         }
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
         if backlog.is_empty() {
-            match send_encoded(&mut self.lock().session, &msg) {
+            match send_encoded(&mut self.lock().session, &msg, self.me) {
                 Ok(()) => {
                     drop(backlog);
                     self.wake.notify_one();
@@ -646,7 +837,7 @@ impl Face {
         }
         let mut st = self.lock();
         while let Some(m) = backlog.front() {
-            match send_encoded(&mut st.session, m) {
+            match send_encoded(&mut st.session, m, self.me) {
                 Ok(()) => {
                     backlog.pop_front();
                 }
@@ -776,6 +967,46 @@ impl Face {
         }
         // Wake the writer even when the lane is full: it must drain (a key declaration may have
         // just been queued ahead of this message), or a blocked publisher would wait for nothing.
+        self.wake.notify_one();
+        r?;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues a sample for router `dst` across the backbone (this link is the first hop).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_routed_sample(
+        &self,
+        dst: NodeId,
+        key: &str,
+        lane: Lane,
+        kind: SampleKind,
+        payload: &[u8],
+        timestamp: Option<Timestamp>,
+        encoding: Option<&str>,
+        attachment: Option<&[u8]>,
+        source: Option<SampleSource>,
+    ) -> Result<(), SendError> {
+        let lane = if self.info.reliable {
+            lane
+        } else {
+            Lane {
+                reliable: false,
+                ..lane
+            }
+        };
+        let body = sample_body(key, kind, payload, timestamp, encoding, attachment, source)?;
+        let r = self.lock().session.send(
+            lane.priority,
+            lane.reliable,
+            &NetworkMessage::Routed(hypha_core::wire::Routed {
+                src: self.me,
+                dst,
+                hops: crate::net::MAX_HOPS,
+                origin: source.map(|s| s.node),
+                body: RawBytes(&body),
+            }),
+        );
         self.wake.notify_one();
         r?;
         self.sent.fetch_add(1, Ordering::Relaxed);

@@ -125,6 +125,8 @@ pub(crate) struct Resolved {
     pub locals: Vec<Arc<dyn LocalSink>>,
     /// Links, each with the key id it declared for the publisher's key and lane (0 until known).
     pub faces: Vec<(Arc<Face>, std::sync::atomic::AtomicU32)>,
+    /// Remote routers across the backbone: (the first-hop link, the router).
+    pub routed: Vec<(Arc<Face>, hypha_core::id::NodeId)>,
     /// The `[metrics] prefixes` counters this key falls under, matched once when the route is
     /// resolved: a sample only adds to these atomics (empty unless prefixes are configured).
     pub prefixes: Vec<Arc<PrefixCounter>>,
@@ -1101,7 +1103,10 @@ impl Runtime {
                 extra,
                 lane,
                 source,
-            } => self.deliver_remote_sample(face, cache, key, kind, payload, extra, lane, source),
+            } => self.deliver_remote_sample(
+                face, face.id, cache, key, kind, payload, extra, lane, source,
+            ),
+            Incoming::Routed(r) => self.on_routed(face, *r),
             Incoming::Msg(msg) => {
                 let is_request = matches!(msg, Msg::Request(_));
                 self.with_node(|n, now| n.handle_message(now, face.id, msg));
@@ -1115,6 +1120,99 @@ impl Runtime {
             Incoming::Other(what) => {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(face = face.id, "ignored: {what}");
+            }
+        }
+    }
+
+    /// A message routed across the backbone: passed on towards its router, or (for us)
+    /// unwrapped and handled as coming from the virtual face of the router that sent it.
+    fn on_routed(self: &Arc<Self>, face: &Arc<Face>, r: face::RoutedIn) {
+        if r.dst != self.id {
+            let next = {
+                let mut n = self.node.lock().unwrap_or_else(|p| p.into_inner());
+                if r.hops <= 1 {
+                    n.routed_dropped(true);
+                    None
+                } else {
+                    match n.next_hop_face(&r.dst) {
+                        Some(f) => {
+                            n.routed_transit();
+                            Some(f)
+                        }
+                        None => {
+                            n.routed_dropped(false);
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(f) = next.and_then(|id| self.face(id)) {
+                f.send_msg(Msg::Transit(Box::new(crate::net::Transit {
+                    src: r.src,
+                    dst: r.dst,
+                    hops: r.hops - 1,
+                    origin: r.origin,
+                    body: r.body,
+                    lane: r.lane,
+                })));
+            }
+            return;
+        }
+        let pair = self
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pair_face(&r.src);
+        let Some(pair) = pair else {
+            // Its link state has not reached us yet (or it is gone).
+            self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(face = face.id, src = %r.src, "routed message from an unknown router");
+            return;
+        };
+        let msg = match hypha_core::wire::NetworkMessage::decode(&r.body) {
+            Ok(
+                hypha_core::wire::NetworkMessage::Routed(_)
+                | hypha_core::wire::NetworkMessage::LinkState(_)
+                | hypha_core::wire::NetworkMessage::Auth(_)
+                | hypha_core::wire::NetworkMessage::Gossip(_),
+            ) => {
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(src = %r.src, "routed message with a body not allowed there");
+                return;
+            }
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(src = %r.src, "malformed routed message: {e}");
+                return;
+            }
+        };
+        let mut ids = face::routed_ids(r.origin, &msg);
+        let mut out = Vec::new();
+        let mut fixups = Vec::new();
+        face::convert_msg(msg, r.lane, &r.body, &mut ids, &mut out, &mut fixups);
+        for m in out {
+            match m {
+                Incoming::Sample {
+                    key,
+                    kind,
+                    payload,
+                    extra,
+                    lane,
+                    source,
+                } => self.deliver_remote_sample(
+                    face, pair, &mut None, key, kind, payload, extra, lane, source,
+                ),
+                Incoming::Msg(msg) => {
+                    let is_request = matches!(msg, Msg::Request(_));
+                    self.with_node(|n, now| n.handle_message(now, pair, msg));
+                    if is_request {
+                        self.timer.notify_one();
+                    }
+                }
+                _ => {
+                    self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -1170,6 +1268,11 @@ impl Runtime {
             .filter_map(|id| self.face(*id))
             .map(|f| (f, std::sync::atomic::AtomicU32::new(0)))
             .collect();
+        let routed = route
+            .routed
+            .iter()
+            .filter_map(|(id, dst)| self.face(*id).map(|f| (f, *dst)))
+            .collect();
         // The per-prefix match runs here, once per resolved key (routes are cached per key),
         // never per sample. Prefixes were validated by the config; an invalid key matches none.
         let prefixes = match KeyExpr::new(key) {
@@ -1185,6 +1288,7 @@ impl Runtime {
             route,
             locals,
             faces,
+            routed,
             prefixes,
         })
     }
@@ -1196,6 +1300,7 @@ impl Runtime {
     pub(crate) fn deliver_remote_sample(
         &self,
         face: &Arc<Face>,
+        src: FaceId,
         cache: &mut Option<RouteCache>,
         key: Arc<str>,
         kind: SampleKind,
@@ -1213,7 +1318,7 @@ impl Runtime {
                 r.clone()
             }
             _ => {
-                let r = self.resolve(Some(face.id), &key);
+                let r = self.resolve(Some(src), &key);
                 *cache = Some((key.clone(), r.clone()));
                 r
             }
@@ -1222,19 +1327,36 @@ impl Runtime {
             || resolved.route.denied_delete && kind == SampleKind::Delete
         {
             self.counters.denied.fetch_add(1, Ordering::Relaxed);
-            self.with_node(|n, now| n.sample_denied(now, face.id, &key, kind));
+            self.with_node(|n, now| n.sample_denied(now, src, &key, kind));
             return;
         }
         for p in &resolved.prefixes {
             p.count(payload.len());
         }
-        if resolved.locals.is_empty() && resolved.faces.is_empty() {
+        if resolved.locals.is_empty() && resolved.faces.is_empty() && resolved.routed.is_empty() {
             return;
         }
         let (timestamp, encoding, attachment) = match extra {
             Some(e) => (e.timestamp, e.encoding, e.attachment),
             None => (None, None, None),
         };
+        for (f, dst) in &resolved.routed {
+            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            if let Err(SendError::QueueFull) = f.send_routed_sample(
+                *dst,
+                &key,
+                lane,
+                kind,
+                &payload,
+                timestamp,
+                encoding.as_deref(),
+                attachment.as_deref(),
+                source,
+            ) {
+                f.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         for (f, key_id) in &resolved.faces {
             self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
             if let Err(SendError::QueueFull) = f.send_sample(
@@ -1301,9 +1423,27 @@ impl Runtime {
             reliable: qos.reliable,
         };
         let mut out = PublishOutcome {
-            destinations: resolved.locals.len() + resolved.faces.len(),
+            destinations: resolved.locals.len() + resolved.faces.len() + resolved.routed.len(),
             dropped: 0,
         };
+        // Remote routers (this node is a router publishing itself): never blocks; a full first
+        // hop drops, counted.
+        for (face, dst) in &resolved.routed {
+            if let Err(SendError::QueueFull) = face.send_routed_sample(
+                *dst,
+                &s.key,
+                lane,
+                s.kind,
+                &s.payload,
+                s.timestamp,
+                s.encoding.as_deref(),
+                s.attachment.as_deref(),
+                s.source,
+            ) {
+                face.dropped.fetch_add(1, Ordering::Relaxed);
+                out.dropped += 1;
+            }
+        }
         let mut blocked = Vec::new();
         for (i, (face, key_id)) in resolved.faces.iter().enumerate() {
             match s.send_on(face, key_id, lane, qos.express) {
