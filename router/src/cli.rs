@@ -168,6 +168,32 @@ impl From<ConsolidationArg> for Consolidation {
     }
 }
 
+/// `hypha router`: a node's options plus the backbone's.
+#[derive(Args, Clone)]
+struct RouterCmd {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    router: RouterArgs,
+}
+
+/// The backbone between sites (`[router]` in the configuration file).
+#[derive(Args, Clone, Default)]
+struct RouterArgs {
+    /// This router's site (routers of one site elect one designated router to face its
+    /// peers).
+    #[arg(long, value_name = "NAME")]
+    site: Option<String>,
+    /// A router of another site to keep a backbone link to (repeatable), e.g.
+    /// quic/203.0.113.5:7447.
+    #[arg(long = "backbone", value_name = "EP")]
+    backbone: Vec<String>,
+    /// The cost of the --backbone links (default: the far end's, or 100); routes take the
+    /// cheapest sum.
+    #[arg(long, value_name = "N")]
+    cost: Option<u32>,
+}
+
 /// What `peer` and `router` do besides running the node.
 #[derive(Args, Clone)]
 struct NodeArgs {
@@ -238,11 +264,12 @@ enum Cmd {
     /// Run a node until interrupted (optionally publishing, subscribing and holding tokens,
     /// printing what it sees as JSON lines).
     Peer(NodeArgs),
-    /// Run a node in router mode until interrupted (options as for `peer`).
+    /// Run a node in router mode until interrupted (options as for `peer`, plus the
+    /// backbone: --site, --backbone, --cost).
     ///
     /// Listens on quic/[::]:7447 (quic/0.0.0.0:7447 where IPv6 cannot be bound) unless --listen
     /// or the configuration file says otherwise. --mode, if given, must be router.
-    Router(NodeArgs),
+    Router(RouterCmd),
     /// Publish VALUE on KEY, once or repeatedly.
     Pub {
         /// The key (concrete, no wildcards).
@@ -429,7 +456,7 @@ const ROUTER_LISTEN_V4: &str = "quic/0.0.0.0:7447";
 /// The configuration of `hypha router`: `config` in router mode, listening on
 /// [`ROUTER_LISTEN`] unless `--listen` or the configuration file chose. The flag tells whether
 /// that default was applied.
-fn router_config(c: &Common) -> Result<(Config, bool)> {
+fn router_config(c: &Common, r: &RouterArgs) -> Result<(Config, bool)> {
     if let Some(m) = c.mode.filter(|m| *m != ModeArg::Router) {
         anyhow::bail!(
             "`hypha router` runs in router mode; --mode {} is for `hypha peer`",
@@ -437,7 +464,20 @@ fn router_config(c: &Common) -> Result<(Config, bool)> {
         );
     }
     let mut cfg = config(c)?;
+    if cfg.mode != Mode::Router && cfg.lease_ms == 3_000 {
+        // The peer default, not a choice: a router's lease is shorter (silent cuts).
+        cfg.lease_ms = crate::config::ROUTER_LEASE_MS;
+    }
     cfg.mode = Mode::Router;
+    if let Some(site) = &r.site {
+        cfg.router.site = site.clone();
+    }
+    for b in &r.backbone {
+        cfg.router.backbone.push(endpoint(b)?);
+    }
+    if r.cost.is_some() {
+        cfg.router.cost = r.cost;
+    }
     let default_listen = c.listen.is_empty() && cfg.listen == vec![Config::default_listen()];
     if default_listen {
         cfg.listen = vec![endpoint(ROUTER_LISTEN)?];
@@ -616,9 +656,9 @@ async fn run(cli: Cli) -> Result<()> {
             node(&args, s).await?
         }
         Cmd::Router(args) => {
-            let (cfg, default_listen) = router_config(&args.common)?;
+            let (cfg, default_listen) = router_config(&args.node.common, &args.router)?;
             let s = open_router(cfg, default_listen).await?;
-            node(&args, s).await?
+            node(&args.node, s).await?
         }
         Cmd::Pub {
             key,
@@ -1318,9 +1358,38 @@ mod tests {
 
     fn node_args(args: &[&str]) -> NodeArgs {
         match parse(args).unwrap() {
-            Cmd::Peer(a) | Cmd::Router(a) => a,
+            Cmd::Peer(a) => a,
+            Cmd::Router(a) => a.node,
             _ => panic!("not peer or router: {args:?}"),
         }
+    }
+
+    #[test]
+    fn router_backbone_flags_reach_the_config() {
+        let Cmd::Router(r) = parse(&[
+            "router",
+            "--site",
+            "depot",
+            "--backbone",
+            "quic/127.0.0.1:7450",
+            "--backbone",
+            "tcp/127.0.0.1:7451",
+            "--cost",
+            "20",
+        ])
+        .unwrap() else {
+            panic!("not a router")
+        };
+        let (cfg, _) = router_config(&r.node.common, &r.router).unwrap();
+        assert_eq!(cfg.router.site, "depot");
+        assert_eq!(cfg.router.backbone.len(), 2);
+        assert_eq!(cfg.router.cost, Some(20));
+        assert_eq!(cfg.lease_ms, crate::config::ROUTER_LEASE_MS);
+        let Cmd::Router(r) = parse(&["router", "--backbone", "bogus"]).unwrap() else {
+            panic!("not a router")
+        };
+        let e = router_config(&r.node.common, &r.router).err().unwrap();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
     }
 
     #[test]
@@ -1379,7 +1448,7 @@ mod tests {
     #[test]
     fn router_listens_on_7447_unless_told_otherwise() {
         let a = node_args(&["router", "--no-mdns"]);
-        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        let (cfg, default_listen) = router_config(&a.common, &RouterArgs::default()).unwrap();
         assert_eq!(cfg.mode, Mode::Router);
         assert!(default_listen);
         assert_eq!(cfg.listen, vec![endpoint(ROUTER_LISTEN).unwrap()]);
@@ -1389,7 +1458,7 @@ mod tests {
         );
 
         let a = node_args(&["router", "--listen", "tcp/127.0.0.1:0", "--mode", "router"]);
-        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        let (cfg, default_listen) = router_config(&a.common, &RouterArgs::default()).unwrap();
         assert_eq!((cfg.mode, default_listen), (Mode::Router, false));
         assert_eq!(cfg.listen, vec![endpoint("tcp/127.0.0.1:0").unwrap()]);
 
@@ -1398,12 +1467,14 @@ mod tests {
         let file = dir.path().join("router.toml");
         std::fs::write(&file, "mode = \"peer\"\nlisten = [\"udp/127.0.0.1:0\"]\n").unwrap();
         let a = node_args(&["router", "--config", file.to_str().unwrap()]);
-        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        let (cfg, default_listen) = router_config(&a.common, &RouterArgs::default()).unwrap();
         assert_eq!((cfg.mode, default_listen), (Mode::Router, false));
         assert_eq!(cfg.listen, vec![endpoint("udp/127.0.0.1:0").unwrap()]);
 
         let a = node_args(&["router", "--mode", "peer"]);
-        let e = router_config(&a.common).err().unwrap();
+        let e = router_config(&a.common, &RouterArgs::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("--mode peer"), "{e}");
     }
 
@@ -1426,7 +1497,7 @@ mod tests {
     #[tokio::test]
     async fn router_command_opens_a_node_in_router_mode() {
         let a = node_args(&["router", "--no-mdns", "--listen", "tcp/127.0.0.1:0"]);
-        let (cfg, default_listen) = router_config(&a.common).unwrap();
+        let (cfg, default_listen) = router_config(&a.common, &RouterArgs::default()).unwrap();
         let s = open_router(cfg, default_listen).await.unwrap();
         let info = s.info();
         assert_eq!(info.mode, Mode::Router);

@@ -9,6 +9,8 @@
 //! connect = ["quic/192.0.2.10:7447"]       # default: none
 //! mdns = true                              # announce and discover on the LAN
 //! lease_ms = 3000                          # link lease; keep-alives every lease/4
+//!                                          # (default 3000; 2000 for a router: a silent
+//!                                          # backbone cut is detected in 2 s)
 //! batch_size = 65535                       # largest batch on a link
 //! timestamping = true                      # stamp every put with the node's HLC
 //!
@@ -25,6 +27,12 @@
 //! who = ["robot/*"]
 //! ops = ["put"]
 //! keys = ["fleet/${id.last}/**"]
+//!
+//! [router]                                # routers only: the backbone between sites
+//! site = "depot"                           # its site (routers of one site elect one
+//!                                          # designated router to face the peers)
+//! backbone = ["quic/203.0.113.5:7447"]     # routers of other sites to keep a link to
+//! cost = 20                                # their link cost (default: the far end's, or 100)
 //!
 //! [queues]
 //! lane_bytes = 1048576                     # per link and priority lane
@@ -216,8 +224,9 @@ struct File {
     listen: Option<Vec<String>>,
     connect: Vec<String>,
     mdns: bool,
-    lease_ms: u64,
+    lease_ms: Option<u64>,
     batch_size: u64,
+    router: RouterFile,
     timestamping: bool,
     tls: TlsFile,
     queues: QueueConfig,
@@ -226,6 +235,26 @@ struct File {
     auth: AuthFile,
     http: HttpConfig,
     metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RouterFile {
+    site: String,
+    backbone: Vec<String>,
+    cost: Option<u32>,
+}
+
+/// A router's backbone settings (`[router]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Its site (empty: none). Routers of one site elect one designated router that relays
+    /// between the site's peers and the other sites.
+    pub site: String,
+    /// Routers to keep a backbone link to.
+    pub backbone: Vec<Endpoint>,
+    /// The cost of those links (default: the far end's, or 100).
+    pub cost: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -243,8 +272,9 @@ impl Default for File {
             listen: None,
             connect: Vec::new(),
             mdns: true,
-            lease_ms: 3_000,
+            lease_ms: None,
             batch_size: 65_535,
+            router: RouterFile::default(),
             timestamping: true,
             tls: TlsFile::default(),
             queues: QueueConfig::default(),
@@ -272,6 +302,8 @@ pub struct Config {
     pub mdns: bool,
     /// Link lease in milliseconds.
     pub lease_ms: u64,
+    /// The backbone (routers only).
+    pub router: RouterConfig,
     /// Largest batch on a link (64 to 65,535).
     pub batch_size: u16,
     /// Stamp every put with the node's HLC (default: on; storages and late joiners rely on
@@ -304,6 +336,7 @@ impl Default for Config {
             connect: Vec::new(),
             mdns: true,
             lease_ms: 3_000,
+            router: RouterConfig::default(),
             batch_size: 65_535,
             timestamping: true,
             tls: TlsConfig::default(),
@@ -316,6 +349,9 @@ impl Default for Config {
         })
     }
 }
+
+/// A router's default lease: a backbone link gone silent is dead after 2 s.
+pub const ROUTER_LEASE_MS: u64 = 2_000;
 
 fn endpoints(field: &'static str, v: &[String]) -> Result<Vec<Endpoint>, ConfigError> {
     v.iter()
@@ -379,10 +415,17 @@ impl Config {
             })?),
             None => None,
         };
-        if !(1_000..=3_600_000).contains(&f.lease_ms) {
+        let lease_ms = f
+            .lease_ms
+            .unwrap_or(if parse_mode(&f.mode)? == Mode::Router {
+                ROUTER_LEASE_MS
+            } else {
+                3_000
+            });
+        if !(1_000..=3_600_000).contains(&lease_ms) {
             return Err(ConfigError::Value {
                 field: "lease_ms",
-                message: format!("{} (expected 1000 to 3600000)", f.lease_ms),
+                message: format!("{lease_ms} (expected 1000 to 3600000)"),
             });
         }
         let batch_size = u16::try_from(f.batch_size)
@@ -512,7 +555,12 @@ impl Config {
             },
             connect: endpoints("connect", &f.connect)?,
             mdns: f.mdns,
-            lease_ms: f.lease_ms,
+            lease_ms,
+            router: RouterConfig {
+                site: f.router.site.clone(),
+                backbone: endpoints("router.backbone", &f.router.backbone)?,
+                cost: f.router.cost,
+            },
             batch_size,
             timestamping: f.timestamping,
             tls: TlsConfig {

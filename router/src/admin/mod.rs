@@ -262,13 +262,77 @@ pub(crate) struct Snapshot {
     pub(crate) routes: Vec<RouteView>,
     pub(crate) cached_routes: usize,
     pub(crate) storages: Vec<StorageView>,
+    /// `@/<id>/backbone` (routers only), rendered under the node's lock.
+    pub(crate) backbone: Option<String>,
+}
+
+/// The backbone of a router as JSON: its site and role, the link-state database, its routes
+/// and counters.
+fn backbone_json(n: &crate::net::Node) -> Option<String> {
+    let db = n.lsdb()?;
+    let id = |x: &NodeId| x.to_string();
+    let lsas = json::array(db.all().into_iter().map(|l| {
+        Obj::new()
+            .str("router", &id(&l.router))
+            .str("site", &l.site)
+            .int("epoch", l.epoch)
+            .int("seq", l.seq)
+            .bool("designated", l.flags & crate::net::linkstate::FLAG_DR != 0)
+            .raw(
+                "links",
+                &json::array(l.links.iter().map(|(nb, c)| {
+                    Obj::new()
+                        .str("router", &id(nb))
+                        .int("cost", u64::from(*c))
+                        .finish()
+                })),
+            )
+            .finish()
+    }));
+    let routes = json::array(db.routes().iter().map(|(dst, h)| {
+        Obj::new()
+            .str("router", &id(dst))
+            .str("next", &id(&h.next))
+            .int("cost", h.cost)
+            .int("hops", u64::from(h.hops))
+            .finish()
+    }));
+    let c = n.backbone_counters;
+    let lc = db.counters;
+    Some(
+        Obj::new()
+            .str("site", db.site())
+            .bool("designated", n.is_designated())
+            .str("digest", &format!("{:016x}", db.digest()))
+            .raw("lsdb", &lsas)
+            .raw("routes", &routes)
+            .raw(
+                "counters",
+                &Obj::new()
+                    .int("transit", c.transit)
+                    .int("hop_drop", c.hop_drop)
+                    .int("unroutable", c.unroutable)
+                    .int("lsa_in", lc.lsa_in)
+                    .int("lsa_newer", lc.lsa_newer)
+                    .int("lsa_stale", lc.lsa_stale)
+                    .int("spf_runs", lc.spf_runs)
+                    .finish(),
+            )
+            .finish(),
+    )
 }
 
 impl Snapshot {
     /// Reads the node, its links and counters, and `extra`'s storages.
     pub(crate) fn read(rt: &Runtime, extra: &Extra) -> Snapshot {
-        let (faces, decls, (routes, cached_routes)) =
-            rt.with_node(|n, _| (n.faces(), n.declarations(), n.route_table()));
+        let (faces, decls, (routes, cached_routes), backbone) = rt.with_node(|n, _| {
+            (
+                n.faces(),
+                n.declarations(),
+                n.route_table(),
+                backbone_json(n),
+            )
+        });
         let mut links = Vec::with_capacity(faces.len());
         let mut node_of = std::collections::HashMap::new();
         for s in &faces {
@@ -338,6 +402,7 @@ impl Snapshot {
             routes,
             cached_routes,
             storages: extra.storages(),
+            backbone,
         }
     }
 
@@ -411,6 +476,9 @@ impl Snapshot {
             v.push((format!("{base}/{name}"), self.decls_json(kind), JSON));
         }
         v.push((format!("{base}/routes"), self.routes_json(), JSON));
+        if let Some(b) = &self.backbone {
+            v.push((format!("{base}/backbone"), b.clone(), JSON));
+        }
         for st in &self.storages {
             v.push((
                 format!("{base}/storages/{}", st.n),

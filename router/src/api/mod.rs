@@ -514,6 +514,12 @@ pub async fn open(mut config: Config) -> Result<Session, OpenError> {
         for ep in connect {
             rt.keep_connected(ep);
         }
+        if rt.config().mode == Mode::Router {
+            let r = rt.config().router.clone();
+            for ep in r.backbone {
+                rt.keep_backbone(ep, r.cost);
+            }
+        }
         crate::runtime::start_dialer(&rt);
         if rt.config().mdns {
             crate::runtime::start_discovery(&rt, bound)?;

@@ -110,6 +110,8 @@ pub(crate) struct Face {
     epoch: std::time::Instant,
     /// This node's id (the source of what it routes across the backbone).
     me: NodeId,
+    /// The configured cost of this link, when it is a backbone link dialled from the config.
+    pub(crate) cost: Option<u32>,
     /// When (session µs) a publisher last wrote directly: within `DIRECT_GAP_US` of it, the
     /// link counts as busy and puts are batched by the writer instead.
     last_direct: AtomicU64,
@@ -724,6 +726,7 @@ impl Face {
             parked_tx: Mutex::new(None),
             epoch: rt.start_std,
             me: rt.id,
+            cost: None,
             last_direct: AtomicU64::new(0),
         }
     }
@@ -1125,10 +1128,13 @@ pub(crate) async fn run(
     link: Link,
     role: Role,
     slot: Option<super::HandshakeSlot>,
+    cost: Option<u32>,
 ) -> Option<PeerInfo> {
     let Link { info, tx, rx } = link;
     let id = rt.next_face_id();
-    let face = Arc::new(Face::new(&rt, id, info, role));
+    let mut face = Face::new(&rt, id, info, role);
+    face.cost = cost;
+    let face = Arc::new(face);
     *face.slot.lock().unwrap_or_else(|p| p.into_inner()) = slot;
     tracing::debug!(face = id, remote = %face.info.remote, ?role, "link up, handshaking");
     let writer = tokio::spawn(writer(rt.clone(), face.clone(), tx));

@@ -364,6 +364,10 @@ impl Runtime {
         let acl = config.acl.clone().map(Arc::new);
         let mut nc = NodeConfig::new(id, config.mode);
         nc.caps = config.limits.caps();
+        nc.site = Arc::from(config.router.site.as_str());
+        nc.epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
         if let Some(acl) = &config.acl {
             nc.intercepts = Box::new(crate::acl::enforce::AclFactory(Arc::new(acl.clone())));
         }
@@ -944,8 +948,13 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .insert(face.id, face.clone());
         let dialed = face.role == Role::Dialer;
+        let cost = face.cost;
         let accepted = self.with_node(|n, now| {
-            n.handle_face_up_as(now, face.id, kind, peer.node_id, dialed, principal)
+            let up = n.handle_face_up_as(now, face.id, kind, peer.node_id, dialed, principal);
+            if up && let Some(c) = cost {
+                n.set_link_cost(now, face.id, c);
+            }
+            up
         });
         if !accepted {
             self.faces
@@ -1610,7 +1619,7 @@ impl Runtime {
                 };
                 let rt2 = rt.clone();
                 tokio::spawn(async move {
-                    face::run(rt2, link, Role::Listener, Some(slot)).await;
+                    face::run(rt2, link, Role::Listener, Some(slot), None).await;
                 });
             }
         });
@@ -1642,11 +1651,20 @@ impl Runtime {
         self.keep_connected_to_one_of(vec![ep]);
     }
 
+    /// Keeps a backbone link to the router at `ep` (a link cost, if configured).
+    pub(crate) fn keep_backbone(self: &Arc<Self>, ep: Endpoint, cost: Option<u32>) {
+        self.keep_connected_with(vec![ep], cost);
+    }
+
     /// Keeps one link to the first endpoint of `eps` that answers: when it breaks (or cannot
     /// be reached), the next one is tried, round robin, with backoff once all have failed.
     /// This is a client's failover list; the node replays the client's declarations and
     /// interests on the new link.
     pub(crate) fn keep_connected_to_one_of(self: &Arc<Self>, eps: Vec<Endpoint>) {
+        self.keep_connected_with(eps, None);
+    }
+
+    fn keep_connected_with(self: &Arc<Self>, eps: Vec<Endpoint>, cost: Option<u32>) {
         if eps.is_empty() {
             return;
         }
@@ -1666,7 +1684,10 @@ impl Runtime {
                             true => Role::Listener,
                             false => Role::Dialer,
                         };
-                        if face::run(rt.clone(), link, role, None).await.is_some() {
+                        if face::run(rt.clone(), link, role, None, cost)
+                            .await
+                            .is_some()
+                        {
                             backoff = Duration::from_millis(100);
                             ok = true;
                         }
@@ -1805,7 +1826,7 @@ pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
                     .insert(n);
             }
             tokio::spawn(async move {
-                face::run(rt3.clone(), d.link, Role::Dialer, None).await;
+                face::run(rt3.clone(), d.link, Role::Dialer, None, None).await;
                 if let Some(n) = d.node_id {
                     rt3.connecting
                         .lock()
