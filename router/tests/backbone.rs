@@ -1,0 +1,131 @@
+//! The router backbone on real sockets: three routers of three sites in a triangle over TCP on
+//! loopback, a client at two of them. Samples take the cheap two-hop path, the admin space
+//! shows the link-state routes, and when the middle router dies traffic moves to the direct
+//! link with no duplicate and the publishing client's token never flaps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::{T, wait_until};
+use hypha::{Config, Session};
+use hypha_core::wire::Mode;
+use std::time::Duration;
+
+async fn router(site: &str, backbone: &[(String, u32)]) -> Session {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.mode = Mode::Router;
+    c.lease_ms = hypha::config::ROUTER_LEASE_MS;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    c.router.site = site.to_string();
+    // One cost per router: each link's cost is its dialer's (the listener adopts it).
+    c.router.cost = backbone.first().map(|(_, cost)| *cost);
+    c.router.backbone = backbone.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    hypha::open(c).await.unwrap()
+}
+
+async fn client(router: &Session) -> Session {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.mode = Mode::Client;
+    c.listen = Vec::new();
+    c.connect = vec![router.info().listening[0].clone()];
+    let s = hypha::open(c).await.unwrap();
+    assert!(s.wait_peers(1, T).await, "client not linked");
+    s
+}
+
+fn ep(s: &Session) -> String {
+    s.info().listening[0].to_string()
+}
+
+/// The `@/<router>/backbone` entry of `router`, asked through `via`.
+async fn backbone(via: &Session, router: &Session) -> serde_json::Value {
+    let mut r = via
+        .get(&format!("@/{}/backbone", router.id()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    let reply = r.recv().await.expect("a backbone entry");
+    serde_json::from_slice(&reply.result.expect("not an error").payload).unwrap()
+}
+
+fn next_hop(b: &serde_json::Value, to: &Session) -> Option<(String, u64)> {
+    b["routes"].as_array()?.iter().find_map(|r| {
+        (r["router"] == to.id().to_string()).then(|| {
+            (
+                r["next"].as_str().unwrap().to_string(),
+                r["cost"].as_u64().unwrap(),
+            )
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
+    // A listens; C dials A (60); B dials C and A (20 each).
+    let a = router("A", &[]).await;
+    let c = router("C", &[(ep(&a), 60)]).await;
+    let b = router("B", &[(ep(&c), 20), (ep(&a), 20)]).await;
+    let ca = client(&a).await;
+    let cc = client(&c).await;
+    // The link state settles: A reaches C through B at cost 40.
+    wait_until(T, async || {
+        next_hop(&backbone(&ca, &a).await, &c)
+            .is_some_and(|(n, cost)| n == b.id().to_string() && cost == 40)
+    })
+    .await
+    .expect("no A→B→C route at cost 40");
+    let sub = cc.declare_subscriber("bb/**").stream().unwrap();
+    assert!(sub.ready(T).await, "subscriber not ready");
+    let alive = cc.liveliness().declare_subscriber("alive/**").unwrap();
+    let _token = ca.liveliness().declare_token("alive/ca").unwrap();
+    let first = tokio::time::timeout(T, alive.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*first.key, "alive/ca");
+    let p = ca.declare_publisher("bb/x").unwrap();
+    assert!(
+        p.ready(T).await && p.wait_matching(T).await,
+        "no match across sites"
+    );
+    for i in 0..100 {
+        p.put(format!("{i}")).await.unwrap();
+    }
+    for i in 0..100 {
+        let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            &s.payload[..],
+            format!("{i}").as_bytes(),
+            "in order, none missing"
+        );
+    }
+    // The middle router dies: A re-routes to C over the direct link.
+    let b_id = b.id().to_string();
+    b.close().await;
+    wait_until(T, async || {
+        next_hop(&backbone(&ca, &a).await, &c).is_some_and(|(n, _)| n != b_id)
+    })
+    .await
+    .expect("no re-route around the dead router");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    let mut i = 100;
+    while got.len() < 50 && tokio::time::Instant::now() < deadline {
+        p.put(format!("{i}")).await.unwrap();
+        i += 1;
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+            got.push(String::from_utf8_lossy(&s.payload).to_string());
+        }
+    }
+    assert!(got.len() >= 50, "delivery did not resume: {got:?}");
+    assert_eq!(sub.duplicates(), 0, "no duplicate across the re-route");
+    // The token of A's client stayed alive for C's client (A was reachable all along).
+    assert!(
+        alive.try_recv().is_none(),
+        "token flapped during the re-route"
+    );
+}
