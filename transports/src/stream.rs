@@ -1,8 +1,10 @@
 //! Stream links (TCP, unix): a preamble, then batches prefixed by their u16 length.
 //!
-//! Reading fills a large buffer with as many bytes as the socket has and splits complete batches
-//! off it without copying; writing puts prefix and batch in one contiguous buffer and issues one
-//! write.
+//! Reading fills a buffer with as many bytes as the socket has and splits complete batches off
+//! it without copying; writing puts prefix and batch in one contiguous buffer and issues one
+//! write. Buffers are sized to what the link carries: a link that never sends more than its
+//! handshake holds a few KiB, not the 128 KiB a busy link reads at a time (issue 16: thousands
+//! of half-open links each preallocating their largest buffers took hundreds of MB).
 
 use crate::AbortOnDrop;
 use crate::endpoint::{Endpoint, Protocol};
@@ -14,7 +16,11 @@ use tokio::sync::mpsc;
 
 /// Every stream link starts with these bytes, both ways.
 pub(crate) const PREAMBLE: &[u8; 8] = b"HYPHA/1\n";
+/// The most a reader asks the socket for at once (a busy link's read size).
 const READ_CHUNK: usize = 128 * 1024;
+/// What a fresh reader asks for: room for a handshake. Each read that fills the room asked for
+/// doubles the next one, up to [`READ_CHUNK`].
+const FIRST_READ: usize = 2048;
 /// Batches from this size on are written with a vectored write instead of being copied.
 const VECTORED_FROM: usize = 4096;
 
@@ -37,6 +43,8 @@ pub struct StreamTx {
 pub struct StreamRx {
     r: Reader,
     buf: BytesMut,
+    /// How much room the next read asks for ([`FIRST_READ`] doubling to [`READ_CHUNK`]).
+    chunk: usize,
 }
 
 impl fmt::Debug for StreamTx {
@@ -55,7 +63,8 @@ impl StreamTx {
     pub(crate) fn new(w: Writer) -> Self {
         StreamTx {
             w,
-            buf: Vec::with_capacity(crate::MAX_BATCH + 2),
+            // Grows to the largest batch copied into it (small batches; direct writes).
+            buf: Vec::new(),
             pending: 0..0,
             flush_each: false,
         }
@@ -176,7 +185,8 @@ impl StreamRx {
     pub(crate) fn new(r: Reader) -> Self {
         StreamRx {
             r,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
+            chunk: FIRST_READ,
         }
     }
 
@@ -193,12 +203,18 @@ impl StreamRx {
                 }
                 self.buf.reserve(2 + len - self.buf.len());
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(READ_CHUNK);
+            let room = self.buf.capacity() - self.buf.len();
+            if room < self.chunk / 2 {
+                self.buf.reserve(self.chunk);
             }
+            let room = self.buf.capacity() - self.buf.len();
             let n = self.r.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
             if n == 0 {
                 return Err(LinkError::Closed);
+            }
+            if n >= room {
+                // The socket had at least as much as we asked for: ask for more next time.
+                self.chunk = (self.chunk * 2).min(READ_CHUNK);
             }
         }
     }
@@ -433,4 +449,60 @@ pub(crate) async fn connect_unix(endpoint: &Endpoint) -> Result<Link, ConnectErr
         probe: Default::default(),
     };
     Ok(unix_link(s, info))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    async fn tcp_pair() -> (StreamTx, StreamRx) {
+        let ep: Endpoint = "tcp/127.0.0.1:0".parse().unwrap();
+        let mut l = listen_tcp(&ep).await.unwrap();
+        let to = l.local_endpoint().clone();
+        let (dialed, accepted) = tokio::join!(connect_tcp(&to), l.accept());
+        let (LinkTx::Stream(tx), LinkRx::Stream(rx)) = (dialed.unwrap().tx, accepted.unwrap().rx)
+        else {
+            panic!("tcp links are stream links");
+        };
+        (tx, rx)
+    }
+
+    /// Issue 16: a link that carried only small batches holds small buffers (each half-open link
+    /// used to hold 128 KiB for reading and 64 KiB for writing from its first byte on).
+    #[tokio::test]
+    async fn a_quiet_link_holds_small_buffers() {
+        let (mut tx, mut rx) = tcp_pair().await;
+        assert_eq!(tx.buf.capacity(), 0, "nothing written yet");
+        assert_eq!(rx.buf.capacity(), 0, "nothing read yet");
+        for i in 0..100u8 {
+            tx.send(&[i; 40]).await.unwrap();
+            assert_eq!(&rx.recv().await.unwrap()[..], &[i; 40]);
+        }
+        assert!(tx.buf.capacity() <= 1024, "tx {}", tx.buf.capacity());
+        assert!(
+            rx.buf.capacity() <= 4 * FIRST_READ,
+            "rx {}",
+            rx.buf.capacity()
+        );
+    }
+
+    /// A busy link still reads in large pieces: the read size grows to `READ_CHUNK`.
+    #[tokio::test]
+    async fn a_busy_link_reads_in_large_pieces() {
+        let (mut tx, mut rx) = tcp_pair().await;
+        let big = vec![7u8; 60_000];
+        let writer = tokio::spawn(async move {
+            for _ in 0..64 {
+                tx.send(&big).await.unwrap();
+            }
+            tx
+        });
+        for _ in 0..64 {
+            assert_eq!(rx.recv().await.unwrap().len(), 60_000);
+        }
+        let _tx = writer.await.unwrap();
+        assert_eq!(rx.chunk, READ_CHUNK);
+    }
 }

@@ -1270,8 +1270,22 @@ fn log_close(face: &Face, reason: CloseReason, by_peer: bool) {
     }
 }
 
+/// The writer's buffer until the handshake completes: the transport messages sent before
+/// (`Init`, `Accept`, `Open`, `Close`) are a few dozen bytes. A link still handshaking (possibly
+/// one of thousands of half-open connections) holds no batch-sized buffer.
+const HANDSHAKE_BUF: usize = 1024;
+
+/// The session's next batch, into `buf`, grown to a whole batch once the session is open.
+fn transmit(rt: &Runtime, face: &Face, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut st = face.lock();
+    if buf.len() < hypha_transports::MAX_BATCH && st.session.is_open() {
+        buf.resize(hypha_transports::MAX_BATCH, 0);
+    }
+    st.session.poll_transmit(rt.now(), buf)
+}
+
 async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
-    let mut buf = vec![0u8; hypha_transports::MAX_BATCH];
+    let mut buf = vec![0u8; HANDSHAKE_BUF];
     let mut held = Some(tx);
     loop {
         // Take the sending half back from where idle publishers could use it.
@@ -1292,7 +1306,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         let mut failed = tx.flush().await.err();
         while failed.is_none() {
             face.drain_backlog();
-            let n = face.lock().session.poll_transmit(rt.now(), &mut buf);
+            let n = transmit(&rt, &face, &mut buf);
             face.space.notify_waiters();
             let Some(n) = n else { break };
             failed = tx.send(&buf[..n]).await.err();
@@ -1328,7 +1342,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         if closed || face.is_dead() {
             // Flush what the close queued, then shut the link and stop the reader.
             loop {
-                let n = face.lock().session.poll_transmit(rt.now(), &mut buf);
+                let n = transmit(&rt, &face, &mut buf);
                 let Some(n) = n else { break };
                 if tx.send(&buf[..n]).await.is_err() {
                     break;
