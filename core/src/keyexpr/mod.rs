@@ -932,6 +932,11 @@ impl OwnedKeyExpr {
         Ok(Self(s))
     }
 
+    /// `**`: every key.
+    pub fn everything() -> Self {
+        Self(String::from("**"))
+    }
+
     /// Canonizes `s`, then wraps it. Fails only if `s` is not a valid expression.
     pub fn autocanonize(s: String) -> Result<Self, KeyExprError> {
         match check(&s)? {

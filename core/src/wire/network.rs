@@ -477,12 +477,10 @@ pub struct LinkState<'a> {
 impl<'a> LinkState<'a> {
     /// The neighbours and costs listed.
     pub fn links(&self) -> impl Iterator<Item = (crate::id::NodeId, u32)> + 'a {
-        self.links.0.chunks_exact(LSA_LINK_LEN).map(|c| {
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&c[..16]);
-            let mut cost = [0u8; 4];
-            cost.copy_from_slice(&c[16..]);
-            (crate::id::NodeId(id), u32::from_le_bytes(cost))
+        self.links.0.chunks_exact(LSA_LINK_LEN).filter_map(|c| {
+            let (id, rest) = c.split_first_chunk::<16>()?;
+            let cost: [u8; 4] = rest.try_into().ok()?;
+            Some((crate::id::NodeId(*id), u32::from_le_bytes(cost)))
         })
     }
 
@@ -496,8 +494,9 @@ impl<'a> LinkState<'a> {
             let slot = buf
                 .get_mut(n..n + LSA_LINK_LEN)
                 .ok_or(EncodeError::BufferTooSmall)?;
-            slot[..16].copy_from_slice(&id.0);
-            slot[16..].copy_from_slice(&cost.to_le_bytes());
+            let (a, b) = slot.split_at_mut(16);
+            a.copy_from_slice(&id.0);
+            b.copy_from_slice(&cost.to_le_bytes());
             n += LSA_LINK_LEN;
         }
         Ok(n)

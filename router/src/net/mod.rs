@@ -1220,7 +1220,7 @@ impl Node {
             return HashSet::new();
         }
         let wid = self.next_local_id() as u32;
-        let key = key.unwrap_or_else(|| OwnedKeyExpr::new("**".to_string()).expect("valid"));
+        let key = key.unwrap_or_else(OwnedKeyExpr::everything);
         for p in &to {
             self.send_interest(*p, wid, key.clone(), on_demand);
         }
@@ -1475,7 +1475,7 @@ impl Node {
         self.send_interest(
             face,
             QUERYABLES_INTEREST,
-            OwnedKeyExpr::new("**".to_string()).expect("valid"),
+            OwnedKeyExpr::everything(),
             interest::QUERYABLES,
         );
     }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The router backbone over impaired WAN links (issue 10), repeated: three sites in a triangle
+# (A–B 20 ms, B–C 20 ms, A–C 60 ms one way, LOSS % on each link, userspace impairment bridge in
+# network namespaces), 1 kHz from a client at A to a client at C; steady state, then a silent
+# cut of A–B. Prints each round's figures and the median and maximum. Needs root.
+#
+#   examples/compare/backbone_wan.sh [ROUNDS=5] [SECS=20] [LOSS=0.5]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-5}; secs=${2:-20}; loss=${3:-0.5}
+cargo build --release -q -p hypha-tests --tests --bins
+out=$(mktemp)
+for r in $(seq 1 "$rounds"); do
+  HYPHA_WAN_SECS=$secs HYPHA_WAN_LOSS=$loss \
+    cargo test --release -q -p hypha-tests --test backbone_wan -- --nocapture 2>/dev/null \
+    | grep '"figure":"backbone_wan"' | tee -a "$out"
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for k in ["p50_ms", "p99_ms", "cut_outage_ms", "cut_lost", "cut_dups"]:
+    v = [r[k] for r in rows]
+    print(f"{k:>14}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
+PY
