@@ -227,6 +227,17 @@ pub enum Declare<'a> {
         /// The publisher, numbered by its node.
         publisher: u32,
     },
+    /// Between routers across the backbone: every declaration and interest the sender holds
+    /// towards the receiver follows (same ids), then [`Declare::ResyncEnd`]; the receiver then
+    /// drops what the sender no longer holds (a message lost with a dying link is healed, and
+    /// nothing unchanged is withdrawn and declared again). `ask`: the receiver is asked to do
+    /// the same towards the sender.
+    Resync {
+        /// Resync the other way too.
+        ask: bool,
+    },
+    /// The end of a [`Declare::Resync`].
+    ResyncEnd,
 }
 
 /// Flags of [`Declare::Interest`].

@@ -312,6 +312,7 @@ fn backbone_json(n: &crate::net::Node) -> Option<String> {
                     .int("transit", c.transit)
                     .int("hop_drop", c.hop_drop)
                     .int("unroutable", c.unroutable)
+                    .int("resyncs", c.resyncs)
                     .int("lsa_in", lc.lsa_in)
                     .int("lsa_newer", lc.lsa_newer)
                     .int("lsa_stale", lc.lsa_stale)

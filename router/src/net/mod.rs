@@ -187,6 +187,12 @@ pub(crate) enum Decl {
     UndeclareInterest {
         id: u32,
     },
+    /// Between routers: what follows is everything the sender holds towards us (`ask`: do the
+    /// same towards it), until [`Decl::ResyncEnd`].
+    Resync {
+        ask: bool,
+    },
+    ResyncEnd,
 }
 
 /// A query as it travels.
@@ -502,6 +508,17 @@ struct Face {
     unwarned: u64,
     /// When each refused publication was last noticed to the face.
     noticed: HashMap<(crate::acl::Op, Arc<str>), Instant>,
+    /// A remote router's resync in progress: the ids it has not confirmed yet.
+    resync: Option<Marks>,
+}
+
+/// Declarations and interests of a remote router not yet confirmed by its resync.
+#[derive(Default)]
+struct Marks {
+    subs: HashSet<u32>,
+    qabls: HashSet<u32>,
+    tokens: HashSet<u32>,
+    interests: HashSet<u32>,
 }
 
 impl Face {
@@ -534,6 +551,7 @@ impl Face {
             warned: None,
             unwarned: 0,
             noticed: HashMap::new(),
+            resync: None,
         }
     }
 }
@@ -605,6 +623,8 @@ pub(crate) struct Node {
     lsdb: Option<linkstate::Lsdb>,
     /// The virtual face of each router reachable across the backbone.
     pairs: std::collections::BTreeMap<NodeId, FaceId>,
+    /// The next hop of each remote router's route when last computed.
+    pair_next: HashMap<NodeId, NodeId>,
     next_pair: FaceId,
     /// Interests of clients and peers passed on to every remote router:
     /// (origin face, its interest id) → (our interest id, key, flags).
@@ -637,6 +657,8 @@ pub(crate) struct BackboneCounters {
     pub(crate) hop_drop: u64,
     /// Routed messages passed on towards another router.
     pub(crate) transit: u64,
+    /// Resyncs started with remote routers whose route moved.
+    pub(crate) resyncs: u64,
 }
 
 /// Virtual faces (remote routers) are numbered from here, far from the runtime's link ids.
@@ -675,6 +697,7 @@ impl Node {
             lsdb: (config.role == Mode::Router)
                 .then(|| linkstate::Lsdb::new(config.id, config.epoch, config.site.clone())),
             pairs: Default::default(),
+            pair_next: HashMap::new(),
             next_pair: PAIR_FACE_BASE,
             forwarded: HashMap::new(),
             cost_set: HashSet::new(),
@@ -1406,6 +1429,21 @@ impl Node {
             return;
         };
         let reachable: Vec<NodeId> = db.routes().keys().copied().collect();
+        // Pairs whose route moved: what was in flight on the old path may be lost.
+        let moved: Vec<FaceId> = self
+            .pairs
+            .iter()
+            .filter(|(n, _)| {
+                db.route(n)
+                    .is_some_and(|h| self.pair_next.get(*n).is_some_and(|old| *old != h.next))
+            })
+            .map(|(_, f)| *f)
+            .collect();
+        self.pair_next = db.routes().iter().map(|(n, h)| (*n, h.next)).collect();
+        for f in moved {
+            self.backbone_counters.resyncs += 1;
+            self.resync_pair(f, true);
+        }
         let gone: Vec<FaceId> = self
             .pairs
             .iter()
@@ -1478,6 +1516,39 @@ impl Node {
             OwnedKeyExpr::everything(),
             interest::QUERYABLES,
         );
+    }
+
+    /// Tells remote router `face` everything we hold towards it again (same ids), framed by
+    /// `Resync`/`ResyncEnd`, so that it drops what we no longer hold and learns what a lost
+    /// message did not tell it. `ask`: it does the same towards us.
+    fn resync_pair(&mut self, face: FaceId, ask: bool) {
+        let Some(f) = self.faces.get(&face) else {
+            return;
+        };
+        let mut msgs = vec![Decl::Resync { ask }];
+        for ((kind, key, complete), (wid, _)) in &f.out.entries {
+            let key = key.clone();
+            msgs.push(match kind {
+                Kind::Sub => Decl::Subscriber { id: *wid, key },
+                Kind::Qabl => Decl::Queryable {
+                    id: *wid,
+                    key,
+                    complete: *complete,
+                },
+                Kind::Token => Decl::Token { id: *wid, key },
+            });
+        }
+        for (id, i) in &f.my_interests {
+            msgs.push(Decl::Interest {
+                id: *id,
+                key: Some(i.key.clone()),
+                flags: i.flags | interest::CURRENT | interest::FUTURE,
+            });
+        }
+        msgs.push(Decl::ResyncEnd);
+        for d in msgs {
+            self.send(face, Msg::Declare(d));
+        }
     }
 
     /// Withdraws a passed-on interest from every remote router.
@@ -1795,7 +1866,61 @@ impl Node {
         f.counters.declarations_in += 1;
         let full = f.subs.len() + f.qabls.len() + f.tokens.len() >= cap;
         let src = Src::Face(face);
+        // During a resync, what is declared again unchanged is only confirmed.
+        if let Some(m) = f.resync.as_mut() {
+            let same = match &d {
+                Decl::Subscriber { id, key } => {
+                    m.subs.remove(id);
+                    f.subs.get(id) == Some(key)
+                }
+                Decl::Queryable { id, key, complete } => {
+                    m.qabls.remove(id);
+                    f.qabls.get(id) == Some(&(key.clone(), *complete))
+                }
+                Decl::Token { id, key } => {
+                    m.tokens.remove(id);
+                    f.tokens.get(id) == Some(key)
+                }
+                Decl::Interest { id, .. } => {
+                    m.interests.remove(id);
+                    false
+                }
+                _ => false,
+            };
+            if same {
+                return;
+            }
+        }
         match d {
+            Decl::Resync { ask } => {
+                if f.kind == FaceKind::Remote {
+                    f.resync = Some(Marks {
+                        subs: f.subs.keys().copied().collect(),
+                        qabls: f.qabls.keys().copied().collect(),
+                        tokens: f.tokens.keys().copied().collect(),
+                        interests: f.their_interests.keys().copied().collect(),
+                    });
+                    if ask {
+                        self.resync_pair(face, false);
+                    }
+                }
+            }
+            Decl::ResyncEnd => {
+                if let Some(m) = f.resync.take() {
+                    for id in m.subs {
+                        self.on_declare(face, Decl::Unsubscriber { id });
+                    }
+                    for id in m.qabls {
+                        self.on_declare(face, Decl::Unqueryable { id });
+                    }
+                    for id in m.tokens {
+                        self.on_declare(face, Decl::Untoken { id });
+                    }
+                    for id in m.interests {
+                        self.on_declare(face, Decl::UndeclareInterest { id });
+                    }
+                }
+            }
             Decl::Subscriber { id, key } => {
                 if full && !f.subs.contains_key(&id) {
                     return self.close_for_cap(face, CAP);

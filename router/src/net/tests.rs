@@ -60,6 +60,8 @@ struct Mesh {
     sample_sends: Vec<(usize, FaceId, String)>,
     /// Declarations sent: (sending node, face, decl).
     decl_sends: Vec<(usize, FaceId, Decl)>,
+    /// Routed declarations still to lose (a link dying with them queued).
+    lose_routed_decls: usize,
 }
 
 impl Mesh {
@@ -87,6 +89,7 @@ impl Mesh {
             next_face: 100,
             sample_sends: Vec::new(),
             decl_sends: Vec::new(),
+            lose_routed_decls: 0,
         }
     }
 
@@ -252,6 +255,10 @@ impl Mesh {
                 // The runtime's part: hop by hop along each router's own next hop, then
                 // handled at `dst` as coming from the sender's virtual face.
                 let src = self.nodes[i].id();
+                if matches!(&*inner, Msg::Declare(_)) && self.lose_routed_decls > 0 {
+                    self.lose_routed_decls -= 1;
+                    return;
+                }
                 let mut link = face;
                 let mut at = i;
                 for _ in 0..MAX_HOPS {
@@ -1422,4 +1429,61 @@ fn one_designated_router_per_site_relays_peers_without_duplicates() {
     assert!(m.nodes[1].is_designated());
     m.put(2, "lan/x", "2");
     assert_eq!(m.delivered(4, sub), ["lan/x=1", "lan/x=2"]);
+}
+
+/// A control message lost with a dying link (an interest here) leaves the pair short; the route
+/// change that follows resyncs the pair and heals it: the publisher becomes ready and its
+/// samples arrive, and nothing unchanged was withdrawn (no token flap).
+#[test]
+fn a_lost_control_message_is_healed_by_the_resync_after_the_route_moves() {
+    let mut m = Mesh::with_sites(
+        &[Router, Router, Router, Client, Client],
+        &["A", "B", "C", "", ""],
+    );
+    let (ab, _) = m.link(0, 1);
+    let (bc, _) = m.link(1, 2);
+    let (ac, _) = m.link(0, 2);
+    m.cost(ab, 20);
+    m.cost(bc, 20);
+    m.cost(ac, 60);
+    m.link(3, 0);
+    m.link(4, 2);
+    let sub = m.subscribe(4, "k/**");
+    let lid = m.id(4);
+    m.local(
+        4,
+        Cmd::LivelinessSubscribe {
+            id: lid,
+            key: k("alive/*"),
+        },
+    );
+    let t = m.id(3);
+    m.local(
+        3,
+        Cmd::Token {
+            id: t,
+            key: k("alive/a"),
+        },
+    );
+    // A's interests for the publisher are lost on their way to B and C.
+    m.lose_routed_decls = 2;
+    let p = m.publisher(3, "k/x");
+    assert!(
+        !m.inbox[3].ready.contains(&p),
+        "ready although the interest was lost"
+    );
+    m.put(3, "k/x", "lost");
+    assert!(m.delivered(4, sub).is_empty());
+    // A–B dies: A's route to C moves to the direct link, and the pair resyncs.
+    m.unlink(ab);
+    assert!(m.nodes[0].backbone_counters.resyncs >= 1);
+    assert!(m.inbox[3].ready.contains(&p), "not ready after the resync");
+    m.put(3, "k/x", "1");
+    assert_eq!(m.delivered(4, sub), ["k/x=1"]);
+    let kinds: Vec<SampleKind> = m.inbox[4].delivered[&lid].iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [SampleKind::Put],
+        "the resync withdrew nothing unchanged"
+    );
 }

@@ -332,6 +332,8 @@ pub(crate) fn convert_msg(
             },
             Declare::InterestFinal { id } => decl(Decl::InterestFinal { id }),
             Declare::UndeclareInterest { id } => decl(Decl::UndeclareInterest { id }),
+            Declare::Resync { ask } => decl(Decl::Resync { ask }),
+            Declare::ResyncEnd => decl(Decl::ResyncEnd),
             Declare::Source {
                 id,
                 node,
@@ -609,6 +611,8 @@ fn with_network(
                 },
                 Decl::InterestFinal { id } => Declare::InterestFinal { id: *id },
                 Decl::UndeclareInterest { id } => Declare::UndeclareInterest { id: *id },
+                Decl::Resync { ask } => Declare::Resync { ask: *ask },
+                Decl::ResyncEnd => Declare::ResyncEnd,
             };
             wire(&NetworkMessage::Declare(d), session)
         }
