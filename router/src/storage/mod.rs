@@ -565,7 +565,8 @@ async fn answer(
     }
 }
 
-/// Streams a history window page by page; `Ok` also when the querier went away.
+/// Streams a history window page by page (the next page is read while this one is sent);
+/// `Ok` also when the querier went away.
 async fn replay(
     q: &Query,
     backend: &Shared,
@@ -575,21 +576,25 @@ async fn replay(
     to: Ntp64,
     mut left: usize,
 ) -> Result<(), String> {
-    let mut after: Option<Vec<u8>> = None;
-    while left > 0 {
+    let fetch = |after: Option<Vec<u8>>, n: usize| {
         let k = key.clone();
-        let n = left.min(PAGE);
-        let page = with_backend(backend, move |b| {
-            b.history_page(&k.as_keyexpr(), after.as_deref(), from, to, n, PAGE_SCAN)
+        let b = backend.clone();
+        tokio::task::spawn_blocking(move || {
+            lock(&b).history_page(&k.as_keyexpr(), after.as_deref(), from, to, n, PAGE_SCAN)
         })
-        .await?;
-        left -= page.samples.len();
+    };
+    let mut next = (left > 0).then(|| fetch(None, left.min(PAGE)));
+    while let Some(pending) = next.take() {
+        let page = pending
+            .await
+            .map_err(|e| format!("storage error: {e}"))?
+            .map_err(|e| format!("storage error: {e}"))?;
+        left -= page.samples.len().min(left);
+        if let (true, Some(cursor)) = (left > 0, page.next) {
+            next = Some(fetch(Some(cursor), left.min(PAGE)));
+        }
         if !reply_all(q, page.samples.into_iter(), st).await {
             return Ok(());
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
         }
     }
     Ok(())
