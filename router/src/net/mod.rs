@@ -2058,6 +2058,7 @@ impl Node {
                     **g != face
                         && hat::asks(role, gf.kind)
                         && hat::propagates(role, Src0::Face(hk), self.hat_kind(gf))
+                        && (!hat::filters_by_interest(gf.kind) || told_key(gf, key.as_ref()))
                 })
                 .map(|(g, _)| *g)
                 .collect()
@@ -2796,6 +2797,24 @@ fn interest_flags(kind: &LocalKind) -> Option<u8> {
         LocalKind::LivSub => Some(interest::TOKENS),
         _ => None,
     }
+}
+
+/// Was `f` (a face told only what it asked for) told a declaration on `key` (any, if `None`)?
+/// Only then does a barrier for that declaration wait for it: a remote router that was not
+/// told of a subscription (nobody there publishes to it) hears nothing about it, barrier
+/// included.
+fn told_key(f: &Face, key: Option<&OwnedKeyExpr>) -> bool {
+    let Some(k) = key else {
+        return true;
+    };
+    [
+        (Kind::Sub, false),
+        (Kind::Qabl, false),
+        (Kind::Qabl, true),
+        (Kind::Token, false),
+    ]
+    .into_iter()
+    .any(|(kind, complete)| f.out.entries.contains_key(&(kind, k.clone(), complete)))
 }
 
 /// Has `f` answered an interest of ours for subscribers that includes `key` in full?

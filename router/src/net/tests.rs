@@ -62,6 +62,8 @@ struct Mesh {
     decl_sends: Vec<(usize, FaceId, Decl)>,
     /// Routed declarations still to lose (a link dying with them queued).
     lose_routed_decls: usize,
+    /// Declarations (and interests) sent across the backbone: (sending node, router, decl).
+    routed_decls: Vec<(usize, NodeId, Decl)>,
 }
 
 impl Mesh {
@@ -90,6 +92,7 @@ impl Mesh {
             sample_sends: Vec::new(),
             decl_sends: Vec::new(),
             lose_routed_decls: 0,
+            routed_decls: Vec::new(),
         }
     }
 
@@ -255,6 +258,9 @@ impl Mesh {
                 // The runtime's part: hop by hop along each router's own next hop, then
                 // handled at `dst` as coming from the sender's virtual face.
                 let src = self.nodes[i].id();
+                if let Msg::Declare(d) = &*inner {
+                    self.routed_decls.push((i, dst, d.clone()));
+                }
                 if matches!(&*inner, Msg::Declare(_)) && self.lose_routed_decls > 0 {
                     self.lose_routed_decls -= 1;
                     return;
@@ -1389,6 +1395,19 @@ fn subscriptions_nobody_publishes_to_never_cross_the_backbone() {
     let told = |m: &Mesh| m.nodes[0].faces.get(&pair_b).unwrap().out.entries.len();
     assert_eq!(told(&m), 0, "no subscription crossed without an interest");
     assert!(backbone(&m).is_empty());
+    // Nothing about them at all crossed, readiness barriers included (A→B: only its own
+    // interest in B's queryables and B's answer).
+    let crossed = |m: &Mesh| {
+        m.routed_decls
+            .iter()
+            .filter(|(from, _, _)| *from == 0)
+            .count()
+    };
+    assert!(
+        crossed(&m) <= 2,
+        "{:?}",
+        &m.routed_decls[..crossed(&m).min(6)]
+    );
     let p = m.publisher(3, "fleet/v42/speed");
     assert!(m.inbox[3].ready.contains(&p));
     assert_eq!(told(&m), 1, "only the matching subscription crossed");

@@ -49,6 +49,20 @@ enum Cmd {
         #[arg(long, default_value = "client")]
         mode: String,
     },
+    /// Declare --subs subscriptions fleet/v<i>/cmd (and optionally a publisher and a
+    /// subscriber), print ready, stay for --secs (the declaration-economy bench).
+    Decl {
+        #[arg(long)]
+        connect: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        subs: usize,
+        #[arg(long = "pub")]
+        publish: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Print every sample received on KEY.
     Sub {
         #[arg(long)]
@@ -122,6 +136,39 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({"event": "done", "sent": count, "dropped": dropped})
             );
             s.close().await;
+        }
+        Cmd::Decl {
+            connect,
+            subs,
+            publish,
+            sub,
+            secs,
+        } => {
+            let s = hypha::open(config(&connect, "client")?).await?;
+            let mut held = Vec::new();
+            for i in 0..subs {
+                held.push(
+                    s.declare_subscriber(&format!("fleet/v{i}/cmd"))
+                        .callback(|_| {})?,
+                );
+            }
+            if let Some(k) = &sub {
+                held.push(s.declare_subscriber(k).callback(|_| {})?);
+            }
+            let p = match &publish {
+                Some(k) => Some(s.declare_publisher(k)?),
+                None => None,
+            };
+            if let Some(p) = &p {
+                let _ = p.ready(Duration::from_secs(10)).await;
+            }
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "subs": held.len(),
+                    "matching": p.as_ref().map(|p| p.matching_status())})
+            );
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            drop(held);
         }
         Cmd::Sub { connect, key, mode } => {
             let s = hypha::open(config(&connect, &mode)?).await?;

@@ -26,7 +26,8 @@ fn rss_kb() -> u64 {
 fn config(args: &[String]) -> anyhow::Result<zenoh::Config> {
     let mut c = zenoh::Config::default();
     let e = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
-    c.insert_json5("mode", "\"peer\"").map_err(e)?;
+    let mode = arg(args, "--zmode", "peer".to_string());
+    c.insert_json5("mode", &format!("{mode:?}")).map_err(e)?;
     c.insert_json5("scouting/multicast/enabled", "false").map_err(e)?;
     let listen = arg_all(args, "--listen");
     let connect = arg_all(args, "--connect");
@@ -204,6 +205,28 @@ async fn async_main(args: Vec<String>) -> anyhow::Result<()> {
                 serde_json::json!({"msgs_per_s": n as f64 / el, "mb_per_s": b as f64 / el / 1e6,
                     "samples": n, "secs": el, "rss_kb": rss_kb()})
             );
+        }
+        // The declaration-economy scenario (issue 10, T4): a router, or a client declaring
+        // --subs subscriptions fleet/v<i>/cmd plus optionally a publisher (--pub KEY) and a
+        // subscriber (--sub KEY); it prints ready and stays for --secs.
+        "router" | "decl" => {
+            let s = open(&args).await?;
+            let n: usize = arg(&args, "--subs", 0);
+            let mut subs = Vec::new();
+            for i in 0..n {
+                subs.push(s.declare_subscriber(format!("fleet/v{i}/cmd")).callback(|_| {}).await.map_err(z)?);
+            }
+            let p = match arg_all(&args, "--pub").first() {
+                Some(k) => Some(s.declare_publisher(k.clone()).await.map_err(z)?),
+                None => None,
+            };
+            if let Some(k) = arg_all(&args, "--sub").first() {
+                subs.push(s.declare_subscriber(k.clone()).callback(|_| {}).await.map_err(z)?);
+            }
+            println!("{}", serde_json::json!({"event": "ready", "subs": subs.len()}));
+            tokio::time::sleep(Duration::from_secs(arg(&args, "--secs", 10))).await;
+            drop(p);
+            drop(subs);
         }
         "idle" => {
             let s = open(&args).await?;
