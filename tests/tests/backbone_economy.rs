@@ -37,7 +37,6 @@ fn counted(s: &Value) -> (u64, u64) {
 
 /// One system's run: returns (setup packets, setup bytes, idle packets/s, idle bytes/s).
 async fn run(
-    lab: &Lab,
     link: &ImpairedLink,
     start_router: &dyn Fn(usize, Option<&str>) -> Proc,
     start_client: &dyn Fn(usize, &[&str]) -> Proc,
@@ -108,7 +107,7 @@ async fn subscriptions_nobody_publishes_to_cost_nothing_on_the_wan() {
     let (p, b, ip, ib) = if std::env::var_os("ZBENCH_ONLY").is_some() {
         (0.0, 0.0, 0.0, 0.0)
     } else {
-        run(&lab, &link, &hypha_router, &hypha_client).await
+        run(&link, &hypha_router, &hypha_client).await
     };
     let line = serde_json::json!({"figure": "decl_economy", "system": "hypha", "subs": SUBS,
         "setup_packets": p.round(), "setup_bytes": b.round(),
@@ -150,7 +149,7 @@ async fn subscriptions_nobody_publishes_to_cost_nothing_on_the_wan() {
             .args(args);
             Proc::spawn("zenoh client", c).unwrap()
         };
-        let (zp, zb, zip, zib) = run(&lab, &link, &zrouter, &zclient).await;
+        let (zp, zb, zip, zib) = run(&link, &zrouter, &zclient).await;
         println!(
             "{}",
             serde_json::json!({"figure": "decl_economy", "system": "zenoh 1.10.2", "subs": SUBS,
