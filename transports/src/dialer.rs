@@ -11,7 +11,10 @@
 //!    (5 s by default), each wait drawn in `[¾·d, d]` so that nodes started together do not dial
 //!    in lock-step;
 //! 3. stops when a link is delivered on the [`Dialed`] channel, when the runtime reports the node
-//!    connected ([`Dialer::set_connected`]), or when the target is [forgotten](Dialer::forget).
+//!    connected ([`Dialer::set_connected`]), when the target is [forgotten](Dialer::forget), or,
+//!    for a node (not a configured endpoint), after the rounds set with [`Dialer::give_up_after`]
+//!    (a peer that left for good is not dialled forever: 5,000 peers coming and going left
+//!    5,000 dial loops behind, issue 16).
 //!
 //! A target is keyed by its node id, or, for `node_id: None`, by its (sorted) endpoint list. Our
 //! own id is never dialled, nor a node marked connected. A delivered link ends the retries: when
@@ -87,6 +90,16 @@ fn normalize(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
     endpoints
 }
 
+/// Called with a node the dialer stopped dialling after its last allowed round.
+#[derive(Clone)]
+struct GiveUp(Arc<dyn Fn(NodeId) + Send + Sync>);
+
+impl std::fmt::Debug for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GiveUp")
+    }
+}
+
 /// A dial in progress (its task is aborted when the entry is dropped, unless detached).
 #[derive(Debug)]
 struct Pending {
@@ -127,6 +140,8 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     out: mpsc::Sender<Dialed>,
     state: Mutex<State>,
+    /// Failed rounds after which a node target is dropped, and whom to tell.
+    give_up: Mutex<Option<(u32, GiveUp)>>,
 }
 
 impl Shared {
@@ -188,6 +203,7 @@ impl Dialer {
             runtime: tokio::runtime::Handle::current(),
             out,
             state: Mutex::new(State::default()),
+            give_up: Mutex::new(None),
         });
         (
             Dialer {
@@ -302,6 +318,18 @@ impl Dialer {
     pub fn pending_count(&self) -> usize {
         self.shared().lock().pending.len()
     }
+
+    /// Stops dialling a node (a target with a node id; configured endpoints are dialled until
+    /// forgotten) after `rounds` failed rounds, and then calls `gone` with it, so that the caller
+    /// can forget the node too. Without this, nodes are dialled until a link, a
+    /// [`set_connected`](Self::set_connected) or a [`forget`](Self::forget).
+    pub fn give_up_after(&self, rounds: u32, gone: impl Fn(NodeId) + Send + Sync + 'static) {
+        *self
+            .shared()
+            .give_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((rounds.max(1), GiveUp(Arc::new(gone))));
+    }
 }
 
 /// One target's dial loop.
@@ -344,10 +372,36 @@ async fn run(
             }
             return;
         }
-        if let Some(p) = shared.lock().pending.get_mut(&target) {
-            if p.generation == generation {
+        let give_up = shared
+            .give_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let gone = match (node_id, give_up) {
+            (Some(n), Some((max, f))) if round >= max => Some((n, f)),
+            _ => None,
+        };
+        {
+            let mut st = shared.lock();
+            let ours = st
+                .pending
+                .get(&target)
+                .is_some_and(|p| p.generation == generation);
+            if !ours {
+                return;
+            }
+            if gone.is_some() {
+                if let Some(p) = st.pending.remove(&target) {
+                    p.detach(); // we are that task: do not abort ourselves
+                }
+            } else if let Some(p) = st.pending.get_mut(&target) {
                 p.failed_rounds = round;
             }
+        }
+        if let Some((n, f)) = gone {
+            tracing::debug!(node = %n, round, "every endpoint failed {round} times: giving up");
+            (f.0)(n);
+            return;
         }
         let wait = jittered(delay, random_u64());
         tracing::debug!(node = ?node_id, round, ?wait, "every endpoint failed; retrying later");
@@ -516,6 +570,40 @@ mod tests {
         let d = next(&mut rx).await;
         assert_eq!(d.node_id, Some(other));
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Issue 16: a node that left for good is not dialled forever; configured endpoints are.
+    #[tokio::test]
+    async fn a_node_is_given_up_after_its_rounds_and_a_configured_endpoint_never() {
+        let (dialer, _rx) = Dialer::with_max_backoff(
+            NodeId::from_u128(1),
+            TlsConfig::default(),
+            Duration::from_millis(200),
+        );
+        let gone = Arc::new(Mutex::new(Vec::new()));
+        let g = gone.clone();
+        dialer.give_up_after(3, move |n| g.lock().unwrap().push(n));
+        let dead = closed_port();
+        let configured = closed_port();
+        let key = std::slice::from_ref(&configured);
+        for i in 0..50u128 {
+            dialer.dial(Some(NodeId::from_u128(100 + i)), vec![dead.clone()]);
+        }
+        dialer.dial(None, vec![configured.clone()]);
+        assert_eq!(dialer.pending_count(), 51);
+        until(|| gone.lock().unwrap().len() == 50).await;
+        let mut told = gone.lock().unwrap().clone();
+        told.sort();
+        assert_eq!(
+            told,
+            (0..50u128)
+                .map(|i| NodeId::from_u128(100 + i))
+                .collect::<Vec<_>>()
+        );
+        // The configured endpoint is still dialled, past the rounds a node gets.
+        until(|| dialer.failed_rounds(None, key).is_some_and(|r| r >= 5)).await;
+        assert_eq!(dialer.pending_count(), 1);
+        assert!(dialer.is_pending(None, key));
     }
 
     #[tokio::test]

@@ -947,6 +947,11 @@ impl Node {
         let Some(f) = self.faces.remove(&face) else {
             return;
         };
+        // What it announced about itself goes with its last link: relayed only while linked,
+        // and kept, it filled the table (4,096) with peers long gone (issue 16: churn).
+        if !self.faces.values().any(|g| g.node == f.node) {
+            self.known.remove(&f.node);
+        }
         self.expire_all_routes();
         if f.kind == FaceKind::Remote {
             self.pairs.remove(&f.node);

@@ -819,6 +819,77 @@ fn gossip_tells_newcomers_of_neighbours_and_relays_self_announcements() {
     }
 }
 
+/// Issue 16: peers that come and go leave nothing behind in the node's tables (the gossip
+/// table kept every peer that ever announced itself, up to its cap of 4,096, after which no
+/// new neighbour was remembered).
+#[test]
+fn peers_that_come_and_go_leave_no_state_behind() {
+    let mut hub = Node::new(NodeConfig::new(NodeId::from_u128(1), Peer));
+    hub.set_locators(Arc::from("tcp/10.0.0.1:7447"));
+    let now = Instant::from_micros(1_000_000);
+    let stay = NodeId::from_u128(2);
+    hub.handle_face_up_as(now, 10, FaceKind::Peer, stay, false, Principal::anonymous());
+    hub.handle_message(
+        now,
+        10,
+        Msg::Gossip {
+            node: stay,
+            mode: Peer,
+            locators: Arc::from("tcp/10.0.0.2:7447"),
+        },
+    );
+    for i in 0..5_000u64 {
+        let face = 100 + i;
+        let node = NodeId::from_u128(1_000 + u128::from(i));
+        hub.handle_face_up_as(
+            now,
+            face,
+            FaceKind::Peer,
+            node,
+            false,
+            Principal::anonymous(),
+        );
+        hub.handle_message(
+            now,
+            face,
+            Msg::Gossip {
+                node,
+                mode: Peer,
+                locators: Arc::from(format!("tcp/10.1.{}.{}:7447", i / 250, i % 250)),
+            },
+        );
+        hub.handle_face_down(now, face);
+        while hub.poll_action().is_some() {}
+    }
+    assert_eq!(hub.faces.len(), 1, "only the peer that stayed is linked");
+    assert_eq!(
+        hub.known.keys().copied().collect::<Vec<_>>(),
+        vec![stay],
+        "only the peer that stayed is remembered"
+    );
+    assert!(hub.routes.is_empty() && hub.waits.is_empty() && hub.queries.is_empty());
+    // And a newcomer is still remembered and told of the one that stayed.
+    let late = NodeId::from_u128(99_999);
+    hub.handle_face_up_as(
+        now,
+        9_999,
+        FaceKind::Peer,
+        late,
+        false,
+        Principal::anonymous(),
+    );
+    hub.handle_message(
+        now,
+        9_999,
+        Msg::Gossip {
+            node: late,
+            mode: Peer,
+            locators: Arc::from("tcp/10.0.0.9:7447"),
+        },
+    );
+    assert!(hub.known.contains_key(&late));
+}
+
 // ----- property test: random topologies ----------------------------------------------------
 
 #[derive(Clone, Debug)]

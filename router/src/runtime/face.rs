@@ -84,6 +84,8 @@ pub(crate) struct Face {
     finished: AtomicBool,
     /// Fired with `finished`.
     pub done: Notify,
+    /// The peer closed the session saying it shuts down: it left, and is not dialled again.
+    left: AtomicBool,
     /// Messages dropped for this destination (queue full under `Drop`, or `Block` timed out).
     pub dropped: AtomicU64,
     /// Messages queued for this destination.
@@ -718,6 +720,7 @@ impl Face {
             close_after_drain: Mutex::new(None),
             finished: AtomicBool::new(false),
             done: Notify::new(),
+            left: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -1113,6 +1116,12 @@ impl Face {
     }
 
     /// True once the link is down.
+    /// True if the peer closed the session with `Shutdown`: it left on purpose (a broken link
+    /// is dialled again, a peer that said goodbye is not).
+    pub(crate) fn peer_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
@@ -1262,7 +1271,11 @@ impl Drop for ReassemblyRelease {
     }
 }
 
+/// Logs a session's close, and notes a peer that left (closed with `Shutdown`).
 fn log_close(face: &Face, reason: CloseReason, by_peer: bool) {
+    if by_peer && reason == CloseReason::Shutdown {
+        face.left.store(true, Ordering::Release);
+    }
     let who = if by_peer { "peer" } else { "us" };
     match reason {
         CloseReason::Shutdown | CloseReason::Duplicate => {

@@ -1080,12 +1080,14 @@ impl Runtime {
             tracing::info!(peer = %p.node_id, "disconnected");
             if let Some(d) = self.dialer.get() {
                 d.set_connected(p.node_id, false);
-                let known = self
-                    .known
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&p.node_id)
-                    .cloned();
+                // A peer that said goodbye is forgotten, not dialled (issue 16: churn).
+                let known = {
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    match face.peer_left() && !self.connected_to(p.node_id) {
+                        true => known.remove(&p.node_id).and(None),
+                        false => known.get(&p.node_id).cloned(),
+                    }
+                };
                 if let Some(eps) = known {
                     if !self.is_closed() && !self.connected_to(p.node_id) {
                         d.dial(Some(p.node_id), eps);
@@ -1814,6 +1816,18 @@ impl Runtime {
 pub(crate) fn start_dialer(rt: &Arc<Runtime>) {
     use hypha_transports::dialer::Dialer;
     let (dialer, mut dialed) = Dialer::new(rt.id, rt.config.tls.clone());
+    // A node unreachable for about two minutes (100 ms doubling to 5 s, then 5 s) is forgotten:
+    // it comes back by gossip, mDNS or by dialling us. Dialled forever, 5,000 peers coming and
+    // going left 5,000 dial loops and `known` entries behind (issue 16).
+    let weak = Arc::downgrade(rt);
+    dialer.give_up_after(DIAL_GIVE_UP_ROUNDS, move |node| {
+        if let Some(rt) = weak.upgrade() {
+            rt.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&node);
+        }
+    });
     let _ = rt.dialer.set(dialer);
     let rt2 = rt.clone();
     rt.spawn(async move {
@@ -1875,6 +1889,9 @@ pub(crate) fn start_discovery(
 
 /// Most nodes remembered from discovery and gossip (a peer cannot exhaust memory with gossip).
 const MAX_KNOWN: usize = 4096;
+
+/// Failed rounds after which a discovered node is no longer dialled (about two minutes).
+const DIAL_GIVE_UP_ROUNDS: u32 = 30;
 
 /// `ep` with an unspecified host (0.0.0.0, [::]) replaced by `ip`.
 /// `local`: the gossip came over a unix or mem link, so the node it names shares our host

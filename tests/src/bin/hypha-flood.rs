@@ -85,6 +85,10 @@ enum Mode {
         /// Open each peer as a client (`mode = client`) instead of a peer.
         #[arg(long)]
         client: bool,
+        /// Peers listen on nothing (by default each listens on tcp/127.0.0.1:0, which the
+        /// node learns by gossip, as a real peer's endpoints).
+        #[arg(long)]
+        no_listen: bool,
     },
 }
 
@@ -245,6 +249,7 @@ async fn churn(
     report: usize,
     settle: Duration,
     client: bool,
+    listen: bool,
 ) -> anyhow::Result<()> {
     let start = node.rss_kib()?;
     let ep = format!("tcp/{}", node.addr);
@@ -258,7 +263,10 @@ async fn churn(
             set.spawn(async move {
                 let mut cfg = hypha::Config::default();
                 cfg.mdns = false;
-                cfg.listen.clear();
+                cfg.listen = match listen {
+                    true => vec!["tcp/127.0.0.1:0".parse()?],
+                    false => Vec::new(),
+                };
                 cfg.connect = vec![ep.parse()?];
                 if client {
                     cfg.mode = hypha::config::parse_mode("client")?;
@@ -325,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
             report,
             settle_ms,
             client,
+            no_listen,
         } => {
             churn(
                 &node,
@@ -333,6 +342,7 @@ async fn main() -> anyhow::Result<()> {
                 report,
                 Duration::from_millis(settle_ms),
                 client,
+                !no_listen,
             )
             .await
         }
