@@ -87,6 +87,31 @@ async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
         .unwrap()
         .unwrap();
     assert_eq!(&*first.key, "alive/ca");
+    // Queries across sites: a queryable at A's client, 50 gets from C's client, exactly one
+    // reply each.
+    let q = ca.declare_queryable("svc/**").stream().unwrap();
+    assert!(q.ready(T).await, "queryable not known across sites");
+    let served = tokio::spawn(async move {
+        while let Some(query) = q.recv().await {
+            let key = query.key_expr().as_str().to_string();
+            let _ = query.reply(&key, "pong").await;
+        }
+    });
+    for i in 0..50 {
+        let mut r = cc
+            .get(&format!("svc/{i}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        let mut n = 0;
+        while let Some(reply) = r.recv().await {
+            assert_eq!(&reply.result.unwrap().payload[..], b"pong");
+            n += 1;
+        }
+        assert_eq!(n, 1, "get {i}: {n} replies");
+    }
+    served.abort();
     let p = ca.declare_publisher("bb/x").unwrap();
     assert!(
         p.ready(T).await && p.wait_matching(T).await,
