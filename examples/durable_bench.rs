@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Engine {
     Memory,
+    Redb,
     Sled,
 }
 
@@ -52,7 +53,7 @@ enum Cmd {
         n: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
-        #[arg(long, value_enum, default_value_t = Engine::Sled)]
+        #[arg(long, value_enum, default_value_t = Engine::Redb)]
         backend: Engine,
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -78,6 +79,7 @@ async fn store(backend: Engine, dir: PathBuf, listen: String, queue: usize) -> a
     sc.backend = match backend {
         Engine::Memory => BackendKind::Memory,
         Engine::Sled => BackendKind::Sled(dir),
+        Engine::Redb => BackendKind::Redb(dir),
     };
     sc.retain_age = None;
     sc.queue = queue;
@@ -146,6 +148,7 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 struct Figures {
+    replayed: u64,
     publish: f64,
     ingest: f64,
     replay: f64,
@@ -167,6 +170,7 @@ async fn one_run(n: u64, size: usize, backend: Engine, queue: usize) -> anyhow::
             .arg(match backend {
                 Engine::Memory => "memory",
                 Engine::Sled => "sled",
+                Engine::Redb => "redb",
             })
             .arg("--dir")
             .arg(dir.path())
@@ -241,13 +245,25 @@ async fn one_run(n: u64, size: usize, backend: Engine, queue: usize) -> anyhow::
         .send()
         .await?;
     let mut got = 0u64;
+    let mut first_err = None;
     while let Some(r) = replies.recv().await {
-        if r.result.is_ok() {
-            got += 1;
+        match r.result {
+            Ok(_) => got += 1,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
+    if let Some(e) = first_err {
+        eprintln!("replay error reply: {e:?}");
+    }
     let replay = got as f64 / start.elapsed().as_secs_f64();
-    anyhow::ensure!(got == n, "replayed {got} of {n}");
+    if got != n {
+        // Replies have no back-pressure: past 65,536 unsent messages the storage's node closes
+        // the link (runtime/face.rs MAX_BACKLOG). Reported, not hidden.
+        eprintln!("replay cut short: {got} of {n} samples arrived");
+    }
+    let replayed = got;
     let rss_peak = status(pid, "VmHWM:");
     // Past a flush interval, what is on disk.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -259,6 +275,7 @@ async fn one_run(n: u64, size: usize, backend: Engine, queue: usize) -> anyhow::
     }
     client.close().await;
     Ok(Figures {
+        replayed,
         publish,
         ingest,
         replay,
@@ -303,10 +320,11 @@ async fn main() -> anyhow::Result<()> {
             for r in 0..runs {
                 let f = one_run(n, size, backend, queue).await?;
                 eprintln!(
-                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s, RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample",
+                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample",
                     f.publish,
                     f.ingest,
                     f.replay,
+                    f.replayed,
                     f.rss_ingest >> 20,
                     f.rss_peak >> 20,
                     f.disk_per_sample
@@ -314,11 +332,13 @@ async fn main() -> anyhow::Result<()> {
                 all.push(f);
             }
             let m = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
+            let short = all.iter().any(|f| f.replayed != n);
             println!(
-                "| {backend:?} | {size} B | {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                "| {backend:?} | {size} B | {n} | {:.0} | {:.0} | {:.0}{} | {:.0} | {:.0} | {:.1} |",
                 m(|f| f.publish),
                 m(|f| f.ingest),
                 m(|f| f.replay),
+                if short { " (cut short)" } else { "" },
                 m(|f| (f.rss_ingest >> 20) as f64),
                 m(|f| (f.rss_peak >> 20) as f64),
                 m(|f| f.disk_per_sample),

@@ -70,6 +70,8 @@ struct Common {
 enum BackendArg {
     /// In memory: lost when the process exits.
     Memory,
+    /// On disk (redb, one file `store.redb`), under --data-dir: the default.
+    Redb,
     /// On disk (sled), under --data-dir.
     Sled,
 }
@@ -77,9 +79,9 @@ enum BackendArg {
 #[derive(Args, Clone)]
 struct StorageOpts {
     /// Where a storage keeps its samples.
-    #[arg(long, value_enum, default_value_t = BackendArg::Sled)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Redb)]
     backend: BackendArg,
-    /// Where sled keeps its files (default: hypha-data/<keyexpr>).
+    /// Where redb or sled keeps its files (default: hypha-data/<keyexpr>).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Drop history older than this (e.g. 10m, 24h). Default: 24h.
@@ -88,7 +90,8 @@ struct StorageOpts {
     /// Keep at most this many samples of history.
     #[arg(long, value_name = "N")]
     retain_count: Option<usize>,
-    /// sled flush interval in milliseconds (the durability window).
+    /// Flush interval in milliseconds (the durability window: redb syncs a commit once this
+    /// long has passed since the last sync, sled writes its log this often).
     #[arg(long, default_value_t = 100)]
     flush_ms: u64,
     /// Samples the storage's ingest queue holds, at most (memory and what a crash can lose
@@ -108,7 +111,13 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     match (o.backend, &o.data_dir) {
         (BackendArg::Memory, _) => c.backend = crate::storage::BackendKind::Memory,
         (BackendArg::Sled, Some(d)) => c.backend = crate::storage::BackendKind::Sled(d.clone()),
-        (BackendArg::Sled, None) => {} // the default directory
+        (BackendArg::Sled, None) => {
+            if let crate::storage::BackendKind::Redb(d) = &c.backend {
+                c.backend = crate::storage::BackendKind::Sled(d.clone());
+            }
+        }
+        (BackendArg::Redb, Some(d)) => c.backend = crate::storage::BackendKind::Redb(d.clone()),
+        (BackendArg::Redb, None) => {} // the default directory
     }
     if let Some(a) = &o.retain_age {
         c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);
@@ -1402,7 +1411,7 @@ mod tests {
         let a = node_args(&["peer", "--mode", "client", "--backend", "memory"]);
         assert_eq!(a.common.mode.map(Mode::from), Some(Mode::Client));
         assert_eq!(a.storage_opts.backend, BackendArg::Memory);
-        assert_eq!(node_args(&["peer"]).storage_opts.backend, BackendArg::Sled);
+        assert_eq!(node_args(&["peer"]).storage_opts.backend, BackendArg::Redb);
         match parse(&[
             "get",
             "k/**",

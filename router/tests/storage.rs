@@ -306,3 +306,77 @@ fn a_corrupt_store_opens_whole_or_fails_naming_its_directory() {
     }
     eprintln!("{failed} of 6 corruptions refused at open");
 }
+
+/// redb (the default): a damaged file opens with every sample readable, or is refused at open
+/// naming the file, within a deadline; never a silent truncation, never a spin (issue 16).
+#[test]
+fn a_corrupt_redb_store_opens_whole_or_fails_naming_its_file() {
+    use hypha::storage::{Backend, REDB_FILE, RedbBackend, StorageError, StoredSample};
+    let dir = tempfile::tempdir().unwrap();
+    let batch: Vec<StoredSample> = (0..2000u64)
+        .map(|i| StoredSample {
+            key: format!("k/{}", i % 50),
+            kind: SampleKind::Put,
+            payload: vec![7u8; 100],
+            timestamp: hypha_core::hlc::Timestamp {
+                time: hypha_core::hlc::Ntp64((1_700_000_000u64 << 32) + i),
+                id: hypha_core::id::NodeId::from_u128(1),
+            },
+            encoding: None,
+        })
+        .collect();
+    {
+        let mut b = RedbBackend::open(dir.path(), 10).unwrap();
+        for chunk in batch.chunks(100) {
+            b.store_batch(chunk).unwrap();
+        }
+        b.flush().unwrap();
+    }
+    let file = dir.path().join(REDB_FILE);
+    let pristine = std::fs::read(&file).unwrap();
+    let (mut refused, mut whole) = (0, 0);
+    for at in [
+        0,
+        100,
+        4096,
+        65_536,
+        pristine.len() / 2,
+        pristine.len() - 200,
+    ] {
+        let mut bytes = pristine.clone();
+        for b in &mut bytes[at..(at + 64).min(pristine.len())] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = RedbBackend::open(&path, 10).map(|b| {
+                let all = b.history(
+                    &hypha_core::keyexpr::KeyExpr::new("**").unwrap(),
+                    hypha_core::hlc::Ntp64(0),
+                    hypha_core::hlc::Ntp64(u64::MAX),
+                    usize::MAX,
+                );
+                (b.history_len(), all.map(|v| v.len()))
+            });
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok((n, Ok(read)))) => {
+                assert_eq!((n, read), (2000, 2000), "corruption at {at}: opened short");
+                whole += 1;
+            }
+            Ok(Ok((n, Err(e)))) => panic!("corruption at {at}: opened ({n}) but reads fail: {e}"),
+            Ok(Err(e @ StorageError::Open { .. })) => {
+                let text = e.to_string();
+                assert!(text.contains(&file.display().to_string()), "{text}");
+                refused += 1;
+            }
+            Ok(Err(e)) => panic!("corruption at {at}: {e}"),
+            Err(_) => panic!("corruption at {at}: still opening after 20 s"),
+        }
+        std::fs::write(&file, &pristine).unwrap();
+    }
+    eprintln!("redb: {refused} of 6 corruptions refused at open, {whole} opened whole");
+}

@@ -1,5 +1,5 @@
-//! Durability: a sled storage is killed with SIGKILL in the middle of a write stream and
-//! restarted on the same data directory. It opens cleanly, and every sample published more than
+//! Durability: a storage (redb, the default, and sled) is killed with SIGKILL in the middle of a
+//! write stream and restarted on the same data directory. It opens cleanly, and every sample published more than
 //! the flush window (plus delivery slack) before the kill is there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
@@ -17,13 +17,13 @@ const FLUSH_MS: u64 = 100;
 /// Time for a sample to travel from the publisher into the storage's backend.
 const DELIVERY_SLACK_MS: u64 = 200;
 
-fn storage(dir: &std::path::Path, ep: &str) -> Proc {
+fn storage(backend: &str, dir: &std::path::Path, ep: &str) -> Proc {
     let mut c = Command::new(CLI);
     c.args([
         "storage",
         "dur/**",
         "--backend",
-        "sled",
+        backend,
         "--no-mdns",
         "--listen",
         ep,
@@ -35,12 +35,21 @@ fn storage(dir: &std::path::Path, ep: &str) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_older_than_the_flush_window() {
+    sigkill_mid_stream("redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_sled() {
+    sigkill_mid_stream("sled").await;
+}
+
+async fn sigkill_mid_stream(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
     // `free_port` is racy, but justified here: the storage restarts on the same endpoint, which
     // the publisher keeps redialling.
     let ep = format!("tcp/127.0.0.1:{}", free_port());
-    let mut st = storage(&data, &ep);
+    let mut st = storage(backend, &data, &ep);
     st.wait_json(T, |v| v["event"] == "ready").await.unwrap();
 
     let mut c = Config::default();
@@ -73,7 +82,7 @@ async fn sigkill_mid_stream_loses_nothing_older_than_the_flush_window() {
     drop(st);
 
     // Restart on the same directory: it must open cleanly and answer.
-    let mut st = storage(&data, &ep);
+    let mut st = storage(backend, &data, &ep);
     st.wait_json(T, |v| v["event"] == "ready").await.unwrap();
     assert!(
         s.wait_peers(1, T).await,
@@ -109,7 +118,7 @@ async fn sigkill_mid_stream_loses_nothing_older_than_the_flush_window() {
         .collect();
     let sent_before_kill = sent_at.iter().filter(|t| **t < killed_at).count();
     eprintln!(
-        "sent {} before the kill, {} older than the {} ms window; stored after restart: {}; \
+        "{backend}: sent {} before the kill, {} older than the {} ms window; stored after restart: {}; \
          missing from the guaranteed part: {}",
         sent_before_kill,
         must_have.len(),

@@ -38,6 +38,9 @@ pub enum StorageError {
     /// A stored record does not decode (corruption).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The disk refused a write (full, or failing): nothing of the batch was stored.
+    #[error("cannot write: {0}")]
+    Io(#[from] std::io::Error),
     /// The configuration is invalid.
     #[error("{0}")]
     Config(String),
@@ -62,6 +65,15 @@ pub trait Backend: Send {
     /// Records `s` in the history, and as the latest value of its key unless a newer sample (or
     /// tombstone) is already there. Returns whether the latest value changed.
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError>;
+    /// Stores a batch (one transaction where the engine has them: group commit). Returns how
+    /// many latest values changed. On `Err` nothing of the batch may have been stored.
+    fn store_batch(&mut self, batch: &[StoredSample]) -> Result<usize, StorageError> {
+        let mut changed = 0;
+        for s in batch {
+            changed += usize::from(self.store(s)?);
+        }
+        Ok(changed)
+    }
     /// The latest sample of every key matching `key`, tombstones included, in key order.
     fn latest(&self, key: &KeyExpr<'_>) -> Result<Vec<StoredSample>, StorageError>;
     /// One page of a history scan: samples matching `key` with a timestamp in `[from, to]`, in
@@ -112,6 +124,11 @@ pub trait Backend: Send {
     ) -> Result<usize, StorageError>;
     /// Makes everything stored so far durable (no-op in memory).
     fn flush(&mut self) -> Result<(), StorageError>;
+    /// Whether the storage's writer should call [`flush`](Self::flush) now (an engine that
+    /// does not sync on its own timer says so once its flush interval has passed).
+    fn flush_due(&self) -> bool {
+        false
+    }
     /// Samples in the history.
     fn history_len(&self) -> usize;
     /// What the admin space shows of this store (kept up to date by the backend, so cheap).
@@ -160,12 +177,12 @@ fn hist_key(s: &StoredSample) -> Vec<u8> {
     k
 }
 
-fn matches(key: &KeyExpr<'_>, k: &str) -> bool {
+pub(super) fn matches(key: &KeyExpr<'_>, k: &str) -> bool {
     KeyExpr::new(k).is_ok_and(|k| key.intersects(&k))
 }
 
 /// The literal prefix of a key expression before its first wildcard chunk (for range scans).
-fn literal_prefix(key: &KeyExpr<'_>) -> String {
+pub(super) fn literal_prefix(key: &KeyExpr<'_>) -> String {
     let mut p = String::new();
     for c in key.chunks() {
         if c.contains('*') {
@@ -657,6 +674,31 @@ mod tests {
     #[test]
     fn memory_backend() {
         exercise(&mut MemoryBackend::new());
+    }
+
+    #[test]
+    fn redb_backend_and_reopen() {
+        use crate::storage::RedbBackend;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = RedbBackend::open(dir.path(), 100).unwrap();
+            exercise(&mut b);
+            b.flush().unwrap();
+        }
+        let b = RedbBackend::open(dir.path(), 100).unwrap();
+        assert_eq!(b.history_len(), 2);
+        assert_eq!((b.summary().keys, b.summary().bytes), (1, 4));
+        assert_eq!(b.latest(&KeyExpr::new("a/**").unwrap()).unwrap().len(), 1);
+        // A batch is one transaction; storing the same sample again (a retry) overwrites it.
+        let mut b = b;
+        let batch = [
+            s("b/1", SampleKind::Put, 30, "p"),
+            s("b/2", SampleKind::Put, 31, "q"),
+        ];
+        assert_eq!(b.store_batch(&batch).unwrap(), 2);
+        assert_eq!(b.store_batch(&batch).unwrap(), 0);
+        assert_eq!(b.history_len(), 4);
+        assert_eq!(b.summary().keys, 3);
     }
 
     #[test]

@@ -31,11 +31,13 @@
 //! between pages and a long replay never holds the whole window in memory.
 
 mod backend;
+mod redb_backend;
 pub mod timeexpr;
 
 pub use backend::{
     Backend, HistoryPage, MemoryBackend, SledBackend, StorageError, StoredSample, Summary,
 };
+pub use redb_backend::{FILE as REDB_FILE, RedbBackend};
 
 use crate::api::query::Query;
 use crate::{Sample, Session};
@@ -53,6 +55,8 @@ use std::time::{Duration, Instant};
 pub enum BackendKind {
     /// In memory (lost on exit).
     Memory,
+    /// redb, in this directory (file `store.redb`): the default.
+    Redb(PathBuf),
     /// sled, in this directory.
     Sled(PathBuf),
 }
@@ -84,7 +88,7 @@ pub const DEFAULT_QUEUE: usize = 4096;
 pub const DEFAULT_BLOCK_MS: u64 = 1000;
 
 impl StorageConfig {
-    /// Defaults: sled in `hypha-data/<key>`, history kept for a day, tombstones for an hour,
+    /// Defaults: redb in `hypha-data/<key>`, history kept for a day, tombstones for an hour,
     /// 100 ms flushes, a queue of 4,096 samples that holds the link up to 1 s when full.
     pub fn new(key: OwnedKeyExpr) -> Self {
         let dir: String = key
@@ -99,7 +103,7 @@ impl StorageConfig {
             })
             .collect();
         StorageConfig {
-            backend: BackendKind::Sled(PathBuf::from("hypha-data").join(dir)),
+            backend: BackendKind::Redb(PathBuf::from("hypha-data").join(dir)),
             key,
             retain_age: Some(Duration::from_secs(86_400)),
             retain_count: None,
@@ -134,6 +138,9 @@ pub struct StorageStats {
     /// Set while the ingest queue is shedding: a wait for room timed out, and samples are
     /// dropped without waiting until the writer has drained the queue to half.
     pub shedding: AtomicBool,
+    /// Set while writes fail (a full disk): one error line when it starts, one when it ends;
+    /// the samples lost meanwhile are counted in `errors`.
+    pub failing: AtomicBool,
     // ----- admin space (issue 14): the backend's `Summary`, refreshed by the storage task ----
     /// Keys whose latest value is a put.
     pub keys: AtomicU64,
@@ -263,18 +270,26 @@ impl Ingest {
     }
 }
 
+fn create_dir(dir: &std::path::Path) -> Result<(), StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StorageError::Config(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
 /// Starts a storage on `session`.
 pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, StorageError> {
     let backend: Box<dyn Backend> = match &cfg.backend {
         BackendKind::Memory => Box::new(MemoryBackend::new()),
         BackendKind::Sled(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::Config(format!(
-                    "cannot create data directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            create_dir(dir)?;
             Box::new(SledBackend::open(dir, cfg.flush_ms)?)
+        }
+        BackendKind::Redb(dir) => {
+            create_dir(dir)?;
+            Box::new(RedbBackend::open(dir, cfg.flush_ms)?)
         }
     };
     start_with(session, cfg, backend).await
@@ -313,6 +328,7 @@ pub async fn start_with(
     let backend_name = match &cfg.backend {
         BackendKind::Memory => "memory".to_string(),
         BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
+        BackendKind::Redb(dir) => format!("redb:{}", dir.display()),
     };
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -391,6 +407,8 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.write(&mut batch);
+            } else {
+                self.flush_if_due();
             }
             let len = self.rx.len();
             if len <= self.cfg.queue / 2 && self.stats.shedding.swap(false, Ordering::Relaxed) {
@@ -429,31 +447,55 @@ impl Writer {
     fn write(&self, batch: &mut Vec<StoredSample>) {
         let t0 = Instant::now();
         let mut b = lock(&self.backend);
-        let (mut ok, mut failed) = (0, 0);
-        let mut first_err = None;
-        for s in batch.drain(..) {
-            match b.store(&s) {
-                Ok(_) => ok += 1,
-                Err(e) => {
-                    failed += 1;
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        let r = b.store_batch(batch);
+        let flushed = if r.is_ok() && b.flush_due() {
+            b.flush()
+        } else {
+            Ok(())
+        };
         let summary = b.summary();
         drop(b);
         if let Some(t) = &self.timers {
             t.write.observe(t0.elapsed().as_secs_f64());
         }
-        self.stats.stored.fetch_add(ok, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.publish(summary);
-        if let Some(e) = first_err {
-            self.stats.errors.fetch_add(failed, Ordering::Relaxed);
-            tracing::error!(
-                "storage {}: cannot store {failed} samples: {e}",
-                self.cfg.key
-            );
+        let n = batch.len() as u64;
+        batch.clear();
+        match r.and(flushed) {
+            Ok(_) => {
+                self.stats.stored.fetch_add(n, Ordering::Relaxed);
+                if self.stats.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        "storage {}: writing again ({} samples were not stored meanwhile)",
+                        self.cfg.key,
+                        self.stats.errors.load(Ordering::Relaxed)
+                    );
+                }
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(n, Ordering::Relaxed);
+                // One line when writes start failing (a full disk fails every batch), not one
+                // per batch; the counter says how many samples were lost.
+                if !self.stats.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "storage {}: cannot store: {e}; samples are counted in `errors` until \
+                         writes succeed again",
+                        self.cfg.key
+                    );
+                }
+            }
+        }
+    }
+
+    /// Syncs when the backend's flush interval has passed (idle included).
+    fn flush_if_due(&self) {
+        let mut b = lock(&self.backend);
+        if b.flush_due()
+            && let Err(e) = b.flush()
+            && !self.stats.failing.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!("storage {}: flush failed: {e}", self.cfg.key);
         }
     }
 
