@@ -62,6 +62,30 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// An acknowledged put needs a declared publisher (its samples carry a source and a
+    /// sequence number that the storage acknowledges).
+    #[error("an acknowledged put needs a declared publisher (Session::declare_publisher)")]
+    AckNeedsPublisher,
+    /// No storage holds the key, so nothing can acknowledge the put (it was still published).
+    #[error("no storage holds {0}: nothing acknowledged the put")]
+    NoStorage(String),
+    /// The storages that hold the key did not acknowledge within the wait (the sample may
+    /// still be stored: a retry with the same sequence number is not stored twice).
+    #[error("not acknowledged: {0}")]
+    NotAcknowledged(String),
+    /// The acknowledgement query could not be sent.
+    #[error("acknowledgement query: {0}")]
+    AckQuery(#[from] query::QueryError),
+}
+
+/// What an acknowledged put waits for ([`PutBuilder::ack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Every storage that answers has committed the sample (a crash can still lose it within
+    /// the storage's flush window, `flush_ms`).
+    Received,
+    /// ... and synced it to disk (fsync; the storage syncs at once while such a put waits).
+    Durable,
 }
 
 /// Why a declaration failed.
@@ -519,6 +543,7 @@ pub async fn open(mut config: Config) -> Result<Session, OpenError> {
             for ep in r.backbone {
                 rt.keep_backbone(ep, r.cost);
             }
+            rt.start_cost_probe();
         }
         crate::runtime::start_dialer(&rt);
         if rt.config().mdns {
@@ -926,9 +951,43 @@ impl Publisher {
 pub struct PutReport {
     /// Destinations it was handed to: local subscribers and links to neighbours.
     pub destinations: usize,
+    /// Storages that acknowledged it (0 unless [`PutBuilder::ack`] was asked).
+    pub acked: usize,
     /// Links that dropped it (queue full under `Drop`, or `Block` waited `queues.block_ms` in
     /// vain). Also counted per link in `Session::info`.
     pub dropped: u64,
+}
+
+/// Asks the storages holding `key` to acknowledge `src`; how many did.
+async fn acknowledged(
+    rt: Arc<Runtime>,
+    key: &str,
+    level: Ack,
+    wait: Duration,
+    src: crate::sample::SampleSource,
+) -> Result<usize, PublishError> {
+    let selector = format!(
+        "{key}?_ack={};_wait={}{}",
+        crate::storage::ack::format(&src),
+        wait.as_millis(),
+        if level == Ack::Durable { ";_durable=1" } else { "" }
+    );
+    let replies = query::GetBuilder::new(rt, &selector)
+        .target(query::QueryTarget::AllComplete)
+        .consolidation(query::Consolidation::None)
+        .timeout(wait + Duration::from_secs(1))
+        .send()
+        .await?
+        .collect()
+        .await;
+    let acked = replies.iter().filter(|r| r.result.is_ok()).count();
+    match (acked, replies.iter().find_map(|r| r.result.as_ref().err())) {
+        (0, None) => Err(PublishError::NoStorage(key.to_string())),
+        (0, Some(e)) => Err(PublishError::NotAcknowledged(
+            String::from_utf8_lossy(&e.payload).into_owned(),
+        )),
+        (n, _) => Ok(n),
+    }
 }
 
 /// One publication being built; `.await` it. Nothing is sent until then.
@@ -940,6 +999,7 @@ pub struct PutBuilder<'a> {
     attachment: Option<Bytes>,
     timestamp: Option<hypha_core::hlc::Timestamp>,
     encoding: Option<Arc<str>>,
+    ack: Option<(Ack, Duration)>,
 }
 
 impl<'a> PutBuilder<'a> {
@@ -951,7 +1011,28 @@ impl<'a> PutBuilder<'a> {
             attachment: None,
             timestamp: None,
             encoding: publisher.encoding.clone(),
+            ack: None,
         }
+    }
+
+    /// Waits, after publishing, until the storages that hold the key acknowledge the sample
+    /// (each answers once it has stored it, or synced it for [`Ack::Durable`]), for at most
+    /// 5 s ([`ack_timeout`](Self::ack_timeout)). `Err(NoStorage)` when no storage holds the
+    /// key, `Err(NotAcknowledged)` when none acknowledged in time. Only on a declared
+    /// publisher; the acknowledgement is a query to the key (`_ack=<node>.<publisher>.<sn>`)
+    /// targeted at every complete queryable, so it needs nothing new on the wire.
+    pub fn ack(mut self, level: Ack) -> Self {
+        let t = self.ack.map_or(Duration::from_secs(5), |(_, t)| t);
+        self.ack = Some((level, t));
+        self
+    }
+
+    /// How long an acknowledged put waits for its acknowledgement (at most 10 s: a storage
+    /// waits no longer).
+    pub fn ack_timeout(mut self, t: Duration) -> Self {
+        let level = self.ack.map_or(Ack::Received, |(l, _)| l);
+        self.ack = Some((level, t.min(Duration::from_secs(10))));
+        self
     }
 
     /// Extra user bytes delivered with the sample.
@@ -995,6 +1076,11 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
             publisher: id as u32,
             sn: p.sn.fetch_add(1, Ordering::Relaxed),
         });
+        let ack = match (self.ack, source) {
+            (Some(_), None) => return PutFuture::Done(Some(Err(PublishError::AckNeedsPublisher))),
+            (Some((level, wait)), Some(src)) => Some((level, wait, src)),
+            (None, _) => None,
+        };
         let sample = crate::runtime::Outgoing {
             source,
             key: p.key.clone(),
@@ -1004,11 +1090,29 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
             encoding: self.encoding,
             attachment: self.attachment,
         };
+        if let Some((level, wait, src)) = ack {
+            let rt = p.rt.clone();
+            let key = p.key.clone();
+            let qos = p.qos;
+            return PutFuture::Waiting(Box::pin(async move {
+                let r = match rt.publish_now(&route, qos, sample) {
+                    Ok(r) => r,
+                    Err(blocked) => rt.publish_wait(&route, blocked).await,
+                };
+                let acked = acknowledged(rt, &key, level, wait, src).await?;
+                Ok(PutReport {
+                    destinations: r.destinations,
+                    acked,
+                    dropped: r.dropped,
+                })
+            }));
+        }
         // The common case completes here, without allocating; only a `Block` publisher facing
         // a full queue gets a boxed future that waits for room.
         match p.rt.publish_now(&route, p.qos, sample) {
             Ok(r) => PutFuture::Done(Some(Ok(PutReport {
                 destinations: r.destinations,
+                acked: 0,
                 dropped: r.dropped,
             }))),
             Err(blocked) => {
@@ -1017,6 +1121,7 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
                     let r = rt.publish_wait(&route, blocked).await;
                     Ok(PutReport {
                         destinations: r.destinations,
+                        acked: 0,
                         dropped: r.dropped,
                     })
                 }))

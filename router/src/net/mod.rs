@@ -632,6 +632,8 @@ pub(crate) struct Node {
     /// Backbone neighbours whose link cost was configured or measured here (the others take
     /// the cost their far end advertises).
     cost_set: HashSet<NodeId>,
+    /// Backbone neighbours' measured costs (RTT ms) and when each last changed.
+    measured: HashMap<NodeId, (u32, Instant)>,
     pub(crate) backbone_counters: BackboneCounters,
     /// This router is its site's designated router.
     is_dr: bool,
@@ -666,6 +668,8 @@ const PAIR_FACE_BASE: FaceId = 1 << 62;
 /// The interest a router asks every remote router with: their queryables (a query has no
 /// declaration to ask ahead with, and queryables are few; see ARCHITECTURE.md).
 const QUERYABLES_INTEREST: u32 = u32::MAX - 1;
+/// A measured link cost changes at most once per this interval.
+pub(crate) const COST_HOLD: Duration = Duration::from_secs(10);
 /// Hops a routed message may take.
 pub(crate) const MAX_HOPS: u8 = 16;
 
@@ -701,6 +705,7 @@ impl Node {
             next_pair: PAIR_FACE_BASE,
             forwarded: HashMap::new(),
             cost_set: HashSet::new(),
+            measured: HashMap::new(),
             backbone_counters: BackboneCounters::default(),
             is_dr: false,
             dr_hold: None,
@@ -1307,7 +1312,43 @@ impl Node {
         self.lsdb.as_ref()
     }
 
-    /// Sets the cost of a backbone link (configured, or measured RTT in ms).
+    /// A backbone link's measured round trip (QUIC links), in ms: its cost unless one was
+    /// configured. Damped: it moves only by more than 20 % and more than 2 ms, at most once per
+    /// [`COST_HOLD`], so routes do not flap with jitter.
+    pub(crate) fn measured_cost(&mut self, now: Instant, face: FaceId, rtt_ms: u32) {
+        let Some(node) = self
+            .faces
+            .get(&face)
+            .filter(|f| f.kind == FaceKind::Router)
+            .map(|f| f.node)
+        else {
+            return;
+        };
+        if self.cost_set.contains(&node) {
+            return;
+        }
+        let new = rtt_ms.max(1);
+        let apply = match self.measured.get(&node) {
+            None => true,
+            Some((old, since)) => {
+                let diff = new.abs_diff(*old);
+                diff * 5 > *old && diff > 2 && now.saturating_since(*since) >= COST_HOLD
+            }
+        };
+        if !apply {
+            return;
+        }
+        self.measured.insert(node, (new, now));
+        let changed = self
+            .lsdb
+            .as_mut()
+            .is_some_and(|db| db.set_adjacency(now, node, new));
+        if changed {
+            self.after_own_change(now);
+        }
+    }
+
+    /// Sets the cost of a backbone link (configured).
     pub(crate) fn set_link_cost(&mut self, now: Instant, face: FaceId, cost: u32) {
         let Some(node) = self
             .faces
@@ -1347,6 +1388,7 @@ impl Node {
 
     fn adjacency_down(&mut self, now: Instant, node: NodeId) {
         self.cost_set.remove(&node);
+        self.measured.remove(&node);
         let changed = self
             .lsdb
             .as_mut()
@@ -1393,15 +1435,17 @@ impl Node {
         let lsa = Arc::unwrap_or_clone(lsa);
         // A neighbour's cost for its link to us, when ours was neither configured nor
         // measured: both ends then advertise the same cost.
-        let adopt = (lsa.router == from && !self.cost_set.contains(&from))
-            .then(|| {
-                lsa.links
-                    .iter()
-                    .find(|(n, _)| *n == self.id)
-                    .map(|(_, c)| *c)
-            })
-            .flatten()
-            .filter(|c| db.adjacency_cost(&from).is_some_and(|mine| mine != *c));
+        let adopt = (lsa.router == from
+            && !self.cost_set.contains(&from)
+            && !self.measured.contains_key(&from))
+        .then(|| {
+            lsa.links
+                .iter()
+                .find(|(n, _)| *n == self.id)
+                .map(|(_, c)| *c)
+        })
+        .flatten()
+        .filter(|c| db.adjacency_cost(&from).is_some_and(|mine| mine != *c));
         let about_me = lsa.router == self.id;
         match db.receive(now, lsa.clone()) {
             linkstate::Received::Newer { .. } => {

@@ -1577,3 +1577,28 @@ fn a_lost_control_message_is_healed_by_the_resync_after_the_route_moves() {
         "the resync withdrew nothing unchanged"
     );
 }
+
+/// Measured costs (QUIC RTT) are damped: the first measure applies, jitter under 20 % or 2 ms
+/// or a change within 10 s of the last does not, a configured cost always wins.
+#[test]
+fn measured_link_costs_are_damped_and_configured_ones_win() {
+    let mut m = Mesh::with_sites(&[Router, Router], &["A", "B"]);
+    let (ab, ba) = m.link(0, 1);
+    let b = m.nodes[1].id();
+    let cost = |m: &Mesh| m.nodes[0].lsdb().unwrap().adjacency_cost(&b);
+    let now = m.now;
+    m.nodes[0].measured_cost(now, ab, 40);
+    assert_eq!(cost(&m), Some(40));
+    m.nodes[0].measured_cost(now + Duration::from_secs(20), ab, 45); // 12 %: jitter
+    assert_eq!(cost(&m), Some(40));
+    m.nodes[0].measured_cost(now + Duration::from_secs(5), ab, 80); // too soon
+    assert_eq!(cost(&m), Some(40));
+    m.nodes[0].measured_cost(now + Duration::from_secs(20), ab, 80);
+    assert_eq!(cost(&m), Some(80));
+    m.run();
+    // Configured wins from then on.
+    m.cost(ab, 7);
+    m.nodes[0].measured_cost(now + Duration::from_secs(60), ab, 300);
+    assert_eq!(cost(&m), Some(7));
+    let _ = ba;
+}

@@ -1564,6 +1564,30 @@ impl Runtime {
     }
 
     /// Runs the node's timers (query deadlines) for the node's lifetime.
+    /// Routers: every 2 s, each backbone link's measured round trip (QUIC) becomes its cost
+    /// unless one was configured (the node damps it).
+    pub(crate) fn start_cost_probe(self: &Arc<Self>) {
+        if self.config.mode != Mode::Router {
+            return;
+        }
+        let rt = self.clone();
+        self.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            while !rt.is_closed() {
+                tick.tick().await;
+                for f in rt.faces_snapshot() {
+                    if f.cost.is_some() || f.kind.get() != Some(&crate::net::FaceKind::Router) {
+                        continue;
+                    }
+                    if let Some(rtt) = f.info.probe.rtt() {
+                        let ms = u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX);
+                        rt.with_node(|n, now| n.measured_cost(now, f.id, ms));
+                    }
+                }
+            }
+        });
+    }
+
     fn start_timer(self: &Arc<Self>) {
         let rt = self.clone();
         self.spawn(async move {
