@@ -154,3 +154,41 @@ async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
         "token flapped during the re-route"
     );
 }
+
+/// A client configured with one router learns the site's other router from it and fails over
+/// to it when its router dies: its subscription works again, with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_to_an_alternate_its_router_told_it_of() {
+    let r1 = router("B", &[]).await;
+    let r2 = router("B", &[(ep(&r1), 10)]).await;
+    let other = router("A", &[(ep(&r2), 10)]).await;
+    // The subscriber knows only r1; the publisher is at the other site.
+    let sub_client = client(&r1).await;
+    let pub_client = client(&other).await;
+    let sub = sub_client.declare_subscriber("fo/**").stream().unwrap();
+    assert!(sub.ready(T).await);
+    let p = pub_client.declare_publisher("fo/x").unwrap();
+    assert!(p.ready(T).await && p.wait_matching(T).await);
+    p.put("before").await.unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(&s.payload[..], b"before");
+    // Give r1 time to have told its client of r2 (it does at link-up and when routers appear).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r1.close().await;
+    let deadline = tokio::time::Instant::now() + T;
+    let mut i = 0;
+    let got = loop {
+        p.put(format!("after{i}")).await.unwrap();
+        i += 1;
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {
+            break String::from_utf8_lossy(&s.payload).to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client never failed over to r2"
+        );
+    };
+    assert!(got.starts_with("after"), "{got}");
+    assert_eq!(sub.duplicates(), 0);
+    let _ = (r2, other);
+}

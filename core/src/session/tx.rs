@@ -102,7 +102,7 @@ fn size_hint(msg: &NetworkMessage<'_>) -> usize {
         NetworkMessage::Denied(d) => d.key.len() + d.principal.len() + d.rule.len() + 20,
         NetworkMessage::Auth(a) => a.token.0.len() + 10,
         NetworkMessage::Cancel(_) => 8,
-        NetworkMessage::LinkState(l) => l.site.len() + l.links.0.len() + 60,
+        NetworkMessage::LinkState(l) => l.site.len() + l.links.0.len() + l.locators.len() + 60,
         NetworkMessage::Routed(r) => r.body.0.len() + 60,
     }
 }

@@ -483,6 +483,9 @@ pub struct LinkState<'a> {
     /// [`MAX_LSA_LINKS`]. Iterate with [`LinkState::links`].
     #[serde(borrow)]
     pub links: RawBytes<'a>,
+    /// Where clients can reach it (comma-separated endpoints, at most
+    /// [`limits::MAX_LOCATORS_LEN`] bytes): routers tell their clients of alternates.
+    pub locators: &'a str,
 }
 
 impl<'a> LinkState<'a> {
@@ -698,6 +701,7 @@ impl<'a> NetworkMessage<'a> {
                 if m.links.0.len() % LSA_LINK_LEN != 0 {
                     return Err(DecodeError::Truncated);
                 }
+                check_len(Field::Locators, m.locators.len(), limits::MAX_LOCATORS_LEN)?;
                 Ok((NetworkMessage::LinkState(m), rest))
             }
             tag::ROUTED => {

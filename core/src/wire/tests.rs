@@ -473,11 +473,13 @@ fn golden_link_state_and_routed() {
         site: "A",
         flags: 3,
         links: RawBytes(&links),
+        locators: "x",
     };
     let mut expect = vec![0x0d];
     expect.extend_from_slice(&[0xbb; 16]);
     expect.extend_from_slice(&[5, 7, 1, b'A', 3, 40]);
     expect.extend_from_slice(&links);
+    expect.extend_from_slice(&[1, b'x']);
     golden_n(NetworkMessage::LinkState(ls), &expect);
     assert_eq!(ls.links().collect::<Vec<_>>(), vec![(a, 20), (b, 300)]);
     // Too many neighbours, a ragged list or a long site name are refused on decode.

@@ -41,6 +41,8 @@ pub(crate) struct Lsa {
     pub(crate) flags: u8,
     /// Neighbours and the advertised cost of the link to each, sorted by id.
     pub(crate) links: Vec<(NodeId, u32)>,
+    /// Where its clients reach it (comma-separated endpoints).
+    pub(crate) locators: Arc<str>,
 }
 
 impl Lsa {
@@ -86,6 +88,7 @@ pub(crate) struct Lsdb {
     seq: u64,
     site: Arc<str>,
     flags: u8,
+    locators: Arc<str>,
     /// Our backbone neighbours and the cost we advertise for each.
     adjacent: BTreeMap<NodeId, u32>,
     lsas: HashMap<NodeId, Lsa>,
@@ -103,6 +106,7 @@ impl Lsdb {
             seq: 0,
             site,
             flags: 0,
+            locators: Arc::from(""),
             adjacent: BTreeMap::new(),
             lsas: HashMap::new(),
             routes: BTreeMap::new(),
@@ -139,8 +143,20 @@ impl Lsdb {
             site: self.site.clone(),
             flags: self.flags,
             links: self.adjacent.iter().map(|(n, c)| (*n, *c)).collect(),
+            locators: self.locators.clone(),
         };
         self.lsas.insert(self.me, lsa);
+    }
+
+    /// Sets where our clients reach us; returns whether our LSA changed.
+    pub(crate) fn set_locators(&mut self, now: Instant, locators: Arc<str>) -> bool {
+        if self.locators == locators {
+            return false;
+        }
+        self.locators = locators;
+        self.originate();
+        self.spf(now);
+        true
     }
 
     /// Sets our flags (designated router bits); returns whether our LSA changed.
@@ -506,6 +522,7 @@ mod tests {
             site: Arc::from("B"),
             flags: 0,
             links: vec![(a, 7)],
+            locators: Arc::from(""),
         };
         assert_eq!(
             x.receive(t(0), lb.clone()),
@@ -532,6 +549,7 @@ mod tests {
             site: Arc::from("B"),
             flags: 0,
             links: vec![(a, 7)],
+            locators: Arc::from(""),
         };
         assert!(matches!(
             x.receive(t(3), reborn),
@@ -555,6 +573,7 @@ mod tests {
                 site: Arc::from("B"),
                 flags: 0,
                 links: vec![(a, 1)],
+                locators: Arc::from(""),
             },
         );
         assert!(x.route(&b).is_some());

@@ -379,6 +379,8 @@ pub(crate) enum Action {
         locators: Arc<str>,
         neighbour: bool,
     },
+    /// A client learnt of another router it may fail over to (from its router).
+    Alternate { locators: Arc<str> },
     /// Close a face. `drain`: after what is already queued on it has been written.
     Close {
         face: FaceId,
@@ -715,9 +717,17 @@ impl Node {
         }
     }
 
-    /// Where this node listens, comma-separated (told to every new neighbour).
-    pub(crate) fn set_locators(&mut self, locators: Arc<str>) {
-        self.locators = locators;
+    /// Where this node listens, comma-separated (told to every new neighbour; a router also
+    /// advertises it in its LSA, for other routers' clients).
+    pub(crate) fn set_locators(&mut self, now: Instant, locators: Arc<str>) {
+        self.locators = locators.clone();
+        let changed = self
+            .lsdb
+            .as_mut()
+            .is_some_and(|db| db.set_locators(now, locators));
+        if changed {
+            self.after_own_change(now);
+        }
     }
 
     #[cfg(test)]
@@ -919,6 +929,9 @@ impl Node {
                     locators,
                 },
             );
+        }
+        if kind == FaceKind::Client {
+            self.send_alternates(face);
         }
         if let Some(old) = replaced {
             self.push(Action::Close {
@@ -1506,6 +1519,7 @@ impl Node {
             .into_iter()
             .filter(|n| !self.pairs.contains_key(n))
             .collect();
+        let grew = !new.is_empty();
         for node in new {
             let face = self.next_pair;
             self.next_pair += 1;
@@ -1522,6 +1536,17 @@ impl Node {
                 ),
             );
             self.pair_up(face);
+        }
+        if grew {
+            let clients: Vec<FaceId> = self
+                .faces
+                .iter()
+                .filter(|(_, f)| f.kind == FaceKind::Client)
+                .map(|(g, _)| *g)
+                .collect();
+            for c in clients {
+                self.send_alternates(c);
+            }
         }
         self.expire_all_routes();
         self.elect(now);
@@ -1597,6 +1622,39 @@ impl Node {
         msgs.push(Decl::ResyncEnd);
         for d in msgs {
             self.send(face, Msg::Declare(d));
+        }
+    }
+
+    /// Up to three other routers a client of ours may fail over to: those of our site first,
+    /// then the cheapest; only those advertising where clients reach them.
+    fn alternates(&self) -> Vec<(NodeId, Arc<str>)> {
+        let Some(db) = self.lsdb.as_ref() else {
+            return Vec::new();
+        };
+        let mut v: Vec<(bool, u64, NodeId, Arc<str>)> = db
+            .routes()
+            .iter()
+            .filter_map(|(r, h)| {
+                let l = db.lsa(r)?;
+                (!l.locators.is_empty())
+                    .then(|| (l.site != *db.site(), h.cost, *r, l.locators.clone()))
+            })
+            .collect();
+        v.sort();
+        v.into_iter().take(3).map(|(_, _, r, l)| (r, l)).collect()
+    }
+
+    /// Tells client `face` of our alternates.
+    fn send_alternates(&mut self, face: FaceId) {
+        for (node, locators) in self.alternates() {
+            self.send(
+                face,
+                Msg::Gossip {
+                    node,
+                    mode: Mode::Router,
+                    locators,
+                },
+            );
         }
     }
 
@@ -1715,9 +1773,9 @@ impl Node {
             Msg::ResponseFinal { id } => self.on_response_final(face, id),
             Msg::Gossip {
                 node,
-                mode: _,
+                mode,
                 locators,
-            } => self.on_gossip(face, node, locators),
+            } => self.on_gossip(face, node, mode, locators),
             Msg::Denied(d) => self.on_denied_notice(face, d),
             Msg::Cancel { id } => self.on_cancel(face, id),
             Msg::LinkState(lsa) => self.on_link_state(now, face, lsa),
@@ -2140,7 +2198,7 @@ impl Node {
 
     /// A neighbour told us where `node` listens. About itself: remembered and relayed one hop
     /// to our other neighbours; about another node: the runtime may dial it.
-    fn on_gossip(&mut self, face: FaceId, node: NodeId, locators: Arc<str>) {
+    fn on_gossip(&mut self, face: FaceId, node: NodeId, mode: Mode, locators: Arc<str>) {
         let Some(from) = self
             .faces
             .get(&face)
@@ -2153,6 +2211,11 @@ impl Node {
             return;
         }
         let neighbour = node == from;
+        if self.role == Mode::Client && mode == Mode::Router && !neighbour {
+            // Our router telling us of an alternate router (its site's first).
+            self.push(Action::Alternate { locators });
+            return;
+        }
         if neighbour {
             if self.known.len() < MAX_KNOWN || self.known.contains_key(&node) {
                 self.known.insert(node, locators.clone());

@@ -44,6 +44,8 @@ struct Inbox {
     discovered: Vec<(NodeId, String, bool)>,
     /// Refusals neighbours told of: (local declarations concerned, the refusal).
     denied: Vec<(Vec<LocalId>, Arc<crate::acl::AccessDenied>)>,
+    /// Alternate routers a client was told of.
+    alternates: Vec<String>,
 }
 
 struct Mesh {
@@ -329,6 +331,7 @@ impl Mesh {
                 self.inbox[i].ready.insert(id);
             }
             Action::Denied { locals, denial } => self.inbox[i].denied.push((locals, denial)),
+            Action::Alternate { locators } => self.inbox[i].alternates.push(locators.to_string()),
             Action::Discovered {
                 node,
                 locators,
@@ -780,7 +783,10 @@ fn routes_are_cached_and_expire_precisely() {
 fn gossip_tells_newcomers_of_neighbours_and_relays_self_announcements() {
     let mut m = Mesh::new(&[Peer, Peer, Peer]);
     for i in 0..3 {
-        m.nodes[i].set_locators(Arc::from(format!("tcp/10.0.0.{i}:7447")));
+        m.nodes[i].set_locators(
+            Instant::from_micros(0),
+            Arc::from(format!("tcp/10.0.0.{i}:7447")),
+        );
     }
     let id = |i: usize| NodeId::from_u128(i as u128 + 1);
     // 0 - 1: each announces itself to the other (remembered, not to dial: already linked).
@@ -825,7 +831,7 @@ fn gossip_tells_newcomers_of_neighbours_and_relays_self_announcements() {
 #[test]
 fn peers_that_come_and_go_leave_no_state_behind() {
     let mut hub = Node::new(NodeConfig::new(NodeId::from_u128(1), Peer));
-    hub.set_locators(Arc::from("tcp/10.0.0.1:7447"));
+    hub.set_locators(Instant::from_micros(0), Arc::from("tcp/10.0.0.1:7447"));
     let now = Instant::from_micros(1_000_000);
     let stay = NodeId::from_u128(2);
     hub.handle_face_up_as(now, 10, FaceKind::Peer, stay, false, Principal::anonymous());
@@ -1601,4 +1607,32 @@ fn measured_link_costs_are_damped_and_configured_ones_win() {
     m.nodes[0].measured_cost(now + Duration::from_secs(60), ab, 300);
     assert_eq!(cost(&m), Some(7));
     let _ = ba;
+}
+
+/// A router tells its clients of alternates (its site's routers first, then the cheapest), and
+/// a client turns them into its failover list.
+#[test]
+fn clients_learn_alternate_routers_same_site_first() {
+    let mut m = Mesh::with_sites(&[Router, Router, Router, Client], &["A", "A", "B", ""]);
+    let now = m.now;
+    for (i, loc) in [
+        "tcp/10.0.0.1:7447",
+        "tcp/10.0.0.2:7447",
+        "tcp/10.0.1.1:7447",
+    ]
+    .iter()
+    .enumerate()
+    {
+        m.nodes[i].set_locators(now, Arc::from(*loc));
+    }
+    let (a02, _) = m.link(0, 2);
+    m.cost(a02, 5);
+    let (a01, _) = m.link(0, 1);
+    m.cost(a01, 50);
+    m.link(3, 0);
+    // The site's other router first although the other site is cheaper.
+    assert_eq!(
+        m.inbox[3].alternates,
+        ["tcp/10.0.0.2:7447", "tcp/10.0.1.1:7447"]
+    );
 }

@@ -139,8 +139,12 @@ pub(crate) enum Incoming {
     },
     /// Anything else for the node.
     Msg(Msg),
-    /// A node and where it listens.
-    Gossip(hypha_core::id::NodeId, Vec<hypha_transports::Endpoint>),
+    /// A node (of this mode) and where it listens.
+    Gossip(
+        hypha_core::id::NodeId,
+        hypha_core::wire::Mode,
+        Vec<hypha_transports::Endpoint>,
+    ),
     /// The dialer's pre-shared token (empty: none), for the runtime.
     Auth(Bytes),
     /// A message routed across the backbone (for us, or in transit).
@@ -349,6 +353,7 @@ pub(crate) fn convert_msg(
         },
         (None, NetworkMessage::Gossip(g)) => Incoming::Gossip(
             g.node_id,
+            g.mode,
             g.locators
                 .split(',')
                 .filter_map(|l| l.parse().ok())
@@ -413,6 +418,7 @@ pub(crate) fn convert_msg(
                 site: Arc::from(l.site),
                 flags: l.flags,
                 links,
+                locators: Arc::from(l.locators),
             })))
         }
         (None, NetworkMessage::Routed(r)) => Incoming::Routed(Box::new(RoutedIn {
@@ -558,6 +564,7 @@ fn send_encoded(session: &mut HeapSession, msg: &Msg, me: NodeId) -> Result<(), 
                     site: &l.site,
                     flags: l.flags,
                     links: RawBytes(&links),
+                    locators: &l.locators,
                 }),
             )
         }

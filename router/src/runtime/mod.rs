@@ -148,6 +148,9 @@ impl PrefixCounter {
     }
 }
 
+/// Most alternate routers a client keeps from what its routers told it.
+const MAX_ALTERNATES: usize = 3;
+
 /// Links accepted and still handshaking.
 #[derive(Default)]
 struct Handshaking {
@@ -314,6 +317,8 @@ pub(crate) struct Runtime {
     dialer: std::sync::OnceLock<hypha_transports::dialer::Dialer>,
     /// Last known endpoints of discovered peers.
     known: Mutex<HashMap<NodeId, Vec<Endpoint>>>,
+    /// A client's alternate routers, learnt from its routers (newest first).
+    alternates: Mutex<Vec<Endpoint>>,
     /// Nodes with a dialled link still handshaking (not dialled again meanwhile).
     connecting: Mutex<HashSet<NodeId>>,
     /// Accepted links still handshaking.
@@ -406,6 +411,7 @@ impl Runtime {
             next_face: AtomicU64::new(1),
             dialer: std::sync::OnceLock::new(),
             known: Mutex::new(HashMap::new()),
+            alternates: Mutex::new(Vec::new()),
             connecting: Mutex::new(HashSet::new()),
             handshaking: Mutex::new(Handshaking::default()),
             reassembly: AtomicUsize::new(0),
@@ -652,6 +658,23 @@ impl Runtime {
                 // Nobody listening is fine: the counter and the declaration's state remain.
                 let _ = self.denial_tx.send(denial);
                 self.changed.notify_waiters();
+            }
+            Action::Alternate { locators } => {
+                // A router of ours told us of another: the client's failover list grows (at
+                // most MAX_ALTERNATES, newest first; configured endpoints stay first).
+                let eps: Vec<Endpoint> = locators
+                    .split(',')
+                    .filter_map(|l| l.parse().ok())
+                    .filter(|e: &Endpoint| !self.config.connect.contains(e))
+                    .collect();
+                let mut alt = self.alternates.lock().unwrap_or_else(|p| p.into_inner());
+                for e in eps {
+                    if !alt.contains(&e) {
+                        tracing::info!(endpoint = %e, "learnt an alternate router");
+                        alt.insert(0, e);
+                    }
+                }
+                alt.truncate(MAX_ALTERNATES);
             }
             Action::Discovered {
                 node,
@@ -1125,7 +1148,7 @@ impl Runtime {
                     self.timer.notify_one();
                 }
             }
-            Incoming::Gossip(node, endpoints) => self.on_gossip(face, node, endpoints),
+            Incoming::Gossip(node, mode, endpoints) => self.on_gossip(face, node, mode, endpoints),
             // Taken by the reader before dispatch; one here came after the link was admitted.
             Incoming::Auth(_) => tracing::debug!(face = face.id, "late credential ignored"),
             Incoming::Other(what) => {
@@ -1700,6 +1723,18 @@ impl Runtime {
             let mut i = 0usize;
             let mut failed_in_a_row = 0usize;
             while !rt.is_closed() {
+                // The configured list, then alternates routers told us of (clients only).
+                let mut all = eps.clone();
+                if rt.config.mode == Mode::Client {
+                    all.extend(
+                        rt.alternates
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .cloned(),
+                    );
+                }
+                let eps = &all;
                 let ep = &eps[i % eps.len()];
                 let mut ok = false;
                 match hypha_transports::connect(ep, &rt.config.tls).await {
@@ -2005,13 +2040,19 @@ impl Runtime {
             .map(|e| e.to_string())
             .collect();
         let locators: Arc<str> = Arc::from(own.join(","));
-        self.with_node(|n, _| n.set_locators(locators));
+        self.with_node(|n, now| n.set_locators(now, locators));
     }
 
     /// A neighbour told us where a node listens: endpoints with an unspecified host stand for
     /// the neighbour's own address (about itself) or are dropped (about others); then the node
     /// decides (remember, relay, dial).
-    fn on_gossip(self: &Arc<Self>, face: &Arc<Face>, node: NodeId, endpoints: Vec<Endpoint>) {
+    fn on_gossip(
+        self: &Arc<Self>,
+        face: &Arc<Face>,
+        node: NodeId,
+        mode: Mode,
+        endpoints: Vec<Endpoint>,
+    ) {
         let from = face.peer().map(|p| p.node_id);
         let remote_ip = face.info.remote.socket_addr().map(|a| a.ip());
         let about_itself = from == Some(node);
@@ -2026,7 +2067,7 @@ impl Runtime {
             .collect();
         let msg = Msg::Gossip {
             node,
-            mode: Mode::Peer,
+            mode,
             locators: Arc::from(eps.join(",")),
         };
         self.with_node(|n, now| n.handle_message(now, face.id, msg));
