@@ -890,9 +890,13 @@ async fn run(cli: Cli) -> Result<()> {
                 let me = format!("@/{}/links/**", info.id);
                 let links = view::admin(&s, &me, Duration::from_secs(2)).await;
                 print!("{}", view::info_table(&info, &links));
+                let backbone = view::admin(&s, "@/*/backbone", Duration::from_secs(2)).await;
+                print!("{}", view::backbone_table(&backbone));
                 s.close().await;
                 return Ok(());
             }
+            // The backbone as routers reachable from here see it (LSDB, routes, DR).
+            let backbone = view::admin(&s, "@/*/backbone", Duration::from_secs(2)).await;
             let links: Vec<serde_json::Value> = info
                 .links
                 .iter()
@@ -918,6 +922,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "refused_handshaking": info.refused_handshaking,
                     "refused_identity": info.refused_identity,
                     "denials_received": info.denials_received,
+                    "backbone": backbone,
                     "serial_framing": {
                         "frames": info.serial_framing.frames,
                         "crc_errors": info.serial_framing.crc_errors,

@@ -395,3 +395,80 @@ mod tests {
         assert_eq!(si(2.5e6), "2.5M");
     }
 }
+
+/// `hypha info`'s backbone section: each router's site, role and database digest (equal
+/// digests: equal databases), its routes and counters. Empty when no router answered.
+pub(super) fn backbone_table(routers: &[Value]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if routers.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nbackbone ({} router(s) answered)", routers.len());
+    let mut routers: Vec<&Value> = routers.iter().collect();
+    routers.sort_by_key(|r| r["lsdb"][0]["router"].as_str().unwrap_or("").to_string());
+    for r in routers {
+        let me = r["lsdb"][0]["router"].as_str().unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "  router {me} site {:?}{} lsdb {} ({} LSAs)",
+            r["site"].as_str().unwrap_or(""),
+            if r["designated"] == true {
+                " (designated)"
+            } else {
+                ""
+            },
+            r["digest"].as_str().unwrap_or("?"),
+            r["lsdb"].as_array().map_or(0, Vec::len)
+        );
+        for route in r["routes"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    -> {} via {} cost {} hops {}",
+                route["router"].as_str().unwrap_or("?"),
+                route["next"].as_str().unwrap_or("?"),
+                u(route, "cost"),
+                u(route, "hops")
+            );
+        }
+        let c = &r["counters"];
+        let _ = writeln!(
+            out,
+            "    transit {} hop_drop {} unroutable {} resyncs {} lsa_in {} spf_runs {}",
+            u(c, "transit"),
+            u(c, "hop_drop"),
+            u(c, "unroutable"),
+            u(c, "resyncs"),
+            u(c, "lsa_in"),
+            u(c, "spf_runs")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod backbone_tests {
+    use super::*;
+
+    #[test]
+    fn the_backbone_table_shows_routes_roles_and_counters() {
+        let r: Value = serde_json::json!({
+            "site": "A", "designated": true, "digest": "00ff",
+            "lsdb": [{"router": "aa"}, {"router": "bb"}],
+            "routes": [{"router": "bb", "next": "bb", "cost": 20, "hops": 1}],
+            "counters": {"transit": 3, "hop_drop": 0, "unroutable": 1, "resyncs": 2,
+                "lsa_in": 9, "spf_runs": 4}
+        });
+        let t = backbone_table(&[r]);
+        assert!(
+            t.contains("router aa site \"A\" (designated) lsdb 00ff (2 LSAs)"),
+            "{t}"
+        );
+        assert!(t.contains("-> bb via bb cost 20 hops 1"), "{t}");
+        assert!(
+            t.contains("transit 3 hop_drop 0 unroutable 1 resyncs 2"),
+            "{t}"
+        );
+        assert!(backbone_table(&[]).is_empty());
+    }
+}
