@@ -132,6 +132,24 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     Ok(c)
 }
 
+/// `put --ack`: the CLI's spelling of [`crate::Ack`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AckArg {
+    /// The storages have committed the sample.
+    Received,
+    /// ... and synced it to disk.
+    Durable,
+}
+
+impl From<AckArg> for crate::Ack {
+    fn from(a: AckArg) -> Self {
+        match a {
+            AckArg::Received => crate::Ack::Received,
+            AckArg::Durable => crate::Ack::Durable,
+        }
+    }
+}
+
 /// `get --target`: the CLI's spelling of [`QueryTarget`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TargetArg {
@@ -306,6 +324,11 @@ enum Cmd {
         /// Wait this long for a matching subscriber first.
         #[arg(long, default_value_t = 2000)]
         wait_ms: u64,
+        /// Return only once the storages holding KEY have the sample (`received`) or have
+        /// synced it to disk (`durable`); an error if none holds KEY or none acknowledged
+        /// within 5 s.
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        ack: Option<AckArg>,
         #[command(flatten)]
         common: Common,
     },
@@ -588,15 +611,27 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// How `put`, `pub` and `delete` publish.
+struct PublishOpts {
+    count: u64,
+    interval: Duration,
+    wait: Duration,
+    ack: Option<AckArg>,
+}
+
 async fn publish(
     common: &Common,
     key: &str,
     kind: SampleKind,
     value: &str,
-    count: u64,
-    interval: Duration,
-    wait: Duration,
+    o: PublishOpts,
 ) -> Result<()> {
+    let PublishOpts {
+        count,
+        interval,
+        wait,
+        ack,
+    } = o;
     let s = open(common).await?;
     let t0 = tokio::time::Instant::now();
     // Reach every matching node, not the first one found: wait for discovery to settle, then
@@ -622,6 +657,14 @@ async fn publish(
             wait.as_millis()
         );
     }
+    if ack.is_some()
+        && let Ok(k) = hypha_core::keyexpr::OwnedKeyExpr::new(key.to_string())
+    {
+        // The storages' queryables answer the acknowledgement: know them first.
+        let _ = s
+            .wait_queryable(&k, wait.saturating_sub(t0.elapsed()))
+            .await;
+    }
     let mut denials = s.denials();
     let mut dropped = 0u64;
     let mut reached = 0usize;
@@ -630,7 +673,17 @@ async fn publish(
             tokio::time::sleep(interval).await;
         }
         let r = match kind {
-            SampleKind::Put => p.put(value.replace("{i}", &i.to_string())).await?,
+            SampleKind::Put => {
+                let put = p.put(value.replace("{i}", &i.to_string()));
+                match ack {
+                    Some(a) => {
+                        let r = put.ack(a.into()).await?;
+                        eprintln!("{key}: acknowledged by {} storage(s)", r.acked);
+                        r
+                    }
+                    None => put.await?,
+                }
+            }
             SampleKind::Delete => p.delete().await?,
         };
         dropped += r.dropped;
@@ -682,9 +735,12 @@ async fn run(cli: Cli) -> Result<()> {
                 &key,
                 SampleKind::Put,
                 &value,
-                count,
-                Duration::from_millis(interval_ms),
-                Duration::from_millis(wait_ms),
+                PublishOpts {
+                    count,
+                    interval: Duration::from_millis(interval_ms),
+                    wait: Duration::from_millis(wait_ms),
+                    ack: None,
+                },
             )
             .await?
         }
@@ -692,6 +748,7 @@ async fn run(cli: Cli) -> Result<()> {
             key,
             value,
             wait_ms,
+            ack,
             common,
         } => {
             publish(
@@ -699,9 +756,12 @@ async fn run(cli: Cli) -> Result<()> {
                 &key,
                 SampleKind::Put,
                 &value,
-                1,
-                Duration::ZERO,
-                Duration::from_millis(wait_ms),
+                PublishOpts {
+                    count: 1,
+                    interval: Duration::ZERO,
+                    wait: Duration::from_millis(wait_ms),
+                    ack,
+                },
             )
             .await?
         }
@@ -715,9 +775,12 @@ async fn run(cli: Cli) -> Result<()> {
                 &key,
                 SampleKind::Delete,
                 "",
-                1,
-                Duration::ZERO,
-                Duration::from_millis(wait_ms),
+                PublishOpts {
+                    count: 1,
+                    interval: Duration::ZERO,
+                    wait: Duration::from_millis(wait_ms),
+                    ack: None,
+                },
             )
             .await?
         }

@@ -45,9 +45,9 @@ pub mod sample;
 pub mod storage;
 
 pub use api::{
-    Callback, DeclareError, Fifo, HistoryReport, Info, LinkSummary, Liveliness, LivelinessToken,
-    OpenError, PublishError, Publisher, PutBuilder, PutReport, RingBuffer, Sample, SampleKind,
-    Session, Subscriber, SubscriberBuilder, open,
+    Ack, Callback, DeclareError, Fifo, HistoryReport, Info, LinkSummary, Liveliness,
+    LivelinessToken, OpenError, PublishError, Publisher, PutBuilder, PutReport, RingBuffer, Sample,
+    SampleKind, Session, Subscriber, SubscriberBuilder, open,
 };
 pub use config::{Config, ConfigError};
 pub use hypha_core::keyexpr;

@@ -231,3 +231,69 @@ async fn a_long_replay_streams_in_pages() {
     assert_eq!(limited.last().map(String::as_str), Some("b999"));
     st.close().await;
 }
+
+/// Acknowledged puts: `Durable` and `Received` return once the storage has the sample (synced
+/// for `Durable`); no storage is an error; a storage that cannot store in time is an error and
+/// a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_puts() {
+    use hypha::{Ack, PublishError};
+    let (a, b) = common::pair("tcp").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = scfg("ack/**", 4096, 1000);
+    c.backend = BackendKind::Redb(dir.path().to_path_buf());
+    c.flush_ms = 60_000; // only a durable ack makes it sync
+    let st = storage::start(&a, c).await.unwrap();
+    let p = b.declare_publisher("ack/k").unwrap();
+    assert!(p.wait_matching(T).await);
+    // The storage's queryable (what answers the acknowledgement) is known too.
+    let k = OwnedKeyExpr::new("ack/k".to_string()).unwrap();
+    assert!(b.wait_queryable(&k, T).await);
+    let r = p.put("one").ack(Ack::Durable).await.unwrap();
+    assert_eq!(r.acked, 1);
+    // Acknowledged means stored: the storage answers with it at once.
+    let replies = b
+        .get("ack/k")
+        .target(QueryTarget::All)
+        .timeout(T)
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let got: Vec<String> = replies
+        .into_iter()
+        .filter_map(|r| Some(r.result.ok()?.payload_str()?.to_string()))
+        .collect();
+    assert_eq!(got, ["one"]);
+    for i in 0..20 {
+        let r = p.put(format!("r{i}")).ack(Ack::Received).await.unwrap();
+        assert_eq!(r.acked, 1);
+    }
+    assert_eq!(st.stats.acks.load(Ordering::Relaxed), 21);
+    assert_eq!(st.stats.stored.load(Ordering::Relaxed), 21);
+    // No storage holds the key.
+    let lone = b.declare_publisher("elsewhere/k").unwrap();
+    match lone.put("x").ack(Ack::Received).await {
+        Err(PublishError::NoStorage(k)) => assert_eq!(k, "elsewhere/k"),
+        other => panic!("expected NoStorage, got {other:?}"),
+    }
+    st.close().await;
+
+    // A storage that cannot store within the wait: an error naming the sample, and a counter.
+    let (st, open, p) = gated(&a, &b, "late/k", 8, 30_000).await;
+    let t0 = std::time::Instant::now();
+    match p
+        .put("x")
+        .ack(Ack::Received)
+        .ack_timeout(Duration::from_millis(300))
+        .await
+    {
+        Err(PublishError::NotAcknowledged(e)) => assert!(e.contains("not stored"), "{e}"),
+        other => panic!("expected NotAcknowledged, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(st.stats.ack_timeouts.load(Ordering::Relaxed), 1);
+    open.store(true, Ordering::Relaxed);
+    st.close().await;
+}

@@ -226,3 +226,48 @@ async fn a_queryable_answers_on_concrete_keys_only() {
         "{out}"
     );
 }
+
+/// `hypha put --ack`: returns once the storage in another process has synced the sample; a key
+/// that no storage holds is an error and a non-zero exit.
+#[tokio::test]
+async fn put_ack_waits_for_the_storage_and_fails_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    let mut st = Proc::spawn(
+        "storage",
+        cli(&[
+            "storage",
+            "acked/**",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--flush-ms",
+            "60000",
+            "--listen",
+            "tcp/127.0.0.1:0",
+        ]),
+    )
+    .unwrap();
+    let ready = st.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let ep = listening_endpoint(&ready).unwrap();
+    let (code, _, err) = run(&["put", "acked/k", "v1", "--ack", "durable", "--connect", &ep]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("acknowledged by 1 storage"), "{err}");
+    // Acknowledged means stored: a get right after finds it.
+    let (code, out, err) = run(&["get", "acked/k", "--json", "--connect", &ep]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_lines(&out)[0]["payload"], "v1", "{out}");
+    let (code, _, err) = run(&[
+        "put",
+        "nobody/k",
+        "v",
+        "--ack",
+        "received",
+        "--wait-ms",
+        "300",
+        "--connect",
+        &ep,
+    ])
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("no storage holds nobody/k"), "{err}");
+}

@@ -9,7 +9,7 @@
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
 //! | `@/<id>/routes` | where a sample published here goes, per subscriber key expression: neighbours and local subscribers; the number of cached routes |
-//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters (stored, queries, replied, errors; ingest queue: queued, waited, dropped) |
+//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters (stored, queries, replied, errors; ingest queue: queued, waited, dropped; acks, ack_timeouts, duplicates) |
 //! | `@/<id>/metrics` | the node's metrics registry, OpenMetrics text (`crate::metrics`) |
 //!
 //! `@` is a verbatim chunk (`hypha_core::keyexpr`): `**` and `*` never match it, so wildcard
@@ -172,6 +172,10 @@ pub(crate) struct StorageView {
     pub(crate) queued: u64,
     pub(crate) waited: u64,
     pub(crate) dropped: u64,
+    /// Acknowledged writes: acks given, acks timed out, duplicates not stored twice.
+    pub(crate) acks: u64,
+    pub(crate) ack_timeouts: u64,
+    pub(crate) duplicates: u64,
 }
 
 impl StorageView {
@@ -190,7 +194,10 @@ impl StorageView {
             .int("errors", self.errors)
             .int("queued", self.queued)
             .int("waited", self.waited)
-            .int("dropped", self.dropped);
+            .int("dropped", self.dropped)
+            .int("acks", self.acks)
+            .int("ack_timeouts", self.ack_timeouts)
+            .int("duplicates", self.duplicates);
         o = if self.oldest == 0 {
             o.raw("oldest", "null").raw("oldest_unix_us", "null")
         } else {
@@ -243,6 +250,9 @@ impl Extra {
                     queued: l(&st.queued),
                     waited: l(&st.waited),
                     dropped: l(&st.dropped),
+                    acks: l(&st.acks),
+                    ack_timeouts: l(&st.ack_timeouts),
+                    duplicates: l(&st.duplicates),
                 })
             })
             .collect()

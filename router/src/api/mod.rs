@@ -970,7 +970,11 @@ async fn acknowledged(
         "{key}?_ack={};_wait={}{}",
         crate::storage::ack::format(&src),
         wait.as_millis(),
-        if level == Ack::Durable { ";_durable=1" } else { "" }
+        if level == Ack::Durable {
+            ";_durable=1"
+        } else {
+            ""
+        }
     );
     let replies = query::GetBuilder::new(rt, &selector)
         .target(query::QueryTarget::AllComplete)

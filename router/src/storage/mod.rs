@@ -30,6 +30,7 @@
 //! looked at, per page) in a task of its own; the backend is locked per page, so ingest goes on
 //! between pages and a long replay never holds the whole window in memory.
 
+pub(crate) mod ack;
 mod backend;
 mod redb_backend;
 pub mod timeexpr;
@@ -138,6 +139,13 @@ pub struct StorageStats {
     /// Set while the ingest queue is shedding: a wait for room timed out, and samples are
     /// dropped without waiting until the writer has drained the queue to half.
     pub shedding: AtomicBool,
+    /// Samples not stored because the same publisher's sample with the same sequence number
+    /// was already (a retry, a duplicate delivery).
+    pub duplicates: AtomicU64,
+    /// `_ack` queries answered with an acknowledgement, and those that timed out.
+    pub acks: AtomicU64,
+    /// `_ack` queries whose sample was not stored (or synced) within their wait.
+    pub ack_timeouts: AtomicU64,
     /// Set while writes fail (a full disk): one error line when it starts, one when it ends;
     /// the samples lost meanwhile are counted in `errors`.
     pub failing: AtomicBool,
@@ -332,6 +340,7 @@ pub async fn start_with(
     };
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let stopping = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(ack::Acks::default());
     let writer = {
         let w = Writer {
             rx,
@@ -341,6 +350,8 @@ pub async fn start_with(
             session: session.clone(),
             timers: timers.clone(),
             cfg: cfg.clone(),
+            acks: acks.clone(),
+            batch_no: 0,
         };
         std::thread::Builder::new()
             .name("hypha-storage".into())
@@ -354,7 +365,7 @@ pub async fn start_with(
         loop {
             tokio::select! {
                 Some(q) = queryable.recv() => {
-                    tokio::spawn(answer(q, backend.clone(), st.clone(), timers.clone()));
+                    tokio::spawn(answer(q, backend.clone(), st.clone(), timers.clone(), acks.clone()));
                 }
                 _ = &mut stop_rx => break,
             }
@@ -381,19 +392,29 @@ struct Writer {
     session: Session,
     timers: Option<crate::metrics::StorageTimers>,
     cfg: StorageConfig,
+    acks: Arc<ack::Acks>,
+    /// Batches committed so far (acks name the batch a sample was committed in).
+    batch_no: u64,
+}
+
+/// What the writer stores next: samples, and the publisher sources among them (for acks).
+#[derive(Default)]
+struct Batch {
+    samples: Vec<StoredSample>,
+    sources: Vec<crate::sample::SampleSource>,
 }
 
 impl Writer {
-    fn run(self) {
-        let mut batch: Vec<StoredSample> = Vec::with_capacity(MAX_BATCH);
+    fn run(mut self) {
+        let mut batch = Batch::default();
         let mut next_retention = Instant::now() + Duration::from_secs(1);
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => {
-                    batch.push(self.stored(s));
-                    while batch.len() < MAX_BATCH {
+                    self.take(s, &mut batch);
+                    while batch.samples.len() < MAX_BATCH {
                         match self.rx.try_recv() {
-                            Ok(s) => batch.push(self.stored(s)),
+                            Ok(s) => self.take(s, &mut batch),
                             Err(_) => break,
                         }
                     }
@@ -405,7 +426,7 @@ impl Writer {
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             }
-            if !batch.is_empty() {
+            if !batch.samples.is_empty() {
                 self.write(&mut batch);
             } else {
                 self.flush_if_due();
@@ -425,34 +446,44 @@ impl Writer {
             }
         }
         // What is still queued (bounded) is stored before the final flush.
-        batch.extend(self.rx.drain().map(|s| self.stored(s)));
-        if !batch.is_empty() {
+        while let Ok(s) = self.rx.try_recv() {
+            self.take(s, &mut batch);
+        }
+        if !batch.samples.is_empty() {
             self.write(&mut batch);
         }
-        if let Err(e) = lock(&self.backend).flush() {
-            tracing::error!("storage {}: final flush failed: {e}", self.cfg.key);
+        match lock(&self.backend).flush() {
+            Ok(()) => self.acks.flushed(self.batch_no),
+            Err(e) => tracing::error!("storage {}: final flush failed: {e}", self.cfg.key),
         }
     }
 
-    fn stored(&self, s: Sample) -> StoredSample {
-        StoredSample {
+    /// Adds `s` to the batch, unless this publisher's sample with this sequence number is
+    /// already stored (a duplicate: counted, not stored twice).
+    fn take(&self, s: Sample, batch: &mut Batch) {
+        if let Some(src) = s.source {
+            if self.acks.seen(&src) || batch.sources.contains(&src) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            batch.sources.push(src);
+        }
+        batch.samples.push(StoredSample {
             key: s.key.to_string(),
             kind: s.kind,
             payload: s.payload.to_vec(),
             timestamp: s.timestamp.unwrap_or_else(|| self.session.new_timestamp()),
             encoding: s.encoding.as_deref().map(str::to_string),
-        }
+        });
     }
 
-    fn write(&self, batch: &mut Vec<StoredSample>) {
+    fn write(&mut self, batch: &mut Batch) {
         let t0 = Instant::now();
         let mut b = lock(&self.backend);
-        let r = b.store_batch(batch);
-        let flushed = if r.is_ok() && b.flush_due() {
-            b.flush()
-        } else {
-            Ok(())
-        };
+        let r = b.store_batch(&batch.samples);
+        // Synced now if the interval has passed, or if a durable acknowledgement waits.
+        let sync = r.is_ok() && (b.flush_due() || self.acks.durable_wanted());
+        let flushed = if sync { b.flush() } else { Ok(()) };
         let summary = b.summary();
         drop(b);
         if let Some(t) = &self.timers {
@@ -460,11 +491,28 @@ impl Writer {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.publish(summary);
-        let n = batch.len() as u64;
-        batch.clear();
-        match r.and(flushed) {
-            Ok(_) => {
-                self.stats.stored.fetch_add(n, Ordering::Relaxed);
+        let n = batch.samples.len() as u64;
+        batch.samples.clear();
+        if r.is_ok() {
+            // Counted before the acknowledgements go: an acked sample is in `stored`.
+            self.stats.stored.fetch_add(n, Ordering::Relaxed);
+            self.batch_no += 1;
+            self.acks.stored(&batch.sources, self.batch_no);
+        }
+        batch.sources.clear();
+        let failed = match (r, flushed) {
+            (Err(e), _) => {
+                self.stats.errors.fetch_add(n, Ordering::Relaxed);
+                Some(e)
+            }
+            (Ok(_), Err(e)) => Some(e), // stored, not synced
+            (Ok(_), Ok(())) => None,
+        };
+        match failed {
+            None => {
+                if sync {
+                    self.acks.flushed(self.batch_no);
+                }
                 if self.stats.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(
                         "storage {}: writing again ({} samples were not stored meanwhile)",
@@ -473,8 +521,7 @@ impl Writer {
                     );
                 }
             }
-            Err(e) => {
-                self.stats.errors.fetch_add(n, Ordering::Relaxed);
+            Some(e) => {
                 // One line when writes start failing (a full disk fails every batch), not one
                 // per batch; the counter says how many samples were lost.
                 if !self.stats.failing.swap(true, Ordering::Relaxed) {
@@ -491,11 +538,15 @@ impl Writer {
     /// Syncs when the backend's flush interval has passed (idle included).
     fn flush_if_due(&self) {
         let mut b = lock(&self.backend);
-        if b.flush_due()
-            && let Err(e) = b.flush()
-            && !self.stats.failing.swap(true, Ordering::Relaxed)
-        {
-            tracing::error!("storage {}: flush failed: {e}", self.cfg.key);
+        if b.flush_due() || self.acks.durable_behind(self.batch_no) {
+            match b.flush() {
+                Ok(()) => self.acks.flushed(self.batch_no),
+                Err(e) => {
+                    if !self.stats.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!("storage {}: flush failed: {e}", self.cfg.key);
+                    }
+                }
+            }
         }
     }
 
@@ -573,8 +624,12 @@ async fn answer(
     backend: Shared,
     st: Arc<StorageStats>,
     timers: Option<crate::metrics::StorageTimers>,
+    acks: Arc<ack::Acks>,
 ) {
     st.queries.fetch_add(1, Ordering::Relaxed);
+    if let Some(v) = q.parameter("_ack") {
+        return acknowledge(&q, v.to_string(), &st, &acks).await;
+    }
     let t0 = Instant::now();
     let key: Arc<OwnedKeyExpr> = Arc::new(q.key_expr().into());
     let r = match plan(&q) {
@@ -604,6 +659,64 @@ async fn answer(
     if let Err(e) = r {
         st.errors.fetch_add(1, Ordering::Relaxed);
         let _ = q.reply_err(e).await;
+    }
+}
+
+/// Most an `_ack` query waits for its sample (it may also arrive after the query).
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers `key?_ack=<node>.<publisher>.<sn>[;_durable]` once that sample is stored (synced
+/// for `_durable`), or with an error after `_wait` ms (default and cap: 10 s).
+async fn acknowledge(q: &Query, v: String, st: &StorageStats, acks: &ack::Acks) {
+    let src = match ack::parse(&v) {
+        Ok(s) => s,
+        Err(e) => {
+            st.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = q.reply_err(e).await;
+            return;
+        }
+    };
+    let level = if q.parameter("_durable").is_some() {
+        ack::Level::Durable
+    } else {
+        ack::Level::Received
+    };
+    let wait = q
+        .parameter("_wait")
+        .and_then(|w| w.parse::<u64>().ok())
+        .map_or(ACK_WAIT, Duration::from_millis)
+        .min(ACK_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    if acks.wait(src, level, deadline).await {
+        st.acks.fetch_add(1, Ordering::Relaxed);
+        let key = q.key_expr().as_str().to_string();
+        let word = match level {
+            ack::Level::Durable => "durable",
+            ack::Level::Received => "stored",
+        };
+        let _ = q
+            .reply_sample(Sample {
+                key: Arc::from(key.as_str()),
+                payload: Bytes::from_static(word.as_bytes()),
+                kind: SampleKind::Put,
+                timestamp: None,
+                encoding: None,
+                attachment: None,
+                source: None,
+            })
+            .await;
+    } else {
+        st.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+        let _ = q
+            .reply_err(format!(
+                "sample {v} not {} within {wait:?}",
+                if level == ack::Level::Durable {
+                    "stored and synced"
+                } else {
+                    "stored"
+                }
+            ))
+            .await;
     }
 }
 
