@@ -91,6 +91,14 @@ pub(crate) fn sends_uncovered(role: Mode) -> bool {
     role == Mode::Client
 }
 
+/// A router likewise sends a sample that no settled interest of its own covers (a one-shot
+/// put: no publisher declared its key ahead) to every remote router allowed to receive it,
+/// and the far router filters: interest on demand prunes declared publishers' traffic, and an
+/// undeclared put is never lost for want of an interest.
+pub(crate) fn sends_uncovered_to_remotes(role: Mode) -> bool {
+    role == Mode::Router
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,11 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
+    /// No hooks at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
     pub(crate) fn new(hooks: Vec<Box<dyn Intercept>>) -> Self {
         Chain {
             hooks,

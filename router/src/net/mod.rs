@@ -1502,6 +1502,20 @@ impl Node {
             .map(|(_, f)| *f)
             .collect();
         self.pair_next = db.routes().iter().map(|(n, h)| (*n, h.next)).collect();
+        // A remote router is judged (access control) as the backbone neighbour its route goes
+        // through: rules apply at every hop to the directly linked principal.
+        let judged: Vec<(FaceId, NodeId, Principal)> = self
+            .pairs
+            .iter()
+            .filter_map(|(n, f)| {
+                let next = self.pair_next.get(n)?;
+                let link = self.backbone_face(next)?;
+                Some((*f, *n, self.faces.get(&link)?.principal.clone()))
+            })
+            .collect();
+        for (face, node, principal) in judged {
+            self.judge_pair(face, node, principal);
+        }
         for f in moved {
             self.backbone_counters.resyncs += 1;
             self.resync_pair(f, true);
@@ -1535,6 +1549,15 @@ impl Node {
                     now,
                 ),
             );
+            let principal = self
+                .pair_next
+                .get(&node)
+                .and_then(|next| self.backbone_face(next))
+                .and_then(|link| self.faces.get(&link))
+                .map(|f| f.principal.clone());
+            if let Some(p) = principal {
+                self.judge_pair(face, node, p);
+            }
             self.pair_up(face);
         }
         if grew {
@@ -1590,6 +1613,28 @@ impl Node {
             OwnedKeyExpr::everything(),
             interest::QUERYABLES,
         );
+    }
+
+    /// Sets the principal a remote router's virtual face is judged as, rebuilding its
+    /// intercept chain (counters kept) when it changes.
+    fn judge_pair(&mut self, face: FaceId, node: NodeId, principal: Principal) {
+        let Some(f) = self.faces.get(&face) else {
+            return;
+        };
+        if f.principal == principal && !f.chain.is_empty() {
+            return;
+        }
+        let hooks = self
+            .intercepts
+            .build(face, FaceKind::Router, node, &principal);
+        if let Some(f) = self.faces.get_mut(&face) {
+            let old = std::mem::take(&mut f.chain);
+            f.chain = Chain::new(hooks);
+            f.chain.denied_in = old.denied_in;
+            f.chain.denied_out = old.denied_out;
+            f.principal = principal;
+        }
+        self.expire_all_routes();
     }
 
     /// Tells remote router `face` everything we hold towards it again (same ids), framed by
@@ -2797,6 +2842,13 @@ impl Node {
         if src.is_none() && hat::sends_uncovered(self.role) {
             for (g, f) in &self.faces {
                 if hat::asks(self.role, f.kind) && !covered(f, &k) {
+                    faces.push(*g);
+                }
+            }
+        }
+        if hat::sends_uncovered_to_remotes(self.role) {
+            for (g, f) in &self.faces {
+                if f.kind == FaceKind::Remote && !covered(f, &k) {
                     faces.push(*g);
                 }
             }

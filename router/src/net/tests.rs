@@ -1568,14 +1568,16 @@ fn a_lost_control_message_is_healed_by_the_resync_after_the_route_moves() {
         !m.inbox[3].ready.contains(&p),
         "ready although the interest was lost"
     );
-    m.put(3, "k/x", "lost");
-    assert!(m.delivered(4, sub).is_empty());
+    // Its samples are not lost meanwhile: no settled interest covers them, so A sends them
+    // to every remote router, which filters.
+    m.put(3, "k/x", "0");
+    assert_eq!(m.delivered(4, sub), ["k/x=0"]);
     // A–B dies: A's route to C moves to the direct link, and the pair resyncs.
     m.unlink(ab);
     assert!(m.nodes[0].backbone_counters.resyncs >= 1);
     assert!(m.inbox[3].ready.contains(&p), "not ready after the resync");
     m.put(3, "k/x", "1");
-    assert_eq!(m.delivered(4, sub), ["k/x=1"]);
+    assert_eq!(m.delivered(4, sub), ["k/x=0", "k/x=1"]);
     let kinds: Vec<SampleKind> = m.inbox[4].delivered[&lid].iter().map(|s| s.kind).collect();
     assert_eq!(
         kinds,
@@ -1743,4 +1745,17 @@ fn late_joiners_across_sites_miss_nothing_after_ready() {
         );
         m.local(4, Cmd::Undeclare { id: s });
     }
+}
+
+/// A one-shot put (no publisher declared: no interest covers its key) from a client at A
+/// reaches a subscriber at B: A sends it to every remote router and B filters.
+#[test]
+fn an_undeclared_put_crosses_the_backbone() {
+    let mut m = Mesh::with_sites(&[Router, Router, Client, Client], &["A", "B", "", ""]);
+    m.link(0, 1);
+    m.link(2, 0);
+    m.link(3, 1);
+    let s = m.subscribe(3, "once/**");
+    m.put(2, "once/x", "1");
+    assert_eq!(m.delivered(3, s), ["once/x=1"]);
 }
