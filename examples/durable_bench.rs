@@ -59,7 +59,17 @@ enum Cmd {
         runs: usize,
         #[arg(long, default_value_t = storage::DEFAULT_QUEUE)]
         queue: usize,
+        /// Acknowledged puts: each of the 100 publishers (one task each, so 100 in flight)
+        /// waits for the storage's acknowledgement of every put.
+        #[arg(long, value_enum)]
+        ack: Option<AckArg>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AckArg {
+    Received,
+    Durable,
 }
 
 fn config(listen: Option<&str>, connect: Option<&str>) -> anyhow::Result<hypha::Config> {
@@ -157,7 +167,13 @@ struct Figures {
     disk_per_sample: f64,
 }
 
-async fn one_run(n: u64, size: usize, backend: Engine, queue: usize) -> anyhow::Result<Figures> {
+async fn one_run(
+    n: u64,
+    size: usize,
+    backend: Engine,
+    queue: usize,
+    ack: Option<AckArg>,
+) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -208,6 +224,43 @@ async fn one_run(n: u64, size: usize, backend: Engine, queue: usize) -> anyhow::
     }
     let payload = bytes::Bytes::from(vec![0x5au8; size]);
     let start = Instant::now();
+    if let Some(a) = ack {
+        let level = match a {
+            AckArg::Received => hypha::Ack::Received,
+            AckArg::Durable => hypha::Ack::Durable,
+        };
+        let key = OwnedKeyExpr::new("bench/k0".to_string())?;
+        anyhow::ensure!(
+            client.wait_queryable(&key, Duration::from_secs(10)).await,
+            "no storage queryable"
+        );
+        let mut tasks = Vec::new();
+        for p in pubs {
+            let payload = payload.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..n / 100 {
+                    p.put(payload.clone()).ack(level).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let n = n / 100 * 100;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        println!("| acked ({a:?}) | {size} B | {n} | {rate:.0} |");
+        client.close().await;
+        return Ok(Figures {
+            replayed: 0,
+            publish: rate,
+            ingest: rate,
+            replay: 0.0,
+            rss_ingest: status(pid, "VmHWM:"),
+            rss_peak: status(pid, "VmHWM:"),
+            disk_per_sample: disk_bytes(dir.path()) as f64 / n as f64,
+        });
+    }
     for i in 0..n {
         pubs[(i % 100) as usize].put(payload.clone()).await?;
     }
@@ -315,10 +368,11 @@ async fn main() -> anyhow::Result<()> {
             backend,
             runs,
             queue,
+            ack,
         } => {
             let mut all = Vec::new();
             for r in 0..runs {
-                let f = one_run(n, size, backend, queue).await?;
+                let f = one_run(n, size, backend, queue, ack).await?;
                 eprintln!(
                     "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample",
                     f.publish,
