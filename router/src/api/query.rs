@@ -319,6 +319,10 @@ impl Query {
 
     async fn send(&self, r: Result<Sample, ErrorReply>) -> Result<(), ReplyError> {
         if self.inner.responder.reply(r) {
+            // Back-pressure: a queryable replying faster than the querier's link drains (a
+            // storage replaying a million samples) waits for room instead of piling replies up
+            // until the link's backlog cap closes it.
+            self.inner.responder.room().await;
             Ok(())
         } else {
             Err(ReplyError::Gone)

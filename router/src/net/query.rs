@@ -356,6 +356,19 @@ impl Node {
     }
 
     /// Queries past their deadline end now.
+    /// The link a query's replies leave on: its querier's face, or for a remote router the
+    /// backbone link its route goes through; `None` for a local querier.
+    pub(crate) fn query_link(&self, q: QueryId) -> Option<FaceId> {
+        let Origin::Face { face, .. } = self.queries.get(&q)?.origin else {
+            return None;
+        };
+        match self.faces.get(&face) {
+            Some(f) if f.kind == super::FaceKind::Remote => self.next_hop_face(&f.node),
+            Some(_) => Some(face),
+            None => None,
+        }
+    }
+
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<QueryId> = self
             .queries

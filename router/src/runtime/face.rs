@@ -846,6 +846,11 @@ impl Face {
         self.wake.notify_one();
     }
 
+    /// Messages waiting for room on a full lane (declarations, queries, replies).
+    pub(crate) fn backlog_len(&self) -> usize {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Moves backlogged messages into the session while their lanes have room.
     fn drain_backlog(&self) {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());

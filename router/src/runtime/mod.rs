@@ -107,7 +107,29 @@ impl Responder {
             alive
         })
     }
+
+    /// Waits while the link the replies leave on has more than [`REPLY_BACKLOG`] messages
+    /// waiting for room (it drains as the querier reads), or until it is gone.
+    pub(crate) async fn room(&self) {
+        let link = self
+            .rt
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .query_link(self.qid);
+        let Some(face) = link.and_then(|id| self.rt.face(id)) else {
+            return;
+        };
+        while face.backlog_len() > REPLY_BACKLOG && !face.is_dead() {
+            let space = face.space.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(100), space).await;
+        }
+    }
 }
+
+/// Replies a link may hold waiting for room before a replying queryable is made to wait (the
+/// link's own cap, which closes it, is far above).
+const REPLY_BACKLOG: usize = 4_096;
 
 impl Drop for Responder {
     fn drop(&mut self) {
