@@ -668,6 +668,9 @@ async fn publish(
     let mut denials = s.denials();
     let mut dropped = 0u64;
     let mut reached = 0usize;
+    // Publications that reached nobody after earlier ones had reached a subscriber: made while
+    // every link to it was down (a blackout), so lost to it.
+    let mut unreached = 0u64;
     for i in 0..count {
         if i > 0 {
             tokio::time::sleep(interval).await;
@@ -687,14 +690,28 @@ async fn publish(
             SampleKind::Delete => p.delete().await?,
         };
         dropped += r.dropped;
+        if r.destinations == 0 && reached > 0 {
+            unreached += 1;
+        }
         reached = reached.max(r.destinations);
     }
     eprintln!("{key}: {count} publication(s), reached {reached} destination(s)");
-    if dropped > 0 {
-        eprintln!("warning: {dropped} of {count} publications dropped for congested links");
-    }
     if !p.flush(Duration::from_secs(5)).await {
         eprintln!("warning: not everything was written before exiting");
+    }
+    // Every loss this process can know of is a warning and a failure exit (issue 16): dropped
+    // for congestion, queued on a link that closed (the process has one publisher, so the
+    // node's counter is its), published while no subscriber was reachable.
+    let link_closed = s.info().dropped_link_closed;
+    let lost = dropped + link_closed + unreached;
+    if lost > 0 {
+        eprintln!(
+            "warning: {lost} of {count} publications lost: {dropped} dropped for congested \
+             links, {link_closed} queued on links that closed, {unreached} made while no \
+             subscriber was reachable"
+        );
+        s.close().await;
+        anyhow::bail!("{lost} of {count} publications lost");
     }
     // A neighbour's access control answers a refused publication with a notice: give it a
     // moment to arrive (a round trip), so that a refusal is an error, not silence.

@@ -17,7 +17,7 @@
 //! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost (and framing, serial links) |
 //! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate, QUIC links only |
 //! | `hypha_prefix_{samples,bytes}_total` | counter | `prefix`: only with `[metrics] prefixes` (configured, so bounded: at most 64) |
-//! | `hypha_dropped_total` | counter | `reason` = congestion, acl, framing |
+//! | `hypha_dropped_total` | counter | `reason` = congestion, link_closed (queued, never sent), acl, framing |
 //! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
 //! | `hypha_declarations` | gauge | `kind` = subscriber, queryable, token |
@@ -342,6 +342,7 @@ impl Collector for NodeCollector {
             "Messages dropped by this node, by reason (framing: serial frames, process-wide)",
             &[
                 (vec![("reason", "congestion")], c("dropped")),
+                (vec![("reason", "link_closed")], c("dropped_link_closed")),
                 (vec![("reason", "acl")], c("denied")),
                 (vec![("reason", "framing")], framing),
             ],

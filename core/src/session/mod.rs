@@ -201,6 +201,9 @@ pub struct Stats {
     pub rx_reassembly_evicted: u64,
     /// Keep-alives sent.
     pub keepalives_sent: u64,
+    /// Messages queued but never sent: discarded when the session closed (a lease expired in a
+    /// blackout, the link broke, a close). Never sent means lost to the peer.
+    pub tx_discarded: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,10 +495,21 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             self.state = State::Closing;
             self.control = Some(Control::Close(reason, detail));
         }
+        self.discard_queued();
+        let _ = self.events.push_back(Event::Closed { reason, by_peer });
+    }
+
+    /// Empties the lanes, counting what they held in [`Stats::tx_discarded`]; returns that
+    /// count. A session closing does it; a driver whose link broke calls it so that nothing
+    /// queued leaves uncounted.
+    pub fn discard_queued(&mut self) -> u64 {
+        let mut n = 0;
         for lane in &mut self.lanes {
+            n += lane.messages();
             lane.clear();
         }
-        let _ = self.events.push_back(Event::Closed { reason, by_peer });
+        self.stats.tx_discarded += n;
+        n
     }
 
     /// When `handle_timeout` should next be called, if ever. Changes after any input, send or
@@ -508,6 +522,18 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 let expiry = self.last_rx + self.peer.map_or(self.config.lease, |p| p.lease);
                 Some(keepalive.min(expiry))
             }
+            _ => Some(self.started + self.config.handshake_timeout),
+        }
+    }
+
+    /// When the session closes for silence (the peer's lease, or the handshake's timeout)
+    /// unless something arrives first; `None` once closing. Unlike
+    /// [`poll_timeout`](Self::poll_timeout) this ignores keep-alives: a driver whose writer may
+    /// be stuck on a socket watches it to end the link anyway.
+    pub fn expiry(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed | State::Closing => None,
+            State::Open => Some(self.last_rx + self.peer.map_or(self.config.lease, |p| p.lease)),
             _ => Some(self.started + self.config.handshake_timeout),
         }
     }

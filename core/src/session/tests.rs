@@ -889,3 +889,45 @@ fn no_alloc_session_with_fixed_buffers() {
         })
     );
 }
+
+/// Issue 16: what was queued when a session closes (a lease expiring in a blackout) is counted
+/// as discarded, and so is what a driver discards after its link broke.
+#[test]
+fn messages_queued_at_close_are_counted_as_discarded() {
+    let mut p = Pair::open();
+    let payload = [7u8; 100];
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: &payload,
+    });
+    // Two sent and delivered, then b goes silent (the blackout) while a queues 25 more on two
+    // lanes; nothing of those is written.
+    for _ in 0..2 {
+        p.a.send(Priority::Data, true, &put).unwrap();
+    }
+    p.drive();
+    assert_eq!(p.got_b.len(), 2);
+    for i in 0..25 {
+        let prio = if i % 2 == 0 {
+            Priority::Data
+        } else {
+            Priority::RealTime
+        };
+        p.a.send(prio, i % 3 != 0, &put).unwrap();
+    }
+    assert_eq!(p.a.stats().tx_discarded, 0);
+    while let Some(now) = p.a.expiry() {
+        p.a.handle_timeout(now);
+    }
+    assert!(!p.a.is_open());
+    assert_eq!(p.a.total_queued_bytes(), 0);
+    assert_eq!(p.a.stats().tx_discarded, 25);
+    // A link that broke without a close: the driver discards what is left, counted too.
+    let mut q = Pair::open();
+    for _ in 0..7 {
+        q.a.send(Priority::Data, true, &put).unwrap();
+    }
+    assert_eq!(q.a.discard_queued(), 7);
+    assert_eq!(q.a.stats().tx_discarded, 7);
+    assert_eq!(q.a.discard_queued(), 0);
+}

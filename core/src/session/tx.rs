@@ -26,6 +26,20 @@ impl<B: Buffer> LaneQueue<B> {
         self.buf.bytes().len().saturating_sub(self.head)
     }
 
+    /// Messages queued (the head one counts even if some of its fragments went out).
+    pub(super) fn messages(&self) -> u64 {
+        let bytes = self.buf.bytes();
+        let mut at = self.head;
+        let mut n = 0;
+        while let Some(hdr) = bytes.get(at..at + ENTRY_HDR) {
+            let mut h = [0u8; ENTRY_HDR];
+            h.copy_from_slice(hdr);
+            at += ENTRY_HDR + (u32::from_le_bytes(h) & !RELIABLE_BIT) as usize;
+            n += 1;
+        }
+        n
+    }
+
     pub(super) fn clear(&mut self) {
         self.buf.resize(0);
         self.buf.shrink();

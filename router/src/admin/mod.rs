@@ -394,6 +394,7 @@ impl Snapshot {
             ("delivered_local", l(&c.delivered_local)),
             ("received", l(&c.received_remote)),
             ("dropped", l(&c.dropped)),
+            ("dropped_link_closed", l(&c.dropped_link_closed)),
             ("undeliverable", l(&c.undeliverable)),
             ("forwarded", l(&c.forwarded)),
             ("denied", l(&c.denied)),

@@ -584,6 +584,9 @@ pub struct Info {
     pub received: u64,
     /// Messages dropped for congested destinations.
     pub dropped: u64,
+    /// Messages queued on a link that closed before they were sent (lost in a blackout that
+    /// expired the link's lease, or with a broken link).
+    pub dropped_link_closed: u64,
     /// Samples forwarded from one neighbour to another.
     pub forwarded: u64,
     /// Samples refused by ingress hooks.
@@ -640,6 +643,7 @@ impl Session {
             published: c.published.load(Ordering::Relaxed),
             received: c.received_remote.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            dropped_link_closed: c.dropped_link_closed.load(Ordering::Relaxed),
             forwarded: c.forwarded.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
             refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),

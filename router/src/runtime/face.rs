@@ -1146,6 +1146,9 @@ impl Face {
     }
 }
 
+/// How long a closing link's writer may take to finish before it is stopped.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs a link until it closes: handshake, then traffic. Returns the peer, if the handshake
 /// completed.
 pub(crate) async fn run(
@@ -1165,7 +1168,40 @@ pub(crate) async fn run(
     let writer = tokio::spawn(writer(rt.clone(), face.clone(), tx));
     reader(rt.clone(), face.clone(), rx).await;
     face.kill();
-    let _ = writer.await;
+    // A writer blocked on a socket that takes nothing (a silent cut) is given a moment to
+    // finish, then stopped: its link is dead.
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+        let _ = writer.await;
+        face.finished.store(true, Ordering::Release);
+        face.done.notify_waiters();
+    }
+    // Whatever was still queued will never be sent: counted, never silent (issue 16).
+    let lost = {
+        let mut st = face.lock();
+        st.session.discard_queued();
+        st.session.stats().tx_discarded
+    } + {
+        let mut backlog = face.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let n = backlog.len() as u64;
+        backlog.clear();
+        n
+    };
+    if lost > 0 {
+        face.dropped.fetch_add(lost, Ordering::Relaxed);
+        rt.counters
+            .dropped_link_closed
+            .fetch_add(lost, Ordering::Relaxed);
+        tracing::warn!(
+            face = id,
+            remote = %face.info.remote,
+            "link closed with {lost} message(s) never sent: dropped"
+        );
+    }
     rt.face_closed(&face);
     face.peer()
 }
@@ -1182,9 +1218,34 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
         face: face.clone(),
     };
     loop {
+        // The lease is watched here too: a writer stuck on a socket that takes nothing (a
+        // silent cut) never reaches the session's timers, and the lease must still expire
+        // (issue 16). Keep-alives stay the writer's.
+        let due = face.lock().session.expiry();
+        let timer = async {
+            match due {
+                Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         let batch = tokio::select! {
             r = rx.recv() => r,
             _ = face.stop.notified() => return,
+            _ = timer => {
+                let closed = {
+                    let mut st = face.lock();
+                    st.session.handle_timeout(rt.now());
+                    // Closing (its `Close` queued behind what the socket does not take) or
+                    // closed: no timer is left, the link is over.
+                    st.session.poll_timeout().is_none()
+                };
+                face.wake.notify_one();
+                if closed {
+                    tracing::warn!(face = face.id, remote = %face.info.remote, "link closed: lease expired");
+                    return;
+                }
+                continue;
+            }
         };
         let wake_writer;
         let batch = match batch {

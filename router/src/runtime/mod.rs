@@ -274,6 +274,9 @@ pub(crate) struct Counters {
     pub delivered_local: AtomicU64,
     pub received_remote: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages queued on a link that closed before they were sent (a blackout that expired
+    /// the lease, a broken link): lost, and counted here (issue 16).
+    pub dropped_link_closed: AtomicU64,
     pub undeliverable: AtomicU64,
     /// Samples refused by a face's ingress hooks.
     pub denied: AtomicU64,

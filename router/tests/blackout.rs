@@ -1,0 +1,132 @@
+//! Issue 16: a blackout loses samples, and every loss is counted. A TCP proxy between two
+//! sessions stops forwarding (a silent cut: sockets stay open, nothing moves), the publisher
+//! goes on publishing until its lease on the subscriber expires, and what was queued on the
+//! link when it closed shows in `Info::dropped_link_closed` (and the congestion drops before
+//! it in `Info::dropped`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha::CongestionControl;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+mod common;
+use common::T;
+
+/// Forwards bytes one way until `cut`; then holds both sockets open and moves nothing.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if cut.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(20), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if cut.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A proxy to `target`; returns its address. New connections after the cut are dropped.
+async fn proxy(target: std::net::SocketAddr, cut: Arc<AtomicBool>) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            if cut.load(Ordering::Acquire) {
+                continue;
+            }
+            let Ok(s) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (cr, cw) = c.into_split();
+            let (sr, sw) = s.into_split();
+            tokio::spawn(pipe(cr, sw, cut.clone()));
+            tokio::spawn(pipe(sr, cw, cut.clone()));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_queued_on_a_link_that_closes_are_counted() {
+    let mut cb = common::node_config("tcp/127.0.0.1:0", &[]);
+    cb.lease_ms = 500;
+    let b = hypha::open(cb).await.unwrap();
+    let b_addr: std::net::SocketAddr = b.info().listening[0]
+        .to_string()
+        .strip_prefix("tcp/")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let via = proxy(b_addr, cut.clone()).await;
+    // A client: its one link goes through the proxy (a peer would also dial B's gossiped
+    // endpoint directly, around the cut).
+    let mut ca = common::node_config("tcp/127.0.0.1:0", &[format!("tcp/{via}")]);
+    ca.listen.clear();
+    ca.mode = hypha::config::parse_mode("client").unwrap();
+    ca.lease_ms = 500;
+    let a = hypha::open(ca).await.unwrap();
+    assert!(a.wait_peers(1, T).await, "no link through the proxy");
+    let sub = b.declare_subscriber("blk/x").stream().unwrap();
+    let p = a
+        .declare_publisher("blk/x")
+        .unwrap()
+        .congestion_control(CongestionControl::Drop);
+    assert!(p.wait_matching(T).await);
+    // Baseline: before the cut everything arrives and nothing is counted lost.
+    for i in 0..10u8 {
+        p.put(vec![i; 100]).await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    }
+    assert_eq!((a.info().dropped, a.info().dropped_link_closed), (0, 0));
+    // The blackout: publish 64 KiB samples until the link is gone.
+    cut.store(true, Ordering::Release);
+    let t0 = Instant::now();
+    let mut published = 0u64;
+    while !a.info().links.is_empty() {
+        assert!(t0.elapsed() < T, "the lease never expired");
+        p.put(vec![1u8; 64 * 1024]).await.unwrap();
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Let the link's teardown finish its accounting.
+    let deadline = Instant::now() + T;
+    while a.info().dropped_link_closed == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let info = a.info();
+    eprintln!(
+        "published {published} during the cut: {} dropped for congestion, {} queued on the link when it closed",
+        info.dropped, info.dropped_link_closed
+    );
+    assert!(published > 50, "{published}");
+    assert!(
+        info.dropped_link_closed > 0,
+        "samples queued when the link closed went uncounted (published {published}, congestion drops {})",
+        info.dropped
+    );
+    assert!(info.dropped_link_closed + info.dropped <= published);
+    let metrics = a.metrics();
+    assert!(
+        metrics.contains("hypha_dropped_total{reason=\"link_closed\"}"),
+        "{metrics}"
+    );
+}
