@@ -114,6 +114,17 @@ pub struct HttpConfig {
     /// a caller presenting one is judged by the node's access control as that principal
     /// (callers with a `tokens_sha256` token, or none, as `anonymous`).
     pub token: Vec<HttpToken>,
+    /// Serve HTTPS (TLS 1.2 or 1.3, `http/1.1`) instead of plain HTTP.
+    pub tls: bool,
+    /// PEM certificate chain of the gateway (with `tls`; default: `[tls] cert`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the gateway (with `tls`; default: `[tls] key`).
+    pub key: Option<PathBuf>,
+    /// PEM CA whose client certificates identify HTTPS callers (with `tls`; default:
+    /// `[tls] ca`). A verified certificate names its principal as a link's does (the ACL's
+    /// `identity_from`); a caller without one falls back to bearer tokens. None: no client
+    /// certificates are asked for.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Opt-in metrics (`[metrics]`).
@@ -149,6 +160,10 @@ impl Default for HttpConfig {
             tokens_sha256: Vec::new(),
             sse_queue: 1024,
             token: Vec::new(),
+            tls: false,
+            cert: None,
+            key: None,
+            client_ca: None,
         }
     }
 }
@@ -534,6 +549,28 @@ impl Config {
                 ),
             });
         }
+        let mut http = f.http.clone();
+        if http.tls {
+            // The gateway's HTTPS reuses the node's [tls] material unless told otherwise.
+            if http.cert.is_none() && http.key.is_none() {
+                http.cert = f.tls.cert.clone();
+                http.key = f.tls.key.clone();
+            }
+            if http.client_ca.is_none() {
+                http.client_ca = f.tls.ca.clone();
+            }
+            if http.cert.is_none() || http.key.is_none() {
+                return Err(ConfigError::Value {
+                    field: "http.tls",
+                    message: "needs http.cert and http.key (or tls.cert and tls.key)".into(),
+                });
+            }
+        } else if http.cert.is_some() || http.key.is_some() || http.client_ca.is_some() {
+            return Err(ConfigError::Value {
+                field: "http.cert",
+                message: "http.cert, http.key and http.client_ca need http.tls = true".into(),
+            });
+        }
         for p in &f.metrics.prefixes {
             if let Err(e) = hypha_core::keyexpr::KeyExpr::new(p) {
                 return Err(ConfigError::Value {
@@ -571,7 +608,7 @@ impl Config {
             },
             queues: f.queues,
             limits: f.limits,
-            http: f.http,
+            http,
             metrics: f.metrics,
         })
     }
@@ -592,6 +629,30 @@ mod tests {
         let text = format!("[metrics]\nprefixes = [{}]", many.join(","));
         let e = Config::from_toml(&text).unwrap_err();
         assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn https_reuses_the_nodes_tls_files_unless_told_otherwise() {
+        let node = "[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        let c = Config::from_toml(&format!("{node}[http]\ntls = true")).unwrap();
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            (c.http.cert, c.http.key, c.http.client_ca),
+            (p("n.pem"), p("n.key"), p("ca.pem"))
+        );
+        let c = Config::from_toml(&format!(
+            "{node}[http]\ntls = true\ncert = \"h.pem\"\nkey = \"h.key\"\nclient_ca = \"c.pem\""
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.http.cert, c.http.key, c.http.client_ca),
+            (p("h.pem"), p("h.key"), p("c.pem"))
+        );
+        let e = Config::from_toml("[http]\ntls = true").unwrap_err();
+        assert!(e.to_string().contains("http.tls"), "{e}");
+        let e = Config::from_toml("[http]\ncert = \"h.pem\"").unwrap_err();
+        assert!(e.to_string().contains("http.tls = true"), "{e}");
+        assert!(!Config::from_toml(node).unwrap().http.tls);
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! | `hypha_link_{tx,rx}_bytes_total`, `hypha_link_{tx,rx}_messages_total` | counter | `peer` |
 //! | `hypha_link_queue_bytes` | gauge (queue depth) | `peer` |
 //! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost (and framing, serial links) |
-//! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate, QUIC links only |
-//! | `hypha_prefix_{samples,bytes}_total` | counter | `prefix`: only with `[metrics] prefixes` (configured, so bounded: at most 64) |
+//! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate (QUIC, TCP and TLS links) |
+//! | `hypha_prefix_{samples,bytes,dropped}_total` | counter | `prefix`: only with `[metrics] prefixes` (configured, so bounded: at most 64) |
 //! | `hypha_dropped_total` | counter | `reason` = congestion, link_closed (queued, never sent), acl, framing |
 //! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
@@ -28,8 +28,8 @@
 //! | `hypha_storage_write_seconds` | histogram | `storage`: one backend write of a batch |
 //! | `hypha_replay_lag_seconds` | histogram | `storage`: from a history (`_time`) query's arrival to its last replayed sample handed on |
 //!
-//! RTT is the transport's (quinn's smoothed estimate) and only QUIC links have one: TCP and TLS
-//! links would need the kernel's `TCP_INFO`, which no crate here reads without unsafe code.
+//! RTT is the transport's: quinn's smoothed estimate on QUIC links, the kernel's (`tcpi_rtt`,
+//! read through socket diagnostics) on TCP and TLS links; other links have none.
 
 use crate::admin::{Extra, Snapshot};
 use crate::runtime::Runtime;
@@ -332,6 +332,12 @@ impl Collector for NodeCollector {
                 "prefix_bytes",
                 "Payload bytes of those samples",
                 &per_prefix(&|p| p.bytes.load(std::sync::atomic::Ordering::Relaxed)),
+            )?;
+            counter(
+                &mut enc,
+                "prefix_dropped",
+                "Copies of those samples dropped for a full link (one per link missed)",
+                &per_prefix(&|p| p.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             )?;
         }
         let f = hypha_transports::serial::framing_totals();

@@ -546,30 +546,42 @@ async fn storage_metrics_move_and_parse() {
     store.close().await;
 }
 
-/// Link RTT: QUIC links carry the QUIC stack's estimate (`rtt_us` in `@/<id>/links/<peer>`,
-/// `hypha_link_rtt_seconds{peer}`), on both ends; TCP links carry neither (no safe `TCP_INFO`).
+/// Link RTT: QUIC links carry the QUIC stack's estimate, TCP and TLS links the kernel's
+/// (`tcpi_rtt` through socket diagnostics): `rtt_us` in `@/<id>/links/<peer>` and
+/// `hypha_link_rtt_seconds{peer}`, on both ends. A unix link has none.
 #[tokio::test]
-async fn link_rtt_is_reported_for_quic_links() {
-    let (a, b) = common::pair("quic").await;
-    let links = wait_links(&a, &pairs(&[&a, &b])).await;
-    assert_eq!(links.len(), 2);
-    for (k, json, _) in &links {
-        assert_eq!(field(json, "transport"), "quic", "{k}: {json}");
-        let rtt: u64 = field(json, "rtt_us").parse().unwrap();
-        assert!(rtt > 0 && rtt < 1_000_000, "{k}: {json}");
+async fn link_rtt_is_reported_for_quic_tcp_and_tls_links() {
+    for proto in ["quic", "tcp", "tls"] {
+        let (a, b) = common::pair(proto).await;
+        let links = wait_links(&a, &pairs(&[&a, &b])).await;
+        assert_eq!(links.len(), 2);
+        for (k, json, _) in &links {
+            assert_eq!(field(json, "transport"), proto, "{k}: {json}");
+            let rtt: u64 = field(json, "rtt_us").parse().unwrap();
+            assert!(rtt > 0 && rtt < 1_000_000, "{k}: {json}");
+        }
+        let series = format!("hypha_link_rtt_seconds{{peer=\"{}\"}}", b.id());
+        let m = parse_openmetrics(&a.metrics());
+        let rtt = m
+            .iter()
+            .find(|(s, _)| *s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{proto}: no {series} in {m:?}"));
+        assert!(rtt > 0.0 && rtt < 1.0, "{proto}: {rtt}");
     }
-    let series = format!("hypha_link_rtt_seconds{{peer=\"{}\"}}", b.id());
-    let m = parse_openmetrics(&a.metrics());
-    let rtt = m
-        .iter()
-        .find(|(s, _)| *s == series)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no {series} in {m:?}"));
-    assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
 
-    let (c, d) = common::pair("tcp").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix/{}", dir.path().join("n.sock").display());
+    let c = hypha::open(common::node_config(&sock, &[])).await.unwrap();
+    let d = hypha::open(common::node_config(
+        &sock.replace("n.sock", "m.sock"),
+        std::slice::from_ref(&sock),
+    ))
+    .await
+    .unwrap();
+    assert!(c.wait_peers(1, T).await && d.wait_peers(1, T).await);
     for (k, json, _) in wait_links(&c, &pairs(&[&c, &d])).await {
-        assert_eq!(field(&json, "transport"), "tcp", "{k}: {json}");
+        assert_eq!(field(&json, "transport"), "unix", "{k}: {json}");
         assert!(!json.contains("\"rtt_us\""), "{k}: {json}");
     }
     assert!(!c.metrics().contains("hypha_link_rtt_seconds{"));

@@ -45,7 +45,18 @@ async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    exchange(s, method, path, headers, body).await
+}
+
+/// One request on `s` (plain or TLS), `Connection: close`.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -56,6 +67,7 @@ async fn request(
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
+    s.flush().await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(T, s.read_to_end(&mut raw))
         .await
@@ -720,4 +732,189 @@ keys = ["demo/secret/**"]
         .err()
         .expect("a wildcard principal is refused");
     assert!(e.to_string().contains("ops/*"), "{e}");
+}
+
+/// An HTTPS client trusting `ca`, presenting `client`'s certificate if given.
+fn https_client(
+    ca: &std::path::Path,
+    client: Option<&hypha_transports::TlsConfig>,
+) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        Some(t) => {
+            let chain = CertificateDer::pem_file_iter(t.cert.as_ref().unwrap())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(t.key.as_ref().unwrap()).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// One HTTPS request through `client` (server name `localhost`).
+async fn https(
+    addr: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = client.connect(name, tcp).await.unwrap();
+    exchange(s, method, path, headers, body).await
+}
+
+/// HTTPS (`[http] tls`): a client certificate the client CA verified names the caller's
+/// principal as on links, judged by the same ACL as bearer tokens; without one, the token
+/// rules apply (anonymous when none is required, 401 when one is); a certificate of another
+/// CA fails the handshake.
+#[tokio::test]
+async fn https_client_certificates_name_principals_judged_by_the_acl() {
+    let pki = common::pki::Pki::new();
+    let server = pki.node("gateway", |p| {
+        p.subject_alt_names
+            .push(rcgen::SanType::DnsName("localhost".try_into().unwrap()))
+    });
+    let ops = pki.node("ops", |_| {});
+    let viewer = pki.node("viewer", |_| {});
+    let other_ca = common::pki::Pki::new();
+    let stranger = other_ca.node("ops", |_| {});
+    let mut cfg = common::node_config("tcp/127.0.0.1:0", &[]);
+    cfg.acl = Some(
+        hypha::acl::Acl::from_toml(
+            r#"
+[acl]
+default = "deny"
+[[acl.rule]]
+id = "ops-all"
+who = ["ops"]
+ops = ["all"]
+keys = ["**", "@/**"]
+[[acl.rule]]
+id = "viewer-read"
+who = ["viewer"]
+ops = ["query", "sub"]
+keys = ["demo/**"]
+"#,
+        )
+        .unwrap(),
+    );
+    let a = hypha::open(cfg).await.unwrap();
+    let mut h = HttpConfig::default();
+    h.tls = true;
+    h.cert = server.cert.clone();
+    h.key = server.key.clone();
+    h.client_ca = server.ca.clone();
+    let gw = gateway(&a, h.clone()).await;
+    let addr = gw.local_addr();
+    let ca = server.ca.clone().unwrap();
+    let (as_ops, as_viewer, as_nobody) = (
+        https_client(&ca, Some(&ops)),
+        https_client(&ca, Some(&viewer)),
+        https_client(&ca, None),
+    );
+    let denied = |body: &[u8]| {
+        let d = json(body);
+        assert_eq!(d["error"], "access denied", "{d}");
+        (
+            d["op"].as_str().unwrap().to_string(),
+            d["key"].as_str().unwrap().to_string(),
+            d["principal"].as_str().unwrap().to_string(),
+            d["rule"].as_str().unwrap().to_string(),
+        )
+    };
+    let s = |v: &str| v.to_string();
+
+    // A subscriber sees that the permitted put really reached the mesh.
+    let sub = a.declare_subscriber("demo/**").await.unwrap();
+    let (st, _, body) = https(addr, &as_ops, "PUT", "/api/v1/k/demo/x", &[], b"42").await;
+    assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    let got = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!((&*got.key, &got.payload[..]), ("demo/x", &b"42"[..]));
+
+    let (st, _, body) = https(addr, &as_viewer, "PUT", "/api/v1/k/demo/x", &[], b"1").await;
+    assert_eq!(st, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        denied(&body),
+        (s("put"), s("demo/x"), s("viewer"), s("default"))
+    );
+    let (st, _, body) = https(addr, &as_viewer, "GET", "/api/v1/k/demo/x", &[], b"").await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+
+    // No certificate and no token required: anonymous, whom the ACL refuses.
+    let (st, _, body) = https(addr, &as_nobody, "PUT", "/api/v1/k/demo/x", &[], b"1").await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        denied(&body),
+        (s("put"), s("demo/x"), s("anonymous"), s("default"))
+    );
+
+    // A certificate from another CA: the handshake fails, no HTTP answer at all.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let refused = async {
+        let mut t = https_client(&ca, Some(&stranger))
+            .connect(name, tcp)
+            .await?;
+        t.write_all(b"GET /api/v1/topology HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        t.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    // TLS 1.3: the client may think the handshake done before the server judges its
+    // certificate; then the read fails (the server's alert) or ends empty.
+    if let Ok(raw) = tokio::time::timeout(T, refused).await.unwrap() {
+        assert!(raw.is_empty(), "{}", String::from_utf8_lossy(&raw));
+    }
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, plain.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    assert!(
+        !raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    // Where a token is required, a certificate is a credential too; no certificate and no
+    // token is a 401.
+    h.token = vec![hypha::config::HttpToken {
+        principal: "ops".into(),
+        sha256: hypha::http::token_digest("ops-token"),
+    }];
+    let gw2 = gateway(&a, h).await;
+    let addr2 = gw2.local_addr();
+    let (st, _, _) = https(addr2, &as_nobody, "GET", "/api/v1/k/demo/x", &[], b"").await;
+    assert_eq!(st, 401);
+    let bearer = [("Authorization", "Bearer ops-token")];
+    let (st, _, _) = https(addr2, &as_nobody, "PUT", "/api/v1/k/demo/y", &bearer, b"1").await;
+    assert_eq!(st, 204);
+    let (st, _, body) = https(addr2, &as_viewer, "PUT", "/api/v1/k/demo/y", &[], b"1").await;
+    assert_eq!((st, denied(&body).2), (403, s("viewer")));
+    let (st, _, _) = https(addr2, &as_ops, "PUT", "/api/v1/k/demo/y", &[], b"1").await;
+    assert_eq!(st, 204);
 }

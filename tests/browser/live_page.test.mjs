@@ -4,9 +4,11 @@
 //   HYPHA_PAGE        the page's URL (http://127.0.0.1:PORT/)
 //   HYPHA_SCREENSHOT  where to save the PNG
 //   HYPHA_CHROMIUM    the browser (default /usr/bin/chromium)
-// The test waits for the three nodes and two links to be drawn, reads the idle rate, publishes
-// through the gateway (PUT /api/v1/k/demo/load in a loop) and waits for the page to show a rate
-// well above the idle one, then saves a screenshot.
+// The router counts two prefixes (`[metrics] prefixes = ["demo/**", "other/**"]`).
+// The test waits for the three nodes and two links to be drawn and the router's two prefix rows,
+// reads the idle rates, publishes through the gateway (PUT /api/v1/k/demo/load in a loop) and
+// waits for the page to show a link rate and the demo/** prefix rate well above the idle ones
+// (other/** staying at 0), then saves a screenshot.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -37,6 +39,9 @@ function drawn() {
     modes: [...document.querySelectorAll("#nodes g.node")].map((g) => g.getAttribute("class")).sort(),
     maxRate: rates.length ? Math.max(...rates) : -1,
     rows: document.querySelectorAll("#table tr").length,
+    prefixes: Object.fromEntries(
+      [...document.querySelectorAll("#prefixes tr[data-prefix]")].map((r) => [r.dataset.prefix, parseFloat(r.querySelector("td.msgs").textContent)]),
+    ),
     status: document.getElementById("status").textContent,
   };
 }
@@ -67,8 +72,13 @@ test("the live page draws the mesh and its traffic", { timeout: 120_000 }, async
     assert.equal(seen.rows, 2, JSON.stringify(seen));
     const firstStatus = seen.status;
     await page.waitForFunction((s) => document.getElementById("status").textContent !== s, firstStatus, { timeout: 10_000 });
-    const idle = (await page.evaluate(drawn)).maxRate;
+    const idleSeen = await page.evaluate(drawn);
+    const idle = idleSeen.maxRate;
     assert.ok(idle >= 0 && idle < 40, `idle rate ${idle} msg/s`);
+    // The router's per-prefix rows, fed by the same admin feed (its @/<id>/node).
+    assert.deepEqual(Object.keys(idleSeen.prefixes).sort(), ["demo/**", "other/**"], JSON.stringify(idleSeen));
+    const idlePrefix = idleSeen.prefixes["demo/**"];
+    assert.ok(idlePrefix >= 0 && idlePrefix < 40, `idle demo/** rate ${idlePrefix} msg/s`);
 
     // Publish through the gateway until the page shows the traffic (or the test's deadline).
     // A PUT answers after a short wait for a neighbour's access-control refusal, so several
@@ -97,7 +107,19 @@ test("the live page draws the mesh and its traffic", { timeout: 120_000 }, async
     } catch (e) {
       throw new Error(`no link reached ${want} msg/s after ${puts} puts (${loadError}): ${JSON.stringify(await page.evaluate(drawn))}: ${e}`);
     }
+    // The prefix the puts fall under rises; the other stays idle.
+    const wantPrefix = idlePrefix + 50;
+    try {
+      await page.waitForFunction(
+        (want) => [...document.querySelectorAll('#prefixes tr[data-prefix="demo/**"] td.msgs')].some((t) => parseFloat(t.textContent) >= want),
+        wantPrefix,
+        { timeout: 30_000, polling: 100 },
+      );
+    } catch (e) {
+      throw new Error(`demo/** never reached ${wantPrefix} msg/s after ${puts} puts: ${JSON.stringify(await page.evaluate(drawn))}: ${e}`);
+    }
     seen = await page.evaluate(drawn);
+    assert.equal(seen.prefixes["other/**"], 0, JSON.stringify(seen));
     assert.equal(seen.nodes, 3, JSON.stringify(seen));
     assert.equal(seen.edges, 2, JSON.stringify(seen));
     assert.match(seen.status, /^3 nodes · 2 links/);

@@ -1,8 +1,10 @@
 //! The live page in a real browser: a router serving the HTTP gateway (`--http 127.0.0.1:0`)
-//! and two clients subscribed to `demo/**`, all `hypha` processes on loopback; then
+//! and counting two prefixes (`[metrics] prefixes = ["demo/**", "other/**"]`), and two clients
+//! subscribed to `demo/**`, all `hypha` processes on loopback; then
 //! `node --test tests/browser/live_page.test.mjs` opens the page in headless Chromium
-//! (playwright-core), waits for three nodes and two links, publishes through the gateway, sees
-//! the rate rise and saves a screenshot.
+//! (playwright-core), waits for three nodes, two links and the two prefix rows, publishes
+//! through the gateway, sees a link's rate and the demo/** prefix's rate rise (other/** stays
+//! at 0) and saves a screenshot.
 //!
 //! Needs Node.js, Debian's `/usr/bin/chromium` (or `HYPHA_CHROMIUM`) and playwright-core in
 //! `tests/browser/node_modules` (`npm ci --prefix tests/browser`); `.ci/run` installs all three.
@@ -58,12 +60,21 @@ async fn the_live_page_shows_three_nodes_two_links_and_the_traffic_in_chromium()
     if !hypha_tests::require_or_skip(missing()) {
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(
+        &config,
+        "[metrics]\nprefixes = [\"demo/**\", \"other/**\"]\n",
+    )
+    .unwrap();
     let mut router = Proc::spawn(
         "router",
         hypha_tests::cli(
             CLI,
             &[
                 "router",
+                "--config",
+                config.to_str().unwrap(),
                 "--listen",
                 "tcp/127.0.0.1:0",
                 "--http",
@@ -100,7 +111,6 @@ async fn the_live_page_shows_three_nodes_two_links_and_the_traffic_in_chromium()
         clients.push(c);
     }
 
-    let dir = tempfile::tempdir().unwrap();
     let shot = std::env::var_os("HYPHA_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.path().join("live-page.png"));

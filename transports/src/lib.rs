@@ -38,6 +38,7 @@ mod mem;
 mod quic;
 pub mod serial;
 mod stream;
+mod tcp_rtt;
 mod tls;
 mod tlstcp;
 mod udp;

@@ -29,7 +29,7 @@ pub struct LinkInfo {
 }
 
 /// What the transport can tell about a running link, beyond what the session counts: the QUIC
-/// stack's smoothed RTT, a serial link's framing counters. The runtime's face keeps it (in its
+/// stack's smoothed RTT, the kernel's for TCP and TLS links, a serial link's framing counters. The runtime's face keeps it (in its
 /// [`LinkInfo`]) to answer the admin space and the metrics. It holds only weak references and
 /// shared counters: it never keeps a link open. Not compared (`==` is always true).
 #[derive(Clone, Default)]
@@ -38,16 +38,27 @@ pub struct LinkProbe {
     pub(crate) quic: Option<std::sync::Weak<quinn::Connection>>,
     /// A serial link's counters, updated by its receiving half.
     pub(crate) framing: Option<std::sync::Arc<serial::SharedFraming>>,
+    /// A TCP (or TLS over TCP) connection's addresses, to ask the kernel its RTT.
+    pub(crate) tcp: Option<crate::tcp_rtt::TcpProbe>,
 }
 
 impl LinkProbe {
-    /// The link's current round-trip time: QUIC links only (quinn's smoothed estimate), `None`
-    /// for other transports or once the link has gone. TCP and TLS links report none: the
-    /// kernel's `TCP_INFO` has no safe accessor in the crates used here (rustix 1.1, nix,
-    /// socket2) and the workspace forbids unsafe code.
+    /// The probe of a TCP connection (`tcp/` and `tls/` links).
+    pub(crate) fn tcp(s: &tokio::net::TcpStream) -> LinkProbe {
+        LinkProbe {
+            tcp: crate::tcp_rtt::TcpProbe::of(s),
+            ..LinkProbe::default()
+        }
+    }
+
+    /// The link's current round-trip time: quinn's smoothed estimate on QUIC links, the
+    /// kernel's (`tcpi_rtt`, through socket diagnostics: `tcp_rtt.rs`) on TCP and TLS links;
+    /// `None` for other transports or once the link has gone.
     pub fn rtt(&self) -> Option<std::time::Duration> {
-        let conn = self.quic.as_ref()?.upgrade()?;
-        Some(conn.rtt())
+        if let Some(q) = &self.quic {
+            return Some(q.upgrade()?.rtt());
+        }
+        self.tcp.as_ref()?.rtt()
     }
 
     /// A serial link's framing counters (frames, CRC and COBS errors, overflows) so far;

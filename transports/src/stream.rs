@@ -252,7 +252,8 @@ fn make_link(r: Reader, w: Writer, info: LinkInfo) -> Link {
     }
 }
 
-fn tcp_link(s: tokio::net::TcpStream, info: LinkInfo) -> Link {
+fn tcp_link(s: tokio::net::TcpStream, mut info: LinkInfo) -> Link {
+    info.probe = crate::LinkProbe::tcp(&s);
     let (r, w) = s.into_split();
     make_link(Box::new(r), Box::new(w), info)
 }

@@ -85,7 +85,7 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
                             mtu: crate::MAX_BATCH,
                             reliable: true,
                             peer_certificate,
-                            probe: Default::default(),
+                            probe: crate::LinkProbe::tcp(t.get_ref().0),
                         };
                         let _ = tx.send(link(t, info)).await;
                     }
@@ -157,7 +157,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
         mtu: crate::MAX_BATCH,
         reliable: true,
         peer_certificate,
-        probe: Default::default(),
+        probe: crate::LinkProbe::tcp(t.get_ref().0),
     };
     Ok(link(t, info))
 }

@@ -3,8 +3,8 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `@/<id>/node` | id, mode, version, uptime, endpoints, node-wide counters |
-//! | `@/<id>/links/<peer-id>` | one per link: peer, kind, principal, transport, bytes and messages each way, drops, denials; `rtt_us` (QUIC links), `framing` (serial links) |
+//! | `@/<id>/node` | id, mode, version, uptime, endpoints, node-wide counters; `prefixes`: the `[metrics] prefixes` counters (samples, bytes, dropped copies; empty unless configured) |
+//! | `@/<id>/links/<peer-id>` | one per link: peer, kind, principal, transport, bytes and messages each way, drops, denials; `rtt_us` (QUIC, TCP and TLS links), `framing` (serial links) |
 //! | `@/<id>/subscribers` | every subscriber in the tables: key, origin (`local` or the declaring neighbour) |
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
@@ -69,7 +69,7 @@ pub(crate) struct LinkView {
     pub(crate) declarations: usize,
     pub(crate) interests: usize,
     pub(crate) declared_to: usize,
-    /// The transport's RTT estimate (QUIC links; `hypha_transports::LinkProbe::rtt`).
+    /// The transport's RTT estimate (QUIC, TCP, TLS links; `hypha_transports::LinkProbe::rtt`).
     pub(crate) rtt: Option<std::time::Duration>,
     /// A serial link's framing counters (`LinkProbe::framing`).
     pub(crate) framing: Option<hypha_core::framing::FramingStats>,
@@ -274,6 +274,8 @@ pub(crate) struct Snapshot {
     pub(crate) storages: Vec<StorageView>,
     /// `@/<id>/backbone` (routers only), rendered under the node's lock.
     pub(crate) backbone: Option<String>,
+    /// `[metrics] prefixes`: (key expression, samples, payload bytes, dropped copies).
+    pub(crate) prefixes: Vec<(String, u64, u64, u64)>,
 }
 
 /// The backbone of a router as JSON: its site and role, the link-state database, its routes
@@ -415,6 +417,11 @@ impl Snapshot {
             cached_routes,
             storages: extra.storages(),
             backbone,
+            prefixes: rt
+                .prefix_counters()
+                .iter()
+                .map(|p| (p.expr.clone(), l(&p.samples), l(&p.bytes), l(&p.dropped)))
+                .collect(),
         }
     }
 
@@ -451,6 +458,17 @@ impl Snapshot {
             .raw("endpoints", &json::strings(&self.endpoints))
             .int("links", self.links.len() as u64)
             .raw("counters", &counters.finish())
+            .raw(
+                "prefixes",
+                &json::array(self.prefixes.iter().map(|(p, samples, bytes, dropped)| {
+                    Obj::new()
+                        .str("prefix", p)
+                        .int("samples", *samples)
+                        .int("bytes", *bytes)
+                        .int("dropped", *dropped)
+                        .finish()
+                })),
+            )
             .finish()
     }
 

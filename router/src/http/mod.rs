@@ -57,6 +57,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod tls;
+
 /// The OpenAPI document of the gateway, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// The live page, served at `/`.
@@ -64,6 +66,8 @@ const PAGE: &str = include_str!("page.html");
 
 /// How long a put or delete waits for a neighbour's access-control refusal (a round trip).
 const DENIAL_WAIT: Duration = Duration::from_millis(250);
+/// Longest a get may be told to wait for replies (`_timeout_ms`).
+const MAX_GET_TIMEOUT_MS: u64 = 60_000;
 /// Largest request body accepted (a put's payload).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -82,6 +86,23 @@ pub enum ServeError {
     /// A configured token digest is not 64 hex digits.
     #[error("http.tokens_sha256: {0:?} is not a SHA-256 digest (64 hex digits)")]
     Token(String),
+    /// A file of the HTTPS material (`http.cert`, `http.key`, `http.client_ca`) could not be
+    /// read or holds nothing usable.
+    #[error("http.tls: cannot load {what} from {path}: {reason}")]
+    TlsFile {
+        /// Certificate, key or client CA.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `http.tls` without a certificate and key.
+    #[error("http.tls needs http.cert and http.key")]
+    TlsIncomplete,
+    /// rustls refused the material.
+    #[error("http.tls: {0}")]
+    Tls(#[from] rustls::Error),
     /// An `[[http.token]]` entry's principal is not a valid principal name.
     #[error("http.token: principal {name:?}: {source}")]
     Principal {
@@ -166,6 +187,11 @@ pub async fn serve(
         tokens,
         sse_queue: config.sse_queue.max(1),
     });
+    let tls = if config.tls {
+        Some(tls::server_config(config)?)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -173,12 +199,23 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let app = router(gw);
-    tracing::info!(%addr, "http gateway listening");
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("http gateway stopped: {e}");
+    tracing::info!(%addr, https = tls.is_some(), "http gateway listening");
+    let task = match tls {
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("http gateway stopped: {e}");
+            }
+        }),
+        Some(cfg) => {
+            let listener = tls::TlsListener::new(listener, cfg);
+            let app = app.into_make_service_with_connect_info::<tls::Client>();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!("https gateway stopped: {e}");
+                }
+            })
         }
-    });
+    };
     Ok(Gateway { addr, task })
 }
 
@@ -215,8 +252,17 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The caller's principal when its credential is accepted (`anonymous` without one where
-/// none is needed), `None` when it must be refused (401).
+/// none is needed), `None` when it must be refused (401). Over HTTPS a client certificate
+/// the client CA verified is the credential (it names the principal, as on links); without
+/// one, bearer tokens as over HTTP.
 fn authorized(gw: &Gw, req: &Request) -> Option<Principal> {
+    if let Some(cert) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<tls::Client>>()
+        .and_then(|c| c.0.certificate.as_deref())
+    {
+        return tls::principal(gw.session.acl().as_deref(), cert);
+    }
     let token = presented_token(req);
     if let Some(token) = &token {
         let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
@@ -345,7 +391,10 @@ async fn guard(State(gw): State<Arc<Gw>>, req: Request, next: Next) -> Response 
         return r;
     }
     let Some(who) = authorized(&gw, &req) else {
-        let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token (or a client certificate naming a principal) is required",
+        );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
@@ -454,8 +503,16 @@ async fn k_get(
         format!("{key}?{params}")
     };
     let mut b = gw.session.get(&selector);
-    if let Some(ms) = parameter(&params, "_timeout_ms").and_then(|v| v.parse().ok()) {
-        b = b.timeout(Duration::from_millis(ms));
+    if let Some(v) = parameter(&params, "_timeout_ms") {
+        match v.parse::<u64>() {
+            Ok(ms) if ms <= MAX_GET_TIMEOUT_MS => b = b.timeout(Duration::from_millis(ms)),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("_timeout_ms: {v:?} is not 0 to {MAX_GET_TIMEOUT_MS} milliseconds"),
+                );
+            }
+        }
     }
     let replies = match b.send().await {
         Ok(r) => r.collect().await,

@@ -155,18 +155,30 @@ pub(crate) struct Resolved {
 }
 
 /// One `[metrics] prefixes` entry: samples and payload bytes published here or received from
-/// neighbours on keys intersecting `expr` (`hypha_prefix_{samples,bytes}_total{prefix}`).
+/// neighbours on keys intersecting `expr` (`hypha_prefix_{samples,bytes}_total{prefix}`), and
+/// the copies of them this node dropped for a full link (`hypha_prefix_dropped_total{prefix}`:
+/// one per link that missed the sample).
 #[derive(Debug)]
 pub(crate) struct PrefixCounter {
     pub expr: String,
     pub samples: AtomicU64,
     pub bytes: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 impl PrefixCounter {
     fn count(&self, payload: usize) {
         self.samples.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(payload as u64, Ordering::Relaxed);
+    }
+}
+
+/// Adds `n` drops to each of a route's prefix counters.
+fn count_prefix_drops(prefixes: &[Arc<PrefixCounter>], n: u64) {
+    if n > 0 {
+        for p in prefixes {
+            p.dropped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -410,6 +422,7 @@ impl Runtime {
                     expr: p.clone(),
                     samples: AtomicU64::new(0),
                     bytes: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -1414,6 +1427,7 @@ impl Runtime {
             ) {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                count_prefix_drops(&resolved.prefixes, 1);
             }
         }
         for (f, key_id) in &resolved.faces {
@@ -1432,6 +1446,7 @@ impl Runtime {
             ) {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                count_prefix_drops(&resolved.prefixes, 1);
             }
         }
         self.deliver_local(
@@ -1523,6 +1538,7 @@ impl Runtime {
         self.counters
             .dropped
             .fetch_add(out.dropped, Ordering::Relaxed);
+        count_prefix_drops(&resolved.prefixes, out.dropped);
         if blocked.is_empty() {
             Ok(out)
         } else {
@@ -1574,6 +1590,7 @@ impl Runtime {
             if !sent {
                 face.dropped.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                count_prefix_drops(&resolved.prefixes, 1);
                 partial.dropped += 1;
             }
         }
