@@ -631,3 +631,56 @@ async fn prefix_counters_count_matching_keys_only() {
     // Opt-in: a node without prefixes has no such series.
     assert!(!b.metrics().contains("hypha_prefix_"));
 }
+
+/// `hypha_prefix_dropped_total{prefix}` and `@/<id>/node`'s `prefixes`: copies of a prefix's
+/// samples dropped for a full link, counted as the link counts them. The subscriber's callback
+/// holds its link's reader, so the publisher's link fills and drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_counters_count_the_copies_dropped_for_a_full_link() {
+    let mut c = common::node_config("tcp/127.0.0.1:0", &[]);
+    c.metrics.prefixes = vec!["fleet/*".into(), "zzz/**".into()];
+    c.queues.lane_bytes = 4096;
+    let a = hypha::open(c).await.unwrap();
+    let b = open(&[ep(&a)]).await;
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let _slow = b
+        .declare_subscriber("fleet/x")
+        .callback(|_| std::thread::sleep(Duration::from_millis(20)))
+        .unwrap();
+    let p = a
+        .declare_publisher("fleet/x")
+        .unwrap()
+        .congestion_control(hypha::CongestionControl::Drop);
+    assert!(p.ready(T).await);
+    for _ in 0..600 {
+        p.put(vec![1u8; 16 * 1024]).await.unwrap();
+    }
+    let m = parse_openmetrics(&a.metrics());
+    let value = |series: &str| {
+        m.iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    let link = value(&format!(
+        "hypha_link_dropped_total{{peer=\"{}\",reason=\"congestion\"}}",
+        b.id()
+    ));
+    assert!(link > 0.0, "the link never filled: {m:?}");
+    assert_eq!(
+        value("hypha_prefix_dropped_total{prefix=\"fleet/*\"}"),
+        link
+    );
+    assert_eq!(
+        value("hypha_prefix_samples_total{prefix=\"fleet/*\"}"),
+        600.0
+    );
+    assert_eq!(value("hypha_prefix_dropped_total{prefix=\"zzz/**\"}"), 0.0);
+    // The same counters in the node's admin entry (what the live page reads).
+    let node = get_all(&a, &format!("@/{}/node", a.id())).await;
+    let json = &node[0].1;
+    let fleet = &json[json.find("\"prefix\":\"fleet/*\"").unwrap()..];
+    let dropped: f64 = field(fleet, "dropped").parse().unwrap();
+    assert!(dropped >= link, "{json}");
+    assert_eq!(field(fleet, "samples"), "600", "{json}");
+}
