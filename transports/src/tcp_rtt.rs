@@ -172,6 +172,18 @@ mod tests {
             };
             assert_eq!(gone.rtt(), None);
         }
+        // A dual-stack listener's IPv4 peer: IPv4-mapped IPv6 addresses on the accepted side.
+        if let Ok(l) = tokio::net::TcpListener::bind("[::]:0").await {
+            let port = l.local_addr().unwrap().port();
+            let c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            let ps = TcpProbe::of(&s).unwrap();
+            assert!(ps.peer.is_ipv6(), "{ps:?}");
+            assert!(ps.rtt().is_some_and(|r| r > Duration::ZERO), "{ps:?}");
+            assert!(TcpProbe::of(&c).unwrap().rtt().is_some());
+        }
     }
 
     #[test]
