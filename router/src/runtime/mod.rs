@@ -1629,8 +1629,8 @@ impl Runtime {
     }
 
     /// Runs the node's timers (query deadlines) for the node's lifetime.
-    /// Routers: every 2 s, each backbone link's measured round trip (QUIC) becomes its cost
-    /// unless one was configured (the node damps it).
+    /// Routers: every 2 s, each backbone link's measured round trip (QUIC, TCP, TLS) becomes
+    /// its cost unless one was configured (the node damps it).
     pub(crate) fn start_cost_probe(self: &Arc<Self>) {
         if self.config.mode != Mode::Router {
             return;
