@@ -33,6 +33,9 @@
 //!   `query` (`admin` on `@/…`), an SSE subscription `sub`, a put `put`, a delete `delete`,
 //!   `/metrics` `admin` on `@/<id>/metrics`, the topology routes `admin` on `@/*/**`. A
 //!   refusal is 403 with the `AccessDenied` body naming the HTTP principal and the rule.
+//! - **HTTPS** (`http.tls`, `http/tls.rs`): with a client CA, a client certificate that
+//!   CA verified is the caller's credential and names its principal as a link's certificate
+//!   does; a caller without one is judged by the bearer-token rules above.
 
 use crate::Session;
 use crate::acl::{AccessDenied, Op, Principal};
