@@ -725,6 +725,10 @@ async fn publish(
     Ok(())
 }
 
+/// How long `sub` waits for its first link before a failed dial of a configured endpoint
+/// (a refused certificate, nobody listening) ends it with that error.
+const SUB_REACH_WAIT: Duration = Duration::from_secs(2);
+
 /// How long `put`, `pub` and `delete` wait for an access-control refusal after publishing.
 const DENIAL_WAIT: Duration = Duration::from_millis(250);
 
@@ -822,6 +826,17 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             tokio::pin!(refused);
+            // A subscriber that reached no node at all (a refused certificate, nobody at the
+            // configured endpoint) says why and fails, instead of waiting in silence.
+            let watched = s.clone();
+            let unreachable = async move {
+                let _ = watched.wait_settled(SUB_REACH_WAIT).await;
+                match watched.connect_error() {
+                    Some(e) if watched.info().links.is_empty() => e,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::pin!(unreachable);
             let mut n = 0u64;
             use std::io::Write;
             let stdout = std::io::stdout();
@@ -832,6 +847,10 @@ async fn run(cli: Cli) -> Result<()> {
                     d = &mut refused => {
                         s.close().await;
                         anyhow::bail!("{d}");
+                    }
+                    e = &mut unreachable => {
+                        s.close().await;
+                        anyhow::bail!("could not reach any node: {e}");
                     }
                 };
                 let Some(sample) = sample else { break };
@@ -946,14 +965,13 @@ async fn run(cli: Cli) -> Result<()> {
             crate::acl::Principal::new(&principal)?;
             let mut raw = [0u8; 32];
             getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            let token = hex(&raw);
+            let token = crate::digest::to_hex(&raw);
             println!("# the node presenting it ([auth] token, or token_file holding it):");
             println!("[auth]\ntoken = \"{token}\"\n");
             println!("# the listeners' configuration:");
             println!(
                 "[[acl.token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"",
-                hex(&crate::acl::token_hash(token.as_bytes()))
+                crate::digest::to_hex(&crate::acl::token_hash(token.as_bytes()))
             );
         }
         Cmd::Info {
@@ -998,7 +1016,8 @@ async fn run(cli: Cli) -> Result<()> {
                     "role": info.mode.as_str(),
                     "listening": info.listening.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "links": links, "published": info.published, "received": info.received,
-                    "dropped": info.dropped, "forwarded": info.forwarded, "denied": info.denied,
+                    "dropped": info.dropped, "dropped_link_closed": info.dropped_link_closed,
+                    "forwarded": info.forwarded, "denied": info.denied,
                     "refused_handshaking": info.refused_handshaking,
                     "refused_identity": info.refused_identity,
                     "denials_received": info.denials_received,

@@ -481,6 +481,16 @@ impl Config {
                 });
             }
         }
+        if f.limits.max_key_len > hypha_core::wire::limits::MAX_KEY_LEN {
+            return Err(ConfigError::Value {
+                field: "limits.max_key_len",
+                message: format!(
+                    "{} (expected at most {}: the wire's limit)",
+                    f.limits.max_key_len,
+                    hypha_core::wire::limits::MAX_KEY_LEN
+                ),
+            });
+        }
         if f.tls.mutual && f.tls.ca.is_none() {
             return Err(ConfigError::Value {
                 field: "tls.mutual",

@@ -34,6 +34,10 @@ pub mod api;
 #[doc(hidden)]
 pub mod cli;
 pub mod config;
+mod digest;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 /// The HTTP gateway. Feature `http`.
 #[cfg(feature = "http")]
 pub mod http;

@@ -505,12 +505,7 @@ keys = ["**"]
 
 #[tokio::test]
 async fn pre_shared_tokens_name_principals_over_encrypted_links_only() {
-    let hash = |t: &str| {
-        hypha::acl::token_hash(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hash = |t: &str| hex::encode(hypha::acl::token_hash(t.as_bytes()));
     let rules = format!(
         r#"
 [acl]

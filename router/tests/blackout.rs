@@ -10,71 +10,18 @@ use hypha::CongestionControl;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 mod common;
 use common::T;
-
-/// Forwards bytes one way until `cut`; then holds both sockets open and moves nothing.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    cut: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if cut.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
-        let n = match tokio::time::timeout(Duration::from_millis(20), from.read(&mut buf)).await {
-            Err(_) => continue,
-            Ok(Ok(0) | Err(_)) => return,
-            Ok(Ok(n)) => n,
-        };
-        if cut.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A proxy to `target`; returns its address. New connections after the cut are dropped.
-async fn proxy(target: std::net::SocketAddr, cut: Arc<AtomicBool>) -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((c, _)) = l.accept().await {
-            if cut.load(Ordering::Acquire) {
-                continue;
-            }
-            let Ok(s) = TcpStream::connect(target).await else {
-                continue;
-            };
-            let (cr, cw) = c.into_split();
-            let (sr, sw) = s.into_split();
-            tokio::spawn(pipe(cr, sw, cut.clone()));
-            tokio::spawn(pipe(sr, cw, cut.clone()));
-        }
-    });
-    addr
-}
+use common::proxy::{proxy, tcp_addr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_queued_on_a_link_that_closes_are_counted() {
     let mut cb = common::node_config("tcp/127.0.0.1:0", &[]);
     cb.lease_ms = 500;
     let b = hypha::open(cb).await.unwrap();
-    let b_addr: std::net::SocketAddr = b.info().listening[0]
-        .to_string()
-        .strip_prefix("tcp/")
-        .unwrap()
-        .parse()
-        .unwrap();
     let cut = Arc::new(AtomicBool::new(false));
-    let via = proxy(b_addr, cut.clone()).await;
+    let via = proxy(tcp_addr(&b), cut.clone()).await;
     // A client: its one link goes through the proxy (a peer would also dial B's gossiped
     // endpoint directly, around the cut).
     let mut ca = common::node_config("tcp/127.0.0.1:0", &[format!("tcp/{via}")]);

@@ -206,3 +206,80 @@ async fn a_node_demanding_mutual_tls_refuses_plaintext_listeners_and_dials() {
         );
     }
 }
+
+/// Issue 16: a key over `limits.max_key_len` is refused where it is made, naming the limit, on
+/// every path that would send it (a neighbour would close the link on it), and nothing is sent.
+#[tokio::test]
+async fn a_key_over_max_key_len_is_refused_at_the_sender_on_every_path() {
+    let mut ca = common::node_config("tcp/127.0.0.1:0", &[]);
+    ca.limits.max_key_len = 32;
+    let a = hypha::open(ca).await.unwrap();
+    let ep = a.info().listening[0].to_string();
+    // The neighbour holds the same cap: it would close the link on a longer key.
+    let mut cb = common::node_config("tcp/127.0.0.1:0", &[ep]);
+    cb.limits.max_key_len = 32;
+    let b = hypha::open(cb).await.unwrap();
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+    let fits = format!("k/{}", "x".repeat(30));
+    let long = format!("k/{}", "x".repeat(31));
+    assert_eq!((fits.len(), long.len()), (32, 33));
+    // Baseline: at the limit everything goes through.
+    let sub = b.declare_subscriber("k/**").stream().unwrap();
+    let p = a.declare_publisher(&fits).unwrap();
+    assert!(p.wait_matching(T).await);
+    a.put(&fits, "v").await.unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(&*s.key, fits.as_str());
+    let _q = a.declare_queryable(&fits).stream().unwrap();
+    let _t = a.liveliness().declare_token(&fits).unwrap();
+    let named = |e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        assert!(
+            e.contains("33 bytes is longer than limits.max_key_len (32 bytes)"),
+            "{e}"
+        );
+    };
+    // One byte more: refused on each path.
+    let too_long = |e: &hypha::PublishError| {
+        assert!(
+            matches!(e, hypha::PublishError::KeyTooLong { len: 33, limit: 32 }),
+            "{e}"
+        );
+        named(e);
+    };
+    too_long(&a.put(&long, "v").await.unwrap_err());
+    too_long(&a.delete(&long).await.unwrap_err());
+    too_long(&a.declare_publisher(&long).unwrap_err());
+    let declare = |e: hypha::DeclareError| {
+        assert!(
+            matches!(e, hypha::DeclareError::KeyTooLong { len: 33, limit: 32 }),
+            "{e}"
+        );
+        named(&e);
+    };
+    let wild = format!("k/*/{}", "x".repeat(29));
+    assert_eq!(wild.len(), 33);
+    declare(a.declare_subscriber(&long).stream().unwrap_err());
+    declare(a.declare_subscriber(&wild).await.unwrap_err());
+    declare(a.declare_queryable(&wild).stream().unwrap_err());
+    declare(a.declare_queryable(&long).await.unwrap_err());
+    declare(a.liveliness().declare_token(&long).unwrap_err());
+    declare(a.liveliness().declare_subscriber(&wild).unwrap_err());
+    let query = |e: hypha::api::query::QueryError| {
+        assert!(
+            matches!(
+                e,
+                hypha::api::query::QueryError::KeyTooLong { len: 33, limit: 32 }
+            ),
+            "{e}"
+        );
+        named(&e);
+    };
+    query(a.get(&long).send().await.unwrap_err());
+    query(a.get(&format!("{wild}?p=1")).send().await.unwrap_err());
+    // Nothing reached the neighbour: the link is up, and it saw no over-long key.
+    assert_eq!(a.info().links.len(), 1);
+    a.put(&fits, "w").await.unwrap();
+    let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(s.payload_str(), Some("w"));
+}

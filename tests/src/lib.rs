@@ -156,6 +156,19 @@ pub fn listening_endpoint(ready: &serde_json::Value) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no listening endpoint in the ready line {ready}"))
 }
 
+/// Starts a node (`hypha peer`, `router`, `storage` … as `cmd` says) and waits up to `timeout`
+/// for its ready line: the process and the first endpoint it listens on.
+pub async fn spawn_node(
+    name: &str,
+    cmd: Command,
+    timeout: Duration,
+) -> anyhow::Result<(Proc, String)> {
+    let mut p = Proc::spawn(name, cmd)?;
+    let ready = p.wait_json(timeout, |v| v["event"] == "ready").await?;
+    let ep = listening_endpoint(&ready)?;
+    Ok((p, ep))
+}
+
 /// A TCP port free right now on 127.0.0.1 (bound then released).
 ///
 /// Racy: another process may take the port between its release and its use. Use it only where a

@@ -7,9 +7,9 @@
 #[path = "../../router/tests/common/pki.rs"]
 mod pki;
 
-use hypha_tests::{Proc, listening_endpoint};
-use hypha_transports::TlsConfig;
-use std::path::{Path, PathBuf};
+use hypha_tests::Proc;
+use pki::tls_toml;
+use std::path::Path;
 use std::time::Duration;
 
 const CLI: &str = env!("CARGO_BIN_EXE_hypha-test-cli");
@@ -36,16 +36,6 @@ who = ["ops"]
 ops = ["sub", "query"]
 keys = ["fleet/*/camera/**"]
 "#;
-
-fn tls_toml(t: &TlsConfig) -> String {
-    let p = |x: &Option<PathBuf>| x.as_ref().unwrap().display().to_string();
-    format!(
-        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nmutual = true\n",
-        p(&t.ca),
-        p(&t.cert),
-        p(&t.key)
-    )
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let f = dir.join(name);
@@ -122,16 +112,8 @@ async fn the_cli_reports_refusals_checks_rules_and_reloads_them() {
     assert_ne!(code, 0);
     assert!(err.contains("key-expression syntax"), "{err}");
 
-    let mut router = Proc::spawn(
-        "router",
-        hypha_tests::cli(CLI, &["router", "--config", &router_cfg]),
-    )
-    .unwrap();
-    let ready = router
-        .wait_json(T, |v| v["event"] == "ready")
-        .await
-        .unwrap();
-    let ep = listening_endpoint(&ready).unwrap();
+    let cmd = hypha_tests::cli(CLI, &["router", "--config", &router_cfg]);
+    let (mut router, ep) = hypha_tests::spawn_node("router", cmd, T).await.unwrap();
 
     let mut sub = Proc::spawn(
         "sub",

@@ -62,6 +62,9 @@ async fn info_prints_a_table_of_links_and_json_on_request() {
     );
     let id = first.split_whitespace().nth(1).unwrap();
     assert_eq!(id.len(), 32, "{out}");
+    // The node's totals, losses with closed links among them (none here).
+    let totals = out.lines().nth(1).unwrap();
+    assert!(totals.contains("  dropped 0  link_closed 0  "), "{out}");
     let header = row(&out, "PEER").unwrap_or_else(|| panic!("no header: {out}"));
     assert_eq!(
         header,

@@ -101,3 +101,70 @@ async fn a_restarted_publisher_peer_gets_our_subscription_again() {
         let _ = child.exit_code(T).await;
     }
 }
+
+/// What we do once the peer at `ep` (which dialled us, and told us where it listens) dies by
+/// `signal`: bind its port ourselves and wait up to `window` for a connection from our node
+/// (a redial). Returns how long the redial took, or `None` if none came.
+async fn redialled_after(s: &hypha::Session, signal: &str, window: Duration) -> Option<Duration> {
+    let ep = s.info().listening[0].to_string();
+    let mut child = peer(&[
+        "--listen",
+        "tcp/127.0.0.1:0",
+        "--connect",
+        &ep,
+        "--sub",
+        "bye/**",
+    ]);
+    let ready = child.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let port = hypha_tests::listening_endpoint(&ready)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    // Its subscription came over the link after its self-announcement (gossip goes first on a
+    // new face): from now on we know where it listens.
+    let p = s.declare_publisher("bye/x").unwrap();
+    assert!(p.wait_matching(T).await, "{signal}: the peer never linked");
+    child.signal(signal).unwrap();
+    let code = child.exit_code(T).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert!(
+        wait_until(T, async || !p.matching_status()).await.is_ok(),
+        "{signal}: the dead peer still matches"
+    );
+    let l = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(window, l.accept()).await;
+    eprintln!(
+        "{signal} (exit {code:?}): redial {:?}",
+        r.as_ref().ok().map(|_| t0.elapsed())
+    );
+    r.ok().map(|c| {
+        c.unwrap();
+        t0.elapsed()
+    })
+}
+
+/// Issue 16 (churn): a peer that closes its session with a goodbye (`Shutdown`, as `hypha peer`
+/// does on SIGTERM) is forgotten and never dialled again; a peer that vanishes without one
+/// (SIGKILL) is dialled again at the endpoint it announced.
+#[tokio::test]
+async fn a_peer_that_said_goodbye_is_not_redialled_and_a_killed_one_is() {
+    let mut c = Config::default();
+    c.mdns = false;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    let s = hypha::open(c).await.unwrap();
+    // Baseline: a killed peer is redialled (within its dial backoff: 100 ms doubling).
+    let took = redialled_after(&s, "KILL", T)
+        .await
+        .expect("a peer that died without a goodbye was never redialled");
+    // Twice as long as that redial took, and at least 2 s: no dial comes.
+    let window = (took * 2).max(Duration::from_secs(2));
+    let redial = redialled_after(&s, "TERM", window).await;
+    assert!(
+        redial.is_none(),
+        "a peer that said goodbye was dialled again after {redial:?}"
+    );
+}

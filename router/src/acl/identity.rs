@@ -13,6 +13,7 @@
 //! id would take a 64-bit second preimage of SHA-256.
 
 use super::{IdentitySource, Principal, PrincipalError, validate_principal};
+use crate::digest::{sha256, to_hex};
 use hypha_core::id::NodeId;
 use x509_parser::prelude::*;
 
@@ -32,7 +33,7 @@ pub enum IdentityError {
     /// The peer claimed a node id that is not its key's.
     #[error(
         "identity mismatch: the peer claims node id {claimed}, but ids of its certificate's key start with {}",
-        hex(prefix)
+        to_hex(prefix)
     )]
     IdentityMismatch {
         /// What the handshake said.
@@ -49,10 +50,7 @@ pub enum IdentityError {
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(cert_der).map_err(|e| IdentityError::Parse(e.to_string()))?;
-    let d = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Ok(out)
+    Ok(sha256(cert.public_key().raw))
 }
 
 /// The first 8 bytes of every node id bound to a certificate's key.
@@ -73,9 +71,8 @@ pub fn node_id_for(cert_der: &[u8], random: u64) -> Result<NodeId, IdentityError
 
 /// The first 8 bytes of every node id bound to a pre-shared token (of hash `token_hash`).
 pub fn id_prefix_of_token(token_hash: &[u8; 32]) -> [u8; 8] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token_hash);
     let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
+    b.copy_from_slice(&sha256(token_hash)[..8]);
     b
 }
 
@@ -97,10 +94,6 @@ pub fn check_bound(cert_der: &[u8], claimed: NodeId) -> Result<(), IdentityError
     } else {
         Err(IdentityError::IdentityMismatch { claimed, prefix })
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Strips a URI SAN to a principal name: `hypha:robot/r42` → `robot/r42`,
@@ -159,6 +152,6 @@ pub fn principal_of(cert_der: &[u8], from: &[IdentitySource]) -> Result<Principa
         return Err(IdentityError::NoName(what.join(", ")));
     };
     validate_principal(&name)?;
-    let d = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    Ok(Principal::new(&name)?.with_spki(format!("spki:sha256:{}", hex(d.as_ref()))))
+    let spki = to_hex(&sha256(cert.public_key().raw));
+    Ok(Principal::new(&name)?.with_spki(format!("spki:sha256:{spki}")))
 }

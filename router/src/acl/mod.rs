@@ -225,21 +225,7 @@ pub struct TokenFile {
 
 /// SHA-256 of a token.
 pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token);
-    let mut h = [0u8; 32];
-    h.copy_from_slice(d.as_ref());
-    h
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::digest::sha256(token)
 }
 
 /// One `[[acl.rule]]`.
@@ -521,7 +507,7 @@ impl Acl {
         for (i, t) in f.token.iter().enumerate() {
             let at = format!("token {} ({})", i + 1, t.principal);
             let p = Principal::new(&t.principal).map_err(|e| acl_err(&at, e.to_string()))?;
-            let h = parse_hex32(&t.sha256).ok_or_else(|| {
+            let h = crate::digest::sha256_from_hex(&t.sha256).ok_or_else(|| {
                 acl_err(&at, "sha256 must be 64 hex digits (the token's SHA-256)")
             })?;
             if tokens.iter().any(|(_, x)| *x == h) {

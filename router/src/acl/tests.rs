@@ -123,10 +123,7 @@ fn config_errors_are_clear() {
 
 #[test]
 fn tokens_are_found_by_hash() {
-    let h: String = token_hash(b"s3cret")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let h = crate::digest::to_hex(&token_hash(b"s3cret"));
     let a = acl(&format!(
         "[acl]\n[[acl.token]]\nprincipal = \"robot/r7\"\nsha256 = \"{h}\""
     ));

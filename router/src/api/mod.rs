@@ -54,8 +54,8 @@ pub enum PublishError {
         /// The configured limit.
         limit: usize,
     },
-    /// The key is longer than the wire allows.
-    #[error("key of {len} bytes is longer than the limit of {limit} bytes")]
+    /// The key is longer than `limits.max_key_len` (neighbours would close the link).
+    #[error("key of {len} bytes is longer than limits.max_key_len ({limit} bytes)")]
     KeyTooLong {
         /// The key's length.
         len: usize,
@@ -101,6 +101,15 @@ pub enum DeclareError {
     /// A neighbour's access control refused the declaration.
     #[error(transparent)]
     AccessDenied(#[from] crate::acl::AccessDenied),
+    /// The key expression is longer than `limits.max_key_len` (neighbours would close the
+    /// link).
+    #[error("key expression of {len} bytes is longer than limits.max_key_len ({limit} bytes)")]
+    KeyTooLong {
+        /// The key expression's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// How long an awaited declaration (`declare_subscriber(k).await`) waits for its neighbours'
@@ -134,6 +143,18 @@ impl Denials {
 
 fn keyexpr(key: &str) -> Result<OwnedKeyExpr, KeyExprError> {
     OwnedKeyExpr::autocanonize(key.to_string())
+}
+
+/// `Some((len, limit))` when `key` (canonized) is longer than what this node sends:
+/// `limits.max_key_len`, which is also what its neighbours accept by default (a neighbour
+/// receiving a longer key closes the link), and never more than the wire's limit.
+pub(crate) fn too_long(rt: &Runtime, key: &str) -> Option<(usize, usize)> {
+    let limit = rt
+        .config()
+        .limits
+        .max_key_len
+        .min(hypha_core::wire::limits::MAX_KEY_LEN);
+    (key.len() > limit).then_some((key.len(), limit))
 }
 
 /// How a local subscriber receives.
@@ -719,12 +740,8 @@ impl Session {
         if k.as_keyexpr().is_wild() {
             return Err(PublishError::Wildcard(k.into_string()));
         }
-        let limit = hypha_core::wire::limits::MAX_KEY_LEN;
-        if k.as_str().len() > limit {
-            return Err(PublishError::KeyTooLong {
-                len: k.as_str().len(),
-                limit,
-            });
+        if let Some((len, limit)) = too_long(&self.rt, k.as_str()) {
+            return Err(PublishError::KeyTooLong { len, limit });
         }
         Ok(Publisher {
             rt: self.rt.clone(),
@@ -1242,6 +1259,9 @@ impl SubscriberBuilder {
 
     fn declare<H>(self, delivery: Delivery, rx: H) -> Result<Subscriber<H>, DeclareError> {
         let key = self.key?;
+        if let Some((len, limit)) = too_long(&self.rt, key.as_str()) {
+            return Err(DeclareError::KeyTooLong { len, limit });
+        }
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
         }
@@ -1514,6 +1534,9 @@ impl Liveliness {
     /// token is dropped, the session closes, or this node dies and its links' leases expire.
     pub fn declare_token(&self, key: &str) -> Result<LivelinessToken, DeclareError> {
         let key = keyexpr(key)?;
+        if let Some((len, limit)) = too_long(&self.rt, key.as_str()) {
+            return Err(DeclareError::KeyTooLong { len, limit });
+        }
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
         }
@@ -1530,6 +1553,9 @@ impl Liveliness {
     /// appears, a delete for each that disappears. Receives like a stream subscriber.
     pub fn declare_subscriber(&self, key: &str) -> Result<Subscriber<Fifo>, DeclareError> {
         let key = keyexpr(key)?;
+        if let Some((len, limit)) = too_long(&self.rt, key.as_str()) {
+            return Err(DeclareError::KeyTooLong { len, limit });
+        }
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
         }

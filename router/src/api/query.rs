@@ -30,6 +30,15 @@ pub enum QueryError {
     /// The session is closed.
     #[error("session closed")]
     Closed,
+    /// The selector's key expression is longer than `limits.max_key_len` (neighbours would
+    /// close the link).
+    #[error("key expression of {len} bytes is longer than limits.max_key_len ({limit} bytes)")]
+    KeyTooLong {
+        /// The key expression's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Why a reply was refused.
@@ -126,6 +135,9 @@ impl GetBuilder {
     /// Sends the query.
     pub async fn send(self) -> Result<Replies, QueryError> {
         let (key, parameters) = self.selector?;
+        if let Some((len, limit)) = super::too_long(&self.rt, key.as_str()) {
+            return Err(QueryError::KeyTooLong { len, limit });
+        }
         let consolidation = match self.consolidation {
             Consolidation::Auto if parameter(&parameters, "_time").is_some() => Consolidation::None,
             Consolidation::Auto => Consolidation::Latest,
@@ -388,6 +400,9 @@ impl QueryableBuilder {
 
     fn declare<H>(self, delivery: Delivery, rx: H) -> Result<Queryable<H>, DeclareError> {
         let key = self.key?;
+        if let Some((len, limit)) = super::too_long(&self.rt, key.as_str()) {
+            return Err(DeclareError::KeyTooLong { len, limit });
+        }
         if self.rt.is_closed() {
             return Err(DeclareError::Closed);
         }

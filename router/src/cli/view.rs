@@ -107,11 +107,13 @@ pub(super) fn info_table(info: &Info, links: &[Value]) -> String {
     );
     let _ = writeln!(
         out,
-        "published {}  received {}  forwarded {}  dropped {}  denied {}  denials received {}",
+        "published {}  received {}  forwarded {}  dropped {}  link_closed {}  denied {}  \
+         denials received {}",
         info.published,
         info.received,
         info.forwarded,
         info.dropped,
+        info.dropped_link_closed,
         info.denied,
         info.denials_received
     );
@@ -384,6 +386,38 @@ mod tests {
         assert_eq!(rows[1][..7], ["a", "client", "tcp", "5", "10", "50", "100"]);
         // Drops are congestion plus losses; denials both ways.
         assert_eq!(rows[1][7..9], ["3", "3"]);
+    }
+
+    #[test]
+    fn the_info_table_counts_what_was_lost_with_closed_links() {
+        let info = Info {
+            id: hypha_core::id::NodeId::from_u128(7),
+            mode: hypha_core::wire::Mode::Client,
+            listening: Vec::new(),
+            links: Vec::new(),
+            published: 100,
+            received: 0,
+            dropped: 3,
+            dropped_link_closed: 15,
+            forwarded: 0,
+            denied: 0,
+            refused_handshaking: 0,
+            reassembly_evicted: 0,
+            refused_identity: 0,
+            denials_received: 0,
+            serial_framing: Default::default(),
+        };
+        let out = info_table(&info, &[]);
+        let totals: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        let after = |name: &str| {
+            let i = totals.iter().position(|c| *c == name).unwrap();
+            totals[i + 1]
+        };
+        assert_eq!(
+            (after("published"), after("dropped"), after("link_closed")),
+            ("100", "3", "15"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -146,19 +146,11 @@ struct Gw {
 
 /// The SHA-256 of a bearer token, as `http.tokens_sha256` lists it (hex).
 pub fn token_digest(token: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::to_hex(&crate::digest::sha256(token.as_bytes()))
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::digest::sha256_from_hex(hex)
 }
 
 /// Starts the gateway of `session` on `addr`, with `config`'s CORS origins, tokens and queue.
@@ -268,7 +260,7 @@ fn authorized(gw: &Gw, req: &Request) -> Option<Principal> {
     }
     let token = presented_token(req);
     if let Some(token) = &token {
-        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let d = crate::digest::sha256(token.as_bytes());
         // Every entry is compared, in constant time, whatever matched first.
         let mut found: Option<&Option<Principal>> = None;
         for (t, p) in &gw.tokens {

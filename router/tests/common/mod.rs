@@ -52,3 +52,4 @@ pub async fn wait_until(
 }
 
 pub mod pki;
+pub mod proxy;

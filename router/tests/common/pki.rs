@@ -71,3 +71,14 @@ impl Pki {
         }
     }
 }
+
+/// The `[tls]` section of a node's TOML file holding `t` (mutual TLS).
+pub fn tls_toml(t: &TlsConfig) -> String {
+    let p = |x: &Option<PathBuf>| x.as_ref().unwrap().display().to_string();
+    format!(
+        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nmutual = true\n",
+        p(&t.ca),
+        p(&t.cert),
+        p(&t.key)
+    )
+}
