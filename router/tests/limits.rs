@@ -277,6 +277,29 @@ async fn a_key_over_max_key_len_is_refused_at_the_sender_on_every_path() {
     };
     query(a.get(&long).send().await.unwrap_err());
     query(a.get(&format!("{wild}?p=1")).send().await.unwrap_err());
+    // A reply on a key over the limit (to a wildcard query) is refused too; one within it goes.
+    let q = b.declare_queryable("r/**").stream().unwrap();
+    let rk = hypha::keyexpr::OwnedKeyExpr::new("r/**".to_string()).unwrap();
+    assert!(a.wait_queryable(&rk, T).await);
+    let mut replies = a.get("r/**").send().await.unwrap();
+    let query = tokio::time::timeout(T, q.recv()).await.unwrap().unwrap();
+    let over = format!("r/{}", "y".repeat(31));
+    let e = query.reply(&over, "v").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            hypha::api::query::ReplyError::KeyTooLong { len: 33, limit: 32 }
+        ),
+        "{e}"
+    );
+    named(&e);
+    query.reply("r/ok", "v").await.unwrap();
+    drop(query);
+    let r = tokio::time::timeout(T, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*r.result.unwrap().key, "r/ok");
     // Nothing reached the neighbour: the link is up, and it saw no over-long key.
     assert_eq!(a.info().links.len(), 1);
     a.put(&fits, "w").await.unwrap();

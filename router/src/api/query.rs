@@ -59,6 +59,14 @@ pub enum ReplyError {
     /// The querier is gone (link closed, or it stopped listening).
     #[error("the querier is gone")]
     Gone,
+    /// The reply key is longer than `limits.max_key_len` (neighbours would close the link).
+    #[error("reply key of {len} bytes is longer than limits.max_key_len ({limit} bytes)")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 pub use crate::sample::{ErrorReply, Reply};
@@ -271,6 +279,9 @@ impl Query {
 
     fn check(&self, key: &str) -> Result<OwnedKeyExpr, ReplyError> {
         let k = keyexpr(key)?;
+        if let Some((len, limit)) = super::too_long(self.inner.responder.runtime(), k.as_str()) {
+            return Err(ReplyError::KeyTooLong { len, limit });
+        }
         if !k.as_keyexpr().intersects(&self.key_expr()) {
             return Err(ReplyError::KeyMismatch {
                 key: k.into_string(),

@@ -91,6 +91,11 @@ pub(crate) struct Responder {
 }
 
 impl Responder {
+    /// The runtime the replies go through (its configuration's limits apply to them).
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
     /// Sends one reply; `false` if the query is over (its querier left or it timed out).
     pub(crate) fn reply(&self, result: Result<Sample, ErrorReply>) -> bool {
         self.rt.with_node(|n, now| {
