@@ -26,6 +26,10 @@ struct Args {
     /// as the pings (the pong subscribes to them): head-of-line blocking shows in p99.
     #[arg(long, default_value_t = 0)]
     bulk: usize,
+    /// Publish the bulk from a second session (its own link to the pong) instead of the
+    /// pings' link: what is left is the machine's CPU contention, not the link's queueing.
+    #[arg(long)]
+    bulk_separate: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -38,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         size,
         warmup,
         bulk,
+        bulk_separate,
         net,
     } = Args::parse();
     let session = hypha::open(net.config()?).await?;
@@ -64,8 +69,18 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
+    let bulk_sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bulk_session = if bulk > 0 && bulk_separate {
+        let mut cfg = net.config()?;
+        cfg.listen.clear();
+        Some(hypha::open(cfg).await?)
+    } else {
+        None
+    };
     let bulk_task = if bulk > 0 {
-        let p = session
+        let p = bulk_session
+            .as_ref()
+            .unwrap_or(&session)
             .declare_publisher("bench/bulk")?
             .priority(Priority::Background)
             .congestion_control(hypha::CongestionControl::Block);
@@ -73,18 +88,27 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("the pong does not subscribe to bench/bulk");
         }
         let blob = bytes::Bytes::from(vec![0x5au8; bulk]);
+        let sent = bulk_sent.clone();
         Some(tokio::spawn(async move {
             loop {
                 if p.put(blob.clone()).await.is_err() {
                     break;
                 }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }))
     } else {
         None
     };
     let mut rtts = Vec::with_capacity(n);
+    let mut measured_from = (Instant::now(), 0);
     for i in 0..warmup + n {
+        if i == warmup {
+            measured_from = (
+                Instant::now(),
+                bulk_sent.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         let t0 = Instant::now();
         publisher.put(payload.clone()).await?;
         match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
@@ -95,6 +119,11 @@ async fn main() -> anyhow::Result<()> {
             rtts.push(t0.elapsed().as_secs_f64() * 1e6);
         }
     }
+    let bulk_mib_s = (bulk_sent.load(std::sync::atomic::Ordering::Relaxed) - measured_from.1)
+        as f64
+        * bulk as f64
+        / measured_from.0.elapsed().as_secs_f64()
+        / (1u64 << 20) as f64;
     if let Some(t) = bulk_task {
         t.abort();
     }
@@ -103,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "n": n, "size": size, "bulk": bulk,
+            "n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
+            "bulk_mib_s": bulk_mib_s,
             "p50_us": percentile(&rtts, 50.0), "p99_us": percentile(&rtts, 99.0),
             "p999_us": percentile(&rtts, 99.9), "mean_us": mean,
         })

@@ -11,7 +11,7 @@ REPS=${REPS:-3}
 N=${N:-3000}
 BULK=${BULK:-1048576}
 PROTOS=${PROTOS:-tcp quic}
-cargo build --release -q -p hypha-examples --example ping --example pong --manifest-path "$ROOT/Cargo.toml"
+[ -n "${NOBUILD:-}" ] || cargo build --release -q -p hypha-examples --example ping --example pong --manifest-path "$ROOT/Cargo.toml"
 X="$ROOT/target/release/examples"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }

@@ -331,6 +331,26 @@ impl LinkTx {
         }
     }
 
+    /// Lanes whose own stream is full (bit `i` for `Priority::index() == i`): the caller should
+    /// give this link nothing more for them until [`progress`](Self::progress) returns. Only
+    /// QUIC links, which write every lane to its own stream, block a lane alone; on the others
+    /// the whole link waits in `send`.
+    pub fn blocked_lanes(&self) -> u8 {
+        match self {
+            LinkTx::Quic(t) => t.blocked_lanes(),
+            _ => 0,
+        }
+    }
+
+    /// Waits until a lane of [`blocked_lanes`](Self::blocked_lanes) can take more (at once if
+    /// none is blocked).
+    pub async fn progress(&mut self) -> Result<(), LinkError> {
+        match self {
+            LinkTx::Quic(t) => t.progress().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Finishes writing what `try_send` kept.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         match self {

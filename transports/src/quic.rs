@@ -11,12 +11,21 @@ use crate::link::{ConnectError, Link, LinkError, LinkInfo, LinkRx, LinkTx, Liste
 use crate::stream::StreamRx;
 use crate::tls::TlsConfig;
 use bytes::Bytes;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const RX_QUEUE: usize = 256;
+/// Priority lanes (one stream each).
+const LANES: usize = hypha_core::session::LANES;
+
+/// Batches a lane's stream reader may hold before it stops reading (then QUIC flow control
+/// holds that stream back at the sender, never the other lanes).
+const RX_LANE_QUEUE: usize = 16;
+/// Connection errors: one is enough.
+const RX_ERRORS: usize = 2;
 /// Header kind of a `Close` transport message (see `core/WIRE.md`).
 const CLOSE_KIND: u8 = 3;
 /// Header kind of a `Frame` (whole messages; fragments are kinds 6 and 7).
@@ -26,8 +35,13 @@ const FRAME_KIND: u8 = 5;
 #[derive(Debug)]
 pub struct QuicTx {
     conn: quinn::Connection,
-    streams: Box<[Option<quinn::SendStream>; 8]>,
+    streams: Box<[Option<quinn::SendStream>; LANES]>,
     buf: Vec<u8>,
+    /// Per lane, the part of the last batch its stream did not take yet (flow control or the
+    /// send window): the writer waits for it with [`QuicTx::progress`] while it keeps serving
+    /// the other lanes, and asks the session for nothing more on that lane
+    /// ([`QuicTx::blocked_lanes`]) — a bulk lane never holds a real-time one back.
+    pending: Box<[Pending; LANES]>,
     /// Keeps the client endpoint alive for dialled links.
     _endpoint: Option<quinn::Endpoint>,
     /// The one strong reference behind the link's [`LinkProbe`](crate::LinkProbe) (its RTT):
@@ -36,10 +50,48 @@ pub struct QuicTx {
 }
 
 /// Receiving half of a QUIC link.
+///
+/// Every lane has its own queue, filled by the reader of that lane's stream (and by the
+/// datagram reader for best-effort batches): [`QuicRx::recv`] hands out the highest-priority
+/// batch waiting, so a real-time batch never waits behind bulk batches already received, and
+/// a lane whose consumer lags stops only its own stream (one queue shared by all streams held
+/// up to 256 batches, 16 MiB of bulk, ahead of a ping, and a full one stopped every stream).
 #[derive(Debug)]
 pub struct QuicRx {
-    rx: mpsc::Receiver<Result<Bytes, LinkError>>,
+    /// Indexed by `Priority::index()`: 0 (Control) first.
+    lanes: Vec<mpsc::Receiver<Bytes>>,
+    errors: mpsc::Receiver<LinkError>,
+    /// A `Close` taken from the control queue, handed out once the other lanes are empty.
+    close: Option<Bytes>,
     _tasks: Vec<AbortOnDrop>,
+}
+
+/// What a lane's stream has not taken yet of its last batch.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.off >= self.buf.len()
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.off = 0;
+        if self.buf.capacity() > crate::MAX_BATCH + 2 {
+            self.buf.shrink_to(crate::MAX_BATCH + 2);
+        }
+    }
+}
+
+fn write_err(e: quinn::WriteError) -> LinkError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => conn_err(c),
+        other => quic_err(other),
+    }
 }
 
 fn quic_err(e: impl std::fmt::Display) -> LinkError {
@@ -73,6 +125,7 @@ impl QuicTx {
             // A `Close` travels on the control stream; batches still in flight on the other
             // lanes' streams could arrive after it and be lost. Finish those streams and wait
             // (bounded) until the peer has read them to the end, then send the `Close`.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_pending()).await;
             self.drain_lanes().await;
         }
         let (priority, reliable) = crate::batch_lane(batch);
@@ -105,13 +158,105 @@ impl QuicTx {
             None => return Err(quic_err("bad lane")),
         };
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        let pending = self
+            .pending
+            .get_mut(lane)
+            .ok_or_else(|| quic_err("bad lane"))?;
+        if !pending.is_empty() {
+            // The writer asked for this lane while it was blocked: finish the earlier batch
+            // first (order within a lane), waiting if need be.
+            stream
+                .write_all(&pending.buf[pending.off..])
+                .await
+                .map_err(write_err)?;
+            pending.clear();
+        }
         self.buf.clear();
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(batch);
-        stream.write_all(&self.buf).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(c) => conn_err(c),
-            other => quic_err(other),
+        // Take what the stream accepts now; keep the rest for `progress`.
+        let mut off = 0;
+        while off < self.buf.len() {
+            match std::future::poll_fn(|cx| {
+                let w = stream.write(&self.buf[off..]);
+                tokio::pin!(w);
+                match w.poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending => Poll::Ready(None),
+                }
+            })
+            .await
+            {
+                Some(Ok(n)) if n > 0 => off += n,
+                Some(Ok(_)) | None => break,
+                Some(Err(e)) => return Err(write_err(e)),
+            }
+        }
+        if off < self.buf.len() {
+            pending.buf.clear();
+            pending.buf.extend_from_slice(&self.buf[off..]);
+            pending.off = 0;
+        }
+        Ok(())
+    }
+
+    /// Lanes (bit `i` = `Priority::index() == i`) whose stream still holds part of a batch:
+    /// the session should hand out nothing more for them until [`progress`](Self::progress).
+    pub(crate) fn blocked_lanes(&self) -> u8 {
+        self.pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Waits until at least one blocked lane has written what it held (at once if none is
+    /// blocked).
+    pub(crate) async fn progress(&mut self) -> Result<(), LinkError> {
+        std::future::poll_fn(|cx| {
+            let mut freed = self.blocked_lanes() == 0;
+            for (p, s) in self.pending.iter_mut().zip(self.streams.iter_mut()) {
+                let Some(s) = s.as_mut().filter(|_| !p.is_empty()) else {
+                    p.clear();
+                    continue;
+                };
+                loop {
+                    let r = {
+                        let w = s.write(&p.buf[p.off..]);
+                        tokio::pin!(w);
+                        w.poll(cx)
+                    };
+                    match r {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            p.off += n;
+                            if p.off >= p.buf.len() {
+                                p.clear();
+                                freed = true;
+                                break;
+                            }
+                        }
+                        Poll::Ready(Ok(_)) | Poll::Pending => break,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                    }
+                }
+            }
+            if freed {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
         })
+        .await
+    }
+
+    /// Writes what every lane still holds (before a close), waiting as long as it takes.
+    async fn flush_pending(&mut self) {
+        for (p, s) in self.pending.iter_mut().zip(self.streams.iter_mut()) {
+            if let Some(s) = s.as_mut().filter(|_| !p.is_empty()) {
+                let _ = s.write_all(&p.buf[p.off..]).await;
+            }
+            p.clear();
+        }
     }
 
     /// Finishes every data lane's stream and waits (up to a second) until the peer has read
@@ -137,6 +282,7 @@ impl QuicTx {
     /// Finishes every lane's stream, waits (up to a second) until the peer has read them to the
     /// end, so that a final `Close` batch is not lost, then closes the connection.
     pub(crate) async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_pending()).await;
         for s in self.streams.iter_mut().flatten() {
             let _ = s.finish();
         }
@@ -152,15 +298,46 @@ impl QuicTx {
 
 impl QuicRx {
     pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
-        self.rx.recv().await.unwrap_or(Err(LinkError::Closed))
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, LinkError>> {
+        let (control, data) = self.lanes.split_at_mut(1);
+        if self.close.is_none() {
+            if let Some(Poll::Ready(Some(b))) = control.first_mut().map(|c| c.poll_recv(cx)) {
+                if b.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+                    // The peer's last word: it finished its other streams before sending it,
+                    // so what they carried goes first.
+                    self.close = Some(b);
+                } else {
+                    return Poll::Ready(Ok(b));
+                }
+            }
+        }
+        for lane in data {
+            if let Poll::Ready(Some(b)) = lane.poll_recv(cx) {
+                return Poll::Ready(Ok(b));
+            }
+        }
+        if let Some(c) = self.close.take() {
+            return Poll::Ready(Ok(c));
+        }
+        match self.errors.poll_recv(cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e.unwrap_or(LinkError::Closed))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
 /// Starts the reader tasks of a connection: one per incoming stream, one for datagrams.
 fn spawn_readers(conn: quinn::Connection) -> QuicRx {
-    let (tx, rx) = mpsc::channel(RX_QUEUE);
+    let (lane_tx, lanes): (Vec<_>, Vec<_>) = (0..LANES)
+        .map(|_| mpsc::channel::<Bytes>(RX_LANE_QUEUE))
+        .unzip();
+    let lane_tx: Arc<[mpsc::Sender<Bytes>]> = lane_tx.into();
+    let (err_tx, errors) = mpsc::channel(RX_ERRORS);
     let c = conn.clone();
-    let t = tx.clone();
+    let (t, e) = (lane_tx.clone(), err_tx.clone());
     let streams = tokio::spawn(async move {
         let mut readers = Vec::new();
         loop {
@@ -173,7 +350,10 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
                             // A stream that ends (finished, or reset) ends only this task: the
                             // connection's fate is reported by the accept loop below.
                             let Ok(batch) = r.recv().await else { return };
-                            if t.send(Ok(batch)).await.is_err() {
+                            let Some(q) = t.get(lane_of(&batch)) else {
+                                return;
+                            };
+                            if q.send(batch).await.is_err() {
                                 return;
                             }
                         }
@@ -182,8 +362,8 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
                         readers.retain(|r: &AbortOnDrop| !r.0.is_finished());
                     }
                 }
-                Err(e) => {
-                    let _ = t.send(Err(conn_err(e))).await;
+                Err(err) => {
+                    let _ = e.send(conn_err(err)).await;
                     return;
                 }
             }
@@ -194,20 +374,29 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
             match conn.read_datagram().await {
                 Ok(d) if !d.is_empty() => {
                     // Best effort: drop rather than stall when the consumer lags.
-                    let _ = tx.try_send(Ok(d));
+                    if let Some(q) = lane_tx.get(lane_of(&d)) {
+                        let _ = q.try_send(d);
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(conn_err(e))).await;
+                Err(err) => {
+                    let _ = err_tx.send(conn_err(err)).await;
                     return;
                 }
             }
         }
     });
     QuicRx {
-        rx,
+        lanes,
+        errors,
+        close: None,
         _tasks: vec![AbortOnDrop(streams), AbortOnDrop(datagrams)],
     }
+}
+
+/// The lane (queue index) of a received batch.
+fn lane_of(batch: &[u8]) -> usize {
+    crate::batch_lane(batch).0.index().min(LANES - 1)
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -262,6 +451,7 @@ fn link(
             conn,
             streams: Default::default(),
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
+            pending: Default::default(),
             _endpoint: endpoint,
             _probe: probe,
         }),

@@ -458,3 +458,66 @@ mod tls {
         assert!(err.to_string().contains("together"), "{err}");
     }
 }
+
+/// Header byte of a reliable frame on the Background lane (kind 5, lane 7, R).
+const BULK: u8 = 0x7d;
+/// Header byte of a reliable frame on the RealTime lane (kind 5, lane 1, R).
+const REALTIME: u8 = 0x4d;
+
+/// QUIC lanes never block each other: with the bulk lane's stream full (the receiver reads
+/// nothing, so QUIC flow control stops it), a real-time batch is still written at once and is
+/// the first batch the receiver is handed; then every bulk batch arrives, in order.
+#[tokio::test]
+async fn quic_full_bulk_lane_does_not_hold_back_realtime() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("quic/127.0.0.1:0", &tls, &tls).await;
+    let mut sent = 0u32;
+    within(async {
+        // Fill the bulk lane until its stream stops taking more (flow control: 8 MiB).
+        while a.tx.blocked_lanes() & 1 << 7 == 0 {
+            sent += 1;
+            assert!(sent < 2_000, "the bulk lane never filled");
+            a.tx.send(&batch(BULK, sent, 65_535)).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(
+        a.tx.blocked_lanes(),
+        1 << 7,
+        "only the bulk lane is blocked"
+    );
+    // The real-time batch goes out although the bulk lane is stuck.
+    tokio::time::timeout(Duration::from_secs(5), a.tx.send(&batch(REALTIME, 0, 64)))
+        .await
+        .expect("a real-time batch waited behind a full bulk lane")
+        .unwrap();
+    // The receiver is handed it before the bulk batches that arrived first.
+    let first = within(async {
+        loop {
+            let got = b.rx.recv().await.unwrap();
+            if got[0] == REALTIME || seq_of(&got) > 16 {
+                break got;
+            }
+            // At most the bulk batches already queued when the real-time one arrived.
+        }
+    })
+    .await;
+    assert_eq!(
+        first[0], REALTIME,
+        "the real-time batch came after 16 bulk batches"
+    );
+    // Then all bulk batches, in order, while the sender finishes what it held.
+    let mut next = 1;
+    let (mut tx, mut rx) = (a.tx, b.rx);
+    let reader = async {
+        while next <= sent {
+            let got = rx.recv().await.unwrap();
+            if got[0] == BULK {
+                assert_eq!(seq_of(&got), next, "bulk batches in order");
+                next += 1;
+            }
+        }
+    };
+    within(async { tokio::join!(reader, async { tx.progress().await.unwrap() }) }).await;
+    assert_eq!(tx.blocked_lanes(), 0);
+}

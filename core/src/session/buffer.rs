@@ -35,6 +35,9 @@ pub trait Buffer: Default {
     }
     /// Releases memory held beyond the current length, where the storage can.
     fn shrink(&mut self) {}
+    /// Makes room for `additional` more bytes ahead of time, where the storage can (a hint:
+    /// growing piecemeal costs copies).
+    fn reserve(&mut self, _additional: usize) {}
 }
 
 impl<const N: usize> Buffer for heapless::Vec<u8, N> {
@@ -73,6 +76,9 @@ impl Buffer for alloc::vec::Vec<u8> {
         }
         alloc::vec::Vec::extend_from_slice(self, data);
         true
+    }
+    fn reserve(&mut self, additional: usize) {
+        let _ = self.try_reserve(additional);
     }
     fn shrink(&mut self) {
         // Keep the buffer for the next burst (regrowing a large one costs page faults and

@@ -11,6 +11,9 @@ use crate::wire::{
 pub(super) struct Reassembly<B> {
     buf: B,
     active: bool,
+    /// Size of the last message this slot reassembled: the next one is likely alike, so its
+    /// buffer is sized up front rather than grown (and copied) fragment by fragment.
+    last_len: usize,
 }
 
 impl<B: Buffer> Reassembly<B> {
@@ -29,6 +32,10 @@ impl<B: Buffer> Reassembly<B> {
         self.buf.shrink();
     }
 }
+
+/// The most a reassembly buffer is sized ahead of its fragments (what arrives beyond grows it
+/// as before, within the caps).
+const REASSEMBLY_RESERVE_MAX: usize = 4 << 20;
 
 enum Verdict {
     Accept,
@@ -223,6 +230,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 self.stats.rx_reassembly_dropped += 1;
             }
             r.buf.resize(0);
+            r.buf.reserve(r.last_len.min(REASSEMBLY_RESERVE_MAX));
             r.active = true;
         } else if !r.active {
             // The start of this message was lost: skip to the next first fragment.
@@ -245,6 +253,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             return;
         }
         r.active = false;
+        r.last_len = r.buf.bytes().len();
         let buf = core::mem::take(&mut r.buf);
         self.stats.rx_reassembled += 1;
         self.deliver(f.priority, f.reliable, buf.bytes(), sink);

@@ -468,6 +468,36 @@ fn higher_priority_lanes_go_first() {
 }
 
 #[test]
+fn a_skipped_lane_waits_while_the_others_go() {
+    let mut p = Pair::open();
+    let bulk = vec![0u8; 60_000];
+    let put = |payload| NetworkMessage::Put(Put { key_id: 1, payload });
+    p.a.send(Priority::Background, true, &put(&bulk)).unwrap();
+    p.a.send(Priority::Data, true, &put(b"data")).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let skip = 1 << Priority::Background.index();
+    // The Data lane goes; the skipped Background lane hands out nothing.
+    let n = p.a.poll_transmit_except(p.now, &mut buf, skip).unwrap();
+    let got = &mut p.got_b;
+    p.b.handle_input(p.now, &buf[..n], &mut |r| got.push(own(r)));
+    assert_eq!(p.a.poll_transmit_except(p.now, &mut buf, skip), None);
+    assert!(p.a.queued_bytes(Priority::Background) > 60_000);
+    // Unskipped, it follows.
+    p.drive();
+    let order: Vec<(Priority, usize)> = p
+        .got_b
+        .iter()
+        .filter_map(|g| match g {
+            Got::Put {
+                priority, payload, ..
+            } => Some((*priority, payload.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [(Priority::Data, 4), (Priority::Background, 60_000)]);
+}
+
+#[test]
 fn ten_mib_payload_is_fragmented_and_reassembled() {
     let mut ca = cfg(1);
     ca.lane_capacity = 1 << 20;

@@ -211,7 +211,20 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// nothing to send. Worth calling again after `send`, `close`, `handle_input` or
     /// `handle_timeout`. A batch never exceeds the negotiated batch size nor `buf.len()`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let n = self.next_batch(buf)?;
+        self.poll_transmit_except(now, buf, 0)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit), taking nothing from the lanes in `skip` (bit `i`
+    /// for `Priority::index() == i`): for a link that writes each lane to its own stream, a lane
+    /// whose stream is full waits without holding the others back. Control messages and
+    /// keep-alives are never skipped.
+    pub fn poll_transmit_except(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        skip: u8,
+    ) -> Option<usize> {
+        let n = self.next_batch(buf, skip)?;
         self.last_tx = now;
         self.keepalive_due = false;
         self.stats.tx_batches += 1;
@@ -219,7 +232,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         Some(n)
     }
 
-    fn next_batch(&mut self, buf: &mut [u8]) -> Option<usize> {
+    fn next_batch(&mut self, buf: &mut [u8], skip: u8) -> Option<usize> {
         if let Some(c) = self.control.take() {
             return self.encode_control(c, buf);
         }
@@ -229,7 +242,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         let limit = buf.len().min(self.batch_size);
         let out = buf.get_mut(..limit)?;
         for p in Priority::ALL {
-            if self.lanes.get(p.index()).is_some_and(|l| l.queued() > 0) {
+            if skip & (1 << p.index()) == 0
+                && self.lanes.get(p.index()).is_some_and(|l| l.queued() > 0)
+            {
                 if let Some(n) = self.batch_from_lane(p, out) {
                     return Some(n);
                 }

@@ -1366,12 +1366,14 @@ fn log_close(face: &Face, reason: CloseReason, by_peer: bool) {
 const HANDSHAKE_BUF: usize = 1024;
 
 /// The session's next batch, into `buf`, grown to a whole batch once the session is open.
-fn transmit(rt: &Runtime, face: &Face, buf: &mut Vec<u8>) -> Option<usize> {
+/// Nothing is taken from the lanes in `skip` (their stream is full, see
+/// `LinkTx::blocked_lanes`).
+fn transmit(rt: &Runtime, face: &Face, buf: &mut Vec<u8>, skip: u8) -> Option<usize> {
     let mut st = face.lock();
     if buf.len() < hypha_transports::MAX_BATCH && st.session.is_open() {
         buf.resize(hypha_transports::MAX_BATCH, 0);
     }
-    st.session.poll_transmit(rt.now(), buf)
+    st.session.poll_transmit_except(rt.now(), buf, skip)
 }
 
 async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
@@ -1396,7 +1398,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         let mut failed = tx.flush().await.err();
         while failed.is_none() {
             face.drain_backlog();
-            let n = transmit(&rt, &face, &mut buf);
+            let n = transmit(&rt, &face, &mut buf, tx.blocked_lanes());
             face.space.notify_waiters();
             let Some(n) = n else { break };
             failed = tx.send(&buf[..n]).await.err();
@@ -1432,7 +1434,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         if closed || face.is_dead() {
             // Flush what the close queued, then shut the link and stop the reader.
             loop {
-                let n = transmit(&rt, &face, &mut buf);
+                let n = transmit(&rt, &face, &mut buf, 0);
                 let Some(n) = n else { break };
                 if tx.send(&buf[..n]).await.is_err() {
                     break;
@@ -1447,14 +1449,33 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             face.done.notify_waiters();
             return;
         }
-        // Idle: park the sending half so that a publisher can write at once itself.
-        *face.parked_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,
                 None => std::future::pending().await,
             }
         };
+        if tx.blocked_lanes() != 0 {
+            // Some lane's stream is full: wait for it, for news or for a timer, holding the
+            // link (only stream links are written by publishers directly).
+            tokio::select! {
+                r = tx.progress() => {
+                    if let Err(e) = r {
+                        tracing::debug!(face = face.id, "write failed: {e}");
+                        face.kill();
+                        face.finished.store(true, Ordering::Release);
+                        face.done.notify_waiters();
+                        return;
+                    }
+                }
+                _ = face.wake.notified() => {}
+                _ = sleep => face.lock().session.handle_timeout(rt.now()),
+            }
+            held = Some(tx);
+            continue;
+        }
+        // Idle: park the sending half so that a publisher can write at once itself.
+        *face.parked_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         tokio::select! {
             _ = face.wake.notified() => {}
             _ = sleep => face.lock().session.handle_timeout(rt.now()),
