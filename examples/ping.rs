@@ -30,6 +30,10 @@ struct Args {
     /// pings' link: what is left is the machine's CPU contention, not the link's queueing.
     #[arg(long)]
     bulk_separate: bool,
+    /// Samples per round trip: send this many pings back to back, time until the last echo
+    /// (puts closer together than 50 µs are batched by the link's writer).
+    #[arg(long, default_value_t = 1)]
+    burst: usize,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -43,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
         warmup,
         bulk,
         bulk_separate,
+        burst,
         net,
     } = Args::parse();
+    let burst = burst.max(1);
     let session = hypha::open(net.config()?).await?;
     let sub = session
         .declare_subscriber("bench/pong")
@@ -52,8 +58,7 @@ async fn main() -> anyhow::Result<()> {
         .stream()?;
     let publisher = session
         .declare_publisher("bench/ping")?
-        .priority(Priority::RealTime)
-        .express(true);
+        .priority(Priority::RealTime);
     if !publisher.wait_matching(Duration::from_secs(30)).await {
         anyhow::bail!("no pong found within 30 s");
     }
@@ -110,10 +115,14 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         let t0 = Instant::now();
-        publisher.put(payload.clone()).await?;
-        match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
-            Ok(Some(_)) => {}
-            _ => anyhow::bail!("echo {i} lost"),
+        for _ in 0..burst {
+            publisher.put(payload.clone()).await?;
+        }
+        for _ in 0..burst {
+            match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("echo {i} lost"),
+            }
         }
         if i >= warmup {
             rtts.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -133,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
+            "burst": burst,
             "bulk_mib_s": bulk_mib_s,
             "p50_us": percentile(&rtts, 50.0), "p99_us": percentile(&rtts, 99.0),
             "p999_us": percentile(&rtts, 99.9), "mean_us": mean,

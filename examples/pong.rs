@@ -30,8 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let _bulk = session.declare_subscriber("bench/bulk").callback(|_| {})?;
     let publisher = session
         .declare_publisher("bench/pong")?
-        .priority(Priority::RealTime)
-        .express(true);
+        .priority(Priority::RealTime);
     let echo = async {
         while let Some(s) = sub.recv().await {
             if publisher.put(s.payload).await.is_err() {

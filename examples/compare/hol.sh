@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Head-of-line blocking: 64 B RealTime round trips (ping -> pong) without and with 1 MiB
-# Background bulk published by the ping on the same link, REPS rounds interleaved, per
-# transport (PROTOS, default "tcp quic").
+# Head-of-line blocking: 64 B RealTime round trips (ping -> pong) without bulk, with 1 MiB
+# Background bulk published by the ping on the same link, and with the same bulk from a second
+# session (its own link: the machine's CPU contention alone, the floor a same-link figure can
+# reach), REPS rounds interleaved, per transport (PROTOS, default "tcp quic").
+# X=DIR runs the ping/pong binaries in DIR (e.g. an older build, for an A/B in the same run).
 #
 #   examples/compare/hol.sh          # REPS (default 3), N round trips (default 3000), BULK bytes
 set -euo pipefail
@@ -12,21 +14,23 @@ N=${N:-3000}
 BULK=${BULK:-1048576}
 PROTOS=${PROTOS:-tcp quic}
 [ -n "${NOBUILD:-}" ] || cargo build --release -q -p hypha-examples --example ping --example pong --manifest-path "$ROOT/Cargo.toml"
-X="$ROOT/target/release/examples"
+X=${X:-"$ROOT/target/release/examples"}
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-run() { # proto bulk round
+run() { # proto bulk round [extra ping args]
   local p pid res
   p=$(port)
   "$X/pong" --listen "$1/127.0.0.1:$p" >/dev/null 2>&1 & pid=$!; PIDS+=("$pid")
   sleep 0.3
   res=$(timeout 300 "$X/ping" --connect "$1/127.0.0.1:$p" --listen "$1/127.0.0.1:0" --n "$N" --warmup 300 \
-    --size 64 --bulk "$2" 2>/dev/null | tail -1 || true)
+    --size 64 --bulk "$2" "${@:4}" 2>/dev/null | tail -1 || true)
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   [ -n "$res" ] && printf '{"proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
 }
 for r in $(seq 1 "$REPS"); do
-  for proto in $PROTOS; do run "$proto" 0 "$r"; run "$proto" "$BULK" "$r"; done
+  for proto in $PROTOS; do
+    run "$proto" 0 "$r"; run "$proto" "$BULK" "$r"; run "$proto" "$BULK" "$r" --bulk-separate
+  done
 done

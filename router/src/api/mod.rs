@@ -878,12 +878,6 @@ impl Publisher {
         self
     }
 
-    /// Express: write at once rather than batch.
-    pub fn express(mut self, e: bool) -> Self {
-        self.qos.express = e;
-        self
-    }
-
     /// The encoding announced with every sample.
     pub fn encoding(mut self, e: &str) -> Self {
         self.encoding = Some(Arc::from(e));

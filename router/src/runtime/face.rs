@@ -804,7 +804,6 @@ impl Face {
                 sample.timestamp,
                 sample.encoding.as_deref(),
                 sample.attachment.as_deref(),
-                false,
                 sample.source,
             ) {
                 Ok(()) => {}
@@ -884,7 +883,6 @@ impl Face {
         timestamp: Option<Timestamp>,
         encoding: Option<&str>,
         attachment: Option<&[u8]>,
-        express: bool,
         source: Option<SampleSource>,
     ) -> Result<(), SendError> {
         // A link that loses datagrams (UDP) carries samples best effort whatever the publisher
@@ -983,7 +981,7 @@ impl Face {
         let was_idle = st.session.total_queued_bytes() == 0;
         let r = st.session.send(lane.priority, lane.reliable, &msg);
         drop(guard);
-        if r.is_ok() && (express || was_idle) && self.write_directly(express) {
+        if r.is_ok() && was_idle && self.write_directly() {
             self.sent.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -1040,16 +1038,15 @@ impl Face {
     }
 
     /// Writes what the session has queued on the caller's thread, if the writer task is idle,
-    /// the link can write without waiting, and (unless `express`) no direct write happened in
+    /// the link can write without waiting, and no direct write happened in
     /// the last `DIRECT_GAP_US`. Returns true if everything queued went out (the writer need
     /// not be woken).
-    fn write_directly(&self, express: bool) -> bool {
+    fn write_directly(&self) -> bool {
         let now = self.now();
-        if !express
-            && now
-                .as_micros()
-                .saturating_sub(self.last_direct.load(Ordering::Relaxed))
-                < DIRECT_GAP_US
+        if now
+            .as_micros()
+            .saturating_sub(self.last_direct.load(Ordering::Relaxed))
+            < DIRECT_GAP_US
         {
             return false;
         }

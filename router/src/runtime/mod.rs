@@ -49,9 +49,6 @@ pub struct Qos {
     pub reliable: bool,
     /// Drop (default) or block when a destination is congested.
     pub congestion: CongestionControl,
-    /// Write at once rather than batch. Hypha's writers never linger (a lone message always goes
-    /// out at once), so this only documents intent.
-    pub express: bool,
 }
 
 impl Default for Qos {
@@ -60,7 +57,6 @@ impl Default for Qos {
             priority: hypha_core::wire::Priority::Data,
             reliable: true,
             congestion: CongestionControl::Drop,
-            express: false,
         }
     }
 }
@@ -237,7 +233,6 @@ impl Outgoing {
         face: &Face,
         key_id: &std::sync::atomic::AtomicU32,
         lane: Lane,
-        express: bool,
     ) -> Result<(), SendError> {
         face.send_sample(
             &self.key,
@@ -248,7 +243,6 @@ impl Outgoing {
             self.timestamp,
             self.encoding.as_deref(),
             self.attachment.as_deref(),
-            express,
             self.source,
         )
     }
@@ -1446,7 +1440,6 @@ impl Runtime {
                 timestamp,
                 encoding.as_deref(),
                 attachment.as_deref(),
-                false,
                 source,
             ) {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1525,7 +1518,7 @@ impl Runtime {
         }
         let mut blocked = Vec::new();
         for (i, (face, key_id)) in resolved.faces.iter().enumerate() {
-            match s.send_on(face, key_id, lane, qos.express) {
+            match s.send_on(face, key_id, lane) {
                 Ok(()) => {}
                 Err(SendError::QueueFull) if qos.congestion == CongestionControl::Block => {
                     blocked.push(i);
@@ -1580,7 +1573,7 @@ impl Runtime {
                 let notified = face.space.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                match sample.send_on(face, key_id, lane, false) {
+                match sample.send_on(face, key_id, lane) {
                     Ok(()) => {
                         sent = true;
                         break;
