@@ -1140,8 +1140,13 @@ async fn node(args: &NodeArgs, s: Session) -> Result<()> {
     let mut ready =
         serde_json::json!({"event": "ready", "id": info.id.to_string(), "listening": listening});
     if let Some(g) = &gateway {
-        eprintln!("http gateway and live page on http://{}/", g.local_addr());
+        let scheme = if http_cfg.tls { "https" } else { "http" };
+        eprintln!(
+            "http gateway and live page on {scheme}://{}/",
+            g.local_addr()
+        );
         ready["http"] = g.local_addr().to_string().into();
+        ready["http_url"] = format!("{scheme}://{}/", g.local_addr()).into();
     }
     println!("{ready}");
     let _tokens = token
