@@ -172,8 +172,17 @@ async fn a_client_fails_over_to_an_alternate_its_router_told_it_of() {
     p.put("before").await.unwrap();
     let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
     assert_eq!(&s.payload[..], b"before");
-    // Give r1 time to have told its client of r2 (it does at link-up and when routers appear).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // r1 tells its client of r2 (at link-up and when routers appear).
+    assert!(
+        sub_client.wait_alternates(T).await,
+        "r1 never told its client of r2"
+    );
+    let learnt = sub_client.alternates();
+    assert!(
+        learnt.contains(&ep(&r2).parse().unwrap()),
+        "learnt {learnt:?}, not r2 at {}",
+        ep(&r2)
+    );
     r1.close().await;
     let deadline = tokio::time::Instant::now() + T;
     let mut i = 0;

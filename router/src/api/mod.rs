@@ -693,6 +693,22 @@ impl Session {
             .await
     }
 
+    /// The routers this client learnt from its routers (a router tells its clients of other
+    /// routers of its site first, then the cheapest others), newest first: after the
+    /// configured endpoints, the ones it fails over to when its router goes. Empty for peers
+    /// and routers.
+    pub fn alternates(&self) -> Vec<hypha_transports::Endpoint> {
+        self.rt.alternates()
+    }
+
+    /// Waits until this client has learnt at least one alternate router, up to `timeout`.
+    /// Returns whether it has.
+    pub async fn wait_alternates(&self, timeout: Duration) -> bool {
+        self.rt
+            .wait_until(timeout, || !self.rt.alternates().is_empty())
+            .await
+    }
+
     /// Why the last attempt to reach a configured endpoint failed (refused, unreachable, a TLS
     /// certificate the peer refused or we refused…), if one did. With no link up, this is what
     /// a short-lived program should report instead of publishing into nothing.

@@ -1329,12 +1329,7 @@ impl Node {
     /// configured. Damped: it moves only by more than 20 % and more than 2 ms, at most once per
     /// [`COST_HOLD`], so routes do not flap with jitter.
     pub(crate) fn measured_cost(&mut self, now: Instant, face: FaceId, rtt_ms: u32) {
-        let Some(node) = self
-            .faces
-            .get(&face)
-            .filter(|f| f.kind == FaceKind::Router)
-            .map(|f| f.node)
-        else {
+        let Some(node) = self.backbone_node(face) else {
             return;
         };
         if self.cost_set.contains(&node) {
@@ -1361,14 +1356,17 @@ impl Node {
         }
     }
 
-    /// Sets the cost of a backbone link (configured).
-    pub(crate) fn set_link_cost(&mut self, now: Instant, face: FaceId, cost: u32) {
-        let Some(node) = self
-            .faces
+    /// The node id of the backbone neighbour on `face`, if it is one.
+    fn backbone_node(&self, face: FaceId) -> Option<NodeId> {
+        self.faces
             .get(&face)
             .filter(|f| f.kind == FaceKind::Router)
             .map(|f| f.node)
-        else {
+    }
+
+    /// Sets the cost of a backbone link (configured).
+    pub(crate) fn set_link_cost(&mut self, now: Instant, face: FaceId, cost: u32) {
+        let Some(node) = self.backbone_node(face) else {
             return;
         };
         self.cost_set.insert(node);
@@ -1434,12 +1432,7 @@ impl Node {
     }
 
     fn on_link_state(&mut self, now: Instant, face: FaceId, lsa: Arc<linkstate::Lsa>) {
-        let Some(from) = self
-            .faces
-            .get(&face)
-            .filter(|f| f.kind == FaceKind::Router)
-            .map(|f| f.node)
-        else {
+        let Some(from) = self.backbone_node(face) else {
             return;
         };
         let Some(db) = self.lsdb.as_mut() else {
@@ -2971,6 +2964,8 @@ fn told_key(f: &Face, key: Option<&OwnedKeyExpr>) -> bool {
     let Some(k) = key else {
         return true;
     };
+    // One copy of the key, reused as the lookup key of every kind.
+    let mut probe = (Kind::Sub, k.clone(), false);
     [
         (Kind::Sub, false),
         (Kind::Qabl, false),
@@ -2978,7 +2973,11 @@ fn told_key(f: &Face, key: Option<&OwnedKeyExpr>) -> bool {
         (Kind::Token, false),
     ]
     .into_iter()
-    .any(|(kind, complete)| f.out.entries.contains_key(&(kind, k.clone(), complete)))
+    .any(|(kind, complete)| {
+        probe.0 = kind;
+        probe.2 = complete;
+        f.out.entries.contains_key(&probe)
+    })
 }
 
 /// Has `f` answered an interest of ours for subscribers that includes `key` in full?

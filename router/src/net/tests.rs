@@ -74,12 +74,20 @@ impl Mesh {
     }
 
     fn with_caps(roles: &[Mode], caps: Caps) -> Self {
+        Self::build(roles, caps, &[])
+    }
+
+    /// Nodes 1..=n with these roles and caps; `sites[i]` (where given) is node i's site.
+    fn build(roles: &[Mode], caps: Caps, sites: &[&str]) -> Self {
         let nodes = roles
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let mut c = NodeConfig::new(NodeId::from_u128(i as u128 + 1), *r);
                 c.caps = caps;
+                if let Some(site) = sites.get(i) {
+                    c.site = Arc::from(*site);
+                }
                 Node::new(c)
             })
             .collect();
@@ -1343,13 +1351,25 @@ fn an_unproven_link_never_takes_over_a_proven_one() {
 impl Mesh {
     /// A mesh whose routers are in the given sites (one entry per node; clients' ignored).
     fn with_sites(roles: &[Mode], sites: &[&str]) -> Self {
-        let mut m = Mesh::new(roles);
-        for (i, site) in sites.iter().enumerate() {
-            let mut c = NodeConfig::new(NodeId::from_u128(i as u128 + 1), roles[i]);
-            c.site = Arc::from(*site);
-            m.nodes[i] = Node::new(c);
-        }
-        m
+        Self::build(roles, Caps::default(), sites)
+    }
+
+    /// Three sites in a triangle: routers 0 (A), 1 (B), 2 (C) with links A–B 20, B–C 20,
+    /// A–C 60; client 3 at A, client 4 at C. Returns the mesh and the three links' faces.
+    fn triangle() -> (Self, FaceId, FaceId, FaceId) {
+        let mut m = Mesh::with_sites(
+            &[Router, Router, Router, Client, Client],
+            &["A", "B", "C", "", ""],
+        );
+        let (ab, _) = m.link(0, 1);
+        let (bc, _) = m.link(1, 2);
+        let (ac, _) = m.link(0, 2);
+        m.cost(ab, 20);
+        m.cost(bc, 20);
+        m.cost(ac, 60);
+        m.link(3, 0);
+        m.link(4, 2);
+        (m, ab, bc, ac)
     }
 
     fn cost(&mut self, face: FaceId, cost: u32) {
@@ -1372,18 +1392,7 @@ impl Mesh {
 /// it back.
 #[test]
 fn backbone_triangle_takes_the_cheap_path_and_heals_without_token_flaps() {
-    let mut m = Mesh::with_sites(
-        &[Router, Router, Router, Client, Client],
-        &["A", "B", "C", "", ""],
-    );
-    let (ab, _) = m.link(0, 1);
-    let (bc, _) = m.link(1, 2);
-    let (ac, _) = m.link(0, 2);
-    m.cost(ab, 20);
-    m.cost(bc, 20);
-    m.cost(ac, 60);
-    m.link(3, 0); // client at A
-    m.link(4, 2); // client at C
+    let (mut m, ab, _, ac) = Mesh::triangle();
     let (a, b, c) = (m.nodes[0].id(), m.nodes[1].id(), m.nodes[2].id());
     assert_eq!(m.route_next(0, 2), Some(b));
     assert_eq!(m.nodes[0].lsdb().unwrap().route(&c).unwrap().cost, 40);
@@ -1532,18 +1541,7 @@ fn one_designated_router_per_site_relays_peers_without_duplicates() {
 /// samples arrive, and nothing unchanged was withdrawn (no token flap).
 #[test]
 fn a_lost_control_message_is_healed_by_the_resync_after_the_route_moves() {
-    let mut m = Mesh::with_sites(
-        &[Router, Router, Router, Client, Client],
-        &["A", "B", "C", "", ""],
-    );
-    let (ab, _) = m.link(0, 1);
-    let (bc, _) = m.link(1, 2);
-    let (ac, _) = m.link(0, 2);
-    m.cost(ab, 20);
-    m.cost(bc, 20);
-    m.cost(ac, 60);
-    m.link(3, 0);
-    m.link(4, 2);
+    let (mut m, ab, _, _) = Mesh::triangle();
     let sub = m.subscribe(4, "k/**");
     let lid = m.id(4);
     m.local(

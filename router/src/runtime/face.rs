@@ -580,21 +580,15 @@ fn with_network(
     f: &mut dyn FnMut(&NetworkMessage<'_>) -> Result<(), SendError>,
 ) -> Result<(), SendError> {
     use hypha_core::wire::{ReplyBody, Response, ResponseFinal};
-    let mut session = ();
-    let mut wire = |m: &NetworkMessage<'_>, _: &mut ()| f(m);
-    let session = &mut session;
     match msg {
-        Msg::Sample { sample, .. } => wire(
-            &NetworkMessage::Push(Push {
-                key: WireKey::Name(&sample.key),
-                kind: sample.kind,
-                payload: RawBytes(&sample.payload),
-                timestamp: sample.timestamp,
-                encoding: sample.encoding.as_deref(),
-                attachment: sample.attachment.as_deref().map(RawBytes),
-            }),
-            session,
-        ),
+        Msg::Sample { sample, .. } => f(&NetworkMessage::Push(Push {
+            key: WireKey::Name(&sample.key),
+            kind: sample.kind,
+            payload: RawBytes(&sample.payload),
+            timestamp: sample.timestamp,
+            encoding: sample.encoding.as_deref(),
+            attachment: sample.attachment.as_deref().map(RawBytes),
+        })),
         Msg::Declare(d) => {
             let d = match d {
                 Decl::Subscriber { id, key } => Declare::Subscriber {
@@ -623,22 +617,19 @@ fn with_network(
                 Decl::Resync { ask } => Declare::Resync { ask: *ask },
                 Decl::ResyncEnd => Declare::ResyncEnd,
             };
-            wire(&NetworkMessage::Declare(d), session)
+            f(&NetworkMessage::Declare(d))
         }
-        Msg::Request(r) => wire(
-            &NetworkMessage::Request(hypha_core::wire::Request {
-                id: r.id,
-                key: WireKey::Name(r.key.as_str()),
-                parameters: &r.parameters,
-                target: r.target,
-                consolidation: r.consolidation,
-                timeout_ms: r.timeout_ms,
-                payload: r.payload.as_deref().map(RawBytes),
-                encoding: None,
-                attachment: r.attachment.as_deref().map(RawBytes),
-            }),
-            session,
-        ),
+        Msg::Request(r) => f(&NetworkMessage::Request(hypha_core::wire::Request {
+            id: r.id,
+            key: WireKey::Name(r.key.as_str()),
+            parameters: &r.parameters,
+            target: r.target,
+            consolidation: r.consolidation,
+            timeout_ms: r.timeout_ms,
+            payload: r.payload.as_deref().map(RawBytes),
+            encoding: None,
+            attachment: r.attachment.as_deref().map(RawBytes),
+        })),
         Msg::Response { id, result } => {
             let body = match result {
                 Ok(s) => ReplyBody::Sample(Push {
@@ -654,43 +645,32 @@ fn with_network(
                     encoding: e.encoding.as_deref(),
                 },
             };
-            wire(
-                &NetworkMessage::Response(Response {
-                    request_id: *id,
-                    body,
-                }),
-                session,
-            )
+            f(&NetworkMessage::Response(Response {
+                request_id: *id,
+                body,
+            }))
         }
-        Msg::ResponseFinal { id } => wire(
-            &NetworkMessage::ResponseFinal(ResponseFinal { request_id: *id }),
-            session,
-        ),
+        Msg::ResponseFinal { id } => f(&NetworkMessage::ResponseFinal(ResponseFinal {
+            request_id: *id,
+        })),
         Msg::Gossip {
             node,
             mode,
             locators,
-        } => wire(
-            &NetworkMessage::Gossip(hypha_core::wire::Gossip {
-                node_id: *node,
-                mode: *mode,
-                locators,
-            }),
-            session,
-        ),
-        Msg::Cancel { id } => wire(
-            &NetworkMessage::Cancel(hypha_core::wire::Cancel { request_id: *id }),
-            session,
-        ),
-        Msg::Denied(d) => wire(
-            &NetworkMessage::Denied(hypha_core::wire::Denied {
-                op: d.op,
-                key: &d.key,
-                principal: &d.principal,
-                rule: &d.rule,
-            }),
-            session,
-        ),
+        } => f(&NetworkMessage::Gossip(hypha_core::wire::Gossip {
+            node_id: *node,
+            mode: *mode,
+            locators,
+        })),
+        Msg::Cancel { id } => f(&NetworkMessage::Cancel(hypha_core::wire::Cancel {
+            request_id: *id,
+        })),
+        Msg::Denied(d) => f(&NetworkMessage::Denied(hypha_core::wire::Denied {
+            op: d.op,
+            key: &d.key,
+            principal: &d.principal,
+            rule: &d.rule,
+        })),
         Msg::Routed { .. } | Msg::LinkState(_) | Msg::Transit(_) => Err(SendError::TooLarge),
     }
 }
@@ -885,17 +865,7 @@ impl Face {
         attachment: Option<&[u8]>,
         source: Option<SampleSource>,
     ) -> Result<(), SendError> {
-        // A link that loses datagrams (UDP) carries samples best effort whatever the publisher
-        // asked: a reliable lane there would close the link at the first loss. Losses are
-        // counted by the receiver (and seen as gaps by subscribers of declared publishers).
-        let lane = if self.info.reliable {
-            lane
-        } else {
-            Lane {
-                reliable: false,
-                ..lane
-            }
-        };
+        let lane = self.effective_lane(lane);
         let mut guard = self.lock();
         let st = &mut *guard;
         // Best-effort lanes may lose a declaration, so they name the key in full.
@@ -993,6 +963,21 @@ impl Face {
         Ok(())
     }
 
+    /// The lane a sample takes on this link. A link that loses datagrams (UDP) carries samples
+    /// best effort whatever the publisher asked: a reliable lane there would close the link at
+    /// the first loss. Losses are counted by the receiver (and seen as gaps by subscribers of
+    /// declared publishers).
+    fn effective_lane(&self, lane: Lane) -> Lane {
+        if self.info.reliable {
+            lane
+        } else {
+            Lane {
+                reliable: false,
+                ..lane
+            }
+        }
+    }
+
     /// Queues a sample for router `dst` across the backbone (this link is the first hop).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_routed_sample(
@@ -1007,14 +992,7 @@ impl Face {
         attachment: Option<&[u8]>,
         source: Option<SampleSource>,
     ) -> Result<(), SendError> {
-        let lane = if self.info.reliable {
-            lane
-        } else {
-            Lane {
-                reliable: false,
-                ..lane
-            }
-        };
+        let lane = self.effective_lane(lane);
         let body = sample_body(key, kind, payload, timestamp, encoding, attachment, source)?;
         let r = self.lock().session.send(
             lane.priority,

@@ -155,6 +155,34 @@ pub(crate) struct Resolved {
     pub prefixes: Vec<Arc<PrefixCounter>>,
 }
 
+impl Resolved {
+    /// Sends a sample's copies for remote routers, each through its first hop; a full first hop
+    /// drops its copy (never blocks), counted on that link. Returns the copies dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn send_routed(
+        &self,
+        key: &str,
+        lane: Lane,
+        kind: SampleKind,
+        payload: &[u8],
+        timestamp: Option<Timestamp>,
+        encoding: Option<&str>,
+        attachment: Option<&[u8]>,
+        source: Option<crate::sample::SampleSource>,
+    ) -> u64 {
+        let mut dropped = 0;
+        for (face, dst) in &self.routed {
+            if let Err(SendError::QueueFull) = face.send_routed_sample(
+                *dst, key, lane, kind, payload, timestamp, encoding, attachment, source,
+            ) {
+                face.dropped.fetch_add(1, Ordering::Relaxed);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
+
 /// One `[metrics] prefixes` entry: samples and payload bytes published here or received from
 /// neighbours on keys intersecting `expr` (`hypha_prefix_{samples,bytes}_total{prefix}`), and
 /// the copies of them this node dropped for a full link (`hypha_prefix_dropped_total{prefix}`:
@@ -712,6 +740,8 @@ impl Runtime {
                     }
                 }
                 alt.truncate(MAX_ALTERNATES);
+                drop(alt);
+                self.changed.notify_waiters();
             }
             Action::Discovered {
                 node,
@@ -867,6 +897,14 @@ impl Runtime {
     }
 
     /// Why the last dial of a configured endpoint failed, if one did.
+    /// Routers learnt from our routers to fail over to (clients), newest first.
+    pub(crate) fn alternates(&self) -> Vec<Endpoint> {
+        self.alternates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn last_connect_error(&self) -> Option<String> {
         self.last_connect_error
             .lock()
@@ -1411,24 +1449,21 @@ impl Runtime {
             Some(e) => (e.timestamp, e.encoding, e.attachment),
             None => (None, None, None),
         };
-        for (f, dst) in &resolved.routed {
-            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-            if let Err(SendError::QueueFull) = f.send_routed_sample(
-                *dst,
-                &key,
-                lane,
-                kind,
-                &payload,
-                timestamp,
-                encoding.as_deref(),
-                attachment.as_deref(),
-                source,
-            ) {
-                f.dropped.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                count_prefix_drops(&resolved.prefixes, 1);
-            }
-        }
+        self.counters
+            .forwarded
+            .fetch_add(resolved.routed.len() as u64, Ordering::Relaxed);
+        let dropped = resolved.send_routed(
+            &key,
+            lane,
+            kind,
+            &payload,
+            timestamp,
+            encoding.as_deref(),
+            attachment.as_deref(),
+            source,
+        );
+        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        count_prefix_drops(&resolved.prefixes, dropped);
         for (f, key_id) in &resolved.faces {
             self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
             if let Err(SendError::QueueFull) = f.send_sample(
@@ -1500,22 +1535,16 @@ impl Runtime {
         };
         // Remote routers (this node is a router publishing itself): never blocks; a full first
         // hop drops, counted.
-        for (face, dst) in &resolved.routed {
-            if let Err(SendError::QueueFull) = face.send_routed_sample(
-                *dst,
-                &s.key,
-                lane,
-                s.kind,
-                &s.payload,
-                s.timestamp,
-                s.encoding.as_deref(),
-                s.attachment.as_deref(),
-                s.source,
-            ) {
-                face.dropped.fetch_add(1, Ordering::Relaxed);
-                out.dropped += 1;
-            }
-        }
+        out.dropped += resolved.send_routed(
+            &s.key,
+            lane,
+            s.kind,
+            &s.payload,
+            s.timestamp,
+            s.encoding.as_deref(),
+            s.attachment.as_deref(),
+            s.source,
+        );
         let mut blocked = Vec::new();
         for (i, (face, key_id)) in resolved.faces.iter().enumerate() {
             match s.send_on(face, key_id, lane) {
