@@ -269,6 +269,8 @@ pub struct Handler {
     seq: Mutex<SeqTrack>,
     duplicates: AtomicU64,
     gaps: AtomicU64,
+    /// Samples counted in `gaps` that arrived after all (out of order).
+    late: AtomicU64,
 }
 
 /// Most publishers whose sequence a subscriber follows (more: the oldest-seen are forgotten,
@@ -277,35 +279,74 @@ const MAX_TRACKED_PUBLISHERS: usize = 4096;
 
 #[derive(Default)]
 struct SeqTrack {
-    next: std::collections::HashMap<(NodeId, u32), u32>,
+    /// Per publisher: the newest sequence number seen, and which of the 64 before it were.
+    seen: std::collections::HashMap<(NodeId, u32), Window>,
 }
 
+/// The newest sequence number of a publisher, and a bit per each of the 64 before it
+/// (bit `i`: `newest - 1 - i` arrived).
+#[derive(Clone, Copy)]
+struct Window {
+    newest: u32,
+    bits: u64,
+}
+
+/// What a sample's sequence number says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// The next one, or ahead of it: this many before it are missing (so far).
+    New(u64),
+    /// Behind the newest but not seen yet: it was counted missing, and arrived late (also a
+    /// sample more than 64 behind, which cannot be told from a duplicate: delivered).
+    Late,
+    /// Seen already: removed.
+    Duplicate,
+}
+
+/// How far behind the newest a sample is still told apart from a duplicate.
+const SEQ_WINDOW: u32 = 64;
+
 impl SeqTrack {
-    /// Returns (duplicate, missing samples before this one).
-    fn see(&mut self, s: &crate::sample::SampleSource) -> (bool, u64) {
+    fn see(&mut self, s: &crate::sample::SampleSource) -> Seen {
         let k = (s.node, s.publisher);
-        match self.next.get_mut(&k) {
-            None => {
-                if self.next.len() >= MAX_TRACKED_PUBLISHERS {
-                    self.next.clear();
-                }
-                self.next.insert(k, s.sn.wrapping_add(1));
-                (false, 0)
+        let Some(w) = self.seen.get_mut(&k) else {
+            if self.seen.len() >= MAX_TRACKED_PUBLISHERS {
+                self.seen.clear();
             }
-            Some(next) => {
-                // Serial arithmetic: behind the expected number is a duplicate (or a replay),
-                // ahead of it a gap.
-                let ahead = s.sn.wrapping_sub(*next);
-                if ahead == 0 {
-                    *next = next.wrapping_add(1);
-                    (false, 0)
-                } else if ahead < 1 << 31 {
-                    *next = s.sn.wrapping_add(1);
-                    (false, u64::from(ahead))
-                } else {
-                    (true, 0)
-                }
-            }
+            self.seen.insert(
+                k,
+                Window {
+                    newest: s.sn,
+                    bits: 0,
+                },
+            );
+            return Seen::New(0);
+        };
+        // Serial arithmetic: within half the space ahead of the newest is news.
+        let ahead = s.sn.wrapping_sub(w.newest);
+        if ahead != 0 && ahead < 1 << 31 {
+            // Shift the window: the old newest becomes bit ahead-1.
+            w.bits = if ahead > SEQ_WINDOW {
+                0
+            } else {
+                (w.bits << 1 | 1) << (ahead - 1)
+            };
+            w.newest = s.sn;
+            return Seen::New(u64::from(ahead - 1));
+        }
+        if ahead == 0 {
+            return Seen::Duplicate;
+        }
+        let back = w.newest.wrapping_sub(s.sn) - 1;
+        if back >= SEQ_WINDOW {
+            return Seen::Late;
+        }
+        let bit = 1u64 << back;
+        if w.bits & bit != 0 {
+            Seen::Duplicate
+        } else {
+            w.bits |= bit;
+            Seen::Late
         }
     }
 }
@@ -325,12 +366,20 @@ impl Handler {
     pub(crate) fn deliver(&self, s: Sample) {
         self.received.fetch_add(1, Ordering::Relaxed);
         if let Some(src) = &s.source {
-            let (dup, gap) = self.seq.lock().unwrap_or_else(|p| p.into_inner()).see(src);
-            if dup {
-                self.duplicates.fetch_add(1, Ordering::Relaxed);
-            }
-            if gap > 0 {
-                self.gaps.fetch_add(gap, Ordering::Relaxed);
+            let seen = self.seq.lock().unwrap_or_else(|p| p.into_inner()).see(src);
+            match seen {
+                Seen::New(0) => {}
+                Seen::New(missing) => {
+                    self.gaps.fetch_add(missing, Ordering::Relaxed);
+                }
+                Seen::Late => {
+                    self.late.fetch_add(1, Ordering::Relaxed);
+                }
+                Seen::Duplicate => {
+                    // A second copy (a re-route, a retry): removed, counted.
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
         match &self.delivery {
@@ -370,6 +419,7 @@ impl Handler {
             seq: Mutex::new(SeqTrack::default()),
             duplicates: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         }
     }
 }
@@ -1498,17 +1548,26 @@ impl<H> Subscriber<H> {
         self.handler.dropped.load(Ordering::Relaxed)
     }
 
-    /// Samples received twice from the same publisher (same sequence number or older), by the
-    /// publishers' end-to-end sequence numbers. Delivered all the same (the application sees
-    /// the count).
+    /// Samples received twice from the same publisher (a sequence number seen already, within
+    /// the last 64 of that publisher), by the publishers' end-to-end sequence numbers: removed,
+    /// not delivered (a re-route across the backbone, a retry).
     pub fn duplicates(&self) -> u64 {
         self.handler.duplicates.load(Ordering::Relaxed)
     }
 
     /// Samples that never arrived from publishers this subscriber hears (sequence numbers
-    /// skipped): losses anywhere on the way, made visible.
+    /// skipped and not filled in later): losses anywhere on the way, made visible. A sample
+    /// that arrives out of order is first counted missing, then taken back ([`late`](Self::late)).
     pub fn gaps(&self) -> u64 {
-        self.handler.gaps.load(Ordering::Relaxed)
+        let h = &self.handler;
+        h.gaps
+            .load(Ordering::Relaxed)
+            .saturating_sub(h.late.load(Ordering::Relaxed))
+    }
+
+    /// Samples that arrived after a later one of the same publisher (delivered, out of order).
+    pub fn late(&self) -> u64 {
+        self.handler.late.load(Ordering::Relaxed)
     }
 }
 
@@ -1645,6 +1704,35 @@ mod tests {
         }
     }
 
+    /// A second copy of a publication (same publisher, same sequence number: a re-route, a
+    /// retry) is removed before the application and counted; a late one is delivered and
+    /// taken back from the gaps.
+    #[test]
+    fn a_subscriber_removes_second_copies_and_takes_late_samples_back_from_gaps() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let h = Handler::new(Delivery::Callback(Box::new(move |s: Sample| {
+            g.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&s.payload).to_string());
+        })));
+        let with_sn = |sn: u32| Sample {
+            source: Some(crate::sample::SampleSource {
+                node: NodeId::from_u128(9),
+                publisher: 1,
+                sn,
+            }),
+            ..at(u64::from(sn), &sn.to_string())
+        };
+        for sn in [0, 1, 1, 3, 2, 3, 4] {
+            h.deliver(with_sn(sn));
+        }
+        assert_eq!(*got.lock().unwrap(), ["0", "1", "3", "2", "4"]);
+        assert_eq!(h.duplicates.load(Ordering::Relaxed), 2);
+        assert_eq!(h.gaps.load(Ordering::Relaxed), 1, "2 missing when 3 came");
+        assert_eq!(h.late.load(Ordering::Relaxed), 1, "then 2 came");
+    }
+
     #[test]
     fn sequence_numbers_reveal_duplicates_and_gaps_per_publisher() {
         let mut t = SeqTrack::default();
@@ -1653,28 +1741,48 @@ mod tests {
             publisher,
             sn,
         };
-        let seen: Vec<(bool, u64)> = [0, 1, 1, 4, 2, 5]
+        use Seen::{Duplicate, Late, New};
+        let seen: Vec<Seen> = [0, 1, 1, 4, 2, 5, 2, 3, 3, 4]
             .iter()
             .map(|sn| t.see(&src(1, *sn)))
             .collect();
         assert_eq!(
             seen,
             [
-                (false, 0),
-                (false, 0),
-                (true, 0),
-                (false, 2),
-                (true, 0),
-                (false, 0)
+                New(0),
+                New(0),
+                Duplicate,
+                New(2), // 2 and 3 missing so far
+                Late,   // 2 after all
+                New(0),
+                Duplicate,
+                Late, // 3 after all
+                Duplicate,
+                Duplicate
             ]
         );
         // Another publisher has its own sequence, joining mid-stream is no gap, and the
         // sequence wraps.
-        assert_eq!(t.see(&src(2, 1000)), (false, 0));
-        assert_eq!(t.see(&src(2, 1001)), (false, 0));
-        assert_eq!(t.see(&src(3, u32::MAX)), (false, 0));
-        assert_eq!(t.see(&src(3, 0)), (false, 0));
-        assert_eq!(t.see(&src(3, 2)), (false, 1));
+        assert_eq!(t.see(&src(2, 1000)), New(0));
+        assert_eq!(t.see(&src(2, 1001)), New(0));
+        assert_eq!(t.see(&src(3, u32::MAX)), New(0));
+        assert_eq!(t.see(&src(3, 0)), New(0));
+        assert_eq!(t.see(&src(3, 2)), New(1));
+        assert_eq!(t.see(&src(3, 1)), Late, "late across the wrap");
+        assert_eq!(
+            t.see(&src(3, u32::MAX)),
+            Duplicate,
+            "duplicate across the wrap"
+        );
+        // The window: a copy 64 behind is still recognised; a jump past the window forgets it.
+        for sn in 3..=66 {
+            assert_eq!(t.see(&src(3, sn)), New(0));
+        }
+        assert_eq!(t.see(&src(3, 2)), Duplicate, "64 behind the newest");
+        assert_eq!(t.see(&src(3, 1)), Late, "65 behind: cannot tell, delivered");
+        assert_eq!(t.see(&src(3, 1_000)), New(1_000 - 67));
+        assert_eq!(t.see(&src(3, 999)), Late);
+        assert_eq!(t.see(&src(3, 999)), Duplicate);
     }
 
     /// The seam, deterministically: live samples held while history is fetched, history and

@@ -192,6 +192,9 @@ async fn main() -> anyhow::Result<()> {
                         println!("{}", serde_json::json!({
                             "event": "sample", "key": &*s.key, "p": p, "sn": sn,
                             "lat_us": ts.map(|ts| t.saturating_sub(ts)), "t_us": t,
+                            // Copies removed so far by the end-to-end sequence numbers
+                            // (never delivered, so only this count shows them).
+                            "removed": sub.duplicates(),
                         }));
                     }
                     _ = term.recv() => break,
