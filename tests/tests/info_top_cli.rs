@@ -74,10 +74,10 @@ async fn info_prints_a_table_of_links_and_json_on_request() {
             "PRINCIPAL",
             "TRANSPORT",
             "REMOTE",
-            "MSGS",
-            "IN",
-            "MSGS",
-            "OUT",
+            "DATA",
+            "IN/OUT",
+            "CTRL",
+            "IN/OUT",
             "BYTES",
             "IN",
             "BYTES",
@@ -93,8 +93,19 @@ async fn info_prints_a_table_of_links_and_json_on_request() {
         ["router", "anonymous", "tcp", ep.as_str()],
         "{out}"
     );
-    // The handshake and declarations went both ways; nothing was dropped or refused.
-    for c in &r[5..9] {
+    // Declarations and interests (control) went both ways; data (samples, queries, replies) is
+    // counted apart; nothing was dropped or refused.
+    let in_out = |c: &str| -> (f64, f64) {
+        let (i, o) = c
+            .split_once('/')
+            .unwrap_or_else(|| panic!("not in/out: {c}"));
+        (num(i), num(o))
+    };
+    let (data_in, data_out) = in_out(r[5]);
+    assert!(data_in >= 0.0 && data_out >= 0.0, "data: {out}");
+    let (ctrl_in, ctrl_out) = in_out(r[6]);
+    assert!(ctrl_in > 0.0 && ctrl_out > 0.0, "control: {out}");
+    for c in &r[7..9] {
         assert!(num(c) > 0.0, "{out}");
     }
     assert_eq!(r[9..], ["0", "0/0"], "{out}");

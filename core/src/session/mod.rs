@@ -181,6 +181,9 @@ pub struct Stats {
     pub tx_bytes: u64,
     /// Network messages sent.
     pub tx_messages: u64,
+    /// Of those, data (samples, queries, replies: [`NetworkMessage::is_data`]); the rest is
+    /// control.
+    pub tx_data: u64,
     /// Fragments sent.
     pub tx_fragments: u64,
     /// Batches received.
@@ -189,6 +192,8 @@ pub struct Stats {
     pub rx_bytes: u64,
     /// Network messages delivered.
     pub rx_messages: u64,
+    /// Of those, data ([`NetworkMessage::is_data`]); the rest is control.
+    pub rx_data: u64,
     /// Duplicate (already seen) frames dropped.
     pub rx_duplicates: u64,
     /// Frames missing on best-effort lanes (sequence gaps).

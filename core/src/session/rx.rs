@@ -299,6 +299,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 _ => {}
             }
             self.stats.rx_messages += 1;
+            if msg.is_data() {
+                self.stats.rx_data += 1;
+            }
             sink(&Received {
                 priority,
                 reliable,

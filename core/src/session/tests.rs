@@ -379,6 +379,51 @@ fn remote_key_cap_closes_the_link() {
 }
 
 #[test]
+fn data_and_control_messages_are_counted_apart() {
+    use crate::wire::{Declare, Routed};
+    let mut p = Pair::open();
+    let base = (*p.a.stats(), *p.b.stats());
+    let put = NetworkMessage::Put(Put {
+        key_id: 1,
+        payload: b"x",
+    });
+    let decl = NetworkMessage::Declare(Declare::UndeclareSubscriber { id: 7 });
+    let mut body = [0u8; 16];
+    let n = put.encode(&mut body).unwrap();
+    let routed = |body: &[u8]| {
+        let r = Routed {
+            src: crate::id::NodeId::from_u128(1),
+            dst: crate::id::NodeId::from_u128(2),
+            hops: 4,
+            origin: None,
+            body: RawBytes(body),
+        };
+        let mut out = vec![0u8; 64];
+        let n = NetworkMessage::Routed(r).encode(&mut out).unwrap();
+        out.truncate(n);
+        out
+    };
+    let routed_put = routed(&body[..n]);
+    let mut dbody = [0u8; 16];
+    let dn = decl.encode(&mut dbody).unwrap();
+    let routed_decl = routed(&dbody[..dn]);
+    for m in [
+        put,
+        decl,
+        NetworkMessage::decode(&routed_put).unwrap(),
+        NetworkMessage::decode(&routed_decl).unwrap(),
+    ] {
+        p.a.send(Priority::Data, true, &m).unwrap();
+    }
+    p.drive();
+    let (a, b) = (p.a.stats(), p.b.stats());
+    assert_eq!(a.tx_messages - base.0.tx_messages, 4);
+    assert_eq!(a.tx_data - base.0.tx_data, 2, "the put and the routed put");
+    assert_eq!(b.rx_messages - base.1.rx_messages, 4);
+    assert_eq!(b.rx_data - base.1.rx_data, 2);
+}
+
+#[test]
 fn a_lone_message_goes_out_at_once_and_a_backlog_is_batched() {
     let mut p = Pair::open();
     let mut buf = vec![0u8; 65_535];

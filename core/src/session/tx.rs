@@ -204,6 +204,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             }
         }
         self.stats.tx_messages += 1;
+        if msg.is_data() {
+            self.stats.tx_data += 1;
+        }
         Ok(())
     }
 

@@ -539,6 +539,35 @@ pub struct Routed<'a> {
 }
 
 impl<'a> NetworkMessage<'a> {
+    /// True for messages that carry the application's traffic — samples (`Put`, `PutSn`,
+    /// `Push`, `PushSn`), queries and replies (`Request`, `Response`), and a `Routed` message
+    /// carrying one of those — false for the mesh's own control traffic (declarations,
+    /// interests, finals, gossip, link state, denials, auth, cancels).
+    pub fn is_data(&self) -> bool {
+        match self {
+            NetworkMessage::Put(_)
+            | NetworkMessage::PutSn(_)
+            | NetworkMessage::Push(_)
+            | NetworkMessage::PushSn(_)
+            | NetworkMessage::Request(_)
+            | NetworkMessage::Response(_) => true,
+            // The body's tag is its first byte (every tag is below 128).
+            NetworkMessage::Routed(r) => r.body.0.first().is_some_and(|t| {
+                matches!(
+                    u32::from(*t),
+                    tag::PUT
+                        | tag::PUT_TAIL
+                        | tag::PUSH
+                        | tag::PUT_SN
+                        | tag::PUSH_SN
+                        | tag::REQUEST
+                        | tag::RESPONSE
+                )
+            }),
+            _ => false,
+        }
+    }
+
     /// Encodes the message at the start of `buf`, returning its length.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         self.encode_inner(buf, false)

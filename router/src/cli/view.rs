@@ -140,8 +140,8 @@ pub(super) fn info_table(info: &Info, links: &[Value]) -> String {
             "PRINCIPAL",
             "TRANSPORT",
             "REMOTE",
-            "MSGS IN",
-            "MSGS OUT",
+            "DATA IN/OUT",
+            "CTRL IN/OUT",
             "BYTES IN",
             "BYTES OUT",
             "DROPPED",
@@ -156,6 +156,9 @@ pub(super) fn info_table(info: &Info, links: &[Value]) -> String {
         let id = l.node.to_string();
         let a = by_peer.get(id.as_str());
         let count = |k: &str| a.map_or("-".to_string(), |v| si(u(v, k) as f64));
+        // Data (samples, queries, replies) and control (declarations, interests, link state…)
+        // messages, in/out.
+        let pair = |i: &str, o: &str| format!("{}/{}", count(i), count(o));
         let transport = a
             .and_then(|v| v["transport"].as_str())
             .map_or_else(|| l.remote.to_string(), str::to_string);
@@ -166,8 +169,8 @@ pub(super) fn info_table(info: &Info, links: &[Value]) -> String {
             l.principal.clone(),
             transport,
             l.remote.to_string(),
-            count("rx_messages"),
-            count("tx_messages"),
+            pair("rx_data", "tx_data"),
+            pair("rx_control", "tx_control"),
             count("rx_bytes"),
             count("tx_bytes"),
             l.dropped.to_string(),
