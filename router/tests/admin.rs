@@ -135,6 +135,7 @@ async fn links_appear_and_disappear_across_three_nodes() {
     assert_eq!(ids, want);
     for (_, v, _) in &nodes {
         assert_eq!(field(v, "mode"), "peer");
+        assert_eq!(field(v, "site"), "", "peers have no site");
         assert_eq!(field(v, "version"), env!("CARGO_PKG_VERSION"));
         assert_eq!(field(v, "links"), "2");
     }

@@ -78,6 +78,22 @@ async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
     })
     .await
     .expect("no A→B→C route at cost 40");
+    // Each router's node entry names its site (what the live page groups routers by).
+    for (r, site) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        let mut q = r
+            .get(&format!("@/{}/node", r.id()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .unwrap();
+        let reply = q.recv().await.expect("a node entry");
+        let v: serde_json::Value =
+            serde_json::from_slice(&reply.result.expect("not an error").payload).unwrap();
+        assert_eq!(
+            (v["mode"].as_str(), v["site"].as_str()),
+            (Some("router"), Some(site))
+        );
+    }
     let sub = cc.declare_subscriber("bb/**").stream().unwrap();
     assert!(sub.ready(T).await, "subscriber not ready");
     let alive = cc.liveliness().declare_subscriber("alive/**").unwrap();

@@ -268,6 +268,8 @@ impl Extra {
 pub(crate) struct Snapshot {
     pub(crate) id: NodeId,
     pub(crate) mode: Mode,
+    /// The router's site (`[router] site`; empty: none, and for peers and clients).
+    pub(crate) site: String,
     pub(crate) uptime_s: f64,
     pub(crate) endpoints: Vec<String>,
     pub(crate) links: Vec<LinkView>,
@@ -412,6 +414,7 @@ impl Snapshot {
         Snapshot {
             id: rt.id(),
             mode: rt.config().mode,
+            site: rt.config().router.site.clone(),
             uptime_s: rt.now().as_micros() as f64 / 1e6,
             endpoints: rt.listening().iter().map(|e| e.to_string()).collect(),
             links,
@@ -457,6 +460,7 @@ impl Snapshot {
         Obj::new()
             .str("id", &self.id.to_string())
             .str("mode", mode_name(self.mode))
+            .str("site", &self.site)
             .str("version", env!("CARGO_PKG_VERSION"))
             .num("uptime_s", self.uptime_s)
             .raw("endpoints", &json::strings(&self.endpoints))
