@@ -79,8 +79,9 @@ async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
     .await
     .expect("no A→B→C route at cost 40");
     // Each router's node entry names its site (what the live page groups routers by).
+    // Asked through A's client: the admin space crosses the backbone.
     for (r, site) in [(&a, "A"), (&b, "B"), (&c, "C")] {
-        let mut q = r
+        let mut q = ca
             .get(&format!("@/{}/node", r.id()))
             .timeout(Duration::from_secs(2))
             .send()

@@ -670,6 +670,8 @@ const PAIR_FACE_BASE: FaceId = 1 << 62;
 /// The interest a router asks every remote router with: their queryables (a query has no
 /// declaration to ask ahead with, and queryables are few; see ARCHITECTURE.md).
 const QUERYABLES_INTEREST: u32 = u32::MAX - 1;
+/// The same for their admin queryables (`@/**`: `**` does not match `@` chunks).
+const ADMIN_QUERYABLES_INTEREST: u32 = u32::MAX - 2;
 /// A measured link cost changes at most once per this interval.
 pub(crate) const COST_HOLD: Duration = Duration::from_secs(10);
 /// Hops a routed message may take.
@@ -1606,6 +1608,11 @@ impl Node {
             OwnedKeyExpr::everything(),
             interest::QUERYABLES,
         );
+        // `**` never matches an `@` chunk: the admin space (`@/<id>/**`) is asked for by name,
+        // so `hypha get '@/*/node'` reaches the routers of other sites too.
+        if let Ok(admin) = OwnedKeyExpr::try_from("@/**") {
+            self.send_interest(face, ADMIN_QUERYABLES_INTEREST, admin, interest::QUERYABLES);
+        }
     }
 
     /// Sets the principal a remote router's virtual face is judged as, rebuilding its
