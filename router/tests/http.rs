@@ -612,12 +612,9 @@ async fn a_slow_sse_client_is_told_how_many_samples_it_lost() {
     );
 }
 
-#[tokio::test]
-async fn http_callers_are_judged_by_the_nodes_acl_as_their_token_principal() {
-    let mut cfg = common::node_config("tcp/127.0.0.1:0", &[]);
-    cfg.acl = Some(
-        hypha::acl::Acl::from_toml(
-            r#"
+/// Access rules of the gateway tests: `ops` may do anything (admin space included), `viewer`
+/// may only read `demo/**`.
+const OPS_AND_VIEWER: &str = r#"
 [acl]
 default = "deny"
 [[acl.rule]]
@@ -630,14 +627,22 @@ id = "viewer-read"
 who = ["viewer"]
 ops = ["query", "sub"]
 keys = ["demo/**"]
-[[acl.rule]]
+"#;
+
+#[tokio::test]
+async fn http_callers_are_judged_by_the_nodes_acl_as_their_token_principal() {
+    let mut cfg = common::node_config("tcp/127.0.0.1:0", &[]);
+    cfg.acl = Some(
+        hypha::acl::Acl::from_toml(&format!(
+            "{OPS_AND_VIEWER}{}",
+            r#"[[acl.rule]]
 id = "no-secret"
 permission = "deny"
 who = ["viewer"]
 ops = ["all"]
 keys = ["demo/secret/**"]
-"#,
-        )
+"#
+        ))
         .unwrap(),
     );
     let a = hypha::open(cfg).await.unwrap();
@@ -796,25 +801,7 @@ async fn https_client_certificates_name_principals_judged_by_the_acl() {
     let other_ca = common::pki::Pki::new();
     let stranger = other_ca.node("ops", |_| {});
     let mut cfg = common::node_config("tcp/127.0.0.1:0", &[]);
-    cfg.acl = Some(
-        hypha::acl::Acl::from_toml(
-            r#"
-[acl]
-default = "deny"
-[[acl.rule]]
-id = "ops-all"
-who = ["ops"]
-ops = ["all"]
-keys = ["**", "@/**"]
-[[acl.rule]]
-id = "viewer-read"
-who = ["viewer"]
-ops = ["query", "sub"]
-keys = ["demo/**"]
-"#,
-        )
-        .unwrap(),
-    );
+    cfg.acl = Some(hypha::acl::Acl::from_toml(OPS_AND_VIEWER).unwrap());
     let a = hypha::open(cfg).await.unwrap();
     let mut h = HttpConfig::default();
     h.tls = true;

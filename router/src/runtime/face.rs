@@ -1351,6 +1351,14 @@ fn transmit(rt: &Runtime, face: &Face, buf: &mut Vec<u8>, skip: u8) -> Option<us
     st.session.poll_transmit_except(rt.now(), buf, skip)
 }
 
+/// The writer stops without a close handshake (its link failed, or it lost the sending half):
+/// the face is dead, and whoever waits for the writer is told.
+fn writer_gone(face: &Face) {
+    face.kill();
+    face.finished.store(true, Ordering::Release);
+    face.done.notify_waiters();
+}
+
 async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
     let mut buf = vec![0u8; HANDSHAKE_BUF];
     let mut held = Some(tx);
@@ -1363,9 +1371,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             .take();
         let Some(mut tx) = held.take().or(parked) else {
             tracing::debug!(face = face.id, "writer lost its link");
-            face.kill();
-            face.finished.store(true, Ordering::Release);
-            face.done.notify_waiters();
+            writer_gone(&face);
             return;
         };
         // Finish a batch a publisher's direct write left half-written, then drain everything
@@ -1380,9 +1386,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         }
         if let Some(e) = failed {
             tracing::debug!(face = face.id, "write failed: {e}");
-            face.kill();
-            face.finished.store(true, Ordering::Release);
-            face.done.notify_waiters();
+            writer_gone(&face);
             return;
         }
         let drained_close = face
@@ -1437,9 +1441,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
                 r = tx.progress() => {
                     if let Err(e) = r {
                         tracing::debug!(face = face.id, "write failed: {e}");
-                        face.kill();
-                        face.finished.store(true, Ordering::Release);
-                        face.done.notify_waiters();
+                        writer_gone(&face);
                         return;
                     }
                 }
