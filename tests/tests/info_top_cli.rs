@@ -101,8 +101,9 @@ async fn info_prints_a_table_of_links_and_json_on_request() {
             .unwrap_or_else(|| panic!("not in/out: {c}"));
         (num(i), num(o))
     };
-    let (data_in, data_out) = in_out(r[5]);
-    assert!(data_in >= 0.0 && data_out >= 0.0, "data: {out}");
+    // The data cell is "in/out" numbers too (in_out panics otherwise); how many depends on
+    // what the info command itself asked, so no count is asserted.
+    in_out(r[5]);
     let (ctrl_in, ctrl_out) = in_out(r[6]);
     assert!(ctrl_in > 0.0 && ctrl_out > 0.0, "control: {out}");
     for c in &r[7..9] {
