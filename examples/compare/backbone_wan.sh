@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The router backbone over impaired WAN links (issue 10), repeated: three sites in a triangle
 # (A–B 20 ms, B–C 20 ms, A–C 60 ms one way, LOSS % on each link, userspace impairment bridge in
-# network namespaces), 1 kHz from a client at A to a client at C; steady state, then a silent
-# cut of A–B. Prints each round's figures and the median and maximum. Needs root.
+# network namespaces), 1 kHz from a client at A to a client at C and 1,000 gets from C to a
+# queryable at A; steady state, then a silent cut of A–B under 1 kHz both ways (A→C, C→A) and
+# 100 gets/s from C, then the cut restored under the same traffic. Prints each round's figures
+# and the median and maximum. Needs root.
 #
 #   examples/compare/backbone_wan.sh [ROUNDS=5] [SECS=20] [LOSS=0.5]
 set -euo pipefail
@@ -18,7 +20,9 @@ done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-for k in ["p50_ms", "p99_ms", "cut_outage_ms", "cut_lost", "cut_dups"]:
+for k in ["p50_ms", "p99_ms", "cut_outage_ms", "cut_lost", "cut_dups", "cut_outage_ca_ms",
+          "cut_lost_ca", "cut_dups_ca", "get_outage_ms", "gets_unanswered", "gets_twice",
+          "restore_ms", "restore_lost", "restore_reordered", "token_deletes"]:
     v = [r[k] for r in rows]
-    print(f"{k:>14}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
+    print(f"{k:>17}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
 PY

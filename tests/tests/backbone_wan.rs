@@ -5,10 +5,14 @@
 //!
 //! Triangle A–B 20 ms, B–C 20 ms, A–C 60 ms (one way), 0.5 % loss on each link:
 //! 1. steady state: A's samples reach C with 0 duplicates, 0 gaps, 0 reordering, along the
-//!    cheaper two-hop path A–B–C (the admin space's route; the latency is printed);
-//! 2. a silent cut of A–B under traffic: delivery resumes over the direct link, 0 duplicates,
-//!    loss only inside the outage (printed with the outage);
-//! 3. the cut restored: back on the short path.
+//!    cheaper two-hop path A–B–C (the admin space's route; the latency is printed); meanwhile
+//!    1,000 gets from a client at C to a queryable at A get exactly one reply each (scenario 7);
+//! 2. a silent cut of A–B under traffic both ways (A→C and C→A at 1 kHz each) and gets from C
+//!    (100/s): delivery resumes over the direct link, 0 duplicates, loss only inside the outage
+//!    (one contiguous run, printed with the outage), no get answered twice, every get made
+//!    outside the outage answered;
+//! 3. the cut restored under the same traffic: back on the short path with 0 loss among the
+//!    samples sent after the uncut; a liveliness token at A watched from C never flaps.
 //!
 //! The figures print as one `{"figure":"backbone_wan",…}` line. This is the fast subset (a few
 //! seconds per phase); `examples/compare/backbone_wan.sh` runs it longer and repeatedly (median
@@ -46,8 +50,9 @@ async fn router(lab: &Lab, i: usize, site: &str, backbone: &str, cost: u32) -> P
     p
 }
 
-/// The backbone entry of the router in host `i` (asked by a client there).
-async fn backbone(lab: &Lab, i: usize) -> Option<Value> {
+/// The backbone entry of router `id` in host `i` (asked by a client there: `@/*/backbone`
+/// would also reach the other sites' routers).
+async fn backbone(lab: &Lab, i: usize, id: &str) -> Option<Value> {
     let mut c = lab.command(i, CLI);
     c.args([
         "get",
@@ -58,7 +63,7 @@ async fn backbone(lab: &Lab, i: usize) -> Option<Value> {
         "--connect",
         LOCAL,
     ])
-    .args(["--timeout-ms", "2000", "@/*/backbone"]);
+    .args(["--timeout-ms", "2000", &format!("@/{id}/backbone")]);
     let out = c.output().await.ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -153,11 +158,109 @@ async fn drain_until(sub: &mut Proc, name: &str, n: u64, timeout: Duration) {
     }
 }
 
-fn publisher(lab: &Lab, i: usize, name: &str, count: u64) -> Proc {
+fn publisher(lab: &Lab, i: usize, key: &str, name: &str, count: u64) -> Proc {
     let mut c = lab.command(i, PROBE);
-    c.args(["pub", "--connect", LOCAL, "--key", "wan/a", "--name", name])
+    c.args(["pub", "--connect", LOCAL, "--key", key, "--name", name])
         .args(["--rate", "1000", "--count", &count.to_string()]);
     Proc::spawn(&format!("pub {name}"), c).unwrap()
+}
+
+/// `hypha-probe get` in host `i`: `count` gets on svc/q/<i> at `rate` per second.
+fn getter(lab: &Lab, i: usize, count: u64, rate: u64, timeout_ms: u64) -> Proc {
+    let mut c = lab.command(i, PROBE);
+    c.args(["get", "--connect", LOCAL, "--prefix", "svc/q"])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--timeout-ms", &timeout_ms.to_string()]);
+    Proc::spawn("get", c).unwrap()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// One get of `hypha-probe get`: its index, replies and error replies, when it was sent.
+#[derive(Debug)]
+#[allow(dead_code)] // printed in failure messages
+struct GetRow {
+    i: u64,
+    replies: u64,
+    errors: u64,
+    sent_us: u64,
+}
+
+/// Every get's line, up to the getter's `done` line.
+async fn get_rows(g: &mut Proc, timeout: Duration) -> Vec<GetRow> {
+    g.wait_json(timeout, |v| v["event"] == "done")
+        .await
+        .unwrap();
+    g.seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "get")
+        .map(|v| GetRow {
+            i: v["i"].as_u64().unwrap(),
+            replies: v["replies"].as_u64().unwrap(),
+            errors: v["errors"].as_u64().unwrap(),
+            sent_us: v["sent_us"].as_u64().unwrap(),
+        })
+        .collect()
+}
+
+/// What one direction of traffic saw across a cut and its restore.
+struct Cut {
+    received: usize,
+    dups: u64,
+    removed: u64,
+    lost: u64,
+    contiguous: bool,
+    /// The largest gap between arrivals.
+    outage_us: u64,
+    /// From the cut to the first arrival of a sample sent after it.
+    resumed_us: u64,
+    /// Samples lost that were sent after the uncut (the move back to the short path).
+    lost_after_uncut: u64,
+    reordered: u64,
+}
+
+impl Cut {
+    fn of(sub: &Proc, name: &str, n: u64, cut_at: u64, uncut_at: u64) -> Cut {
+        let got = received(sub, name);
+        let (dups, lost, reordered) = check(&got, n);
+        let mut times: Vec<u64> = got.iter().map(|g| g.2).collect();
+        times.sort_unstable();
+        let outage_us = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        // Send time of each received sn (arrival minus latency).
+        let sent: std::collections::BTreeMap<u64, u64> =
+            got.iter().map(|g| (g.0, g.2 - g.1)).collect();
+        let resumed_us = got
+            .iter()
+            .filter(|g| g.2 - g.1 > cut_at)
+            .map(|g| g.2)
+            .min()
+            .map_or(0, |t| t - cut_at);
+        let missing: Vec<u64> = (0..n).filter(|s| !sent.contains_key(s)).collect();
+        let contiguous = missing.windows(2).all(|w| w[1] == w[0] + 1);
+        // A lost sample was sent after the uncut unless a later sample received was sent
+        // before it (or none was received later: lost at the end, counted as after).
+        let lost_after_uncut = missing
+            .iter()
+            .filter(|s| sent.range(*s..).next().is_none_or(|(_, t)| *t >= uncut_at))
+            .count() as u64;
+        Cut {
+            received: got.len(),
+            dups,
+            removed: removed(sub),
+            lost,
+            contiguous,
+            outage_us,
+            resumed_us,
+            lost_after_uncut,
+            reordered,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,11 +299,11 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
                 .unwrap(),
         )
     };
-    let (_a_id, b_id, c_id) = (id(&mut ra), id(&mut rb), id(&mut rc));
+    let (a_id, b_id, c_id) = (id(&mut ra), id(&mut rb), id(&mut rc));
     // The link state settles: A reaches C through B, at cost 40.
     let mut last = None;
     let ok = wait_until(T, async || {
-        last = backbone(&lab, 0).await;
+        last = backbone(&lab, 0, &a_id).await;
         last.as_ref()
             .and_then(|b| next_hop(b, &c_id))
             .is_some_and(|(n, cost)| n == b_id && cost == 40)
@@ -210,19 +313,49 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
 
     let mut sub = {
         let mut c = lab.command(2, PROBE);
-        c.args(["sub", "--connect", LOCAL, "--key", "wan/**"]);
+        c.args(["sub", "--connect", LOCAL, "--key", "wan/a"]);
         Proc::spawn("sub C", c).unwrap()
     };
     sub.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    // A queryable and a liveliness token at A; C's client watches the token.
+    let mut server = {
+        let mut c = lab.command(0, PROBE);
+        c.args([
+            "serve",
+            "--connect",
+            LOCAL,
+            "--key",
+            "svc/**",
+            "--name",
+            "a",
+        ])
+        .args(["--token", "alive/a"]);
+        Proc::spawn("serve A", c).unwrap()
+    };
+    let r = server
+        .wait_json(T, |v| v["event"] == "ready")
+        .await
+        .unwrap();
+    assert_eq!(r["queryable"], true, "A's queryable not ready");
+    let mut tokens = {
+        let mut c = lab.command(2, PROBE);
+        c.args(["watch", "--connect", LOCAL, "--key", "alive/**"]);
+        Proc::spawn("watch C", c).unwrap()
+    };
+    tokens
+        .wait_json(T, |v| v["event"] == "token" && v["key"] == "alive/a")
+        .await
+        .unwrap();
 
     // 1. Steady state.
     let n1 = 1000 * secs;
-    let mut p1 = publisher(&lab, 0, "s", n1);
+    let mut p1 = publisher(&lab, 0, "wan/a", "s", n1);
     let r = p1.wait_json(T, |v| v["event"] == "ready").await.unwrap();
     assert_eq!(
         r["matching"], true,
         "A's publisher never matched C's subscriber"
     );
+    let mut g1 = getter(&lab, 2, 1000, 250, 5000);
     drain_until(&mut sub, "s", n1, T + Duration::from_secs(secs)).await;
     let got = received(&sub, "s");
     let (dups, missing, reorder) = check(&got, n1);
@@ -244,70 +377,63 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
          {gaps:?}"
     );
     drop(p1);
+    // Queries across sites (scenario 7): 1,000 gets from C's client to A's queryable, exactly
+    // one reply each.
+    let gets = get_rows(&mut g1, T).await;
+    let bad: Vec<_> = (0..1000u64)
+        .filter(|i| {
+            gets.iter()
+                .filter(|g| g.i == *i)
+                .map(|g| (g.replies, g.errors))
+                .collect::<Vec<_>>()
+                != [(1, 0)]
+        })
+        .take(10)
+        .collect();
+    eprintln!(
+        "1,000 gets C→A: {} answered once, first wrong: {bad:?}",
+        gets.iter()
+            .filter(|g| g.replies == 1 && g.errors == 0)
+            .count()
+    );
+    assert!(
+        gets.len() == 1000 && bad.is_empty(),
+        "gets without exactly one reply: {bad:?}"
+    );
 
-    // 2. A silent cut of A–B under traffic.
-    let n2 = 1000 * (secs + 5);
-    let mut p2 = publisher(&lab, 0, "c", n2);
-    p2.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    // 2. A silent cut of A–B under traffic both ways (A→C, C→A) and gets (C asks A); then the
+    // cut restored under the same traffic.
+    let mut sub_a = {
+        let mut c = lab.command(0, PROBE);
+        c.args(["sub", "--connect", LOCAL, "--key", "wan/c"]);
+        Proc::spawn("sub A", c).unwrap()
+    };
+    sub_a.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let mut p2 = publisher(&lab, 0, "wan/a", "c", u64::MAX);
+    let mut p3 = publisher(&lab, 2, "wan/c", "r", u64::MAX);
+    for p in [&mut p2, &mut p3] {
+        let r = p.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+        assert_eq!(r["matching"], true, "a publisher never matched");
+    }
+    let mut g2 = getter(&lab, 2, u64::MAX, 100, 1500);
+    g2.wait_json(T, |v| v["event"] == "ready").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     ab.command("cut").await.unwrap();
-    let cut_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64;
-    drain_until(&mut sub, "c", n2, T + Duration::from_secs(secs + 5)).await;
-    let got = received(&sub, "c");
-    let (dups, missing, reorder) = check(&got, n2);
-    let resumed = got
-        .iter()
-        .map(|g| g.2)
-        .filter(|t| *t > cut_at)
-        .min()
-        .unwrap_or(0);
-    let mut times: Vec<u64> = got.iter().map(|g| g.2).collect();
-    times.sort_unstable();
-    let outage = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    let b = backbone(&lab, 0).await;
+    let cut_at = now_us();
+    tokio::time::sleep(Duration::from_secs(secs + 3)).await;
+    let b = backbone(&lab, 0, &a_id).await;
     let via = b.as_ref().and_then(|b| next_hop(b, &c_id));
-    eprintln!(
-        "silent cut of A–B: {} of {n2} received, {dups} duplicates, {missing} lost (all inside \
-         the outage), {reorder} reordered, outage {} ms, A→C now via {:?}",
-        got.len(),
-        outage / 1000,
-        via
-    );
-    assert_eq!(dups, 0, "no duplicate across the re-route");
-    assert_eq!(
-        removed(&sub),
-        0,
-        "the network delivered copies twice (removed at the subscriber)"
-    );
     assert!(
         via.as_ref().is_some_and(|(n, _)| *n == c_id),
         "A→C not re-routed over the direct link: {b:?}"
     );
-    // Loss only inside the outage: the missing samples are one contiguous run (those sent
-    // between the cut and the re-route), no longer than the outage plus what was in flight on
-    // the cut path and the slower path's extra delay (100 ms at 1 kHz).
-    let have: std::collections::HashSet<u64> = got.iter().map(|g| g.0).collect();
-    let lost: Vec<u64> = (0..n2).filter(|s| !have.contains(s)).collect();
-    let contiguous = lost.windows(2).all(|w| w[1] == w[0] + 1);
-    assert!(
-        contiguous && missing <= outage / 1000 + 100,
-        "{missing} lost (contiguous: {contiguous}) for a {} ms outage",
-        outage / 1000
-    );
-    eprintln!(
-        "first sample after the cut arrived {} ms after it",
-        resumed.saturating_sub(cut_at) / 1000
-    );
-    drop(p2);
-
-    // 3. The cut restored: A redials B and the route returns to the short path.
+    // 3. The cut restored: A redials B and the routes return to the short path, with the
+    // traffic still flowing.
     ab.command("uncut").await.unwrap();
+    let uncut_at = now_us();
     let mut last = None;
     let ok = wait_until(T, async || {
-        last = backbone(&lab, 0).await;
+        last = backbone(&lab, 0, &a_id).await;
         last.as_ref()
             .and_then(|b| next_hop(b, &c_id))
             .is_some_and(|(n, _)| n == b_id)
@@ -317,12 +443,117 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
         ok.is_ok(),
         "not back on A–B–C after the cut healed: {last:?}"
     );
+    let back_at = now_us();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut sent = Vec::new();
+    for p in [&mut p2, &mut p3] {
+        p.signal("TERM").unwrap();
+        let d = p.wait_json(T, |v| v["event"] == "done").await.unwrap();
+        sent.push(d["sent"].as_u64().unwrap());
+    }
+    g2.signal("TERM").unwrap();
+    let gets = get_rows(&mut g2, T).await;
+    let mut figures = Vec::new();
+    for (s, name, n, what) in [
+        (&mut sub, "c", sent[0], "A→C"),
+        (&mut sub_a, "r", sent[1], "C→A"),
+    ] {
+        drain_until(s, name, n, T).await;
+        let f = Cut::of(s, name, n, cut_at, uncut_at);
+        eprintln!(
+            "silent cut of A–B, {what}: {} of {n} received, {} duplicates ({} removed), {} lost \
+             (contiguous: {}), outage {} ms, first sample {} ms after the cut; restore: {} lost \
+             after the uncut, {} reordered",
+            f.received,
+            f.dups,
+            f.removed,
+            f.lost,
+            f.contiguous,
+            f.outage_us / 1000,
+            f.resumed_us / 1000,
+            f.lost_after_uncut,
+            f.reordered
+        );
+        assert_eq!(
+            (f.dups, f.removed),
+            (0, 0),
+            "{what}: duplicates across the re-route (delivered, removed at the subscriber)"
+        );
+        // Loss only inside the outage: one contiguous run (what was sent between the cut and
+        // the re-route), no longer than the outage plus what was in flight on the cut path
+        // and the slower path's extra delay (100 ms at 1 kHz); none after the uncut.
+        assert!(
+            f.contiguous && f.lost <= f.outage_us / 1000 + 100,
+            "{what}: {} lost (contiguous: {}) for a {} ms outage",
+            f.lost,
+            f.contiguous,
+            f.outage_us / 1000
+        );
+        assert_eq!(
+            f.lost_after_uncut, 0,
+            "{what}: samples sent after the uncut were lost (moving back to A–B–C)"
+        );
+        figures.push(f);
+    }
+    // Gets during the cut: an in-flight get may time out, none is answered twice, and every
+    // get made a second before the cut or after the uncut is answered once.
+    let twice: Vec<_> = gets.iter().filter(|g| g.replies > 1).collect();
+    let failed: Vec<_> = gets
+        .iter()
+        .filter(|g| g.replies != 1 || g.errors != 0)
+        .collect();
+    let outside: Vec<_> = failed
+        .iter()
+        .filter(|g| g.sent_us + 1_000_000 < cut_at || g.sent_us > uncut_at)
+        .collect();
+    let mut ok_sent: Vec<u64> = gets
+        .iter()
+        .filter(|g| g.replies == 1)
+        .map(|g| g.sent_us)
+        .collect();
+    ok_sent.sort_unstable();
+    let get_outage = ok_sent.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    eprintln!(
+        "gets C→A across the cut: {} made, {} unanswered (timed out in the outage), {} answered \
+         twice; largest gap between answered gets {} ms; back on A–B–C {} ms after the uncut",
+        gets.len(),
+        failed.len(),
+        twice.len(),
+        get_outage / 1000,
+        (back_at - uncut_at) / 1000
+    );
+    assert!(twice.is_empty(), "gets answered twice: {twice:?}");
+    assert!(
+        outside.is_empty(),
+        "gets unanswered outside the outage: {outside:?}"
+    );
+    // No token flap: A was reachable all along (via C), so C never saw A's token go.
+    tokens.signal("TERM").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokens.drain();
+    let deletes: Vec<_> = tokens
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"delete\""))
+        .collect();
+    assert!(deletes.is_empty(), "A's token flapped at C: {deletes:?}");
+    let (ac, ca) = (&figures[0], &figures[1]);
     println!(
         "{}",
         serde_json::json!({"figure": "backbone_wan", "secs": secs, "loss_pct": loss,
             "p50_ms": p50 as f64 / 1000.0, "p99_ms": p99 as f64 / 1000.0,
-            "cut_outage_ms": outage as f64 / 1000.0, "cut_lost": missing, "cut_dups": dups})
+            "cut_outage_ms": ac.outage_us as f64 / 1000.0, "cut_lost": ac.lost,
+            "cut_dups": ac.dups,
+            "cut_outage_ca_ms": ca.outage_us as f64 / 1000.0, "cut_lost_ca": ca.lost,
+            "cut_dups_ca": ca.dups,
+            "get_outage_ms": get_outage as f64 / 1000.0, "gets_unanswered": failed.len(),
+            "gets_twice": twice.len(),
+            "restore_ms": (back_at - uncut_at) as f64 / 1000.0,
+            "restore_lost": ac.lost_after_uncut + ca.lost_after_uncut,
+            "restore_reordered": ac.reordered + ca.reordered,
+            "token_deletes": deletes.len()})
     );
+    drop((sub_a, server));
     drop((sub, ra, rb, rc));
     drop((ab, bc, ac));
     drop(lab);

@@ -721,12 +721,26 @@ impl Node {
 
     /// Where this node listens, comma-separated (told to every new neighbour; a router also
     /// advertises it in its LSA, for other routers' clients).
+    #[cfg(test)]
     pub(crate) fn set_locators(&mut self, now: Instant, locators: Arc<str>) {
-        self.locators = locators.clone();
+        self.set_locators_advertising(now, locators.clone(), locators);
+    }
+
+    /// Where this node listens (`locators`, told to every new neighbour, unspecified hosts
+    /// left for the neighbour to fill in with our address) and, for a router's LSA, where
+    /// other routers' clients can reach it (`advertised`: the same with unspecified hosts
+    /// replaced by our interface addresses, since a client learns them through a third node).
+    pub(crate) fn set_locators_advertising(
+        &mut self,
+        now: Instant,
+        locators: Arc<str>,
+        advertised: Arc<str>,
+    ) {
+        self.locators = locators;
         let changed = self
             .lsdb
             .as_mut()
-            .is_some_and(|db| db.set_locators(now, locators));
+            .is_some_and(|db| db.set_locators(now, advertised));
         if changed {
             self.after_own_change(now);
         }
@@ -1689,9 +1703,10 @@ impl Node {
         v.into_iter().take(3).map(|(_, _, r, l)| (r, l)).collect()
     }
 
-    /// Tells client `face` of our alternates.
+    /// Tells client `face` of our alternates, the best last: a client puts what it is told
+    /// last first in its failover list.
     fn send_alternates(&mut self, face: FaceId) {
-        for (node, locators) in self.alternates() {
+        for (node, locators) in self.alternates().into_iter().rev() {
             self.send(
                 face,
                 Msg::Gossip {

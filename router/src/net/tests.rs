@@ -1630,10 +1630,11 @@ fn clients_learn_alternate_routers_same_site_first() {
     let (a01, _) = m.link(0, 1);
     m.cost(a01, 50);
     m.link(3, 0);
-    // The site's other router first although the other site is cheaper.
+    // The site's other router first although the other site is cheaper: told last, so that
+    // it ends first in the client's failover list (what is told last goes first).
     assert_eq!(
         m.inbox[3].alternates,
-        ["tcp/10.0.0.2:7447", "tcp/10.0.1.1:7447"]
+        ["tcp/10.0.1.1:7447", "tcp/10.0.0.2:7447"]
     );
 }
 

@@ -1143,6 +1143,9 @@ pub(crate) async fn run(
     let writer = tokio::spawn(writer(rt.clone(), face.clone(), tx));
     reader(rt.clone(), face.clone(), rx).await;
     face.kill();
+    // The node learns at once that the link is down (a backbone link's LSA change and the
+    // re-route must not wait for the writer's grace below: issue 10's outage).
+    rt.face_closed(&face);
     // A writer blocked on a socket that takes nothing (a silent cut) is given a moment to
     // finish, then stopped: its link is dead.
     let mut writer = writer;
@@ -1177,7 +1180,6 @@ pub(crate) async fn run(
             "link closed with {lost} message(s) never sent: dropped"
         );
     }
-    rt.face_closed(&face);
     face.peer()
 }
 

@@ -732,13 +732,16 @@ impl Runtime {
                     .filter_map(|l| l.parse().ok())
                     .filter(|e: &Endpoint| !self.config.connect.contains(e))
                     .collect();
+                // One router's endpoints go first, in its order; the router tells its list
+                // lowest priority first, so the best ends first (a re-told one moves up).
                 let mut alt = self.alternates.lock().unwrap_or_else(|p| p.into_inner());
-                for e in eps {
-                    if !alt.contains(&e) {
+                for e in &eps {
+                    if !alt.contains(e) {
                         tracing::info!(endpoint = %e, "learnt an alternate router");
-                        alt.insert(0, e);
                     }
                 }
+                alt.retain(|e| !eps.contains(e));
+                alt.splice(0..0, eps);
                 alt.truncate(MAX_ALTERNATES);
                 drop(alt);
                 self.changed.notify_waiters();
@@ -2051,6 +2054,36 @@ fn with_host(ep: &Endpoint, ip: Option<std::net::IpAddr>, local: bool) -> Option
     }
 }
 
+/// Where a router's clients' peers (clients of other routers) can reach it: network endpoints
+/// of `listening`, each with an unspecified host (0.0.0.0, [::]) replaced by every address of
+/// `ifaces` it covers (IPv4 for 0.0.0.0; both for [::], dual-stack); unix and mem ones dropped.
+fn advertised(listening: &[Endpoint], ifaces: &[std::net::IpAddr]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for ep in listening {
+        let Endpoint::Net {
+            protocol,
+            host,
+            port,
+        } = ep
+        else {
+            continue;
+        };
+        match host {
+            hypha_transports::Host::Ip(h) if h.is_unspecified() => {
+                for ip in ifaces.iter().filter(|ip| h.is_ipv6() || ip.is_ipv4()) {
+                    out.push(Endpoint::Net {
+                        protocol: *protocol,
+                        host: hypha_transports::Host::Ip(*ip),
+                        port: *port,
+                    });
+                }
+            }
+            _ => out.push(ep.clone()),
+        }
+    }
+    out
+}
+
 impl Runtime {
     /// Remembers where `node` listens and dials it unless already linked. Both ends of a pair
     /// usually learn of each other: the smaller id dials at once, the other only if no link has
@@ -2109,7 +2142,31 @@ impl Runtime {
             .map(|e| e.to_string())
             .collect();
         let locators: Arc<str> = Arc::from(own.join(","));
-        self.with_node(|n, now| n.set_locators(now, locators));
+        // A router's LSA tells other routers' clients where to fail over to: a client learns it
+        // from its own router, so an unspecified host (which a direct neighbour fills in with
+        // the link's address) means nothing to it. Advertise the interface addresses instead.
+        let advertised = match self.config.mode {
+            Mode::Router => {
+                let ifaces = match if_addrs::get_if_addrs() {
+                    Ok(v) => v
+                        .into_iter()
+                        .filter(|i| i.is_oper_up() && !i.is_loopback() && !i.is_link_local())
+                        .map(|i| i.ip())
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!("cannot list interface addresses to advertise: {e}");
+                        Vec::new()
+                    }
+                };
+                let eps: Vec<String> = advertised(&self.listening(), &ifaces)
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect();
+                Arc::from(eps.join(","))
+            }
+            _ => locators.clone(),
+        };
+        self.with_node(|n, now| n.set_locators_advertising(now, locators, advertised));
     }
 
     /// A neighbour told us where a node listens: endpoints with an unspecified host stand for
@@ -2140,5 +2197,42 @@ impl Runtime {
             locators: Arc::from(eps.join(",")),
         };
         self.with_node(|n, now| n.handle_message(now, face.id, msg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+    use hypha_transports::Endpoint;
+
+    fn eps(v: &[&str]) -> Vec<Endpoint> {
+        v.iter().map(|e| e.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn unspecified_listeners_advertise_interface_addresses() {
+        let ifaces = ["10.1.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()];
+        // 0.0.0.0 covers IPv4 addresses only; [::] both; a concrete host is kept as it is;
+        // unix endpoints mean nothing to another host's client.
+        let got = advertised(
+            &eps(&[
+                "quic/0.0.0.0:7447",
+                "tcp/[::]:7448",
+                "tcp/192.0.2.1:7449",
+                "unix//tmp/h.sock",
+            ]),
+            &ifaces,
+        );
+        assert_eq!(
+            got,
+            eps(&[
+                "quic/10.1.0.2:7447",
+                "tcp/10.1.0.2:7448",
+                "tcp/[2001:db8::2]:7448",
+                "tcp/192.0.2.1:7449",
+            ])
+        );
+        // A host with no usable interface advertises none of its unspecified listeners.
+        assert_eq!(advertised(&eps(&["quic/0.0.0.0:7447"]), &[]), vec![]);
     }
 }

@@ -8,7 +8,19 @@
 //! hypha-probe sub --connect quic/127.0.0.1:7447 --key 'wan/**'
 //!   {"event":"ready"}
 //!   {"event":"sample","p":"a","sn":17,"lat_us":40213,"t_us":1764600000123456}
+//! hypha-probe serve --connect quic/127.0.0.1:7447 --key 'svc/**' --name a --token alive/a
+//!   {"event":"ready","queryable":true,"token":true}
+//! hypha-probe get --connect quic/127.0.0.1:7447 --prefix svc/q --rate 200 --count 1000
+//!   {"event":"get","i":17,"replies":1,"errors":0,"sent_us":…,"done_us":…}
+//!   {"event":"done","issued":1000}
+//! hypha-probe watch --connect quic/127.0.0.1:7447 --key 'alive/**'
+//!   {"event":"ready"}
+//!   {"event":"token","key":"alive/a","kind":"put","t_us":…}
 //! ```
+//!
+//! `pub` and `get` stop early on SIGTERM (their `done` line says how many they sent); `serve`
+//! and `watch` run until SIGTERM. A get asks with no consolidation, so a reply the network
+//! delivered twice is counted twice.
 //!
 //! A payload is `NAME SN T_US`: the publisher's name, its sequence number (from 0) and its send
 //! time (the system clock in µs, shared by every namespace of one host, so one-way latency is
@@ -18,7 +30,8 @@
 
 use clap::{Parser, Subcommand};
 use hypha::Config;
-use hypha_core::wire::Mode;
+use hypha::SampleKind;
+use hypha_core::wire::{Consolidation, Mode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Parser, Debug)]
@@ -48,6 +61,43 @@ enum Cmd {
         wait_ms: u64,
         #[arg(long, default_value = "client")]
         mode: String,
+        /// Before the ready line, wait (up to 5 s) for the router to tell of alternates, and
+        /// list them in it.
+        #[arg(long)]
+        wait_alternates: bool,
+    },
+    /// A queryable on KEY answering each query with one reply `NAME` on the query's key, and
+    /// optionally a liveliness token.
+    Serve {
+        #[arg(long)]
+        connect: Vec<String>,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "q")]
+        name: String,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// --count gets on PREFIX/<i> at --rate per second (each in flight on its own), one line
+    /// per get with the replies it received.
+    Get {
+        #[arg(long)]
+        connect: Vec<String>,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Print every liveliness event (token put or delete) on KEY.
+    Watch {
+        #[arg(long)]
+        connect: Vec<String>,
+        #[arg(long)]
+        key: String,
     },
     /// Declare --subs subscriptions fleet/v<i>/cmd (and optionally a publisher and a
     /// subscriber), print ready, stay for --secs (the declaration-economy bench).
@@ -71,6 +121,9 @@ enum Cmd {
         key: String,
         #[arg(long, default_value = "client")]
         mode: String,
+        /// As for `pub`.
+        #[arg(long)]
+        wait_alternates: bool,
     },
 }
 
@@ -78,6 +131,18 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The alternate routers this client learnt, after waiting up to 5 s for one if `wait`.
+async fn alternates(s: &hypha::Session, wait: bool) -> Vec<String> {
+    if wait {
+        s.wait_alternates(Duration::from_secs(5)).await;
+    }
+    s.alternates().iter().map(|e| e.to_string()).collect()
+}
+
+fn terminate() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
 }
 
 fn config(connect: &[String], mode: &str) -> anyhow::Result<Config> {
@@ -112,30 +177,155 @@ async fn main() -> anyhow::Result<()> {
             count,
             wait_ms,
             mode,
+            wait_alternates,
         } => {
             let s = hypha::open(config(&connect, &mode)?).await?;
             let p = s.declare_publisher(&key)?;
             let wait = Duration::from_millis(wait_ms);
             let matching = p.ready(wait).await && p.wait_matching(wait).await;
+            let alternates = alternates(&s, wait_alternates).await;
             println!(
                 "{}",
-                serde_json::json!({"event": "ready", "matching": matching})
+                serde_json::json!({"event": "ready", "matching": matching,
+                    "alternates": alternates})
             );
             let period = Duration::from_micros(1_000_000 / rate.max(1));
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut dropped = 0u64;
-            for sn in 0..count {
-                tick.tick().await;
-                let r = p.put(format!("{name} {sn} {}", now_us())).await?;
+            let mut term = terminate()?;
+            let mut sent = 0u64;
+            while sent < count {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = term.recv() => break,
+                }
+                let r = p.put(format!("{name} {sent} {}", now_us())).await?;
                 dropped += r.dropped;
+                sent += 1;
             }
             let _ = p.flush(Duration::from_secs(5)).await;
             println!(
                 "{}",
-                serde_json::json!({"event": "done", "sent": count, "dropped": dropped})
+                serde_json::json!({"event": "done", "sent": sent, "dropped": dropped})
             );
             s.close().await;
+        }
+        Cmd::Serve {
+            connect,
+            key,
+            name,
+            token,
+        } => {
+            let s = hypha::open(config(&connect, "client")?).await?;
+            let q = s.declare_queryable(&key).stream()?;
+            let ready = q.ready(Duration::from_secs(10)).await;
+            let t = match &token {
+                Some(k) => Some(s.liveliness().token(k).await?),
+                None => None,
+            };
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "queryable": ready, "token": t.is_some()})
+            );
+            let mut term = terminate()?;
+            let mut served = 0u64;
+            loop {
+                tokio::select! {
+                    query = q.recv() => {
+                        let Some(query) = query else { break };
+                        let k = query.key_expr().as_str().to_string();
+                        if query.reply(&k, name.clone()).await.is_ok() {
+                            served += 1;
+                        }
+                    }
+                    _ = term.recv() => break,
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({"event": "summary", "served": served})
+            );
+            drop(t);
+        }
+        Cmd::Get {
+            connect,
+            prefix,
+            rate,
+            count,
+            timeout_ms,
+        } => {
+            let s = hypha::open(config(&connect, "client")?).await?;
+            // A get made before the link is up has nobody to ask (it ends with no reply).
+            let linked = s.wait_peers(1, Duration::from_secs(10)).await;
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "linked": linked})
+            );
+            let period = Duration::from_micros(1_000_000 / rate.max(1));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut term = terminate()?;
+            let mut running = tokio::task::JoinSet::new();
+            let mut issued = 0u64;
+            while issued < count {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = term.recv() => break,
+                }
+                let (s, i) = (s.clone(), issued);
+                let selector = format!("{prefix}/{i}");
+                running.spawn(async move {
+                    let sent_us = now_us();
+                    let (mut replies, mut errors) = (0u32, 0u32);
+                    match s
+                        .get(&selector)
+                        .consolidation(Consolidation::None)
+                        .timeout(Duration::from_millis(timeout_ms))
+                        .send()
+                        .await
+                    {
+                        Ok(mut r) => {
+                            while let Some(reply) = r.recv().await {
+                                match reply.result {
+                                    Ok(_) => replies += 1,
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                        }
+                        Err(_) => errors += 1,
+                    }
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "get", "i": i, "replies": replies,
+                            "errors": errors, "sent_us": sent_us, "done_us": now_us()})
+                    );
+                });
+                issued += 1;
+            }
+            while running.join_next().await.is_some() {}
+            println!("{}", serde_json::json!({"event": "done", "issued": issued}));
+            s.close().await;
+        }
+        Cmd::Watch { connect, key } => {
+            let s = hypha::open(config(&connect, "client")?).await?;
+            let sub = s.liveliness().subscriber(&key).await?;
+            println!("{}", serde_json::json!({"event": "ready"}));
+            let mut term = terminate()?;
+            loop {
+                tokio::select! {
+                    e = sub.recv() => {
+                        let Some(e) = e else { break };
+                        let kind = match e.kind {
+                            SampleKind::Put => "put",
+                            SampleKind::Delete => "delete",
+                        };
+                        println!("{}", serde_json::json!({"event": "token", "key": &*e.key,
+                            "kind": kind, "t_us": now_us()}));
+                    }
+                    _ = term.recv() => break,
+                }
+            }
         }
         Cmd::Decl {
             connect,
@@ -170,13 +360,21 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             drop(held);
         }
-        Cmd::Sub { connect, key, mode } => {
+        Cmd::Sub {
+            connect,
+            key,
+            mode,
+            wait_alternates,
+        } => {
             let s = hypha::open(config(&connect, &mode)?).await?;
             let sub = s.declare_subscriber(&key).stream()?;
             let ready = sub.ready(Duration::from_secs(10)).await;
-            println!("{}", serde_json::json!({"event": "ready", "ready": ready}));
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let alternates = alternates(&s, wait_alternates).await;
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "ready": ready, "alternates": alternates})
+            );
+            let mut term = terminate()?;
             let mut n = 0u64;
             loop {
                 tokio::select! {
