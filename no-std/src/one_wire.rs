@@ -392,6 +392,8 @@ proptest! {
                 TransportMessage::Init(Init {
                     version: PROTOCOL_VERSION, node_id: node(who), mode: Mode::Client,
                     batch_size: batch, sn_bits: bits, lease_ms: lease, initial_sn: sn,
+                    // The device does not acknowledge: its Init never offers it.
+                    acks: false,
                 }),
             ),
             (Control::Open { initial_sn: sn }, TransportMessage::Open(Open { initial_sn: sn })),
@@ -472,6 +474,7 @@ proptest! {
             0 => TransportMessage::Accept(Accept {
                 version: PROTOCOL_VERSION, node_id: node(who), mode: Mode::Router,
                 batch_size: sn as u16, sn_bits: 7, lease_ms: sn / 7, initial_sn: sn,
+                acks: false,
             }),
             1 => TransportMessage::Close(Close { reason: CloseReason::TooLarge, detail: &detail }),
             2 => TransportMessage::KeepAlive,
@@ -488,6 +491,10 @@ proptest! {
         }
         let got = wire::batch(&bytes);
         match TransportMessage::decode(&bytes) {
+            // Acknowledgements (an Accept agreeing on them, `Acks`) are refused by the device:
+            // it never offers them, so a std side never sends either to it.
+            Ok(TransportMessage::Accept(a)) if a.acks => prop_assert_eq!(got, Batch::Malformed),
+            Ok(TransportMessage::Acks(_)) => prop_assert_eq!(got, Batch::Malformed),
             Ok(TransportMessage::Accept(a)) => prop_assert_eq!(got, Batch::Accept(wire::Accept {
                 version: a.version, node_id: a.node_id, batch_size: a.batch_size,
                 sn_bits: a.sn_bits, lease_ms: a.lease_ms, initial_sn: a.initial_sn,

@@ -701,13 +701,16 @@ async fn publish(
     }
     // Every loss this process can know of is a warning and a failure exit (issue 16): dropped
     // for congestion, queued on a link that closed (the process has one publisher, so the
-    // node's counter is its), published while no subscriber was reachable.
-    let link_closed = s.info().dropped_link_closed;
-    let lost = dropped + link_closed + unreached;
+    // node's counter is its), written to a link that died before the peer acknowledged
+    // them (probably lost), published while no subscriber was reachable.
+    let info = s.info();
+    let (link_closed, unconfirmed) = (info.dropped_link_closed, info.dropped_unconfirmed);
+    let lost = dropped + link_closed + unconfirmed + unreached;
     if lost > 0 {
         eprintln!(
             "warning: {lost} of {count} publications lost: {dropped} dropped for congested \
-             links, {link_closed} queued on links that closed, {unreached} made while no \
+             links, {link_closed} queued on links that closed, {unconfirmed} written to links \
+             that closed before the peer acknowledged them, {unreached} made while no \
              subscriber was reachable"
         );
         s.close().await;
@@ -1017,6 +1020,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "listening": info.listening.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "links": links, "published": info.published, "received": info.received,
                     "dropped": info.dropped, "dropped_link_closed": info.dropped_link_closed,
+                    "dropped_unconfirmed": info.dropped_unconfirmed,
                     "forwarded": info.forwarded, "denied": info.denied,
                     "refused_handshaking": info.refused_handshaking,
                     "refused_identity": info.refused_identity,

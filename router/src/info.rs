@@ -24,6 +24,9 @@ pub struct LinkSummary {
     pub received: u64,
     /// Bytes waiting in its queues.
     pub queued_bytes: usize,
+    /// Data messages written to it and not yet acknowledged (0 when the neighbour does not
+    /// acknowledge): what a silent cut now would leave unconfirmed.
+    pub unacknowledged: u64,
     /// Messages from it refused by this node's ingress hooks.
     pub denied_in: u64,
     /// Messages to it refused by this node's egress hooks.

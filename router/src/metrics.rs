@@ -17,7 +17,7 @@
 //! | `hypha_link_dropped_total` | counter | `peer`, `reason` = congestion, acl_in, acl_out, lost (and framing, serial links) |
 //! | `hypha_link_rtt_seconds` | gauge | `peer`: the transport's RTT estimate (QUIC, TCP and TLS links) |
 //! | `hypha_prefix_{samples,bytes,dropped}_total` | counter | `prefix`: only with `[metrics] prefixes` (configured, so bounded: at most 64) |
-//! | `hypha_dropped_total` | counter | `reason` = congestion, link_closed (queued, never sent), acl, framing |
+//! | `hypha_dropped_total` | counter | `reason` = congestion, link_closed (queued, never sent), unconfirmed (written, never acknowledged), acl, framing |
 //! | `hypha_{published,received,forwarded,delivered}_total` | counter | |
 //! | `hypha_acl_denied_total` | counter | `what` = samples, identity, received (Info's `denied`, `refused_identity`, `denials_received`) |
 //! | `hypha_declarations` | gauge | `kind` = subscriber, queryable, token |
@@ -349,6 +349,7 @@ impl Collector for NodeCollector {
             &[
                 (vec![("reason", "congestion")], c("dropped")),
                 (vec![("reason", "link_closed")], c("dropped_link_closed")),
+                (vec![("reason", "unconfirmed")], c("dropped_unconfirmed")),
                 (vec![("reason", "acl")], c("denied")),
                 (vec![("reason", "framing")], framing),
             ],

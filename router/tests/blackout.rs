@@ -2,7 +2,9 @@
 //! sessions stops forwarding (a silent cut: sockets stay open, nothing moves), the publisher
 //! goes on publishing until its lease on the subscriber expires, and what was queued on the
 //! link when it closed shows in `Info::dropped_link_closed` (and the congestion drops before
-//! it in `Info::dropped`).
+//! it in `Info::dropped`); what was already written to the socket (the kernel's buffers) and
+//! never acknowledged by the subscriber's node shows in `Info::dropped_unconfirmed`, so that
+//! published = received + counted, exactly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -75,5 +77,96 @@ async fn samples_queued_on_a_link_that_closes_are_counted() {
     assert!(
         metrics.contains("hypha_dropped_total{reason=\"link_closed\"}"),
         "{metrics}"
+    );
+}
+
+/// Issue 16, the exact account: a silent cut at a moment when everything received has been
+/// acknowledged, then small samples (they fit the kernel's socket buffers, so the session's
+/// queues stay empty and only acknowledgements can tell they never arrived): every sample
+/// published is received or counted by the publisher's node, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_written_into_a_silent_cut_are_counted_exactly() {
+    let mut cb = common::node_config("tcp/127.0.0.1:0", &[]);
+    cb.lease_ms = 500;
+    let b = hypha::open(cb).await.unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let via = proxy(tcp_addr(&b), cut.clone()).await;
+    let mut ca = common::node_config("tcp/127.0.0.1:0", &[format!("tcp/{via}")]);
+    ca.listen.clear();
+    ca.mode = hypha::config::parse_mode("client").unwrap();
+    ca.lease_ms = 500;
+    let a = hypha::open(ca).await.unwrap();
+    assert!(a.wait_peers(1, T).await, "no link through the proxy");
+    let sub = b.declare_subscriber("blk/y").stream().unwrap();
+    let p = a
+        .declare_publisher("blk/y")
+        .unwrap()
+        .congestion_control(CongestionControl::Drop);
+    assert!(p.wait_matching(T).await);
+    let mut published = 0u64;
+    let mut received = 0u64;
+    for i in 0..20u8 {
+        p.put(vec![i; 100]).await.unwrap();
+        published += 1;
+    }
+    for _ in 0..20 {
+        tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
+        received += 1;
+    }
+    // The baseline: the subscriber's node acknowledges what it received (within its 10 ms
+    // delay), and nothing is counted lost.
+    let deadline = Instant::now() + T;
+    while a.info().links.first().map(|l| l.unacknowledged) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "never acknowledged: {:?}",
+            a.info().links
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let info = a.info();
+    assert_eq!(
+        (
+            info.dropped,
+            info.dropped_link_closed,
+            info.dropped_unconfirmed
+        ),
+        (0, 0, 0)
+    );
+    cut.store(true, Ordering::Release);
+    let t0 = Instant::now();
+    while !a.info().links.is_empty() {
+        assert!(t0.elapsed() < T, "the lease never expired");
+        p.put(vec![2u8; 1024]).await.unwrap();
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Nothing more reaches the subscriber (the proxy refuses new links after the cut), and
+    // the link's teardown finishes its accounting.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+        received += 1;
+    }
+    let counted = |i: &hypha::Info| i.dropped + i.dropped_link_closed + i.dropped_unconfirmed;
+    let deadline = Instant::now() + T;
+    while received + counted(&a.info()) < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let info = a.info();
+    eprintln!(
+        "published {published}, received {received}; counted by the publisher: {} congestion, \
+         {} queued on the link, {} written and never acknowledged",
+        info.dropped, info.dropped_link_closed, info.dropped_unconfirmed
+    );
+    assert!(published > 100, "{published}");
+    assert!(
+        info.dropped_unconfirmed > 0,
+        "samples in the kernel's buffers went uncounted"
+    );
+    assert_eq!(published, received + counted(&info), "{info:?}");
+    assert!(
+        a.metrics()
+            .contains("hypha_dropped_total{reason=\"unconfirmed\"}"),
+        "{}",
+        a.metrics()
     );
 }

@@ -195,14 +195,15 @@ async fn pub_exits_non_zero_after_a_blackout_lost_publications() {
         .find(|l| l.starts_with("warning: ") && l.contains(" publications lost: "))
         .unwrap_or_else(|| panic!("no loss warning: {err}"));
     eprintln!("{warning}");
-    // "warning: N of 400 publications lost: D dropped …, L queued …, U made …": N = D + L + U.
+    // "warning: N of 400 publications lost: D dropped …, L queued …, C written … never
+    // acknowledged, U made …": N = D + L + C + U.
     let n: Vec<u64> = warning
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    assert_eq!(n.len(), 5, "{warning}");
+    assert_eq!(n.len(), 6, "{warning}");
     assert_eq!(n[1], 400, "{warning}");
-    assert!(n[0] > 0 && n[0] == n[2] + n[3] + n[4], "{warning}");
+    assert!(n[0] > 0 && n[0] == n[2] + n[3] + n[4] + n[5], "{warning}");
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.starts_with("error: ") && last.contains("publications lost"),

@@ -51,7 +51,9 @@ pub use buffer::{Buffer, FixedKeys, KeyTable};
 
 use crate::id::NodeId;
 use crate::time::{Duration, Instant};
-use crate::wire::{CloseReason, Mode, NetworkMessage, PROTOCOL_VERSION, Priority, WireKey, limits};
+use crate::wire::{
+    CloseReason, LaneAck, Mode, NetworkMessage, PROTOCOL_VERSION, Priority, WireKey, limits,
+};
 use core::fmt;
 use tx::LaneQueue;
 
@@ -86,6 +88,17 @@ pub struct Config {
     /// resolution only bounds how far apart a duplicate or a gap can be told apart; 7 bits keep
     /// every frame header at two bytes.
     pub sn_bits: u8,
+    /// Offer acknowledgements of reliable lanes in the handshake. When both sides do, each
+    /// tells the other how many messages it has received on each reliable lane ([`Acks`]),
+    /// and a session that ends without an orderly close counts what it wrote and never heard
+    /// acknowledged ([`Stats::tx_unconfirmed`]). Against a peer that does not, nothing is
+    /// counted.
+    ///
+    /// [`Acks`]: crate::wire::Acks
+    pub acks: bool,
+    /// How long an acknowledgement waits after the first message it covers: a busy link
+    /// sends at most one per `ack_delay` (plus one before a close, and keep-alives carry them).
+    pub ack_delay: Duration,
 }
 
 impl Config {
@@ -102,6 +115,8 @@ impl Config {
             max_message_size: 16 << 20,
             max_remote_keys: 10_000,
             sn_bits: 7,
+            acks: true,
+            ack_delay: Duration::from_millis(10),
         }
     }
 }
@@ -209,6 +224,18 @@ pub struct Stats {
     /// Messages queued but never sent: discarded when the session closed (a lease expired in a
     /// blackout, the link broke, a close). Never sent means lost to the peer.
     pub tx_discarded: u64,
+    /// Messages handed to the link on a reliable lane that the peer never acknowledged, counted
+    /// when the session ended other than by our own orderly close (the lease expired, the link
+    /// broke, the peer closed). Probably lost; a few may have arrived with their
+    /// acknowledgement still on its way (at most `ack_delay` plus a round trip of traffic).
+    /// Only on a session whose handshake agreed on acknowledgements.
+    pub tx_unconfirmed: u64,
+    /// Of those, data ([`NetworkMessage::is_data`]).
+    pub tx_unconfirmed_data: u64,
+    /// Acknowledgements sent.
+    pub acks_sent: u64,
+    /// Acknowledgements received.
+    pub acks_received: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +322,38 @@ pub struct Session<B: Buffer, K: KeyTable> {
     next_key_id: u32,
     events: heapless::Deque<Event, 4>,
     stats: Stats,
+    acks: Acking,
+}
+
+/// Acknowledgement state of a session (both directions), by lane (`Priority::index`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Acking {
+    /// Both sides agreed in the handshake.
+    on: bool,
+    /// Reliable messages we handed to the link, per lane.
+    sent: [LaneAck; LANES],
+    /// What the peer acknowledged of them.
+    acked: [LaneAck; LANES],
+    /// Reliable messages we received in order, per lane.
+    got: [LaneAck; LANES],
+    /// `got[..].messages` as of our last acknowledgement.
+    told: [u32; LANES],
+    /// Something arrived on a reliable lane since our last acknowledgement, at this instant.
+    since: Option<Instant>,
+    /// An acknowledgement is due now (a timer fired): the next transmission.
+    now: bool,
+    /// What the peer did not acknowledge was counted (or excused by our orderly close).
+    settled: bool,
+}
+
+impl Acking {
+    /// A reliable message on `lane` left in a batch.
+    fn wrote(&mut self, lane: usize, data: bool) {
+        if let Some(s) = self.sent.get_mut(lane) {
+            s.messages = s.messages.wrapping_add(1);
+            s.data = s.data.wrapping_add(u32::from(data));
+        }
+    }
 }
 
 /// A session with heap-backed, growable storage.
@@ -341,6 +400,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             next_key_id: 1,
             events: heapless::Deque::new(),
             stats: Stats::default(),
+            acks: Acking::default(),
         }
     }
 
@@ -470,7 +530,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// or close message, or queued data). A driver uses it to skip waking its writer after
     /// input that produced nothing to send (a cross-thread wake costs more than the input).
     pub fn wants_transmit(&self) -> bool {
-        self.control.is_some() || self.total_queued_bytes() > 0
+        self.control.is_some() || self.acks.now || self.total_queued_bytes() > 0
     }
 
     /// Starts an orderly close: a `Close` goes out next, then the session is closed.
@@ -500,14 +560,61 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             self.state = State::Closing;
             self.control = Some(Control::Close(reason, detail));
         }
-        self.discard_queued();
+        self.discard_queued_only();
+        if by_peer || reason == CloseReason::LeaseExpired {
+            // The peer discards what we sent after its last acknowledgement (it sends one just
+            // before its `Close`), or the link went silent: unconfirmed.
+            self.settle_unconfirmed();
+        } else {
+            // Our orderly close: what we wrote goes ahead of our `Close` on a working link.
+            self.acks.settled = true;
+        }
         let _ = self.events.push_back(Event::Closed { reason, by_peer });
     }
 
     /// Empties the lanes, counting what they held in [`Stats::tx_discarded`]; returns that
     /// count. A session closing does it; a driver whose link broke calls it so that nothing
-    /// queued leaves uncounted.
+    /// queued leaves uncounted. Unless our own orderly close ended the session, what the peer
+    /// never acknowledged is counted too ([`Stats::tx_unconfirmed`], once).
     pub fn discard_queued(&mut self) -> u64 {
+        self.settle_unconfirmed();
+        self.discard_queued_only()
+    }
+
+    /// Reliable messages written and not (yet) acknowledged by the peer: (all, data). Zero on a
+    /// session without acknowledgements.
+    pub fn unacknowledged(&self) -> (u64, u64) {
+        if !self.acks.on {
+            return (0, 0);
+        }
+        self.acks
+            .sent
+            .iter()
+            .zip(&self.acks.acked)
+            .fold((0, 0), |(m, d), (s, a)| {
+                (
+                    m + u64::from(s.messages.wrapping_sub(a.messages)),
+                    d + u64::from(s.data.wrapping_sub(a.data)),
+                )
+            })
+    }
+
+    /// Counts what the peer never acknowledged, once.
+    fn settle_unconfirmed(&mut self) {
+        if self.acks.settled {
+            return;
+        }
+        self.acks.settled = true;
+        let (m, d) = self.unacknowledged();
+        if m > 0 {
+            crate::core_debug!("link ended with {m} message(s) unacknowledged ({d} data)");
+        }
+        self.stats.tx_unconfirmed += m;
+        self.stats.tx_unconfirmed_data += d;
+        self.acks.acked = self.acks.sent;
+    }
+
+    fn discard_queued_only(&mut self) -> u64 {
         let mut n = 0;
         for lane in &mut self.lanes {
             n += lane.messages();
@@ -525,7 +632,8 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             State::Open => {
                 let keepalive = self.last_tx + self.config.lease.div(4);
                 let expiry = self.last_rx + self.peer.map_or(self.config.lease, |p| p.lease);
-                Some(keepalive.min(expiry))
+                let t = keepalive.min(expiry);
+                Some(self.ack_due().map_or(t, |a| a.min(t)))
             }
             _ => Some(self.started + self.config.handshake_timeout),
         }
@@ -543,11 +651,27 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
     }
 
-    /// Advances timers: lease expiry closes the session, silence schedules a keep-alive.
+    /// When an acknowledgement of what we received falls due, if one is waiting for its delay;
+    /// `None` once it is due (then [`wants_transmit`](Self::wants_transmit) says so) or when
+    /// there is nothing to acknowledge. Part of [`poll_timeout`](Self::poll_timeout); a driver
+    /// whose reader watches the lease (see [`expiry`](Self::expiry)) watches this too, so that
+    /// the writer is woken only when an acknowledgement is to be sent.
+    pub fn ack_due(&self) -> Option<Instant> {
+        match (self.state, self.acks.now) {
+            (State::Open, false) => self.acks.since.map(|t| t + self.config.ack_delay),
+            _ => None,
+        }
+    }
+
+    /// Advances timers: lease expiry closes the session, silence schedules a keep-alive, an
+    /// acknowledgement's delay makes it due.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Closed | State::Closing => {}
             State::Open => {
+                if self.ack_due().is_some_and(|t| now >= t) {
+                    self.acks.now = true;
+                }
                 let peer_lease = self.peer.map_or(self.config.lease, |p| p.lease);
                 if now.saturating_since(self.last_rx) >= peer_lease {
                     self.begin_close(CloseReason::LeaseExpired, false);

@@ -3,7 +3,8 @@
 use super::{Buffer, Control, Event, KeyTable, PeerInfo, Received, Session, State};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    CloseReason, Declare, Fragment, Frame, Messages, NetworkMessage, Priority, TransportMessage,
+    Acks, CloseReason, Declare, Fragment, Frame, Messages, NetworkMessage, Priority,
+    TransportMessage,
 };
 
 /// Reassembly state of one lane.
@@ -82,6 +83,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 self.batch_size = self.batch_size.min(usize::from(i.batch_size)).max(64);
                 self.negotiate_sn(i.sn_bits);
                 self.rx_sn = [i.initial_sn & self.sn_mask; super::SLOTS];
+                self.acks.on = i.acks && self.config.acks;
                 self.control = Some(Control::Accept);
                 self.state = State::AwaitOpen;
             }
@@ -98,6 +100,8 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 self.batch_size = self.batch_size.min(usize::from(a.batch_size)).max(64);
                 self.negotiate_sn(a.sn_bits);
                 self.rx_sn = [a.initial_sn & self.sn_mask; super::SLOTS];
+                // The listener agrees only to what our `Init` offered.
+                self.acks.on = a.acks && self.config.acks;
                 self.control = Some(Control::Open);
                 self.open(peer);
             }
@@ -116,17 +120,19 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 State::AwaitOpen,
                 m @ (TransportMessage::Frame(_) | TransportMessage::Fragment(_)),
             )
-            | (State::AwaitOpen, m @ TransportMessage::KeepAlive) => {
+            | (State::AwaitOpen, m @ (TransportMessage::KeepAlive | TransportMessage::Acks(_))) => {
                 if let Some(peer) = self.peer {
                     self.open(peer);
                 }
                 match m {
                     TransportMessage::Frame(f) => self.on_frame(f, sink),
                     TransportMessage::Fragment(f) => self.on_fragment(f, sink),
+                    TransportMessage::Acks(a) => self.on_acks(a),
                     _ => {}
                 }
             }
             (State::Open, TransportMessage::KeepAlive) => {}
+            (State::Open, TransportMessage::Acks(a)) => self.on_acks(a),
             // Open overtaken by a frame (see above) arrives late: nothing to do.
             (State::Open, TransportMessage::Open(_)) if self.role == super::Role::Listener => {}
             (State::Open, TransportMessage::Frame(f)) => self.on_frame(f, sink),
@@ -145,6 +151,51 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             peer,
             batch_size: self.batch_size as u16,
         });
+    }
+
+    /// The peer's acknowledgements: cumulative, so a stale one (overtaken, on a datagram link)
+    /// says nothing; one beyond what we sent is a protocol error.
+    fn on_acks(&mut self, a: Acks) {
+        if !self.acks.on {
+            crate::core_warn!("closing link: acknowledgements the handshake did not agree on");
+            self.begin_close_with(
+                CloseReason::Unexpected,
+                "unexpected acknowledgements",
+                false,
+            );
+            return;
+        }
+        self.stats.acks_received += 1;
+        let lanes = a
+            .lanes
+            .iter()
+            .zip(&mut self.acks.acked)
+            .zip(&self.acks.sent);
+        let mut bad = false;
+        for ((ack, acked), sent) in lanes {
+            let Some(ack) = ack else { continue };
+            let d = ack.messages.wrapping_sub(acked.messages);
+            if d >= 1 << 31 {
+                continue;
+            }
+            let dd = ack.data.wrapping_sub(acked.data);
+            if d > sent.messages.wrapping_sub(acked.messages)
+                || dd > d
+                || dd > sent.data.wrapping_sub(acked.data)
+            {
+                bad = true;
+                break;
+            }
+            *acked = *ack;
+        }
+        if bad {
+            crate::core_warn!("closing link: peer acknowledged more than was sent");
+            self.begin_close_with(
+                CloseReason::Unexpected,
+                "acknowledged more than was sent",
+                false,
+            );
+        }
     }
 
     fn check_peer(&mut self, id: crate::id::NodeId) -> bool {
@@ -299,8 +350,18 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 _ => {}
             }
             self.stats.rx_messages += 1;
-            if msg.is_data() {
+            let data = msg.is_data();
+            if data {
                 self.stats.rx_data += 1;
+            }
+            if reliable && self.acks.on {
+                if let Some(g) = self.acks.got.get_mut(priority.index()) {
+                    g.messages = g.messages.wrapping_add(1);
+                    g.data = g.data.wrapping_add(u32::from(data));
+                }
+                if self.acks.since.is_none() {
+                    self.acks.since = Some(self.last_rx);
+                }
             }
             sink(&Received {
                 priority,

@@ -220,6 +220,7 @@ fn version_mismatch_is_refused_with_a_reason() {
         sn_bits: 7,
         lease_ms: 1000,
         initial_sn: 0,
+        acks: false,
     });
     let mut buf = [0u8; 256];
     let n = init.encode(&mut buf).unwrap();
@@ -1005,4 +1006,253 @@ fn messages_queued_at_close_are_counted_as_discarded() {
     assert_eq!(q.a.discard_queued(), 7);
     assert_eq!(q.a.stats().tx_discarded, 7);
     assert_eq!(q.a.discard_queued(), 0);
+}
+
+fn sample(payload: &[u8]) -> NetworkMessage<'_> {
+    NetworkMessage::Put(Put { key_id: 1, payload })
+}
+
+impl Pair {
+    /// Moves the clock by `step`, firing both sides' timers, and shuttles what they send.
+    fn tick(&mut self, step: Duration) {
+        self.now += step;
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+        self.drive();
+    }
+
+    /// What `a` writes now, never delivered (a silent cut).
+    fn a_writes_into_the_void(&mut self) -> usize {
+        let mut buf = vec![0u8; 65_535];
+        let mut n = 0;
+        while self.a.poll_transmit(self.now, &mut buf).is_some() {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Issue 16: the receiver acknowledges reliable lanes after `ack_delay` (not per batch), by
+/// message counts; best-effort lanes are not acknowledged.
+#[test]
+fn received_messages_are_acknowledged_after_the_delay() {
+    let mut p = Pair::open();
+    let payload = [1u8; 10];
+    for _ in 0..3 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    p.a.send(Priority::RealTime, false, &sample(&payload))
+        .unwrap();
+    p.a.declare_keyexpr("ack/k").unwrap();
+    p.drive();
+    assert_eq!(p.got_b.len(), 5);
+    assert_eq!(p.a.unacknowledged(), (4, 3), "3 samples and a declaration");
+    assert_eq!(
+        p.b.stats().acks_sent,
+        0,
+        "an acknowledgement waits for its delay"
+    );
+    assert!(!p.b.wants_transmit());
+    let due = p.now + Duration::from_millis(10);
+    assert_eq!(p.b.ack_due(), Some(due));
+    assert_eq!(p.b.poll_timeout(), Some(due));
+    p.tick(Duration::from_millis(9));
+    assert_eq!(p.b.stats().acks_sent, 0);
+    p.tick(Duration::from_millis(1));
+    assert_eq!(p.b.stats().acks_sent, 1);
+    assert_eq!(p.a.stats().acks_received, 1);
+    assert_eq!(p.a.unacknowledged(), (0, 0));
+    assert_eq!(p.b.ack_due(), None, "nothing new to acknowledge");
+    // Nothing arrives, nothing is acknowledged: a quiet link sends only keep-alives.
+    for _ in 0..100 {
+        p.tick(Duration::from_millis(10));
+    }
+    assert_eq!(p.b.stats().acks_sent, 1);
+}
+
+/// Issue 16: a busy lane is acknowledged at most once per `ack_delay`, however many batches
+/// arrive, and what is unacknowledged stays within about one delay of traffic.
+#[test]
+fn a_busy_lane_is_acknowledged_at_most_once_per_delay() {
+    let mut p = Pair::open();
+    let payload = [2u8; 10];
+    let batches_before = p.batches_ab;
+    let mut most_unacked = 0;
+    // 2,000 samples over 200 ms, each in a batch of its own (one every 100 µs).
+    for _ in 0..2_000 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+        p.tick(Duration::from_micros(100));
+        most_unacked = most_unacked.max(p.a.unacknowledged().0);
+    }
+    assert_eq!(p.got_b.len(), 2_000);
+    assert_eq!(p.batches_ab - batches_before, 2_000);
+    let acks = p.b.stats().acks_sent;
+    assert!(
+        (19..=20).contains(&acks),
+        "{acks} acknowledgements in 200 ms"
+    );
+    assert_eq!(p.a.stats().acks_received, acks);
+    assert!(most_unacked <= 101, "{most_unacked}");
+}
+
+/// Issue 16: what was written and never acknowledged is counted when the lease expires (apart
+/// from what was still queued), data apart from control, best effort not at all, and once.
+#[test]
+fn what_the_peer_never_acknowledged_is_counted_when_the_lease_expires() {
+    let mut p = Pair::open();
+    let payload = [3u8; 100];
+    for _ in 0..5 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    p.drive();
+    p.tick(Duration::from_millis(10));
+    assert_eq!(p.got_b.len(), 5);
+    assert_eq!(p.a.unacknowledged(), (0, 0));
+    // The cut: a writes 7 samples on two lanes, a declaration and 2 best-effort samples that
+    // never arrive; then 3 more stay queued.
+    for i in 0..7 {
+        let prio = [Priority::Data, Priority::RealTime][i % 2];
+        p.a.send(prio, true, &sample(&payload)).unwrap();
+    }
+    p.a.declare_keyexpr("cut/k").unwrap();
+    for _ in 0..2 {
+        p.a.send(Priority::DataLow, false, &sample(&payload))
+            .unwrap();
+    }
+    assert!(p.a_writes_into_the_void() >= 4);
+    for _ in 0..3 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    assert_eq!(p.a.unacknowledged(), (8, 7));
+    assert_eq!(
+        p.a.stats().tx_unconfirmed,
+        0,
+        "counted only when the link ends"
+    );
+    while let Some(t) = p.a.expiry() {
+        p.a.handle_timeout(t);
+    }
+    assert!(!p.a.is_open());
+    let s = *p.a.stats();
+    assert_eq!((s.tx_unconfirmed, s.tx_unconfirmed_data), (8, 7));
+    assert_eq!(s.tx_discarded, 3);
+    assert_eq!(p.a.discard_queued(), 0);
+    assert_eq!(p.a.stats().tx_unconfirmed, 8, "counted once");
+    // A link that broke (no close at all): the driver's discard counts it.
+    let mut q = Pair::open();
+    for _ in 0..4 {
+        q.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    q.a_writes_into_the_void();
+    q.a.discard_queued();
+    assert_eq!(q.a.stats().tx_unconfirmed_data, 4);
+}
+
+/// Issue 16: a peer that does not offer acknowledgements (the device node) gets none and has
+/// nothing counted against it; either side may be the one.
+#[test]
+fn nothing_is_counted_against_a_peer_that_does_not_acknowledge() {
+    for dialer_acks in [false, true] {
+        let (mut ca, mut cb) = (cfg(1), cfg(2));
+        ca.acks = dialer_acks;
+        cb.acks = !dialer_acks;
+        let mut p = Pair::new(ca, cb);
+        p.drive();
+        assert!(p.a.is_open() && p.b.is_open());
+        let payload = [4u8; 10];
+        for _ in 0..5 {
+            p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+            p.b.send(Priority::Data, true, &sample(&payload)).unwrap();
+        }
+        for _ in 0..50 {
+            p.tick(Duration::from_millis(10));
+        }
+        assert_eq!((p.got_a.len(), p.got_b.len()), (5, 5));
+        for s in [p.a.stats(), p.b.stats()] {
+            assert_eq!((s.acks_sent, s.acks_received), (0, 0), "{s:?}");
+        }
+        for _ in 0..7 {
+            p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+        }
+        p.a_writes_into_the_void();
+        assert_eq!(p.a.unacknowledged(), (0, 0));
+        while let Some(t) = p.a.expiry() {
+            p.a.handle_timeout(t);
+        }
+        assert_eq!(p.a.stats().tx_unconfirmed, 0);
+    }
+}
+
+/// Issue 16: a side that closes acknowledges first, so the other counts exactly what it wrote
+/// after that (the closer reads nothing more); our own orderly close counts nothing.
+#[test]
+fn a_close_is_preceded_by_the_last_acknowledgement() {
+    let mut p = Pair::open();
+    let payload = [5u8; 10];
+    for _ in 0..4 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    p.drive();
+    assert_eq!(p.b.stats().acks_sent, 0);
+    p.b.close(CloseReason::Shutdown);
+    // a writes 3 more before b's close reaches it: b ignores them.
+    for _ in 0..3 {
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    }
+    p.drive();
+    assert_eq!(p.got_b.len(), 4);
+    assert_eq!(p.b.stats().acks_sent, 1);
+    assert!(p.a.is_closed());
+    let s = *p.a.stats();
+    assert_eq!((s.acks_received, s.tx_unconfirmed_data), (1, 3));
+    assert_eq!(p.b.stats().tx_unconfirmed, 0);
+    // Our own close: what we wrote goes ahead of the `Close`.
+    let mut q = Pair::open();
+    q.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+    q.a_writes_into_the_void();
+    q.a.close(CloseReason::Shutdown);
+    q.a.discard_queued();
+    assert_eq!(q.a.stats().tx_unconfirmed, 0);
+}
+
+/// Issue 16: an acknowledgement of more than was sent, or on a session that did not agree on
+/// them, closes the link; a stale one is ignored.
+#[test]
+fn bogus_acknowledgements_close_the_link() {
+    use crate::wire::{Acks, LaneAck};
+    let mut buf = [0u8; 64];
+    let mut acks = Acks::default();
+    acks.lanes[Priority::Data.index()] = Some(LaneAck {
+        messages: 2,
+        data: 2,
+    });
+    let n = TransportMessage::Acks(acks).encode(&mut buf).unwrap();
+    let mut p = Pair::open();
+    p.a.send(Priority::Data, true, &sample(&[1])).unwrap();
+    p.drive();
+    p.a.handle_input(p.now, &buf[..n], &mut |_| {});
+    assert_eq!(
+        p.a.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Unexpected,
+            by_peer: false
+        })
+    );
+    let (mut ca, cb) = (cfg(1), cfg(2));
+    ca.acks = false;
+    let mut q = Pair::new(ca, cb);
+    q.drive();
+    q.a.handle_input(q.now, &buf[..n], &mut |_| {});
+    assert!(!q.a.is_open());
+    // Stale (behind what was acknowledged): ignored.
+    let mut r = Pair::open();
+    for _ in 0..3 {
+        r.a.send(Priority::Data, true, &sample(&[1])).unwrap();
+    }
+    r.drive();
+    r.tick(Duration::from_millis(10));
+    assert_eq!(r.a.unacknowledged(), (0, 0));
+    r.a.handle_input(r.now, &buf[..n], &mut |_| {});
+    assert!(r.a.is_open());
+    assert_eq!(r.a.unacknowledged(), (0, 0));
 }

@@ -3,14 +3,16 @@
 use super::{Buffer, Control, KeyTable, SendError, Session, State};
 use crate::time::Instant;
 use crate::wire::{
-    self, Accept, Close, EncodeError, Init, NetworkMessage, Open, PROTOCOL_VERSION, Priority,
+    self, Accept, Acks, Close, EncodeError, Init, NetworkMessage, Open, PROTOCOL_VERSION, Priority,
     TransportMessage,
 };
 
-/// Each queued message is preceded by a 4-byte little-endian header: bit 31 = reliable, bits
-/// 0..31 = encoded length.
+/// Each queued message is preceded by a 4-byte little-endian header: bit 31 = reliable, bit 30
+/// = data ([`NetworkMessage::is_data`]), bits 0..30 = encoded length.
 const ENTRY_HDR: usize = 4;
 const RELIABLE_BIT: u32 = 1 << 31;
+const DATA_BIT: u32 = 1 << 30;
+const LEN_MASK: u32 = DATA_BIT - 1;
 
 /// One lane's FIFO of encoded messages.
 #[derive(Default)]
@@ -34,7 +36,7 @@ impl<B: Buffer> LaneQueue<B> {
         while let Some(hdr) = bytes.get(at..at + ENTRY_HDR) {
             let mut h = [0u8; ENTRY_HDR];
             h.copy_from_slice(hdr);
-            at += ENTRY_HDR + (u32::from_le_bytes(h) & !RELIABLE_BIT) as usize;
+            at += ENTRY_HDR + (u32::from_le_bytes(h) & LEN_MASK) as usize;
             n += 1;
         }
         n
@@ -47,14 +49,14 @@ impl<B: Buffer> LaneQueue<B> {
         self.frag_off = 0;
     }
 
-    /// The head entry: (reliable, encoded message).
-    fn head(&self) -> Option<(bool, &[u8])> {
+    /// The head entry: (reliable, data, encoded message).
+    fn head(&self) -> Option<(bool, bool, &[u8])> {
         let bytes = self.buf.bytes().get(self.head..)?;
         let hdr: [u8; ENTRY_HDR] = bytes.get(..ENTRY_HDR)?.try_into().ok()?;
         let hdr = u32::from_le_bytes(hdr);
-        let len = (hdr & !RELIABLE_BIT) as usize;
+        let len = (hdr & LEN_MASK) as usize;
         let msg = bytes.get(ENTRY_HDR..ENTRY_HDR + len)?;
-        Some((hdr & RELIABLE_BIT != 0, msg))
+        Some((hdr & RELIABLE_BIT != 0, hdr & DATA_BIT != 0, msg))
     }
 
     fn pop(&mut self, len: usize) {
@@ -78,10 +80,13 @@ impl<B: Buffer> LaneQueue<B> {
     }
 }
 
-fn entry_header(reliable: bool, len: usize) -> [u8; ENTRY_HDR] {
-    let mut h = len as u32 & !RELIABLE_BIT;
+fn entry_header(reliable: bool, data: bool, len: usize) -> [u8; ENTRY_HDR] {
+    let mut h = len as u32 & LEN_MASK;
     if reliable {
         h |= RELIABLE_BIT;
+    }
+    if data {
+        h |= DATA_BIT;
     }
     h.to_le_bytes()
 }
@@ -162,7 +167,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             if len > max {
                 return Err(SendError::TooLarge);
             }
-            head[..ENTRY_HDR].copy_from_slice(&entry_header(reliable, len));
+            head[..ENTRY_HDR].copy_from_slice(&entry_header(reliable, true, len));
             let ok = lane
                 .buf
                 .extend_from_slice(head.get(..ENTRY_HDR + n).unwrap_or(&[]))
@@ -200,7 +205,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             }
             lane.buf.resize(start + ENTRY_HDR + len);
             if let Some(h) = lane.buf.bytes_mut().get_mut(start..start + ENTRY_HDR) {
-                h.copy_from_slice(&entry_header(reliable, len));
+                h.copy_from_slice(&entry_header(reliable, msg.is_data(), len));
             }
         }
         self.stats.tx_messages += 1;
@@ -227,7 +232,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         buf: &mut [u8],
         skip: u8,
     ) -> Option<usize> {
-        let n = self.next_batch(buf, skip)?;
+        let n = self.next_batch(now, buf, skip)?;
         self.last_tx = now;
         self.keepalive_due = false;
         self.stats.tx_batches += 1;
@@ -235,12 +240,20 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         Some(n)
     }
 
-    fn next_batch(&mut self, buf: &mut [u8], skip: u8) -> Option<usize> {
+    fn next_batch(&mut self, now: Instant, buf: &mut [u8], skip: u8) -> Option<usize> {
+        // Before our `Close`, what we received is acknowledged: the peer counts exactly what
+        // we will never read.
+        if matches!(self.control, Some(Control::Close(..))) && self.acks.since.is_some() {
+            return self.encode_acks(buf);
+        }
         if let Some(c) = self.control.take() {
             return self.encode_control(c, buf);
         }
         if self.state != State::Open {
             return None;
+        }
+        if self.acks.now || self.ack_due().is_some_and(|t| now >= t) {
+            return self.encode_acks(buf);
         }
         let limit = buf.len().min(self.batch_size);
         let out = buf.get_mut(..limit)?;
@@ -255,9 +268,28 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
         if self.keepalive_due {
             self.stats.keepalives_sent += 1;
+            if self.acks.since.is_some() {
+                return self.encode_acks(buf);
+            }
             return TransportMessage::KeepAlive.encode(buf).ok();
         }
         None
+    }
+
+    /// An acknowledgement of every reliable lane that received something since the last one.
+    fn encode_acks(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let a = &mut self.acks;
+        let mut m = Acks::default();
+        for ((out, got), told) in m.lanes.iter_mut().zip(&a.got).zip(&mut a.told) {
+            if got.messages != *told {
+                *out = Some(*got);
+                *told = got.messages;
+            }
+        }
+        a.since = None;
+        a.now = false;
+        self.stats.acks_sent += 1;
+        TransportMessage::Acks(m).encode(buf).ok()
     }
 
     fn encode_control(&mut self, c: Control, buf: &mut [u8]) -> Option<usize> {
@@ -271,6 +303,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 sn_bits: cfg.sn_bits.clamp(7, 32),
                 lease_ms: cfg.lease.as_millis() as u32,
                 initial_sn: self.local_initial_sn,
+                acks: cfg.acks,
             }),
             Control::Accept => TransportMessage::Accept(Accept {
                 version: PROTOCOL_VERSION,
@@ -280,6 +313,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 sn_bits: self.sn_bits(),
                 lease_ms: cfg.lease.as_millis() as u32,
                 initial_sn: self.local_initial_sn,
+                acks: self.acks.on,
             }),
             Control::Open => TransportMessage::Open(Open {
                 initial_sn: self.local_initial_sn,
@@ -295,13 +329,13 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
     /// One frame (or one fragment) from lane `p`.
     fn batch_from_lane(&mut self, p: Priority, out: &mut [u8]) -> Option<usize> {
         let lane = self.lanes.get_mut(p.index())?;
-        let (reliable, first_len) = lane.head().map(|(r, m)| (r, m.len()))?;
+        let (reliable, first_len) = lane.head().map(|(r, _, m)| (r, m.len()))?;
         let slot = Self::slot(p, reliable);
         let sn = *self.tx_sn.get(slot)?;
         let hdr_len = wire::frame_header_len(sn);
         if lane.frag_off > 0 || hdr_len + first_len > out.len() {
             // Fragment the head message.
-            let (_, msg) = lane.head()?;
+            let (_, is_data, msg) = lane.head()?;
             let off = lane.frag_off;
             let room = out.len().checked_sub(hdr_len).filter(|r| *r > 0)?;
             let chunk = (msg.len() - off).min(room);
@@ -313,6 +347,9 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
                 lane.frag_off = off + chunk;
             } else {
                 lane.pop(msg.len());
+                if reliable {
+                    self.acks.wrote(p.index(), is_data);
+                }
             }
             if let Some(s) = self.tx_sn.get_mut(slot) {
                 *s = s.wrapping_add(1) & self.sn_mask;
@@ -322,7 +359,8 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
         }
         let mut pos = wire::encode_frame_header(out, p, reliable, sn).ok()?;
         let mut last_start = pos;
-        while let Some((r, msg)) = lane.head() {
+        let (mut messages, mut data) = (0u32, 0u32);
+        while let Some((r, d, msg)) = lane.head() {
             if r != reliable || pos + msg.len() > out.len() {
                 break;
             }
@@ -331,6 +369,14 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             last_start = pos;
             pos += len;
             lane.pop(len);
+            messages += 1;
+            data += u32::from(d);
+        }
+        if reliable {
+            if let Some(s) = self.acks.sent.get_mut(p.index()) {
+                s.messages = s.messages.wrapping_add(messages);
+                s.data = s.data.wrapping_add(data);
+            }
         }
         lane.compact();
         // The last message of a frame may drop its length: a compact put runs to the end.

@@ -49,6 +49,7 @@ fn golden_handshake() {
             sn_bits: 7,
             lease_ms: 10_000,
             initial_sn: 5,
+            acks: false,
         }),
         &init,
     );
@@ -64,6 +65,7 @@ fn golden_handshake() {
             sn_bits: 16,
             lease_ms: 1000,
             initial_sn: 42,
+            acks: false,
         }),
         &accept,
     );
@@ -90,6 +92,72 @@ fn golden_close_keepalive() {
         &[0x03, 0x08, 0x00],
     );
     golden_t(TransportMessage::KeepAlive, &[0x04]);
+}
+
+/// Issue 16: acknowledgements. The handshake offers them in the header's R bit (the body is
+/// unchanged, so a device's `Init` without it reads as before), and `Acks` is a keep-alive with
+/// the R bit and a body: a lane mask, then (messages, data) per lane in the mask.
+#[test]
+fn golden_acks() {
+    let mut init = vec![0x40, 0x01];
+    init.extend([0x11; 16]);
+    init.extend([0x00, 0xff, 0xff, 0x03, 0x07, 0x90, 0x4e, 0x05]);
+    golden_t(
+        TransportMessage::Init(Init {
+            version: 1,
+            node_id: ID1,
+            mode: Mode::Peer,
+            batch_size: 65_535,
+            sn_bits: 7,
+            lease_ms: 10_000,
+            initial_sn: 5,
+            acks: true,
+        }),
+        &init,
+    );
+    let mut accept = vec![0x41, 0x01];
+    accept.extend([0x22; 16]);
+    accept.extend([0x02, 0x80, 0x08, 0x10, 0xe8, 0x07, 0x2a]);
+    golden_t(
+        TransportMessage::Accept(Accept {
+            version: 1,
+            node_id: ID2,
+            mode: Mode::Router,
+            batch_size: 1024,
+            sn_bits: 16,
+            lease_ms: 1000,
+            initial_sn: 42,
+            acks: true,
+        }),
+        &accept,
+    );
+    let mut a = Acks::default();
+    a.lanes[0] = Some(LaneAck {
+        messages: 1,
+        data: 0,
+    });
+    a.lanes[5] = Some(LaneAck {
+        messages: 300,
+        data: 299,
+    });
+    golden_t(
+        TransportMessage::Acks(a),
+        &[0x44, 0x21, 0x01, 0x00, 0xac, 0x02, 0xab, 0x02],
+    );
+    golden_t(TransportMessage::Acks(Acks::default()), &[0x44, 0x00]);
+    // Only the R bit, and only on Init, Accept and KeepAlive; a body that does not match its
+    // mask is refused.
+    for bad in [
+        &[0x4c, 0x00][..],
+        &[0x84, 0x00],
+        &[0x42, 0x05],
+        &[0x43, 0x00, 0x00],
+        &[0x44],
+        &[0x44, 0x01, 0x01],
+        &[0x44, 0x01, 0x01, 0x00, 0x00],
+    ] {
+        assert!(TransportMessage::decode(bad).is_err(), "{bad:02x?}");
+    }
 }
 
 #[test]

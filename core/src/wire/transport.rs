@@ -46,6 +46,10 @@ pub struct Init {
     /// resolution). Carried here so that the listener can accept frames that overtake `Open`
     /// on a multi-stream link.
     pub initial_sn: u32,
+    /// The sender acknowledges what it receives on reliable lanes ([`Acks`]) and understands
+    /// acknowledgements. Carried in the header's R bit (`0x40`), not in the body.
+    #[serde(skip)]
+    pub acks: bool,
 }
 
 /// Answers an [`Init`]: sent by the listening side.
@@ -65,6 +69,10 @@ pub struct Accept {
     pub lease_ms: u32,
     /// First sequence number the sender will use on every lane.
     pub initial_sn: u32,
+    /// Both sides acknowledge reliable lanes ([`Acks`]): set only when the `Init` said so and
+    /// the listener does too. Carried in the header's R bit (`0x40`), not in the body.
+    #[serde(skip)]
+    pub acks: bool,
 }
 
 /// Completes the handshake: sent by the dialing side after an [`Accept`]. Until the listener
@@ -211,6 +219,25 @@ pub struct Fragment<'a> {
     pub data: &'a [u8],
 }
 
+/// What the receiver of one reliable lane has had: counts since the session opened, wrapping
+/// at 2^32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneAck {
+    /// Network messages received in order on the lane (a fragmented one counts once, whole).
+    pub messages: u32,
+    /// Of those, data messages ([`NetworkMessage::is_data`]).
+    pub data: u32,
+}
+
+/// Cumulative acknowledgements of reliable lanes, sent only on a session whose handshake
+/// agreed on them (`Init::acks` and `Accept::acks`). It is also a keep-alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Acks {
+    /// By [`Priority::index`]: the counts of the reliable lane, or `None` when this message
+    /// says nothing new about it.
+    pub lanes: [Option<LaneAck>; 8],
+}
+
 /// A transport message: exactly one per batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportMessage<'a> {
@@ -228,6 +255,8 @@ pub enum TransportMessage<'a> {
     Frame(Frame<'a>),
     /// A piece of a large network message.
     Fragment(Fragment<'a>),
+    /// Acknowledgements of reliable lanes (kind 4 with the R bit: a keep-alive with a body).
+    Acks(Acks),
 }
 
 /// Bytes of frame header for a given sequence number (header byte + varint).
@@ -265,6 +294,10 @@ pub fn encode_fragment_header(
     varint::put_u32(buf, pos, sn)
 }
 
+const fn ack_bit(acks: bool) -> u8 {
+    if acks { FLAG_RELIABLE } else { 0 }
+}
+
 const fn header(kind: u8, priority: Priority, reliable: bool, more: bool) -> u8 {
     let mut h = kind | ((priority as u8) << PRIO_SHIFT);
     if reliable {
@@ -280,8 +313,8 @@ impl<'a> TransportMessage<'a> {
     /// Encodes the message at the start of `buf`, returning its length.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         match self {
-            TransportMessage::Init(m) => Self::plain(buf, kind::INIT, m),
-            TransportMessage::Accept(m) => Self::plain(buf, kind::ACCEPT, m),
+            TransportMessage::Init(m) => Self::plain(buf, kind::INIT | ack_bit(m.acks), m),
+            TransportMessage::Accept(m) => Self::plain(buf, kind::ACCEPT | ack_bit(m.acks), m),
             TransportMessage::Open(m) => Self::plain(buf, kind::OPEN, m),
             TransportMessage::Close(m) => Self::plain(buf, kind::CLOSE, m),
             TransportMessage::KeepAlive => put_slice(buf, 0, &[kind::KEEP_ALIVE]),
@@ -293,6 +326,20 @@ impl<'a> TransportMessage<'a> {
                 let pos =
                     encode_fragment_header(buf, f.priority, f.reliable, f.first, f.more, f.sn)?;
                 put_slice(buf, pos, f.data)
+            }
+            TransportMessage::Acks(a) => {
+                let mask = a
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.is_some())
+                    .fold(0u8, |m, (i, _)| m | 1 << i);
+                let mut pos = put_slice(buf, 0, &[kind::KEEP_ALIVE | FLAG_RELIABLE, mask])?;
+                for l in a.lanes.iter().flatten() {
+                    pos = varint::put_u32(buf, pos, l.messages)?;
+                    pos = varint::put_u32(buf, pos, l.data)?;
+                }
+                Ok(pos)
             }
         }
     }
@@ -310,12 +357,25 @@ impl<'a> TransportMessage<'a> {
         let priority = Priority::from_bits(h >> PRIO_SHIFT);
         let reliable = h & FLAG_RELIABLE != 0;
         let more = h & FLAG_MORE != 0;
-        if k < kind::FRAME && h & !7 != 0 || k == kind::FRAME && more {
+        // Init, Accept and KeepAlive may carry the R bit (acknowledgements), nothing else.
+        let flags = if matches!(k, kind::INIT | kind::ACCEPT | kind::KEEP_ALIVE) {
+            h & !7 & !FLAG_RELIABLE
+        } else {
+            h & !7
+        };
+        if k < kind::FRAME && flags != 0 || k == kind::FRAME && more {
             return Err(DecodeError::ReservedBits(h));
         }
         Ok(match k {
-            kind::INIT => TransportMessage::Init(Self::whole(body)?),
-            kind::ACCEPT => TransportMessage::Accept(Self::whole(body)?),
+            kind::INIT => TransportMessage::Init(Init {
+                acks: reliable,
+                ..Self::whole(body)?
+            }),
+            kind::ACCEPT => TransportMessage::Accept(Accept {
+                acks: reliable,
+                ..Self::whole(body)?
+            }),
+            kind::KEEP_ALIVE if reliable => TransportMessage::Acks(Self::acks(body)?),
             kind::OPEN => TransportMessage::Open(Self::whole(body)?),
             kind::CLOSE => {
                 let c: Close<'a> = Self::whole(body)?;
@@ -349,6 +409,23 @@ impl<'a> TransportMessage<'a> {
                 })
             }
         })
+    }
+
+    fn acks(body: &[u8]) -> Result<Acks, DecodeError> {
+        let (&mask, mut rest) = body.split_first().ok_or(DecodeError::Truncated)?;
+        let mut a = Acks::default();
+        for (i, lane) in a.lanes.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                let (messages, r) = varint::take_u32(rest)?;
+                let (data, r) = varint::take_u32(r)?;
+                rest = r;
+                *lane = Some(LaneAck { messages, data });
+            }
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        Ok(a)
     }
 
     fn whole<T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {

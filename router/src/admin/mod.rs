@@ -403,6 +403,7 @@ impl Snapshot {
             ("received", l(&c.received_remote)),
             ("dropped", l(&c.dropped)),
             ("dropped_link_closed", l(&c.dropped_link_closed)),
+            ("dropped_unconfirmed", l(&c.dropped_unconfirmed)),
             ("undeliverable", l(&c.undeliverable)),
             ("forwarded", l(&c.forwarded)),
             ("denied", l(&c.denied)),

@@ -658,6 +658,11 @@ pub struct Info {
     /// Messages queued on a link that closed before they were sent (lost in a blackout that
     /// expired the link's lease, or with a broken link).
     pub dropped_link_closed: u64,
+    /// Data messages (samples, queries, replies) written to a link that ended without the
+    /// peer acknowledging them: probably lost, though a few may have arrived with their
+    /// acknowledgement still on its way. Links to a peer that does not acknowledge (the
+    /// device node) count nothing here.
+    pub dropped_unconfirmed: u64,
     /// Samples forwarded from one neighbour to another.
     pub forwarded: u64,
     /// Samples refused by ingress hooks.
@@ -715,6 +720,7 @@ impl Session {
             received: c.received_remote.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             dropped_link_closed: c.dropped_link_closed.load(Ordering::Relaxed),
+            dropped_unconfirmed: c.dropped_unconfirmed.load(Ordering::Relaxed),
             forwarded: c.forwarded.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
             refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),

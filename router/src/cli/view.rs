@@ -107,13 +107,14 @@ pub(super) fn info_table(info: &Info, links: &[Value]) -> String {
     );
     let _ = writeln!(
         out,
-        "published {}  received {}  forwarded {}  dropped {}  link_closed {}  denied {}  \
-         denials received {}",
+        "published {}  received {}  forwarded {}  dropped {}  link_closed {}  unconfirmed {}  \
+         denied {}  denials received {}",
         info.published,
         info.received,
         info.forwarded,
         info.dropped,
         info.dropped_link_closed,
+        info.dropped_unconfirmed,
         info.denied,
         info.denials_received
     );
@@ -402,6 +403,7 @@ mod tests {
             received: 0,
             dropped: 3,
             dropped_link_closed: 15,
+            dropped_unconfirmed: 9,
             forwarded: 0,
             denied: 0,
             refused_handshaking: 0,
@@ -417,8 +419,13 @@ mod tests {
             totals[i + 1]
         };
         assert_eq!(
-            (after("published"), after("dropped"), after("link_closed")),
-            ("100", "3", "15"),
+            (
+                after("published"),
+                after("dropped"),
+                after("link_closed"),
+                after("unconfirmed")
+            ),
+            ("100", "3", "15", "9"),
             "{out}"
         );
     }

@@ -675,6 +675,13 @@ fn with_network(
     }
 }
 
+/// Session acknowledgements (issue 16) are on unless `HYPHA_ACKS=off` is in the environment:
+/// a switch for measuring what they cost (BENCHMARKS.md), read once.
+fn acks_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HYPHA_ACKS").map_or(true, |v| v != "off"))
+}
+
 impl Face {
     fn new(rt: &Runtime, id: FaceId, info: LinkInfo, role: Role) -> Self {
         let mut cfg = SessionConfig::new(rt.id);
@@ -688,6 +695,7 @@ impl Face {
         cfg.lane_capacity = rt.config.queues.lane_bytes;
         // Room for the framing around the largest payload + attachment accepted.
         cfg.max_message_size = rt.config.limits.max_message_bytes.saturating_add(64 << 10);
+        cfg.acks = acks_enabled();
         let session = HeapSession::new(cfg, role, rt.now(), super::random_u64());
         Face {
             id,
@@ -1097,6 +1105,11 @@ impl Face {
         self.lock().session.total_queued_bytes()
     }
 
+    /// Data messages written and not yet acknowledged by the peer.
+    pub(crate) fn unacknowledged(&self) -> u64 {
+        self.lock().session.unacknowledged().1
+    }
+
     /// True once the writer has shut the link.
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
@@ -1158,12 +1171,26 @@ pub(crate) async fn run(
         face.finished.store(true, Ordering::Release);
         face.done.notify_waiters();
     }
-    // Whatever was still queued will never be sent: counted, never silent (issue 16).
-    let lost = {
+    // Whatever was still queued will never be sent: counted, never silent (issue 16). And
+    // what was written but never acknowledged by a peer that acknowledges (the kernel's or
+    // quinn's buffers when the link died silently) is counted apart: probably lost.
+    let (discarded, unconfirmed) = {
         let mut st = face.lock();
         st.session.discard_queued();
-        st.session.stats().tx_discarded
-    } + {
+        let s = st.session.stats();
+        (s.tx_discarded, s.tx_unconfirmed_data)
+    };
+    if unconfirmed > 0 {
+        rt.counters
+            .dropped_unconfirmed
+            .fetch_add(unconfirmed, Ordering::Relaxed);
+        tracing::warn!(
+            face = id,
+            remote = %face.info.remote,
+            "link closed with {unconfirmed} data message(s) written but never acknowledged: unconfirmed"
+        );
+    }
+    let lost = discarded + {
         let mut backlog = face.backlog.lock().unwrap_or_else(|p| p.into_inner());
         let n = backlog.len() as u64;
         backlog.clear();
@@ -1197,8 +1224,16 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
     loop {
         // The lease is watched here too: a writer stuck on a socket that takes nothing (a
         // silent cut) never reaches the session's timers, and the lease must still expire
-        // (issue 16). Keep-alives stay the writer's.
-        let due = face.lock().session.expiry();
+        // (issue 16). Keep-alives stay the writer's. So is sending acknowledgements, but the
+        // reader, which received what they acknowledge, wakes the writer when one falls due
+        // (the writer may be asleep until its next keep-alive).
+        let due = {
+            let st = face.lock();
+            match (st.session.expiry(), st.session.ack_due()) {
+                (Some(e), Some(a)) => Some(e.min(a)),
+                (e, a) => e.or(a),
+            }
+        };
         let timer = async {
             match due {
                 Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,

@@ -316,6 +316,9 @@ pub(crate) struct Counters {
     /// Messages queued on a link that closed before they were sent (a blackout that expired
     /// the lease, a broken link): lost, and counted here (issue 16).
     pub dropped_link_closed: AtomicU64,
+    /// Data messages written to a link that ended without the peer acknowledging them (a
+    /// silent cut: they sat in the kernel's or quinn's buffers): probably lost (issue 16).
+    pub dropped_unconfirmed: AtomicU64,
     pub undeliverable: AtomicU64,
     /// Samples refused by a face's ingress hooks.
     pub denied: AtomicU64,
@@ -1346,6 +1349,7 @@ impl Runtime {
                     dropped: f.dropped.load(Ordering::Relaxed),
                     received: f.received.load(Ordering::Relaxed),
                     queued_bytes: f.queued_bytes(),
+                    unacknowledged: f.unacknowledged(),
                     denied_in: s.counters.denied_in,
                     denied_out: s.counters.denied_out,
                     declarations: s.subscribers + s.queryables + s.tokens,
@@ -1794,6 +1798,8 @@ impl Runtime {
             let mut backoff = Duration::from_millis(100);
             let mut i = 0usize;
             let mut failed_in_a_row = 0usize;
+            // The endpoint whose working link just broke: the next try is the one after it.
+            let mut broke: Option<Endpoint> = None;
             while !rt.is_closed() {
                 // The configured list, then alternates routers told us of (clients only).
                 let mut all = eps.clone();
@@ -1805,6 +1811,12 @@ impl Runtime {
                             .iter()
                             .cloned(),
                     );
+                }
+                // The alternates may have been re-ordered while the link was up (a router
+                // re-tells them when routers appear): find where the broken one is now, or
+                // the index would land on it again (or skip one).
+                if let Some(pos) = broke.take().and_then(|b| all.iter().position(|e| *e == b)) {
+                    i = pos + 1;
                 }
                 let eps = &all;
                 let ep = &eps[i % eps.len()];
@@ -1823,6 +1835,7 @@ impl Runtime {
                         {
                             backoff = Duration::from_millis(100);
                             ok = true;
+                            broke = Some(ep.clone());
                         }
                     }
                     Err(e) => {

@@ -5,8 +5,10 @@
 //! in A publishes numbered samples to the peer at a fixed pace; after a steady start the bridge
 //! cuts the link silently (every packet dropped, no reset) for `--secs`, then restores it. Per
 //! round one JSON line: samples published, received, lost; what the publisher's `warning: N of
-//! M publications lost` line counted (congestion drops, queued on a link that closed, made while
-//! nobody was reachable), what it did not; what the subscriber counted as gaps in the
+//! M publications lost` line counted (congestion drops, queued on a link that closed, written
+//! to a link that closed before the peer acknowledged it, made while nobody was reachable), what
+//! it did not (`uncounted`; negative when it counted samples as unconfirmed that had arrived
+//! with their acknowledgement lost in the cut); what the subscriber counted as gaps in the
 //! publisher's sequence numbers; the publisher's exit code; and how long after the uncut
 //! samples arrived again. Needs root (namespaces, TUN).
 //!
@@ -49,6 +51,10 @@ struct Args {
     before: u64,
     #[arg(long, default_value_t = 1)]
     rounds: u8,
+    /// Run the nodes with session acknowledgements off (`HYPHA_ACKS=off`): the figures as they
+    /// were before them, from the same build.
+    #[arg(long)]
+    no_acks: bool,
 }
 
 #[tokio::main]
@@ -72,6 +78,7 @@ async fn main() -> Result<()> {
             "lost",
             "dropped",
             "link_closed",
+            "unconfirmed",
             "unreached",
             "uncounted",
             "sub_gaps",
@@ -83,7 +90,7 @@ async fn main() -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"figure": "blackout_median", "proto": a.proto, "median": m})
+            serde_json::json!({"figure": "blackout_median", "proto": a.proto, "acks": !a.no_acks, "median": m})
         );
     }
     Ok(())
@@ -96,6 +103,9 @@ async fn one(a: &Args, round: u8) -> Result<serde_json::Value> {
     let mut peer = lab.command(1, &a.hypha);
     peer.args(["peer", "--no-mdns", "--listen", &ep])
         .kill_on_drop(true);
+    if a.no_acks {
+        peer.env("HYPHA_ACKS", "off");
+    }
     let mut peer = Proc::spawn("peer", peer)?;
     peer.wait_json(Duration::from_secs(20), |v| v["event"] == "ready")
         .await?;
@@ -118,6 +128,9 @@ async fn one(a: &Args, round: u8) -> Result<serde_json::Value> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    if a.no_acks {
+        publisher.env("HYPHA_ACKS", "off");
+    }
     let publisher = tokio::spawn(async move { publisher.output().await });
     let mut seen = HashSet::new();
     let read = async |sub: &mut Proc, seen: &mut HashSet<u64>, wait: Duration| {
@@ -174,17 +187,18 @@ async fn one(a: &Args, round: u8) -> Result<serde_json::Value> {
                 .collect()
         })
         .unwrap_or_default();
-    let (dropped, link_closed, unreached) = match counted[..] {
-        [_, _, d, c, u] => (d, c, u),
-        _ => (0, 0, 0),
+    let (dropped, link_closed, unconfirmed, unreached) = match counted[..] {
+        [_, _, d, c, n, u] => (d, c, n, u),
+        _ => (0, 0, 0, 0),
     };
     let received = seen.len() as u64;
     let lost = count.saturating_sub(received);
     let row = serde_json::json!({
-        "figure": "blackout", "proto": a.proto, "round": round, "cut_s": a.secs,
+        "figure": "blackout", "proto": a.proto, "acks": !a.no_acks, "round": round, "cut_s": a.secs,
         "published": count, "received": received, "lost": lost,
-        "dropped": dropped, "link_closed": link_closed, "unreached": unreached,
-        "uncounted": lost as i64 - (dropped + link_closed + unreached) as i64,
+        "dropped": dropped, "link_closed": link_closed, "unconfirmed": unconfirmed,
+        "unreached": unreached,
+        "uncounted": lost as i64 - (dropped + link_closed + unconfirmed + unreached) as i64,
         "received_during_cut": during,
         "sub_gaps": summary["gaps"], "sub_duplicates": summary["duplicates"],
         "back_after_uncut_ms": back.map(|d| d.as_millis() as u64),
