@@ -1,0 +1,223 @@
+//! Client failover between routers as processes (issue 10, scenario 3): routers R1 and R2 of
+//! site S and R3 of site T on one LAN (network namespaces on a bridge), each listening on
+//! `tcp/0.0.0.0:7447`; R2 and R3 dial R1, R3 dials R2. Client X (its own host) is configured
+//! with R1 only and learns R2 and R3 from it (the interface addresses they advertise, since
+//! they listen on 0.0.0.0). X subscribes to `fo/y` and publishes `fo/x` at 1 kHz; client Y at
+//! R3 does the opposite.
+//!
+//! 1. R1 is SIGKILLed (its TCP links get a reset): X fails over to R2 (same site first);
+//! 2. R1 is restarted, then R2 is SIGSTOPped (silent: X's link expires after R2's 2 s lease):
+//!    X fails over again (to R3 or R1), then R2 is continued.
+//!
+//! Both directions must deliver again after each failure with 0 duplicates (delivered or
+//! removed); the outages (largest gap between arrivals around each failure; targets ≤ 1 s
+//! after a reset, ≤ 3.5 s silent) print as one `{"figure":"client_failover",…}` line, which
+//! `examples/compare/backbone_failover.sh` repeats for median and maximum.
+//!
+//! Needs root and `ip netns`: without them it prints a skip, or fails under `CI=true`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use hypha_tests::netns::{Lab, unavailable};
+use hypha_tests::{Proc, require_or_skip};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const CLI: &str = env!("CARGO_BIN_EXE_hypha-test-cli");
+const PROBE: &str = env!("CARGO_BIN_EXE_hypha-probe");
+const T: Duration = Duration::from_secs(30);
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// `hypha router` in host `i` of site `site`, listening on every interface, dialling `dial`.
+async fn router(lab: &Lab, i: usize, site: &str, dial: &[usize]) -> Proc {
+    let mut c = lab.command(i, CLI);
+    c.args(["router", "--no-mdns", "--listen", "tcp/0.0.0.0:7447"])
+        .args(["--site", site, "--cost", "10"]);
+    for d in dial {
+        c.args(["--backbone", &format!("tcp/{}:7447", lab.addr(*d))]);
+    }
+    let mut p = Proc::spawn(&format!("router {i}"), c).unwrap();
+    p.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    p
+}
+
+fn probe(lab: &Lab, i: usize, name: &str, args: &[&str]) -> Proc {
+    let mut c = lab.command(i, PROBE);
+    c.args(args);
+    Proc::spawn(name, c).unwrap()
+}
+
+/// Arrival times (µs) of publisher `name`'s samples at `sub`, and the duplicates (sn seen
+/// twice, plus those the subscriber removed).
+fn arrivals(sub: &Proc, name: &str) -> (Vec<u64>, u64) {
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut times = Vec::new();
+    let mut removed = 0;
+    for v in sub
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "sample" && v["p"] == name)
+    {
+        *seen.entry(v["sn"].as_u64().unwrap()).or_default() += 1;
+        times.push(v["t_us"].as_u64().unwrap());
+        removed = removed.max(v["removed"].as_u64().unwrap_or(0));
+    }
+    let dups: u64 = seen.values().map(|c| u64::from(c - 1)).sum();
+    times.sort_unstable();
+    (times, dups + removed)
+}
+
+/// The largest gap between consecutive arrivals within `window` after `at` (where steady
+/// arrivals are 1 ms apart, that is the outage), and whether anything arrived after it.
+fn outage(times: &[u64], at: u64, window: u64) -> (u64, bool) {
+    let gap = times
+        .windows(2)
+        .filter(|w| w[1] > at && w[0] < at + window)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u64::MAX);
+    (gap, times.last().is_some_and(|t| *t > at + window))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_when_its_router_is_killed_and_when_it_is_stopped() {
+    if !require_or_skip(unavailable()) {
+        return;
+    }
+    let lab = Lab::new(4, 5).unwrap();
+    let r1 = router(&lab, 0, "S", &[]).await;
+    let r2 = router(&lab, 1, "S", &[0]).await;
+    let _r3 = router(&lab, 2, "T", &[0, 1]).await;
+    let r1_ep = format!("tcp/{}:7447", lab.addr(0));
+    let (r2_ep, r3_ep) = (
+        format!("tcp/{}:7447", lab.addr(1)),
+        format!("tcp/{}:7447", lab.addr(2)),
+    );
+    let local = "tcp/127.0.0.1:7447";
+    // Y at R3 first, so that X's publisher finds its subscriber.
+    let mut y_sub = probe(
+        &lab,
+        2,
+        "sub Y",
+        &["sub", "--connect", local, "--key", "fo/x"],
+    );
+    y_sub.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    let mut x_sub = probe(
+        &lab,
+        3,
+        "sub X",
+        &[
+            "sub",
+            "--connect",
+            &r1_ep,
+            "--key",
+            "fo/y",
+            "--wait-alternates",
+        ],
+    );
+    let r = x_sub.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+    // R1 told X of the others at the addresses they advertise for 0.0.0.0: R2 (its site)
+    // first.
+    let learnt: Vec<String> = r["alternates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        learnt.first() == Some(&r2_ep) && learnt.contains(&r3_ep),
+        "X learnt {learnt:?}, not [{r2_ep}, {r3_ep}]"
+    );
+    let pub_args = |key: &'static str, name: &'static str, ep: String| {
+        vec![
+            "pub".to_string(),
+            "--connect".into(),
+            ep,
+            "--key".into(),
+            key.into(),
+            "--name".into(),
+            name.into(),
+            "--rate".into(),
+            "1000".into(),
+            "--count".into(),
+            u64::MAX.to_string(),
+            "--wait-alternates".into(),
+        ]
+    };
+    let spawn_pub = |i: usize, args: Vec<String>| {
+        let mut c = lab.command(i, PROBE);
+        c.args(args);
+        Proc::spawn("pub", c).unwrap()
+    };
+    let mut x_pub = spawn_pub(3, pub_args("fo/x", "x", r1_ep.clone()));
+    let mut y_pub = spawn_pub(2, pub_args("fo/y", "y", local.to_string()));
+    for p in [&mut x_pub, &mut y_pub] {
+        let r = p.wait_json(T, |v| v["event"] == "ready").await.unwrap();
+        assert_eq!(r["matching"], true, "a publisher never matched: {r}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. R1 SIGKILLed: its links are reset.
+    r1.signal("KILL").unwrap();
+    let killed_at = now_us();
+    drop(r1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 2. R1 back, then R2 stopped for 5 s: silent.
+    let _r1 = router(&lab, 0, "S", &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r2.signal("STOP").unwrap();
+    let stopped_at = now_us();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cont_at = now_us();
+    r2.signal("CONT").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut sent = Vec::new();
+    for p in [&mut x_pub, &mut y_pub] {
+        p.signal("TERM").unwrap();
+        let d = p.wait_json(T, |v| v["event"] == "done").await.unwrap();
+        sent.push(d["sent"].as_u64().unwrap());
+    }
+    for s in [&mut x_sub, &mut y_sub] {
+        s.signal("TERM").unwrap();
+        s.wait_json(T, |v| v["event"] == "summary").await.unwrap();
+    }
+    let mut fig = serde_json::json!({"figure": "client_failover"});
+    for (sub, name, what, sent) in [(&y_sub, "x", "X→Y", sent[0]), (&x_sub, "y", "Y→X", sent[1])]
+    {
+        let (times, dups) = arrivals(sub, name);
+        // Windows of 3 s after each failure (the next event is later than that).
+        let (rst, rst_resumed) = outage(&times, killed_at, 3_000_000);
+        let (silent, silent_resumed) = outage(&times, stopped_at, 4_000_000);
+        eprintln!(
+            "{what}: {} of {sent} received, {dups} duplicates; outage after R1's SIGKILL {} ms, after \
+             R2's SIGSTOP {} ms",
+            times.len(),
+            rst / 1000,
+            silent / 1000
+        );
+        assert_eq!(dups, 0, "{what}: duplicates across the failovers");
+        // Delivery resumed after the reset, and while R2 was still stopped (not only once it
+        // was continued).
+        let during_stop = times
+            .iter()
+            .any(|t| *t > stopped_at + 100_000 && *t < cont_at);
+        assert!(
+            rst_resumed && silent_resumed && during_stop,
+            "{what}: delivery did not resume after each failure (after the reset: \
+             {rst_resumed}, while R2 was stopped: {during_stop})"
+        );
+        let k = if name == "x" { "x_to_y" } else { "y_to_x" };
+        fig[format!("{k}_rst_ms")] = (rst as f64 / 1000.0).into();
+        fig[format!("{k}_silent_ms")] = (silent as f64 / 1000.0).into();
+        fig[format!("{k}_dups")] = dups.into();
+    }
+    println!("{fig}");
+}
