@@ -1473,7 +1473,7 @@ impl Runtime {
         count_prefix_drops(&resolved.prefixes, dropped);
         for (f, key_id) in &resolved.faces {
             self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-            if let Err(SendError::QueueFull) = f.send_sample(
+            match f.send_sample(
                 &key,
                 key_id,
                 lane,
@@ -1484,9 +1484,18 @@ impl Runtime {
                 attachment.as_deref(),
                 source,
             ) {
-                f.dropped.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                count_prefix_drops(&resolved.prefixes, 1);
+                Err(SendError::QueueFull) => {
+                    f.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    count_prefix_drops(&resolved.prefixes, 1);
+                }
+                // Its link closed under it (issue 16): lost with the link, counted.
+                Err(SendError::Closed) => {
+                    self.counters
+                        .dropped_link_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
         }
         self.deliver_local(
@@ -1562,6 +1571,13 @@ impl Runtime {
                 Err(SendError::QueueFull) => {
                     face.dropped.fetch_add(1, Ordering::Relaxed);
                     out.dropped += 1;
+                }
+                // The link's session closed under this publication (its lease expired, the
+                // route not yet updated): lost with the link, counted (issue 16).
+                Err(SendError::Closed) => {
+                    self.counters
+                        .dropped_link_closed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => tracing::trace!(face = face.id, "not sent: {e}"),
             }
