@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Client failover between routers as processes (issue 10, scenario 3), repeated: routers R1, R2
-# (site S) and R3 (site T) in network namespaces on one bridge, listening on tcp/0.0.0.0; a
-# client configured with R1 only learns R2 and R3 from it; 1 kHz both ways between it and a
-# client at R3. R1 is SIGKILLed (reset), later R2 SIGSTOPped (silent). Prints each round's
-# outages (largest gap between arrivals around each failure) and duplicates, then the median
-# and maximum. Needs root.
+# Router failures as processes (issue 10, scenarios 3 and 5), repeated; routers R1, R2 (site S)
+# and R3 (site T) in network namespaces on one bridge, listening on tcp/0.0.0.0, 1 kHz both ways:
+# - client_failover: a client configured with R1 only learns R2 and R3 from it; R1 is
+#   SIGKILLed (reset), later R2 SIGSTOPped (silent);
+# - two_routers: peers P, Q of site S linked to R1 and R2, a client Y at R3; the designated
+#   router is SIGKILLed, restarted, then the other SIGSTOPped for 3 s.
+# Prints each round's outages (largest gap between arrivals after each event) and duplicates,
+# then the median and maximum. Needs root.
 #
 #   examples/compare/backbone_failover.sh [ROUNDS=5]
 set -euo pipefail
@@ -14,12 +16,17 @@ cargo build --release -q -p hypha-tests --tests --bins
 out=$(mktemp)
 for r in $(seq 1 "$rounds"); do
   cargo test --release -q -p hypha-tests --test backbone_failover -- --nocapture 2>/dev/null \
-    | grep '"figure":"client_failover"' | tee -a "$out"
+    | grep -E '"figure":"(client_failover|two_routers)"' | tee -a "$out"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-for k in sorted(k for k in rows[0] if k != "figure"):
-    v = [r[k] for r in rows]
-    print(f"{k:>20}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
+for fig in ["client_failover", "two_routers"]:
+    rs = [r for r in rows if r["figure"] == fig]
+    print(fig)
+    for k in sorted(k for k in rs[0] if k not in ("figure", "kept_role")) if rs else []:
+        v = [r[k] for r in rs]
+        print(f"{k:>20}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
+    if rs and "kept_role" in rs[0]:
+        print(f"{'kept_role':>20}: {sum(r['kept_role'] is True for r in rs)} of {len(rs)} rounds")
 PY

@@ -65,6 +65,9 @@ enum Cmd {
         /// list them in it.
         #[arg(long)]
         wait_alternates: bool,
+        /// Where a peer listens (default tcp/127.0.0.1:0; clients never listen).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// A queryable on KEY answering each query with one reply `NAME` on the query's key, and
     /// optionally a liveliness token.
@@ -124,6 +127,9 @@ enum Cmd {
         /// As for `pub`.
         #[arg(long)]
         wait_alternates: bool,
+        /// As for `pub`.
+        #[arg(long)]
+        listen: Option<String>,
     },
 }
 
@@ -146,6 +152,14 @@ fn terminate() -> std::io::Result<tokio::signal::unix::Signal> {
 }
 
 fn config(connect: &[String], mode: &str) -> anyhow::Result<Config> {
+    config_listening(connect, mode, None)
+}
+
+fn config_listening(
+    connect: &[String],
+    mode: &str,
+    listen: Option<&str>,
+) -> anyhow::Result<Config> {
     let mut c = Config::default();
     c.mdns = false;
     c.mode = match mode {
@@ -156,7 +170,11 @@ fn config(connect: &[String], mode: &str) -> anyhow::Result<Config> {
     if c.mode == Mode::Client {
         c.listen = Vec::new();
     } else {
-        c.listen = vec!["tcp/127.0.0.1:0".parse()?];
+        let l = listen.unwrap_or("tcp/127.0.0.1:0");
+        c.listen = vec![
+            l.parse()
+                .map_err(|e| anyhow::anyhow!("--listen {l}: {e}"))?,
+        ];
     }
     for e in connect {
         c.connect
@@ -178,8 +196,9 @@ async fn main() -> anyhow::Result<()> {
             wait_ms,
             mode,
             wait_alternates,
+            listen,
         } => {
-            let s = hypha::open(config(&connect, &mode)?).await?;
+            let s = hypha::open(config_listening(&connect, &mode, listen.as_deref())?).await?;
             let p = s.declare_publisher(&key)?;
             let wait = Duration::from_millis(wait_ms);
             let matching = p.ready(wait).await && p.wait_matching(wait).await;
@@ -365,8 +384,9 @@ async fn main() -> anyhow::Result<()> {
             key,
             mode,
             wait_alternates,
+            listen,
         } => {
-            let s = hypha::open(config(&connect, &mode)?).await?;
+            let s = hypha::open(config_listening(&connect, &mode, listen.as_deref())?).await?;
             let sub = s.declare_subscriber(&key).stream()?;
             let ready = sub.ready(Duration::from_secs(10)).await;
             let alternates = alternates(&s, wait_alternates).await;
