@@ -75,6 +75,33 @@ fn arrivals(sub: &Proc, name: &str) -> (Vec<u64>, u64) {
     (times, dups + removed)
 }
 
+/// Samples of publisher `name` missing at `sub` (of `0..sent`), by phase: each is put in the
+/// phase in which the next sample received was sent (`bounds` are the phases' starts; the
+/// first count is before `bounds[0]`; one lost at the very end counts in the last phase).
+fn lost_by_phase(sub: &Proc, name: &str, sent: u64, bounds: &[u64]) -> Vec<u64> {
+    let sent_at: std::collections::BTreeMap<u64, u64> = sub
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "sample" && v["p"] == name)
+        .map(|v| {
+            let t = v["t_us"].as_u64().unwrap();
+            (
+                v["sn"].as_u64().unwrap(),
+                t - v["lat_us"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let mut out = vec![0; bounds.len() + 1];
+    for sn in (0..sent).filter(|sn| !sent_at.contains_key(sn)) {
+        let phase = sent_at.range(sn..).next().map_or(bounds.len(), |(_, t)| {
+            bounds.iter().filter(|b| *b <= t).count()
+        });
+        out[phase] += 1;
+    }
+    out
+}
+
 /// The largest gap between consecutive arrivals within `window` after `at` (where steady
 /// arrivals are 1 ms apart, that is the outage), and whether anything arrived after it.
 fn outage(times: &[u64], at: u64, window: u64) -> (u64, bool) {
@@ -198,17 +225,21 @@ async fn a_client_fails_over_when_its_router_is_killed_and_when_it_is_stopped() 
     for (sub, name, what, sent) in [(&y_sub, "x", "X→Y", sent[0]), (&x_sub, "y", "Y→X", sent[1])]
     {
         let (times, dups) = arrivals(sub, name);
+        let lost = lost_by_phase(sub, name, sent, &[killed_at, stopped_at]);
         // Windows of 3 s after each failure (the next event is later than that).
         let (rst, rst_resumed) = outage(&times, killed_at, 3_000_000);
         let (silent, silent_resumed) = outage(&times, stopped_at, 4_000_000);
         eprintln!(
-            "{what}: {} of {sent} received, {dups} duplicates; outage after R1's SIGKILL {} ms, after \
-             R2's SIGSTOP {} ms",
+            "{what}: {} of {sent} received, {dups} duplicates; outage after R1's SIGKILL {} ms \
+             ({} lost), after R2's SIGSTOP {} ms ({} lost)",
             times.len(),
             rst / 1000,
-            silent / 1000
+            lost[1],
+            silent / 1000,
+            lost[2]
         );
         assert_eq!(dups, 0, "{what}: duplicates across the failovers");
+        assert_eq!(lost[0], 0, "{what}: lost before any failure");
         // Delivery resumed after the reset, and while R2 was still stopped (not only once it
         // was continued).
         let during_stop = times
@@ -223,6 +254,8 @@ async fn a_client_fails_over_when_its_router_is_killed_and_when_it_is_stopped() 
         fig[format!("{k}_rst_ms")] = (rst as f64 / 1000.0).into();
         fig[format!("{k}_silent_ms")] = (silent as f64 / 1000.0).into();
         fig[format!("{k}_dups")] = dups.into();
+        fig[format!("{k}_rst_lost")] = lost[1].into();
+        fig[format!("{k}_silent_lost")] = lost[2].into();
     }
     println!("{fig}");
 }
@@ -376,20 +409,32 @@ async fn two_routers_in_a_site_with_peers_designated_killed_restarted_stopped() 
         (&q, "y", "client Y→peer Q", sent[1]),
     ] {
         let (times, dups) = arrivals(sub, name);
+        let lost = lost_by_phase(
+            sub,
+            name,
+            sent,
+            &[killed_at, restarted_at, stopped_at, cont_at],
+        );
         let (kill, kill_ok) = outage(&times, killed_at, 4_000_000);
         let (restart, restart_ok) = outage(&times, restarted_at, 3_000_000);
         let (stop, stop_ok) = outage(&times, stopped_at, 3_000_000);
         let (cont, cont_ok) = outage(&times, cont_at, 3_000_000);
         eprintln!(
-            "{what}: {} of {sent} received, {dups} duplicates; largest gap after the designated \
-             router's SIGKILL {} ms, its restart {} ms, the other's SIGSTOP {} ms, SIGCONT {} ms",
+            "{what}: {} of {sent} received, {dups} duplicates; largest gap (lost) after the \
+             designated router's SIGKILL {} ms ({}), its restart {} ms ({}), the other's \
+             SIGSTOP {} ms ({}), SIGCONT {} ms ({})",
             times.len(),
             kill / 1000,
+            lost[1],
             restart / 1000,
+            lost[2],
             stop / 1000,
-            cont / 1000
+            lost[3],
+            cont / 1000,
+            lost[4]
         );
         assert_eq!(dups, 0, "{what}: duplicates");
+        assert_eq!(lost[0], 0, "{what}: lost before any failure");
         let during_stop = times
             .iter()
             .any(|t| *t > stopped_at + 100_000 && *t < cont_at);

@@ -1164,6 +1164,13 @@ impl Node {
         let Some(db) = self.lsdb.as_ref() else {
             return;
         };
+        // The hold starts at the first backbone link, not at boot (setting our locators
+        // already elects): a restarted router whose neighbours redial it only after their
+        // backoff claimed the role alone, then took it from the incumbent when they came
+        // back (two incumbents: the lower id), a preemption in half the restarts.
+        if self.dr_hold.is_none() && db.own().links.is_empty() {
+            return;
+        }
         let hold = *self.dr_hold.get_or_insert(now + DR_HOLD);
         let site = db.site().clone();
         let mut incumbents = Vec::new();

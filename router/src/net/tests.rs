@@ -1536,6 +1536,39 @@ fn one_designated_router_per_site_relays_peers_without_duplicates() {
     assert_eq!(m.delivered(4, sub), ["lan/x=1", "lan/x=2"]);
 }
 
+/// A router restarting next to its site's designated router does not take the role, however
+/// late its backbone links come (its neighbours redial after a backoff): the hold starts at its
+/// first link, not at boot, so it learns of the incumbent first (non-preemptive).
+#[test]
+fn a_restarted_router_with_late_links_does_not_take_the_role() {
+    // 0 (the lowest id), 1: routers of site A; 2: router of B.
+    let mut m = Mesh::with_sites(&[Router, Router, Router], &["A", "A", "B"]);
+    let now = m.now;
+    for (i, loc) in [
+        "tcp/10.0.0.1:7447",
+        "tcp/10.0.0.2:7447",
+        "tcp/10.0.1.1:7447",
+    ]
+    .iter()
+    .enumerate()
+    {
+        m.nodes[i].set_locators(now, Arc::from(*loc));
+    }
+    m.link(1, 2);
+    m.advance(Duration::from_secs(2));
+    assert!(m.nodes[1].is_designated(), "the only router of A linked");
+    // 0 has been up (alone) for two holds when its links come.
+    m.link(0, 2);
+    m.link(0, 1);
+    m.advance(Duration::from_secs(3));
+    assert!(
+        m.nodes[1].is_designated() && !m.nodes[0].is_designated(),
+        "the incumbent kept the role (0 designated: {}, 1: {})",
+        m.nodes[0].is_designated(),
+        m.nodes[1].is_designated()
+    );
+}
+
 /// A control message lost with a dying link (an interest here) leaves the pair short; the route
 /// change that follows resyncs the pair and heals it: the publisher becomes ready and its
 /// samples arrive, and nothing unchanged was withdrawn (no token flap).
