@@ -901,6 +901,35 @@ proptest! {
         }
     }
 
+    /// Issue 16: acknowledgements of any lanes and counts, and a handshake offering them.
+    #[test]
+    fn acks_round_trip(
+        counts in prop::collection::vec(prop::option::of((any::<u32>(), any::<u32>())), 8),
+        acks in any::<bool>(),
+        sn in any::<u32>(),
+    ) {
+        let mut a = Acks::default();
+        for (lane, c) in a.lanes.iter_mut().zip(&counts) {
+            *lane = c.map(|(messages, data)| LaneAck { messages, data });
+        }
+        let init = Init {
+            version: 1, node_id: ID1, mode: Mode::Client, batch_size: 1024, sn_bits: 7,
+            lease_ms: 3000, initial_sn: sn, acks,
+        };
+        let accept = Accept {
+            version: 1, node_id: ID2, mode: Mode::Router, batch_size: 1024, sn_bits: 7,
+            lease_ms: 3000, initial_sn: sn, acks,
+        };
+        for m in [
+            TransportMessage::Acks(a),
+            TransportMessage::Init(init),
+            TransportMessage::Accept(accept),
+        ] {
+            let bytes = enc_t(&m);
+            prop_assert_eq!(TransportMessage::decode(&bytes).unwrap(), m);
+        }
+    }
+
     #[test]
     fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = TransportMessage::decode(&bytes);
