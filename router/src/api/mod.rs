@@ -1,5 +1,6 @@
 //! The Session API: what applications call.
 
+pub mod durable;
 pub mod query;
 
 pub use crate::sample::{Sample, SampleKind};
@@ -1291,6 +1292,13 @@ impl SubscriberBuilder {
     pub fn history(mut self, since: Duration) -> Self {
         self.history = Some(since);
         self
+    }
+
+    /// A durable subscriber named `name`: its position is kept by a storage holding its key,
+    /// each sample is acknowledged, unacknowledged ones are delivered again; subscribers of
+    /// the same name share the samples (a work-queue group). See [`durable`].
+    pub fn durable(self, name: &str) -> durable::DurableBuilder {
+        durable::DurableBuilder::new(self.rt, self.key, name)
     }
 
     /// Calls `f` for every sample, on the task that received it. Keep it short.

@@ -31,6 +31,7 @@
 //! between pages and a long replay never holds the whole window in memory.
 
 pub(crate) mod ack;
+pub mod consumer;
 mod backend;
 mod redb_backend;
 pub mod timeexpr;
@@ -73,6 +74,11 @@ pub struct StorageConfig {
     pub retain_age: Option<Duration>,
     /// Keep at most this many samples of history.
     pub retain_count: Option<usize>,
+    /// Keep at most about this many payload bytes of history (the oldest samples go first).
+    pub retain_bytes: Option<u64>,
+    /// Drop history as soon as every durable consumer of this storage has acknowledged it (a
+    /// work queue); with no consumer, nothing is dropped for this reason.
+    pub retain_until_acked: bool,
     /// How long deletes are remembered (so an older put cannot resurrect a key).
     pub tombstone_ttl: Duration,
     /// sled flush interval.
@@ -108,6 +114,8 @@ impl StorageConfig {
             key,
             retain_age: Some(Duration::from_secs(86_400)),
             retain_count: None,
+            retain_bytes: None,
+            retain_until_acked: false,
             tombstone_ttl: Duration::from_secs(3_600),
             flush_ms: 100,
             queue: DEFAULT_QUEUE,
@@ -176,6 +184,7 @@ pub struct Storage {
     task: Option<tokio::task::JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<StorageStats>,
+    consumers: Arc<consumer::Consumers>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -185,6 +194,11 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
+    /// Its durable consumers.
+    pub fn consumers(&self) -> Vec<consumer::ConsumerInfo> {
+        self.consumers.list()
+    }
+
     /// Stops the storage and waits for its final flush.
     pub async fn close(mut self) {
         if let Some(s) = self.stop.take() {
@@ -341,6 +355,12 @@ pub async fn start_with(
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let stopping = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(ack::Acks::default());
+    let (batches_tx, batches_rx) = tokio::sync::watch::channel(0u64);
+    let consumer_dir = match &cfg.backend {
+        BackendKind::Memory => None,
+        BackendKind::Redb(d) | BackendKind::Sled(d) => Some(consumer::dir_of(d)),
+    };
+    let consumers = Arc::new(consumer::Consumers::open(consumer_dir, batches_rx)?);
     let writer = {
         let w = Writer {
             rx,
@@ -352,6 +372,8 @@ pub async fn start_with(
             cfg: cfg.clone(),
             acks: acks.clone(),
             batch_no: 0,
+            batches: batches_tx,
+            consumers: consumers.clone(),
         };
         std::thread::Builder::new()
             .name("hypha-storage".into())
@@ -359,17 +381,33 @@ pub async fn start_with(
             .map_err(|e| StorageError::Config(format!("cannot start the writer thread: {e}")))?
     };
     let st = stats.clone();
+    let sess = session.clone();
+    let handle = consumers.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
     tracing::info!(key = %cfg.key, backend = ?cfg.backend, samples = history_len, queue = cfg.queue, "storage started");
     let task = tokio::spawn(async move {
+        // Queries in progress (replays, waiting acknowledgements and consumer pulls): ended
+        // when the storage stops, so that nothing holds the store open after `close`.
+        let mut running = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 Some(q) = queryable.recv() => {
-                    tokio::spawn(answer(q, backend.clone(), st.clone(), timers.clone(), acks.clone()));
+                    let ctx = Ctx {
+                        backend: backend.clone(),
+                        st: st.clone(),
+                        timers: timers.clone(),
+                        acks: acks.clone(),
+                        consumers: consumers.clone(),
+                        session: sess.clone(),
+                    };
+                    running.spawn(answer(q, ctx));
                 }
                 _ = &mut stop_rx => break,
             }
         }
+        running.abort_all();
+        while running.join_next().await.is_some() {}
         // No new samples: the writer drains what is queued, flushes and ends.
         drop(sub);
         drop(queryable);
@@ -380,6 +418,7 @@ pub async fn start_with(
         stop: Some(stop_tx),
         task: Some(task),
         stats,
+        consumers: handle,
     })
 }
 
@@ -395,6 +434,9 @@ struct Writer {
     acks: Arc<ack::Acks>,
     /// Batches committed so far (acks name the batch a sample was committed in).
     batch_no: u64,
+    /// Tells waiting consumer pulls that a batch was committed.
+    batches: tokio::sync::watch::Sender<u64>,
+    consumers: Arc<consumer::Consumers>,
 }
 
 /// What the writer stores next: samples, and the publisher sources among them (for acks).
@@ -498,6 +540,7 @@ impl Writer {
             self.stats.stored.fetch_add(n, Ordering::Relaxed);
             self.batch_no += 1;
             self.acks.stored(&batch.sources, self.batch_no);
+            self.batches.send_replace(self.batch_no);
         }
         batch.sources.clear();
         let failed = match (r, flushed) {
@@ -552,10 +595,26 @@ impl Writer {
 
     fn retention(&self) {
         let now = timeexpr::now_us();
-        let before = self.cfg.retain_age.map(|a| ntp(now - a.as_micros() as i64));
+        let mut before = self.cfg.retain_age.map(|a| ntp(now - a.as_micros() as i64));
+        if self.cfg.retain_until_acked
+            && let Some(floor) = self.consumers.floor()
+        {
+            before = Some(before.map_or(floor, |b| b.max(floor)));
+        }
         let tomb = ntp(now - self.cfg.tombstone_ttl.as_micros() as i64);
         let mut b = lock(&self.backend);
-        if let Err(e) = b.prune(before, self.cfg.retain_count, Some(tomb)) {
+        let mut keep = self.cfg.retain_count;
+        if let Some(max) = self.cfg.retain_bytes {
+            let s = b.summary();
+            if s.bytes > max && s.samples > 0 {
+                // Drop the oldest samples, about as many as the excess holds on average.
+                let avg = (s.bytes / s.samples).max(1);
+                let over = (s.bytes - max).div_ceil(avg);
+                let k = s.samples.saturating_sub(over) as usize;
+                keep = Some(keep.map_or(k, |c| c.min(k)));
+            }
+        }
+        if let Err(e) = b.prune(before, keep, Some(tomb)) {
             tracing::warn!("storage {}: retention failed: {e}", self.cfg.key);
         }
         self.stats.publish(b.summary());
@@ -618,15 +677,38 @@ async fn with_backend<T: Send + 'static>(
     }
 }
 
-/// Answers one query: latest values at once, a history window page by page.
-async fn answer(
-    q: Query,
+/// What a query task needs of its storage.
+struct Ctx {
     backend: Shared,
     st: Arc<StorageStats>,
     timers: Option<crate::metrics::StorageTimers>,
     acks: Arc<ack::Acks>,
-) {
+    consumers: Arc<consumer::Consumers>,
+    session: Session,
+}
+
+/// Answers one query: latest values at once, a history window page by page, an
+/// acknowledgement once stored, a durable consumer's pull or acknowledgement.
+async fn answer(q: Query, ctx: Ctx) {
+    let Ctx {
+        backend,
+        st,
+        timers,
+        acks,
+        consumers,
+        session,
+    } = ctx;
     st.queries.fetch_add(1, Ordering::Relaxed);
+    if let Some(name) = q.parameter("_consume") {
+        // A consumer is served by one storage (the one it chose among those holding its key).
+        if let Some(id) = q.parameter("_storage")
+            && id != session.id().to_string()
+        {
+            return;
+        }
+        let name = name.to_string();
+        return consumers.answer(&q, &name, &backend, &session).await;
+    }
     if let Some(v) = q.parameter("_ack") {
         return acknowledge(&q, v.to_string(), &st, &acks).await;
     }
