@@ -74,7 +74,9 @@ fn names(from: usize, n: usize) -> Vec<String> {
 async fn a_durable_subscriber_resumes_after_its_last_acknowledgement() {
     let (a, b) = common::pair("tcp").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut st = storage::start(&a, scfg("dur/**", dir.path())).await.unwrap();
+    let mut st = storage::start(&a, scfg("dur/**", dir.path()))
+        .await
+        .unwrap();
     publish(&b, &st, "dur/k", 0, 50).await;
 
     // A new consumer starts with everything stored, in order.
@@ -95,7 +97,9 @@ async fn a_durable_subscriber_resumes_after_its_last_acknowledgement() {
 
     // The storage restarts (same directory): the position survived it.
     st.close().await;
-    st = storage::start(&a, scfg("dur/**", dir.path())).await.unwrap();
+    st = storage::start(&a, scfg("dur/**", dir.path()))
+        .await
+        .unwrap();
     let info = st.consumers();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].name, "c1");
@@ -138,7 +142,9 @@ async fn a_durable_subscriber_resumes_after_its_last_acknowledgement() {
 async fn unacknowledged_samples_come_again_then_go_to_the_dead_letter_key() {
     let (a, b) = common::pair("tcp").await;
     let dir = tempfile::tempdir().unwrap();
-    let st = storage::start(&a, scfg("red/**", dir.path())).await.unwrap();
+    let st = storage::start(&a, scfg("red/**", dir.path()))
+        .await
+        .unwrap();
     let dead = a.declare_subscriber("dead/red").await.unwrap();
     publish(&b, &st, "red/k", 0, 3).await;
     let d = b

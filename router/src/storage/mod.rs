@@ -31,8 +31,8 @@
 //! between pages and a long replay never holds the whole window in memory.
 
 pub(crate) mod ack;
-pub mod consumer;
 mod backend;
+pub mod consumer;
 mod redb_backend;
 pub mod timeexpr;
 
