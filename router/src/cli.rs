@@ -90,6 +90,13 @@ struct StorageOpts {
     /// Keep at most this many samples of history.
     #[arg(long, value_name = "N")]
     retain_count: Option<usize>,
+    /// Keep at most about this many payload bytes of history (the oldest go first).
+    #[arg(long, value_name = "BYTES")]
+    retain_bytes: Option<u64>,
+    /// Drop history once every durable consumer of this storage has acknowledged it (a
+    /// work queue).
+    #[arg(long)]
+    retain_until_acked: bool,
     /// Flush interval in milliseconds (the durability window: redb syncs a commit once this
     /// long has passed since the last sync, sled writes its log this often).
     #[arg(long, default_value_t = 100)]
@@ -123,6 +130,8 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
         c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);
     }
     c.retain_count = o.retain_count;
+    c.retain_bytes = o.retain_bytes;
+    c.retain_until_acked = o.retain_until_acked;
     c.flush_ms = o.flush_ms;
     if o.queue == 0 {
         anyhow::bail!("--queue must be at least 1");
@@ -130,6 +139,34 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     c.queue = o.queue;
     c.block_ms = o.block_ms;
     Ok(c)
+}
+
+/// `sub --durable`: a durable subscriber (its position kept by a storage holding KEYEXPR).
+#[derive(Args, Clone)]
+struct DurableOpts {
+    /// Subscribe as the durable consumer NAME: resume after the last sample acknowledged
+    /// under that name (each is acknowledged once printed); processes sharing a NAME share
+    /// the samples (a work-queue group).
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
+    /// With --durable: a sample not acknowledged within this long is delivered again.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        requires = "durable"
+    )]
+    ack_wait_ms: u64,
+    /// With --durable: deliveries of one sample at most (0: no bound).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "durable")]
+    max_deliver: u32,
+    /// With --durable: where samples that reached --max-deliver are published.
+    #[arg(long, value_name = "KEY", requires = "durable")]
+    dead_letter: Option<String>,
+    /// With --durable: where a new consumer starts: `all` (default), `new`, or a time
+    /// (`now(-10m)`, RFC 3339).
+    #[arg(long, value_name = "WHEN", requires = "durable")]
+    start: Option<String>,
 }
 
 /// `put --ack`: the CLI's spelling of [`crate::Ack`].
@@ -353,6 +390,8 @@ enum Cmd {
         /// Exit after this many samples.
         #[arg(long)]
         count: Option<u64>,
+        #[command(flatten)]
+        durable: DurableOpts,
         #[command(flatten)]
         common: Common,
     },
@@ -728,6 +767,94 @@ async fn publish(
     Ok(())
 }
 
+/// `hypha sub --durable NAME`: prints each sample, then acknowledges it; on exit waits (up to
+/// 5 s) until the storage has the acknowledgements.
+async fn durable_sub(
+    common: &Common,
+    keyexpr: &str,
+    json: bool,
+    count: Option<u64>,
+    o: &DurableOpts,
+) -> Result<()> {
+    use crate::api::durable::Start;
+    use std::io::Write;
+    let name = o.durable.as_deref().unwrap_or_default();
+    let s = open(common).await?;
+    let start = match o.start.as_deref() {
+        None | Some("all") => Start::All,
+        Some("new") => Start::New,
+        Some(t) => {
+            crate::storage::timeexpr::parse_instant_us(t, crate::storage::timeexpr::now_us())?;
+            Start::At(t.to_string())
+        }
+    };
+    let mut b = s
+        .declare_subscriber(keyexpr)
+        .durable(name)
+        .ack_wait(Duration::from_millis(o.ack_wait_ms))
+        .max_deliver(o.max_deliver)
+        .start(start);
+    if let Some(d) = &o.dead_letter {
+        b = b.dead_letter(d);
+    }
+    let d = match b.await {
+        Ok(d) => d,
+        Err(e) => {
+            s.close().await;
+            return Err(e.into());
+        }
+    };
+    eprintln!(
+        "durable subscriber {name}: position kept by storage {}",
+        d.storage()
+    );
+    let stdout = std::io::stdout();
+    let mut n = 0u64;
+    loop {
+        let x = tokio::select! {
+            x = d.recv() => x,
+            _ = shutdown_signal() => None,
+        };
+        let Some(x) = x else { break };
+        let line = if json {
+            let mut v = sample_json(&x.sample);
+            v["deliveries"] = x.deliveries.into();
+            v.to_string()
+        } else if x.deliveries > 1 {
+            format!("{} (delivery {})", sample_line(&x.sample), x.deliveries)
+        } else {
+            sample_line(&x.sample)
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            break; // stdout closed: not printed, so not acknowledged
+        }
+        drop(out);
+        x.ack();
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            break;
+        }
+    }
+    let flushed = d.flush(Duration::from_secs(5)).await;
+    let st = d.stats();
+    eprintln!(
+        "durable subscriber {name}: {} received ({} redelivered, {} duplicates dropped), {} acknowledged",
+        st.received.load(std::sync::atomic::Ordering::Relaxed),
+        st.redelivered.load(std::sync::atomic::Ordering::Relaxed),
+        st.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        st.acked.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    d.close().await;
+    s.close().await;
+    if !flushed {
+        anyhow::bail!(
+            "the storage did not confirm every acknowledgement within 5 s (those samples will come again)"
+        );
+    }
+    Ok(())
+}
+
 /// How long `sub` waits for its first link before a failed dial of a configured endpoint
 /// (a refused certificate, nobody listening) ends it with that error.
 const SUB_REACH_WAIT: Duration = Duration::from_secs(2);
@@ -812,6 +939,16 @@ async fn run(cli: Cli) -> Result<()> {
             keyexpr,
             json,
             count,
+            durable,
+            common,
+        } if durable.durable.is_some() => {
+            durable_sub(&common, &keyexpr, json, count, &durable).await?
+        }
+        Cmd::Sub {
+            keyexpr,
+            json,
+            count,
+            durable: _,
             common,
         } => {
             let s = open(&common).await?;

@@ -363,27 +363,56 @@ impl Drop for DurableSubscriber {
             t.abort();
         }
         // What it was handed and did not acknowledge goes to the next pull at once (a
-        // process that dies without this waits for `ack_wait`). Needs a runtime to send.
-        if let (Some((rt, sel)), Ok(h)) =
-            (self.release.take(), tokio::runtime::Handle::try_current())
-            && !rt.is_closed()
+        // process that dies without this waits for `ack_wait`). Needs a runtime.
+        if let (Some(release), Ok(h)) = (self.release_msg(), tokio::runtime::Handle::try_current())
         {
-            h.spawn(async move {
-                if let Ok(r) = super::query::GetBuilder::new(rt, &sel)
-                    .target(QueryTarget::AllComplete)
-                    .consolidation(Consolidation::None)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                {
-                    let _ = r.collect().await;
-                }
-            });
+            h.spawn(release);
         }
     }
 }
 
 impl DurableSubscriber {
+    /// Stops pulling and hands what this member holds unacknowledged to the other members
+    /// (or to the next subscriber of its name) at once, rather than after `ack_wait` (which
+    /// is what a dropped subscriber's samples wait when the release cannot be sent).
+    pub async fn close(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(release) = self.release_msg() {
+            release.await;
+        }
+    }
+
+    /// The release message: what this member holds goes to the next pull; what never
+    /// reached the application (still buffered here) does not count as a delivery.
+    fn release_msg(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let (rt, sel) = self.release.take()?;
+        if rt.is_closed() {
+            return None;
+        }
+        let mut unseen: Vec<Timestamp> = Vec::new();
+        if let Ok(mut rx) = self.rx.try_lock() {
+            rx.close();
+            while let Ok(d) = rx.try_recv() {
+                unseen.extend(d.sample.timestamp);
+            }
+        }
+        let payload = postcard::to_allocvec(&unseen).unwrap_or_default();
+        Some(async move {
+            if let Ok(r) = super::query::GetBuilder::new(rt, &sel)
+                .target(QueryTarget::AllComplete)
+                .consolidation(Consolidation::None)
+                .timeout(Duration::from_secs(2))
+                .payload(payload)
+                .send()
+                .await
+            {
+                let _ = r.collect().await;
+            }
+        })
+    }
+
     /// The next sample.
     pub async fn recv(&self) -> Option<Delivered> {
         self.rx.lock().await.recv().await

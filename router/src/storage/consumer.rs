@@ -393,9 +393,13 @@ impl Consumers {
             // A member leaving: what it holds unacknowledged goes to the next pull now rather
             // than after `ack_wait`.
             let member = q.parameter("_member").map_or(Ok(0), |v| num(v, "_member"));
+            let unseen: Vec<Timestamp> = q
+                .payload()
+                .and_then(|p| postcard::from_bytes(p).ok())
+                .unwrap_or_default();
             match member {
                 Ok(m) => {
-                    self.release_member(name, m);
+                    self.release_member(name, m, &unseen);
                     reply_word(q, "released").await;
                     Ok(())
                 }
@@ -680,7 +684,9 @@ impl Consumers {
                 match old.get(&t) {
                     Some(s) if c.pending.contains_key(&t) => {
                         c.counts.delivered += 1;
-                        c.counts.redelivered += 1;
+                        if d > 1 {
+                            c.counts.redelivered += 1;
+                        }
                         out.push((s.clone(), d));
                     }
                     Some(_) => {} // acknowledged meanwhile
@@ -783,12 +789,18 @@ impl Consumers {
         self.changed.notify_waiters();
     }
 
-    /// Hands everything `member` holds to the next pull.
-    fn release_member(&self, name: &str, member: u64) {
+    /// Hands everything `member` holds to the next pull; those it never showed its
+    /// application (`unseen`) do not count as a delivery.
+    fn release_member(&self, name: &str, member: u64, unseen: &[Timestamp]) {
         if let Some(c) = self.lock().get_mut(name) {
             let now = Instant::now();
             for p in c.pending.values_mut().filter(|p| p.member == member) {
                 p.deadline = now;
+            }
+            for t in unseen.iter().take(MAX_ACKS) {
+                if let Some(p) = c.pending.get_mut(t).filter(|p| p.member == member) {
+                    p.deliveries = p.deliveries.saturating_sub(1);
+                }
             }
         }
         self.changed.notify_waiters();
