@@ -8,7 +8,7 @@
 //! storage publishes it on the dead-letter key. Several subscribers with the same name (in
 //! one process or many) form a **work-queue group**: each sample goes to one of them.
 //!
-//! How: the subscriber chooses one storage (the lowest node id among the complete queryables
+//! How: the subscriber chooses one storage (the lowest store id among the complete queryables
 //! of its key that answer a probe, so every member of a group chooses the same), pulls
 //! batches from it with queries (`_consume=NAME`, long-polling up to 1 s), and sends its
 //! acknowledgements in batches on a task of their own (`storage/consumer.rs` has the storage's
@@ -21,7 +21,6 @@ use super::query::{Consolidation, QueryTarget};
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use hypha_core::hlc::Timestamp;
-use hypha_core::id::NodeId;
 use hypha_core::keyexpr::{KeyExprError, OwnedKeyExpr};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -231,14 +230,14 @@ impl std::future::IntoFuture for DurableBuilder {
     }
 }
 
-/// Asks the complete queryables of `key` whether they serve consumers; the lowest node id
+/// Asks the complete queryables of `key` whether they serve consumers; the lowest store id
 /// among those that do.
 async fn probe(
     rt: &Arc<Runtime>,
     key: &OwnedKeyExpr,
     name: &str,
     wait: Duration,
-) -> Option<NodeId> {
+) -> Option<String> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let replies =
@@ -253,12 +252,10 @@ async fn probe(
                 .await;
         let best = replies
             .iter()
-            .filter(|r| {
-                r.result
-                    .as_ref()
-                    .is_ok_and(|s| s.attachment.as_deref() == Some(b"consumer"))
-            })
-            .map(|r| r.replier.unwrap_or_else(|| rt.id()))
+            .filter_map(|r| r.result.as_ref().ok())
+            .filter(|s| s.attachment.as_deref() == Some(b"consumer"))
+            .filter_map(|s| s.payload_str().map(str::to_string))
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .min();
         if best.is_some() || tokio::time::Instant::now() >= deadline {
             return best;
@@ -348,7 +345,7 @@ pub struct DurableSubscriber {
     /// Tells the storage, when dropped, to hand what this member holds to the others.
     release: Option<(Arc<Runtime>, String)>,
     name: String,
-    storage: NodeId,
+    storage: String,
 }
 
 impl std::fmt::Debug for DurableSubscriber {
@@ -423,9 +420,10 @@ impl DurableSubscriber {
         &self.stats
     }
 
-    /// The storage that keeps its position.
-    pub fn storage(&self) -> NodeId {
-        self.storage
+    /// The id of the storage that keeps its position (its store's id, the same after a
+    /// restart of the storage).
+    pub fn storage(&self) -> &str {
+        &self.storage
     }
 
     /// Waits until every acknowledgement given so far is confirmed by the storage (on

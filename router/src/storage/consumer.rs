@@ -205,6 +205,9 @@ fn next_after(t: Timestamp) -> Timestamp {
 /// A storage's consumers.
 pub(super) struct Consumers {
     dir: Option<PathBuf>,
+    /// This store's id (kept in `<dir>/id`, so the same after a restart): consumers name the
+    /// storage they pull from with it.
+    id: String,
     map: Mutex<HashMap<String, Consumer>>,
     /// The writer's batch number: a pull with nothing to hand out waits for it to move.
     batches: tokio::sync::watch::Receiver<u64>,
@@ -235,10 +238,43 @@ impl Consumers {
         batches: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Self, super::StorageError> {
         let mut map = HashMap::new();
+        let mut fresh = [0u8; 16];
+        let _ = getrandom::fill(&mut fresh);
+        let mut id = hex::encode(fresh);
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).map_err(|e| {
                 super::StorageError::Config(format!("cannot create {}: {e}", d.display()))
             })?;
+            let idf = d.join("id");
+            match std::fs::read_to_string(&idf) {
+                Ok(s)
+                    if s.trim().len() == 32 && s.trim().bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    id = s.trim().to_string();
+                }
+                Ok(_) => {
+                    return Err(super::StorageError::Open {
+                        path: idf,
+                        reason: "not a store id (32 hex digits)".into(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::write(&idf, &id)
+                        .and_then(|()| std::fs::File::open(&idf)?.sync_all())
+                        .map_err(|e| {
+                            super::StorageError::Config(format!(
+                                "cannot write {}: {e}",
+                                idf.display()
+                            ))
+                        })?;
+                }
+                Err(e) => {
+                    return Err(super::StorageError::Open {
+                        path: idf,
+                        reason: e.to_string(),
+                    });
+                }
+            }
             let entries = std::fs::read_dir(d).map_err(|e| {
                 super::StorageError::Config(format!("cannot read {}: {e}", d.display()))
             })?;
@@ -277,6 +313,7 @@ impl Consumers {
             }
         }
         Ok(Consumers {
+            id,
             dir,
             map: Mutex::new(map),
             batches,
@@ -384,8 +421,11 @@ impl Consumers {
         backend: &Shared,
         session: &Session,
     ) {
+        if q.parameter("_storage").is_some_and(|id| id != self.id) {
+            return; // another storage's consumer
+        }
         let r = if q.parameter("_probe").is_some() {
-            reply_word(q, "consumer").await;
+            reply_probe(q, &self.id).await;
             Ok(())
         } else if q.parameter("_ack").is_some() {
             self.ack(q, name).await
@@ -838,6 +878,22 @@ impl Consumers {
         reply_word(q, "acked").await;
         Ok(())
     }
+}
+
+/// Answers a probe: this storage serves consumers, and its id.
+async fn reply_probe(q: &Query, id: &str) {
+    let key = q.key_expr().as_str().to_string();
+    let _ = q
+        .reply_sample(Sample {
+            key: Arc::from(key.as_str()),
+            payload: Bytes::from(id.to_string()),
+            kind: crate::api::SampleKind::Put,
+            timestamp: None,
+            encoding: None,
+            attachment: Some(Bytes::from_static(b"consumer")),
+            source: None,
+        })
+        .await;
 }
 
 fn num(v: &str, what: &str) -> Result<u64, String> {

@@ -700,12 +700,8 @@ async fn answer(q: Query, ctx: Ctx) {
     } = ctx;
     st.queries.fetch_add(1, Ordering::Relaxed);
     if let Some(name) = q.parameter("_consume") {
-        // A consumer is served by one storage (the one it chose among those holding its key).
-        if let Some(id) = q.parameter("_storage")
-            && id != session.id().to_string()
-        {
-            return;
-        }
+        // A consumer is served by one storage (the one it chose among those holding its key:
+        // `_storage` names it).
         let name = name.to_string();
         return consumers.answer(&q, &name, &backend, &session).await;
     }
