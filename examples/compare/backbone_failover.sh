@@ -16,7 +16,8 @@ cargo build --release -q -p hypha-tests --bins
 # Build the test once and run its binary: in a shared working tree, `cargo test` in each round
 # would rebuild whatever others edited in between.
 bin=$(cargo test --release -q -p hypha-tests --test backbone_failover --no-run --message-format=json \
-  | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+  | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin)
+    if m.get("executable") and "test" in m["target"]["kind"]][-1])')
 out=$(mktemp)
 for r in $(seq 1 "$rounds"); do
   "$bin" --nocapture 2>/dev/null \

@@ -443,13 +443,17 @@ async fn two_routers_in_a_site_with_peers_designated_killed_restarted_stopped() 
             "{what}: delivery did not resume after each phase"
         );
         let k = if name == "p" { "p_to_y" } else { "y_to_q" };
-        for (f, v) in [
+        for (i, (f, v)) in [
             ("kill", kill),
             ("restart", restart),
             ("stop", stop),
             ("cont", cont),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             fig[format!("{k}_{f}_ms")] = (v as f64 / 1000.0).into();
+            fig[format!("{k}_{f}_lost")] = lost[i + 1].into();
         }
         fig[format!("{k}_dups")] = dups.into();
     }

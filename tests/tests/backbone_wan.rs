@@ -223,6 +223,10 @@ struct Cut {
     /// Samples lost that were sent after the uncut (the move back to the short path).
     lost_after_uncut: u64,
     reordered: u64,
+    /// One-way latency p50 and p99 (µs) of the samples sent from 3 s after the cut to the
+    /// uncut: the direct (60 ms) path's.
+    detour_p50_us: u64,
+    detour_p99_us: u64,
 }
 
 impl Cut {
@@ -249,7 +253,18 @@ impl Cut {
             .iter()
             .filter(|s| sent.range(*s..).next().is_none_or(|(_, t)| *t >= uncut_at))
             .count() as u64;
+        let mut detour: Vec<u64> = got
+            .iter()
+            .filter(|g| g.2 - g.1 > cut_at + 3_000_000 && g.2 - g.1 < uncut_at)
+            .map(|g| g.1)
+            .collect();
+        let (detour_p50_us, detour_p99_us) = match detour.is_empty() {
+            true => (0, 0),
+            false => (percentile(&mut detour, 0.5), percentile(&mut detour, 0.99)),
+        };
         Cut {
+            detour_p50_us,
+            detour_p99_us,
             received: got.len(),
             dups,
             removed: removed(sub),
@@ -463,7 +478,7 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
         eprintln!(
             "silent cut of A–B, {what}: {} of {n} received, {} duplicates ({} removed), {} lost \
              (contiguous: {}), outage {} ms, first sample {} ms after the cut; restore: {} lost \
-             after the uncut, {} reordered",
+             after the uncut, {} reordered; latency on the direct path p50 {} ms p99 {} ms",
             f.received,
             f.dups,
             f.removed,
@@ -472,7 +487,9 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
             f.outage_us / 1000,
             f.resumed_us / 1000,
             f.lost_after_uncut,
-            f.reordered
+            f.reordered,
+            f.detour_p50_us / 1000,
+            f.detour_p99_us / 1000
         );
         assert_eq!(
             (f.dups, f.removed),
@@ -551,6 +568,8 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
             "restore_ms": (back_at - uncut_at) as f64 / 1000.0,
             "restore_lost": ac.lost_after_uncut + ca.lost_after_uncut,
             "restore_reordered": ac.reordered + ca.reordered,
+            "detour_p50_ms": ac.detour_p50_us as f64 / 1000.0,
+            "detour_p99_ms": ac.detour_p99_us as f64 / 1000.0,
             "token_deletes": deletes.len()})
     );
     drop((sub_a, server));
