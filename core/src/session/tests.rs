@@ -1068,6 +1068,23 @@ fn received_messages_are_acknowledged_after_the_delay() {
         p.tick(Duration::from_millis(10));
     }
     assert_eq!(p.b.stats().acks_sent, 1);
+    // A busy receiver whose timers never fire (its driver always has input to read): input
+    // that arrives once the delay has passed makes the acknowledgement due at once.
+    let mut buf = vec![0u8; 65_535];
+    for step in [0, 10] {
+        p.now += Duration::from_millis(step);
+        p.a.send(Priority::Data, true, &sample(&payload)).unwrap();
+        let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
+        p.b.handle_input(p.now, &buf[..n], &mut |_| {});
+        assert_eq!(
+            p.b.wants_transmit(),
+            step == 10,
+            "{step} ms after the first"
+        );
+    }
+    p.drive();
+    assert_eq!(p.b.stats().acks_sent, 2);
+    assert_eq!(p.a.unacknowledged(), (0, 0));
 }
 
 /// Issue 16: a busy lane is acknowledged at most once per `ack_delay`, however many batches
