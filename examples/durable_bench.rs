@@ -59,10 +59,16 @@ enum Cmd {
         runs: usize,
         #[arg(long, default_value_t = storage::DEFAULT_QUEUE)]
         queue: usize,
-        /// Acknowledged puts: each of the 100 publishers (one task each, so 100 in flight)
-        /// waits for the storage's acknowledgement of every put.
+        /// Acknowledged puts: every put waits for the storage's acknowledgement, with
+        /// `--inflight` puts in flight (spread over the 100 publishers).
         #[arg(long, value_enum)]
         ack: Option<AckArg>,
+        /// Acknowledged puts in flight at once.
+        #[arg(long, default_value_t = 100)]
+        inflight: usize,
+        /// Also print one JSON line per run on stdout (for `examples/compare/durable_js.sh`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -173,6 +179,7 @@ async fn one_run(
     backend: Engine,
     queue: usize,
     ack: Option<AckArg>,
+    inflight: usize,
 ) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -234,22 +241,30 @@ async fn one_run(
             client.wait_queryable(&key, Duration::from_secs(10)).await,
             "no storage queryable"
         );
-        let mut tasks = Vec::new();
-        for p in pubs {
+        // Each put in a task of its own, at most `inflight` at once.
+        let pubs: Vec<std::sync::Arc<hypha::Publisher>> =
+            pubs.into_iter().map(std::sync::Arc::new).collect();
+        let room = std::sync::Arc::new(tokio::sync::Semaphore::new(inflight.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n / 100 * 100 {
+            let permit = room.clone().acquire_owned().await?;
+            let p = pubs[(i % 100) as usize].clone();
             let payload = payload.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..n / 100 {
-                    p.put(payload.clone()).ack(level).await?;
-                }
-                anyhow::Ok(())
-            }));
+            tasks.spawn(async move {
+                let r = p.put(payload).ack(level).await;
+                drop(permit);
+                r
+            });
+            while let Some(r) = tasks.try_join_next() {
+                r??;
+            }
         }
-        for t in tasks {
-            t.await??;
+        while let Some(r) = tasks.join_next().await {
+            r??;
         }
         let n = n / 100 * 100;
         let rate = n as f64 / start.elapsed().as_secs_f64();
-        println!("| acked ({a:?}) | {size} B | {n} | {rate:.0} |");
+        println!("| acked ({a:?}), {inflight} in flight | {size} B | {n} | {rate:.0} |");
         client.close().await;
         return Ok(Figures {
             replayed: 0,
@@ -369,10 +384,12 @@ async fn main() -> anyhow::Result<()> {
             runs,
             queue,
             ack,
+            inflight,
+            json,
         } => {
             let mut all = Vec::new();
             for r in 0..runs {
-                let f = one_run(n, size, backend, queue, ack).await?;
+                let f = one_run(n, size, backend, queue, ack, inflight).await?;
                 eprintln!(
                     "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample",
                     f.publish,
@@ -383,6 +400,21 @@ async fn main() -> anyhow::Result<()> {
                     f.rss_peak >> 20,
                     f.disk_per_sample
                 );
+                if json {
+                    let mode = match ack {
+                        None => "fire".to_string(),
+                        Some(a) => format!("acked-{a:?}").to_lowercase(),
+                    };
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "system": "hypha", "mode": mode, "size": size, "n": n,
+                            "inflight": inflight, "ingest_per_s": f.ingest.round(),
+                            "replay_per_s": f.replay.round(),
+                            "rss_mb": f.rss_peak >> 20, "disk_per_sample": f.disk_per_sample.round(),
+                        })
+                    );
+                }
                 all.push(f);
             }
             let m = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());

@@ -297,3 +297,34 @@ async fn acknowledged_puts() {
     open.store(true, Ordering::Relaxed);
     st.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_puts_in_flight_share_their_queries() {
+    use hypha::Ack;
+    let (a, b) = common::pair("tcp").await;
+    let st = storage::start(&a, scfg("many/**", 4096, 1000))
+        .await
+        .unwrap();
+    let p = Arc::new(b.declare_publisher("many/k").unwrap());
+    assert!(p.wait_matching(T).await);
+    let k = OwnedKeyExpr::new("many/k".to_string()).unwrap();
+    assert!(b.wait_queryable(&k, T).await);
+    let before = st.stats.queries.load(Ordering::Relaxed);
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let p = p.clone();
+        puts.spawn(async move { p.put(format!("{i}")).ack(Ack::Received).await });
+    }
+    while let Some(r) = puts.join_next().await {
+        assert_eq!(r.unwrap().unwrap().acked, 1);
+    }
+    assert_eq!(st.stats.acks.load(Ordering::Relaxed), 1000);
+    // At most 4 acknowledgement queries in flight per publisher, each carrying what was
+    // queued when it left: far fewer queries than puts.
+    let queries = st.stats.queries.load(Ordering::Relaxed) - before;
+    assert!(
+        queries <= 100,
+        "{queries} queries for 1,000 acknowledged puts"
+    );
+    st.close().await;
+}

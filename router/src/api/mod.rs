@@ -824,6 +824,7 @@ impl Session {
             cache: Mutex::new(None),
             decl: None,
             sn: std::sync::atomic::AtomicU32::new(0),
+            acks: Arc::default(),
         })
     }
 
@@ -916,6 +917,8 @@ pub struct Publisher {
     decl: Option<LocalId>,
     /// The next sequence number.
     sn: std::sync::atomic::AtomicU32,
+    /// Acknowledgements asked and not yet answered, sent in batches.
+    acks: Arc<AckBatcher>,
 }
 
 impl Drop for Publisher {
@@ -1046,40 +1049,143 @@ pub struct PutReport {
     pub dropped: u64,
 }
 
-/// Asks the storages holding `key` to acknowledge `src`; how many did.
-async fn acknowledged(
-    rt: Arc<Runtime>,
-    key: &str,
-    level: Ack,
+/// A publisher's acknowledgements in flight. A put that asks for one queues its sequence
+/// number; at most [`ACK_BATCHES`] queries are in flight per publisher, each carrying every
+/// sequence number queued when it left (`key?_acks=<node>.<publisher>;_wait=MS[;_durable=1]`,
+/// payload: the postcard list), and each storage answers once with the ones it holds. So many
+/// puts in flight cost a few queries, not one each.
+#[derive(Default)]
+pub(crate) struct AckBatcher {
+    q: Mutex<AckQueue>,
+}
+
+#[derive(Default)]
+struct AckQueue {
+    /// By level: `Received`, `Durable`.
+    waiting: [Vec<AckReq>; 2],
+    batches: usize,
+}
+
+struct AckReq {
+    sn: u32,
     wait: Duration,
-    src: crate::sample::SampleSource,
-) -> Result<usize, PublishError> {
-    let selector = format!(
-        "{key}?_ack={};_wait={}{}",
-        crate::storage::ack::format(&src),
-        wait.as_millis(),
-        if level == Ack::Durable {
-            ";_durable=1"
-        } else {
-            ""
+    tx: tokio::sync::oneshot::Sender<Result<usize, PublishError>>,
+}
+
+/// Acknowledgement queries in flight per publisher, at most.
+const ACK_BATCHES: usize = 4;
+/// Sequence numbers per acknowledgement query, at most.
+const ACK_BATCH: usize = 4096;
+
+impl AckBatcher {
+    /// Asks the storages holding `key` to acknowledge `src`; how many did.
+    async fn ack(
+        self: &Arc<Self>,
+        rt: Arc<Runtime>,
+        key: Arc<str>,
+        level: Ack,
+        wait: Duration,
+        src: crate::sample::SampleSource,
+    ) -> Result<usize, PublishError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting[usize::from(level == Ack::Durable)].push(AckReq {
+                sn: src.sn,
+                wait,
+                tx,
+            });
+            let start = q.batches < ACK_BATCHES;
+            if start {
+                q.batches += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().run(rt, key, src));
         }
+        rx.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Sends batches until nothing is queued.
+    async fn run(
+        self: Arc<Self>,
+        rt: Arc<Runtime>,
+        key: Arc<str>,
+        src: crate::sample::SampleSource,
+    ) {
+        loop {
+            let (level, batch) = {
+                let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(l) = (0..2).find(|&l| !q.waiting[l].is_empty()) else {
+                    q.batches -= 1;
+                    return;
+                };
+                let n = q.waiting[l].len().min(ACK_BATCH);
+                (l, q.waiting[l].drain(..n).collect::<Vec<_>>())
+            };
+            let sns: Vec<u32> = batch.iter().map(|r| r.sn).collect();
+            let wait = batch.iter().map(|r| r.wait).max().unwrap_or_default();
+            let r = acknowledged(&rt, &key, level == 1, wait, &src, &sns).await;
+            for req in batch {
+                let out = match &r {
+                    Err(PublishError::Closed) => Err(PublishError::Closed),
+                    Err(e) => Err(PublishError::NotAcknowledged(e.to_string())),
+                    Ok((counts, err)) => match (counts.get(&req.sn).copied().unwrap_or(0), err) {
+                        (0, None) => Err(PublishError::NoStorage(key.to_string())),
+                        (0, Some(e)) => Err(PublishError::NotAcknowledged(e.clone())),
+                        (n, _) => Ok(n),
+                    },
+                };
+                let _ = req.tx.send(out);
+            }
+        }
+    }
+}
+
+/// One acknowledgement query for `sns` of `src`'s publisher: per sequence number, how many
+/// storages hold it, and the first error a storage answered.
+async fn acknowledged(
+    rt: &Arc<Runtime>,
+    key: &str,
+    durable: bool,
+    wait: Duration,
+    src: &crate::sample::SampleSource,
+    sns: &[u32],
+) -> Result<(std::collections::HashMap<u32, usize>, Option<String>), PublishError> {
+    let selector = format!(
+        "{key}?_acks={}.{};_wait={}{}",
+        src.node,
+        src.publisher,
+        wait.as_millis(),
+        if durable { ";_durable=1" } else { "" }
     );
-    let replies = query::GetBuilder::new(rt, &selector)
+    let payload =
+        postcard::to_allocvec(sns).map_err(|e| PublishError::NotAcknowledged(e.to_string()))?;
+    let replies = query::GetBuilder::new(rt.clone(), &selector)
         .target(query::QueryTarget::AllComplete)
         .consolidation(query::Consolidation::None)
         .timeout(wait + Duration::from_secs(1))
+        .payload(payload)
         .send()
         .await?
         .collect()
         .await;
-    let acked = replies.iter().filter(|r| r.result.is_ok()).count();
-    match (acked, replies.iter().find_map(|r| r.result.as_ref().err())) {
-        (0, None) => Err(PublishError::NoStorage(key.to_string())),
-        (0, Some(e)) => Err(PublishError::NotAcknowledged(
-            String::from_utf8_lossy(&e.payload).into_owned(),
-        )),
-        (n, _) => Ok(n),
+    let mut counts = std::collections::HashMap::new();
+    let mut err = None;
+    for r in replies {
+        match r.result {
+            Ok(s) => {
+                for sn in postcard::from_bytes::<Vec<u32>>(&s.payload).unwrap_or_default() {
+                    *counts.entry(sn).or_insert(0) += 1;
+                }
+            }
+            Err(e) => {
+                err.get_or_insert_with(|| String::from_utf8_lossy(&e.payload).into_owned());
+            }
+        }
     }
+    Ok((counts, err))
 }
 
 /// One publication being built; `.await` it. Nothing is sent until then.
@@ -1111,7 +1217,7 @@ impl<'a> PutBuilder<'a> {
     /// (each answers once it has stored it, or synced it for [`Ack::Durable`]), for at most
     /// 5 s ([`ack_timeout`](Self::ack_timeout)). `Err(NoStorage)` when no storage holds the
     /// key, `Err(NotAcknowledged)` when none acknowledged in time. Only on a declared
-    /// publisher; the acknowledgement is a query to the key (`_ack=<node>.<publisher>.<sn>`)
+    /// publisher; the acknowledgement is a query to the key (`_acks=<node>.<publisher>`, batched)
     /// targeted at every complete queryable, so it needs nothing new on the wire.
     pub fn ack(mut self, level: Ack) -> Self {
         let t = self.ack.map_or(Duration::from_secs(5), |(_, t)| t);
@@ -1186,12 +1292,13 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
             let rt = p.rt.clone();
             let key = p.key.clone();
             let qos = p.qos;
+            let acks = p.acks.clone();
             return PutFuture::Waiting(Box::pin(async move {
                 let r = match rt.publish_now(&route, qos, sample) {
                     Ok(r) => r,
                     Err(blocked) => rt.publish_wait(&route, blocked).await,
                 };
-                let acked = acknowledged(rt, &key, level, wait, src).await?;
+                let acked = acks.ack(rt, key, level, wait, src).await?;
                 Ok(PutReport {
                     destinations: r.destinations,
                     acked,

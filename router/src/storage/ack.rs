@@ -139,28 +139,23 @@ impl Acks {
     }
 }
 
-/// Parses an `_ack` parameter: `<node id, 32 hex>.<publisher>.<sn>`.
-pub(super) fn parse(v: &str) -> Result<SampleSource, String> {
+/// Sequence numbers one `_acks` query may ask about, at most.
+pub(crate) const MAX_ASKED: usize = 65_536;
+
+/// Parses an `_acks` parameter: `<node id, 32 hex>.<publisher>`.
+pub(super) fn parse_publisher(v: &str) -> Result<(NodeId, u32), String> {
     let mut it = v.split('.');
-    let (Some(node), Some(publisher), Some(sn), None) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
+    let (Some(node), Some(publisher), None) = (it.next(), it.next(), it.next()) else {
         return Err(format!(
-            "invalid _ack {v:?}: expected <node id>.<publisher>.<sn>"
+            "invalid _acks {v:?}: expected <node id>.<publisher>"
         ));
     };
-    Ok(SampleSource {
-        node: NodeId::parse(node).map_err(|e| format!("invalid _ack node id: {e}"))?,
-        publisher: publisher
+    Ok((
+        NodeId::parse(node).map_err(|e| format!("invalid _acks node id: {e}"))?,
+        publisher
             .parse()
-            .map_err(|_| format!("invalid _ack publisher {publisher:?}"))?,
-        sn: sn.parse().map_err(|_| format!("invalid _ack sn {sn:?}"))?,
-    })
-}
-
-/// The `_ack` parameter for `s` (the publisher's side).
-pub(crate) fn format(s: &SampleSource) -> String {
-    format!("{}.{}.{}", s.node, s.publisher, s.sn)
+            .map_err(|_| format!("invalid _acks publisher {publisher:?}"))?,
+    ))
 }
 
 #[cfg(test)]
@@ -220,10 +215,20 @@ mod tests {
     }
 
     #[test]
-    fn parameters_round_trip_and_bad_ones_are_errors() {
-        assert_eq!(parse(&format(&src(42))).unwrap(), src(42));
-        for bad in ["", "x.1.2", "00000000000000000000000000000009.1", "a.b.c.d"] {
-            assert!(parse(bad).is_err(), "{bad}");
+    fn parameters_parse_and_bad_ones_are_errors() {
+        let s = src(42);
+        assert_eq!(
+            parse_publisher(&format!("{}.{}", s.node, s.publisher)).unwrap(),
+            (s.node, s.publisher)
+        );
+        for bad in [
+            "",
+            "x.1",
+            "00000000000000000000000000000009",
+            "a.b.c",
+            "00000000000000000000000000000009.x",
+        ] {
+            assert!(parse_publisher(bad).is_err(), "{bad}");
         }
     }
 }

@@ -705,7 +705,7 @@ async fn answer(q: Query, ctx: Ctx) {
         let name = name.to_string();
         return consumers.answer(&q, &name, &backend, &session).await;
     }
-    if let Some(v) = q.parameter("_ack") {
+    if let Some(v) = q.parameter("_acks") {
         return acknowledge(&q, v.to_string(), &st, &acks).await;
     }
     let t0 = Instant::now();
@@ -743,11 +743,29 @@ async fn answer(q: Query, ctx: Ctx) {
 /// Most an `_ack` query waits for its sample (it may also arrive after the query).
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
-/// Answers `key?_ack=<node>.<publisher>.<sn>[;_durable]` once that sample is stored (synced
-/// for `_durable`), or with an error after `_wait` ms (default and cap: 10 s).
+/// Answers `key?_acks=<node>.<publisher>[;_wait=MS][;_durable=1]` (payload: the postcard list
+/// of sequence numbers) once those samples are stored (synced for `_durable`), or after `_wait`
+/// ms (default and cap: 10 s) with those that are: one reply, the postcard list of the
+/// sequence numbers held; an error reply when it holds none of them.
 async fn acknowledge(q: &Query, v: String, st: &StorageStats, acks: &ack::Acks) {
-    let src = match ack::parse(&v) {
-        Ok(s) => s,
+    let parsed = ack::parse_publisher(&v).and_then(|(node, publisher)| {
+        let sns: Vec<u32> = match q.payload() {
+            Some(p) => {
+                postcard::from_bytes(p).map_err(|e| format!("invalid _acks payload: {e}"))?
+            }
+            None => return Err("_acks without a list of sequence numbers".to_string()),
+        };
+        if sns.len() > ack::MAX_ASKED {
+            return Err(format!(
+                "at most {} sequence numbers per _acks, not {}",
+                ack::MAX_ASKED,
+                sns.len()
+            ));
+        }
+        Ok((node, publisher, sns))
+    });
+    let (node, publisher, sns) = match parsed {
+        Ok(x) => x,
         Err(e) => {
             st.errors.fetch_add(1, Ordering::Relaxed);
             let _ = q.reply_err(e).await;
@@ -765,29 +783,25 @@ async fn acknowledge(q: &Query, v: String, st: &StorageStats, acks: &ack::Acks) 
         .map_or(ACK_WAIT, Duration::from_millis)
         .min(ACK_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    if acks.wait(src, level, deadline).await {
-        st.acks.fetch_add(1, Ordering::Relaxed);
-        let key = q.key_expr().as_str().to_string();
-        let word = match level {
-            ack::Level::Durable => "durable",
-            ack::Level::Received => "stored",
+    let mut held = Vec::with_capacity(sns.len());
+    for sn in &sns {
+        let src = crate::sample::SampleSource {
+            node,
+            publisher,
+            sn: *sn,
         };
-        let _ = q
-            .reply_sample(Sample {
-                key: Arc::from(key.as_str()),
-                payload: Bytes::from_static(word.as_bytes()),
-                kind: SampleKind::Put,
-                timestamp: None,
-                encoding: None,
-                attachment: None,
-                source: None,
-            })
-            .await;
-    } else {
-        st.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+        if acks.wait(src, level, deadline).await {
+            held.push(*sn);
+        }
+    }
+    st.acks.fetch_add(held.len() as u64, Ordering::Relaxed);
+    st.ack_timeouts
+        .fetch_add((sns.len() - held.len()) as u64, Ordering::Relaxed);
+    if held.is_empty() {
         let _ = q
             .reply_err(format!(
-                "sample {v} not {} within {wait:?}",
+                "{} sample(s) of {v} not {} within {wait:?}",
+                sns.len(),
                 if level == ack::Level::Durable {
                     "stored and synced"
                 } else {
@@ -795,7 +809,20 @@ async fn acknowledge(q: &Query, v: String, st: &StorageStats, acks: &ack::Acks) 
                 }
             ))
             .await;
+        return;
     }
+    let key = q.key_expr().as_str().to_string();
+    let _ = q
+        .reply_sample(Sample {
+            key: Arc::from(key.as_str()),
+            payload: Bytes::from(postcard::to_allocvec(&held).unwrap_or_default()),
+            kind: SampleKind::Put,
+            timestamp: None,
+            encoding: None,
+            attachment: None,
+            source: None,
+        })
+        .await;
 }
 
 /// Streams a history window page by page (the next page is read while this one is sent);
