@@ -17,9 +17,13 @@ ROUNDS=${2:-3}
 INFLIGHT=${3:-5000}
 command -v nats-server >/dev/null || { apt-get update && apt-get install -y nats-server; }
 cargo build --release -p hypha-examples --example durable_bench
-(cd examples/compare/jetstream && cargo build --release)
 HB=${CARGO_TARGET_DIR:-target}/release/examples/durable_bench
-JB=examples/compare/jetstream/target/release/hypha-jsbench
+# JS_BIN: an already built jetstream client (its build takes ~20 min on 2 cores).
+if [ -z "${JS_BIN:-}" ]; then
+  (cd examples/compare/jetstream && CARGO_TARGET_DIR=target cargo build --release)
+  JS_BIN=examples/compare/jetstream/target/release/hypha-jsbench
+fi
+JB=$JS_BIN
 OUT=$(mktemp)
 js() { # size mode
   local dir port pid
