@@ -20,8 +20,9 @@ bin=$(cargo test --release -q -p hypha-tests --test backbone_failover --no-run -
     if m.get("executable") and "test" in m["target"]["kind"]][-1])')
 out=$(mktemp)
 for r in $(seq 1 "$rounds"); do
-  "$bin" --nocapture 2>/dev/null \
-    | grep -oE '\{"figure":"(client_failover|two_routers)".*' | tee -a "$out"
+  # Into a file, then the figure lines (a failed round has none and is left out, said below).
+  "$bin" --nocapture >"$out.round" 2>/dev/null || echo "round $r failed" >&2
+  grep -oE '\{.*"figure":"(client_failover|two_routers)".*' "$out.round" | tee -a "$out" || true
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys

@@ -18,15 +18,18 @@ bin=$(cargo test --release -q -p hypha-tests --test backbone_wan --no-run --mess
     if m.get("executable") and "test" in m["target"]["kind"]][-1])')
 out=$(mktemp)
 for r in $(seq 1 "$rounds"); do
-  HYPHA_WAN_SECS=$secs HYPHA_WAN_LOSS=$loss "$bin" --nocapture 2>/dev/null \
-    | grep -o '{"figure":"backbone_wan".*' | tee -a "$out"
+  # Into a file, then the figure line (a failed round has none and is left out, said below).
+  HYPHA_WAN_SECS=$secs HYPHA_WAN_LOSS=$loss "$bin" --nocapture >"$out.round" 2>/dev/null \
+    || echo "round $r failed" >&2
+  grep -o '{.*"figure":"backbone_wan".*' "$out.round" | tee -a "$out" || true
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for k in ["p50_ms", "p99_ms", "cut_outage_ms", "cut_lost", "cut_dups", "cut_outage_ca_ms",
           "cut_lost_ca", "cut_dups_ca", "get_outage_ms", "gets_unanswered", "gets_twice",
-          "restore_ms", "restore_lost", "restore_reordered", "token_deletes"]:
+          "restore_ms", "restore_lost", "restore_reordered", "detour_p50_ms", "detour_p99_ms",
+          "token_deletes"]:
     v = [r[k] for r in rows]
     print(f"{k:>17}: median {statistics.median(v):9.1f}  max {max(v):9.1f}  ({len(v)} rounds)")
 PY
