@@ -153,6 +153,7 @@ async fn a_client_fails_over_when_its_router_is_killed_and_when_it_is_stopped() 
             "--key",
             "fo/y",
             "--wait-alternates",
+            "2",
         ],
     );
     let r = x_sub.wait_json(T, |v| v["event"] == "ready").await.unwrap();
@@ -182,6 +183,7 @@ async fn a_client_fails_over_when_its_router_is_killed_and_when_it_is_stopped() 
             "--count".into(),
             u64::MAX.to_string(),
             "--wait-alternates".into(),
+            "2".into(),
         ]
     };
     let spawn_pub = |i: usize, args: Vec<String>| {

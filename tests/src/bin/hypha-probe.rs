@@ -61,10 +61,10 @@ enum Cmd {
         wait_ms: u64,
         #[arg(long, default_value = "client")]
         mode: String,
-        /// Before the ready line, wait (up to 5 s) for the router to tell of alternates, and
-        /// list them in it.
-        #[arg(long)]
-        wait_alternates: bool,
+        /// Before the ready line, wait (up to 5 s) until the router told of at least this many
+        /// alternate endpoints, and list them in it (a router tells them one by one).
+        #[arg(long, default_value_t = 0)]
+        wait_alternates: usize,
         /// Where a peer listens (default tcp/127.0.0.1:0; clients never listen).
         #[arg(long)]
         listen: Option<String>,
@@ -125,8 +125,8 @@ enum Cmd {
         #[arg(long, default_value = "client")]
         mode: String,
         /// As for `pub`.
-        #[arg(long)]
-        wait_alternates: bool,
+        #[arg(long, default_value_t = 0)]
+        wait_alternates: usize,
         /// As for `pub`.
         #[arg(long)]
         listen: Option<String>,
@@ -139,10 +139,14 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The alternate routers this client learnt, after waiting up to 5 s for one if `wait`.
-async fn alternates(s: &hypha::Session, wait: bool) -> Vec<String> {
-    if wait {
-        s.wait_alternates(Duration::from_secs(5)).await;
+/// The alternate routers this client learnt, after waiting up to 5 s for at least `n`.
+async fn alternates(s: &hypha::Session, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    if n > 0 && s.wait_alternates(Duration::from_secs(5)).await {
+        // The first is an event; the rest follow it in the same burst of gossip.
+        while s.alternates().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     s.alternates().iter().map(|e| e.to_string()).collect()
 }
