@@ -112,6 +112,8 @@ impl LinkView {
             .int("rx_control", s.rx_messages.saturating_sub(s.rx_data))
             .int("tx_batches", s.tx_batches)
             .int("rx_batches", s.rx_batches)
+            .int("acks_sent", s.acks_sent)
+            .int("acks_received", s.acks_received)
             .int("sent", self.sent)
             .int("received", self.received)
             .int("dropped", self.dropped)
