@@ -882,18 +882,7 @@ impl Consumers {
 
 /// Answers a probe: this storage serves consumers, and its id.
 async fn reply_probe(q: &Query, id: &str) {
-    let key = q.key_expr().as_str().to_string();
-    let _ = q
-        .reply_sample(Sample {
-            key: Arc::from(key.as_str()),
-            payload: Bytes::from(id.to_string()),
-            kind: crate::api::SampleKind::Put,
-            timestamp: None,
-            encoding: None,
-            attachment: Some(Bytes::from_static(b"consumer")),
-            source: None,
-        })
-        .await;
+    reply_marker(q, Bytes::from(id.to_string()), "consumer").await;
 }
 
 fn num(v: &str, what: &str) -> Result<u64, String> {
@@ -902,11 +891,17 @@ fn num(v: &str, what: &str) -> Result<u64, String> {
 }
 
 async fn reply_word(q: &Query, word: &'static str) {
+    reply_marker(q, Bytes::new(), word).await;
+}
+
+/// A reply that is no stored sample: `payload`, with `word` as its attachment, on the query's
+/// key expression.
+async fn reply_marker(q: &Query, payload: Bytes, word: &'static str) {
     let key = q.key_expr().as_str().to_string();
     let _ = q
         .reply_sample(Sample {
             key: Arc::from(key.as_str()),
-            payload: Bytes::new(),
+            payload,
             kind: crate::api::SampleKind::Put,
             timestamp: None,
             encoding: None,
