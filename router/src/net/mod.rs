@@ -721,7 +721,7 @@ impl Node {
 
     /// Where this node listens, comma-separated (told to every new neighbour; a router also
     /// advertises it in its LSA, for other routers' clients).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn set_locators(&mut self, now: Instant, locators: Arc<str>) {
         self.set_locators_advertising(now, locators.clone(), locators);
     }

@@ -131,6 +131,11 @@ pub trait Backend: Send {
     }
     /// Samples in the history.
     fn history_len(&self) -> usize;
+    /// Samples the store reported as stored that it has lost since (an engine that rolls
+    /// back unsynced commits when it recovers from a failed write); reported once.
+    fn take_rolled_back(&mut self) -> u64 {
+        0
+    }
     /// What the admin space shows of this store (kept up to date by the backend, so cheap).
     fn summary(&self) -> Summary {
         Summary {

@@ -523,6 +523,8 @@ impl Writer {
         let t0 = Instant::now();
         let mut b = lock(&self.backend);
         let r = b.store_batch(&batch.samples);
+        // Samples counted as stored before a failed write that the engine rolled back.
+        let rolled_back = b.take_rolled_back();
         // Synced now if the interval has passed, or if a durable acknowledgement waits.
         let sync = r.is_ok() && (b.flush_due() || self.acks.durable_wanted());
         let flushed = if sync { b.flush() } else { Ok(()) };
@@ -533,6 +535,15 @@ impl Writer {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.publish(summary);
+        if rolled_back > 0 {
+            let _ = self
+                .stats
+                .stored
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(rolled_back))
+                });
+            self.stats.errors.fetch_add(rolled_back, Ordering::Relaxed);
+        }
         let n = batch.samples.len() as u64;
         batch.samples.clear();
         if r.is_ok() {

@@ -95,6 +95,9 @@ pub struct RedbBackend {
     last_durable: Instant,
     /// Commits made without sync since the last durable one.
     unsynced: bool,
+    /// Samples that a reopen after a failed write found missing (unsynced commits that redb
+    /// rolled back), not yet reported to the writer.
+    rolled_back: u64,
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -172,6 +175,7 @@ impl RedbBackend {
             flush_every: Duration::from_millis(flush_ms.max(1)),
             last_durable: Instant::now(),
             unsynced: false,
+            rolled_back: 0,
         };
         b.load().map_err(|e| open_err(e.to_string()))?;
         Ok(b)
@@ -360,6 +364,7 @@ impl RedbBackend {
     /// it to its last commit).
     fn reopen(&mut self) -> Result<(), StorageError> {
         self.db = None;
+        let before = self.count;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&self.file)
@@ -370,7 +375,19 @@ impl RedbBackend {
         self.db = Some(db);
         self.ids.clear();
         self.names.clear();
-        self.load()
+        self.load()?;
+        // A failed write leaves the file at its last durable commit: what was committed since
+        // without a sync is gone. Said, and counted by the writer.
+        if self.count < before {
+            self.rolled_back += before - self.count;
+            tracing::error!(
+                "{}: {} samples committed since the last sync were rolled back by the failed write",
+                self.file.display(),
+                before - self.count
+            );
+        }
+        self.unsynced = false;
+        Ok(())
     }
 }
 
@@ -388,6 +405,10 @@ fn io_or_corrupt(e: impl Into<redb::Error>) -> StorageError {
 impl Backend for RedbBackend {
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
         Ok(self.store_batch(std::slice::from_ref(s))? > 0)
+    }
+
+    fn take_rolled_back(&mut self) -> u64 {
+        std::mem::take(&mut self.rolled_back)
     }
 
     fn store_batch(&mut self, batch: &[StoredSample]) -> Result<usize, StorageError> {
