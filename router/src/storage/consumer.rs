@@ -455,7 +455,9 @@ impl Consumers {
 
     /// Creates the consumer on its first pull; checks the key of later ones, takes their
     /// config.
-    fn ensure(&self, q: &Query, name: &str) -> Result<(), String> {
+    /// Returns the version to write when it created the consumer (its start must reach the
+    /// disk before the first delivery), `None` otherwise.
+    fn ensure(&self, q: &Query, name: &str) -> Result<Option<u64>, String> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(format!(
                 "a consumer name has 1 to {MAX_NAME} bytes, not {}",
@@ -487,7 +489,7 @@ impl Consumers {
                 ));
             }
             c.config = config;
-            return Ok(());
+            return Ok(None);
         }
         if g.len() >= MAX_CONSUMERS {
             return Err(format!(
@@ -522,9 +524,7 @@ impl Consumers {
         };
         let v = Self::touch(&mut c);
         g.insert(name.to_string(), c);
-        drop(g);
-        // A new consumer's start is kept at once (a restart must not move it).
-        self.save(name, v)
+        Ok(Some(v))
     }
 
     async fn pull(
@@ -546,12 +546,10 @@ impl Consumers {
             .map_or(Ok(0), |v| num(v, "_wait"))
             .map(Duration::from_millis)?
             .min(MAX_WAIT);
-        {
-            let this = self.clone();
-            let (q2, n2) = (q.clone(), name.to_string());
-            tokio::task::spawn_blocking(move || this.ensure(&q2, &n2))
-                .await
-                .map_err(bad)??;
+        // Checked under the lock on every pull; only a new consumer's start is written (off
+        // the async threads), so that a restart does not move it.
+        if let Some(v) = self.ensure(q, name)? {
+            self.save_async(name, v).await?;
         }
         let deadline = Instant::now() + wait;
         let mut batches = self.batches.clone();
