@@ -179,7 +179,7 @@ struct Fields {
 
 fn fields() -> impl Strategy<Value = Fields> {
     (
-        (0u8..11, 0u8..12, [id(), id(), id()], wire_key(), key()),
+        (0u8..11, 0u8..14, [id(), id(), id()], wire_key(), key()),
         (
             text(),
             bytes(),
@@ -254,6 +254,8 @@ fn build(f: &Fields) -> NetworkMessage<'_> {
             },
             9 => Declare::InterestFinal { id: a },
             10 => Declare::UndeclareInterest { id: a },
+            12 => Declare::Resync { ask: f.some[0] },
+            13 => Declare::ResyncEnd,
             _ => Declare::Source {
                 id: a,
                 node: node(b),
@@ -510,7 +512,8 @@ proptest! {
             }),
             Ok(TransportMessage::Init(_) | TransportMessage::Open(_)) => prop_assert_eq!(got, Batch::Ignored),
             // The device does not read Init and Open (a client answers neither).
-            Err(_) if matches!(bytes[0], 0 | 2) => prop_assert_eq!(got, Batch::Ignored),
+            // (an Init with the R bit offers acknowledgements: still not read).
+            Err(_) if matches!(bytes[0], 0 | 2 | 0x40) => prop_assert_eq!(got, Batch::Ignored),
             Err(_) => prop_assert_eq!(got, Batch::Malformed),
         }
     }

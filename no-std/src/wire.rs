@@ -424,11 +424,15 @@ fn transport(b: &[u8]) -> Option<Batch> {
     let kind = h & 7;
     let slot = usize::from((h >> 3) & 7) * 2 + usize::from(h & 0x40 != 0);
     let reliable = h & 0x40 != 0;
+    // Init and Open are not read (a client answers neither), whatever their body; an Init may
+    // carry the R bit (it offers acknowledgements).
+    if h == 0 || h == 2 || h == 0x40 {
+        return Some(Batch::Ignored);
+    }
     if kind < 5 && h & !7 != 0 || kind == 5 && h & 0x80 != 0 {
         return None;
     }
     let batch = match kind {
-        0 | 2 => return Some(Batch::Ignored),
         1 => {
             let version = r.u8()?;
             let id = r.take(16)?;
@@ -613,6 +617,15 @@ pub(crate) fn take(b: &[u8]) -> Option<(Msg<'_>, &[u8])> {
 
 fn declare<'a>(r: &mut Reader<'a>) -> Option<Msg<'a>> {
     let variant = r.var()?;
+    // Between routers only (a pair resync): Resync { ask } and ResyncEnd carry no id.
+    match variant {
+        12 => {
+            r.flag()?;
+            return Some(Msg::Other);
+        }
+        13 => return Some(Msg::Other),
+        _ => {}
+    }
     let id = r.var()?;
     Some(match variant {
         0 => Msg::KeyExpr {
