@@ -22,10 +22,11 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with stdout piped (stderr inherited) and kill-on-drop.
+    /// Spawns `cmd` with stdout piped and kill-on-drop; its stderr goes to the test's, each
+    /// line prefixed with `[name]` (a failed test's log then says which process said what).
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let mut child = cmd
@@ -35,6 +36,15 @@ impl Proc {
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        if let Some(err) = child.stderr.take() {
+            let tag = name.to_string();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(err).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    eprintln!("[{tag}] {l}");
+                }
+            });
+        }
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut r = BufReader::new(out).lines();

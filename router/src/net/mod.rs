@@ -842,6 +842,7 @@ impl Node {
             });
             return false;
         }
+        tracing::debug!(me = %self.id, face, ?kind, peer = %node, dialed, "face up");
         let dialer_of = |dialed: bool| if dialed { self.id } else { node };
         let existing = self
             .faces
@@ -863,7 +864,10 @@ impl Node {
             // linked for a while is not.
             if now.saturating_since(since) > SETTLED_LINK {
                 tracing::warn!(
+                    me = %self.id,
                     peer = %node,
+                    old,
+                    face,
                     proven,
                     old_proven,
                     "a second link claims node {node}, linked for {:?}: {}",
@@ -981,6 +985,7 @@ impl Node {
         let Some(f) = self.faces.remove(&face) else {
             return;
         };
+        tracing::debug!(me = %self.id, face, kind = ?f.kind, peer = %f.node, ?replacement, "face removed");
         // What it announced about itself goes with its last link: relayed only while linked,
         // and kept, it filled the table (4,096) with peers long gone (issue 16: churn).
         if !self.faces.values().any(|g| g.node == f.node) {
@@ -1193,7 +1198,13 @@ impl Node {
             .or_else(|| all.iter().min().copied());
         let me = dr == Some(self.id) && (self.is_dr || now >= hold);
         if me != self.is_dr {
-            tracing::info!(site = %site, designated = me, "designated router of the site");
+            tracing::info!(
+                me = %self.id,
+                site = %site,
+                designated = me,
+                ?incumbents,
+                "designated router of the site"
+            );
             self.is_dr = me;
             let flags = if me { linkstate::FLAG_DR } else { 0 };
             if let Some(db) = self.lsdb.as_mut() {
@@ -1285,15 +1296,22 @@ impl Node {
                         .is_some_and(|f| self.hat_kind(f) == FaceKind::RemoteRelay)
             })
             .collect();
-        if on_demand == 0 || to.is_empty() {
+        if on_demand == 0 {
             return HashSet::new();
+        }
+        let future = flags & interest::FUTURE != 0;
+        if to.is_empty() && !future {
+            return to;
         }
         let wid = self.next_local_id() as u32;
         let key = key.unwrap_or_else(OwnedKeyExpr::everything);
         for p in &to {
             self.send_interest(*p, wid, key.clone(), on_demand);
         }
-        if flags & interest::FUTURE != 0 {
+        if future {
+            // Kept even when no remote router may answer yet: `pair_up` passes it on to each
+            // router that becomes reachable (a designated router whose peers redialled it
+            // before its backbone links came back lost its peers' interests otherwise).
             self.forwarded.insert((face, id), (wid, key, on_demand));
         } else {
             // Current only: asked once, forgotten once answered (the wait holds the id).
@@ -1729,10 +1747,15 @@ impl Node {
     fn withdraw_forwarded(&mut self, wid: u32) {
         let pairs: Vec<FaceId> = self.pairs.values().copied().collect();
         for p in pairs {
-            if let Some(f) = self.faces.get_mut(&p) {
-                f.my_interests.remove(&wid);
+            // Only the routers it was passed on to are told (one kept while none could
+            // answer, or while we were not designated, reached nobody).
+            let asked = self
+                .faces
+                .get_mut(&p)
+                .is_some_and(|f| f.my_interests.remove(&wid).is_some());
+            if asked {
+                self.send(p, Msg::Declare(Decl::UndeclareInterest { id: wid }));
             }
-            self.send(p, Msg::Declare(Decl::UndeclareInterest { id: wid }));
         }
     }
 
@@ -1834,7 +1857,12 @@ impl Node {
         }
         match msg {
             Msg::Sample { sample, lane } => self.on_sample(Some(face), sample, lane),
-            Msg::Declare(d) => self.on_declare(face, d),
+            Msg::Declare(d) => {
+                if let Some(f) = self.faces.get(&face) {
+                    tracing::debug!(me = %self.id, face, kind = ?f.kind, peer = %f.node, decl = ?d, "declare in");
+                }
+                self.on_declare(face, d)
+            }
             Msg::Request(r) => self.on_request(now, face, r),
             Msg::Response { id, result } => self.on_response(face, id, result),
             Msg::ResponseFinal { id } => self.on_response_final(face, id),
@@ -2789,6 +2817,9 @@ impl Node {
                     _ => return,
                 }
             }
+        }
+        if let Msg::Declare(d) = &msg {
+            tracing::debug!(me = %self.id, face, kind = ?f.kind, peer = %f.node, decl = ?d, "declare out");
         }
         if f.kind == FaceKind::Remote {
             // Across the backbone: wrapped for the router, on the link its route leaves by.

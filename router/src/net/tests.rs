@@ -1569,6 +1569,58 @@ fn a_restarted_router_with_late_links_does_not_take_the_role() {
     );
 }
 
+/// The designated router stopped (SIGSTOP) and continued, seen as a node: every link of
+/// router 0 (the DR, lowest id) goes, router 1 takes over; then 0's links come back, its
+/// peer's first, while 0 still holds the role (an incumbent again: the lower id keeps it, 1
+/// steps down). The peer's interest reached 0 when no other router was reachable: it must
+/// still be passed on to the routers that become reachable, or 0 never learns of the remote
+/// subscriber, never declares it to the peer, and the peer's samples reach no other site
+/// (found by `tests/tests/backbone_failover.rs`: 1 run in ~7 lost every sample after the
+/// SIGCONT).
+#[test]
+fn a_peer_interest_met_before_any_remote_router_is_passed_on_when_one_appears() {
+    // 0, 1: routers of site A; 2: a peer of A; 3: router of B; 4: a client of B.
+    let mut m = Mesh::with_sites(
+        &[Router, Router, Peer, Router, Client],
+        &["A", "A", "", "B", ""],
+    );
+    let (r10, _) = m.link(1, 0);
+    let (p0, _) = m.link(2, 0);
+    m.link(2, 1);
+    let (b0, _) = m.link(3, 0);
+    m.link(3, 1);
+    m.link(4, 3);
+    m.advance(Duration::from_secs(2)); // the designated-router hold
+    assert!(m.nodes[0].is_designated() && !m.nodes[1].is_designated());
+    let sub = m.subscribe(4, "lan/**");
+    let p = m.publisher(2, "lan/x");
+    assert!(m.inbox[2].ready.contains(&p));
+    m.put(2, "lan/x", "1");
+    // 0 stopped: its links expire everywhere; 1 takes over.
+    m.unlink(r10);
+    m.unlink(p0);
+    m.unlink(b0);
+    m.advance(Duration::from_secs(2));
+    assert!(m.nodes[1].is_designated(), "the standby took over");
+    assert!(m.nodes[0].is_designated(), "0, alone, still holds the role");
+    m.put(2, "lan/x", "2");
+    // 0 continued: the peer redials it first, then the routers.
+    m.link(2, 0);
+    m.link(3, 0);
+    m.link(1, 0);
+    m.advance(Duration::from_secs(2));
+    assert!(
+        m.nodes[0].is_designated() && !m.nodes[1].is_designated(),
+        "two incumbents: the lower id keeps the role"
+    );
+    m.put(2, "lan/x", "3");
+    assert_eq!(
+        m.delivered(4, sub),
+        ["lan/x=1", "lan/x=2", "lan/x=3"],
+        "every sample once, after the designated router came back"
+    );
+}
+
 /// A control message lost with a dying link (an interest here) leaves the pair short; the route
 /// change that follows resyncs the pair and heals it: the publisher becomes ready and its
 /// samples arrive, and nothing unchanged was withdrawn (no token flap).
