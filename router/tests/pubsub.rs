@@ -420,3 +420,26 @@ async fn every_size_on_every_transport_and_reliability() {
         );
     }
 }
+
+/// A node configured with two endpoints of one neighbour (one node listening twice) keeps one
+/// link: the second endpoint's link is refused as a duplicate, and its dial loop then waits
+/// until the first link goes instead of redialling every 100 ms for as long as it lives (seen
+/// between two routers of a site, linked once from gossip and once from configuration).
+#[tokio::test]
+async fn a_linked_node_is_not_redialled_at_another_endpoint_while_the_link_lives() {
+    let mut cb = cfg("tcp/127.0.0.1:0", &[]);
+    cb.listen.push("tcp/127.0.0.1:0".parse().unwrap());
+    let b = hypha::open(cb).await.unwrap();
+    let eps: Vec<String> = b.info().listening.iter().map(|e| e.to_string()).collect();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    let a = hypha::open(cfg("tcp/127.0.0.1:0", &eps)).await.unwrap();
+    assert!(a.wait_peers(1, T).await, "no link");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One refused link, counted at each end at most (a redial every ~100 ms: ~20 each).
+    let refused = (a.info().refused_duplicate, b.info().refused_duplicate);
+    assert!(
+        refused.0 <= 1 && refused.1 <= 1,
+        "links refused as duplicates (a, b): {refused:?}"
+    );
+    assert_eq!(a.info().links.len(), 1, "{:?}", a.info().links);
+}

@@ -412,6 +412,7 @@ impl Snapshot {
             ("refused_handshaking", l(&c.refused_handshaking)),
             ("reassembly_evicted", l(&c.reassembly_evicted)),
             ("refused_identity", l(&c.refused_identity)),
+            ("refused_duplicate", l(&c.refused_duplicate)),
             ("denials_received", l(&c.denials_received)),
         ];
         Snapshot {

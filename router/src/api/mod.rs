@@ -677,6 +677,9 @@ pub struct Info {
     /// Links refused for their identity: no verified credential under `acl.require_auth`, a
     /// node id not bound to the certificate's key, a certificate naming no usable principal.
     pub refused_identity: u64,
+    /// Links refused because another link to the same node was up (two nodes dialling each
+    /// other at once: the link dialled by the smaller id stays).
+    pub refused_duplicate: u64,
     /// Refusals neighbours' access control told this node of.
     pub denials_received: u64,
     /// Serial-line framing counters (frames, CRC, COBS and overflow errors) summed over every
@@ -727,6 +730,7 @@ impl Session {
             refused_handshaking: c.refused_handshaking.load(Ordering::Relaxed),
             reassembly_evicted: c.reassembly_evicted.load(Ordering::Relaxed),
             refused_identity: c.refused_identity.load(Ordering::Relaxed),
+            refused_duplicate: c.refused_duplicate.load(Ordering::Relaxed),
             denials_received: c.denials_received.load(Ordering::Relaxed),
             serial_framing: hypha_transports::serial::framing_totals(),
         }

@@ -333,6 +333,9 @@ pub(crate) struct Counters {
     /// Links refused for their identity (no credential with `require_auth`, a node id not
     /// bound to the key, an unusable certificate).
     pub refused_identity: AtomicU64,
+    /// Links refused because another link to the same node was up (the duplicate rule: the
+    /// one dialled by the smaller id stays), or because they led back to this node.
+    pub refused_duplicate: AtomicU64,
 }
 
 /// How long a listener holding pre-shared tokens waits for a dialer's credential.
@@ -1061,6 +1064,9 @@ impl Runtime {
             up
         });
         if !accepted {
+            self.counters
+                .refused_duplicate
+                .fetch_add(1, Ordering::Relaxed);
             self.faces
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1845,13 +1851,15 @@ impl Runtime {
                             true => Role::Listener,
                             false => Role::Dialer,
                         };
-                        if face::run(rt.clone(), link, role, None, cost)
-                            .await
-                            .is_some()
-                        {
+                        if let Some(peer) = face::run(rt.clone(), link, role, None, cost).await {
                             backoff = Duration::from_millis(100);
                             ok = true;
                             broke = Some(ep.clone());
+                            // Refused as a duplicate (or replaced): another live link to that
+                            // node exists, say one dialled from gossip. Redialling at once
+                            // would be refused again, every 100 ms for as long as it lives
+                            // (seen between two routers of a site): wait until it goes.
+                            rt.wait_unlinked(peer.node_id).await;
                         }
                     }
                     Err(e) => {
@@ -1878,6 +1886,20 @@ impl Runtime {
                 }
             }
         });
+    }
+
+    /// Returns once no live link to `node` is left (or the runtime closes).
+    async fn wait_unlinked(&self, node: NodeId) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_closed() || !self.connected_to(node) {
+                return;
+            }
+            // Notified when a link closes; the timeout is a backstop.
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+        }
     }
 
     /// Discovery has settled for now: a link per configured endpoint (a client: one link), no
