@@ -409,6 +409,7 @@ mod tests {
             refused_handshaking: 0,
             reassembly_evicted: 0,
             refused_identity: 0,
+            refused_duplicate: 0,
             denials_received: 0,
             serial_framing: Default::default(),
         };
