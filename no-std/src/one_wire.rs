@@ -254,8 +254,11 @@ fn build(f: &Fields) -> NetworkMessage<'_> {
             },
             9 => Declare::InterestFinal { id: a },
             10 => Declare::UndeclareInterest { id: a },
-            12 => Declare::Resync { ask: f.some[0] },
-            13 => Declare::ResyncEnd,
+            12 => Declare::Resync {
+                ask: f.some[0],
+                round: a,
+            },
+            13 => Declare::ResyncEnd { round: a },
             _ => Declare::Source {
                 id: a,
                 node: node(b),

@@ -617,13 +617,18 @@ pub(crate) fn take(b: &[u8]) -> Option<(Msg<'_>, &[u8])> {
 
 fn declare<'a>(r: &mut Reader<'a>) -> Option<Msg<'a>> {
     let variant = r.var()?;
-    // Between routers only (a pair resync): Resync { ask } and ResyncEnd carry no id.
+    // Between routers only (a pair resync): Resync { ask, round } and ResyncEnd { round } carry
+    // no id.
     match variant {
         12 => {
             r.flag()?;
+            r.var()?;
             return Some(Msg::Other);
         }
-        13 => return Some(Msg::Other),
+        13 => {
+            r.var()?;
+            return Some(Msg::Other);
+        }
         _ => {}
     }
     let id = r.var()?;

@@ -231,13 +231,20 @@ pub enum Declare<'a> {
     /// towards the receiver follows (same ids), then [`Declare::ResyncEnd`]; the receiver then
     /// drops what the sender no longer holds (a message lost with a dying link is healed, and
     /// nothing unchanged is withdrawn and declared again). `ask`: the receiver is asked to do
-    /// the same towards the sender.
+    /// the same towards the sender. `round` numbers the sender's resyncs (increasing): one
+    /// that arrives after a newer one (it took an older, longer path while routes moved) is
+    /// stale and changes nothing.
     Resync {
         /// Resync the other way too.
         ask: bool,
+        /// The sender's resync number.
+        round: u32,
     },
-    /// The end of a [`Declare::Resync`].
-    ResyncEnd,
+    /// The end of the [`Declare::Resync`] numbered `round`.
+    ResyncEnd {
+        /// The resync it ends.
+        round: u32,
+    },
 }
 
 /// Flags of [`Declare::Interest`].

@@ -188,11 +188,15 @@ pub(crate) enum Decl {
         id: u32,
     },
     /// Between routers: what follows is everything the sender holds towards us (`ask`: do the
-    /// same towards it), until [`Decl::ResyncEnd`].
+    /// same towards it), until [`Decl::ResyncEnd`] with the same `round` (the sender's resync
+    /// number, increasing).
     Resync {
         ask: bool,
+        round: u32,
     },
-    ResyncEnd,
+    ResyncEnd {
+        round: u32,
+    },
 }
 
 /// A query as it travels.
@@ -512,11 +516,15 @@ struct Face {
     noticed: HashMap<(crate::acl::Op, Arc<str>), Instant>,
     /// A remote router's resync in progress: the ids it has not confirmed yet.
     resync: Option<Marks>,
+    /// The remote router's newest resync begun here: (its LSA epoch then, its number).
+    resync_seen: Option<(u64, u32)>,
 }
 
 /// Declarations and interests of a remote router not yet confirmed by its resync.
 #[derive(Default)]
 struct Marks {
+    /// The resync's number.
+    round: u32,
     subs: HashSet<u32>,
     qabls: HashSet<u32>,
     tokens: HashSet<u32>,
@@ -554,6 +562,7 @@ impl Face {
             unwarned: 0,
             noticed: HashMap::new(),
             resync: None,
+            resync_seen: None,
         }
     }
 }
@@ -646,6 +655,8 @@ pub(crate) struct Node {
     last_forwarded: u32,
     /// Passed-on interests asking for current matches only (forgotten once answered).
     once: HashSet<u32>,
+    /// The number of our last resync with a remote router (one sequence for all of them).
+    resync_round: u32,
 }
 
 /// How long a router waits from its first backbone event before claiming its site's
@@ -716,6 +727,7 @@ impl Node {
             dr_hold_fired: false,
             last_forwarded: 0,
             once: HashSet::new(),
+            resync_round: 0,
         }
     }
 
@@ -1683,7 +1695,9 @@ impl Node {
         let Some(f) = self.faces.get(&face) else {
             return;
         };
-        let mut msgs = vec![Decl::Resync { ask }];
+        self.resync_round = self.resync_round.wrapping_add(1);
+        let round = self.resync_round;
+        let mut msgs = vec![Decl::Resync { ask, round }];
         for ((kind, key, complete), (wid, _)) in &f.out.entries {
             let key = key.clone();
             msgs.push(match kind {
@@ -1703,7 +1717,7 @@ impl Node {
                 flags: i.flags | interest::CURRENT | interest::FUTURE,
             });
         }
-        msgs.push(Decl::ResyncEnd);
+        msgs.push(Decl::ResyncEnd { round });
         for d in msgs {
             self.send(face, Msg::Declare(d));
         }
@@ -2094,21 +2108,39 @@ impl Node {
             }
         }
         match d {
-            Decl::Resync { ask } => {
+            Decl::Resync { ask, round } => {
                 if f.kind == FaceKind::Remote {
-                    f.resync = Some(Marks {
-                        subs: f.subs.keys().copied().collect(),
-                        qabls: f.qabls.keys().copied().collect(),
-                        tokens: f.tokens.keys().copied().collect(),
-                        interests: f.their_interests.keys().copied().collect(),
-                    });
+                    // A resync older than one begun already (it came the long way while
+                    // routes moved) would drop what was declared since: it changes nothing.
+                    // Numbers restart with the router (a new LSA epoch).
+                    let epoch = self
+                        .lsdb
+                        .as_ref()
+                        .and_then(|db| db.lsa(&f.node))
+                        .map_or(0, |l| l.epoch);
+                    let fresh = f
+                        .resync_seen
+                        .is_none_or(|(e, seen)| e != epoch || round > seen);
+                    if fresh {
+                        f.resync_seen = Some((epoch, round));
+                        f.resync = Some(Marks {
+                            round,
+                            subs: f.subs.keys().copied().collect(),
+                            qabls: f.qabls.keys().copied().collect(),
+                            tokens: f.tokens.keys().copied().collect(),
+                            interests: f.their_interests.keys().copied().collect(),
+                        });
+                    }
+                    // Answered even when stale: telling it all we hold is always safe.
                     if ask {
                         self.resync_pair(face, false);
                     }
                 }
             }
-            Decl::ResyncEnd => {
-                if let Some(m) = f.resync.take() {
+            Decl::ResyncEnd { round } => {
+                if f.resync.as_ref().is_some_and(|m| m.round == round)
+                    && let Some(m) = f.resync.take()
+                {
                     for id in m.subs {
                         self.on_declare(face, Decl::Unsubscriber { id });
                     }

@@ -1621,6 +1621,72 @@ fn a_peer_interest_met_before_any_remote_router_is_passed_on_when_one_appears() 
     );
 }
 
+/// A pair's resync that arrives after a newer one (routes moved while it was on its way, so it
+/// took the longer path: seen in `tests/tests/backbone_failover.rs`, where the continued
+/// designated router's empty resync, sent before it declared its peer's subscriber, arrived
+/// after that declaration and withdrew it, and the other site's samples reached no peer) is
+/// stale: it withdraws nothing. A newer one still does.
+#[test]
+fn a_stale_resync_arriving_after_newer_declarations_withdraws_nothing() {
+    let (mut m, _, _, _) = Mesh::triangle();
+    let a = m.nodes[0].id();
+    let pa = m.nodes[2]
+        .pair_face(&a)
+        .expect("C holds a virtual face for A");
+    let has = |m: &Mesh, key: &str| {
+        m.nodes[2]
+            .declarations()
+            .iter()
+            .any(|(kind, k, src, _)| *kind == "subscriber" && k.as_str() == key && *src == Some(pa))
+    };
+    let now = m.now;
+    let deliver = |m: &mut Mesh, d: Decl| {
+        m.nodes[2].handle_message(now, pa, Msg::Declare(d));
+        m.run();
+    };
+    // Resync 5 (empty), then a declaration, then resync 3 (empty, sent before both).
+    deliver(
+        &mut m,
+        Decl::Resync {
+            ask: false,
+            round: 5,
+        },
+    );
+    deliver(&mut m, Decl::ResyncEnd { round: 5 });
+    deliver(
+        &mut m,
+        Decl::Subscriber {
+            id: 900,
+            key: k("k/x"),
+        },
+    );
+    deliver(
+        &mut m,
+        Decl::Resync {
+            ask: false,
+            round: 3,
+        },
+    );
+    deliver(&mut m, Decl::ResyncEnd { round: 3 });
+    assert!(
+        has(&m, "k/x"),
+        "the stale resync withdrew a newer declaration"
+    );
+    // An end that matches no resync begun changes nothing either.
+    deliver(&mut m, Decl::ResyncEnd { round: 6 });
+    assert!(has(&m, "k/x"));
+    // A newer resync that does not repeat it withdraws it.
+    deliver(
+        &mut m,
+        Decl::Resync {
+            ask: false,
+            round: 6,
+        },
+    );
+    deliver(&mut m, Decl::ResyncEnd { round: 6 });
+    assert!(!has(&m, "k/x"), "a newer resync heals as before");
+}
+
 /// A control message lost with a dying link (an interest here) leaves the pair short; the route
 /// change that follows resyncs the pair and heals it: the publisher becomes ready and its
 /// samples arrive, and nothing unchanged was withdrawn (no token flap).

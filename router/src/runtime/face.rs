@@ -338,8 +338,8 @@ pub(crate) fn convert_msg(
             },
             Declare::InterestFinal { id } => decl(Decl::InterestFinal { id }),
             Declare::UndeclareInterest { id } => decl(Decl::UndeclareInterest { id }),
-            Declare::Resync { ask } => decl(Decl::Resync { ask }),
-            Declare::ResyncEnd => decl(Decl::ResyncEnd),
+            Declare::Resync { ask, round } => decl(Decl::Resync { ask, round }),
+            Declare::ResyncEnd { round } => decl(Decl::ResyncEnd { round }),
             Declare::Source {
                 id,
                 node,
@@ -614,8 +614,11 @@ fn with_network(
                 },
                 Decl::InterestFinal { id } => Declare::InterestFinal { id: *id },
                 Decl::UndeclareInterest { id } => Declare::UndeclareInterest { id: *id },
-                Decl::Resync { ask } => Declare::Resync { ask: *ask },
-                Decl::ResyncEnd => Declare::ResyncEnd,
+                Decl::Resync { ask, round } => Declare::Resync {
+                    ask: *ask,
+                    round: *round,
+                },
+                Decl::ResyncEnd { round } => Declare::ResyncEnd { round: *round },
             };
             f(&NetworkMessage::Declare(d))
         }
