@@ -169,10 +169,9 @@ impl QuicTx {
                 .max_datagram_size()
                 .is_some_and(|m| batch.len() <= m)
         {
-            match self.send_datagram(batch) {
-                Some(r) => return r,
-                // Too large after all, or disabled: fall back to the lane's stream.
-                None => {}
+            // `None`: too large after all, or disabled: fall back to the lane's stream.
+            if let Some(r) = self.send_datagram(batch) {
+                return r;
             }
         }
         let lane = priority.index();
