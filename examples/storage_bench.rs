@@ -8,7 +8,8 @@ use clap::Parser;
 use hypha::api::query::{Consolidation, QueryTarget};
 use hypha::keyexpr::OwnedKeyExpr;
 use hypha::storage::{
-    self, Backend, BackendKind, MemoryBackend, SledBackend, StorageConfig, StoredSample,
+    self, Backend, BackendKind, MemoryBackend, RedbBackend, SledBackend, StorageConfig,
+    StoredSample,
 };
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
@@ -31,11 +32,41 @@ fn ingest(b: &mut dyn Backend, n: u64, size: usize) -> anyhow::Result<f64> {
     let t0 = hypha::storage::timeexpr::now_us() as u64 - n;
     let samples: Vec<StoredSample> = (0..n).map(|i| sample(i, size, t0)).collect();
     let start = Instant::now();
-    for s in &samples {
-        b.store(s)?;
+    // In batches, as the storage's writer thread stores them (up to 512 per batch).
+    for chunk in samples.chunks(512) {
+        b.store_batch(chunk)?;
+        if b.flush_due() {
+            b.flush()?;
+        }
     }
     b.flush()?;
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Every sample, page by page, in process (what a storage's replay reads from its engine).
+fn scan(b: &dyn Backend, n: u64) -> anyhow::Result<f64> {
+    let all = hypha::keyexpr::KeyExpr::new("bench/**")?;
+    let start = Instant::now();
+    let (mut got, mut after) = (0u64, None::<Vec<u8>>);
+    loop {
+        let p = b.history_page(&all, after.as_deref(), Ntp64(0), Ntp64(u64::MAX), 4096, 4096)?;
+        got += p.samples.len() as u64;
+        match p.next {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    anyhow::ensure!(got == n, "scanned {got} of {n}");
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        total += if m.is_dir() { disk_bytes(&e.path()) } else { m.len() };
+    }
+    total
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,16 +145,40 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Result<_, _>>()?,
         );
         println!("| ingest, memory, {size} B | {m:.0} |");
-        let mut v = Vec::new();
-        for _ in 0..runs {
-            let dir = tempfile_dir()?;
-            v.push(ingest(
-                &mut SledBackend::open(dir.path(), 100)?,
-                ingest_n,
-                size,
-            )?);
+    }
+    println!();
+    println!("Engines on disk, in process ({ingest_n} samples per run, batches of 512, flush every 100 ms; median of {runs}):");
+    println!();
+    println!("| engine | payload | ingest/s | scan/s | disk B/sample | reopen ms |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    type Open = fn(&std::path::Path) -> anyhow::Result<Box<dyn Backend>>;
+    let engines: [(&str, Open); 2] = [
+        ("sled", |d| Ok(Box::new(SledBackend::open(d, 100)?))),
+        ("redb", |d| Ok(Box::new(RedbBackend::open(d, 100)?))),
+    ];
+    for (name, open) in engines {
+        for size in [64usize, 1024] {
+            let (mut ing, mut sc, mut disk, mut re) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..runs {
+                let dir = tempfile_dir()?;
+                {
+                    let mut b = open(dir.path())?;
+                    ing.push(ingest(b.as_mut(), ingest_n, size)?);
+                }
+                disk.push(disk_bytes(dir.path()) as f64 / ingest_n as f64);
+                let t = Instant::now();
+                let b = open(dir.path())?;
+                re.push(t.elapsed().as_secs_f64() * 1e3);
+                sc.push(scan(b.as_ref(), ingest_n)?);
+            }
+            println!(
+                "| {name} | {size} B | {:.0} | {:.0} | {:.0} | {:.0} |",
+                median(ing),
+                median(sc),
+                median(disk),
+                median(re)
+            );
         }
-        println!("| ingest, sled, {size} B | {:.0} |", median(v));
     }
     let dir = tempfile_dir()?;
     let mut v = Vec::new();

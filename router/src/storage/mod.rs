@@ -33,12 +33,14 @@
 pub(crate) mod ack;
 mod backend;
 pub mod consumer;
+mod log_backend;
 mod redb_backend;
 pub mod timeexpr;
 
 pub use backend::{
     Backend, HistoryPage, MemoryBackend, SledBackend, StorageError, StoredSample, Summary,
 };
+pub use log_backend::{DIR as LOG_DIR, LogBackend};
 pub use redb_backend::{FILE as REDB_FILE, RedbBackend};
 
 use crate::api::query::Query;
