@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Engine {
     Memory,
+    Log,
     Redb,
     Sled,
 }
@@ -53,7 +54,7 @@ enum Cmd {
         n: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
-        #[arg(long, value_enum, default_value_t = Engine::Redb)]
+        #[arg(long, value_enum, default_value_t = Engine::Log)]
         backend: Engine,
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -95,6 +96,7 @@ async fn store(backend: Engine, dir: PathBuf, listen: String, queue: usize) -> a
     sc.backend = match backend {
         Engine::Memory => BackendKind::Memory,
         Engine::Sled => BackendKind::Sled(dir),
+        Engine::Log => BackendKind::Log(dir),
         Engine::Redb => BackendKind::Redb(dir),
     };
     sc.retain_age = None;
@@ -193,6 +195,7 @@ async fn one_run(
             .arg(match backend {
                 Engine::Memory => "memory",
                 Engine::Sled => "sled",
+                Engine::Log => "log",
                 Engine::Redb => "redb",
             })
             .arg("--dir")

@@ -8,8 +8,8 @@ use clap::Parser;
 use hypha::api::query::{Consolidation, QueryTarget};
 use hypha::keyexpr::OwnedKeyExpr;
 use hypha::storage::{
-    self, Backend, BackendKind, MemoryBackend, RedbBackend, SledBackend, StorageConfig,
-    StoredSample,
+    self, Backend, BackendKind, LogBackend, MemoryBackend, RedbBackend, SledBackend,
+    StorageConfig, StoredSample,
 };
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
@@ -152,7 +152,8 @@ async fn main() -> anyhow::Result<()> {
     println!("| engine | payload | ingest/s | scan/s | disk B/sample | reopen ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     type Open = fn(&std::path::Path) -> anyhow::Result<Box<dyn Backend>>;
-    let engines: [(&str, Open); 2] = [
+    let engines: [(&str, Open); 3] = [
+        ("log", |d| Ok(Box::new(LogBackend::open(d, 100)?))),
         ("sled", |d| Ok(Box::new(SledBackend::open(d, 100)?))),
         ("redb", |d| Ok(Box::new(RedbBackend::open(d, 100)?))),
     ];

@@ -6,7 +6,7 @@
 #    async-nats): acked publish with INFLIGHT acknowledgements in flight (its best style),
 #    core publish without ack timed until the stream holds N, an ordered consumer replaying
 #    everything; server RSS (VmHWM) and bytes under its store directory;
-#  - Hypha (`durable_bench`: the storage in its own process, redb): acked puts
+#  - Hypha (`durable_bench`: the storage in its own process, the default segment log; BACKEND=redb for redb): acked puts
 #    (`Ack::Received`, then `Ack::Durable`) with INFLIGHT in flight, Block puts timed until
 #    stored, one `_time` replay of everything; storage RSS and disk bytes.
 # Prints one JSON line per measurement, then medians and the ratios Hypha / JetStream.
@@ -51,9 +51,9 @@ PY
 }
 hy() { # size [ack]
   if [ -n "${2:-}" ]; then
-    "$HB" run --n "$N" --size "$1" --runs 1 --json --ack "$2" --inflight "$INFLIGHT" 2>/dev/null | grep '^{'
+    "$HB" run --backend "${BACKEND:-log}" --n "$N" --size "$1" --runs 1 --json --ack "$2" --inflight "$INFLIGHT" 2>/dev/null | grep '^{'
   else
-    "$HB" run --n "$N" --size "$1" --runs 1 --json 2>/dev/null | grep '^{'
+    "$HB" run --backend "${BACKEND:-log}" --n "$N" --size "$1" --runs 1 --json 2>/dev/null | grep '^{'
   fi
 }
 for r in $(seq "$ROUNDS"); do

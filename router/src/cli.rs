@@ -70,7 +70,9 @@ struct Common {
 enum BackendArg {
     /// In memory: lost when the process exits.
     Memory,
-    /// On disk (redb, one file `store.redb`), under --data-dir: the default.
+    /// On disk (a segment log, `log/`), under --data-dir: the default.
+    Log,
+    /// On disk (redb, one file `store.redb`), under --data-dir.
     Redb,
     /// On disk (sled), under --data-dir.
     Sled,
@@ -79,9 +81,9 @@ enum BackendArg {
 #[derive(Args, Clone)]
 struct StorageOpts {
     /// Where a storage keeps its samples.
-    #[arg(long, value_enum, default_value_t = BackendArg::Redb)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Log)]
     backend: BackendArg,
-    /// Where redb or sled keeps its files (default: hypha-data/<keyexpr>).
+    /// Where the storage keeps its files (default: hypha-data/<keyexpr>).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Drop history older than this (e.g. 10m, 24h). Default: 24h.
@@ -97,7 +99,7 @@ struct StorageOpts {
     /// work queue).
     #[arg(long)]
     retain_until_acked: bool,
-    /// Flush interval in milliseconds (the durability window: redb syncs a commit once this
+    /// Flush interval in milliseconds (the durability window: the log and redb sync once this
     /// long has passed since the last sync, sled writes its log this often).
     #[arg(long, default_value_t = 100)]
     flush_ms: u64,
@@ -115,17 +117,18 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     let key = hypha_core::keyexpr::OwnedKeyExpr::autocanonize(keyexpr.to_string())
         .map_err(|e| anyhow::anyhow!("invalid key expression {keyexpr:?}: {e}"))?;
     let mut c = crate::storage::StorageConfig::new(key);
-    match (o.backend, &o.data_dir) {
-        (BackendArg::Memory, _) => c.backend = crate::storage::BackendKind::Memory,
-        (BackendArg::Sled, Some(d)) => c.backend = crate::storage::BackendKind::Sled(d.clone()),
-        (BackendArg::Sled, None) => {
-            if let crate::storage::BackendKind::Redb(d) = &c.backend {
-                c.backend = crate::storage::BackendKind::Sled(d.clone());
-            }
-        }
-        (BackendArg::Redb, Some(d)) => c.backend = crate::storage::BackendKind::Redb(d.clone()),
-        (BackendArg::Redb, None) => {} // the default directory
-    }
+    use crate::storage::BackendKind;
+    let dir = match (&o.data_dir, &c.backend) {
+        (Some(d), _) => d.clone(),
+        (None, BackendKind::Log(d) | BackendKind::Redb(d) | BackendKind::Sled(d)) => d.clone(),
+        (None, BackendKind::Memory) => std::path::PathBuf::from("hypha-data"),
+    };
+    c.backend = match o.backend {
+        BackendArg::Memory => BackendKind::Memory,
+        BackendArg::Log => BackendKind::Log(dir),
+        BackendArg::Redb => BackendKind::Redb(dir),
+        BackendArg::Sled => BackendKind::Sled(dir),
+    };
     if let Some(a) = &o.retain_age {
         c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);
     }
@@ -1661,7 +1664,7 @@ mod tests {
         let a = node_args(&["peer", "--mode", "client", "--backend", "memory"]);
         assert_eq!(a.common.mode.map(Mode::from), Some(Mode::Client));
         assert_eq!(a.storage_opts.backend, BackendArg::Memory);
-        assert_eq!(node_args(&["peer"]).storage_opts.backend, BackendArg::Redb);
+        assert_eq!(node_args(&["peer"]).storage_opts.backend, BackendArg::Log);
         match parse(&[
             "get",
             "k/**",

@@ -59,7 +59,9 @@ use std::time::{Duration, Instant};
 pub enum BackendKind {
     /// In memory (lost on exit).
     Memory,
-    /// redb, in this directory (file `store.redb`): the default.
+    /// A segment log, in this directory (`log/`): the default.
+    Log(PathBuf),
+    /// redb, in this directory (file `store.redb`).
     Redb(PathBuf),
     /// sled, in this directory.
     Sled(PathBuf),
@@ -97,7 +99,7 @@ pub const DEFAULT_QUEUE: usize = 4096;
 pub const DEFAULT_BLOCK_MS: u64 = 1000;
 
 impl StorageConfig {
-    /// Defaults: redb in `hypha-data/<key>`, history kept for a day, tombstones for an hour,
+    /// Defaults: a segment log in `hypha-data/<key>`, history kept for a day, tombstones for an hour,
     /// 100 ms flushes, a queue of 4,096 samples that holds the link up to 1 s when full.
     pub fn new(key: OwnedKeyExpr) -> Self {
         let dir: String = key
@@ -112,7 +114,7 @@ impl StorageConfig {
             })
             .collect();
         StorageConfig {
-            backend: BackendKind::Redb(PathBuf::from("hypha-data").join(dir)),
+            backend: BackendKind::Log(PathBuf::from("hypha-data").join(dir)),
             key,
             retain_age: Some(Duration::from_secs(86_400)),
             retain_count: None,
@@ -303,6 +305,19 @@ fn create_dir(dir: &std::path::Path) -> Result<(), StorageError> {
     })
 }
 
+/// A directory that holds another engine's store is refused (opening it as this engine
+/// would start empty and hide what it holds).
+fn other_engine(dir: &std::path::Path, marker: &std::path::Path, engine: &str) -> Result<(), StorageError> {
+    if marker.exists() {
+        return Err(StorageError::Config(format!(
+            "{} holds a {engine} store ({}): start the storage with --backend {engine}, or move the directory away",
+            dir.display(),
+            marker.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Starts a storage on `session`.
 pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, StorageError> {
     let backend: Box<dyn Backend> = match &cfg.backend {
@@ -311,8 +326,15 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
             create_dir(dir)?;
             Box::new(SledBackend::open(dir, cfg.flush_ms)?)
         }
+        BackendKind::Log(dir) => {
+            create_dir(dir)?;
+            other_engine(dir, &dir.join(REDB_FILE), "redb")?;
+            other_engine(dir, &dir.join("db"), "sled")?;
+            Box::new(LogBackend::open(dir, cfg.flush_ms)?)
+        }
         BackendKind::Redb(dir) => {
             create_dir(dir)?;
+            other_engine(dir, &dir.join(LOG_DIR), "log")?;
             Box::new(RedbBackend::open(dir, cfg.flush_ms)?)
         }
     };
@@ -352,6 +374,7 @@ pub async fn start_with(
     let backend_name = match &cfg.backend {
         BackendKind::Memory => "memory".to_string(),
         BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
+        BackendKind::Log(dir) => format!("log:{}", dir.display()),
         BackendKind::Redb(dir) => format!("redb:{}", dir.display()),
     };
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
@@ -360,7 +383,9 @@ pub async fn start_with(
     let (batches_tx, batches_rx) = tokio::sync::watch::channel(0u64);
     let consumer_dir = match &cfg.backend {
         BackendKind::Memory => None,
-        BackendKind::Redb(d) | BackendKind::Sled(d) => Some(consumer::dir_of(d)),
+        BackendKind::Log(d) | BackendKind::Redb(d) | BackendKind::Sled(d) => {
+            Some(consumer::dir_of(d))
+        }
     };
     let consumers = Arc::new(consumer::Consumers::open(consumer_dir, batches_rx)?);
     let writer = {
