@@ -1034,7 +1034,9 @@ impl LogBackend {
             && off >= cache.at
             && off + len as u64 <= cache.at + cache.buf.len() as u64;
         if !hit {
-            let want = len.max(READ_AHEAD).min((seg.bytes.saturating_sub(off)) as usize);
+            let want = len
+                .max(cache.ahead)
+                .min((seg.bytes.saturating_sub(off)) as usize);
             if want < len {
                 return Err(StorageError::Corrupt(format!(
                     "segment {}: a record at byte {off} runs past the end",
@@ -1228,21 +1230,44 @@ fn cut_tail(file: &File, end: u64, why: Option<String>, what: &str) -> Result<()
 }
 
 /// The last block of a segment that a replay read.
-#[derive(Default)]
 struct ReadCache {
     seg: u64,
     at: u64,
     buf: Vec<u8>,
+    /// Bytes to read at once (what the page will probably use, at most [`READ_AHEAD`]).
+    ahead: usize,
+}
+
+impl Default for ReadCache {
+    fn default() -> Self {
+        ReadCache {
+            seg: 0,
+            at: 0,
+            buf: Vec::new(),
+            ahead: READ_AHEAD,
+        }
+    }
 }
 
 /// A merge of the segments' indexes in history order, from a bound.
 struct Merge {
     /// Per segment (index into `segs`): the next position, its end, and a block of entries.
     heads: Vec<(usize, usize, usize, std::collections::VecDeque<Entry>)>,
+    /// Entries read from an index at once.
+    block: usize,
 }
 
 impl Merge {
     fn new(b: &LogBackend, start: Option<Order>, incl: bool) -> Result<Self, StorageError> {
+        Self::with_block(b, start, incl, 4096)
+    }
+
+    fn with_block(
+        b: &LogBackend,
+        start: Option<Order>,
+        incl: bool,
+        block: usize,
+    ) -> Result<Self, StorageError> {
         let mut heads = Vec::new();
         for (i, seg) in b.segs.iter().enumerate() {
             let Some((_, hi)) = b.range_of(seg) else {
@@ -1259,7 +1284,10 @@ impl Merge {
                 heads.push((i, pos, seg.entries(), Default::default()));
             }
         }
-        Ok(Merge { heads })
+        Ok(Merge {
+            heads,
+            block: block.clamp(16, 4096),
+        })
     }
 
     /// The next entry in history order, and the index of its segment.
@@ -1268,7 +1296,7 @@ impl Merge {
         for h in 0..self.heads.len() {
             let (si, pos, end, q) = &mut self.heads[h];
             if q.is_empty() && *pos < *end {
-                let es = b.read_entries(&b.segs[*si], *pos, (*end - *pos).min(4096))?;
+                let es = b.read_entries(&b.segs[*si], *pos, (*end - *pos).min(self.block))?;
                 *pos += es.len();
                 q.extend(es);
             }
@@ -1342,9 +1370,12 @@ impl Backend for LogBackend {
             }
             None => ((from.0, [0u8; 16]), true),
         };
-        let mut m = Merge::new(self, Some(start.0), start.1)?;
+        // Read what the page will look at, not more.
+        let want = limit.min(scan).saturating_add(1);
+        let mut m = Merge::with_block(self, Some(start.0), start.1, want)?;
         let mut page = HistoryPage::default();
         let mut cache = ReadCache::default();
+        let mut sized = false;
         let mut last: Option<Order> = None;
         let mut seen = 0;
         while let Some((si, e)) = m.next(self)? {
@@ -1360,6 +1391,10 @@ impl Backend for LogBackend {
                 return Ok(page);
             }
             seen += 1;
+            if !sized {
+                cache.ahead = (e.len as usize).saturating_mul(want).min(READ_AHEAD);
+                sized = true;
+            }
             let s = self.sample_at(&self.segs[si], e.off, e.len, &mut cache)?;
             if matches(key, &s.key) {
                 page.samples.push(s);
