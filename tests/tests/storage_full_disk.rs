@@ -1,4 +1,4 @@
-//! A full disk (issue 16): a redb storage on a 4 MiB tmpfs keeps taking samples until the disk
+//! A full disk (issue 16): a storage (the segment log, and redb) on a 4 MiB tmpfs keeps taking samples until the disk
 //! is full, then counts what it cannot store (`errors`, `failing` set: one error line, not one
 //! per sample), stores again once there is room, and reopens serving what it had.
 //! Needs root (mount); under CI=true a failed mount fails the test.
@@ -48,9 +48,11 @@ impl Drop for Tmpfs {
     }
 }
 
-fn cfg(dir: PathBuf) -> StorageConfig {
+type Engine = fn(PathBuf) -> BackendKind;
+
+fn cfg(dir: PathBuf, engine: Engine) -> StorageConfig {
     let mut c = StorageConfig::new(OwnedKeyExpr::new("full/**".to_string()).unwrap());
-    c.backend = BackendKind::Redb(dir);
+    c.backend = engine(dir);
     c.flush_ms = 10;
     c
 }
@@ -71,7 +73,16 @@ async fn history_len(s: &hypha::Session) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_one_error_and_a_counter_and_the_store_reopens() {
+async fn a_full_disk_is_one_error_and_a_counter_and_the_log_reopens() {
+    full_disk(BackendKind::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_one_error_and_a_counter_and_redb_reopens() {
+    full_disk(BackendKind::Redb).await;
+}
+
+async fn full_disk(engine: Engine) {
     let fs = match Tmpfs::mount("4m") {
         Ok(fs) => fs,
         Err(why) => {
@@ -86,7 +97,7 @@ async fn a_full_disk_is_one_error_and_a_counter_and_the_store_reopens() {
     let mut c = hypha::Config::default();
     c.mdns = false;
     let s = hypha::open(c).await.unwrap();
-    let st = storage::start(&s, cfg(data.clone())).await.unwrap();
+    let st = storage::start(&s, cfg(data.clone(), engine)).await.unwrap();
     let p = s.declare_publisher("full/k").unwrap();
     let payload = vec![0x42u8; 1024];
     let mut sent = 0u64;
@@ -147,7 +158,7 @@ async fn a_full_disk_is_one_error_and_a_counter_and_the_store_reopens() {
     let lost = st.stats.errors.load(Ordering::Relaxed);
     st.close().await;
     // Reopen: it serves every sample it had stored.
-    let st = storage::start(&s, cfg(data)).await.unwrap();
+    let st = storage::start(&s, cfg(data, engine)).await.unwrap();
     assert_eq!(st.stats.samples.load(Ordering::Relaxed), stored);
     assert_eq!(history_len(&s).await as u64, stored);
     eprintln!(
