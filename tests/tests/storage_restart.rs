@@ -1,4 +1,4 @@
-//! Durability: a storage (the segment log, the default; redb; sled) is killed with SIGKILL in the middle of a
+//! Durability: a storage (the segment log, the default, and sled) is killed with SIGKILL in the middle of a
 //! write stream and restarted on the same data directory. It opens cleanly, and every sample published more than
 //! the flush window (plus delivery slack) before the kill is there.
 
@@ -36,11 +36,6 @@ fn storage(backend: &str, dir: &std::path::Path, ep: &str) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_older_than_the_flush_window() {
     sigkill_mid_stream("log").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_redb() {
-    sigkill_mid_stream("redb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
