@@ -8,8 +8,8 @@ use clap::Parser;
 use hypha::api::query::{Consolidation, QueryTarget};
 use hypha::keyexpr::OwnedKeyExpr;
 use hypha::storage::{
-    self, Backend, BackendKind, LogBackend, MemoryBackend, RedbBackend, SledBackend,
-    StorageConfig, StoredSample,
+    self, Backend, BackendKind, LogBackend, MemoryBackend, RedbBackend, SledBackend, StorageConfig,
+    StoredSample,
 };
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
@@ -49,7 +49,14 @@ fn scan(b: &dyn Backend, n: u64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let (mut got, mut after) = (0u64, None::<Vec<u8>>);
     loop {
-        let p = b.history_page(&all, after.as_deref(), Ntp64(0), Ntp64(u64::MAX), 4096, 4096)?;
+        let p = b.history_page(
+            &all,
+            after.as_deref(),
+            Ntp64(0),
+            Ntp64(u64::MAX),
+            4096,
+            4096,
+        )?;
         got += p.samples.len() as u64;
         match p.next {
             Some(a) => after = Some(a),
@@ -64,7 +71,11 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(m) = e.metadata() else { continue };
-        total += if m.is_dir() { disk_bytes(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            disk_bytes(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
@@ -147,7 +158,9 @@ async fn main() -> anyhow::Result<()> {
         println!("| ingest, memory, {size} B | {m:.0} |");
     }
     println!();
-    println!("Engines on disk, in process ({ingest_n} samples per run, batches of 512, flush every 100 ms; median of {runs}):");
+    println!(
+        "Engines on disk, in process ({ingest_n} samples per run, batches of 512, flush every 100 ms; median of {runs}):"
+    );
     println!();
     println!("| engine | payload | ingest/s | scan/s | disk B/sample | reopen ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");

@@ -304,10 +304,7 @@ fn frame(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
 
 /// Reads the whole frames of `file` from `from`; calls `each(offset, body)` for each. Returns
 /// where the whole frames end (a torn or damaged tail stops the scan there).
-fn scan_frames(
-    file: &File,
-    each: &mut dyn FnMut(u64, &[u8]) -> Result<(), StorageError>,
-) -> Result<(u64, Option<String>), StorageError> {
+fn scan_frames(file: &File, each: EachFrame<'_>) -> Result<(u64, Option<String>), StorageError> {
     let size = file.metadata()?.len();
     let mut r = std::io::BufReader::with_capacity(1 << 20, file);
     let mut off = 0u64;
@@ -323,7 +320,10 @@ fn scan_frames(
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let want = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         if len > MAX_FRAME || u64::from(len) > size - off - FRAME_HEADER {
-            return Ok((off, Some(format!("a frame of {len} bytes at byte {off} is cut short"))));
+            return Ok((
+                off,
+                Some(format!("a frame of {len} bytes at byte {off} is cut short")),
+            ));
         }
         body.resize(len as usize, 0);
         r.read_exact(&mut body)?;
@@ -558,9 +558,7 @@ impl LogBackend {
         })?;
         if let Some(why) = bad {
             if !active {
-                return Err(StorageError::Corrupt(format!(
-                    "sealed segment {no}: {why}"
-                )));
+                return Err(StorageError::Corrupt(format!("sealed segment {no}: {why}")));
             }
             cut_tail(&file, end, Some(why), &format!("segment {no}"))?;
         }
@@ -670,7 +668,9 @@ impl LogBackend {
                 _ => SampleKind::Delete,
             };
             if key as usize >= self.names.len() || node as usize >= self.nodes.len() {
-                return Err(StorageError::Corrupt("a latest value is out of range".into()));
+                return Err(StorageError::Corrupt(
+                    "a latest value is out of range".into(),
+                ));
             }
             latest.insert(
                 key,
@@ -702,7 +702,12 @@ impl LogBackend {
     }
 
     /// Entries `from..from + n` of a segment's index.
-    fn read_entries(&self, seg: &Segment, from: usize, n: usize) -> Result<Vec<Entry>, StorageError> {
+    fn read_entries(
+        &self,
+        seg: &Segment,
+        from: usize,
+        n: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         match &seg.index {
             Index::Mem(v) => Ok(v[from.min(v.len())..(from + n).min(v.len())].to_vec()),
             Index::File { file, len, .. } => {
@@ -852,20 +857,27 @@ impl LogBackend {
             return Ok(());
         }
         let len = file.metadata()?.len();
-        if let Err(e) = file.write_all_at(bytes, len).and_then(|()| file.sync_data()) {
+        if let Err(e) = file
+            .write_all_at(bytes, len)
+            .and_then(|()| file.sync_data())
+        {
             let _ = file.set_len(len);
             return Err(e.into());
         }
         Ok(())
     }
 
-    fn active(&self) -> &Segment {
-        self.segs.last().expect("the log always has an active segment")
+    fn active(&self) -> Result<&Segment, StorageError> {
+        self.segs.last().ok_or_else(no_active)
+    }
+
+    fn active_mut(&mut self) -> Result<&mut Segment, StorageError> {
+        self.segs.last_mut().ok_or_else(no_active)
     }
 
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) -> Result<(), StorageError> {
-        let mut seg = self.segs.pop().expect("an active segment");
+        let mut seg = self.segs.pop().ok_or_else(no_active)?;
         let r = seg
             .file
             .sync_data()
@@ -882,7 +894,7 @@ impl LogBackend {
     }
 
     fn write_batch(&mut self, batch: &[StoredSample]) -> Result<usize, StorageError> {
-        if self.active().bytes >= self.segment_bytes {
+        if self.active()?.bytes >= self.segment_bytes {
             self.roll()?;
         }
         let (names_before, nodes_before) = (self.names.len(), self.nodes.len());
@@ -890,7 +902,7 @@ impl LogBackend {
         let mut new_nodes = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let base = self.active().bytes;
+        let base = self.active()?.bytes;
         // (key id, order, frame offset in buf, frame len, payload len, kind)
         let mut recs: Vec<(u32, u64, u32, usize, u32, u32, SampleKind)> =
             Vec::with_capacity(batch.len());
@@ -953,7 +965,7 @@ impl LogBackend {
             self.buf = buf;
             return Err(e);
         }
-        let seg = self.segs.last().expect("active");
+        let seg = self.active()?;
         if let Err(e) = seg.file.write_all_at(&buf, base) {
             let _ = seg.file.set_len(base);
             self.buf = buf;
@@ -961,7 +973,7 @@ impl LogBackend {
         }
         self.buf = buf;
         let mut changed = 0;
-        let seg_no = self.active().no;
+        let seg_no = self.active()?.no;
         for (key, time, node, at, len, plen, kind) in recs {
             let off = (base + at as u64) as u32;
             let e = Entry {
@@ -973,8 +985,13 @@ impl LogBackend {
             };
             let o = self.order(time, node);
             let nodes = &self.nodes;
-            let ord = |e: &Entry| (e.time, nodes.get(e.node as usize).map_or([0xff; 16], |n| n.0));
-            let seg = self.segs.last_mut().expect("active");
+            let ord = |e: &Entry| {
+                (
+                    e.time,
+                    nodes.get(e.node as usize).map_or([0xff; 16], |n| n.0),
+                )
+            };
+            let seg = self.segs.last_mut().ok_or_else(no_active)?;
             if let Index::Mem(v) = &mut seg.index {
                 // Nearly always at the end; a late sample goes near it.
                 let p = v.len() - v.iter().rev().take_while(|x| ord(x) > o).count();
@@ -1010,13 +1027,13 @@ impl LogBackend {
                     _ => {}
                 }
                 self.latest.insert(name.clone(), l);
-                let seg = self.segs.last_mut().expect("active");
+                let seg = self.active_mut()?;
                 seg.latest.insert(key, l);
                 changed += 1;
             }
         }
-        let seg = self.segs.last_mut().expect("active");
-        seg.bytes = base + self.buf.len() as u64;
+        let end = base + self.buf.len() as u64;
+        self.active_mut()?.bytes = end;
         self.unsynced = true;
         Ok(changed)
     }
@@ -1096,9 +1113,16 @@ impl LogBackend {
         })
     }
 
-    fn latest_sample(&self, l: &Latest, cache: &mut ReadCache) -> Result<StoredSample, StorageError> {
+    fn latest_sample(
+        &self,
+        l: &Latest,
+        cache: &mut ReadCache,
+    ) -> Result<StoredSample, StorageError> {
         let seg = self.segment(l.seg).ok_or_else(|| {
-            StorageError::Corrupt(format!("a latest value is in segment {}, which is gone", l.seg))
+            StorageError::Corrupt(format!(
+                "a latest value is in segment {}, which is gone",
+                l.seg
+            ))
         })?;
         self.sample_at(seg, l.off, l.len, cache)
     }
@@ -1148,7 +1172,9 @@ impl LogBackend {
         let mut buf = Vec::new();
         let mut at = Vec::with_capacity(carry.len());
         for (_, l) in carry {
-            let seg = self.segment(l.seg).expect("a live segment");
+            let seg = self
+                .segment(l.seg)
+                .ok_or_else(|| StorageError::Corrupt(format!("segment {} is gone", l.seg)))?;
             let body = self.read_frame(seg, l.off, l.len, &mut cache)?.to_vec();
             let start = buf.len();
             frame(&mut buf, |b| {
@@ -1157,9 +1183,13 @@ impl LogBackend {
             });
             at.push((start, buf.len() - start));
         }
-        let seg = self.segs.last().expect("active");
+        let seg = self.active()?;
         let base = seg.bytes;
-        if let Err(e) = seg.file.write_all_at(&buf, base).and_then(|()| seg.file.sync_data()) {
+        if let Err(e) = seg
+            .file
+            .write_all_at(&buf, base)
+            .and_then(|()| seg.file.sync_data())
+        {
             let _ = seg.file.set_len(base);
             return Err(e.into());
         }
@@ -1173,10 +1203,10 @@ impl LogBackend {
             };
             self.latest.insert(name.clone(), nl);
             if let Some(&k) = self.ids.get(name) {
-                self.segs.last_mut().expect("active").latest.insert(k, nl);
+                self.active_mut()?.latest.insert(k, nl);
             }
         }
-        self.segs.last_mut().expect("active").bytes = base + buf.len() as u64;
+        self.active_mut()?.bytes = base + buf.len() as u64;
         Ok(())
     }
 
@@ -1206,6 +1236,13 @@ impl LogBackend {
         Ok(None)
     }
 }
+
+fn no_active() -> StorageError {
+    StorageError::Corrupt("the log has no active segment".into())
+}
+
+/// What [`scan_frames`] calls for each whole frame: its offset and body.
+type EachFrame<'a> = &'a mut dyn FnMut(u64, &[u8]) -> Result<(), StorageError>;
 
 fn not_found(e: std::io::Error) -> Result<(), std::io::Error> {
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -1311,8 +1348,7 @@ impl Merge {
             return Ok(None);
         };
         let si = self.heads[h].0;
-        let e = self.heads[h].3.pop_front().expect("a head");
-        Ok(Some((si, e)))
+        Ok(self.heads[h].3.pop_front().map(|e| (si, e)))
     }
 }
 
@@ -1360,7 +1396,9 @@ impl Backend for LogBackend {
         let start = match after {
             Some(a) => {
                 let (Some(t), Some(n)) = (a.get(..8), a.get(8..24)) else {
-                    return Err(StorageError::Corrupt("a history cursor is too short".into()));
+                    return Err(StorageError::Corrupt(
+                        "a history cursor is too short".into(),
+                    ));
                 };
                 let mut tb = [0u8; 8];
                 tb.copy_from_slice(t);
@@ -1446,7 +1484,7 @@ impl Backend for LogBackend {
         if !self.unsynced {
             return Ok(());
         }
-        self.active().file.sync_data()?;
+        self.active()?.file.sync_data()?;
         self.unsynced = false;
         self.last_sync = Instant::now();
         Ok(())
@@ -1516,7 +1554,14 @@ mod tests {
             for i in 0..600u64 {
                 // Each batch: times going down then up, two nodes with the same times.
                 let batch: Vec<StoredSample> = (0..6)
-                    .map(|j| s(&format!("k/{}", (i + j) % 7), 10_000 + i * 3 - j % 3, 1 + (j as u128 % 2), &[i as u8; 40]))
+                    .map(|j| {
+                        s(
+                            &format!("k/{}", (i + j) % 7),
+                            10_000 + i * 3 - j % 3,
+                            1 + (j as u128 % 2),
+                            &[i as u8; 40],
+                        )
+                    })
                     .collect();
                 b.store_batch(&batch).unwrap();
                 want.extend(batch);
@@ -1535,7 +1580,14 @@ mod tests {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let p = b
-                    .history_page(&KeyExpr::new("**").unwrap(), after.as_deref(), Ntp64(10_100), Ntp64(11_000), limit, scan)
+                    .history_page(
+                        &KeyExpr::new("**").unwrap(),
+                        after.as_deref(),
+                        Ntp64(10_100),
+                        Ntp64(11_000),
+                        limit,
+                        scan,
+                    )
                     .unwrap();
                 got.extend(p.samples);
                 match p.next {
@@ -1543,14 +1595,22 @@ mod tests {
                     None => break,
                 }
             }
-            let w: Vec<_> = want.iter().filter(|s| (10_100..=11_000).contains(&s.timestamp.time.0)).cloned().collect();
+            let w: Vec<_> = want
+                .iter()
+                .filter(|s| (10_100..=11_000).contains(&s.timestamp.time.0))
+                .cloned()
+                .collect();
             assert_eq!(got, w, "limit {limit} scan {scan}");
         }
         // The latest value of each key is its newest sample.
         let latest = b.latest(&KeyExpr::new("k/*").unwrap()).unwrap();
         assert_eq!(latest.len(), 7);
         for l in &latest {
-            let newest = want.iter().filter(|s| s.key == l.key).max_by_key(|s| (s.timestamp.time, s.timestamp.id.0)).unwrap();
+            let newest = want
+                .iter()
+                .filter(|s| s.key == l.key)
+                .max_by_key(|s| (s.timestamp.time, s.timestamp.id.0))
+                .unwrap();
             assert_eq!(l, newest);
         }
     }
@@ -1580,7 +1640,10 @@ mod tests {
         drop(b);
         let b = LogBackend::open(dir.path(), 100).unwrap();
         assert_eq!(b.history_len(), 10);
-        assert_eq!(b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload, b"after");
+        assert_eq!(
+            b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload,
+            b"after"
+        );
         // A flipped byte in the middle of a record: its checksum fails, it and what follows
         // are cut (the active segment), and said.
         let size = std::fs::metadata(&seg).unwrap().len();
@@ -1599,7 +1662,8 @@ mod tests {
         {
             let mut b = LogBackend::open_with(dir.path(), 100, 500).unwrap();
             for i in 0..100 {
-                b.store(&s(&format!("k/{}", i % 5), 100 + i, 1, &[7; 30])).unwrap();
+                b.store(&s(&format!("k/{}", i % 5), 100 + i, 1, &[7; 30]))
+                    .unwrap();
             }
             assert!(b.segs.len() > 3);
         }
@@ -1609,8 +1673,14 @@ mod tests {
         let b = LogBackend::open_with(dir.path(), 100, 500).unwrap();
         assert_eq!(times(&all(&b)), (100..200).collect::<Vec<_>>());
         drop(b);
-        assert!(seg_path(&log, 2, "idx").exists(), "the index was written again");
-        let f = OpenOptions::new().write(true).open(seg_path(&log, 1, "seg")).unwrap();
+        assert!(
+            seg_path(&log, 2, "idx").exists(),
+            "the index was written again"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(seg_path(&log, 1, "seg"))
+            .unwrap();
         f.write_all_at(b"\x00\x00\x00", 20).unwrap();
         drop(f);
         std::fs::remove_file(seg_path(&log, 1, "idx")).unwrap();
@@ -1629,13 +1699,25 @@ mod tests {
     fn retention_deletes_segments_and_keeps_latest_values() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(DIR);
-        let segs = || std::fs::read_dir(&log).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg")).count();
+        let segs = || {
+            std::fs::read_dir(&log)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".seg")
+                })
+                .count()
+        };
         {
             let mut b = LogBackend::open_with(dir.path(), 100, 1_000).unwrap();
             // "old" is written once, first; the others keep being written.
             b.store(&s("old", 1, 1, b"keep me")).unwrap();
             for i in 0..300 {
-                b.store(&s(&format!("k/{}", i % 3), 10 + i, 1, &[1; 20])).unwrap();
+                b.store(&s(&format!("k/{}", i % 3), 10 + i, 1, &[1; 20]))
+                    .unwrap();
             }
             let before = segs();
             assert!(before > 5);
@@ -1647,7 +1729,10 @@ mod tests {
             assert_eq!(b.summary().bytes, 100 * 20);
             // By age: below 250.
             assert_eq!(b.prune(Some(Ntp64(250)), None, None).unwrap(), 40);
-            assert_eq!(b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload, b"keep me");
+            assert_eq!(
+                b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload,
+                b"keep me"
+            );
             // A late sample below the floor is past retention: not stored.
             assert_eq!(b.store_batch(&[s("k/0", 5, 1, b"late")]).unwrap(), 0);
             assert_eq!(b.history_len(), 60);
@@ -1655,7 +1740,10 @@ mod tests {
         let b = LogBackend::open_with(dir.path(), 100, 1_000).unwrap();
         assert_eq!(b.history_len(), 60);
         assert_eq!(times(&all(&b)), (250..310).collect::<Vec<_>>());
-        assert_eq!(b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload, b"keep me");
+        assert_eq!(
+            b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload,
+            b"keep me"
+        );
         assert_eq!(b.latest(&KeyExpr::new("**").unwrap()).unwrap().len(), 4);
         assert_eq!(b.summary().keys, 4);
     }
@@ -1687,10 +1775,16 @@ mod tests {
         // The active segment's file, made read-only underneath the log.
         let seg = seg_path(&dir.path().join(DIR), 0, "seg");
         b.segs.last_mut().unwrap().file = File::open(&seg).unwrap();
-        assert!(matches!(b.store_batch(&[s("b", 2, 1, b"two"), s("a", 3, 1, b"three")]), Err(StorageError::Io(_))));
+        assert!(matches!(
+            b.store_batch(&[s("b", 2, 1, b"two"), s("a", 3, 1, b"three")]),
+            Err(StorageError::Io(_))
+        ));
         assert_eq!(b.history_len(), 1);
         assert!(b.latest(&KeyExpr::new("b").unwrap()).unwrap().is_empty());
-        assert_eq!(b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload, b"one");
+        assert_eq!(
+            b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload,
+            b"one"
+        );
         b.segs.last_mut().unwrap().file = open_rw(&seg).unwrap();
         b.store_batch(&[s("b", 2, 1, b"two")]).unwrap();
         drop(b);

@@ -307,7 +307,11 @@ fn create_dir(dir: &std::path::Path) -> Result<(), StorageError> {
 
 /// A directory that holds another engine's store is refused (opening it as this engine
 /// would start empty and hide what it holds).
-fn other_engine(dir: &std::path::Path, marker: &std::path::Path, engine: &str) -> Result<(), StorageError> {
+fn other_engine(
+    dir: &std::path::Path,
+    marker: &std::path::Path,
+    engine: &str,
+) -> Result<(), StorageError> {
     if marker.exists() {
         return Err(StorageError::Config(format!(
             "{} holds a {engine} store ({}): start the storage with --backend {engine}, or move the directory away",
