@@ -169,9 +169,10 @@ impl QuicTx {
                 .max_datagram_size()
                 .is_some_and(|m| batch.len() <= m)
         {
-            // `None`: too large after all, or disabled: fall back to the lane's stream.
-            if let Some(r) = self.send_datagram(batch) {
-                return r;
+            match self.send_datagram(batch) {
+                Some(r) => return r,
+                // Too large after all, or disabled: fall back to the lane's stream.
+                None => {}
             }
         }
         let lane = priority.index();
