@@ -36,7 +36,6 @@ mod endpoint;
 mod link;
 mod mem;
 mod quic;
-pub mod quic_driver;
 pub mod serial;
 mod stream;
 mod tcp_rtt;
