@@ -244,26 +244,25 @@ async fn one_run(
             client.wait_queryable(&key, Duration::from_secs(10)).await,
             "no storage queryable"
         );
-        // Each put in a task of its own, at most `inflight` at once.
-        let pubs: Vec<std::sync::Arc<hypha::Publisher>> =
-            pubs.into_iter().map(std::sync::Arc::new).collect();
-        let room = std::sync::Arc::new(tokio::sync::Semaphore::new(inflight.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
+        // JetStream's bench style: one task, the puts' futures in a `FuturesUnordered`, at most
+        // `inflight` at once.
+        use futures_util::StreamExt;
+        let mut pending = futures_util::stream::FuturesUnordered::new();
         for i in 0..n / 100 * 100 {
-            let permit = room.clone().acquire_owned().await?;
-            let p = pubs[(i % 100) as usize].clone();
-            let payload = payload.clone();
-            tasks.spawn(async move {
-                let r = p.put(payload).ack(level).await;
-                drop(permit);
-                r
-            });
-            while let Some(r) = tasks.try_join_next() {
-                r??;
+            pending.push(
+                pubs[(i % 100) as usize]
+                    .put(payload.clone())
+                    .ack(level)
+                    .into_future(),
+            );
+            while pending.len() >= inflight.max(1) {
+                if let Some(r) = pending.next().await {
+                    r?;
+                }
             }
         }
-        while let Some(r) = tasks.join_next().await {
-            r??;
+        while let Some(r) = pending.next().await {
+            r?;
         }
         let n = n / 100 * 100;
         let rate = n as f64 / start.elapsed().as_secs_f64();

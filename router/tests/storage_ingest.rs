@@ -319,8 +319,8 @@ async fn acknowledged_puts_in_flight_share_their_queries() {
         assert_eq!(r.unwrap().unwrap().acked, 1);
     }
     assert_eq!(st.stats.acks.load(Ordering::Relaxed), 1000);
-    // At most 4 acknowledgement queries in flight per publisher, each carrying what was
-    // queued when it left: far fewer queries than puts.
+    // One acknowledgement query in flight per publisher, carrying what was queued when it
+    // left: far fewer queries than puts.
     let queries = st.stats.queries.load(Ordering::Relaxed) - before;
     assert!(
         queries <= 100,

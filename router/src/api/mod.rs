@@ -1054,10 +1054,13 @@ pub struct PutReport {
 }
 
 /// A publisher's acknowledgements in flight. A put that asks for one queues its sequence
-/// number; at most [`ACK_BATCHES`] queries are in flight per publisher, each carrying every
-/// sequence number queued when it left (`key?_acks=<node>.<publisher>;_wait=MS[;_durable=1]`,
-/// payload: the postcard list), and each storage answers once with the ones it holds. So many
-/// puts in flight cost a few queries, not one each.
+/// number; one query per publisher is in flight at a time, carrying every sequence number
+/// queued when it left (`key?_acks=<node>.<publisher>;_wait=MS[;_durable=1]`, payload: the
+/// postcard list), and each storage answers once with the ones it holds; what queued meanwhile
+/// leaves when the answer is in. So many puts in flight cost a few queries, not one each. (One
+/// query in flight measured best: 1.2-1.4x the acknowledged puts per second of 2 or 4 in
+/// flight with 5,000 puts in flight on 100 publishers, `durable_bench --ack received`; the
+/// price is that a put made while its publisher's query is out waits for that one first.)
 #[derive(Default)]
 pub(crate) struct AckBatcher {
     q: Mutex<AckQueue>,
@@ -1076,8 +1079,8 @@ struct AckReq {
     tx: tokio::sync::oneshot::Sender<Result<usize, PublishError>>,
 }
 
-/// Acknowledgement queries in flight per publisher, at most.
-const ACK_BATCHES: usize = 4;
+/// Acknowledgement queries in flight per publisher, at most (see [`AckBatcher`]).
+const ACK_BATCHES: usize = 1;
 /// Sequence numbers per acknowledgement query, at most.
 const ACK_BATCH: usize = 4096;
 
@@ -1156,7 +1159,7 @@ async fn acknowledged(
     wait: Duration,
     src: &crate::sample::SampleSource,
     sns: &[u32],
-) -> Result<(std::collections::HashMap<u32, usize>, Option<String>), PublishError> {
+) -> Result<(rustc_hash::FxHashMap<u32, usize>, Option<String>), PublishError> {
     let selector = format!(
         "{key}?_acks={}.{};_wait={}{}",
         src.node,
@@ -1175,7 +1178,7 @@ async fn acknowledged(
         .await?
         .collect()
         .await;
-    let mut counts = std::collections::HashMap::new();
+    let mut counts = rustc_hash::FxHashMap::default();
     let mut err = None;
     for r in replies {
         match r.result {

@@ -10,8 +10,9 @@
 
 use crate::sample::SampleSource;
 use hypha_core::id::NodeId;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -27,25 +28,45 @@ pub(super) enum Level {
     Durable,
 }
 
+/// One publisher's recent sequence numbers, and the acknowledgements waiting for it.
 #[derive(Default)]
 struct Recent {
     order: VecDeque<u32>,
-    batch: HashMap<u32, u64>,
+    /// Sequence number → the batch it was committed in. Keys are capped per publisher
+    /// (`RECENT`), so a hasher without flood resistance costs at most that many probes.
+    batch: FxHashMap<u32, u64>,
+    /// Woken when a batch holding one of this publisher's samples is committed: an
+    /// acknowledgement waits on its own publisher, not on every commit of every publisher.
+    notify: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct Inner {
-    sources: HashMap<(NodeId, u32), Recent>,
-    /// Last batch committed, last batch synced.
+    sources: FxHashMap<(NodeId, u32), Recent>,
+    /// Last batch synced.
     durable_batch: u64,
     durable_waiters: usize,
+}
+
+impl Inner {
+    fn holds(&self, node: NodeId, publisher: u32, sn: u32, level: Level) -> bool {
+        let Some(batch) = self
+            .sources
+            .get(&(node, publisher))
+            .and_then(|r| r.batch.get(&sn))
+        else {
+            return false;
+        };
+        level == Level::Received || *batch <= self.durable_batch
+    }
 }
 
 /// Shared by the writer thread and the query tasks.
 #[derive(Default)]
 pub(super) struct Acks {
     inner: Mutex<Inner>,
-    notify: Notify,
+    /// Woken by every sync (durable acknowledgements), and when the table starts afresh.
+    flushed: Notify,
 }
 
 impl Acks {
@@ -66,12 +87,24 @@ impl Acks {
         if sources.is_empty() {
             return;
         }
+        let mut wake: Vec<Arc<Notify>> = Vec::new();
+        let mut last = None;
         let mut g = self.lock();
         for s in sources {
-            if g.sources.len() >= MAX_SOURCES && !g.sources.contains_key(&(s.node, s.publisher)) {
-                g.sources.clear();
+            let id = (s.node, s.publisher);
+            if g.sources.len() >= MAX_SOURCES && !g.sources.contains_key(&id) {
+                // Starting afresh: whoever waits re-reads the table.
+                wake.extend(g.sources.drain().map(|(_, r)| r.notify));
+                self.flushed.notify_waiters();
+                last = None;
             }
-            let r = g.sources.entry((s.node, s.publisher)).or_default();
+            let r = g.sources.entry(id).or_default();
+            if last != Some(id) {
+                last = Some(id);
+                if !wake.iter().any(|n| Arc::ptr_eq(n, &r.notify)) {
+                    wake.push(r.notify.clone());
+                }
+            }
             if r.batch.insert(s.sn, batch).is_none() {
                 r.order.push_back(s.sn);
                 if r.order.len() > RECENT
@@ -82,13 +115,15 @@ impl Acks {
             }
         }
         drop(g);
-        self.notify.notify_waiters();
+        for n in wake {
+            n.notify_waiters();
+        }
     }
 
     /// Everything up to batch `batch` is synced.
     pub(super) fn flushed(&self, batch: u64) {
         self.lock().durable_batch = batch;
-        self.notify.notify_waiters();
+        self.flushed.notify_waiters();
     }
 
     /// Whether someone waits for a durable acknowledgement (the writer then syncs at once).
@@ -103,39 +138,81 @@ impl Acks {
         g.durable_waiters > 0 && g.durable_batch < batch
     }
 
-    fn holds(&self, s: &SampleSource, level: Level) -> bool {
-        let g = self.lock();
-        let Some(batch) = g
-            .sources
-            .get(&(s.node, s.publisher))
-            .and_then(|r| r.batch.get(&s.sn))
-        else {
-            return false;
+    /// Waits until every one of `sns` of `publisher` at `node` is stored at `level`, or until
+    /// `deadline`; returns those that are, in the order asked. One lock per wake-up for the
+    /// whole list, and only this publisher's commits (and syncs) wake it.
+    pub(super) async fn wait_all(
+        &self,
+        node: NodeId,
+        publisher: u32,
+        sns: &[u32],
+        level: Level,
+        deadline: Instant,
+    ) -> Vec<u32> {
+        let mut missing: Vec<u32> = {
+            let mut g = self.lock();
+            if level == Level::Durable {
+                g.durable_waiters += 1;
+            }
+            sns.iter()
+                .copied()
+                .filter(|&sn| !g.holds(node, publisher, sn, level))
+                .collect()
         };
-        level == Level::Received || *batch <= g.durable_batch
-    }
-
-    /// Waits until `s` is stored at `level`, until `deadline`. Returns whether it is.
-    pub(super) async fn wait(&self, s: SampleSource, level: Level, deadline: Instant) -> bool {
-        if level == Level::Durable {
-            self.lock().durable_waiters += 1;
+        while !missing.is_empty() {
+            // The publisher's notify is read afresh each round (the table may have started
+            // afresh), and both waits are enabled before the table is read again, so a
+            // commit in between is not missed.
+            let notify = {
+                let mut g = self.lock();
+                let room =
+                    g.sources.len() < MAX_SOURCES || g.sources.contains_key(&(node, publisher));
+                room.then(|| {
+                    g.sources
+                        .entry((node, publisher))
+                        .or_default()
+                        .notify
+                        .clone()
+                })
+            };
+            let synced = self.flushed.notified();
+            tokio::pin!(synced);
+            synced.as_mut().enable();
+            let mut committed = notify.as_ref().map(|n| Box::pin(n.notified()));
+            if let Some(c) = committed.as_mut() {
+                c.as_mut().enable();
+            }
+            {
+                let g = self.lock();
+                missing.retain(|&sn| !g.holds(node, publisher, sn, level));
+            }
+            if missing.is_empty() {
+                break;
+            }
+            let woken = async {
+                match committed {
+                    Some(c) => tokio::select! { _ = c => {}, _ = synced => {} },
+                    None => synced.await,
+                }
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                let g = self.lock();
+                missing.retain(|&sn| !g.holds(node, publisher, sn, level));
+                break;
+            }
         }
-        let done = loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.holds(&s, level) {
-                break true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break self.holds(&s, level);
-            }
-        };
         if level == Level::Durable {
             let mut g = self.lock();
             g.durable_waiters = g.durable_waiters.saturating_sub(1);
         }
-        done
+        if missing.is_empty() {
+            return sns.to_vec();
+        }
+        missing.sort_unstable();
+        sns.iter()
+            .copied()
+            .filter(|sn| missing.binary_search(sn).is_err())
+            .collect()
     }
 }
 
@@ -170,26 +247,29 @@ mod tests {
         }
     }
 
+    /// Which of `sns` (publisher 3 of node 9) are held at `level`, waiting at most `ms`.
+    async fn held(a: &Acks, sns: &[u32], level: Level, ms: u64) -> Vec<u32> {
+        let until = Instant::now() + std::time::Duration::from_millis(ms);
+        a.wait_all(NodeId::from_u128(9), 3, sns, level, until).await
+    }
+
     #[tokio::test]
     async fn received_then_durable_and_duplicates() {
         let a = Acks::default();
-        let soon = Instant::now() + std::time::Duration::from_millis(20);
         assert!(
-            !a.wait(src(1), Level::Received, soon).await,
+            held(&a, &[1], Level::Received, 20).await.is_empty(),
             "not stored yet"
         );
         assert!(!a.seen(&src(1)));
         a.stored(&[src(1), src(2)], 1);
         assert!(a.seen(&src(1)));
-        let soon = Instant::now() + std::time::Duration::from_millis(20);
-        assert!(a.wait(src(1), Level::Received, soon).await);
+        assert_eq!(held(&a, &[1], Level::Received, 20).await, [1]);
         assert!(
-            !a.wait(src(1), Level::Durable, soon).await,
+            held(&a, &[1], Level::Durable, 20).await.is_empty(),
             "not synced yet"
         );
         a.flushed(1);
-        let soon = Instant::now() + std::time::Duration::from_millis(20);
-        assert!(a.wait(src(2), Level::Durable, soon).await);
+        assert_eq!(held(&a, &[2], Level::Durable, 20).await, [2]);
         assert!(!a.durable_wanted());
         // Remembered for the last 4,096 numbers only.
         let many: Vec<SampleSource> = (10..10 + RECENT as u32).map(src).collect();
@@ -199,19 +279,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_list_answers_with_what_is_held_in_the_order_asked() {
+        let a = Acks::default();
+        a.stored(&[src(7), src(3)], 1);
+        assert_eq!(held(&a, &[9, 7, 5, 3], Level::Received, 20).await, [7, 3]);
+        // Another publisher's samples are not this one's.
+        let other = SampleSource {
+            publisher: 4,
+            ..src(9)
+        };
+        a.stored(&[other], 2);
+        assert_eq!(held(&a, &[9], Level::Received, 20).await, Vec::<u32>::new());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_each_commit_until_its_whole_list_is_in() {
+        let a = std::sync::Arc::new(Acks::default());
+        let b = a.clone();
+        let w = tokio::spawn(async move { held(&b, &[1, 2, 3], Level::Received, 10_000).await });
+        tokio::task::yield_now().await;
+        a.stored(&[src(1)], 1);
+        tokio::task::yield_now().await;
+        a.stored(&[src(3), src(2)], 2);
+        let t0 = std::time::Instant::now();
+        assert_eq!(w.await.unwrap(), [1, 2, 3]);
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "woken, not timed out"
+        );
+    }
+
+    #[tokio::test]
     async fn a_waiter_is_woken_when_its_sample_is_stored() {
         let a = std::sync::Arc::new(Acks::default());
         let b = a.clone();
-        let w = tokio::spawn(async move {
-            let later = Instant::now() + std::time::Duration::from_secs(10);
-            b.wait(src(5), Level::Durable, later).await
-        });
+        let w = tokio::spawn(async move { held(&b, &[5], Level::Durable, 10_000).await });
         while !a.durable_wanted() {
             tokio::task::yield_now().await;
         }
         a.stored(&[src(5)], 7);
         a.flushed(7);
-        assert!(w.await.unwrap());
+        assert_eq!(w.await.unwrap(), [5]);
     }
 
     #[test]

@@ -475,6 +475,8 @@ struct Writer {
 struct Batch {
     samples: Vec<StoredSample>,
     sources: Vec<crate::sample::SampleSource>,
+    /// The same, to find a duplicate within the batch.
+    sourced: rustc_hash::FxHashSet<crate::sample::SampleSource>,
 }
 
 impl Writer {
@@ -535,7 +537,7 @@ impl Writer {
     /// already stored (a duplicate: counted, not stored twice).
     fn take(&self, s: Sample, batch: &mut Batch) {
         if let Some(src) = s.source {
-            if self.acks.seen(&src) || batch.sources.contains(&src) {
+            if self.acks.seen(&src) || !batch.sourced.insert(src) {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -585,6 +587,7 @@ impl Writer {
             self.batches.send_replace(self.batch_no);
         }
         batch.sources.clear();
+        batch.sourced.clear();
         let failed = match (r, flushed) {
             (Err(e), _) => {
                 self.stats.errors.fetch_add(n, Ordering::Relaxed);
@@ -825,17 +828,7 @@ async fn acknowledge(q: &Query, v: String, st: &StorageStats, acks: &ack::Acks) 
         .map_or(ACK_WAIT, Duration::from_millis)
         .min(ACK_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut held = Vec::with_capacity(sns.len());
-    for sn in &sns {
-        let src = crate::sample::SampleSource {
-            node,
-            publisher,
-            sn: *sn,
-        };
-        if acks.wait(src, level, deadline).await {
-            held.push(*sn);
-        }
-    }
+    let held = acks.wait_all(node, publisher, &sns, level, deadline).await;
     st.acks.fetch_add(held.len() as u64, Ordering::Relaxed);
     st.ack_timeouts
         .fetch_add((sns.len() - held.len()) as u64, Ordering::Relaxed);
