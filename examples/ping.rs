@@ -30,6 +30,11 @@ struct Args {
     /// pings' link: what is left is the machine's CPU contention, not the link's queueing.
     #[arg(long)]
     bulk_separate: bool,
+    /// Pace the bulk to this many MiB/s (0: as fast as the link takes it). A paced bulk leaves
+    /// the CPU to the pings, so what is measured is the link's queueing, not a saturated
+    /// machine.
+    #[arg(long, default_value_t = 0.0)]
+    bulk_rate: f64,
     /// Samples per round trip: send this many pings back to back, time until the last echo
     /// (puts closer together than 50 µs are batched by the link's writer).
     #[arg(long, default_value_t = 1)]
@@ -47,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         warmup,
         bulk,
         bulk_separate,
+        bulk_rate,
         burst,
         net,
     } = Args::parse();
@@ -94,8 +100,16 @@ async fn main() -> anyhow::Result<()> {
         }
         let blob = bytes::Bytes::from(vec![0x5au8; bulk]);
         let sent = bulk_sent.clone();
+        // One sample every `bulk / rate` seconds; a late one does not make the next earlier.
+        let every = (bulk_rate > 0.0)
+            .then(|| Duration::from_secs_f64(bulk as f64 / (bulk_rate * (1u64 << 20) as f64)));
         Some(tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now();
             loop {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(next).await;
+                    next = (next + every).max(tokio::time::Instant::now());
+                }
                 if p.put(blob.clone()).await.is_err() {
                     break;
                 }
@@ -142,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
+            "bulk_rate": bulk_rate,
             "burst": burst,
             "bulk_mib_s": bulk_mib_s,
             "p50_us": percentile(&rtts, 50.0), "p99_us": percentile(&rtts, 99.0),

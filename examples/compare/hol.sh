@@ -4,6 +4,9 @@
 # session (its own link: the machine's CPU contention alone, the floor a same-link figure can
 # reach), REPS rounds interleaved, per transport (PROTOS, default "tcp quic").
 # X=DIR runs the ping/pong binaries in DIR (e.g. an older build, for an A/B in the same run).
+# RATES="50 200" paces the bulk to each of these MiB/s in turn (`ping --bulk-rate`; 0, the
+# default, is as fast as the link takes it): a paced bulk leaves the CPU to the pings, so the
+# link's own queueing is what is measured.
 #
 #   examples/compare/hol.sh          # REPS (default 3), N round trips (default 3000), BULK bytes
 set -euo pipefail
@@ -13,8 +16,9 @@ REPS=${REPS:-3}
 N=${N:-3000}
 BULK=${BULK:-1048576}
 PROTOS=${PROTOS:-tcp quic}
+RATES=${RATES:-0}
 [ -n "${NOBUILD:-}" ] || cargo build --release -q -p hypha-examples --example ping --example pong --manifest-path "$ROOT/Cargo.toml"
-X=${X:-"$ROOT/target/release/examples"}
+X=${X:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"}
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -31,6 +35,10 @@ run() { # proto bulk round [extra ping args]
 }
 for r in $(seq 1 "$REPS"); do
   for proto in $PROTOS; do
-    run "$proto" 0 "$r"; run "$proto" "$BULK" "$r"; run "$proto" "$BULK" "$r" --bulk-separate
+    run "$proto" 0 "$r"
+    for rate in $RATES; do
+      run "$proto" "$BULK" "$r" --bulk-rate "$rate"
+      run "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
+    done
   done
 done

@@ -345,7 +345,7 @@ fn spawn_readers(conn: quinn::Connection) -> QuicRx {
                 Ok(s) => {
                     let t = t.clone();
                     readers.push(AbortOnDrop(tokio::spawn(async move {
-                        let mut r = StreamRx::new(Box::new(s));
+                        let mut r = StreamRx::one_lane(Box::new(s));
                         loop {
                             // A stream that ends (finished, or reset) ends only this task: the
                             // connection's fate is reported by the accept loop below.

@@ -23,6 +23,16 @@ const READ_CHUNK: usize = 128 * 1024;
 const FIRST_READ: usize = 2048;
 /// Batches from this size on are written with a vectored write instead of being copied.
 const VECTORED_FROM: usize = 4096;
+/// The most a reader reads ahead of the batch it hands out, looking for a more urgent one
+/// behind bulk: about what the kernel's receive buffer holds (see [`tcp_tune`]), so a
+/// real-time batch anywhere in it is found.
+const LOOKAHEAD: usize = 2 << 20;
+/// Lanes from this one down (`Priority::index`) are looked past: a batch of a higher lane
+/// (Control, RealTime) is handed out at once, one of these only after the reader has read what
+/// the socket holds behind it (up to [`LOOKAHEAD`]) and found nothing more urgent.
+const LOOK_PAST: usize = hypha_core::wire::Priority::InteractiveHigh as usize;
+/// Header kind of a `Close` transport message (see `core/WIRE.md`).
+const CLOSE_KIND: u8 = 3;
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -40,11 +50,63 @@ pub struct StreamTx {
 }
 
 /// Receiving half of a stream link.
+///
+/// The lanes of a TCP, unix or TLS link share one byte stream, so a real-time batch arrives
+/// behind whatever bulk was written before it. When the next batch is of a lower lane (see
+/// [`LOOK_PAST`]), the reader first reads what the socket already holds (without waiting, up to
+/// [`LOOKAHEAD`]), splits it into batches (no copy: slices of the read buffer) and hands out
+/// the highest-priority one: the session's lanes are independent (sequence numbers and
+/// reassembly per lane), so only the order within a lane is kept, as on QUIC, where each lane
+/// has its own stream. A `Close` is handed out last.
 pub struct StreamRx {
     r: Reader,
     buf: BytesMut,
     /// How much room the next read asks for ([`FIRST_READ`] doubling to [`READ_CHUNK`]).
     chunk: usize,
+    /// Look past low-lane batches (false for a stream that carries one lane: QUIC).
+    lanes: bool,
+    ahead: Box<Ahead>,
+}
+
+/// Batches read ahead, per lane, in stream order within each.
+#[derive(Default)]
+struct Ahead {
+    lanes: [std::collections::VecDeque<Bytes>; hypha_core::session::LANES],
+    bytes: usize,
+    /// The peer's `Close`, handed out once the lanes are empty.
+    close: Option<Bytes>,
+    /// The read that ended the stream (or failed) while reading ahead: reported once the
+    /// batches before it are handed out.
+    end: Option<LinkError>,
+}
+
+impl Ahead {
+    fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.close.is_none()
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if b.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+            self.close = Some(b);
+            return;
+        }
+        let lane = crate::batch_lane(&b).0.index();
+        if let Some(q) = self.lanes.get_mut(lane) {
+            self.bytes += b.len();
+            q.push_back(b);
+        }
+    }
+
+    /// The highest-priority batch read ahead (the `Close` last).
+    fn pop(&mut self) -> Option<Bytes> {
+        for q in &mut self.lanes {
+            if let Some(b) = q.pop_front() {
+                self.bytes -= b.len();
+                return Some(b);
+            }
+        }
+        self.close.take()
+    }
 }
 
 impl fmt::Debug for StreamTx {
@@ -187,26 +249,113 @@ impl StreamRx {
             r,
             buf: BytesMut::new(),
             chunk: FIRST_READ,
+            lanes: true,
+            ahead: Box::default(),
         }
     }
 
+    /// A reader of a stream that carries one lane (a QUIC lane's stream): batches in order,
+    /// nothing read ahead (QUIC's flow control holds that lane back, not this reader).
+    pub(crate) fn one_lane(r: Reader) -> Self {
+        StreamRx {
+            lanes: false,
+            ..StreamRx::new(r)
+        }
+    }
+
+    /// The next batch: the next in the stream, or, when that one is of a low lane, the most
+    /// urgent one the socket already holds (see [`StreamRx`]).
     pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
+        if self.ahead.is_empty() {
+            let b = match self.ahead.end.take() {
+                None => self.next_in_stream().await?,
+                // The stream ended while reading ahead: what is buffered first.
+                Some(e) => match self.split_one()? {
+                    Some(b) => {
+                        self.ahead.end = Some(e);
+                        b
+                    }
+                    None => return Err(e),
+                },
+            };
+            if !self.lanes || crate::batch_lane(&b).0.index() < LOOK_PAST {
+                return Ok(b);
+            }
+            self.ahead.push(b);
+        }
+        self.read_ahead();
+        // Not empty: it held a batch, or one was just pushed.
+        self.ahead.pop().ok_or(LinkError::Closed)
+    }
+
+    /// Splits the complete batches buffered into `ahead`, reading what the socket holds
+    /// without waiting, until [`LOOKAHEAD`] bytes are ahead or the socket has nothing more.
+    fn read_ahead(&mut self) {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.ahead.bytes < LOOKAHEAD {
+            match self.split_one() {
+                Ok(Some(b)) => {
+                    self.ahead.push(b);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.ahead.end = Some(e);
+                    break;
+                }
+            }
+            if self.ahead.end.is_some() {
+                break;
+            }
+            self.make_room();
+            let read = {
+                let f = self.r.read_buf(&mut self.buf);
+                tokio::pin!(f);
+                f.poll(&mut cx)
+            };
+            match read {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) => self.ahead.end = Some(LinkError::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => self.ahead.end = Some(closed_or_io(e)),
+            }
+        }
+    }
+
+    /// A complete batch at the front of the buffer, if there is one.
+    fn split_one(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if self.buf.len() < 2 {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_le_bytes([self.buf[0], self.buf[1]]));
+        if len == 0 {
+            return Err(LinkError::BadLength(0));
+        }
+        if self.buf.len() < 2 + len {
+            self.buf.reserve(2 + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(2);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Room for the next read.
+    fn make_room(&mut self) {
+        let room = self.buf.capacity() - self.buf.len();
+        if room < self.chunk / 2 {
+            self.buf.reserve(self.chunk);
+        }
+    }
+
+    /// The next batch in stream order, waiting for the socket if need be.
+    async fn next_in_stream(&mut self) -> Result<Bytes, LinkError> {
         loop {
-            if self.buf.len() >= 2 {
-                let len = usize::from(u16::from_le_bytes([self.buf[0], self.buf[1]]));
-                if len == 0 {
-                    return Err(LinkError::BadLength(0));
-                }
-                if self.buf.len() >= 2 + len {
-                    self.buf.advance(2);
-                    return Ok(self.buf.split_to(len).freeze());
-                }
-                self.buf.reserve(2 + len - self.buf.len());
+            if let Some(b) = self.split_one()? {
+                return Ok(b);
             }
-            let room = self.buf.capacity() - self.buf.len();
-            if room < self.chunk / 2 {
-                self.buf.reserve(self.chunk);
-            }
+            self.make_room();
             let room = self.buf.capacity() - self.buf.len();
             let n = self.r.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
             if n == 0 {
@@ -486,6 +635,124 @@ mod tests {
             rx.buf.capacity() <= 4 * FIRST_READ,
             "rx {}",
             rx.buf.capacity()
+        );
+    }
+
+    use hypha_core::wire::{self, CloseReason, Priority, TransportMessage};
+
+    /// A batch of `len` bytes on lane `p`, as the stream carries it (length prefix), with its
+    /// index in the payload so that order can be checked.
+    fn framed(p: Priority, len: usize, index: u8) -> Vec<u8> {
+        let mut b = vec![index; len];
+        let h = wire::encode_frame_header(&mut b, p, true, 0).unwrap();
+        assert!(h < len);
+        let mut out = (len as u16).to_le_bytes().to_vec();
+        out.extend_from_slice(&b);
+        out
+    }
+
+    fn close_batch() -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        let n = TransportMessage::Close(wire::Close {
+            reason: CloseReason::Shutdown,
+            detail: "",
+        })
+        .encode(&mut b)
+        .unwrap();
+        let mut out = (n as u16).to_le_bytes().to_vec();
+        out.extend_from_slice(&b[..n]);
+        out
+    }
+
+    /// A reader over everything in `bytes`, already written (and the stream ended), so what
+    /// it hands out does not depend on timing.
+    async fn reader_of(bytes: &[u8]) -> StreamRx {
+        let (mut w, r) = tokio::io::duplex(bytes.len() + 1);
+        w.write_all(bytes).await.unwrap();
+        drop(w);
+        StreamRx::new(Box::new(r))
+    }
+
+    /// (lane, index) of each batch handed out, until the stream ends.
+    async fn drain(rx: &mut StreamRx) -> Vec<(usize, u8)> {
+        let mut got = Vec::new();
+        while let Ok(b) = rx.recv().await {
+            let lane = crate::batch_lane(&b).0.index();
+            got.push((
+                lane,
+                if b[0] & 7 == CLOSE_KIND {
+                    255
+                } else {
+                    b[b.len() - 1]
+                },
+            ));
+        }
+        got
+    }
+
+    /// Issue 15: on a stream link a real-time batch written behind a megabyte of bulk is
+    /// handed out before the bulk the socket holds ahead of it, with no more than the batch
+    /// being handed out when it was read (here none: the head batch was bulk, so the reader
+    /// looked past it); each lane keeps its order, and the peer's `Close` comes last.
+    #[tokio::test]
+    async fn a_real_time_batch_overtakes_bulk_already_received() {
+        let mut bytes = Vec::new();
+        for i in 0..16 {
+            bytes.extend(framed(Priority::Background, 65_000, i));
+        }
+        bytes.extend(framed(Priority::RealTime, 100, 100));
+        bytes.extend(framed(Priority::Background, 65_000, 16));
+        bytes.extend(framed(Priority::Data, 500, 50));
+        bytes.extend(close_batch());
+        let mut rx = reader_of(&bytes).await;
+        let got = drain(&mut rx).await;
+        let mut want = vec![
+            (Priority::RealTime.index(), 100),
+            (Priority::Data.index(), 50),
+        ];
+        want.extend((0..17).map(|i| (Priority::Background.index(), i)));
+        want.push((Priority::Control.index(), 255));
+        assert_eq!(got, want);
+    }
+
+    /// A batch of a high lane is handed out as soon as it is read (a ping pays no read
+    /// ahead); a lower one behind it waits for nothing but its turn.
+    #[tokio::test]
+    async fn high_lanes_are_handed_out_in_stream_order() {
+        let mut bytes = Vec::new();
+        bytes.extend(framed(Priority::RealTime, 100, 1));
+        bytes.extend(framed(Priority::Data, 100, 2));
+        bytes.extend(framed(Priority::RealTime, 100, 3));
+        bytes.extend(framed(Priority::Control, 100, 4));
+        let mut rx = reader_of(&bytes).await;
+        let got = drain(&mut rx).await;
+        let (rt, data, ctl) = (
+            Priority::RealTime.index(),
+            Priority::Data.index(),
+            Priority::Control.index(),
+        );
+        // 1 first (a high lane at the head); then the head is Data: the reader looks past it
+        // and hands out 4 (Control) and 3 (RealTime) before it.
+        assert_eq!(got, vec![(rt, 1), (ctl, 4), (rt, 3), (data, 2)]);
+    }
+
+    /// A QUIC lane's stream carries one lane: its reader never reads ahead.
+    #[tokio::test]
+    async fn a_one_lane_reader_keeps_stream_order() {
+        let mut bytes = Vec::new();
+        bytes.extend(framed(Priority::Background, 1000, 1));
+        bytes.extend(framed(Priority::RealTime, 100, 2));
+        let (mut w, r) = tokio::io::duplex(bytes.len() + 1);
+        w.write_all(&bytes).await.unwrap();
+        drop(w);
+        let mut rx = StreamRx::one_lane(Box::new(r));
+        let got = drain(&mut rx).await;
+        assert_eq!(
+            got,
+            vec![
+                (Priority::Background.index(), 1),
+                (Priority::RealTime.index(), 2)
+            ]
         );
     }
 
