@@ -543,6 +543,64 @@ fn a_skipped_lane_waits_while_the_others_go() {
     assert_eq!(order, [(Priority::Data, 4), (Priority::Background, 60_000)]);
 }
 
+/// Issue 15: a RealTime message queued while a 1 MiB Background message is being fragmented
+/// waits for at most the one fragment already handed out: every batch after it is the RealTime
+/// frame, whenever it is queued, and no fragment exceeds the batch size. Then the bulk resumes
+/// where it stopped and arrives whole.
+#[test]
+fn a_higher_lane_waits_at_most_one_fragment_of_bulk() {
+    let mut p = Pair::new(cfg(1), cfg(2));
+    p.drive();
+    let payload = vec![3u8; 1 << 20];
+    let bulk = NetworkMessage::Push(Push {
+        key: crate::wire::WireKey::Name("bulk"),
+        kind: SampleKind::Put,
+        payload: RawBytes(&payload),
+        timestamp: None,
+        encoding: None,
+        attachment: None,
+    });
+    p.a.send(Priority::Background, true, &bulk).unwrap();
+    let lane = |b: &[u8]| Priority::from_bits(b[0] >> 3);
+    let mut buf = vec![0u8; 65_535];
+    let (mut fragments, mut pings) = (0, 0u8);
+    while let Some(n) = p.a.poll_transmit(p.now, &mut buf) {
+        assert!(n <= p.a.batch_size());
+        assert_eq!(lane(&buf[..n]), Priority::Background);
+        fragments += 1;
+        p.b.handle_input(p.now, &buf[..n], &mut |r| p.got_b.push(own(r)));
+        // A ping queued after any fragment goes out next, ahead of the rest of the bulk.
+        if fragments % 3 == 1 {
+            pings += 1;
+            let ping = NetworkMessage::Put(Put {
+                key_id: 1,
+                payload: core::slice::from_ref(&pings),
+            });
+            p.a.send(Priority::RealTime, true, &ping).unwrap();
+            let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
+            assert_eq!(
+                lane(&buf[..n]),
+                Priority::RealTime,
+                "after fragment {fragments}"
+            );
+            p.b.handle_input(p.now, &buf[..n], &mut |r| p.got_b.push(own(r)));
+        }
+    }
+    assert!(fragments >= 16, "{fragments}");
+    // Every ping arrived, in order, each before the bulk completed; the bulk arrived whole.
+    let pings_got: Vec<u8> = p
+        .got_b
+        .iter()
+        .filter_map(|g| match g {
+            Got::Put { payload, .. } => payload.first().copied(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pings_got, (1..=pings).collect::<Vec<u8>>());
+    assert!(matches!(p.got_b.last(), Some(Got::Push { payload: got, .. }) if *got == payload));
+    assert!(p.b.is_open());
+}
+
 #[test]
 fn ten_mib_payload_is_fragmented_and_reassembled() {
     let mut ca = cfg(1);
