@@ -27,6 +27,8 @@ enum Engine {
     Log,
     Redb,
     Sled,
+    /// Needs `--features fjall`.
+    Fjall,
 }
 
 #[derive(Parser)]
@@ -98,6 +100,7 @@ async fn store(backend: Engine, dir: PathBuf, listen: String, queue: usize) -> a
         Engine::Sled => BackendKind::Sled(dir),
         Engine::Log => BackendKind::Log(dir),
         Engine::Redb => BackendKind::Redb(dir),
+        Engine::Fjall => BackendKind::Fjall(dir),
     };
     sc.retain_age = None;
     sc.queue = queue;
@@ -197,6 +200,7 @@ async fn one_run(
                 Engine::Sled => "sled",
                 Engine::Log => "log",
                 Engine::Redb => "redb",
+                Engine::Fjall => "fjall",
             })
             .arg("--dir")
             .arg(dir.path())

@@ -165,11 +165,16 @@ async fn main() -> anyhow::Result<()> {
     println!("| engine | payload | ingest/s | scan/s | disk B/sample | reopen ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     type Open = fn(&std::path::Path) -> anyhow::Result<Box<dyn Backend>>;
-    let engines: [(&str, Open); 3] = [
+    #[allow(unused_mut)] // more with the fjall feature
+    let mut engines: Vec<(&str, Open)> = vec![
         ("log", |d| Ok(Box::new(LogBackend::open(d, 100)?))),
         ("sled", |d| Ok(Box::new(SledBackend::open(d, 100)?))),
         ("redb", |d| Ok(Box::new(RedbBackend::open(d, 100)?))),
     ];
+    #[cfg(feature = "fjall")]
+    engines.push(("fjall", |d| {
+        Ok(Box::new(hypha::storage::FjallBackend::open(d, 100)?))
+    }));
     for (name, open) in engines {
         for size in [64usize, 1024] {
             let (mut ing, mut sc, mut disk, mut re) = (vec![], vec![], vec![], vec![]);

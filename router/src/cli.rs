@@ -76,6 +76,8 @@ enum BackendArg {
     Redb,
     /// On disk (sled), under --data-dir.
     Sled,
+    /// On disk (fjall), under --data-dir; only in a build with `--features fjall`.
+    Fjall,
 }
 
 #[derive(Args, Clone)]
@@ -120,7 +122,13 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
     use crate::storage::BackendKind;
     let dir = match (&o.data_dir, &c.backend) {
         (Some(d), _) => d.clone(),
-        (None, BackendKind::Log(d) | BackendKind::Redb(d) | BackendKind::Sled(d)) => d.clone(),
+        (
+            None,
+            BackendKind::Log(d)
+            | BackendKind::Redb(d)
+            | BackendKind::Sled(d)
+            | BackendKind::Fjall(d),
+        ) => d.clone(),
         (None, BackendKind::Memory) => std::path::PathBuf::from("hypha-data"),
     };
     c.backend = match o.backend {
@@ -128,6 +136,7 @@ fn storage_config(keyexpr: &str, o: &StorageOpts) -> Result<crate::storage::Stor
         BackendArg::Log => BackendKind::Log(dir),
         BackendArg::Redb => BackendKind::Redb(dir),
         BackendArg::Sled => BackendKind::Sled(dir),
+        BackendArg::Fjall => BackendKind::Fjall(dir),
     };
     if let Some(a) = &o.retain_age {
         c.retain_age = Some(crate::storage::timeexpr::parse_duration(a)?);

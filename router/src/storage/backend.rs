@@ -174,7 +174,7 @@ fn live_delta(old: Option<&StoredSample>, new: &StoredSample) -> i64 {
 }
 
 /// History index: time, then node id, then key (the same event stored twice is one record).
-fn hist_key(s: &StoredSample) -> Vec<u8> {
+pub(super) fn hist_key(s: &StoredSample) -> Vec<u8> {
     let mut k = Vec::with_capacity(24 + s.key.len());
     k.extend_from_slice(&s.timestamp.time.0.to_be_bytes());
     k.extend_from_slice(&s.timestamp.id.0);
@@ -681,71 +681,63 @@ mod tests {
         exercise(&mut MemoryBackend::new());
     }
 
-    #[test]
-    fn redb_backend_and_reopen() {
-        use crate::storage::RedbBackend;
-        let dir = tempfile::tempdir().unwrap();
+    type Open = fn(&Path) -> Box<dyn Backend>;
+
+    /// What every engine on disk does: [`exercise`], then after a reopen the same history and
+    /// latest values; a batch stored twice (a retry) is stored once. Returns the reopened engine.
+    fn exercise_reopen_and_retry(open: Open, dir: &Path) -> Box<dyn Backend> {
         {
-            let mut b = RedbBackend::open(dir.path(), 100).unwrap();
-            exercise(&mut b);
+            let mut b = open(dir);
+            exercise(b.as_mut());
             b.flush().unwrap();
         }
-        let b = RedbBackend::open(dir.path(), 100).unwrap();
+        let mut b = open(dir);
         assert_eq!(b.history_len(), 2);
-        assert_eq!((b.summary().keys, b.summary().bytes), (1, 4));
-        assert_eq!(b.latest(&KeyExpr::new("a/**").unwrap()).unwrap().len(), 1);
-        // A batch is one transaction; storing the same sample again (a retry) overwrites it.
-        let mut b = b;
+        assert_eq!(b.summary().bytes, 4);
+        let latest = b.latest(&KeyExpr::new("a/**").unwrap()).unwrap();
+        assert_eq!(latest[0].payload, b"x");
         let batch = [
             s("b/1", SampleKind::Put, 30, "p"),
             s("b/2", SampleKind::Put, 31, "q"),
         ];
         assert_eq!(b.store_batch(&batch).unwrap(), 2);
-        assert_eq!(b.store_batch(&batch).unwrap(), 0);
+        assert_eq!(
+            b.store_batch(&batch).unwrap(),
+            0,
+            "a retry is not stored twice"
+        );
         assert_eq!(b.history_len(), 4);
         assert_eq!(b.summary().keys, 3);
+        b
+    }
+
+    #[test]
+    fn redb_backend_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let open: Open = |d| Box::new(crate::storage::RedbBackend::open(d, 100).unwrap());
+        exercise_reopen_and_retry(open, dir.path());
     }
 
     #[test]
     fn log_backend_and_reopen() {
-        use crate::storage::LogBackend;
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut b = LogBackend::open(dir.path(), 100).unwrap();
-            exercise(&mut b);
-            b.flush().unwrap();
-        }
-        let b = LogBackend::open(dir.path(), 100).unwrap();
-        assert_eq!(b.history_len(), 2);
-        assert_eq!(b.summary().bytes, 4);
+        let open: Open = |d| Box::new(crate::storage::LogBackend::open(d, 100).unwrap());
+        let b = exercise_reopen_and_retry(open, dir.path());
         assert_eq!(b.summary().oldest.map(|t| t.time.0), Some(15));
-        // The expired tombstone of a/2 is still in the log: it comes back after a restart
-        // (kept longer, never resurrecting the key).
-        let latest = b.latest(&KeyExpr::new("a/**").unwrap()).unwrap();
-        assert_eq!(latest[0].payload, b"x");
-        let mut b = b;
-        let batch = [
-            s("b/1", SampleKind::Put, 30, "p"),
-            s("b/2", SampleKind::Put, 31, "q"),
-        ];
-        assert_eq!(b.store_batch(&batch).unwrap(), 2);
-        // A retry (same timestamp and node) is not stored twice.
-        assert_eq!(b.store_batch(&batch).unwrap(), 0);
-        assert_eq!(b.history_len(), 4);
-        assert_eq!(b.summary().keys, 3);
     }
 
     #[test]
     fn sled_backend_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut b = SledBackend::open(dir.path(), 100).unwrap();
-            exercise(&mut b);
-            b.flush().unwrap();
-        }
-        let b = SledBackend::open(dir.path(), 100).unwrap();
-        assert_eq!(b.history_len(), 2);
-        assert_eq!((b.summary().keys, b.summary().bytes), (1, 4));
-        assert_eq!(b.latest(&KeyExpr::new("a/**").unwrap()).unwrap().len(), 1);
+        let open: Open = |d| Box::new(SledBackend::open(d, 100).unwrap());
+        exercise_reopen_and_retry(open, dir.path());
+    }
+
+    #[cfg(feature = "fjall")]
+    #[test]
+    fn fjall_backend_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let open: Open = |d| Box::new(crate::storage::FjallBackend::open(d, 100).unwrap());
+        exercise_reopen_and_retry(open, dir.path());
     }
 }

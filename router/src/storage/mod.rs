@@ -33,6 +33,8 @@
 pub(crate) mod ack;
 mod backend;
 pub mod consumer;
+#[cfg(feature = "fjall")]
+mod fjall_backend;
 mod log_backend;
 mod redb_backend;
 pub mod timeexpr;
@@ -40,6 +42,8 @@ pub mod timeexpr;
 pub use backend::{
     Backend, HistoryPage, MemoryBackend, SledBackend, StorageError, StoredSample, Summary,
 };
+#[cfg(feature = "fjall")]
+pub use fjall_backend::FjallBackend;
 pub use log_backend::{DIR as LOG_DIR, LogBackend};
 pub use redb_backend::{FILE as REDB_FILE, RedbBackend};
 
@@ -65,6 +69,9 @@ pub enum BackendKind {
     Redb(PathBuf),
     /// sled, in this directory.
     Sled(PathBuf),
+    /// fjall, in this directory (only in a build with the `fjall` feature; otherwise starting
+    /// the storage is refused with [`StorageError::Config`]).
+    Fjall(PathBuf),
 }
 
 /// A storage's settings.
@@ -322,6 +329,18 @@ fn other_engine(
     Ok(())
 }
 
+#[cfg(feature = "fjall")]
+fn fjall_engine(dir: &std::path::Path, flush_ms: u64) -> Result<Box<dyn Backend>, StorageError> {
+    Ok(Box::new(FjallBackend::open(dir, flush_ms)?))
+}
+
+#[cfg(not(feature = "fjall"))]
+fn fjall_engine(_: &std::path::Path, _: u64) -> Result<Box<dyn Backend>, StorageError> {
+    Err(StorageError::Config(
+        "this build has no fjall engine: build hypha with `--features fjall`".into(),
+    ))
+}
+
 /// Starts a storage on `session`.
 pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, StorageError> {
     let backend: Box<dyn Backend> = match &cfg.backend {
@@ -340,6 +359,12 @@ pub async fn start(session: &Session, cfg: StorageConfig) -> Result<Storage, Sto
             create_dir(dir)?;
             other_engine(dir, &dir.join(LOG_DIR), "log")?;
             Box::new(RedbBackend::open(dir, cfg.flush_ms)?)
+        }
+        BackendKind::Fjall(dir) => {
+            create_dir(dir)?;
+            other_engine(dir, &dir.join(LOG_DIR), "log")?;
+            other_engine(dir, &dir.join(REDB_FILE), "redb")?;
+            fjall_engine(dir, cfg.flush_ms)?
         }
     };
     start_with(session, cfg, backend).await
@@ -380,6 +405,7 @@ pub async fn start_with(
         BackendKind::Sled(dir) => format!("sled:{}", dir.display()),
         BackendKind::Log(dir) => format!("log:{}", dir.display()),
         BackendKind::Redb(dir) => format!("redb:{}", dir.display()),
+        BackendKind::Fjall(dir) => format!("fjall:{}", dir.display()),
     };
     let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -387,9 +413,10 @@ pub async fn start_with(
     let (batches_tx, batches_rx) = tokio::sync::watch::channel(0u64);
     let consumer_dir = match &cfg.backend {
         BackendKind::Memory => None,
-        BackendKind::Log(d) | BackendKind::Redb(d) | BackendKind::Sled(d) => {
-            Some(consumer::dir_of(d))
-        }
+        BackendKind::Log(d)
+        | BackendKind::Redb(d)
+        | BackendKind::Sled(d)
+        | BackendKind::Fjall(d) => Some(consumer::dir_of(d)),
     };
     let consumers = Arc::new(consumer::Consumers::open(consumer_dir, batches_rx)?);
     let writer = {
