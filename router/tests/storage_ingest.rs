@@ -272,6 +272,20 @@ async fn acknowledged_puts() {
     }
     assert_eq!(st.stats.acks.load(Ordering::Relaxed), 21);
     assert_eq!(st.stats.stored.load(Ordering::Relaxed), 21);
+    // A publisher option: every put of it is acknowledged without asking each time.
+    let pa = b.declare_publisher("ack/k2").unwrap().ack(Ack::Durable);
+    assert!(pa.wait_matching(T).await);
+    for i in 0..5 {
+        assert_eq!(pa.put(format!("p{i}")).await.unwrap().acked, 1);
+    }
+    assert_eq!(pa.delete().await.unwrap().acked, 1);
+    assert_eq!(st.stats.acks.load(Ordering::Relaxed), 27);
+    // The plain publisher still does not ask.
+    assert_eq!(p.put("plain").await.unwrap().acked, 0);
+    wait_until(T, async || st.stats.stored.load(Ordering::Relaxed) == 28)
+        .await
+        .expect("stored");
+    assert_eq!(st.stats.acks.load(Ordering::Relaxed), 27);
     // No storage holds the key.
     let lone = b.declare_publisher("elsewhere/k").unwrap();
     match lone.put("x").ack(Ack::Received).await {

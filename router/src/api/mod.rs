@@ -829,6 +829,7 @@ impl Session {
             decl: None,
             sn: std::sync::atomic::AtomicU32::new(0),
             acks: Arc::default(),
+            ack: None,
         })
     }
 
@@ -923,6 +924,8 @@ pub struct Publisher {
     sn: std::sync::atomic::AtomicU32,
     /// Acknowledgements asked and not yet answered, sent in batches.
     acks: Arc<AckBatcher>,
+    /// What every put asks for unless it says otherwise ([`Publisher::ack`]).
+    ack: Option<(Ack, Duration)>,
 }
 
 impl Drop for Publisher {
@@ -955,6 +958,23 @@ impl Publisher {
     /// Drop (default) or block when a destination is congested.
     pub fn congestion_control(mut self, c: CongestionControl) -> Self {
         self.qos.congestion = c;
+        self
+    }
+
+    /// Every put and delete of this publisher waits for the storages' acknowledgement at
+    /// `level`, as [`PutBuilder::ack`] does for one (which a put can still change with its
+    /// own `.ack(..)` / `.ack_timeout(..)`).
+    pub fn ack(mut self, level: Ack) -> Self {
+        let t = self.ack.map_or(Duration::from_secs(5), |(_, t)| t);
+        self.ack = Some((level, t));
+        self
+    }
+
+    /// How long this publisher's acknowledged puts wait (default 5 s, at most 10 s); sets
+    /// [`Ack::Received`] if no level was set.
+    pub fn ack_timeout(mut self, t: Duration) -> Self {
+        let level = self.ack.map_or(Ack::Received, |(l, _)| l);
+        self.ack = Some((level, t.min(Duration::from_secs(10))));
         self
     }
 
@@ -1216,7 +1236,7 @@ impl<'a> PutBuilder<'a> {
             attachment: None,
             timestamp: None,
             encoding: publisher.encoding.clone(),
-            ack: None,
+            ack: publisher.ack,
         }
     }
 
