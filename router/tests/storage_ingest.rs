@@ -342,3 +342,73 @@ async fn acknowledged_puts_in_flight_share_their_queries() {
     );
     st.close().await;
 }
+
+/// A replay larger than a link's backlog cap (65,536 messages) to a querier behind a slow link
+/// (a 2 MB/s proxy): the storage's replies wait for room instead of piling up until the cap
+/// closes the link, every sample arrives, and the storage goes on storing meanwhile. (Without
+/// the wait, the storage had handed 65,536 replies to the link by the time ingest was done.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_to_a_slow_querier_waits_for_room_and_ingest_goes_on() {
+    use common::proxy::{tcp_addr, throttled};
+    const N: u64 = 100_000;
+    let a = hypha::open(common::node_config("tcp/127.0.0.1:0", &[]))
+        .await
+        .unwrap();
+    let mut c = scfg("rp/**", 4096, 1000);
+    c.retain_count = None;
+    let st = storage::start(&a, c).await.unwrap();
+    let p = a.declare_publisher("rp/k").unwrap();
+    for i in 0..N {
+        p.put(format!("{i:032}")).await.unwrap();
+    }
+    wait_until(T, async || st.stats.stored.load(Ordering::Relaxed) == N)
+        .await
+        .expect("not all stored");
+    let via = throttled(tcp_addr(&a), 2_000_000).await;
+    let b = hypha::open(common::node_config(
+        "tcp/127.0.0.1:0",
+        &[format!("tcp/{via}")],
+    ))
+    .await
+    .unwrap();
+    assert!(b.wait_peers(1, T).await, "no link");
+    let k = OwnedKeyExpr::new("rp/k".to_string()).unwrap();
+    assert!(b.wait_queryable(&k, T).await);
+    let mut replies = b
+        .get("rp/**?_time=[..]")
+        .target(QueryTarget::All)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    // The first replies are in: the replay is under way. Ingest goes on beside it.
+    let mut got = 0u64;
+    while got < 100 {
+        assert!(replies.recv().await.unwrap().result.is_ok());
+        got += 1;
+    }
+    let q = a.declare_publisher("rp/during").unwrap();
+    for i in 0..1000 {
+        q.put(format!("d{i}")).await.unwrap();
+    }
+    wait_until(T, async || {
+        st.stats.stored.load(Ordering::Relaxed) == N + 1000
+    })
+    .await
+    .expect("ingest stalled behind the replay");
+    // Replies the storage had sent by the time ingest was done: the replay was under way.
+    let at_ingest_done = st.stats.replied.load(Ordering::Relaxed);
+    while let Some(r) = replies.recv().await {
+        assert!(r.result.is_ok(), "an error reply: {:?}", r.result.err());
+        got += 1;
+    }
+    assert!(got >= N, "{got} of {N} replayed: the link closed?");
+    assert!(
+        at_ingest_done < N / 2,
+        "the storage had sent {at_ingest_done} of {got} replies when ingest finished: replies \
+         outrun the slow link instead of waiting for room"
+    );
+    let i = a.info();
+    assert_eq!(i.dropped_link_closed, 0, "{i:?}");
+    st.close().await;
+}

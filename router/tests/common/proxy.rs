@@ -65,3 +65,44 @@ pub async fn proxy(target: std::net::SocketAddr, cut: Arc<AtomicBool>) -> std::n
     });
     addr
 }
+
+/// Forwards bytes one way at about `rate` bytes per second.
+async fn slow_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: u64,
+) {
+    let mut buf = vec![0u8; 4 * 1024];
+    let t0 = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        sent += n as u64;
+        tokio::time::sleep_until(t0 + Duration::from_micros(sent * 1_000_000 / rate)).await;
+    }
+}
+
+/// A proxy to `target` that moves at most about `rate` bytes per second each way (a slow
+/// link); returns its address.
+pub async fn throttled(target: std::net::SocketAddr, rate: u64) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let Ok(s) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (cr, cw) = c.into_split();
+            let (sr, sw) = s.into_split();
+            tokio::spawn(slow_pipe(cr, sw, rate));
+            tokio::spawn(slow_pipe(sr, cw, rate));
+        }
+    });
+    addr
+}
