@@ -194,6 +194,21 @@ fn crc(b: &[u8]) -> u32 {
     crc32fast::hash(b)
 }
 
+/// A record of the batch being written, until its frame is on disk.
+struct Pending {
+    key: u32,
+    time: u64,
+    node: u32,
+    /// The frame's offset in the batch buffer.
+    at: usize,
+    /// The frame's length.
+    len: u32,
+    /// The payload's length.
+    plen: u32,
+    kind: SampleKind,
+}
+
+/// LEB128, 64-bit (core's `wire::varint` is 32-bit and crate-private).
 fn put_var(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -903,9 +918,9 @@ impl LogBackend {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let base = self.active()?.bytes;
-        // (key id, order, frame offset in buf, frame len, payload len, kind)
-        let mut recs: Vec<(u32, u64, u32, usize, u32, u32, SampleKind)> =
-            Vec::with_capacity(batch.len());
+        let mut recs: Vec<Pending> = Vec::with_capacity(batch.len());
+        // (time, node) of this batch's records: a retry within the batch is stored once.
+        let mut in_batch: rustc_hash::FxHashSet<(u64, u32)> = Default::default();
         for s in batch {
             let node = self.node_idx(s.timestamp.id, &mut new_nodes);
             let key = self.key_id(&s.key, &mut new_keys);
@@ -914,7 +929,7 @@ impl LogBackend {
             // A retried sample (same timestamp, same node) is stored once. One older than the
             // floor is already past retention: not stored.
             if self.floor.is_some_and(|f| o < f)
-                || recs.iter().any(|r| r.1 == time && r.2 == node)
+                || in_batch.contains(&(time, node))
                 || self.contains(o)?
             {
                 continue;
@@ -937,7 +952,16 @@ impl LogBackend {
                 b.extend_from_slice(&s.payload);
             });
             let len = (buf.len() - at) as u32;
-            recs.push((key, time, node, at, len, s.payload.len() as u32, s.kind));
+            in_batch.insert((time, node));
+            recs.push(Pending {
+                key,
+                time,
+                node,
+                at,
+                len,
+                plen: s.payload.len() as u32,
+                kind: s.kind,
+            });
         }
         if base + buf.len() as u64 > u64::from(u32::MAX) {
             let n = buf.len();
@@ -974,7 +998,16 @@ impl LogBackend {
         self.buf = buf;
         let mut changed = 0;
         let seg_no = self.active()?.no;
-        for (key, time, node, at, len, plen, kind) in recs {
+        for Pending {
+            key,
+            time,
+            node,
+            at,
+            len,
+            plen,
+            kind,
+        } in recs
+        {
             let off = (base + at as u64) as u32;
             let e = Entry {
                 time,
