@@ -181,6 +181,31 @@ async fn unacknowledged_samples_come_again_then_go_to_the_dead_letter_key() {
     // With every sample done, the position is the last one.
     assert!(d.flush(T).await);
     assert_eq!(c.acked_ahead, 0);
+    // The admin space shows the consumer and its counters (from the other node).
+    let a_id = a.info().id;
+    let replies = b
+        .get(&format!("@/{a_id}/storages/**"))
+        .timeout(T)
+        .send()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let json: Vec<String> = replies
+        .into_iter()
+        .map(|r| r.result.unwrap().payload_str().unwrap().to_string())
+        .collect();
+    assert_eq!(json.len(), 1, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    let c = &v["consumers"][0];
+    assert_eq!(c["name"], "r", "{v}");
+    assert_eq!(c["key"], "red/**");
+    assert_eq!(c["delivered"], 5);
+    assert_eq!(c["redelivered"], 2);
+    assert_eq!(c["acked"], 2);
+    assert_eq!(c["dead_lettered"], 1);
+    assert_eq!(c["pending"], 0);
+    assert!(c["position"].is_string(), "{c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 //! | `@/<id>/queryables` | the same for queryables (with `complete`) |
 //! | `@/<id>/tokens` | the same for liveliness tokens |
 //! | `@/<id>/routes` | where a sample published here goes, per subscriber key expression: neighbours and local subscribers; the number of cached routes |
-//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters (stored, queries, replied, errors; ingest queue: queued, waited, dropped; acks, ack_timeouts, duplicates) |
+//! | `@/<id>/storages/<n>` | one per storage of this node (`n` in start order): key expression, backend, keys, samples, bytes, oldest sample, counters (stored, queries, replied, errors; ingest queue: queued, waited, dropped; acks, ack_timeouts, duplicates), and `consumers`: each durable consumer or work-queue group with delivered, redelivered, acked, dead_lettered, dropped, pending, acked_ahead and its position |
 //! | `@/<id>/metrics` | the node's metrics registry, OpenMetrics text (`crate::metrics`) |
 //!
 //! `@` is a verbatim chunk (`hypha_core::keyexpr`): `**` and `*` never match it, so wildcard
@@ -182,6 +182,8 @@ pub(crate) struct StorageView {
     pub(crate) acks: u64,
     pub(crate) ack_timeouts: u64,
     pub(crate) duplicates: u64,
+    /// Its durable consumers and work-queue groups.
+    pub(crate) consumers: Vec<crate::storage::consumer::ConsumerInfo>,
 }
 
 impl StorageView {
@@ -203,7 +205,27 @@ impl StorageView {
             .int("dropped", self.dropped)
             .int("acks", self.acks)
             .int("ack_timeouts", self.ack_timeouts)
-            .int("duplicates", self.duplicates);
+            .int("duplicates", self.duplicates)
+            .raw(
+                "consumers",
+                &json::array(self.consumers.iter().map(|c| {
+                    let o = Obj::new()
+                        .str("name", &c.name)
+                        .str("key", &c.key)
+                        .int("delivered", c.counts.delivered)
+                        .int("redelivered", c.counts.redelivered)
+                        .int("acked", c.counts.acked)
+                        .int("dead_lettered", c.counts.dead_lettered)
+                        .int("dropped", c.counts.dropped)
+                        .int("pending", c.pending as u64)
+                        .int("acked_ahead", c.acked_ahead as u64);
+                    match c.position {
+                        None => o.raw("position", "null"),
+                        Some(t) => o.str("position", &format!("{:016x}", t.time.0)),
+                    }
+                    .finish()
+                })),
+            );
         o = if self.oldest == 0 {
             o.raw("oldest", "null").raw("oldest_unix_us", "null")
         } else {
@@ -231,6 +253,7 @@ struct StorageEntry {
     key: OwnedKeyExpr,
     backend: String,
     stats: Weak<crate::storage::StorageStats>,
+    consumers: Weak<crate::storage::consumer::Consumers>,
 }
 
 impl Extra {
@@ -259,6 +282,7 @@ impl Extra {
                     acks: l(&st.acks),
                     ack_timeouts: l(&st.ack_timeouts),
                     duplicates: l(&st.duplicates),
+                    consumers: e.consumers.upgrade().map(|c| c.list()).unwrap_or_default(),
                 })
             })
             .collect()
@@ -556,6 +580,7 @@ impl Admin {
         key: OwnedKeyExpr,
         backend: String,
         stats: &Arc<crate::storage::StorageStats>,
+        consumers: &Arc<crate::storage::consumer::Consumers>,
     ) -> crate::metrics::StorageTimers {
         let timers = self.extra.timers.for_storage(key.as_str());
         let n = self.extra.next_storage.fetch_add(1, Ordering::Relaxed);
@@ -569,6 +594,7 @@ impl Admin {
             key,
             backend,
             stats: Arc::downgrade(stats),
+            consumers: Arc::downgrade(consumers),
         });
         timers
     }

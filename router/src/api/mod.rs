@@ -890,10 +890,11 @@ impl Session {
         key: OwnedKeyExpr,
         backend: String,
         stats: &Arc<crate::storage::StorageStats>,
+        consumers: &Arc<crate::storage::consumer::Consumers>,
     ) -> Option<crate::metrics::StorageTimers> {
         self.admin
             .as_ref()
-            .map(|a| a.register_storage(key, backend, stats))
+            .map(|a| a.register_storage(key, backend, stats, consumers))
     }
 
     /// The access-control rules in force (the HTTP gateway judges its callers by them).

@@ -203,7 +203,7 @@ fn next_after(t: Timestamp) -> Timestamp {
 }
 
 /// A storage's consumers.
-pub(super) struct Consumers {
+pub(crate) struct Consumers {
     dir: Option<PathBuf>,
     /// This store's id (kept in `<dir>/id`, so the same after a restart): consumers name the
     /// storage they pull from with it.
@@ -337,7 +337,7 @@ impl Consumers {
     }
 
     /// Every consumer, by name.
-    pub(super) fn list(&self) -> Vec<ConsumerInfo> {
+    pub(crate) fn list(&self) -> Vec<ConsumerInfo> {
         let mut v: Vec<_> = self
             .lock()
             .iter()

@@ -407,7 +407,6 @@ pub async fn start_with(
         BackendKind::Redb(dir) => format!("redb:{}", dir.display()),
         BackendKind::Fjall(dir) => format!("fjall:{}", dir.display()),
     };
-    let timers = session.register_storage(cfg.key.clone(), backend_name, &stats);
     let stopping = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(ack::Acks::default());
     let (batches_tx, batches_rx) = tokio::sync::watch::channel(0u64);
@@ -419,6 +418,7 @@ pub async fn start_with(
         | BackendKind::Fjall(d) => Some(consumer::dir_of(d)),
     };
     let consumers = Arc::new(consumer::Consumers::open(consumer_dir, batches_rx)?);
+    let timers = session.register_storage(cfg.key.clone(), backend_name, &stats, &consumers);
     let writer = {
         let w = Writer {
             rx,

@@ -2,7 +2,7 @@
 //! a blackout (the far end sees no FIN or RST). Shared by `router/tests/blackout.rs` and the
 //! CLI's exit-code test (`tests/tests/cli_exit.rs`, by path).
 
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used, dead_code)] // tests: a failed unwrap is a failed test; each user takes a subset
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
