@@ -437,12 +437,7 @@ impl Config {
             } else {
                 3_000
             });
-        if !(1_000..=3_600_000).contains(&lease_ms) {
-            return Err(ConfigError::Value {
-                field: "lease_ms",
-                message: format!("{lease_ms} (expected 1000 to 3600000)"),
-            });
-        }
+        check_lease(lease_ms)?;
         let batch_size = u16::try_from(f.batch_size)
             .ok()
             .filter(|b| *b >= 64)
@@ -622,6 +617,25 @@ impl Config {
             metrics: f.metrics,
         })
     }
+}
+
+/// Leases a node accepts, in ms: from the file and from [`Config`] alike (a shorter lease
+/// expires links on a busy machine; tests use 500 ms for quick detection).
+pub const LEASE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+/// `lease_ms` within [`LEASE_MS`], or the error naming the field.
+pub(crate) fn check_lease(lease_ms: u64) -> Result<(), ConfigError> {
+    if LEASE_MS.contains(&lease_ms) {
+        return Ok(());
+    }
+    Err(ConfigError::Value {
+        field: "lease_ms",
+        message: format!(
+            "{lease_ms} (expected {} to {})",
+            LEASE_MS.start(),
+            LEASE_MS.end()
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -306,3 +306,18 @@ async fn a_key_over_max_key_len_is_refused_at_the_sender_on_every_path() {
     let s = tokio::time::timeout(T, sub.recv()).await.unwrap().unwrap();
     assert_eq!(s.payload_str(), Some("w"));
 }
+
+/// A lease outside the accepted range is refused by `open` as by the config file, naming the
+/// field (the API took any value before).
+#[tokio::test]
+async fn a_lease_out_of_range_is_refused_by_open_too() {
+    let mut c = common::node_config("tcp/127.0.0.1:0", &[]);
+    c.lease_ms = 5;
+    match hypha::open(c).await {
+        Err(e) => assert!(e.to_string().contains("lease_ms"), "{e}"),
+        Ok(_) => panic!("a 5 ms lease was accepted"),
+    }
+    let mut c = common::node_config("tcp/127.0.0.1:0", &[]);
+    c.lease_ms = *hypha::config::LEASE_MS.start();
+    assert!(hypha::open(c).await.is_ok());
+}
