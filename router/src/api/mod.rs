@@ -967,16 +967,14 @@ impl Publisher {
     /// `level`, as [`PutBuilder::ack`] does for one (which a put can still change with its
     /// own `.ack(..)` / `.ack_timeout(..)`).
     pub fn ack(mut self, level: Ack) -> Self {
-        let t = self.ack.map_or(Duration::from_secs(5), |(_, t)| t);
-        self.ack = Some((level, t));
+        self.ack = Some(with_level(self.ack, level));
         self
     }
 
     /// How long this publisher's acknowledged puts wait (default 5 s, at most 10 s); sets
     /// [`Ack::Received`] if no level was set.
     pub fn ack_timeout(mut self, t: Duration) -> Self {
-        let level = self.ack.map_or(Ack::Received, |(l, _)| l);
-        self.ack = Some((level, t.min(Duration::from_secs(10))));
+        self.ack = Some(with_timeout(self.ack, t));
         self
     }
 
@@ -1217,6 +1215,20 @@ async fn acknowledged(
     Ok((counts, err))
 }
 
+/// An acknowledgement setting with its level set (the wait kept, default 5 s).
+fn with_level(ack: Option<(Ack, Duration)>, level: Ack) -> (Ack, Duration) {
+    (level, ack.map_or(Duration::from_secs(5), |(_, t)| t))
+}
+
+/// An acknowledgement setting with its wait set (at most 10 s; the level kept, default
+/// `Received`).
+fn with_timeout(ack: Option<(Ack, Duration)>, t: Duration) -> (Ack, Duration) {
+    (
+        ack.map_or(Ack::Received, |(l, _)| l),
+        t.min(Duration::from_secs(10)),
+    )
+}
+
 /// One publication being built; `.await` it. Nothing is sent until then.
 #[must_use = "a put does nothing until it is awaited"]
 pub struct PutBuilder<'a> {
@@ -1249,16 +1261,14 @@ impl<'a> PutBuilder<'a> {
     /// publisher; the acknowledgement is a query to the key (`_acks=<node>.<publisher>`, batched)
     /// targeted at every complete queryable, so it needs nothing new on the wire.
     pub fn ack(mut self, level: Ack) -> Self {
-        let t = self.ack.map_or(Duration::from_secs(5), |(_, t)| t);
-        self.ack = Some((level, t));
+        self.ack = Some(with_level(self.ack, level));
         self
     }
 
     /// How long an acknowledged put waits for its acknowledgement (at most 10 s: a storage
     /// waits no longer).
     pub fn ack_timeout(mut self, t: Duration) -> Self {
-        let level = self.ack.map_or(Ack::Received, |(l, _)| l);
-        self.ack = Some((level, t.min(Duration::from_secs(10))));
+        self.ack = Some(with_timeout(self.ack, t));
         self
     }
 

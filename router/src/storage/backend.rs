@@ -199,6 +199,44 @@ pub(super) fn literal_prefix(key: &KeyExpr<'_>) -> String {
     p
 }
 
+/// Where a history range starts: after the page cursor, or at `from`.
+pub(super) fn range_start(after: Option<&[u8]>, from: Ntp64) -> std::ops::Bound<Vec<u8>> {
+    match after {
+        Some(a) => std::ops::Bound::Excluded(a.to_vec()),
+        None => std::ops::Bound::Included(from.0.to_be_bytes().to_vec()),
+    }
+}
+
+/// A page of history from rows (history key, sample) in key order, for the engines that keep
+/// the history in one ordered table keyed by [`hist_key`] (sled, fjall): samples up to `to`
+/// that match `key`, at most `limit` of them and `scan` rows looked at, and the cursor of the
+/// next page when it stopped early.
+pub(super) fn page_of<K: AsRef<[u8]>>(
+    rows: impl Iterator<Item = Result<(K, StoredSample), StorageError>>,
+    key: &KeyExpr<'_>,
+    to: Ntp64,
+    limit: usize,
+    scan: usize,
+) -> Result<HistoryPage, StorageError> {
+    let mut page = HistoryPage::default();
+    let mut last: Option<K> = None;
+    for (seen, row) in rows.enumerate() {
+        let (k, s) = row?;
+        if s.timestamp.time > to {
+            return Ok(page);
+        }
+        if seen >= scan.max(1) || page.samples.len() >= limit {
+            page.next = last.map(|l| l.as_ref().to_vec());
+            return Ok(page);
+        }
+        if matches(key, &s.key) {
+            page.samples.push(s);
+        }
+        last = Some(k);
+    }
+    Ok(page)
+}
+
 fn newer(candidate: &StoredSample, existing: Option<&StoredSample>) -> bool {
     existing.is_none_or(|e| candidate.timestamp > e.timestamp)
 }
@@ -352,11 +390,11 @@ impl std::fmt::Debug for SledBackend {
     }
 }
 
-fn encode(s: &StoredSample) -> Result<Vec<u8>, StorageError> {
+pub(super) fn encode(s: &StoredSample) -> Result<Vec<u8>, StorageError> {
     postcard::to_allocvec(s).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
-fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
+pub(super) fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
     postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
@@ -491,30 +529,14 @@ impl Backend for SledBackend {
         limit: usize,
         scan: usize,
     ) -> Result<HistoryPage, StorageError> {
-        use std::ops::Bound;
-        let lo = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Included(from.0.to_be_bytes().to_vec()),
-        };
-        let mut page = HistoryPage::default();
-        let mut last: Option<sled::IVec> = None;
-        let range = self.history.range::<Vec<u8>, _>((lo, Bound::Unbounded));
-        for (seen, kv) in range.enumerate() {
+        let range = self
+            .history
+            .range::<Vec<u8>, _>((range_start(after, from), std::ops::Bound::Unbounded));
+        let rows = range.map(|kv| {
             let (k, v) = kv?;
-            let s = decode(&v)?;
-            if s.timestamp.time > to {
-                return Ok(page);
-            }
-            if seen >= scan.max(1) || page.samples.len() >= limit {
-                page.next = last.map(|l| l.to_vec());
-                return Ok(page);
-            }
-            if matches(key, &s.key) {
-                page.samples.push(s);
-            }
-            last = Some(k);
-        }
-        Ok(page)
+            Ok((k, decode(&v)?))
+        });
+        page_of(rows, key, to, limit, scan)
     }
 
     fn prune(

@@ -9,7 +9,8 @@
 //! (`PersistMode::SyncAll`), at most every `flush_ms` unless a durable acknowledgement waits.
 
 use super::backend::{
-    Backend, HistoryPage, StorageError, StoredSample, Summary, hist_key, literal_prefix, matches,
+    Backend, HistoryPage, StorageError, StoredSample, Summary, decode, encode, hist_key,
+    literal_prefix, matches, page_of, range_start,
 };
 use hypha_core::hlc::Ntp64;
 use hypha_core::keyexpr::KeyExpr;
@@ -24,14 +25,6 @@ fn fj(e: fjall::Error) -> StorageError {
         fjall::Error::Io(e) => StorageError::Io(e),
         e => StorageError::Corrupt(format!("fjall: {e}")),
     }
-}
-
-fn encode(s: &StoredSample) -> Result<Vec<u8>, StorageError> {
-    postcard::to_allocvec(s).map_err(|e| StorageError::Corrupt(e.to_string()))
-}
-
-fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
-    postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
 /// The fjall engine.
@@ -170,32 +163,14 @@ impl Backend for FjallBackend {
         limit: usize,
         scan: usize,
     ) -> Result<HistoryPage, StorageError> {
-        use std::ops::Bound;
-        let lo = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Included(from.0.to_be_bytes().to_vec()),
-        };
-        let mut page = HistoryPage::default();
-        let mut last: Option<Vec<u8>> = None;
         let range = self
             .history
-            .range::<Vec<u8>, _>((lo, Bound::<Vec<u8>>::Unbounded));
-        for (seen, g) in range.enumerate() {
+            .range::<Vec<u8>, _>((range_start(after, from), std::ops::Bound::Unbounded));
+        let rows = range.map(|g| {
             let (k, v) = g.into_inner().map_err(fj)?;
-            let s = decode(&v)?;
-            if s.timestamp.time > to {
-                return Ok(page);
-            }
-            if seen >= scan.max(1) || page.samples.len() >= limit {
-                page.next = last;
-                return Ok(page);
-            }
-            if matches(key, &s.key) {
-                page.samples.push(s);
-            }
-            last = Some(k.to_vec());
-        }
-        Ok(page)
+            Ok((k, decode(&v)?))
+        });
+        page_of(rows, key, to, limit, scan)
     }
 
     fn prune(
