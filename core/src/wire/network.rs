@@ -259,6 +259,11 @@ pub mod interest {
     pub const CURRENT: u8 = 8;
     /// Keep sending future declarations.
     pub const FUTURE: u8 = 16;
+    /// Subscribers may be aggregated: while at least one of the answerer's subscribers
+    /// intersects the interest's key, it may declare one subscriber on the interest's key
+    /// instead of each (a publisher asks so: it only needs to know that its samples are
+    /// wanted). Never applied to tokens (each is an identity); ignored without a key.
+    pub const AGGREGATE: u8 = 32;
 }
 
 impl Declare<'_> {

@@ -478,19 +478,76 @@ struct MyInterest {
 }
 
 /// An interest a face asked of us.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct TheirInterest {
     key: Option<OwnedKeyExpr>,
     flags: u8,
 }
 
+/// One wire declaration told to a face: (kind, key, complete).
+type Slot = (Kind, OwnedKeyExpr, bool);
+
+/// A wire declaration told to a face.
+struct OutEntry {
+    /// Its wire id.
+    wid: u32,
+    /// Sources holding it.
+    refs: usize,
+    /// Its number among the declarations sent on the face ([`Out::seq`]).
+    seq: u64,
+}
+
+/// What one source (a local or a face's declaration) holds on a face.
+struct Held {
+    key: OwnedKeyExpr,
+    complete: bool,
+    /// The wire declarations it holds: its own (kind, key, complete), and/or the key of each
+    /// aggregated interest of the face it matches.
+    slots: Vec<Slot>,
+}
+
 /// What we declared to one face: one wire declaration per distinct (kind, key, complete),
-/// counted by how many sources hold it.
+/// counted by how many sources hold it. A subscriber answering an interest that asked for
+/// aggregation holds the interest's key instead of its own, so many subscribers matching one
+/// publisher's interest cost one declaration.
 #[derive(Default)]
 struct Out {
-    entries: HashMap<(Kind, OwnedKeyExpr, bool), (u32, usize)>,
-    counted: HashMap<(Kind, Src, u64), (OwnedKeyExpr, bool)>,
+    entries: HashMap<Slot, OutEntry>,
+    counted: HashMap<(Kind, Src, u64), Held>,
     next_id: u32,
+    /// Wire declarations sent on the face so far (each entry is numbered when sent).
+    seq: u64,
+    /// Every declaration numbered up to this has arrived: a barrier sent after it was
+    /// answered (the lane is ordered).
+    acked: u64,
+    /// Barriers in flight on the face: id → [`Out::seq`] when sent.
+    barriers: HashMap<u32, u64>,
+    /// Waits that joined a barrier in flight instead of sending their own: barrier id → the
+    /// waits' ids.
+    followers: HashMap<u32, Vec<u32>>,
+}
+
+impl Out {
+    /// What a barrier for a declaration holding entries numbered up to `seq` needs on this
+    /// face: nothing if they have arrived, else a barrier in flight sent after them (joined),
+    /// else a new one.
+    fn barrier_for(&self, seq: u64) -> BarrierNeed {
+        if seq <= self.acked {
+            return BarrierNeed::None;
+        }
+        match self.barriers.iter().find(|(_, s)| **s >= seq) {
+            Some((b, _)) => BarrierNeed::Join(*b),
+            None => BarrierNeed::Send,
+        }
+    }
+}
+
+/// See [`Out::barrier_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BarrierNeed {
+    None,
+    Join(u32),
+    Send,
 }
 
 struct Face {
@@ -1093,32 +1150,10 @@ impl Node {
                 self.on_declare(face, undeclare);
             }
         }
-        // What each face was told is judged again too (egress rules may have tightened).
+        // What each face was told is judged again too (egress rules may have tightened):
+        // `recheck_face` re-decides every declaration told, egress rules included.
         let ids: Vec<FaceId> = self.faces.keys().copied().collect();
         for face in ids {
-            let Some(f) = self.faces.get_mut(&face) else {
-                continue;
-            };
-            let told: Vec<(Kind, Src, u64, OwnedKeyExpr)> = f
-                .out
-                .counted
-                .iter()
-                .map(|((k, s, i), (key, _))| (*k, *s, *i, key.clone()))
-                .collect();
-            let mut gone = Vec::new();
-            for (k, src, i, key) in told {
-                let op = match k {
-                    Kind::Sub => Op::Sub,
-                    Kind::Qabl => Op::Queryable,
-                    Kind::Token => Op::Token,
-                };
-                if !f.chain.admits(Direction::Egress, op, key.as_str()) {
-                    gone.push((k, src, i));
-                }
-            }
-            for (k, src, i) in gone {
-                self.withdraw(face, k, src, i);
-            }
             self.recheck_face(face);
             for (kind, src, id, key, complete) in self.all_decls() {
                 self.consider(face, kind, src, id, &key, complete);
@@ -1311,6 +1346,14 @@ impl Node {
         if on_demand == 0 {
             return HashSet::new();
         }
+        // Between routers, an interest in subscribers is always aggregated (a client's or a
+        // peer's publisher asks so anyway): the far site declares one subscriber on the key
+        // while any matches, not each of its subscribers.
+        let on_demand = if on_demand & interest::SUBSCRIBERS != 0 {
+            on_demand | interest::AGGREGATE
+        } else {
+            on_demand
+        };
         let future = flags & interest::FUTURE != 0;
         if to.is_empty() && !future {
             return to;
@@ -1698,17 +1741,8 @@ impl Node {
         self.resync_round = self.resync_round.wrapping_add(1);
         let round = self.resync_round;
         let mut msgs = vec![Decl::Resync { ask, round }];
-        for ((kind, key, complete), (wid, _)) in &f.out.entries {
-            let key = key.clone();
-            msgs.push(match kind {
-                Kind::Sub => Decl::Subscriber { id: *wid, key },
-                Kind::Qabl => Decl::Queryable {
-                    id: *wid,
-                    key,
-                    complete: *complete,
-                },
-                Kind::Token => Decl::Token { id: *wid, key },
-            });
+        for ((kind, key, complete), e) in &f.out.entries {
+            msgs.push(slot_decl(*kind, e.wid, key.clone(), *complete));
         }
         for (id, i) in &f.my_interests {
             msgs.push(Decl::Interest {
@@ -2206,11 +2240,20 @@ impl Node {
                     }
                     _ => None,
                 };
+                // A barrier's answer: everything declared on the face before it has arrived,
+                // for the waits that joined it too.
+                if let Some(seq) = f.out.barriers.remove(&id) {
+                    f.out.acked = f.out.acked.max(seq);
+                }
+                let followers = f.out.followers.remove(&id).unwrap_or_default();
                 if let Some(k) = covered {
                     self.expire_routes(&k);
                     self.changed();
                 }
                 self.wait_answered(id, face);
+                for w in followers {
+                    self.wait_answered(w, face);
+                }
             }
             Decl::UndeclareInterest { id } => {
                 if f.their_interests.remove(&id).is_some() {
@@ -2238,13 +2281,18 @@ impl Node {
             if f.their_interests.len() >= caps.interests && !f.their_interests.contains_key(&id) {
                 return self.close_for_cap(face, "cap limits.max_interests exceeded");
             }
-            f.their_interests.insert(
-                id,
-                TheirInterest {
-                    key: key.clone(),
-                    flags,
-                },
-            );
+            let asked = TheirInterest {
+                key: key.clone(),
+                flags,
+            };
+            let replaced = f
+                .their_interests
+                .insert(id, asked.clone())
+                .is_some_and(|old| old != asked);
+            if replaced {
+                // The same id asking something else: what it had is decided again.
+                self.recheck_face(face);
+            }
             if flags & interest::CURRENT != 0 {
                 for (k, src, sid, dkey, complete) in self.all_decls() {
                     if k.flag() & kinds != 0 {
@@ -2285,42 +2333,71 @@ impl Node {
         // final marker, sent after a declaration) on to the neighbours it propagated the
         // face's declarations to, and answers once they all have: the declaration is then known
         // wherever a matching sample could come from.
-        let onward: HashSet<FaceId> = if kinds == 0 && role == Mode::Router {
+        // A face told only what it asked for waits only if it was told of the key (a remote
+        // router nobody there publishes to hears nothing about it), and only until what it
+        // was told has arrived: many subscribers held by one aggregated declaration pass one
+        // barrier on, not one each.
+        let onward: Vec<(FaceId, BarrierNeed)> = if kinds == 0 && role == Mode::Router {
             self.faces
                 .iter()
                 .filter(|(g, gf)| {
                     **g != face
                         && hat::asks(role, gf.kind)
                         && hat::propagates(role, Src0::Face(hk), self.hat_kind(gf))
-                        && (!hat::filters_by_interest(gf.kind) || told_key(gf, key.as_ref()))
                 })
-                .map(|(g, _)| *g)
+                .filter_map(|(g, gf)| {
+                    if !hat::filters_by_interest(gf.kind) {
+                        return Some((*g, BarrierNeed::Send));
+                    }
+                    match gf.out.barrier_for(told_seq(gf, key.as_ref())?) {
+                        BarrierNeed::None => None,
+                        need => Some((*g, need)),
+                    }
+                })
                 .collect()
         } else {
-            HashSet::new()
+            Vec::new()
         };
         if onward.is_empty() {
             self.send(face, Msg::Declare(Decl::InterestFinal { id }));
             return;
         }
         let wid = self.next_local_id() as u32;
-        for g in &onward {
-            self.send(
-                *g,
-                Msg::Declare(Decl::Interest {
-                    id: wid,
-                    key: key.clone(),
-                    flags: interest::CURRENT,
-                }),
-            );
+        let mut waiting = HashSet::new();
+        for (g, need) in onward {
+            waiting.insert(g);
+            self.barrier(g, need, wid, key.clone());
         }
         self.waits.insert(
             wid,
             Wait {
-                waiting: onward,
+                waiting,
                 done: Done::Final(face, id),
             },
         );
+    }
+
+    /// Makes wait `wait` wait on face `g` as `need` says: joins the barrier in flight, or
+    /// sends one (numbered `wait`).
+    fn barrier(&mut self, g: FaceId, need: BarrierNeed, wait: u32, key: Option<OwnedKeyExpr>) {
+        let Some(f) = self.faces.get_mut(&g) else {
+            return;
+        };
+        match need {
+            BarrierNeed::None => {}
+            BarrierNeed::Join(b) => f.out.followers.entry(b).or_default().push(wait),
+            BarrierNeed::Send => {
+                f.out.barriers.insert(wait, f.out.seq);
+                self.send(
+                    g,
+                    Msg::Declare(Decl::Interest {
+                        id: wait,
+                        key,
+                        flags: interest::CURRENT,
+                    }),
+                );
+            }
+        }
     }
 
     /// A neighbour told us where `node` listens. About itself: remembered and relayed one hop
@@ -2488,24 +2565,29 @@ impl Node {
         let mut waiting = HashSet::new();
         if let Some((k, complete)) = table {
             self.add_item(k, Src::Local, id, key.clone(), complete);
-            // A barrier on each asked face it went to: ready once each has it.
-            let to: Vec<FaceId> = self
+            // A barrier on each asked face it went to: ready once each has it (once what it
+            // holds there has arrived: a subscriber joining an aggregated declaration that
+            // arrived already waits for nothing).
+            let role = self.role;
+            let to: Vec<(FaceId, BarrierNeed)> = self
                 .faces
                 .iter()
-                .filter(|(_, f)| {
-                    hat::asks(self.role, f.kind) && f.out.counted.contains_key(&(k, Src::Local, id))
+                .filter(|(_, f)| hat::asks(role, f.kind))
+                .filter_map(|(g, f)| {
+                    let held = f.out.counted.get(&(k, Src::Local, id))?;
+                    let seq = held
+                        .slots
+                        .iter()
+                        .filter_map(|s| f.out.entries.get(s).map(|e| e.seq))
+                        .max()?;
+                    match f.out.barrier_for(seq) {
+                        BarrierNeed::None => None,
+                        need => Some((*g, need)),
+                    }
                 })
-                .map(|(g, _)| *g)
                 .collect();
-            for g in to {
-                self.send(
-                    g,
-                    Msg::Declare(Decl::Interest {
-                        id: id as u32,
-                        key: Some(key.clone()),
-                        flags: interest::CURRENT,
-                    }),
-                );
+            for (g, need) in to {
+                self.barrier(g, need, id as u32, Some(key.clone()));
                 waiting.insert(g);
             }
         } else if let Some(flags) = interest_flags(&kind) {
@@ -2686,34 +2768,99 @@ impl Node {
         v
     }
 
-    fn should_send(&self, face: FaceId, kind: Kind, src: Src, key: &OwnedKeyExpr) -> bool {
+    /// The wire declarations (kind, `key`) from `src` should hold on `face`: none if it
+    /// should not see it; its own slot; and for a face told only what it asked for, the key of
+    /// each aggregated interest it matches instead of its own (a subscriber matching both an
+    /// aggregated and a plain interest holds both: the far side's routes hold a face once, so
+    /// no sample is sent twice). `count`: a denial by the egress hooks is counted (the first
+    /// time a declaration is decided for the face).
+    fn desired(
+        &mut self,
+        face: FaceId,
+        kind: Kind,
+        src: Src,
+        key: &OwnedKeyExpr,
+        complete: bool,
+        count: bool,
+    ) -> Vec<Slot> {
         let Some(f) = self.faces.get(&face) else {
-            return false;
+            return Vec::new();
         };
         let from = match src {
             Src::Local => Src0::Local,
-            Src::Face(g) if g == face => return false,
+            Src::Face(g) if g == face => return Vec::new(),
             Src::Face(g) => match self.faces.get(&g) {
                 Some(gf) => Src0::Face(self.hat_kind(gf)),
-                None => return false,
+                None => return Vec::new(),
             },
         };
         if !hat::propagates(self.role, from, self.hat_kind(f)) {
-            return false;
+            return Vec::new();
         }
-        if hat::filters_by_interest(f.kind) {
+        let mut own = !hat::filters_by_interest(f.kind);
+        let mut aggregates: Vec<OwnedKeyExpr> = Vec::new();
+        if !own {
             let k = key.as_keyexpr();
-            return f.their_interests.values().any(|i| {
-                i.flags & kind.flag() != 0
-                    && i.key
-                        .as_ref()
-                        .is_none_or(|ik| ik.as_keyexpr().intersects(&k))
-            });
+            for i in f.their_interests.values() {
+                if i.flags & kind.flag() == 0 {
+                    continue;
+                }
+                match &i.key {
+                    None => own = true,
+                    Some(ik) if ik.as_keyexpr().intersects(&k) => {
+                        if kind == Kind::Sub && i.flags & interest::AGGREGATE != 0 {
+                            if !aggregates.contains(ik) {
+                                aggregates.push(ik.clone());
+                            }
+                        } else {
+                            own = true;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
         }
-        true
+        if !own && aggregates.is_empty() {
+            return Vec::new();
+        }
+        let op = match kind {
+            Kind::Sub => Op::Sub,
+            Kind::Qabl => Op::Queryable,
+            Kind::Token => Op::Token,
+        };
+        let Some(f) = self.faces.get_mut(&face) else {
+            return Vec::new();
+        };
+        // The declaration's own key is judged first, as when nothing is aggregated: what the
+        // rules keep from a face is not told to it in an aggregate either.
+        let admitted = if count {
+            f.chain.check(Direction::Egress, op, Some(key.as_str())) == Verdict::Pass
+        } else {
+            f.chain.admits(Direction::Egress, op, key.as_str())
+        };
+        if !admitted {
+            return Vec::new();
+        }
+        let mut slots = Vec::with_capacity(aggregates.len() + 1);
+        for a in aggregates {
+            if f.chain.admits(Direction::Egress, op, a.as_str()) {
+                slots.push((kind, a, false));
+            } else {
+                // An aggregate the rules refuse: the declaration is told as itself.
+                own = true;
+            }
+        }
+        let mine = (kind, key.clone(), complete);
+        if own && !slots.contains(&mine) {
+            slots.push(mine);
+        }
+        slots
     }
 
-    /// Declares (kind, key) from `src` to `face` if it should see it and has not yet.
+    /// Declares (kind, key) from `src` to `face` as it should see it now: the wire
+    /// declarations it should hold there are declared first (new ones sent), then those it
+    /// no longer should are released (undeclared when nobody holds them), so the far side
+    /// never misses a moment in between.
     fn consider(
         &mut self,
         face: FaceId,
@@ -2723,56 +2870,61 @@ impl Node {
         key: &OwnedKeyExpr,
         complete: bool,
     ) {
-        if !self.should_send(face, kind, src, key) {
+        let Some(f) = self.faces.get(&face) else {
+            return;
+        };
+        let had: Vec<Slot> = f
+            .out
+            .counted
+            .get(&(kind, src, id))
+            .map(|h| h.slots.clone())
+            .unwrap_or_default();
+        let want = self.desired(face, kind, src, key, complete, had.is_empty());
+        if want.len() == had.len() && want.iter().all(|s| had.contains(s)) {
             return;
         }
         let Some(f) = self.faces.get_mut(&face) else {
             return;
         };
-        if f.out.counted.contains_key(&(kind, src, id)) {
-            return;
-        }
-        let op = match kind {
-            Kind::Sub => Op::Sub,
-            Kind::Qabl => Op::Queryable,
-            Kind::Token => Op::Token,
-        };
-        if f.chain.check(Direction::Egress, op, Some(key.as_str())) != Verdict::Pass {
-            return;
-        }
-        f.out
-            .counted
-            .insert((kind, src, id), (key.clone(), complete));
+        let mut decls = Vec::new();
         let out = &mut f.out;
-        let slot = (kind, key.clone(), complete);
-        let new_id = match out.entries.get_mut(&slot) {
-            Some((_, refs)) => {
-                *refs += 1;
-                None
+        for slot in want.iter().filter(|s| !had.contains(s)) {
+            match out.entries.get_mut(slot) {
+                Some(e) => e.refs += 1,
+                None => {
+                    let wid = out.next_id;
+                    out.next_id = out.next_id.wrapping_add(1).max(1);
+                    out.seq += 1;
+                    out.entries.insert(
+                        slot.clone(),
+                        OutEntry {
+                            wid,
+                            refs: 1,
+                            seq: out.seq,
+                        },
+                    );
+                    decls.push(slot_decl(slot.0, wid, slot.1.clone(), slot.2));
+                }
             }
-            None => {
-                let wid = out.next_id;
-                out.next_id = out.next_id.wrapping_add(1).max(1);
-                out.entries.insert(slot, (wid, 1));
-                Some(wid)
+        }
+        for slot in had.iter().filter(|s| !want.contains(s)) {
+            if let Some(d) = release(out, slot) {
+                decls.push(d);
             }
-        };
-        if let Some(wid) = new_id {
-            let d = match kind {
-                Kind::Sub => Decl::Subscriber {
-                    id: wid,
-                    key: key.clone(),
-                },
-                Kind::Qabl => Decl::Queryable {
-                    id: wid,
+        }
+        if want.is_empty() {
+            out.counted.remove(&(kind, src, id));
+        } else {
+            out.counted.insert(
+                (kind, src, id),
+                Held {
                     key: key.clone(),
                     complete,
+                    slots: want,
                 },
-                Kind::Token => Decl::Token {
-                    id: wid,
-                    key: key.clone(),
-                },
-            };
+            );
+        }
+        for d in decls {
             self.send(face, Msg::Declare(d));
         }
     }
@@ -2782,43 +2934,33 @@ impl Node {
         let Some(f) = self.faces.get_mut(&face) else {
             return;
         };
-        let Some((key, complete)) = f.out.counted.remove(&(kind, src, id)) else {
+        let Some(held) = f.out.counted.remove(&(kind, src, id)) else {
             return;
         };
-        let slot = (kind, key, complete);
-        let gone = match f.out.entries.get_mut(&slot) {
-            Some((wid, refs)) => {
-                *refs -= 1;
-                (*refs == 0).then_some(*wid)
-            }
-            None => None,
-        };
-        if let Some(wid) = gone {
-            f.out.entries.remove(&slot);
-            let d = match kind {
-                Kind::Sub => Decl::Unsubscriber { id: wid },
-                Kind::Qabl => Decl::Unqueryable { id: wid },
-                Kind::Token => Decl::Untoken { id: wid },
-            };
+        let decls: Vec<Decl> = held
+            .slots
+            .iter()
+            .filter_map(|slot| release(&mut f.out, slot))
+            .collect();
+        for d in decls {
             self.send(face, Msg::Declare(d));
         }
     }
 
-    /// After a face's interests shrank: withdraw what it should no longer see.
+    /// After a face's interests changed: decide again what it holds (withdraw what it should
+    /// no longer see, move between aggregated and its own declarations).
     fn recheck_face(&mut self, face: FaceId) {
         let Some(f) = self.faces.get(&face) else {
             return;
         };
-        let counted: Vec<(Kind, Src, u64, OwnedKeyExpr)> = f
+        let counted: Vec<(Kind, Src, u64, OwnedKeyExpr, bool)> = f
             .out
             .counted
             .iter()
-            .map(|((k, s, i), (key, _))| (*k, *s, *i, key.clone()))
+            .map(|((k, s, i), h)| (*k, *s, *i, h.key.clone(), h.complete))
             .collect();
-        for (k, s, i, key) in counted {
-            if !self.should_send(face, k, s, &key) {
-                self.withdraw(face, k, s, i);
-            }
+        for (k, s, i, key, complete) in counted {
+            self.consider(face, k, s, i, &key, complete);
         }
     }
 
@@ -3042,34 +3184,76 @@ impl Node {
 /// The interest flags of a local declaration that asks neighbours for theirs.
 fn interest_flags(kind: &LocalKind) -> Option<u8> {
     match kind {
-        LocalKind::Pub => Some(interest::SUBSCRIBERS),
+        // A publisher only needs to know that its samples are wanted: one declaration on its
+        // key stands for every matching subscriber where the answerer filters by interest.
+        LocalKind::Pub => Some(interest::SUBSCRIBERS | interest::AGGREGATE),
         LocalKind::LivSub => Some(interest::TOKENS),
         _ => None,
     }
 }
 
-/// Was `f` (a face told only what it asked for) told a declaration on `key` (any, if `None`)?
-/// Only then does a barrier for that declaration wait for it: a remote router that was not
-/// told of a subscription (nobody there publishes to it) hears nothing about it, barrier
-/// included.
-fn told_key(f: &Face, key: Option<&OwnedKeyExpr>) -> bool {
+/// The newest wire declaration `f` (a face told only what it asked for) was told that a
+/// declaration on `key` holds: its own, or an aggregate of an interest it matches (`None`:
+/// none, so a barrier for that declaration does not wait for `f`: a remote router that was not
+/// told of a subscription, because nobody there publishes to it, hears nothing about it,
+/// barrier included). Without a key, anything sent so far.
+fn told_seq(f: &Face, key: Option<&OwnedKeyExpr>) -> Option<u64> {
     let Some(k) = key else {
-        return true;
+        return Some(f.out.seq);
     };
     // One copy of the key, reused as the lookup key of every kind.
     let mut probe = (Kind::Sub, k.clone(), false);
-    [
+    let mut seq = [
         (Kind::Sub, false),
         (Kind::Qabl, false),
         (Kind::Qabl, true),
         (Kind::Token, false),
     ]
     .into_iter()
-    .any(|(kind, complete)| {
+    .filter_map(|(kind, complete)| {
         probe.0 = kind;
         probe.2 = complete;
-        f.out.entries.contains_key(&probe)
+        f.out.entries.get(&probe).map(|e| e.seq)
     })
+    .max();
+    let kk = k.as_keyexpr();
+    for i in f.their_interests.values() {
+        let aggregated = interest::SUBSCRIBERS | interest::AGGREGATE;
+        if i.flags & aggregated != aggregated {
+            continue;
+        }
+        if let Some(ik) = i.key.as_ref().filter(|ik| ik.as_keyexpr().intersects(&kk)) {
+            if let Some(e) = f.out.entries.get(&(Kind::Sub, ik.clone(), false)) {
+                seq = seq.max(Some(e.seq));
+            }
+        }
+    }
+    seq
+}
+
+/// Releases one holder of `slot`; the undeclaration to send if it was the last.
+fn release(out: &mut Out, slot: &Slot) -> Option<Decl> {
+    let e = out.entries.get_mut(slot)?;
+    e.refs = e.refs.saturating_sub(1);
+    if e.refs > 0 {
+        return None;
+    }
+    let wid = e.wid;
+    out.entries.remove(slot);
+    Some(match slot.0 {
+        Kind::Sub => Decl::Unsubscriber { id: wid },
+        Kind::Qabl => Decl::Unqueryable { id: wid },
+        Kind::Token => Decl::Untoken { id: wid },
+    })
+}
+
+/// The wire declaration of a slot.
+fn slot_decl(kind: Kind, id: u32, key: OwnedKeyExpr, complete: bool) -> Decl {
+    match kind {
+        Kind::Sub => Decl::Subscriber { id, key },
+        Kind::Qabl => Decl::Queryable { id, key, complete },
+        Kind::Token => Decl::Token { id, key },
+    }
 }
 
 /// Has `f` answered an interest of ours for subscribers that includes `key` in full?

@@ -505,7 +505,9 @@ fn clients_get_only_the_declarations_matching_their_interests() {
         .filter(|d| matches!(d, Decl::Subscriber { .. }))
         .collect();
     assert_eq!(subs.len(), 1, "{to_client:?}");
-    assert!(matches!(subs[0], Decl::Subscriber { key, .. } if key.as_str() == "wanted/**"));
+    // A publisher's interest is aggregated: the client is told one subscriber on its
+    // publisher's key, standing for `wanted/**`.
+    assert!(matches!(subs[0], Decl::Subscriber { key, .. } if key.as_str() == "wanted/x"));
 }
 
 #[test]
@@ -1908,4 +1910,354 @@ fn an_undeclared_put_crosses_the_backbone() {
     let s = m.subscribe(3, "once/**");
     m.put(2, "once/x", "1");
     assert_eq!(m.delivered(3, s), ["once/x=1"]);
+}
+
+// ----- aggregated interests (issue 10: "aggregate when many match") ------------------------
+
+impl Mesh {
+    /// Two sites: routers 0 (A) and 1 (B), client 2 at A, client 3 at B.
+    fn two_sites() -> Self {
+        let mut caps = Caps::default();
+        caps.declarations = 20_000;
+        let mut m = Mesh::build(&[Router, Router, Client, Client], caps, &["A", "B", "", ""]);
+        m.link(0, 1);
+        m.link(2, 0);
+        m.link(3, 1);
+        m
+    }
+
+    /// Control messages router `from` sent router `to` across the backbone since index
+    /// `since` of `routed_decls`.
+    fn routed_since(&self, since: usize, from: usize, to: usize) -> Vec<Decl> {
+        let dst = self.nodes[to].id();
+        self.routed_decls[since..]
+            .iter()
+            .filter(|(i, d, _)| *i == from && *d == dst)
+            .map(|(_, _, d)| d.clone())
+            .collect()
+    }
+}
+
+fn subscriber_decls(v: &[Decl]) -> usize {
+    v.iter()
+        .filter(|d| matches!(d, Decl::Subscriber { .. }))
+        .count()
+}
+
+fn unsubscriber_decls(v: &[Decl]) -> usize {
+    v.iter()
+        .filter(|d| matches!(d, Decl::Unsubscriber { .. }))
+        .count()
+}
+
+/// 10,000 subscribers `fleet/car<i>/speed` at A, then a publisher on `fleet/**` at B: A tells
+/// B one subscriber (`fleet/**`, the publisher's key), not 10,000, and a sample on each key
+/// published at B reaches its subscriber at A exactly once. Liveliness tokens are never
+/// aggregated: each crosses as itself.
+#[test]
+fn many_subscribers_matching_a_publisher_cross_as_one_aggregate() {
+    const N: usize = 10_000;
+    let mut m = Mesh::two_sites();
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
+        .collect();
+    assert!(subs.iter().all(|s| m.inbox[2].ready.contains(s)));
+    let since = m.routed_decls.len();
+    let p = m.publisher(3, "fleet/**");
+    assert!(
+        m.inbox[3].ready.contains(&p),
+        "ready: remote subscribers known"
+    );
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert!(
+        a_to_b.len() <= 5,
+        "{} control messages: {a_to_b:?}",
+        a_to_b.len()
+    );
+    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    assert!(
+        matches!(&a_to_b[..], [.., Decl::Subscriber { key, .. }, Decl::InterestFinal { .. }]
+        if key.as_str() == "fleet/**")
+    );
+    let pair_b = m.nodes[0].pair_face(&m.nodes[1].id()).unwrap();
+    assert_eq!(m.nodes[0].faces[&pair_b].out.entries.len(), 1);
+    // Every key once, exactly once at its subscriber.
+    for i in 0..N {
+        m.put(3, &format!("fleet/car{i}/speed"), &i.to_string());
+    }
+    for (i, s) in subs.iter().enumerate() {
+        assert_eq!(m.delivered(2, *s), [format!("fleet/car{i}/speed={i}")]);
+    }
+    // A key nobody subscribes to crosses (the price of the aggregate) and is delivered to
+    // nobody.
+    m.put(3, "fleet/car0/temp", "x");
+    assert_eq!(m.delivered(2, subs[0]).len(), 1);
+    // Tokens: a liveliness subscriber at B on `alive/**`, three tokens at A: three cross.
+    let lid = m.id(3);
+    m.local(
+        3,
+        Cmd::LivelinessSubscribe {
+            id: lid,
+            key: k("alive/**"),
+        },
+    );
+    let since = m.routed_decls.len();
+    for t in ["alive/a", "alive/b", "alive/c"] {
+        let id = m.id(2);
+        m.local(2, Cmd::Token { id, key: k(t) });
+    }
+    let tokens = m
+        .routed_since(since, 0, 1)
+        .iter()
+        .filter(|d| matches!(d, Decl::Token { .. }))
+        .count();
+    assert_eq!(tokens, 3);
+    assert_eq!(m.inbox[3].delivered[&lid].len(), 3);
+}
+
+/// A publisher at B first, then subscribers at A in bursts (declared without the mesh
+/// settling between them), from a client and on the router itself: the first declares the
+/// aggregate and passes one barrier on; the others join that barrier or find the aggregate
+/// arrived, so what crosses is O(1), and every subscriber is ready and gets the next sample.
+#[test]
+fn subscribers_declared_in_a_burst_after_the_publisher_cost_one_declaration() {
+    let mut m = Mesh::two_sites();
+    let p = m.publisher(3, "fleet/**");
+    assert!(m.inbox[3].ready.contains(&p));
+    let since = m.routed_decls.len();
+    let now = m.now;
+    let mut subs = Vec::new();
+    for (node, n) in [(2usize, 1000), (0, 1000)] {
+        for i in 0..n {
+            let id = m.id(node);
+            m.nodes[node].handle_local(
+                now,
+                Cmd::Subscribe {
+                    id,
+                    key: k(&format!("fleet/n{node}/car{i}/speed")),
+                },
+            );
+            subs.push((node, id, i));
+        }
+        m.run();
+    }
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert!(
+        a_to_b.len() <= 5,
+        "{} control messages: {a_to_b:?}",
+        a_to_b.len()
+    );
+    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    for (node, id, _) in &subs {
+        assert!(m.inbox[*node].ready.contains(id), "{node}/{id} not ready");
+    }
+    for (node, _, i) in &subs {
+        m.put(3, &format!("fleet/n{node}/car{i}/speed"), "1");
+    }
+    for (node, id, i) in &subs {
+        assert_eq!(
+            m.delivered(*node, *id),
+            [format!("fleet/n{node}/car{i}/speed=1")]
+        );
+    }
+}
+
+/// Subscribers going one by one: the aggregate stays until the last goes, then it is
+/// undeclared once and B's samples stop crossing.
+#[test]
+fn the_aggregate_stays_until_the_last_matching_subscriber_goes() {
+    const N: usize = 1000;
+    let mut m = Mesh::two_sites();
+    let p = m.publisher(3, "fleet/**");
+    assert!(m.inbox[3].ready.contains(&p));
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
+        .collect();
+    let since = m.routed_decls.len();
+    for (i, s) in subs.iter().enumerate() {
+        m.local(2, Cmd::Undeclare { id: *s });
+        let gone = unsubscriber_decls(&m.routed_since(since, 0, 1));
+        if i + 1 < N {
+            assert_eq!(gone, 0, "undeclared after {} of {N}", i + 1);
+            // The remaining subscribers still get B's samples.
+            let j = N - 1;
+            m.put(3, &format!("fleet/car{j}/speed"), &i.to_string());
+            assert_eq!(m.delivered(2, subs[j]).len(), i + 1);
+        } else {
+            assert_eq!(gone, 1);
+        }
+    }
+    assert_eq!(subscriber_decls(&m.routed_since(since, 0, 1)), 0);
+    let crossed = m.sample_sends.len();
+    m.put(3, "fleet/car1/speed", "late");
+    assert!(
+        m.sample_sends[crossed..]
+            .iter()
+            .all(|(from, _, _)| *from == 3),
+        "nothing crosses once nobody at A matches: {:?}",
+        &m.sample_sends[crossed..]
+    );
+    // A new subscriber brings the aggregate back, once.
+    let s = m.subscribe(2, "fleet/car7/speed");
+    assert_eq!(subscriber_decls(&m.routed_since(since, 0, 1)), 1);
+    m.put(3, "fleet/car7/speed", "back");
+    assert_eq!(m.delivered(2, s), ["fleet/car7/speed=back"]);
+}
+
+/// The backbone link going down and coming up (B unreachable, then reachable again): the
+/// aggregate is declared again once, and samples flow as before; a client publisher's link
+/// to its router going down and up likewise gets one declaration again.
+#[test]
+fn a_face_down_and_up_declares_the_aggregate_again_once() {
+    const N: usize = 1000;
+    let mut m = Mesh::two_sites();
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
+        .collect();
+    let p = m.publisher(3, "fleet/**");
+    assert!(m.inbox[3].ready.contains(&p));
+    // The backbone link (`face_of` could name B's virtual face).
+    let ab = m
+        .links
+        .iter()
+        .find(|(_, (a, b, _))| (*a, *b) == (0, 1))
+        .map(|(f, _)| *f)
+        .unwrap();
+    let since = m.routed_decls.len();
+    m.unlink(ab);
+    assert!(m.nodes[0].pair_face(&m.nodes[1].id()).is_none());
+    m.link(0, 1);
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    assert!(
+        a_to_b.len() <= 8,
+        "{} control messages: {a_to_b:?}",
+        a_to_b.len()
+    );
+    for i in [0, 500, N - 1] {
+        m.put(3, &format!("fleet/car{i}/speed"), "after");
+        assert_eq!(
+            m.delivered(2, subs[i]),
+            [format!("fleet/car{i}/speed=after")]
+        );
+    }
+    // The client publisher's own link: its node asks again on the new link, and B tells it
+    // one subscriber again.
+    let c3_to_b = m.nodes[3].face_of(m.nodes[1].id()).unwrap();
+    m.unlink(c3_to_b);
+    let before = m.decl_sends.len();
+    let (_, b_to_c3) = m.link(3, 1);
+    let told = m.decl_sends[before..]
+        .iter()
+        .filter(|(from, f, d)| *from == 1 && *f == b_to_c3 && matches!(d, Decl::Subscriber { .. }))
+        .count();
+    assert_eq!(told, 1);
+    m.put(3, "fleet/car3/speed", "again");
+    assert_eq!(
+        m.delivered(2, subs[3]).last().map(String::as_str),
+        Some("fleet/car3/speed=again")
+    );
+}
+
+/// A face holding both the aggregate and a declaration of its own for the same subscriber
+/// (B also asked, without aggregation, for `fleet/car1/**`): B's samples on `fleet/car1/speed`
+/// still cross once and are delivered once; withdrawing the plain interest leaves only the
+/// aggregate, with no moment where neither is held.
+#[test]
+fn an_aggregate_and_a_plain_declaration_for_one_face_deliver_once() {
+    const N: usize = 100;
+    let mut m = Mesh::two_sites();
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
+        .collect();
+    let p = m.publisher(3, "fleet/**");
+    assert!(m.inbox[3].ready.contains(&p));
+    let pair_b = m.nodes[0].pair_face(&m.nodes[1].id()).unwrap();
+    let since = m.routed_decls.len();
+    let now = m.now;
+    m.nodes[0].handle_message(
+        now,
+        pair_b,
+        Msg::Declare(Decl::Interest {
+            id: 9_999,
+            key: Some(k("fleet/car1/**")),
+            flags: interest::SUBSCRIBERS | interest::CURRENT | interest::FUTURE,
+        }),
+    );
+    m.run();
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    assert!(
+        matches!(&a_to_b[0], Decl::Subscriber { key, .. } if key.as_str() == "fleet/car1/speed")
+    );
+    assert_eq!(m.nodes[0].faces[&pair_b].out.entries.len(), 2);
+    let crossed = m.sample_sends.len();
+    m.put(3, "fleet/car1/speed", "1");
+    assert_eq!(m.delivered(2, subs[1]), ["fleet/car1/speed=1"]);
+    let b_to_a = m.sample_sends[crossed..]
+        .iter()
+        .filter(|(from, _, _)| *from == 1)
+        .count();
+    assert_eq!(b_to_a, 1, "{:?}", &m.sample_sends[crossed..]);
+    // The plain interest goes: its declaration is undeclared, the aggregate stays.
+    let since = m.routed_decls.len();
+    m.nodes[0].handle_message(
+        now,
+        pair_b,
+        Msg::Declare(Decl::UndeclareInterest { id: 9_999 }),
+    );
+    m.run();
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert_eq!(unsubscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    assert_eq!(subscriber_decls(&a_to_b), 0, "{a_to_b:?}");
+    m.put(3, "fleet/car1/speed", "2");
+    assert_eq!(
+        m.delivered(2, subs[1]),
+        ["fleet/car1/speed=1", "fleet/car1/speed=2"]
+    );
+}
+
+/// The aggregate lost on its way (a dying link) is healed by the resync after the route
+/// moves, as one declaration: C's 1,000 subscribers are one subscriber at A again, and A's
+/// samples reach each of them once.
+#[test]
+fn a_lost_aggregate_is_healed_by_the_resync_as_one_declaration() {
+    const N: usize = 1000;
+    let (mut m, ab, _, _) = Mesh::triangle();
+    let p = m.publisher(3, "fleet/**");
+    assert!(m.inbox[3].ready.contains(&p));
+    // The first subscriber's aggregate is lost between C and A.
+    m.lose_routed_decls = 1;
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| m.subscribe(4, &format!("fleet/car{i}/speed")))
+        .collect();
+    let pair_c = m.nodes[0].pair_face(&m.nodes[2].id()).unwrap();
+    assert_eq!(
+        m.nodes[0].faces[&pair_c].subs.len(),
+        0,
+        "the aggregate was lost"
+    );
+    // A–B dies: A's route to C moves to the direct link, and the pair resyncs.
+    let since = m.routed_decls.len();
+    m.unlink(ab);
+    assert!(m.nodes[2].backbone_counters.resyncs >= 1);
+    assert_eq!(m.nodes[0].faces[&pair_c].subs.len(), 1);
+    // One aggregate per resync round (both ends saw the route move, so two rounds).
+    let c_to_a = m.routed_since(since, 2, 0);
+    let rounds = c_to_a
+        .iter()
+        .filter(|d| matches!(d, Decl::Resync { .. }))
+        .count();
+    assert!((1..=2).contains(&rounds), "{c_to_a:?}");
+    assert_eq!(subscriber_decls(&c_to_a), rounds, "{c_to_a:?}");
+    assert!(
+        c_to_a
+            .iter()
+            .all(|d| !matches!(d, Decl::Subscriber { key, .. } if key.as_str() != "fleet/**"))
+    );
+    assert_eq!(unsubscriber_decls(&c_to_a), 0, "{c_to_a:?}");
+    for (i, s) in subs.iter().enumerate() {
+        m.put(3, &format!("fleet/car{i}/speed"), "1");
+        assert_eq!(m.delivered(4, *s), [format!("fleet/car{i}/speed=1")]);
+    }
 }
