@@ -520,8 +520,8 @@ struct Out {
     /// Every declaration numbered up to this has arrived: a barrier sent after it was
     /// answered (the lane is ordered).
     acked: u64,
-    /// Barriers in flight on the face: id → [`Out::seq`] when sent.
-    barriers: HashMap<u32, u64>,
+    /// Barriers in flight on the face: id → ([`Out::seq`] when sent, its key).
+    barriers: HashMap<u32, (u64, Option<OwnedKeyExpr>)>,
     /// Waits that joined a barrier in flight instead of sending their own: barrier id → the
     /// waits' ids.
     followers: HashMap<u32, Vec<u32>>,
@@ -535,7 +535,7 @@ impl Out {
         if seq <= self.acked {
             return BarrierNeed::None;
         }
-        match self.barriers.iter().find(|(_, s)| **s >= seq) {
+        match self.barriers.iter().find(|(_, (s, _))| *s >= seq) {
             Some((b, _)) => BarrierNeed::Join(*b),
             None => BarrierNeed::Send,
         }
@@ -1752,6 +1752,28 @@ impl Node {
             });
         }
         msgs.push(Decl::ResyncEnd { round });
+        // Barriers in flight may have been lost with the old path too (and every wait that
+        // joined one would wait for ever): asked again, after what they confirm.
+        let seq = f.out.seq;
+        let mut again: Vec<(u32, Option<OwnedKeyExpr>)> = f
+            .out
+            .barriers
+            .iter()
+            .map(|(b, (_, k))| (*b, k.clone()))
+            .collect();
+        again.sort_by_key(|(b, _)| *b);
+        for (b, key) in again {
+            msgs.push(Decl::Interest {
+                id: b,
+                key,
+                flags: interest::CURRENT,
+            });
+        }
+        if let Some(f) = self.faces.get_mut(&face) {
+            for (s, _) in f.out.barriers.values_mut() {
+                *s = seq;
+            }
+        }
         for d in msgs {
             self.send(face, Msg::Declare(d));
         }
@@ -2242,7 +2264,7 @@ impl Node {
                 };
                 // A barrier's answer: everything declared on the face before it has arrived,
                 // for the waits that joined it too.
-                if let Some(seq) = f.out.barriers.remove(&id) {
+                if let Some((seq, _)) = f.out.barriers.remove(&id) {
                     f.out.acked = f.out.acked.max(seq);
                 }
                 let followers = f.out.followers.remove(&id).unwrap_or_default();
@@ -2387,7 +2409,7 @@ impl Node {
             BarrierNeed::None => {}
             BarrierNeed::Join(b) => f.out.followers.entry(b).or_default().push(wait),
             BarrierNeed::Send => {
-                f.out.barriers.insert(wait, f.out.seq);
+                f.out.barriers.insert(wait, (f.out.seq, key.clone()));
                 self.send(
                     g,
                     Msg::Declare(Decl::Interest {

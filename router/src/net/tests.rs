@@ -2261,3 +2261,47 @@ fn a_lost_aggregate_is_healed_by_the_resync_as_one_declaration() {
         assert_eq!(m.delivered(4, *s), [format!("fleet/car{i}/speed=1")]);
     }
 }
+
+/// The aggregate and the barrier that many subscribers joined, both lost with a dying path:
+/// none of them is ready; the resync after the route moves declares the aggregate again and
+/// asks the barrier again, and then every one is ready and gets C's samples once.
+#[test]
+fn a_lost_barrier_that_many_joined_is_asked_again_by_the_resync() {
+    const N: usize = 100;
+    let (mut m, ab, _, _) = Mesh::triangle();
+    let p = m.publisher(4, "fleet/**");
+    assert!(m.inbox[4].ready.contains(&p));
+    m.lose_routed_decls = 2;
+    let now = m.now;
+    let subs: Vec<LocalId> = (0..N)
+        .map(|i| {
+            let id = m.id(3);
+            m.nodes[3].handle_local(
+                now,
+                Cmd::Subscribe {
+                    id,
+                    key: k(&format!("fleet/car{i}/speed")),
+                },
+            );
+            id
+        })
+        .collect();
+    m.run();
+    assert_eq!(m.lose_routed_decls, 0);
+    assert!(
+        subs.iter().all(|s| !m.inbox[3].ready.contains(s)),
+        "ready although the aggregate and its barrier were lost"
+    );
+    m.unlink(ab);
+    assert!(m.nodes[0].backbone_counters.resyncs >= 1);
+    for s in &subs {
+        assert!(
+            m.inbox[3].ready.contains(s),
+            "{s} not ready after the resync"
+        );
+    }
+    for (i, s) in subs.iter().enumerate() {
+        m.put(4, &format!("fleet/car{i}/speed"), "1");
+        assert_eq!(m.delivered(3, *s), [format!("fleet/car{i}/speed=1")]);
+    }
+}
