@@ -141,6 +141,19 @@ async fn stored(client: &Session) -> anyhow::Result<u64> {
     anyhow::bail!("no storage in the admin space")
 }
 
+/// CPU time (user + system) a process has used so far, in µs (clock ticks of 10 ms).
+fn cpu_us(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+            Some((t(11)? + t(12)?) * 10_000.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -176,6 +189,10 @@ struct Figures {
     rss_ingest: u64,
     rss_peak: u64,
     disk_per_sample: f64,
+    /// CPU µs per sample during ingest: the client's process, the storage's process.
+    cpu_ingest: (f64, f64),
+    /// The storage's CPU µs per sample replayed.
+    cpu_replay: f64,
 }
 
 async fn one_run(
@@ -237,6 +254,9 @@ async fn one_run(
         anyhow::ensure!(p.wait_matching(Duration::from_secs(10)).await, "no storage");
     }
     let payload = bytes::Bytes::from(vec![0x5au8; size]);
+    let me = std::process::id();
+    let cpu0 = (cpu_us(me), cpu_us(pid));
+    let per = move |c: f64, c0: f64, n: u64| (c - c0) / n.max(1) as f64;
     let start = Instant::now();
     if let Some(a) = ack {
         let level = match a {
@@ -280,6 +300,8 @@ async fn one_run(
             rss_ingest: status(pid, "VmHWM:"),
             rss_peak: status(pid, "VmHWM:"),
             disk_per_sample: disk_bytes(dir.path()) as f64 / n as f64,
+            cpu_ingest: (per(cpu_us(me), cpu0.0, n), per(cpu_us(pid), cpu0.1, n)),
+            cpu_replay: 0.0,
         });
     }
     for i in 0..n {
@@ -310,6 +332,8 @@ async fn one_run(
     let ingest = n as f64 / start.elapsed().as_secs_f64();
     eprintln!("stored {n} in {:?}", start.elapsed());
     let rss_ingest = status(pid, "VmHWM:");
+    let cpu_ingest = (per(cpu_us(me), cpu0.0, n), per(cpu_us(pid), cpu0.1, n));
+    let cpu1 = cpu_us(pid);
     let start = Instant::now();
     let mut replies = client
         .get("bench/**?_time=[..]")
@@ -338,6 +362,7 @@ async fn one_run(
         eprintln!("replay cut short: {got} of {n} samples arrived");
     }
     let replayed = got;
+    let cpu_replay = per(cpu_us(pid), cpu1, got);
     let rss_peak = status(pid, "VmHWM:");
     // Past a flush interval, what is on disk.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -356,6 +381,8 @@ async fn one_run(
         rss_ingest,
         rss_peak,
         disk_per_sample,
+        cpu_ingest,
+        cpu_replay,
     })
 }
 
@@ -397,14 +424,17 @@ async fn main() -> anyhow::Result<()> {
             for r in 0..runs {
                 let f = one_run(n, size, backend, queue, ack, inflight).await?;
                 eprintln!(
-                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample",
+                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample; CPU µs/sample: ingest client {:.2} storage {:.2}, replay storage {:.2}",
                     f.publish,
                     f.ingest,
                     f.replay,
                     f.replayed,
                     f.rss_ingest >> 20,
                     f.rss_peak >> 20,
-                    f.disk_per_sample
+                    f.disk_per_sample,
+                    f.cpu_ingest.0,
+                    f.cpu_ingest.1,
+                    f.cpu_replay
                 );
                 if json {
                     let mode = match ack {
@@ -418,6 +448,8 @@ async fn main() -> anyhow::Result<()> {
                             "inflight": inflight, "ingest_per_s": f.ingest.round(),
                             "replay_per_s": f.replay.round(),
                             "rss_mb": f.rss_peak >> 20, "disk_per_sample": f.disk_per_sample.round(),
+                            "cpu_us_ingest_client": f.cpu_ingest.0, "cpu_us_ingest_storage": f.cpu_ingest.1,
+                            "cpu_us_replay_storage": f.cpu_replay,
                         })
                     );
                 }

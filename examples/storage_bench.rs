@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 fn sample(i: u64, size: usize, t0: u64) -> StoredSample {
     StoredSample {
-        key: format!("bench/k{}", i % 100),
+        key: format!("bench/k{}", i % 100).into(),
         kind: hypha::SampleKind::Put,
-        payload: vec![(i % 251) as u8; size],
+        payload: vec![(i % 251) as u8; size].into(),
         timestamp: Timestamp {
             time: Ntp64::from_unix_micros(t0 + i),
             id: NodeId::from_u128(7),

@@ -257,9 +257,9 @@ fn a_corrupt_store_opens_whole_or_fails_naming_its_directory() {
         let mut b = SledBackend::open(dir.path(), 10).unwrap();
         for i in 0..2000u64 {
             b.store(&StoredSample {
-                key: format!("k/{}", i % 50),
+                key: format!("k/{}", i % 50).into(),
                 kind: SampleKind::Put,
-                payload: vec![7u8; 100],
+                payload: vec![7u8; 100].into(),
                 timestamp: hypha_core::hlc::Timestamp {
                     time: hypha_core::hlc::Ntp64((1_700_000_000u64 << 32) + i),
                     id: hypha_core::id::NodeId::from_u128(1),
@@ -315,9 +315,9 @@ fn a_corrupt_redb_store_opens_whole_or_fails_naming_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let batch: Vec<StoredSample> = (0..2000u64)
         .map(|i| StoredSample {
-            key: format!("k/{}", i % 50),
+            key: format!("k/{}", i % 50).into(),
             kind: SampleKind::Put,
-            payload: vec![7u8; 100],
+            payload: vec![7u8; 100].into(),
             timestamp: hypha_core::hlc::Timestamp {
                 time: hypha_core::hlc::Ntp64((1_700_000_000u64 << 32) + i),
                 id: hypha_core::id::NodeId::from_u128(1),

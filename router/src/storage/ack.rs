@@ -74,12 +74,26 @@ impl Acks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether this (publisher, sn) is already stored (a duplicate).
-    pub(super) fn seen(&self, s: &SampleSource) -> bool {
-        self.lock()
-            .sources
-            .get(&(s.node, s.publisher))
-            .is_some_and(|r| r.batch.contains_key(&s.sn))
+    /// Keeps the items whose source (publisher, sn) is not already stored (one lock for all);
+    /// how many were removed.
+    pub(super) fn retain_unseen<T>(
+        &self,
+        items: &mut Vec<T>,
+        source: impl Fn(&T) -> Option<&SampleSource>,
+    ) -> u64 {
+        let before = items.len();
+        let g = self.lock();
+        if g.sources.is_empty() {
+            return 0;
+        }
+        items.retain(|t| {
+            source(t).is_none_or(|s| {
+                !g.sources
+                    .get(&(s.node, s.publisher))
+                    .is_some_and(|r| r.batch.contains_key(&s.sn))
+            })
+        });
+        (before - items.len()) as u64
     }
 
     /// The samples of batch `batch` are committed.
@@ -253,6 +267,10 @@ mod tests {
         a.wait_all(NodeId::from_u128(9), 3, sns, level, until).await
     }
 
+    fn seen(a: &Acks, sn: u32) -> bool {
+        a.retain_unseen(&mut vec![src(sn)], |s| Some(s)) == 1
+    }
+
     #[tokio::test]
     async fn received_then_durable_and_duplicates() {
         let a = Acks::default();
@@ -260,9 +278,9 @@ mod tests {
             held(&a, &[1], Level::Received, 20).await.is_empty(),
             "not stored yet"
         );
-        assert!(!a.seen(&src(1)));
+        assert!(!seen(&a, 1));
         a.stored(&[src(1), src(2)], 1);
-        assert!(a.seen(&src(1)));
+        assert!(seen(&a, 1));
         assert_eq!(held(&a, &[1], Level::Received, 20).await, [1]);
         assert!(
             held(&a, &[1], Level::Durable, 20).await.is_empty(),
@@ -274,8 +292,11 @@ mod tests {
         // Remembered for the last 4,096 numbers only.
         let many: Vec<SampleSource> = (10..10 + RECENT as u32).map(src).collect();
         a.stored(&many, 2);
-        assert!(!a.seen(&src(1)));
-        assert!(a.seen(&src(10)));
+        assert!(!seen(&a, 1));
+        assert!(seen(&a, 10));
+        let mut mixed = vec![src(1), src(10), src(11), src(9)];
+        assert_eq!(a.retain_unseen(&mut mixed, |s| Some(s)), 2);
+        assert_eq!(mixed, [src(1), src(9)], "the unseen kept, in order");
     }
 
     #[tokio::test]

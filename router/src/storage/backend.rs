@@ -5,27 +5,30 @@
 //! **history**: every sample, indexed by timestamp, for replay. It is synchronous and knows
 //! nothing of tokio.
 
+use bytes::Bytes;
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::keyexpr::KeyExpr;
 use hypha_core::wire::SampleKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A stored sample. Every stored sample has a timestamp (the storage stamps those that arrive
 /// without one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSample {
-    /// Its key.
-    pub key: String,
+    /// Its key (shared with the sample it came from, and among the samples a log reads).
+    pub key: Arc<str>,
     /// Put or delete (a tombstone).
     pub kind: SampleKind,
-    /// Its payload.
-    pub payload: Vec<u8>,
+    /// Its payload (shared: ingest stores the received bytes without a copy, and the log's
+    /// replay hands out slices of what it read).
+    pub payload: Bytes,
     /// Its timestamp.
     pub timestamp: Timestamp,
     /// Its encoding.
-    pub encoding: Option<String>,
+    pub encoding: Option<Arc<str>>,
 }
 
 /// Why a storage operation failed.
@@ -265,10 +268,10 @@ impl Backend for MemoryBackend {
             self.bytes = self.bytes.saturating_sub(old.payload.len() as u64);
         }
         self.bytes += s.payload.len() as u64;
-        if newer(s, self.latest.get(&s.key)) {
-            let d = live_delta(self.latest.get(&s.key), s);
+        if newer(s, self.latest.get(&*s.key)) {
+            let d = live_delta(self.latest.get(&*s.key), s);
             self.keys = self.keys.saturating_add_signed(d);
-            self.latest.insert(s.key.clone(), s.clone());
+            self.latest.insert(s.key.to_string(), s.clone());
             Ok(true)
         } else {
             Ok(false)
@@ -611,7 +614,7 @@ mod tests {
         StoredSample {
             key: key.into(),
             kind,
-            payload: payload.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
             timestamp: Timestamp {
                 time: Ntp64(t),
                 id: NodeId::from_u128(1),
@@ -632,11 +635,11 @@ mod tests {
         let k = KeyExpr::new("a/*").unwrap();
         let latest = b.latest(&k).unwrap();
         assert_eq!(latest.len(), 2);
-        assert_eq!(latest[0].payload, b"x");
+        assert_eq!(latest[0].payload, b"x"[..]);
         assert_eq!(latest[1].kind, Delete);
         assert_eq!(
             b.latest(&KeyExpr::new("a/1").unwrap()).unwrap()[0].payload,
-            b"x"
+            b"x"[..]
         );
         // History keeps everything, in time order.
         let h = b
@@ -717,7 +720,7 @@ mod tests {
         assert_eq!(b.history_len(), 2);
         assert_eq!(b.summary().bytes, 4);
         let latest = b.latest(&KeyExpr::new("a/**").unwrap()).unwrap();
-        assert_eq!(latest[0].payload, b"x");
+        assert_eq!(latest[0].payload, b"x"[..]);
         let batch = [
             s("b/1", SampleKind::Put, 30, "p"),
             s("b/2", SampleKind::Put, 31, "q"),

@@ -114,7 +114,7 @@ impl Backend for FjallBackend {
             bytes += s.payload.len() as u64;
             let v = encode(s)?;
             wb.insert(&self.history, hk, v.clone());
-            let old = match latest.get(s.key.as_str()) {
+            let old = match latest.get(&*s.key) {
                 Some(l) => l.clone(),
                 None => self.latest_of(&s.key)?,
             };
@@ -124,10 +124,10 @@ impl Backend for FjallBackend {
                 };
                 keys += live(Some(s)) - live(old.as_ref());
                 wb.insert(&self.latest, s.key.as_bytes(), v);
-                latest.insert(s.key.as_str(), Some(s.clone()));
+                latest.insert(&*s.key, Some(s.clone()));
                 newer += 1;
             } else {
-                latest.insert(s.key.as_str(), old);
+                latest.insert(&*s.key, old);
             }
         }
         wb.commit().map_err(fj)?;
@@ -260,9 +260,9 @@ mod tests {
             let mut b = FjallBackend::open(dir.path(), 100).unwrap();
             let batch: Vec<StoredSample> = (0..20_000u64)
                 .map(|i| StoredSample {
-                    key: format!("k/{}", i % 100),
+                    key: format!("k/{}", i % 100).into(),
                     kind: SampleKind::Put,
-                    payload: vec![(i % 251) as u8; 64],
+                    payload: vec![(i % 251) as u8; 64].into(),
                     timestamp: Timestamp {
                         time: Ntp64(i + 1),
                         id: NodeId::from_u128(1),

@@ -49,6 +49,7 @@
 use super::backend::{
     Backend, HistoryPage, StorageError, StoredSample, Summary, literal_prefix, matches,
 };
+use bytes::{Bytes, BytesMut};
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::KeyExpr;
@@ -58,6 +59,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The directory of the log in a storage's directory.
@@ -156,13 +158,13 @@ pub struct LogBackend {
     nodes_file: File,
     /// Key string -> id, and id -> key string.
     ids: HashMap<String, u32>,
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     /// Node id -> index, and index -> node id.
     node_ids: HashMap<NodeId, u32>,
     nodes: Vec<NodeId>,
     /// Sealed segments, oldest first, then the active one (always present, last).
     segs: Vec<Segment>,
-    latest: BTreeMap<String, Latest>,
+    latest: BTreeMap<Arc<str>, Latest>,
     /// History before this is gone.
     floor: Option<Order>,
     count: u64,
@@ -394,7 +396,7 @@ impl LogBackend {
         let nodes_file = open_rw(&log.join("nodes"))?;
         let mut names = Vec::new();
         let (end, bad) = scan_frames(&keys_file, &mut |_, b| {
-            names.push(std::str::from_utf8(b).map_err(corrupt)?.to_string());
+            names.push(Arc::<str>::from(std::str::from_utf8(b).map_err(corrupt)?));
             Ok(())
         })?;
         cut_tail(&keys_file, end, bad, "keys")?;
@@ -433,7 +435,7 @@ impl LogBackend {
             ids: names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.clone(), i as u32))
+                .map(|(i, n)| (n.to_string(), i as u32))
                 .collect(),
             names,
             node_ids: nodes
@@ -492,7 +494,7 @@ impl LogBackend {
                 .ok_or_else(|| StorageError::Corrupt(format!("unknown key id {k}")))?;
             let newer = self
                 .latest
-                .get(name)
+                .get(&**name)
                 .is_none_or(|e| self.order(l.time, l.node) > self.order(e.time, e.node));
             if newer {
                 self.latest.insert(name.clone(), *l);
@@ -850,7 +852,7 @@ impl LogBackend {
         let id = self.names.len() as u32;
         frame(new, |b| b.extend_from_slice(key.as_bytes()));
         self.ids.insert(key.to_string(), id);
-        self.names.push(key.to_string());
+        self.names.push(Arc::from(key));
         id
     }
 
@@ -974,7 +976,7 @@ impl LogBackend {
         // positions are the ids), one that did not is forgotten.
         if let Err(e) = Self::append_dict(&mut self.keys_file, &new_keys) {
             for n in self.names.drain(names_before..) {
-                self.ids.remove(&n);
+                self.ids.remove(&*n);
             }
             for n in self.nodes.drain(nodes_before..) {
                 self.node_ids.remove(&n);
@@ -1026,9 +1028,14 @@ impl LogBackend {
             };
             let seg = self.segs.last_mut().ok_or_else(no_active)?;
             if let Index::Mem(v) = &mut seg.index {
-                // Nearly always at the end; a late sample goes near it.
-                let p = v.len() - v.iter().rev().take_while(|x| ord(x) > o).count();
-                v.insert(p, e);
+                // Nearly always at the end; a late sample (publishers that waited for room
+                // go in any order) is placed by binary search.
+                if v.last().is_none_or(|x| ord(x) <= o) {
+                    v.push(e);
+                } else {
+                    let p = v.partition_point(|x| ord(x) <= o);
+                    v.insert(p, e);
+                }
             }
             seg.payload += u64::from(plen);
             if self.oldest.is_none_or(|x| o < x) {
@@ -1045,21 +1052,20 @@ impl LogBackend {
                 off,
                 len,
             };
-            let newer = self
-                .latest
-                .get(name)
-                .is_none_or(|x| self.order(x.time, x.node) < o);
-            if newer {
-                let was_live = self
-                    .latest
-                    .get(name)
-                    .is_some_and(|x| x.kind == SampleKind::Put);
+            let prev = self.latest.get(&**name).copied();
+            if prev.is_none_or(|x| self.order(x.time, x.node) < o) {
+                let was_live = prev.is_some_and(|x| x.kind == SampleKind::Put);
                 match (was_live, kind == SampleKind::Put) {
                     (false, true) => self.live += 1,
                     (true, false) => self.live = self.live.saturating_sub(1),
                     _ => {}
                 }
-                self.latest.insert(name.clone(), l);
+                match self.latest.get_mut(&**name) {
+                    Some(x) => *x = l,
+                    None => {
+                        self.latest.insert(name.clone(), l);
+                    }
+                }
                 let seg = self.active_mut()?;
                 seg.latest.insert(key, l);
                 changed += 1;
@@ -1071,14 +1077,14 @@ impl LogBackend {
         Ok(changed)
     }
 
-    /// Reads the frame at `off..off + len` of segment `no`, through `cache`.
-    fn read_frame<'c>(
+    /// The body of the record at `off` (its checksum checked), a slice of the cache's block.
+    fn read_frame(
         &self,
         seg: &Segment,
         off: u32,
         len: u32,
-        cache: &'c mut ReadCache,
-    ) -> Result<&'c [u8], StorageError> {
+        cache: &mut ReadCache,
+    ) -> Result<Bytes, StorageError> {
         let (off, len) = (u64::from(off), len as usize);
         let hit = cache.seg == seg.no
             && off >= cache.at
@@ -1093,21 +1099,26 @@ impl LogBackend {
                     seg.no
                 )));
             }
-            cache.buf.resize(want, 0);
-            seg.file.read_exact_at(&mut cache.buf, off)?;
+            // The block is reused unless samples handed out still hold slices of it.
+            let mut b = std::mem::take(&mut cache.buf)
+                .try_into_mut()
+                .unwrap_or_else(|_| BytesMut::new());
+            b.clear();
+            b.resize(want, 0);
+            seg.file.read_exact_at(&mut b, off)?;
+            cache.buf = b.freeze();
             cache.seg = seg.no;
             cache.at = off;
         }
         let s = (off - cache.at) as usize;
-        let f = &cache.buf[s..s + len];
-        let body = &f[FRAME_HEADER as usize..];
-        if crc(body).to_le_bytes() != f[4..8] {
+        let f = cache.buf.slice(s..s + len);
+        if crc(&f[FRAME_HEADER as usize..]).to_le_bytes() != f[4..8] {
             return Err(StorageError::Corrupt(format!(
                 "segment {}: the checksum of the record at byte {off} does not hold",
                 seg.no
             )));
         }
-        Ok(body)
+        Ok(f.slice(FRAME_HEADER as usize..))
     }
 
     fn segment(&self, no: u64) -> Option<&Segment> {
@@ -1125,7 +1136,7 @@ impl LogBackend {
         cache: &mut ReadCache,
     ) -> Result<StoredSample, StorageError> {
         let body = self.read_frame(seg, off, len, cache)?;
-        let r = decode_rec(body)?;
+        let r = decode_rec(&body)?;
         let key = self
             .names
             .get(r.key as usize)
@@ -1137,12 +1148,18 @@ impl LogBackend {
         Ok(StoredSample {
             key: key.clone(),
             kind: r.kind,
-            payload: r.payload.to_vec(),
+            // A page's samples share the block they were read from (read for that page); a
+            // latest value is copied out (the block is a read-ahead around one record).
+            payload: if cache.share {
+                body.slice_ref(r.payload)
+            } else {
+                Bytes::copy_from_slice(r.payload)
+            },
             timestamp: Timestamp {
                 time: Ntp64(r.time),
                 id,
             },
-            encoding: r.encoding.map(str::to_string),
+            encoding: r.encoding.map(Arc::from),
         })
     }
 
@@ -1183,7 +1200,7 @@ impl LogBackend {
                 return Ok(());
             }
             let no = self.segs[0].no;
-            let carry: Vec<(String, Latest)> = self
+            let carry: Vec<(Arc<str>, Latest)> = self
                 .latest
                 .iter()
                 .filter(|(_, l)| l.seg == no)
@@ -1200,7 +1217,7 @@ impl LogBackend {
     }
 
     /// Re-appends latest values (tag 1) to the active segment and points the map at them.
-    fn carry(&mut self, carry: &[(String, Latest)]) -> Result<(), StorageError> {
+    fn carry(&mut self, carry: &[(Arc<str>, Latest)]) -> Result<(), StorageError> {
         let mut cache = ReadCache::default();
         let mut buf = Vec::new();
         let mut at = Vec::with_capacity(carry.len());
@@ -1235,7 +1252,7 @@ impl LogBackend {
                 ..*l
             };
             self.latest.insert(name.clone(), nl);
-            if let Some(&k) = self.ids.get(name) {
+            if let Some(&k) = self.ids.get(&**name) {
                 self.active_mut()?.latest.insert(k, nl);
             }
         }
@@ -1303,7 +1320,9 @@ fn cut_tail(file: &File, end: u64, why: Option<String>, what: &str) -> Result<()
 struct ReadCache {
     seg: u64,
     at: u64,
-    buf: Vec<u8>,
+    buf: Bytes,
+    /// Whether samples read share the block (history pages) or copy their payload out.
+    share: bool,
     /// Bytes to read at once (what the page will probably use, at most [`READ_AHEAD`]).
     ahead: usize,
 }
@@ -1313,7 +1332,8 @@ impl Default for ReadCache {
         ReadCache {
             seg: 0,
             at: 0,
-            buf: Vec::new(),
+            buf: Bytes::new(),
+            share: false,
             ahead: READ_AHEAD,
         }
     }
@@ -1406,7 +1426,11 @@ impl Backend for LogBackend {
         }
         let prefix = literal_prefix(key);
         let mut out = Vec::new();
-        for (k, l) in self.latest.range(prefix.clone()..) {
+        let from: &str = &prefix;
+        for (k, l) in self
+            .latest
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+        {
             if !k.starts_with(&prefix) {
                 break;
             }
@@ -1464,6 +1488,7 @@ impl Backend for LogBackend {
             seen += 1;
             if !sized {
                 cache.ahead = (e.len as usize).saturating_mul(want).min(READ_AHEAD);
+                cache.share = true;
                 sized = true;
             }
             let s = self.sample_at(&self.segs[si], e.off, e.len, &mut cache)?;
@@ -1492,7 +1517,7 @@ impl Backend for LogBackend {
             n += self.raise_floor(f)?;
         }
         if let Some(t) = tombstones_before {
-            let gone: Vec<String> = self
+            let gone: Vec<Arc<str>> = self
                 .latest
                 .iter()
                 .filter(|(_, l)| l.kind == SampleKind::Delete && l.time < t.0)
@@ -1501,7 +1526,7 @@ impl Backend for LogBackend {
             for k in gone {
                 if let Some(l) = self.latest.remove(&k) {
                     if let (Some(&id), Some(seg)) = (
-                        self.ids.get(&k),
+                        self.ids.get(&*k),
                         self.segs.iter_mut().find(|s| s.no == l.seg),
                     ) {
                         seg.latest.remove(&id);
@@ -1552,12 +1577,12 @@ mod tests {
         StoredSample {
             key: key.into(),
             kind: SampleKind::Put,
-            payload: payload.to_vec(),
+            payload: Bytes::copy_from_slice(payload),
             timestamp: Timestamp {
                 time: Ntp64(t),
                 id: NodeId::from_u128(node),
             },
-            encoding: (t % 3 == 0).then(|| "text/plain".to_string()),
+            encoding: (t % 3 == 0).then(|| Arc::from("text/plain")),
         }
     }
 
@@ -1675,7 +1700,7 @@ mod tests {
         assert_eq!(b.history_len(), 10);
         assert_eq!(
             b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload,
-            b"after"
+            b"after"[..]
         );
         // A flipped byte in the middle of a record: its checksum fails, it and what follows
         // are cut (the active segment), and said.
@@ -1764,7 +1789,7 @@ mod tests {
             assert_eq!(b.prune(Some(Ntp64(250)), None, None).unwrap(), 40);
             assert_eq!(
                 b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload,
-                b"keep me"
+                b"keep me"[..]
             );
             // A late sample below the floor is past retention: not stored.
             assert_eq!(b.store_batch(&[s("k/0", 5, 1, b"late")]).unwrap(), 0);
@@ -1775,7 +1800,7 @@ mod tests {
         assert_eq!(times(&all(&b)), (250..310).collect::<Vec<_>>());
         assert_eq!(
             b.latest(&KeyExpr::new("old").unwrap()).unwrap()[0].payload,
-            b"keep me"
+            b"keep me"[..]
         );
         assert_eq!(b.latest(&KeyExpr::new("**").unwrap()).unwrap().len(), 4);
         assert_eq!(b.summary().keys, 4);
@@ -1816,7 +1841,7 @@ mod tests {
         assert!(b.latest(&KeyExpr::new("b").unwrap()).unwrap().is_empty());
         assert_eq!(
             b.latest(&KeyExpr::new("a").unwrap()).unwrap()[0].payload,
-            b"one"
+            b"one"[..]
         );
         b.segs.last_mut().unwrap().file = open_rw(&seg).unwrap();
         b.store_batch(&[s("b", 2, 1, b"two")]).unwrap();

@@ -509,17 +509,19 @@ struct Batch {
 impl Writer {
     fn run(mut self) {
         let mut batch = Batch::default();
+        let mut incoming = Vec::new();
         let mut next_retention = Instant::now() + Duration::from_secs(1);
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => {
-                    self.take(s, &mut batch);
-                    while batch.samples.len() < MAX_BATCH {
+                    incoming.push(s);
+                    while incoming.len() < MAX_BATCH {
                         match self.rx.try_recv() {
-                            Ok(s) => self.take(s, &mut batch),
+                            Ok(s) => incoming.push(s),
                             Err(_) => break,
                         }
                     }
+                    self.take_all(&mut incoming, &mut batch);
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
                     if self.stopping.load(Ordering::Relaxed) {
@@ -548,9 +550,8 @@ impl Writer {
             }
         }
         // What is still queued (bounded) is stored before the final flush.
-        while let Ok(s) = self.rx.try_recv() {
-            self.take(s, &mut batch);
-        }
+        incoming.extend(self.rx.try_iter());
+        self.take_all(&mut incoming, &mut batch);
         if !batch.samples.is_empty() {
             self.write(&mut batch);
         }
@@ -560,22 +561,34 @@ impl Writer {
         }
     }
 
-    /// Adds `s` to the batch, unless this publisher's sample with this sequence number is
-    /// already stored (a duplicate: counted, not stored twice).
-    fn take(&self, s: Sample, batch: &mut Batch) {
-        if let Some(src) = s.source {
-            if self.acks.seen(&src) || !batch.sourced.insert(src) {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return;
+    /// Moves `incoming` into the batch, but for the samples whose (publisher, sequence number)
+    /// is already stored or already in the batch (duplicates: counted, not stored twice). The
+    /// table of stored ones is locked once for them all.
+    fn take_all(&self, incoming: &mut Vec<Sample>, batch: &mut Batch) {
+        let stored = self.acks.retain_unseen(incoming, |s| s.source.as_ref());
+        let mut dups = stored;
+        for s in incoming.drain(..) {
+            if let Some(src) = s.source {
+                if !batch.sourced.insert(src) {
+                    dups += 1;
+                    continue;
+                }
+                batch.sources.push(src);
             }
-            batch.sources.push(src);
+            self.take(s, batch);
         }
+        if dups > 0 {
+            self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self, s: Sample, batch: &mut Batch) {
         batch.samples.push(StoredSample {
-            key: s.key.to_string(),
+            key: s.key,
             kind: s.kind,
-            payload: s.payload.to_vec(),
+            payload: s.payload,
             timestamp: s.timestamp.unwrap_or_else(|| self.session.new_timestamp()),
-            encoding: s.encoding.as_deref().map(str::to_string),
+            encoding: s.encoding,
         });
     }
 
@@ -695,11 +708,11 @@ impl Writer {
 
 fn to_sample(s: StoredSample) -> Sample {
     Sample {
-        key: Arc::from(s.key.as_str()),
-        payload: Bytes::from(s.payload),
+        key: s.key,
+        payload: s.payload,
         kind: s.kind,
         timestamp: Some(s.timestamp),
-        encoding: s.encoding.map(|e| Arc::from(e.as_str())),
+        encoding: s.encoding,
         attachment: None,
         source: None,
     }

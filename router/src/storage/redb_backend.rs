@@ -24,6 +24,7 @@
 use super::backend::{
     Backend, HistoryPage, StorageError, StoredSample, Summary, literal_prefix, matches,
 };
+use bytes::Bytes;
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::KeyExpr;
@@ -32,6 +33,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const HISTORY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("history");
@@ -87,7 +89,7 @@ pub struct RedbBackend {
     file: PathBuf,
     /// Key string -> id, and id -> key string.
     ids: HashMap<String, u32>,
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     count: u64,
     bytes: u64,
     live: u64,
@@ -221,13 +223,13 @@ impl RedbBackend {
             )));
         }
         names.sort();
-        self.names = vec![String::new(); names.len()];
+        self.names = vec![Arc::from(""); names.len()];
         for (id, name) in names {
             let slot = self
                 .names
                 .get_mut(id as usize)
                 .ok_or_else(|| StorageError::Corrupt(format!("key id {id} out of range")))?;
-            *slot = name.clone();
+            *slot = Arc::from(name.as_str());
             self.ids.insert(name, id);
         }
         (self.count, self.bytes, self.live) = (count, bytes, live);
@@ -243,9 +245,9 @@ impl RedbBackend {
         Ok(StoredSample {
             key: key.clone(),
             kind: r.kind,
-            payload: r.payload.to_vec(),
+            payload: Bytes::copy_from_slice(r.payload),
             timestamp: t,
-            encoding: r.encoding.map(str::to_string),
+            encoding: r.encoding.map(Arc::from),
         })
     }
 
@@ -268,7 +270,7 @@ impl RedbBackend {
             Durability::None
         });
         let (mut count, mut bytes, mut live) = (self.count, self.bytes, self.live);
-        let mut new_names: Vec<String> = Vec::new();
+        let mut new_names: Vec<Arc<str>> = Vec::new();
         let mut changed = 0;
         {
             let mut history = w.open_table(HISTORY).map_err(io_or_corrupt)?;
@@ -276,12 +278,12 @@ impl RedbBackend {
             let mut keys = w.open_table(KEYS).map_err(io_or_corrupt)?;
             let mut rec = Vec::with_capacity(256);
             for s in batch {
-                let id = match self.ids.get(&s.key) {
+                let id = match self.ids.get(&*s.key) {
                     Some(id) => *id,
                     None => {
                         let id = (self.names.len() + new_names.len()) as u32;
-                        keys.insert(s.key.as_str(), id).map_err(io_or_corrupt)?;
-                        self.ids.insert(s.key.clone(), id);
+                        keys.insert(&*s.key, id).map_err(io_or_corrupt)?;
+                        self.ids.insert(s.key.to_string(), id);
                         new_names.push(s.key.clone());
                         id
                     }
@@ -310,7 +312,7 @@ impl RedbBackend {
                 }
                 bytes += s.payload.len() as u64;
                 let existing: Option<(Timestamp, SampleKind)> =
-                    match latest.get(s.key.as_str()).map_err(io_or_corrupt)? {
+                    match latest.get(&*s.key).map_err(io_or_corrupt)? {
                         Some(v) => {
                             let b = v.value();
                             let r: Rec<'_> = postcard::from_bytes(b.get(24..).unwrap_or_default())
@@ -328,9 +330,7 @@ impl RedbBackend {
                         (true, false) => live = live.saturating_sub(1),
                         _ => {}
                     }
-                    latest
-                        .insert(s.key.as_str(), &rec[..])
-                        .map_err(io_or_corrupt)?;
+                    latest.insert(&*s.key, &rec[..]).map_err(io_or_corrupt)?;
                     changed += 1;
                 }
             }
@@ -353,7 +353,7 @@ impl RedbBackend {
             }
             Err(e) => {
                 for n in new_names {
-                    self.ids.remove(&n);
+                    self.ids.remove(&*n);
                 }
                 Err(io_or_corrupt(e))
             }
