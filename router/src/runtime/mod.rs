@@ -1627,13 +1627,18 @@ impl Runtime {
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(self.config.queues.block_ms);
             let mut sent = false;
+            let mut waited = false;
             while !face.is_dead() {
-                let notified = face.space.notified();
+                let notified = face.put_room.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 match sample.send_on(face, key_id, lane) {
                     Ok(()) => {
                         sent = true;
+                        if waited {
+                            // Woken in turn and in: there may be room for the next one.
+                            face.put_room.notify_one();
+                        }
                         break;
                     }
                     Err(SendError::QueueFull) => {}
@@ -1642,6 +1647,7 @@ impl Runtime {
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     break;
                 }
+                waited = true;
             }
             if !sent {
                 face.dropped.fetch_add(1, Ordering::Relaxed);
