@@ -191,8 +191,8 @@ struct Figures {
     disk_per_sample: f64,
     /// CPU µs per sample during ingest: the client's process, the storage's process.
     cpu_ingest: (f64, f64),
-    /// The storage's CPU µs per sample replayed.
-    cpu_replay: f64,
+    /// CPU µs per sample replayed: the client's (the querier's) process, the storage's.
+    cpu_replay: (f64, f64),
 }
 
 async fn one_run(
@@ -301,7 +301,7 @@ async fn one_run(
             rss_peak: status(pid, "VmHWM:"),
             disk_per_sample: disk_bytes(dir.path()) as f64 / n as f64,
             cpu_ingest: (per(cpu_us(me), cpu0.0, n), per(cpu_us(pid), cpu0.1, n)),
-            cpu_replay: 0.0,
+            cpu_replay: (0.0, 0.0),
         });
     }
     for i in 0..n {
@@ -333,7 +333,7 @@ async fn one_run(
     eprintln!("stored {n} in {:?}", start.elapsed());
     let rss_ingest = status(pid, "VmHWM:");
     let cpu_ingest = (per(cpu_us(me), cpu0.0, n), per(cpu_us(pid), cpu0.1, n));
-    let cpu1 = cpu_us(pid);
+    let cpu1 = (cpu_us(me), cpu_us(pid));
     let start = Instant::now();
     let mut replies = client
         .get("bench/**?_time=[..]")
@@ -362,7 +362,7 @@ async fn one_run(
         eprintln!("replay cut short: {got} of {n} samples arrived");
     }
     let replayed = got;
-    let cpu_replay = per(cpu_us(pid), cpu1, got);
+    let cpu_replay = (per(cpu_us(me), cpu1.0, got), per(cpu_us(pid), cpu1.1, got));
     let rss_peak = status(pid, "VmHWM:");
     // Past a flush interval, what is on disk.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -424,7 +424,7 @@ async fn main() -> anyhow::Result<()> {
             for r in 0..runs {
                 let f = one_run(n, size, backend, queue, ack, inflight).await?;
                 eprintln!(
-                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample; CPU µs/sample: ingest client {:.2} storage {:.2}, replay storage {:.2}",
+                    "run {r}: publish {:.0}/s, stored {:.0}/s, replay {:.0}/s ({} of {n}), RSS {} MB after ingest, {} MB peak, {:.1} disk B/sample; CPU µs/sample: ingest client {:.2} storage {:.2}, replay client {:.2} storage {:.2}",
                     f.publish,
                     f.ingest,
                     f.replay,
@@ -434,7 +434,8 @@ async fn main() -> anyhow::Result<()> {
                     f.disk_per_sample,
                     f.cpu_ingest.0,
                     f.cpu_ingest.1,
-                    f.cpu_replay
+                    f.cpu_replay.0,
+                    f.cpu_replay.1
                 );
                 if json {
                     let mode = match ack {
@@ -449,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
                             "replay_per_s": f.replay.round(),
                             "rss_mb": f.rss_peak >> 20, "disk_per_sample": f.disk_per_sample.round(),
                             "cpu_us_ingest_client": f.cpu_ingest.0, "cpu_us_ingest_storage": f.cpu_ingest.1,
-                            "cpu_us_replay_storage": f.cpu_replay,
+                            "cpu_us_replay_client": f.cpu_replay.0, "cpu_us_replay_storage": f.cpu_replay.1,
                         })
                     );
                 }

@@ -312,6 +312,29 @@ impl Query {
         self.send(Ok(sample)).await
     }
 
+    /// Replies with many whole samples at once (a storage's history page): they go through the
+    /// node in one pass and the wait for room on the querier's link comes once, after them.
+    /// Each is checked as [`reply_sample`](Self::reply_sample) checks it; if one fails, none
+    /// is sent.
+    pub async fn reply_samples(&self, samples: Vec<Sample>) -> Result<(), ReplyError> {
+        let q = self.key_expr();
+        let rt = self.inner.responder.runtime();
+        for s in &samples {
+            // A canonical key (what a storage holds) is checked without a copy.
+            let fast = KeyExpr::new(&s.key)
+                .is_ok_and(|k| super::too_long(rt, &s.key).is_none() && k.intersects(&q));
+            if !fast {
+                self.check(&s.key)?;
+            }
+        }
+        if self.inner.responder.reply_all(samples) {
+            self.inner.responder.room().await;
+            Ok(())
+        } else {
+            Err(ReplyError::Gone)
+        }
+    }
+
     /// Replies that `key` was deleted.
     pub async fn reply_delete(
         &self,

@@ -1341,20 +1341,34 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
                 }
             }
         }
+        // Consecutive control messages (replies of a replay, above all) go through the node
+        // under one lock, so that their actions leave together: the querier is woken once
+        // for a run of replies, not once per reply.
+        let mut msgs = Vec::new();
         for m in incoming.drain(..) {
             if let Incoming::Auth(token) = m {
+                rt.handle_msgs(&face, &mut msgs);
                 rt.authenticate(&face, &token, &mut route_cache);
                 continue;
             }
-            if let Some(m) = face.hold(m) {
-                rt.dispatch(&face, &mut route_cache, m);
+            match face.hold(m) {
+                Some(Incoming::Msg(msg)) if msgs.len() < MSG_RUN => msgs.push(msg),
+                Some(m) => {
+                    rt.handle_msgs(&face, &mut msgs);
+                    rt.dispatch(&face, &mut route_cache, m);
+                }
+                None => {}
             }
         }
+        rt.handle_msgs(&face, &mut msgs);
         if closed {
             return;
         }
     }
 }
+
+/// Control messages handled under one node lock, at most (see the reader).
+const MSG_RUN: usize = 64;
 
 /// Gives a link's partial reassemblies back to the node-wide budget when its reader ends.
 struct ReassemblyRelease {

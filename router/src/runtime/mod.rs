@@ -109,6 +109,26 @@ impl Responder {
         })
     }
 
+    /// Sends every one of `samples` as a reply under one node lock; `false` if the query is
+    /// over.
+    pub(crate) fn reply_all(&self, samples: Vec<Sample>) -> bool {
+        self.rt.with_node(|n, now| {
+            let alive = n.query_alive(self.qid);
+            if alive {
+                for s in samples {
+                    n.handle_local(
+                        now,
+                        Cmd::Reply {
+                            query: self.qid,
+                            result: Ok(s),
+                        },
+                    );
+                }
+            }
+            alive
+        })
+    }
+
     /// Waits while the link the replies leave on has more than [`REPLY_BACKLOG`] messages
     /// waiting for room (it drains as the querier reads), or until it is gone.
     pub(crate) async fn room(&self) {
@@ -628,14 +648,16 @@ impl Runtime {
                 return;
             }
             loop {
-                let next = self
-                    .outbox
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_front();
-                let Some(a) = next else { break };
-                self.execute(a);
+                // All that is queued, in order, under one lock.
+                let next = std::mem::take(
+                    &mut *self.outbox.queue.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                if next.is_empty() {
+                    break;
+                }
+                for a in next {
+                    self.execute(a);
+                }
             }
             self.outbox.draining.store(false, Ordering::Release);
             if self
@@ -1242,6 +1264,23 @@ impl Runtime {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(face = face.id, "ignored: {what}");
             }
+        }
+    }
+
+    /// Handles `msgs` (control messages from `face`, in order) under one node lock, and
+    /// empties it.
+    pub(crate) fn handle_msgs(&self, face: &Arc<Face>, msgs: &mut Vec<Msg>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let requests = msgs.iter().any(|m| matches!(m, Msg::Request(_)));
+        self.with_node(|n, now| {
+            for m in msgs.drain(..) {
+                n.handle_message(now, face.id, m);
+            }
+        });
+        if requests {
+            self.timer.notify_one();
         }
     }
 

@@ -49,7 +49,7 @@
 use super::backend::{
     Backend, HistoryPage, StorageError, StoredSample, Summary, literal_prefix, matches,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hypha_core::hlc::{Ntp64, Timestamp};
 use hypha_core::id::NodeId;
 use hypha_core::keyexpr::KeyExpr;
@@ -1077,14 +1077,16 @@ impl LogBackend {
         Ok(changed)
     }
 
-    /// The body of the record at `off` (its checksum checked), a slice of the cache's block.
-    fn read_frame(
+    /// The body of the record at `off` (its checksum checked), read through `cache` (one
+    /// block, reused: a fresh block per page cost more in page faults and zeroing than
+    /// copying each payload out of a reused one).
+    fn read_frame<'c>(
         &self,
         seg: &Segment,
         off: u32,
         len: u32,
-        cache: &mut ReadCache,
-    ) -> Result<Bytes, StorageError> {
+        cache: &'c mut ReadCache,
+    ) -> Result<&'c [u8], StorageError> {
         let (off, len) = (u64::from(off), len as usize);
         let hit = cache.seg == seg.no
             && off >= cache.at
@@ -1099,26 +1101,24 @@ impl LogBackend {
                     seg.no
                 )));
             }
-            // The block is reused unless samples handed out still hold slices of it.
-            let mut b = std::mem::take(&mut cache.buf)
-                .try_into_mut()
-                .unwrap_or_else(|_| BytesMut::new());
-            b.clear();
-            b.resize(want, 0);
-            seg.file.read_exact_at(&mut b, off)?;
-            cache.buf = b.freeze();
+            cache.buf.resize(want, 0);
+            if let Err(e) = seg.file.read_exact_at(&mut cache.buf, off) {
+                cache.buf.clear();
+                return Err(e.into());
+            }
             cache.seg = seg.no;
             cache.at = off;
         }
         let s = (off - cache.at) as usize;
-        let f = cache.buf.slice(s..s + len);
-        if crc(&f[FRAME_HEADER as usize..]).to_le_bytes() != f[4..8] {
+        let f = &cache.buf[s..s + len];
+        let body = &f[FRAME_HEADER as usize..];
+        if crc(body).to_le_bytes() != f[4..8] {
             return Err(StorageError::Corrupt(format!(
                 "segment {}: the checksum of the record at byte {off} does not hold",
                 seg.no
             )));
         }
-        Ok(f.slice(FRAME_HEADER as usize..))
+        Ok(body)
     }
 
     fn segment(&self, no: u64) -> Option<&Segment> {
@@ -1135,8 +1135,21 @@ impl LogBackend {
         len: u32,
         cache: &mut ReadCache,
     ) -> Result<StoredSample, StorageError> {
+        self.sample_if(seg, off, len, cache, |_, _| true)
+            .and_then(|s| s.ok_or_else(|| StorageError::Corrupt("a record was passed over".into())))
+    }
+
+    /// The sample at `off` if `keep(key id, key)` says so (decoded only then).
+    fn sample_if(
+        &self,
+        seg: &Segment,
+        off: u32,
+        len: u32,
+        cache: &mut ReadCache,
+        mut keep: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Option<StoredSample>, StorageError> {
         let body = self.read_frame(seg, off, len, cache)?;
-        let r = decode_rec(&body)?;
+        let r = decode_rec(body)?;
         let key = self
             .names
             .get(r.key as usize)
@@ -1145,22 +1158,19 @@ impl LogBackend {
             .nodes
             .get(r.node as usize)
             .ok_or_else(|| StorageError::Corrupt(format!("unknown node {}", r.node)))?;
-        Ok(StoredSample {
+        if !keep(r.key, key) {
+            return Ok(None);
+        }
+        Ok(Some(StoredSample {
             key: key.clone(),
             kind: r.kind,
-            // A page's samples share the block they were read from (read for that page); a
-            // latest value is copied out (the block is a read-ahead around one record).
-            payload: if cache.share {
-                body.slice_ref(r.payload)
-            } else {
-                Bytes::copy_from_slice(r.payload)
-            },
+            payload: Bytes::copy_from_slice(r.payload),
             timestamp: Timestamp {
                 time: Ntp64(r.time),
                 id,
             },
             encoding: r.encoding.map(Arc::from),
-        })
+        }))
     }
 
     fn latest_sample(
@@ -1320,9 +1330,7 @@ fn cut_tail(file: &File, end: u64, why: Option<String>, what: &str) -> Result<()
 struct ReadCache {
     seg: u64,
     at: u64,
-    buf: Bytes,
-    /// Whether samples read share the block (history pages) or copy their payload out.
-    share: bool,
+    buf: Vec<u8>,
     /// Bytes to read at once (what the page will probably use, at most [`READ_AHEAD`]).
     ahead: usize,
 }
@@ -1332,8 +1340,7 @@ impl Default for ReadCache {
         ReadCache {
             seg: 0,
             at: 0,
-            buf: Bytes::new(),
-            share: false,
+            buf: Vec::new(),
             ahead: READ_AHEAD,
         }
     }
@@ -1471,6 +1478,7 @@ impl Backend for LogBackend {
         let mut page = HistoryPage::default();
         let mut cache = ReadCache::default();
         let mut sized = false;
+        let mut verdicts: rustc_hash::FxHashMap<u32, bool> = Default::default();
         let mut last: Option<Order> = None;
         let mut seen = 0;
         while let Some((si, e)) = m.next(self)? {
@@ -1488,11 +1496,20 @@ impl Backend for LogBackend {
             seen += 1;
             if !sized {
                 cache.ahead = (e.len as usize).saturating_mul(want).min(READ_AHEAD);
-                cache.share = true;
                 sized = true;
             }
-            let s = self.sample_at(&self.segs[si], e.off, e.len, &mut cache)?;
-            if matches(key, &s.key) {
+            // Whether a key matches is worked out once per key of the page, not per sample.
+            let keep = |id: u32, name: &str| match verdicts.get(&id) {
+                Some(&m) => m,
+                None => {
+                    let m = matches(key, name);
+                    if verdicts.len() < 4096 {
+                        verdicts.insert(id, m);
+                    }
+                    m
+                }
+            };
+            if let Some(s) = self.sample_if(&self.segs[si], e.off, e.len, &mut cache, keep)? {
                 page.samples.push(s);
             }
             last = Some(self.entry_order(&e));

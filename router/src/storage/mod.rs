@@ -935,17 +935,21 @@ async fn replay(
     Ok(())
 }
 
-/// Replies with every sample; false when the querier is gone.
+/// Replies with every sample, [`PAGE`] at a time (each group through the node at once, then
+/// a wait for room); false when the querier is gone.
 async fn reply_all(
     q: &Query,
     samples: impl Iterator<Item = StoredSample>,
     st: &StorageStats,
 ) -> bool {
-    for s in samples {
-        if q.reply_sample(to_sample(s)).await.is_err() {
+    let mut samples = samples.map(to_sample).peekable();
+    while samples.peek().is_some() {
+        let group: Vec<Sample> = samples.by_ref().take(PAGE).collect();
+        let n = group.len() as u64;
+        if q.reply_samples(group).await.is_err() {
             return false;
         }
-        st.replied.fetch_add(1, Ordering::Relaxed);
+        st.replied.fetch_add(n, Ordering::Relaxed);
     }
     true
 }
