@@ -71,8 +71,10 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(system, mode, size, field):
     v = [r[field] for r in rows if r["system"] == system and r["mode"] == mode and r["size"] == size]
     return statistics.median(v) if v else 0
-print("| payload | figure | JetStream | Hypha | Hypha / JetStream |")
-print("| --- | --- | ---: | ---: | ---: |")
+def series(system, mode, size, field):
+    return [r[field] for r in rows if r["system"] == system and r["mode"] == mode and r["size"] == size]
+print("| payload | figure | JetStream | Hypha | Hypha / JetStream | per-round ratio, min-max |")
+print("| --- | --- | ---: | ---: | ---: | --- |")
 for size in (64, 1024):
     lines = [
         ("acked ingest/s (Hypha Received)", ("acked", "ingest_per_s"), ("acked-received", "ingest_per_s")),
@@ -85,6 +87,9 @@ for size in (64, 1024):
     for name, (jm, jf), (hm, hf) in lines:
         j, h = med("jetstream", jm, size, jf), med("hypha", hm, size, hf)
         ratio = f"{h / j:.2f}x" if j else "-"
-        print(f"| {size} B | {name} | {j:,.0f} | {h:,.0f} | {ratio} |")
+        # Round k of one system against round k of the other (the same minute of the machine).
+        per = [b / a for a, b in zip(series("jetstream", jm, size, jf), series("hypha", hm, size, hf)) if a]
+        spread = f"{min(per):.2f}-{max(per):.2f}" if per else "-"
+        print(f"| {size} B | {name} | {j:,.0f} | {h:,.0f} | {ratio} | {spread} |")
 PY
 rm -f "$OUT"
