@@ -401,6 +401,67 @@ pub(super) fn decode(v: &[u8]) -> Result<StoredSample, StorageError> {
     postcard::from_bytes(v).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
+/// The decoded latest values among `rows` (key, encoded sample: a prefix scan of an engine's
+/// latest table) whose key matches `key`.
+pub(super) fn latest_matching<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    key: &KeyExpr<'_>,
+    rows: impl Iterator<Item = Result<(K, V), StorageError>>,
+) -> Result<Vec<StoredSample>, StorageError> {
+    let mut out = Vec::new();
+    for kv in rows {
+        let (k, v) = kv?;
+        if matches(key, &String::from_utf8_lossy(k.as_ref())) {
+            out.push(decode(v.as_ref())?);
+        }
+    }
+    Ok(out)
+}
+
+/// When an engine's writes since its last sync are due to be synced: `flush_ms` after that
+/// sync (the log, redb and fjall sync on the storage writer's call, not on a timer of their own).
+#[derive(Debug)]
+pub(super) struct SyncClock {
+    every: std::time::Duration,
+    last: std::time::Instant,
+    unsynced: bool,
+}
+
+impl SyncClock {
+    pub(super) fn new(flush_ms: u64) -> Self {
+        SyncClock {
+            every: std::time::Duration::from_millis(flush_ms.max(1)),
+            last: std::time::Instant::now(),
+            unsynced: false,
+        }
+    }
+
+    /// Something was written and is not synced yet.
+    pub(super) fn written(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// Everything written is synced.
+    pub(super) fn synced(&mut self) {
+        self.unsynced = false;
+        self.last = std::time::Instant::now();
+    }
+
+    /// Whether something written is not synced.
+    pub(super) fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Whether the interval since the last sync has passed (whatever was written).
+    pub(super) fn interval_passed(&self) -> bool {
+        self.last.elapsed() >= self.every
+    }
+
+    /// Whether a sync is due: something unsynced, and the interval passed.
+    pub(super) fn due(&self) -> bool {
+        self.unsynced && self.interval_passed()
+    }
+}
+
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 8 << 20;
 
@@ -513,14 +574,12 @@ impl Backend for SledBackend {
                 .into_iter()
                 .collect();
         }
-        let mut out = Vec::new();
-        for kv in self.latest.scan_prefix(literal_prefix(key).as_bytes()) {
-            let (k, v) = kv?;
-            if matches(key, &String::from_utf8_lossy(&k)) {
-                out.push(decode(&v)?);
-            }
-        }
-        Ok(out)
+        latest_matching(
+            key,
+            self.latest
+                .scan_prefix(literal_prefix(key).as_bytes())
+                .map(|kv| kv.map_err(StorageError::from)),
+        )
     }
 
     fn history_page(

@@ -9,15 +9,14 @@
 //! (`PersistMode::SyncAll`), at most every `flush_ms` unless a durable acknowledgement waits.
 
 use super::backend::{
-    Backend, HistoryPage, StorageError, StoredSample, Summary, decode, encode, hist_key,
-    literal_prefix, matches, page_of, range_start,
+    Backend, HistoryPage, StorageError, StoredSample, Summary, SyncClock, decode, encode, hist_key,
+    latest_matching, literal_prefix, page_of, range_start,
 };
 use hypha_core::hlc::Ntp64;
 use hypha_core::keyexpr::KeyExpr;
 use hypha_core::wire::SampleKind;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// The segment-log-style answer for anything fjall reports: its error text.
 fn fj(e: fjall::Error) -> StorageError {
@@ -35,9 +34,7 @@ pub struct FjallBackend {
     count: usize,
     keys: u64,
     bytes: u64,
-    unsynced: bool,
-    last_sync: Instant,
-    flush_every: Duration,
+    sync: SyncClock,
 }
 
 impl std::fmt::Debug for FjallBackend {
@@ -81,9 +78,7 @@ impl FjallBackend {
             count,
             keys,
             bytes,
-            unsynced: false,
-            last_sync: Instant::now(),
-            flush_every: Duration::from_millis(flush_ms.max(1)),
+            sync: SyncClock::new(flush_ms),
         })
     }
 
@@ -134,7 +129,7 @@ impl Backend for FjallBackend {
         self.count += count;
         self.bytes += bytes;
         self.keys = self.keys.saturating_add_signed(keys);
-        self.unsynced = true;
+        self.sync.written();
         Ok(newer)
     }
 
@@ -144,14 +139,12 @@ impl Backend for FjallBackend {
                 .latest_of(key.as_str())
                 .map(|v| v.into_iter().collect());
         }
-        let mut out = Vec::new();
-        for g in self.latest.prefix(literal_prefix(key)) {
-            let (k, v) = g.into_inner().map_err(fj)?;
-            if matches(key, &String::from_utf8_lossy(&k)) {
-                out.push(decode(&v)?);
-            }
-        }
-        Ok(out)
+        latest_matching(
+            key,
+            self.latest
+                .prefix(literal_prefix(key))
+                .map(|g| g.into_inner().map_err(fj)),
+        )
     }
 
     fn history_page(
@@ -213,16 +206,15 @@ impl Backend for FjallBackend {
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
-        if self.unsynced {
+        if self.sync.unsynced() {
             self.db.persist(fjall::PersistMode::SyncAll).map_err(fj)?;
-            self.unsynced = false;
-            self.last_sync = Instant::now();
+            self.sync.synced();
         }
         Ok(())
     }
 
     fn flush_due(&self) -> bool {
-        self.unsynced && self.last_sync.elapsed() >= self.flush_every
+        self.sync.due()
     }
 
     fn history_len(&self) -> usize {

@@ -47,7 +47,7 @@
 //! [`StorageError::Io`]: nothing of the batch is stored, what was stored before stays.
 
 use super::backend::{
-    Backend, HistoryPage, StorageError, StoredSample, Summary, literal_prefix, matches,
+    Backend, HistoryPage, StorageError, StoredSample, Summary, SyncClock, literal_prefix, matches,
 };
 use bytes::Bytes;
 use hypha_core::hlc::{Ntp64, Timestamp};
@@ -60,7 +60,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// The directory of the log in a storage's directory.
 pub const DIR: &str = "log";
@@ -172,9 +171,7 @@ pub struct LogBackend {
     live: u64,
     /// The oldest live history entry.
     oldest: Option<Order>,
-    flush_every: Duration,
-    last_sync: Instant,
-    unsynced: bool,
+    sync: SyncClock,
     segment_bytes: u64,
     /// The encoding of the batch being written (reused).
     buf: Vec<u8>,
@@ -451,9 +448,7 @@ impl LogBackend {
             bytes: 0,
             live: 0,
             oldest: None,
-            flush_every: Duration::from_millis(flush_ms.max(1)),
-            last_sync: Instant::now(),
-            unsynced: false,
+            sync: SyncClock::new(flush_ms),
             segment_bytes,
             buf: Vec::with_capacity(1 << 20),
         };
@@ -905,8 +900,7 @@ impl LogBackend {
         r?;
         let next = self.new_segment(no)?;
         self.segs.push(next);
-        self.unsynced = false;
-        self.last_sync = Instant::now();
+        self.sync.synced();
         Ok(())
     }
 
@@ -1073,7 +1067,7 @@ impl LogBackend {
         }
         let end = base + self.buf.len() as u64;
         self.active_mut()?.bytes = end;
-        self.unsynced = true;
+        self.sync.written();
         Ok(changed)
     }
 
@@ -1556,17 +1550,16 @@ impl Backend for LogBackend {
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
-        if !self.unsynced {
+        if !self.sync.unsynced() {
             return Ok(());
         }
         self.active()?.file.sync_data()?;
-        self.unsynced = false;
-        self.last_sync = Instant::now();
+        self.sync.synced();
         Ok(())
     }
 
     fn flush_due(&self) -> bool {
-        self.unsynced && self.last_sync.elapsed() >= self.flush_every
+        self.sync.due()
     }
 
     fn history_len(&self) -> usize {

@@ -22,7 +22,7 @@
 //! as with sled.
 
 use super::backend::{
-    Backend, HistoryPage, StorageError, StoredSample, Summary, literal_prefix, matches,
+    Backend, HistoryPage, StorageError, StoredSample, Summary, SyncClock, literal_prefix, matches,
 };
 use bytes::Bytes;
 use hypha_core::hlc::{Ntp64, Timestamp};
@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const HISTORY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("history");
 const LATEST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("latest");
@@ -93,10 +92,8 @@ pub struct RedbBackend {
     count: u64,
     bytes: u64,
     live: u64,
-    flush_every: Duration,
-    last_durable: Instant,
-    /// Commits made without sync since the last durable one.
-    unsynced: bool,
+    /// Commits made without sync since the last durable one, and when that was.
+    sync: SyncClock,
     /// Samples that a reopen after a failed write found missing (unsynced commits that redb
     /// rolled back), not yet reported to the writer.
     rolled_back: u64,
@@ -174,9 +171,7 @@ impl RedbBackend {
             count: 0,
             bytes: 0,
             live: 0,
-            flush_every: Duration::from_millis(flush_ms.max(1)),
-            last_durable: Instant::now(),
-            unsynced: false,
+            sync: SyncClock::new(flush_ms),
             rolled_back: 0,
         };
         b.load().map_err(|e| open_err(e.to_string()))?;
@@ -258,7 +253,7 @@ impl RedbBackend {
 
     /// Stores `batch` in one transaction.
     fn write_batch(&mut self, batch: &[StoredSample]) -> Result<usize, StorageError> {
-        let durable = self.last_durable.elapsed() >= self.flush_every;
+        let durable = self.sync.interval_passed();
         let db = self
             .db
             .as_ref()
@@ -344,10 +339,9 @@ impl RedbBackend {
                 self.names.extend(new_names);
                 (self.count, self.bytes, self.live) = (count, bytes, live);
                 if durable {
-                    self.last_durable = Instant::now();
-                    self.unsynced = false;
+                    self.sync.synced();
                 } else {
-                    self.unsynced = true;
+                    self.sync.written();
                 }
                 Ok(changed)
             }
@@ -386,7 +380,8 @@ impl RedbBackend {
                 before - self.count
             );
         }
-        self.unsynced = false;
+        // What the reopened file holds is what is on disk.
+        self.sync.synced();
         Ok(())
     }
 }
@@ -547,13 +542,13 @@ impl Backend for RedbBackend {
             return Ok(0);
         }
         w.commit().map_err(io_or_corrupt)?;
-        self.unsynced = true;
+        self.sync.written();
         (self.count, self.bytes) = (count, bytes);
         Ok(n)
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
-        if !self.unsynced {
+        if !self.sync.unsynced() {
             return Ok(());
         }
         if self.db.is_none() {
@@ -564,13 +559,12 @@ impl Backend for RedbBackend {
         let mut w = db.begin_write().map_err(io_or_corrupt)?;
         w.set_durability(Durability::Immediate);
         w.commit().map_err(io_or_corrupt)?;
-        self.unsynced = false;
-        self.last_durable = Instant::now();
+        self.sync.synced();
         Ok(())
     }
 
     fn flush_due(&self) -> bool {
-        self.unsynced && self.last_durable.elapsed() >= self.flush_every
+        self.sync.due()
     }
 
     fn history_len(&self) -> usize {
