@@ -268,6 +268,11 @@ struct RouterArgs {
     /// cheapest sum.
     #[arg(long, value_name = "N")]
     cost: Option<u32>,
+    /// Where clients of other routers reach this one when they fail over to it (repeatable;
+    /// behind NAT: the public endpoint, e.g. quic/198.51.100.7:7447). Default: the listeners,
+    /// an unspecified host replaced by the interface addresses.
+    #[arg(long = "advertise", value_name = "EP")]
+    advertise: Vec<String>,
 }
 
 /// What `peer` and `router` do besides running the node.
@@ -560,6 +565,14 @@ fn router_config(c: &Common, r: &RouterArgs) -> Result<(Config, bool)> {
     }
     if r.cost.is_some() {
         cfg.router.cost = r.cost;
+    }
+    if !r.advertise.is_empty() {
+        cfg.router.advertise = r
+            .advertise
+            .iter()
+            .map(|a| endpoint(a))
+            .collect::<Result<_>>()?;
+        crate::config::check_advertise(&cfg.router.advertise)?;
     }
     let default_listen = c.listen.is_empty() && cfg.listen == vec![Config::default_listen()];
     if default_listen {
@@ -1661,6 +1674,20 @@ mod tests {
         };
         let e = router_config(&r.node.common, &r.router).err().unwrap();
         assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let Cmd::Router(r) = parse(&["router", "--advertise", "quic/198.51.100.7:7447"]).unwrap()
+        else {
+            panic!("not a router")
+        };
+        let (cfg, _) = router_config(&r.node.common, &r.router).unwrap();
+        assert_eq!(
+            cfg.router.advertise[0].to_string(),
+            "quic/198.51.100.7:7447"
+        );
+        let Cmd::Router(r) = parse(&["router", "--advertise", "unix//tmp/r.sock"]).unwrap() else {
+            panic!("not a router")
+        };
+        let e = router_config(&r.node.common, &r.router).err().unwrap();
+        assert!(format!("{e:#}").contains("router.advertise"), "{e:#}");
     }
 
     #[test]

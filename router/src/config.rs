@@ -33,6 +33,9 @@
 //!                                          # designated router to face the peers)
 //! backbone = ["quic/203.0.113.5:7447"]     # routers of other sites to keep a link to
 //! cost = 20                                # their link cost (default: the far end's, or 100)
+//! advertise = ["quic/198.51.100.7:7447"]   # where other routers' clients reach this one
+//!                                          # (behind NAT; default: listeners, 0.0.0.0 → its
+//!                                          # interface addresses)
 //!
 //! [queues]
 //! lane_bytes = 1048576                     # per link and priority lane
@@ -258,6 +261,7 @@ struct RouterFile {
     site: String,
     backbone: Vec<String>,
     cost: Option<u32>,
+    advertise: Vec<String>,
 }
 
 /// A router's backbone settings (`[router]`).
@@ -270,6 +274,34 @@ pub struct RouterConfig {
     pub backbone: Vec<Endpoint>,
     /// The cost of those links (default: the far end's, or 100).
     pub cost: Option<u32>,
+    /// Where clients of other routers should reach this one when they fail over to it (a
+    /// router behind NAT or a load balancer: its public endpoints). Empty (the default): its
+    /// network listeners, an unspecified host (`0.0.0.0`, `[::]`) replaced by the addresses
+    /// of its interfaces. Network endpoints only, at most [`MAX_ADVERTISE`].
+    pub advertise: Vec<Endpoint>,
+}
+
+/// Endpoints a router may advertise, at most (they travel in its link-state advertisement).
+pub const MAX_ADVERTISE: usize = 16;
+
+/// Checks a router's `advertise` list: network endpoints (a unix or in-process one reaches
+/// nothing on another host), at most [`MAX_ADVERTISE`].
+pub(crate) fn check_advertise(eps: &[Endpoint]) -> Result<(), ConfigError> {
+    if eps.len() > MAX_ADVERTISE {
+        return Err(ConfigError::Value {
+            field: "router.advertise",
+            message: format!("{} endpoints (at most {MAX_ADVERTISE})", eps.len()),
+        });
+    }
+    if let Some(e) = eps.iter().find(|e| !matches!(e, Endpoint::Net { .. })) {
+        return Err(ConfigError::Value {
+            field: "router.advertise",
+            message: format!(
+                "{e}: only network endpoints (tcp, tls, quic, udp) reach another host"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -602,6 +634,11 @@ impl Config {
                 site: f.router.site.clone(),
                 backbone: endpoints("router.backbone", &f.router.backbone)?,
                 cost: f.router.cost,
+                advertise: {
+                    let a = endpoints("router.advertise", &f.router.advertise)?;
+                    check_advertise(&a)?;
+                    a
+                },
             },
             batch_size,
             timestamping: f.timestamping,
@@ -725,6 +762,29 @@ mod tests {
     }
 
     #[test]
+    fn a_router_advertises_what_it_is_told_within_bounds() {
+        let c = Config::from_toml(
+            "mode = \"router\"\n[router]\nadvertise = [\"quic/198.51.100.7:7447\", \"tcp/198.51.100.7:7448\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.router
+                .advertise
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>(),
+            ["quic/198.51.100.7:7447", "tcp/198.51.100.7:7448"]
+        );
+        let many: Vec<String> = (0..=MAX_ADVERTISE)
+            .map(|i| format!("\"tcp/198.51.100.7:{}\"", 7000 + i))
+            .collect();
+        let err = Config::from_toml(&format!("[router]\nadvertise = [{}]", many.join(",")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 16"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         for (text, want) in [
             ("listn = []", "listn"),
@@ -740,6 +800,14 @@ mod tests {
             ("[tls]\ncert = \"a\"", "tls.cert"),
             ("[tls]\nbogus = 1", "bogus"),
             ("mode = ", "invalid"),
+            (
+                "[router]\nadvertise = [\"unix//tmp/r.sock\"]",
+                "router.advertise",
+            ),
+            (
+                "[router]\nadvertise = [\"quic/nohost\"]",
+                "router.advertise",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");

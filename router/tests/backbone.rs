@@ -218,3 +218,43 @@ async fn a_client_fails_over_to_an_alternate_its_router_told_it_of() {
     assert_eq!(sub.duplicates(), 0);
     let _ = (r2, other);
 }
+
+/// A router behind NAT tells its neighbours' clients the public endpoint it was configured to
+/// advertise (`[router] advertise`), not the address it listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_with_advertise_is_learnt_at_its_public_endpoint() {
+    let r1 = router("B", &[]).await;
+    let mut c = Config::default();
+    c.mdns = false;
+    c.mode = Mode::Router;
+    c.lease_ms = hypha::config::ROUTER_LEASE_MS;
+    c.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    c.router.site = "B".into();
+    c.router.backbone = vec![ep(&r1).parse().unwrap()];
+    let public: hypha_transports::Endpoint = "tcp/198.51.100.7:7447".parse().unwrap();
+    c.router.advertise = vec![public.clone()];
+    let r2 = hypha::open(c).await.unwrap();
+    let cl = client(&r1).await;
+    assert!(
+        cl.wait_alternates(T).await,
+        "r1 never told its client of r2"
+    );
+    let learnt = cl.alternates();
+    assert!(learnt.contains(&public), "learnt {learnt:?}");
+    let own: hypha_transports::Endpoint = ep(&r2).parse().unwrap();
+    assert!(
+        !learnt.contains(&own),
+        "the listener {own} was advertised besides {public}: {learnt:?}"
+    );
+    // Only network endpoints: a unix one is refused when the session opens.
+    let mut bad = Config::default();
+    bad.mdns = false;
+    bad.mode = Mode::Router;
+    bad.listen = vec!["tcp/127.0.0.1:0".parse().unwrap()];
+    bad.router.advertise = vec!["unix//tmp/hypha-adv.sock".parse().unwrap()];
+    let err = match hypha::open(bad).await {
+        Ok(_) => panic!("a unix endpoint to advertise was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("router.advertise"), "{err}");
+}

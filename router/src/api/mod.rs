@@ -589,6 +589,7 @@ fn bind_id_to_key(config: &mut Config) -> Result<(), OpenError> {
 /// Opens a session: starts listeners, dials configured endpoints, starts mDNS discovery.
 pub async fn open(mut config: Config) -> Result<Session, OpenError> {
     crate::config::check_lease(config.lease_ms)?;
+    crate::config::check_advertise(&config.router.advertise)?;
     check_authenticated(&config)?;
     bind_id_to_key(&mut config)?;
     let rt = Runtime::new(config);

@@ -2242,6 +2242,16 @@ impl Runtime {
         // from its own router, so an unspecified host (which a direct neighbour fills in with
         // the link's address) means nothing to it. Advertise the interface addresses instead.
         let advertised = match self.config.mode {
+            Mode::Router if !self.config.router.advertise.is_empty() => {
+                let eps: Vec<String> = self
+                    .config
+                    .router
+                    .advertise
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect();
+                Arc::from(eps.join(","))
+            }
             Mode::Router => {
                 let ifaces = match if_addrs::get_if_addrs() {
                     Ok(v) => v
