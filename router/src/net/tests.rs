@@ -153,6 +153,23 @@ impl Mesh {
         self.nodes[i].next_local_id()
     }
 
+    /// `n` subscribers at node `i`, on `fleet/car<k>/speed` for k in 0..n.
+    fn fleet_subscribers(&mut self, i: usize, n: usize) -> Vec<LocalId> {
+        (0..n)
+            .map(|k| self.subscribe(i, &format!("fleet/car{k}/speed")))
+            .collect()
+    }
+
+    /// A publisher at node `i` on `key`, checked to be ready.
+    fn ready_publisher(&mut self, i: usize, key: &str) -> LocalId {
+        let p = self.publisher(i, key);
+        assert!(
+            self.inbox[i].ready.contains(&p),
+            "publisher at {i} not ready"
+        );
+        p
+    }
+
     fn subscribe(&mut self, i: usize, key: &str) -> LocalId {
         let id = self.id(i);
         self.local(i, Cmd::Subscribe { id, key: k(key) });
@@ -1958,9 +1975,7 @@ fn unsubscriber_decls(v: &[Decl]) -> usize {
 fn many_subscribers_matching_a_publisher_cross_as_one_aggregate() {
     const N: usize = 10_000;
     let mut m = Mesh::two_sites();
-    let subs: Vec<LocalId> = (0..N)
-        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
-        .collect();
+    let subs = m.fleet_subscribers(2, N);
     assert!(subs.iter().all(|s| m.inbox[2].ready.contains(s)));
     let since = m.routed_decls.len();
     let p = m.publisher(3, "fleet/**");
@@ -2022,8 +2037,7 @@ fn many_subscribers_matching_a_publisher_cross_as_one_aggregate() {
 #[test]
 fn subscribers_declared_in_a_burst_after_the_publisher_cost_one_declaration() {
     let mut m = Mesh::two_sites();
-    let p = m.publisher(3, "fleet/**");
-    assert!(m.inbox[3].ready.contains(&p));
+    m.ready_publisher(3, "fleet/**");
     let since = m.routed_decls.len();
     let now = m.now;
     let mut subs = Vec::new();
@@ -2068,11 +2082,8 @@ fn subscribers_declared_in_a_burst_after_the_publisher_cost_one_declaration() {
 fn the_aggregate_stays_until_the_last_matching_subscriber_goes() {
     const N: usize = 1000;
     let mut m = Mesh::two_sites();
-    let p = m.publisher(3, "fleet/**");
-    assert!(m.inbox[3].ready.contains(&p));
-    let subs: Vec<LocalId> = (0..N)
-        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
-        .collect();
+    m.ready_publisher(3, "fleet/**");
+    let subs = m.fleet_subscribers(2, N);
     let since = m.routed_decls.len();
     for (i, s) in subs.iter().enumerate() {
         m.local(2, Cmd::Undeclare { id: *s });
@@ -2111,11 +2122,8 @@ fn the_aggregate_stays_until_the_last_matching_subscriber_goes() {
 fn a_face_down_and_up_declares_the_aggregate_again_once() {
     const N: usize = 1000;
     let mut m = Mesh::two_sites();
-    let subs: Vec<LocalId> = (0..N)
-        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
-        .collect();
-    let p = m.publisher(3, "fleet/**");
-    assert!(m.inbox[3].ready.contains(&p));
+    let subs = m.fleet_subscribers(2, N);
+    m.ready_publisher(3, "fleet/**");
     // The backbone link (`face_of` could name B's virtual face).
     let ab = m
         .links
@@ -2167,11 +2175,8 @@ fn a_face_down_and_up_declares_the_aggregate_again_once() {
 fn an_aggregate_and_a_plain_declaration_for_one_face_deliver_once() {
     const N: usize = 100;
     let mut m = Mesh::two_sites();
-    let subs: Vec<LocalId> = (0..N)
-        .map(|i| m.subscribe(2, &format!("fleet/car{i}/speed")))
-        .collect();
-    let p = m.publisher(3, "fleet/**");
-    assert!(m.inbox[3].ready.contains(&p));
+    let subs = m.fleet_subscribers(2, N);
+    m.ready_publisher(3, "fleet/**");
     let pair_b = m.nodes[0].pair_face(&m.nodes[1].id()).unwrap();
     let since = m.routed_decls.len();
     let now = m.now;
@@ -2224,13 +2229,10 @@ fn an_aggregate_and_a_plain_declaration_for_one_face_deliver_once() {
 fn a_lost_aggregate_is_healed_by_the_resync_as_one_declaration() {
     const N: usize = 1000;
     let (mut m, ab, _, _) = Mesh::triangle();
-    let p = m.publisher(3, "fleet/**");
-    assert!(m.inbox[3].ready.contains(&p));
+    m.ready_publisher(3, "fleet/**");
     // The first subscriber's aggregate is lost between C and A.
     m.lose_routed_decls = 1;
-    let subs: Vec<LocalId> = (0..N)
-        .map(|i| m.subscribe(4, &format!("fleet/car{i}/speed")))
-        .collect();
+    let subs = m.fleet_subscribers(4, N);
     let pair_c = m.nodes[0].pair_face(&m.nodes[2].id()).unwrap();
     assert_eq!(
         m.nodes[0].faces[&pair_c].subs.len(),
