@@ -508,13 +508,27 @@ impl SledBackend {
     }
 
     fn open_now(dir: &Path, flush_ms: u64) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(flush_ms.max(1)))
             // sled's page cache defaults to 1 GiB; a storage's working set is the tail of its
             // history and the latest values, so a small cache bounds its memory (issue 17).
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()?;
+            .cache_capacity(SLED_CACHE_BYTES);
+        // A store closed a moment ago in this process may still be locked by sled's flusher
+        // thread, which lets go of the file on its own time: wait for it briefly (sled's own
+        // tests block on the lock for this reason) instead of failing the reopen.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r?,
+            }
+        };
         let latest = db.open_tree("latest")?;
         let history = db.open_tree("history")?;
         // One pass over each tree at open; the counts are kept up to date from then on.
