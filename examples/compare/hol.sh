@@ -8,6 +8,10 @@
 # default, is as fast as the link takes it): a paced bulk leaves the CPU to the pings, so the
 # link's own queueing is what is measured.
 #
+# ZB=PATH/zbench runs Zenoh in the same rounds, in its own best style (z_ping/z_pong: blocking
+# recv, callback pong, RealTime express pings), with the same bulk (`zbench ping --bulk`:
+# Background, Block, paced the same way, from the same session or a second one).
+#
 #   examples/compare/hol.sh          # REPS (default 3), N round trips (default 3000), BULK bytes
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +37,16 @@ run() { # proto bulk round [extra ping args]
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   [ -n "$res" ] && printf '{"proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
 }
+zrun() { # proto bulk round [extra ping args]
+  local p pid res
+  p=$(port)
+  "$ZB" pong --listen "$1/127.0.0.1:$p" >/dev/null 2>&1 & pid=$!; PIDS+=("$pid")
+  sleep 0.5
+  res=$(timeout 300 "$ZB" ping --connect "$1/127.0.0.1:$p" --n "$N" --warmup 300 \
+    --size 64 --bulk "$2" "${@:4}" 2>/dev/null | tail -1 || true)
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  [ -n "$res" ] && printf '{"system":"zenoh","proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
+}
 for r in $(seq 1 "$REPS"); do
   for proto in $PROTOS; do
     run "$proto" 0 "$r"
@@ -40,5 +54,12 @@ for r in $(seq 1 "$REPS"); do
       run "$proto" "$BULK" "$r" --bulk-rate "$rate"
       run "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
     done
+    if [ -n "${ZB:-}" ]; then
+      zrun "$proto" 0 "$r"
+      for rate in $RATES; do
+        zrun "$proto" "$BULK" "$r" --bulk-rate "$rate"
+        zrun "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
+      done
+    fi
   done
 done

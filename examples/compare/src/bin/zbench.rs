@@ -70,6 +70,8 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
             })
             .wait()
             .map_err(z)?;
+        // `ping --bulk`'s background load: taken and dropped (as Hypha's pong does).
+        let _bulk = s.declare_subscriber("bench/bulk").callback(|_| {}).wait().map_err(z)?;
         let secs: u64 = arg(args, "--secs", 0);
         if secs == 0 {
             loop {
@@ -102,8 +104,66 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
             break;
         }
     }
+    // As Hypha's `ping --bulk B [--bulk-rate MIB_S] [--bulk-separate]`: B-byte samples on
+    // bench/bulk at Background priority (Block), paced or as fast as the link takes them,
+    // from this session (the same link) or a second one (its own link).
+    let bulk: usize = arg(args, "--bulk", 0);
+    let bulk_rate: f64 = arg(args, "--bulk-rate", 0.0);
+    let bulk_separate = args.iter().any(|a| a == "--bulk-separate");
+    let bulk_sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bulk_thread = if bulk > 0 {
+        let bs = if bulk_separate {
+            // Its own link: the same endpoints to connect to, nothing to listen on.
+            let connect: Vec<String> = arg_all(args, "--connect")
+                .into_iter()
+                .flat_map(|c| ["--connect".to_string(), c])
+                .collect();
+            zenoh::open(config(&connect)?).wait().map_err(z)?
+        } else {
+            s.clone()
+        };
+        let bp = bs
+            .declare_publisher("bench/bulk")
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::Background)
+            .wait()
+            .map_err(z)?;
+        let t0 = Instant::now();
+        while !bp.matching_status().wait().map_err(z)?.matching() {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the pong does not subscribe to bench/bulk");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (sent, stop) = (bulk_sent.clone(), stop.clone());
+        let every = (bulk_rate > 0.0)
+            .then(|| Duration::from_secs_f64(bulk as f64 / (bulk_rate * (1u64 << 20) as f64)));
+        Some(std::thread::spawn(move || {
+            let _keep = bs;
+            let blob = zenoh::bytes::ZBytes::from(vec![0x5au8; bulk]);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(every) = every {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    next = (next + every).max(Instant::now());
+                }
+                if bp.put(blob.clone()).wait().is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+    } else {
+        None
+    };
     let mut rtts = Vec::with_capacity(n);
+    let mut measured_from = (Instant::now(), 0);
     for i in 0..warmup + n {
+        if i == warmup {
+            measured_from = (Instant::now(), bulk_sent.load(Ordering::Relaxed));
+        }
         let t0 = Instant::now();
         p.put(payload.clone()).wait().map_err(z)?;
         if sub.recv().is_err() {
@@ -113,11 +173,19 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
             rtts.push(t0.elapsed().as_secs_f64() * 1e6);
         }
     }
+    let bulk_mib_s = (bulk_sent.load(Ordering::Relaxed) - measured_from.1) as f64 * bulk as f64
+        / measured_from.0.elapsed().as_secs_f64()
+        / (1u64 << 20) as f64;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = bulk_thread {
+        let _ = t.join();
+    }
     let mean = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
     rtts.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
-        serde_json::json!({"n": n, "size": size, "p50_us": percentile(&rtts, 50.0),
+        serde_json::json!({"n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
+            "bulk_rate": bulk_rate, "bulk_mib_s": bulk_mib_s, "p50_us": percentile(&rtts, 50.0),
             "p99_us": percentile(&rtts, 99.0), "p999_us": percentile(&rtts, 99.9), "mean_us": mean})
     );
     Ok(())
