@@ -1955,6 +1955,19 @@ impl Mesh {
     }
 }
 
+/// What A routed to B since `since`: at most 5 control messages, one subscriber declaration
+/// among them (the aggregate).
+fn one_aggregate_crossed(m: &Mesh, since: usize) -> Vec<Decl> {
+    let a_to_b = m.routed_since(since, 0, 1);
+    assert!(
+        a_to_b.len() <= 5,
+        "{} control messages: {a_to_b:?}",
+        a_to_b.len()
+    );
+    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    a_to_b
+}
+
 fn subscriber_decls(v: &[Decl]) -> usize {
     v.iter()
         .filter(|d| matches!(d, Decl::Subscriber { .. }))
@@ -1983,13 +1996,7 @@ fn many_subscribers_matching_a_publisher_cross_as_one_aggregate() {
         m.inbox[3].ready.contains(&p),
         "ready: remote subscribers known"
     );
-    let a_to_b = m.routed_since(since, 0, 1);
-    assert!(
-        a_to_b.len() <= 5,
-        "{} control messages: {a_to_b:?}",
-        a_to_b.len()
-    );
-    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    let a_to_b = one_aggregate_crossed(&m, since);
     assert!(
         matches!(&a_to_b[..], [.., Decl::Subscriber { key, .. }, Decl::InterestFinal { .. }]
         if key.as_str() == "fleet/**")
@@ -2055,13 +2062,7 @@ fn subscribers_declared_in_a_burst_after_the_publisher_cost_one_declaration() {
         }
         m.run();
     }
-    let a_to_b = m.routed_since(since, 0, 1);
-    assert!(
-        a_to_b.len() <= 5,
-        "{} control messages: {a_to_b:?}",
-        a_to_b.len()
-    );
-    assert_eq!(subscriber_decls(&a_to_b), 1, "{a_to_b:?}");
+    one_aggregate_crossed(&m, since);
     for (node, id, _) in &subs {
         assert!(m.inbox[*node].ready.contains(id), "{node}/{id} not ready");
     }
