@@ -26,7 +26,10 @@ struct Gated {
 
 impl Backend for Gated {
     fn store(&mut self, s: &StoredSample) -> Result<bool, StorageError> {
-        while !self.open.load(Ordering::Relaxed) {
+        // Bounded: a test that fails before opening the gate must report, not hang in the
+        // runtime's drop waiting for this writer (it did once, under CI load).
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.open.load(Ordering::Relaxed) && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.inner.store(s)
@@ -96,6 +99,9 @@ async fn gated(
         p.wait_matching(T).await,
         "the publisher never saw the storage"
     );
+    // Its queryable too (what answers an acknowledgement): the subscriber can be known first.
+    let k = OwnedKeyExpr::new(key.to_string()).unwrap();
+    assert!(b.wait_queryable(&k, T).await, "no storage queryable");
     (st, open, p)
 }
 
