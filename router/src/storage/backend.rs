@@ -446,6 +446,12 @@ impl SyncClock {
         self.last = std::time::Instant::now();
     }
 
+    /// Nothing written is left unsynced (the engine dropped it), and the interval since the
+    /// last sync keeps running: the next write is due as before.
+    pub(super) fn discarded(&mut self) {
+        self.unsynced = false;
+    }
+
     /// Whether something written is not synced.
     pub(super) fn unsynced(&self) -> bool {
         self.unsynced
