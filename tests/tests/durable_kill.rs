@@ -196,6 +196,7 @@ async fn a_work_queue_group_of_three_processes_survives_a_sigkilled_member() {
     let mut redelivered = 0;
     let mut killed = false;
     let mut stopped: Option<tokio::time::Instant> = None;
+    let mut settled: Option<tokio::time::Instant> = None;
     let deadline = tokio::time::Instant::now() + T;
     let mut next = 0;
     loop {
@@ -222,9 +223,16 @@ async fn a_work_queue_group_of_three_processes_survives_a_sigkilled_member() {
         let processed: BTreeSet<u64> = seen.iter().flat_map(|s| s.keys().copied()).collect();
         if stopped.is_none() && processed.len() >= 100 {
             // m0 freezes with a pull outstanding (samples keep being handed to it), then dies
-            // without a word: what it held comes to the others after ack_wait.
-            ms[0].signal("STOP").unwrap();
-            stopped = Some(tokio::time::Instant::now());
+            // without a word: what it held comes to the others after ack_wait. Nothing is
+            // published until then, and m0 is frozen only once the first 100 have been quiet
+            // for 300 ms, so that every member has acknowledged and pulled again (frozen
+            // between printing its last sample and its next pull, m0 held nothing and was
+            // handed nothing: a CI run under load failed so).
+            let since = *settled.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > Duration::from_millis(300) {
+                ms[0].signal("STOP").unwrap();
+                stopped = Some(tokio::time::Instant::now());
+            }
         }
         if !killed && stopped.is_some_and(|t| t.elapsed() > Duration::from_millis(300)) {
             ms[0].signal("KILL").unwrap();
