@@ -21,11 +21,6 @@ use tokio::sync::mpsc;
 /// Priority lanes (one stream each).
 const LANES: usize = hypha_core::session::LANES;
 
-/// Batches a lane's stream reader may hold before it stops reading (then QUIC flow control
-/// holds that stream back at the sender, never the other lanes).
-const RX_LANE_QUEUE: usize = 16;
-/// Connection errors: one is enough.
-const RX_ERRORS: usize = 2;
 /// Header kind of a `Close` transport message (see `core/WIRE.md`).
 const CLOSE_KIND: u8 = 3;
 /// Header kind of a `Frame` (whole messages; fragments are kinds 6 and 7).
@@ -51,19 +46,68 @@ pub struct QuicTx {
 
 /// Receiving half of a QUIC link.
 ///
-/// Every lane has its own queue, filled by the reader of that lane's stream (and by the
-/// datagram reader for best-effort batches): [`QuicRx::recv`] hands out the highest-priority
-/// batch waiting, so a real-time batch never waits behind bulk batches already received, and
-/// a lane whose consumer lags stops only its own stream (one queue shared by all streams held
-/// up to 256 batches, 16 MiB of bulk, ahead of a ping, and a full one stopped every stream).
-#[derive(Debug)]
+/// The link's reader polls the lanes' streams itself, most urgent lane first (and the
+/// connection's datagrams, which carry best-effort batches): [`QuicRx::recv`] hands out a
+/// batch of the most urgent lane that has one, so a real-time batch never waits behind bulk
+/// already received, and a lane whose batches are not taken stays in quinn's stream buffer,
+/// where QUIC flow control holds back only that stream at the sender. There is no task per
+/// stream: each batch went through one, and a channel, on its way to the link's reader, a
+/// thread hop per received batch (measured: BENCHMARKS.md, "QUIC receive without a task per
+/// stream").
 pub struct QuicRx {
-    /// Indexed by `Priority::index()`: 0 (Control) first.
-    lanes: Vec<mpsc::Receiver<Bytes>>,
-    errors: mpsc::Receiver<LinkError>,
-    /// A `Close` taken from the control queue, handed out once the other lanes are empty.
+    conn: quinn::Connection,
+    /// The next incoming stream; `None` once the connection has failed.
+    accept: Option<Accept>,
+    /// The next datagram; `None` once the connection has failed.
+    datagram: Option<NextDatagram>,
+    /// A datagram read and not handed out yet (a more urgent lane's stream had a batch).
+    held: Option<Bytes>,
+    /// Incoming streams in order of lane (`Priority::index()`), those whose lane is not known
+    /// yet (no batch read) first.
+    streams: Vec<LaneStream>,
+    /// A `Close` taken from the control stream, handed out once the other lanes are empty.
     close: Option<Bytes>,
-    _tasks: Vec<AbortOnDrop>,
+    /// The connection's failure, reported once nothing received before it is left.
+    error: Option<LinkError>,
+    /// The failure was reported: later calls say `Closed`.
+    ended: bool,
+}
+
+type Accept = std::pin::Pin<
+    Box<dyn Future<Output = Result<quinn::RecvStream, quinn::ConnectionError>> + Send + Sync>,
+>;
+type NextDatagram =
+    std::pin::Pin<Box<dyn Future<Output = Result<Bytes, quinn::ConnectionError>> + Send + Sync>>;
+
+/// One incoming stream (one lane of the peer's) and its framing.
+struct LaneStream {
+    rx: StreamRx,
+    /// Learnt from its first batch.
+    lane: Option<usize>,
+}
+
+impl std::fmt::Debug for QuicRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRx")
+            .field(
+                "streams",
+                &self.streams.iter().map(|s| s.lane).collect::<Vec<_>>(),
+            )
+            .field("held", &self.held.as_ref().map(Bytes::len))
+            .field("close", &self.close.is_some())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+fn accept(conn: &quinn::Connection) -> Accept {
+    let c = conn.clone();
+    Box::pin(async move { c.accept_uni().await })
+}
+
+fn next_datagram(conn: &quinn::Connection) -> NextDatagram {
+    let c = conn.clone();
+    Box::pin(async move { c.read_datagram().await })
 }
 
 /// What a lane's stream has not taken yet of its last batch.
@@ -297,100 +341,131 @@ impl QuicTx {
 }
 
 impl QuicRx {
+    fn new(conn: quinn::Connection) -> Self {
+        QuicRx {
+            accept: Some(accept(&conn)),
+            datagram: Some(next_datagram(&conn)),
+            conn,
+            held: None,
+            streams: Vec::new(),
+            close: None,
+            error: None,
+            ended: false,
+        }
+    }
+
     pub(crate) async fn recv(&mut self) -> Result<Bytes, LinkError> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, LinkError>> {
-        let (control, data) = self.lanes.split_at_mut(1);
-        if self.close.is_none() {
-            if let Some(Poll::Ready(Some(b))) = control.first_mut().map(|c| c.poll_recv(cx)) {
-                if b.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
-                    // The peer's last word: it finished its other streams before sending it,
-                    // so what they carried goes first.
-                    self.close = Some(b);
-                } else {
-                    return Poll::Ready(Ok(b));
+        if self.ended {
+            return Poll::Ready(Err(LinkError::Closed));
+        }
+        self.poll_accept(cx);
+        self.poll_datagram(cx);
+        // A held datagram goes before the streams of its own lane and below.
+        let held_lane = self.held.as_deref().map_or(LANES, lane_of);
+        let mut learnt = false;
+        let mut i = 0;
+        let mut out = None;
+        while let Some(s) = self.streams.get_mut(i) {
+            match s.lane {
+                Some(l) if l >= held_lane => break,
+                // The peer's last word is taken: nothing follows it on the control stream.
+                Some(0) if self.close.is_some() => {
+                    i += 1;
+                    continue;
                 }
+                _ => {}
+            }
+            match s.rx.poll_next_in_stream(cx) {
+                Poll::Ready(Ok(b)) => {
+                    if s.lane.is_none() {
+                        s.lane = Some(lane_of(&b));
+                        learnt = true;
+                    }
+                    if s.lane == Some(0) && b.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+                        // The peer finished its other streams before sending it, so what they
+                        // carried goes first.
+                        self.close = Some(b);
+                        i += 1;
+                        continue;
+                    }
+                    out = Some(b);
+                    break;
+                }
+                // A stream that ends (finished, or reset) ends only itself: the connection's
+                // fate comes from `accept`.
+                Poll::Ready(Err(_)) => {
+                    self.streams.remove(i);
+                }
+                Poll::Pending => i += 1,
             }
         }
-        for lane in data {
-            if let Poll::Ready(Some(b)) = lane.poll_recv(cx) {
-                return Poll::Ready(Ok(b));
+        if learnt {
+            self.streams.sort_by_key(|s| s.lane.map_or(0, |l| l + 1));
+        }
+        if let Some(b) = out
+            .or_else(|| self.held.take())
+            .or_else(|| self.close.take())
+        {
+            return Poll::Ready(Ok(b));
+        }
+        match self.error.take() {
+            Some(e) => {
+                self.ended = true;
+                Poll::Ready(Err(e))
             }
-        }
-        if let Some(c) = self.close.take() {
-            return Poll::Ready(Ok(c));
-        }
-        match self.errors.poll_recv(cx) {
-            Poll::Ready(e) => Poll::Ready(Err(e.unwrap_or(LinkError::Closed))),
-            Poll::Pending => Poll::Pending,
+            None => Poll::Pending,
         }
     }
-}
 
-/// Starts the reader tasks of a connection: one per incoming stream, one for datagrams.
-fn spawn_readers(conn: quinn::Connection) -> QuicRx {
-    let (lane_tx, lanes): (Vec<_>, Vec<_>) = (0..LANES)
-        .map(|_| mpsc::channel::<Bytes>(RX_LANE_QUEUE))
-        .unzip();
-    let lane_tx: Arc<[mpsc::Sender<Bytes>]> = lane_tx.into();
-    let (err_tx, errors) = mpsc::channel(RX_ERRORS);
-    let c = conn.clone();
-    let (t, e) = (lane_tx.clone(), err_tx.clone());
-    let streams = tokio::spawn(async move {
-        let mut readers = Vec::new();
-        loop {
-            match c.accept_uni().await {
-                Ok(s) => {
-                    let t = t.clone();
-                    readers.push(AbortOnDrop(tokio::spawn(async move {
-                        let mut r = StreamRx::one_lane(Box::new(s));
-                        loop {
-                            // A stream that ends (finished, or reset) ends only this task: the
-                            // connection's fate is reported by the accept loop below.
-                            let Ok(batch) = r.recv().await else { return };
-                            let Some(q) = t.get(lane_of(&batch)) else {
-                                return;
-                            };
-                            if q.send(batch).await.is_err() {
-                                return;
-                            }
-                        }
-                    })));
-                    if readers.len() > 16 {
-                        readers.retain(|r: &AbortOnDrop| !r.0.is_finished());
-                    }
+    /// Takes the streams the peer opened.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) {
+        while let Some(f) = self.accept.as_mut() {
+            match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(s)) => {
+                    // Unknown lane: first, until its first batch says which.
+                    self.streams.insert(
+                        0,
+                        LaneStream {
+                            rx: StreamRx::one_lane(Box::new(s)),
+                            lane: None,
+                        },
+                    );
+                    self.accept = Some(accept(&self.conn));
                 }
-                Err(err) => {
-                    let _ = e.send(conn_err(err)).await;
-                    return;
+                Poll::Ready(Err(e)) => {
+                    self.error.get_or_insert(conn_err(e));
+                    self.accept = None;
                 }
+                Poll::Pending => break,
             }
         }
-    });
-    let datagrams = tokio::spawn(async move {
-        loop {
-            match conn.read_datagram().await {
-                Ok(d) if !d.is_empty() => {
-                    // Best effort: drop rather than stall when the consumer lags.
-                    if let Some(q) = lane_tx.get(lane_of(&d)) {
-                        let _ = q.try_send(d);
+    }
+
+    /// Reads a datagram into `held` if none is held (best effort: while one is held, later
+    /// ones wait in quinn's datagram receive buffer, which drops the oldest when full).
+    fn poll_datagram(&mut self, cx: &mut Context<'_>) {
+        while self.held.is_none() {
+            let Some(f) = self.datagram.as_mut() else {
+                return;
+            };
+            match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(d)) => {
+                    self.datagram = Some(next_datagram(&self.conn));
+                    if !d.is_empty() {
+                        self.held = Some(d);
                     }
                 }
-                Ok(_) => {}
-                Err(err) => {
-                    let _ = err_tx.send(conn_err(err)).await;
-                    return;
+                Poll::Ready(Err(e)) => {
+                    self.error.get_or_insert(conn_err(e));
+                    self.datagram = None;
                 }
+                Poll::Pending => return,
             }
         }
-    });
-    QuicRx {
-        lanes,
-        errors,
-        close: None,
-        _tasks: vec![AbortOnDrop(streams), AbortOnDrop(datagrams)],
     }
 }
 
@@ -444,7 +519,7 @@ fn link(
     };
     let probe = Arc::new(conn.clone());
     info.probe.quic = Some(Arc::downgrade(&probe));
-    let rx = spawn_readers(conn.clone());
+    let rx = QuicRx::new(conn.clone());
     Link {
         info,
         tx: LinkTx::Quic(QuicTx {

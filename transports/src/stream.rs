@@ -353,15 +353,34 @@ impl StreamRx {
 
     /// The next batch in stream order, waiting for the socket if need be.
     async fn next_in_stream(&mut self) -> Result<Bytes, LinkError> {
+        std::future::poll_fn(|cx| self.poll_next_in_stream(cx)).await
+    }
+
+    /// The next batch in stream order, polled: a QUIC link's reader polls its lanes' streams
+    /// itself, most urgent first, instead of a task per stream handing batches over.
+    pub(crate) fn poll_next_in_stream(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Bytes, LinkError>> {
+        use std::future::Future;
+        use std::task::Poll;
         loop {
             if let Some(b) = self.split_one()? {
-                return Ok(b);
+                return Poll::Ready(Ok(b));
             }
             self.make_room();
             let room = self.buf.capacity() - self.buf.len();
-            let n = self.r.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
+            let read = {
+                let f = self.r.read_buf(&mut self.buf);
+                tokio::pin!(f);
+                f.poll(cx)
+            };
+            let n = match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.map_err(closed_or_io)?,
+            };
             if n == 0 {
-                return Err(LinkError::Closed);
+                return Poll::Ready(Err(LinkError::Closed));
             }
             if n >= room {
                 // The socket had at least as much as we asked for: ask for more next time.

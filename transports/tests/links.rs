@@ -521,3 +521,46 @@ async fn quic_full_bulk_lane_does_not_hold_back_realtime() {
     within(async { tokio::join!(reader, async { tx.progress().await.unwrap() }) }).await;
     assert_eq!(tx.blocked_lanes(), 0);
 }
+
+/// A QUIC link's `Close` comes out of the receiver after every batch its peer sent before it,
+/// on every lane: the sender finishes its lanes' streams before the `Close` goes (on the
+/// control stream), and the receiver hands the `Close` out only once no stream has a batch
+/// left, though the batches were all received (and sat in quinn's buffers) before it read any.
+#[tokio::test]
+async fn quic_close_comes_after_every_batch_sent_before_it() {
+    let tls = TlsConfig::default();
+    let (mut a, mut b) = pair("quic/127.0.0.1:0", &tls, &tls).await;
+    const BULKS: u32 = 150;
+    const URGENT: u32 = 100;
+    within(async {
+        for i in 0..BULKS {
+            a.tx.send(&batch(BULK, i, 30_000)).await.unwrap();
+            if i < URGENT {
+                a.tx.send(&batch(REALTIME, i, 200)).await.unwrap();
+            }
+        }
+        a.tx.send(&[3, 0]).await.unwrap();
+        let (mut bulk, mut urgent) = (0, 0);
+        loop {
+            let got = b.rx.recv().await.unwrap();
+            match got[0] {
+                BULK => {
+                    assert_eq!(seq_of(&got), bulk, "bulk in order");
+                    bulk += 1;
+                }
+                REALTIME => {
+                    assert_eq!(seq_of(&got), urgent, "real-time in order");
+                    urgent += 1;
+                }
+                3 => break,
+                other => panic!("unexpected batch header {other:#x}"),
+            }
+        }
+        assert_eq!(
+            (bulk, urgent),
+            (BULKS, URGENT),
+            "the Close overtook batches sent before it"
+        );
+    })
+    .await;
+}
