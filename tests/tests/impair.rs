@@ -59,51 +59,51 @@ fn delta(before: &Value, after: &Value, dir: &str, name: &str) -> u64 {
     counter(after, dir, name) - counter(before, dir, name)
 }
 
+/// Polls the bridge's counters until `done` holds for them, and returns them; fails naming
+/// `what` and the last counters after `T`.
+async fn stats_when(link: &ImpairedLink, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(T, async || {
+        let Ok(s) = link.stats().await else {
+            return false;
+        };
+        let ok = done(&s);
+        last = s;
+        ok
+    })
+    .await;
+    assert!(ok.is_ok(), "the bridge never {what}: {last}");
+    last
+}
+
+/// Every packet the bridge read in direction `d` has had its fate (forwarded or dropped) and
+/// none is queued.
+fn drained(s: &Value, d: &str) -> bool {
+    counter(s, d, "queued") == 0
+        && counter(s, d, "read") == counter(s, d, "forwarded") + counter(s, d, "dropped")
+}
+
 /// Waits until the bridge holds no packet in either direction and has given each one it read a
 /// fate (forwarded or dropped), then returns its counters: a phase's `before`, so that a packet
 /// of the phase before (read then, forwarded or dropped after the 50 ms delay) is not counted
 /// in this one (a CI run counted one such drop among 1,000 pings: 702 dropped, 701 lost).
 async fn quiet(link: &ImpairedLink) -> Value {
-    let mut last = Value::Null;
-    let ok = wait_until(T, async || {
-        let Ok(s) = link.stats().await else {
-            return false;
-        };
-        let done = ["a_to_b", "b_to_a"].iter().all(|d| {
-            counter(&s, d, "queued") == 0
-                && counter(&s, d, "read") == counter(&s, d, "forwarded") + counter(&s, d, "dropped")
-        });
-        last = s;
-        done
+    stats_when(link, "went quiet", |s| {
+        drained(s, "a_to_b") && drained(s, "b_to_a")
     })
-    .await;
-    assert!(ok.is_ok(), "the bridge never went quiet: {last}");
-    last
+    .await
 }
 
 /// Waits until the bridge has read `n` more packets A→B than in `before`, B has echoed each one
 /// forwarded, and the bridge holds none in either queue: everything sent is delivered or dropped.
 async fn settled(link: &ImpairedLink, before: &Value, n: u64) -> Value {
-    let mut last = Value::Null;
-    let ok = wait_until(T, async || {
-        let Ok(s) = link.stats().await else {
-            return false;
-        };
-        let done = delta(before, &s, "a_to_b", "read") >= n
-            && delta(before, &s, "b_to_a", "read") >= delta(before, &s, "a_to_b", "forwarded")
-            && counter(&s, "a_to_b", "queued") == 0
-            && counter(&s, "b_to_a", "queued") == 0
-            && counter(&s, "b_to_a", "read")
-                == counter(&s, "b_to_a", "forwarded") + counter(&s, "b_to_a", "dropped");
-        last = s;
-        done
+    stats_when(link, &format!("settled after {n} packets"), |s| {
+        delta(before, s, "a_to_b", "read") >= n
+            && delta(before, s, "b_to_a", "read") >= delta(before, s, "a_to_b", "forwarded")
+            && counter(s, "a_to_b", "queued") == 0
+            && drained(s, "b_to_a")
     })
-    .await;
-    assert!(
-        ok.is_ok(),
-        "the bridge never settled after {n} packets: {last}"
-    );
-    last
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,9 +51,9 @@ pub struct QuicTx {
 /// batch of the most urgent lane that has one, so a real-time batch never waits behind bulk
 /// already received, and a lane whose batches are not taken stays in quinn's stream buffer,
 /// where QUIC flow control holds back only that stream at the sender. There is no task per
-/// stream: each batch went through one, and a channel, on its way to the link's reader, a
-/// thread hop per received batch (measured: BENCHMARKS.md, "QUIC receive without a task per
-/// stream").
+/// stream: each batch went through one, and a channel, on its way to the link's reader (a
+/// same-thread hop: no latency gain measured, BENCHMARKS.md, "QUIC receive without a task per
+/// stream"), and a `Close` could overtake batches those tasks had not yet read.
 pub struct QuicRx {
     conn: quinn::Connection,
     /// The next incoming stream; `None` once the connection has failed.
@@ -165,7 +165,7 @@ fn conn_err(e: quinn::ConnectionError) -> LinkError {
 
 impl QuicTx {
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
-        if batch.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+        if is_close(batch) {
             // A `Close` travels on the control stream; batches still in flight on the other
             // lanes' streams could arrive after it and be lost. Finish those streams and wait
             // (bounded) until the peer has read them to the end, then send the `Close`.
@@ -385,7 +385,7 @@ impl QuicRx {
                         s.lane = Some(lane_of(&b));
                         learnt = true;
                     }
-                    if s.lane == Some(0) && b.first().is_some_and(|h| h & 7 == CLOSE_KIND) {
+                    if s.lane == Some(0) && is_close(&b) {
                         // The peer finished its other streams before sending it, so what they
                         // carried goes first.
                         self.close = Some(b);
@@ -467,6 +467,11 @@ impl QuicRx {
             }
         }
     }
+}
+
+/// Whether a batch is the peer's `Close`.
+fn is_close(batch: &[u8]) -> bool {
+    batch.first().is_some_and(|h| h & 7 == CLOSE_KIND)
 }
 
 /// The lane (queue index) of a received batch.
