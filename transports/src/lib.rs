@@ -36,6 +36,7 @@ mod endpoint;
 mod link;
 mod mem;
 mod quic;
+mod quic_cc;
 pub mod serial;
 mod stream;
 mod tcp_rtt;

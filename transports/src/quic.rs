@@ -492,6 +492,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window((8u32 << 20).into());
     t.receive_window((32u32 << 20).into());
     t.send_window(32 << 20);
+    t.congestion_controller_factory(Arc::new(crate::quic_cc::FlooredCubicConfig::new(
+        crate::quic_cc::MIN_WINDOW,
+    )));
     Arc::new(t)
 }
 
