@@ -10,7 +10,9 @@
 //! - `mt-task`: the same runtime, the loop spawned as a task on a worker;
 //! - `ct`: a current-thread runtime: loop and drivers on one thread;
 //! - `io`: the loop in `block_on` of a multi-thread runtime, quinn's drivers on one dedicated
-//!   thread of their own (a current-thread runtime), like Hypha's QUIC links.
+//!   thread of their own (a current-thread runtime);
+//! - `inline`: like `mt`, with quinn's drivers run by Hypha's `quic_driver::DriverRuntime` and
+//!   each write made in `drive_inline`: the connection's driver sends from the writer's thread.
 //!
 //! ```text
 //! cargo build --release -p hypha-transports --example quic_floor
@@ -81,6 +83,29 @@ fn endpoint(
     )?)
 }
 
+/// Writes all of `buf`; with `inline`, each write polls the connection's driver on this thread.
+async fn write(tx: &mut quinn::SendStream, buf: &[u8], inline: bool) -> anyhow::Result<()> {
+    if !inline {
+        return Ok(tx.write_all(buf).await?);
+    }
+    let mut off = 0;
+    std::future::poll_fn(|cx| {
+        while off < buf.len() {
+            let r = hypha_transports::quic_driver::drive_inline(|| {
+                std::pin::Pin::new(&mut *tx).poll_write(cx, &buf[off..])
+            });
+            match r {
+                std::task::Poll::Ready(Ok(n)) => off += n,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    })
+    .await?;
+    Ok(())
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(2)));
@@ -93,6 +118,9 @@ async fn pong(
     secs: u64,
     io: Option<Arc<dyn quinn::Runtime>>,
 ) -> anyhow::Result<()> {
+    let inline = io
+        .as_ref()
+        .is_some_and(|r| format!("{r:?}").starts_with("DriverRuntime"));
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let cert = ck.cert.der().clone();
@@ -113,17 +141,18 @@ async fn pong(
             let Ok((mut tx, mut rx)) = conn.accept_bi().await else {
                 continue;
             };
-            let mut buf = vec![0u8; 65_537];
+            let mut buf = vec![0u8; 65_537 + 2];
             loop {
                 let mut len = [0u8; 2];
                 if rx.read_exact(&mut len).await.is_err() {
                     break;
                 }
                 let n = u16::from_le_bytes(len) as usize;
-                if rx.read_exact(&mut buf[..n]).await.is_err() {
+                if rx.read_exact(&mut buf[2..2 + n]).await.is_err() {
                     break;
                 }
-                if tx.write_all(&len).await.is_err() || tx.write_all(&buf[..n]).await.is_err() {
+                buf[..2].copy_from_slice(&len);
+                if write(&mut tx, &buf[..n + 2], inline).await.is_err() {
                     break;
                 }
             }
@@ -141,6 +170,9 @@ async fn ping(
     size: usize,
     io: Option<Arc<dyn quinn::Runtime>>,
 ) -> anyhow::Result<String> {
+    let inline = io
+        .as_ref()
+        .is_some_and(|r| format!("{r:?}").starts_with("DriverRuntime"));
     // The pong writes its certificate once it listens: wait for it.
     let t0 = Instant::now();
     let der = loop {
@@ -172,7 +204,7 @@ async fn ping(
     let mut rtts = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t = Instant::now();
-        tx.write_all(&msg).await?;
+        write(&mut tx, &msg, inline).await?;
         rx.read_exact(&mut back).await?;
         if i >= warmup {
             rtts.push(t.elapsed().as_secs_f64() * 1e6);
@@ -199,15 +231,18 @@ fn main() -> anyhow::Result<()> {
         "ct" => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        "mt" | "mt-task" | "io" => tokio::runtime::Builder::new_multi_thread()
+        "mt" | "mt-task" | "io" | "inline" => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?,
-        other => anyhow::bail!("--rt mt|mt-task|ct|io, not {other}"),
+        other => anyhow::bail!("--rt mt|mt-task|ct|io|inline, not {other}"),
     };
-    let io = if rt_kind == "io" {
-        Some(OnThread::start()?)
-    } else {
-        None
+    let io: Option<Arc<dyn quinn::Runtime>> = match rt_kind.as_str() {
+        "io" => Some(OnThread::start()?),
+        "inline" => Some({
+            let _in = rt.enter();
+            hypha_transports::quic_driver::DriverRuntime::current()?
+        }),
+        _ => None,
     };
     let spawned = rt_kind == "mt-task";
     match role.as_str() {

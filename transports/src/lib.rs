@@ -37,6 +37,7 @@ mod link;
 mod mem;
 mod quic;
 mod quic_cc;
+pub mod quic_driver;
 pub mod serial;
 mod stream;
 mod tcp_rtt;

@@ -303,9 +303,11 @@ pub enum LinkRx {
 
 impl LinkTx {
     /// True if this link can write a batch without waiting ([`try_send`](Self::try_send)):
-    /// TCP and unix streams. Others always go through `send`.
+    /// TCP and unix streams, and QUIC (into quinn's stream buffer, the connection's driver
+    /// then run on the caller's thread: see [`quic_driver`](crate::quic_driver)). Others
+    /// always go through `send`.
     pub fn can_try_send(&self) -> bool {
-        matches!(self, LinkTx::Stream(t) if t.direct())
+        matches!(self, LinkTx::Stream(t) if t.direct()) || matches!(self, LinkTx::Quic(_))
     }
 
     /// True if part of a batch given to `try_send` still waits to be written (finish it with
@@ -313,6 +315,7 @@ impl LinkTx {
     pub fn has_pending(&self) -> bool {
         match self {
             LinkTx::Stream(t) => t.has_pending(),
+            LinkTx::Quic(t) => t.has_pending(),
             _ => false,
         }
     }
@@ -327,6 +330,7 @@ impl LinkTx {
         }
         match self {
             LinkTx::Stream(t) if t.direct() => t.try_send(batch),
+            LinkTx::Quic(t) => t.try_send(batch),
             _ => Err(LinkError::Unsupported("try_send")),
         }
     }
@@ -351,10 +355,12 @@ impl LinkTx {
         }
     }
 
-    /// Finishes writing what `try_send` kept.
+    /// Finishes writing what `try_send` kept (on QUIC: a `Close`; the rest of a lane's batch
+    /// is written by [`progress`](Self::progress), as that lane is blocked).
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         match self {
             LinkTx::Stream(t) => t.flush().await,
+            LinkTx::Quic(t) => t.flush().await,
             _ => Ok(()),
         }
     }

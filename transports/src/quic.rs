@@ -37,6 +37,9 @@ pub struct QuicTx {
     /// the other lanes, and asks the session for nothing more on that lane
     /// ([`QuicTx::blocked_lanes`]) — a bulk lane never holds a real-time one back.
     pending: Box<[Pending; LANES]>,
+    /// A `Close` given to [`QuicTx::try_send`] (and any batch after it): it waits for the
+    /// other lanes, so the writer sends it ([`QuicTx::flush`]).
+    held_close: Vec<Vec<u8>>,
     /// Keeps the client endpoint alive for dialled links.
     _endpoint: Option<quinn::Endpoint>,
     /// The one strong reference behind the link's [`LinkProbe`](crate::LinkProbe) (its RTT):
@@ -131,6 +134,33 @@ impl Pending {
     }
 }
 
+/// One write attempt that does not wait; the connection's driver runs on this thread (see
+/// [`quic_driver`](crate::quic_driver)).
+fn write_now(
+    stream: &mut quinn::SendStream,
+    buf: &[u8],
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, quinn::WriteError>> {
+    crate::quic_driver::drive_inline(|| std::pin::Pin::new(stream).poll_write(cx, buf))
+}
+
+/// Writes what the stream takes of `buf` now; returns how much.
+fn write_some(
+    stream: &mut quinn::SendStream,
+    buf: &[u8],
+    cx: &mut Context<'_>,
+) -> Result<usize, LinkError> {
+    let mut off = 0;
+    while off < buf.len() {
+        match write_now(stream, &buf[off..], cx) {
+            Poll::Ready(Ok(n)) if n > 0 => off += n,
+            Poll::Ready(Ok(_)) | Poll::Pending => break,
+            Poll::Ready(Err(e)) => return Err(write_err(e)),
+        }
+    }
+    Ok(off)
+}
+
 fn write_err(e: quinn::WriteError) -> LinkError {
     match e {
         quinn::WriteError::ConnectionLost(c) => conn_err(c),
@@ -183,11 +213,9 @@ impl QuicTx {
                 .max_datagram_size()
                 .is_some_and(|m| batch.len() <= m)
         {
-            match self.conn.send_datagram(Bytes::copy_from_slice(batch)) {
-                Ok(()) => return Ok(()),
-                Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(conn_err(e)),
-                // Too large after all, or disabled: fall back to the lane's stream.
-                Err(_) => {}
+            // Too large after all, or disabled: fall back to the lane's stream.
+            if let Some(r) = self.send_datagram(batch) {
+                return r;
             }
         }
         let lane = priority.index();
@@ -209,37 +237,119 @@ impl QuicTx {
         if !pending.is_empty() {
             // The writer asked for this lane while it was blocked: finish the earlier batch
             // first (order within a lane), waiting if need be.
-            stream
-                .write_all(&pending.buf[pending.off..])
-                .await
-                .map_err(write_err)?;
+            std::future::poll_fn(|cx| {
+                while !pending.is_empty() {
+                    match write_now(stream, &pending.buf[pending.off..], cx) {
+                        Poll::Ready(Ok(n)) => pending.off += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(write_err(e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Ready(Ok(()))
+            })
+            .await?;
             pending.clear();
         }
         self.buf.clear();
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(batch);
         // Take what the stream accepts now; keep the rest for `progress`.
-        let mut off = 0;
-        while off < self.buf.len() {
-            match std::future::poll_fn(|cx| {
-                let w = stream.write(&self.buf[off..]);
-                tokio::pin!(w);
-                match w.poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Some(r)),
-                    Poll::Pending => Poll::Ready(None),
-                }
-            })
-            .await
-            {
-                Some(Ok(n)) if n > 0 => off += n,
-                Some(Ok(_)) | None => break,
-                Some(Err(e)) => return Err(write_err(e)),
-            }
-        }
+        let off = std::future::poll_fn(|cx| Poll::Ready(write_some(stream, &self.buf, cx))).await?;
         if off < self.buf.len() {
             pending.buf.clear();
             pending.buf.extend_from_slice(&self.buf[off..]);
             pending.off = 0;
+        }
+        Ok(())
+    }
+
+    /// A best-effort batch as a datagram; `None` if it cannot go as one (too large, or the peer
+    /// takes none).
+    fn send_datagram(&mut self, batch: &[u8]) -> Option<Result<(), LinkError>> {
+        let conn = &self.conn;
+        match crate::quic_driver::drive_inline(|| conn.send_datagram(Bytes::copy_from_slice(batch)))
+        {
+            Ok(()) => Some(Ok(())),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => Some(Err(conn_err(e))),
+            Err(_) => None,
+        }
+    }
+
+    /// Writes a batch at once, on the caller's thread, without waiting: the stream takes it
+    /// into quinn's buffer and the connection's driver sends it from here (see
+    /// [`quic_driver`](crate::quic_driver)). `Ok(true)` if it was taken whole; `Ok(false)` if
+    /// it is kept, wholly or in part, for the writer (its lane is then blocked, or a `Close`
+    /// waits for [`flush`](Self::flush)).
+    pub(crate) fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
+        if batch.first().is_some_and(|h| h & 7 == CLOSE_KIND) || !self.held_close.is_empty() {
+            // A `Close` waits for the other lanes' streams, as in `send`: the writer sends it,
+            // and anything after it.
+            self.held_close.push(batch.to_vec());
+            return Ok(false);
+        }
+        let (priority, reliable) = crate::batch_lane(batch);
+        let whole = batch.first().is_some_and(|h| h & 7 == FRAME_KIND);
+        if !reliable
+            && whole
+            && self
+                .conn
+                .max_datagram_size()
+                .is_some_and(|m| batch.len() <= m)
+        {
+            if let Some(r) = self.send_datagram(batch) {
+                return r.map(|()| true);
+            }
+        }
+        let lane = priority.index();
+        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        let (Some(slot), Some(pending)) = (self.streams.get_mut(lane), self.pending.get_mut(lane))
+        else {
+            return Err(quic_err("bad lane"));
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if slot.is_none() {
+            let open = self.conn.open_uni();
+            tokio::pin!(open);
+            if let Poll::Ready(r) = open.poll(&mut cx) {
+                let s = r.map_err(conn_err)?;
+                let _ = s.set_priority(8 - lane as i32);
+                *slot = Some(s);
+            }
+        }
+        let keep = |pending: &mut Pending, rest: &[u8]| {
+            if pending.is_empty() {
+                pending.clear();
+            }
+            pending.buf.extend_from_slice(rest);
+        };
+        let Some(stream) = slot.as_mut().filter(|_| pending.is_empty()) else {
+            // No stream yet (no stream credit), or the lane is blocked: the writer writes it
+            // after what the lane holds ([`QuicTx::progress`]).
+            keep(pending, &len.to_le_bytes());
+            keep(pending, batch);
+            return Ok(false);
+        };
+        self.buf.clear();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(batch);
+        let off = write_some(stream, &self.buf, &mut cx)?;
+        if off < self.buf.len() {
+            keep(pending, &self.buf[off..]);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// True if `try_send` kept something the writer must still write: a lane's rest, or a
+    /// `Close`.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.held_close.is_empty() || self.blocked_lanes() != 0
+    }
+
+    /// Sends the `Close` that `try_send` kept.
+    pub(crate) async fn flush(&mut self) -> Result<(), LinkError> {
+        for batch in std::mem::take(&mut self.held_close) {
+            self.send(&batch).await?;
         }
         Ok(())
     }
@@ -257,6 +367,7 @@ impl QuicTx {
     /// Waits until at least one blocked lane has written what it held (at once if none is
     /// blocked).
     pub(crate) async fn progress(&mut self) -> Result<(), LinkError> {
+        self.open_held_lanes().await?;
         std::future::poll_fn(|cx| {
             let mut freed = self.blocked_lanes() == 0;
             for (p, s) in self.pending.iter_mut().zip(self.streams.iter_mut()) {
@@ -265,12 +376,7 @@ impl QuicTx {
                     continue;
                 };
                 loop {
-                    let r = {
-                        let w = s.write(&p.buf[p.off..]);
-                        tokio::pin!(w);
-                        w.poll(cx)
-                    };
-                    match r {
+                    match write_now(s, &p.buf[p.off..], cx) {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             p.off += n;
                             if p.off >= p.buf.len() {
@@ -293,8 +399,22 @@ impl QuicTx {
         .await
     }
 
+    /// Opens the streams of lanes that hold a batch `try_send` could not give a stream (no
+    /// stream credit then).
+    async fn open_held_lanes(&mut self) -> Result<(), LinkError> {
+        for (lane, (p, s)) in self.pending.iter().zip(self.streams.iter_mut()).enumerate() {
+            if s.is_none() && !p.is_empty() {
+                let new = self.conn.open_uni().await.map_err(conn_err)?;
+                let _ = new.set_priority(8 - lane as i32);
+                *s = Some(new);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what every lane still holds (before a close), waiting as long as it takes.
     async fn flush_pending(&mut self) {
+        let _ = self.open_held_lanes().await;
         for (p, s) in self.pending.iter_mut().zip(self.streams.iter_mut()) {
             if let Some(s) = s.as_mut().filter(|_| !p.is_empty()) {
                 let _ = s.write_all(&p.buf[p.off..]).await;
@@ -479,6 +599,30 @@ fn lane_of(batch: &[u8]) -> usize {
     crate::batch_lane(batch).0.index().min(LANES - 1)
 }
 
+/// An endpoint on a UDP socket bound to `addr` (a client's IPv6 one dual-stack where the system
+/// allows, as `quinn::Endpoint::client` makes it),
+/// its drivers run by [`DriverRuntime`](crate::quic_driver::DriverRuntime) on the current tokio
+/// runtime: a writer sends its connection's packets itself.
+fn new_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol as IpProto, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(IpProto::UDP))?;
+    if addr.is_ipv6() && server.is_none() {
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::debug!("quic socket not dual-stack: {e}");
+        }
+    }
+    socket.bind(&addr.into())?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        crate::quic_driver::DriverRuntime::current()?,
+    )
+}
+
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(32u32.into());
@@ -535,6 +679,7 @@ fn link(
             streams: Default::default(),
             buf: Vec::with_capacity(crate::MAX_BATCH + 2),
             pending: Default::default(),
+            held_close: Vec::new(),
             _endpoint: endpoint,
             _probe: probe,
         }),
@@ -555,7 +700,7 @@ pub(crate) async fn listen(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Liste
         .map_err(|e| ListenError::Address(endpoint.clone(), e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config());
-    let ep = quinn::Endpoint::server(server, addr).map_err(|source| ListenError::Bind {
+    let ep = new_endpoint(addr, Some(server)).map_err(|source| ListenError::Bind {
         endpoint: endpoint.clone(),
         source,
     })?;
@@ -619,7 +764,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, tls: &TlsConfig) -> Result<Link
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let mut ep = quinn::Endpoint::client(bind).map_err(io)?;
+    let mut ep = new_endpoint(bind, None).map_err(io)?;
     ep.set_default_client_config(client);
     let name = match endpoint {
         Endpoint::Net {

@@ -564,3 +564,133 @@ async fn quic_close_comes_after_every_batch_sent_before_it() {
     })
     .await;
 }
+
+/// A QUIC pair whose dialer lives on a current-thread runtime of its own (`a_rt`), run only
+/// while the test blocks on it; the listener side on a multi-thread runtime that runs all along.
+fn quic_pair_on_two_runtimes() -> (
+    tokio::runtime::Runtime,
+    tokio::runtime::Runtime,
+    Link,
+    Link,
+    hypha_transports::Listener,
+) {
+    let a_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = TlsConfig::default();
+    let mut l = b_rt
+        .block_on(listen(&"quic/127.0.0.1:0".parse().unwrap(), &tls))
+        .unwrap();
+    let bound = l.local_endpoint().clone();
+    let accepted = b_rt.spawn(async move {
+        let b = l.accept().await;
+        (b, l)
+    });
+    let (a, b, l) = a_rt.block_on(async {
+        let a = within(connect(&bound, &tls)).await.unwrap();
+        let (b, l) = within(accepted).await.unwrap();
+        (a, b.unwrap(), l)
+    });
+    (a_rt, b_rt, a, b, l)
+}
+
+#[test]
+fn quic_try_send_sends_from_the_callers_thread() {
+    let (a_rt, b_rt, mut a, mut b, _l) = quic_pair_on_two_runtimes();
+    assert!(a.tx.can_try_send());
+    // The dialer's runtime is not running now: no task of it can send. The batch reaches the
+    // peer only if `try_send` had the connection's driver send it on this thread.
+    assert!(a.tx.try_send(&batch(REALTIME, 1, 64)).unwrap());
+    assert!(a.tx.try_send(&batch(RELIABLE, 2, 1000)).unwrap());
+    let got = b_rt.block_on(async {
+        let first = tokio::time::timeout(Duration::from_secs(5), b.rx.recv()).await;
+        let second = tokio::time::timeout(Duration::from_secs(5), b.rx.recv()).await;
+        (first, second)
+    });
+    let (Ok(Ok(first)), Ok(Ok(second))) = got else {
+        panic!("a batch written with try_send was not sent until its runtime ran: {got:?}");
+    };
+    // Two lanes, two streams: they may arrive in either order.
+    let mut got = [first, second];
+    got.sort_by_key(seq_of);
+    assert_eq!((seq_of(&got[0]), seq_of(&got[1])), (1, 2));
+    assert_eq!(got[1].len(), 1000);
+    drop(a_rt);
+}
+
+#[test]
+fn quic_try_send_past_the_window_keeps_every_batch_in_order() {
+    let (a_rt, b_rt, mut a, mut b, _l) = quic_pair_on_two_runtimes();
+    // Write 64 KiB batches on the bulk lane without ever running the dialer's runtime, until
+    // the stream takes no more (the peer's 8 MiB stream window): the last one is kept in part.
+    let mut sent = 0u32;
+    loop {
+        sent += 1;
+        assert!(sent < 2_000, "the bulk lane never filled");
+        if !a.tx.try_send(&batch(BULK, sent, 65_535)).unwrap() {
+            break;
+        }
+    }
+    assert!(a.tx.has_pending());
+    assert_eq!(
+        a.tx.blocked_lanes(),
+        1 << 7,
+        "only the bulk lane is blocked"
+    );
+    // A batch for another lane while it is blocked is written at once, and one for the blocked
+    // lane is kept after what it holds.
+    assert!(a.tx.try_send(&batch(REALTIME, 0, 64)).unwrap());
+    assert!(!a.tx.try_send(&batch(BULK, sent + 1, 100)).unwrap());
+    let last = sent + 1;
+    // Then the writer's part: wait for the lane, while the receiver reads everything.
+    let reader = b_rt.spawn(async move {
+        let mut next = 1;
+        let mut realtime = false;
+        while next <= last {
+            let got = b.rx.recv().await.unwrap();
+            if got[0] == REALTIME {
+                realtime = true;
+                continue;
+            }
+            assert_eq!(seq_of(&got), next, "bulk batches in order, none lost");
+            let len = if next == last { 100 } else { 65_535 };
+            assert_eq!(got.len(), len);
+            next += 1;
+        }
+        realtime
+    });
+    let realtime = a_rt.block_on(async {
+        within(async {
+            while a.tx.has_pending() {
+                a.tx.progress().await.unwrap();
+            }
+        })
+        .await;
+        within(reader).await.unwrap()
+    });
+    assert!(realtime, "the real-time batch arrived");
+    assert_eq!(a.tx.blocked_lanes(), 0);
+}
+
+#[test]
+fn quic_try_send_keeps_a_close_for_the_writer() {
+    let (a_rt, b_rt, mut a, mut b, _l) = quic_pair_on_two_runtimes();
+    assert!(a.tx.try_send(&batch(RELIABLE, 1, 64)).unwrap());
+    // A `Close` (kind 3) waits for the other lanes: `try_send` keeps it, `flush` sends it.
+    let close = vec![0x03, 0, 0, 0, 0];
+    assert!(!a.tx.try_send(&close).unwrap());
+    assert!(a.tx.has_pending());
+    a_rt.block_on(within(a.tx.flush())).unwrap();
+    assert!(!a.tx.has_pending());
+    let (first, second) = b_rt.block_on(within(async {
+        (b.rx.recv().await.unwrap(), b.rx.recv().await.unwrap())
+    }));
+    assert_eq!(seq_of(&first), 1);
+    assert_eq!(&second[..], &close[..]);
+}
