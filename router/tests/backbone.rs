@@ -72,12 +72,20 @@ async fn three_sites_cheap_path_then_reroute_when_the_middle_router_dies() {
     let ca = client(&a).await;
     let cc = client(&c).await;
     // The link state settles: A reaches C through B at cost 40.
-    wait_until(T, async || {
+    if wait_until(T, async || {
         next_hop(&backbone(&ca, &a).await, &c)
             .is_some_and(|(n, cost)| n == b.id().to_string() && cost == 40)
     })
     .await
-    .expect("no A→B→C route at cost 40");
+    .is_err()
+    {
+        // What each router believes, for whoever reads the failure.
+        eprintln!("A={} B={} C={}", a.id(), b.id(), c.id());
+        for r in [&a, &b, &c] {
+            eprintln!("{}", backbone(&ca, r).await);
+        }
+        panic!("no A→B→C route at cost 40");
+    }
     // Each router's node entry names its site (what the live page groups routers by).
     // Asked through A's client: the admin space crosses the backbone.
     for (r, site) in [(&a, "A"), (&b, "B"), (&c, "C")] {
