@@ -74,6 +74,14 @@ pub fn init_log() {
         .try_init();
 }
 
+/// Microseconds since the Unix epoch (wall clock): comparable between processes of one
+/// machine, for one-way delays.
+pub fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Percentile (0..=100) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

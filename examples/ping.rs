@@ -39,6 +39,12 @@ struct Args {
     /// (puts closer together than 50 µs are batched by the link's writer).
     #[arg(long, default_value_t = 1)]
     burst: usize,
+    /// Write every measured round trip to this file, one line each: microseconds since the
+    /// first measured ping was sent, the round trip, and the way there (from a `pong --stamp`,
+    /// else NaN), in microseconds: when stalls happen and on which way, not only how long the
+    /// tail is.
+    #[arg(long)]
+    rtts: Option<std::path::PathBuf>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -54,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         bulk_separate,
         bulk_rate,
         burst,
+        rtts: rtts_file,
         net,
     } = Args::parse();
     let burst = burst.max(1);
@@ -120,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let mut rtts = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(n);
+    let mut forward = Vec::with_capacity(n);
     let mut measured_from = (Instant::now(), 0);
     for i in 0..warmup + n {
         if i == warmup {
@@ -129,17 +138,37 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         let t0 = Instant::now();
+        // With `--rtts`, the payload carries the send time and a `pong --stamp` writes its
+        // receive time after it (wall-clock microseconds, one machine): each way is seen.
+        let sent_wall = hypha_examples::wall_micros();
+        let payload = if rtts_file.is_some() && payload.len() >= 16 {
+            let mut p = payload.to_vec();
+            p[..8].copy_from_slice(&sent_wall.to_le_bytes());
+            bytes::Bytes::from(p)
+        } else {
+            payload.clone()
+        };
         for _ in 0..burst {
             publisher.put(payload.clone()).await?;
         }
+        let mut echo = None;
         for _ in 0..burst {
             match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
-                Ok(Some(_)) => {}
+                Ok(Some(s)) => echo = Some(s.payload),
                 _ => anyhow::bail!("echo {i} lost"),
             }
         }
         if i >= warmup {
             rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+            sent_at.push(t0.duration_since(measured_from.0).as_secs_f64() * 1e6);
+            let there = echo
+                .as_ref()
+                .and_then(|e| e.get(8..16))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .filter(|&t| t >= sent_wall)
+                .map(|t| (t - sent_wall) as f64);
+            forward.push(there.unwrap_or(f64::NAN));
         }
     }
     let bulk_mib_s = (bulk_sent.load(std::sync::atomic::Ordering::Relaxed) - measured_from.1)
@@ -149,6 +178,16 @@ async fn main() -> anyhow::Result<()> {
         / (1u64 << 20) as f64;
     if let Some(t) = bulk_task {
         t.abort();
+    }
+    if let Some(path) = &rtts_file {
+        let lines: String = sent_at
+            .iter()
+            .zip(&rtts)
+            .zip(&forward)
+            .map(|((t, r), f)| format!("{t:.1} {r:.1} {f:.1}\n"))
+            .collect();
+        std::fs::write(path, lines)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     let mean = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
     rtts.sort_by(|a, b| a.total_cmp(b));

@@ -12,6 +12,10 @@ struct Args {
     /// Run this long (0: forever).
     #[arg(long, default_value_t = 0)]
     secs: u64,
+    /// Write the receive time (wall-clock microseconds) into bytes 8..16 of each echo of 16
+    /// bytes or more, for `ping --rtts` to split the round trip into its two ways.
+    #[arg(long)]
+    stamp: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -19,7 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_log();
-    let Args { secs, net } = Args::parse();
+    let Args { secs, stamp, net } = Args::parse();
     let session = hypha::open(net.config()?).await?;
     eprintln!("pong listening on {:?}", session.info().listening);
     let sub = session
@@ -33,7 +37,15 @@ async fn main() -> anyhow::Result<()> {
         .priority(Priority::RealTime);
     let echo = async {
         while let Some(s) = sub.recv().await {
-            if publisher.put(s.payload).await.is_err() {
+            let payload = match stamp {
+                true if s.payload.len() >= 16 => {
+                    let mut p = s.payload.to_vec();
+                    p[8..16].copy_from_slice(&hypha_examples::wall_micros().to_le_bytes());
+                    bytes::Bytes::from(p)
+                }
+                _ => s.payload,
+            };
+            if publisher.put(payload).await.is_err() {
                 break;
             }
         }

@@ -499,3 +499,40 @@ async fn many_blocked_puts_at_once_all_get_through() {
     }
     assert_eq!(a.info().dropped, 0);
 }
+
+/// A publisher whose puts never wait (here: only a local callback subscriber, so every put is
+/// done at once) still lets the other tasks of its runtime run, every 256 KiB it publishes.
+/// Before, such a loop held its worker until it stopped; on a busy multi-thread runtime that
+/// kept the I/O driver unpolled, and a RealTime round trip beside 1 MiB bulk waited up to
+/// 0.1 s for its reply to be read (issue 15). `#[tokio::test]` is a current-thread runtime:
+/// the spawned task runs only when the loop yields.
+#[tokio::test]
+async fn a_publisher_whose_puts_never_wait_lets_other_tasks_run() {
+    let a = hypha::open(cfg("tcp/127.0.0.1:0", &[])).await.unwrap();
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _sub = a
+        .declare_subscriber("yield/bulk")
+        .callback(move |_| {
+            g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+    let p = a.declare_publisher("yield/bulk").unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ran.clone();
+    tokio::spawn(async move { r.store(true, std::sync::atomic::Ordering::Relaxed) });
+    let blob = bytes::Bytes::from(vec![1u8; 64 << 10]);
+    let mut first_seen = None;
+    for i in 1..=32 {
+        p.put(blob.clone()).await.unwrap();
+        if first_seen.is_none() && ran.load(std::sync::atomic::Ordering::Relaxed) {
+            first_seen = Some(i);
+        }
+    }
+    assert_eq!(got.load(std::sync::atomic::Ordering::Relaxed), 32);
+    // 4 puts of 64 KiB reach 256 KiB; the thread's count may start anywhere below it.
+    assert!(
+        first_seen.is_some_and(|i| i <= 4),
+        "the other task first ran after put {first_seen:?} of 32"
+    );
+}

@@ -1349,11 +1349,21 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
         // The common case completes here, without allocating; only a `Block` publisher facing
         // a full queue gets a boxed future that waits for room.
         match p.rt.publish_now(&route, p.qos, sample) {
-            Ok(r) => PutFuture::Done(Some(Ok(PutReport {
-                destinations: r.destinations,
-                acked: 0,
-                dropped: r.dropped,
-            }))),
+            Ok(r) => {
+                let report = PutReport {
+                    destinations: r.destinations,
+                    acked: 0,
+                    dropped: r.dropped,
+                };
+                if yield_due(size) {
+                    PutFuture::Waiting(Box::pin(async move {
+                        tokio::task::yield_now().await;
+                        Ok(report)
+                    }))
+                } else {
+                    PutFuture::Done(Some(Ok(report)))
+                }
+            }
             Err(blocked) => {
                 let rt = p.rt.clone();
                 PutFuture::Waiting(Box::pin(async move {
@@ -1367,6 +1377,37 @@ impl<'a> std::future::IntoFuture for PutBuilder<'a> {
             }
         }
     }
+}
+
+/// Bytes a thread may publish without its task yielding (payload plus [`PUT_COST`] per put).
+/// A publisher whose puts never wait (room in every queue, each put written or queued at once)
+/// would otherwise keep its worker thread busy for as long as it has data: tokio polls the
+/// I/O driver only between tasks (every 61 polls on a busy worker), so a 1 MiB-sample loop
+/// held the replies of a RealTime ping in the same process unread for up to 0.1 s (issue 15,
+/// BENCHMARKS.md "A bulk publisher starved the runtime's I/O"). A yield every 256 KiB costs
+/// one reschedule per quarter megabyte, and lets the driver run in between.
+const YIELD_EVERY: usize = 256 * 1024;
+/// What a put counts for [`YIELD_EVERY`] besides its payload (so that 8-byte puts yield too,
+/// about every 3,600).
+const PUT_COST: usize = 64;
+
+thread_local! {
+    static PUT_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// True if this put brings the thread's published bytes since its last yield to
+/// [`YIELD_EVERY`] (and starts counting again).
+fn yield_due(size: usize) -> bool {
+    PUT_BYTES.with(|c| {
+        let n = c.get().saturating_add(size + PUT_COST);
+        if n >= YIELD_EVERY {
+            c.set(0);
+            true
+        } else {
+            c.set(n);
+            false
+        }
+    })
 }
 
 /// The future of a [`PutBuilder`].

@@ -115,6 +115,9 @@ pub(crate) struct Face {
     /// The link's sending half while the writer task is idle: a publisher finding the link
     /// idle writes its batch itself, on its own thread (no wake of the writer, no thread hop).
     parked_tx: Mutex<Option<LinkTx>>,
+    /// The writer found `parked_tx` held by a publisher's direct write and waits to be woken
+    /// when that write ends.
+    writer_waiting: AtomicBool,
     /// The session clock's epoch (the runtime's), for writes made outside the writer.
     epoch: std::time::Instant,
     /// This node's id (the source of what it routes across the backbone).
@@ -737,6 +740,7 @@ impl Face {
             principal: OnceLock::new(),
             slot: Mutex::new(None),
             parked_tx: Mutex::new(None),
+            writer_waiting: AtomicBool::new(false),
             epoch: rt.start_std,
             me: rt.id,
             cost: None,
@@ -1079,6 +1083,14 @@ impl Face {
         }
         DIRECT_BUF.with(|b| b.replace(buf));
         drop(parked);
+        // The writer does not wait for this write to end (it tried the lock and went back to
+        // waiting): whatever was queued meanwhile, and not written above, is its to send.
+        if self.writer_waiting.swap(false, Ordering::SeqCst)
+            || !all
+            || self.lock().session.total_queued_bytes() > 0
+        {
+            self.wake.notify_one();
+        }
         self.space.notify_waiters();
         self.put_room.notify_one();
         all
@@ -1399,6 +1411,9 @@ fn log_close(face: &Face, reason: CloseReason, by_peer: bool) {
     }
 }
 
+/// Bytes the writer writes in one go before it yields to the runtime (see its loop).
+const WRITER_YIELD_EVERY: usize = 256 * 1024;
+
 /// The writer's buffer until the handshake completes: the transport messages sent before
 /// (`Init`, `Accept`, `Open`, `Close`) are a few dozen bytes. A link still handshaking (possibly
 /// one of thousands of half-open connections) holds no batch-sized buffer.
@@ -1423,17 +1438,48 @@ fn writer_gone(face: &Face) {
     face.done.notify_waiters();
 }
 
+/// Sleeps until the session's next deadline (forever without one).
+async fn sleep_until(rt: &Runtime, deadline: Option<hypha_core::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
     let mut buf = vec![0u8; HANDSHAKE_BUF];
     let mut held = Some(tx);
     loop {
-        // Take the sending half back from where idle publishers could use it.
-        let parked = face
-            .parked_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(mut tx) = held.take().or(parked) else {
+        // Take the sending half back from where idle publishers could use it. A publisher
+        // writing directly holds it meanwhile: do not block this worker on that (it would hold
+        // the runtime's other tasks, a RealTime reply's reader among them, for as long as the
+        // publisher writes); the publisher wakes this task when it leaves anything queued.
+        let tx = match held.take() {
+            Some(tx) => Some(tx),
+            None => {
+                // Raised before trying: a publisher that holds the lock sees it when it lets
+                // go, and wakes this task (whatever it was woken for: a close, a timeout).
+                face.writer_waiting.store(true, Ordering::SeqCst);
+                let parked = match face.parked_tx.try_lock() {
+                    Ok(mut parked) => {
+                        face.writer_waiting.store(false, Ordering::SeqCst);
+                        Some(parked.take())
+                    }
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().take()),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                };
+                let Some(parked) = parked else {
+                    let deadline = face.lock().session.poll_timeout();
+                    tokio::select! {
+                        _ = face.wake.notified() => {}
+                        _ = sleep_until(&rt, deadline) => face.lock().session.handle_timeout(rt.now()),
+                    }
+                    continue;
+                };
+                parked
+            }
+        };
+        let Some(mut tx) = tx else {
             tracing::debug!(face = face.id, "writer lost its link");
             writer_gone(&face);
             return;
@@ -1441,6 +1487,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         // Finish a batch a publisher's direct write left half-written, then drain everything
         // queued, one batch per write.
         let mut failed = tx.flush().await.err();
+        let mut since_yield = 0usize;
         while failed.is_none() {
             face.drain_backlog();
             let n = transmit(&rt, &face, &mut buf, tx.blocked_lanes());
@@ -1448,6 +1495,14 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             face.put_room.notify_one();
             let Some(n) = n else { break };
             failed = tx.send(&buf[..n]).await.err();
+            // A socket that keeps taking batches (loopback, a fast LAN) would keep this task on
+            // its worker for as long as publishers keep the queues full, and the runtime's I/O
+            // driver (the links' readers) unpolled meanwhile: let it run every 256 KiB.
+            since_yield += n;
+            if since_yield >= WRITER_YIELD_EVERY {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
         }
         if let Some(e) = failed {
             tracing::debug!(face = face.id, "write failed: {e}");
@@ -1493,12 +1548,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             face.done.notify_waiters();
             return;
         }
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(rt.instant_of(t)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until(&rt, deadline);
         if tx.blocked_lanes() != 0 {
             // Some lane's stream is full: wait for it, for news or for a timer, holding the
             // link (only stream links are written by publishers directly).
