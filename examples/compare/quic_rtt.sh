@@ -29,14 +29,8 @@ cleanup() {
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-TLS="$WORK/tls"; mkdir -p "$TLS"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench-ca" \
-  -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-  -keyout "$TLS/node.key" -out "$TLS/node.csr" 2>/dev/null
-printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" > "$TLS/ext"
-openssl x509 -req -in "$TLS/node.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
-  -days 2 -extfile "$TLS/ext" -out "$TLS/node.pem" 2>/dev/null
+. "$HERE/tls.sh"
+TLS="$WORK/tls"; make_tls "$TLS"
 
 OUT="$WORK/results.jsonl"
 run_one() { # name rep

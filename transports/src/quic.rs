@@ -203,20 +203,8 @@ impl QuicTx {
             self.drain_lanes().await;
         }
         let (priority, reliable) = crate::batch_lane(batch);
-        // Only whole frames go as datagrams: the fragments of one message all take the lane's
-        // stream, so a small last fragment cannot overtake the others and break reassembly.
-        let whole = batch.first().is_some_and(|h| h & 7 == FRAME_KIND);
-        if !reliable
-            && whole
-            && self
-                .conn
-                .max_datagram_size()
-                .is_some_and(|m| batch.len() <= m)
-        {
-            // Too large after all, or disabled: fall back to the lane's stream.
-            if let Some(r) = self.send_datagram(batch) {
-                return r;
-            }
+        if let Some(r) = self.try_datagram(batch, reliable) {
+            return r;
         }
         let lane = priority.index();
         let stream = match self.streams.get_mut(lane) {
@@ -263,6 +251,26 @@ impl QuicTx {
         Ok(())
     }
 
+    /// A best-effort batch as a datagram, if it is one whole frame that fits; `None` if it
+    /// must take its lane's stream instead. Only whole frames go as datagrams: the fragments of
+    /// one message all take the lane's stream, so a small last fragment cannot overtake the
+    /// others and break reassembly.
+    fn try_datagram(&mut self, batch: &[u8], reliable: bool) -> Option<Result<(), LinkError>> {
+        let whole = batch.first().is_some_and(|h| h & 7 == FRAME_KIND);
+        // (`max_datagram_size` takes the connection's lock: asked only when it matters.)
+        if reliable
+            || !whole
+            || self
+                .conn
+                .max_datagram_size()
+                .is_none_or(|m| batch.len() > m)
+        {
+            return None;
+        }
+        // Too large after all, or disabled: `None`, and the lane's stream takes it.
+        self.send_datagram(batch)
+    }
+
     /// A best-effort batch as a datagram; `None` if it cannot go as one (too large, or the peer
     /// takes none).
     fn send_datagram(&mut self, batch: &[u8]) -> Option<Result<(), LinkError>> {
@@ -288,17 +296,8 @@ impl QuicTx {
             return Ok(false);
         }
         let (priority, reliable) = crate::batch_lane(batch);
-        let whole = batch.first().is_some_and(|h| h & 7 == FRAME_KIND);
-        if !reliable
-            && whole
-            && self
-                .conn
-                .max_datagram_size()
-                .is_some_and(|m| batch.len() <= m)
-        {
-            if let Some(r) = self.send_datagram(batch) {
-                return r.map(|()| true);
-            }
+        if let Some(r) = self.try_datagram(batch, reliable) {
+            return r.map(|()| true);
         }
         let lane = priority.index();
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
