@@ -37,13 +37,12 @@ async fn main() -> anyhow::Result<()> {
         .priority(Priority::RealTime);
     let echo = async {
         while let Some(s) = sub.recv().await {
-            let payload = match stamp {
-                true if s.payload.len() >= 16 => {
-                    let mut p = s.payload.to_vec();
-                    p[8..16].copy_from_slice(&hypha_examples::wall_micros().to_le_bytes());
-                    bytes::Bytes::from(p)
-                }
-                _ => s.payload,
+            let payload = if stamp && s.payload.len() >= 16 {
+                let mut p = s.payload.to_vec();
+                p[8..16].copy_from_slice(&hypha_examples::wall_micros().to_le_bytes());
+                bytes::Bytes::from(p)
+            } else {
+                s.payload
             };
             if publisher.put(payload).await.is_err() {
                 break;

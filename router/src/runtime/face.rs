@@ -1084,11 +1084,9 @@ impl Face {
         DIRECT_BUF.with(|b| b.replace(buf));
         drop(parked);
         // The writer does not wait for this write to end (it tried the lock and went back to
-        // waiting): whatever was queued meanwhile, and not written above, is its to send.
-        if self.writer_waiting.swap(false, Ordering::SeqCst)
-            || !all
-            || self.lock().session.total_queued_bytes() > 0
-        {
+        // waiting): wake it for whatever it was woken for. What was queued meanwhile woke it
+        // already, and what this write left (`!all`) the caller wakes it for.
+        if self.writer_waiting.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
         self.space.notify_waiters();
@@ -1461,10 +1459,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
                 // go, and wakes this task (whatever it was woken for: a close, a timeout).
                 face.writer_waiting.store(true, Ordering::SeqCst);
                 let parked = match face.parked_tx.try_lock() {
-                    Ok(mut parked) => {
-                        face.writer_waiting.store(false, Ordering::SeqCst);
-                        Some(parked.take())
-                    }
+                    Ok(mut parked) => Some(parked.take()),
                     Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().take()),
                     Err(std::sync::TryLockError::WouldBlock) => None,
                 };
@@ -1476,6 +1471,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
                     }
                     continue;
                 };
+                face.writer_waiting.store(false, Ordering::SeqCst);
                 parked
             }
         };
