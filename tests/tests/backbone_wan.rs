@@ -220,6 +220,9 @@ struct Cut {
     outage_us: u64,
     /// From the cut to the first arrival of a sample sent after it.
     resumed_us: u64,
+    /// The largest one-way latency of the samples sent in the second before the cut: how
+    /// long a sample could still be in flight on the path that was cut.
+    in_flight_us: u64,
     /// Samples lost that were sent after the uncut (the move back to the short path).
     lost_after_uncut: u64,
     reordered: u64,
@@ -245,6 +248,12 @@ impl Cut {
             .map(|g| g.2)
             .min()
             .map_or(0, |t| t - cut_at);
+        let in_flight_us = got
+            .iter()
+            .filter(|g| g.2 - g.1 < cut_at && g.2 - g.1 + 1_000_000 >= cut_at)
+            .map(|g| g.1)
+            .max()
+            .unwrap_or(0);
         let missing: Vec<u64> = (0..n).filter(|s| !sent.contains_key(s)).collect();
         let contiguous = missing.windows(2).all(|w| w[1] == w[0] + 1);
         // A lost sample was sent after the uncut unless a later sample received was sent
@@ -272,6 +281,7 @@ impl Cut {
             contiguous,
             outage_us,
             resumed_us,
+            in_flight_us,
             lost_after_uncut,
             reordered,
         }
@@ -477,7 +487,7 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
         let f = Cut::of(s, name, n, cut_at, uncut_at);
         eprintln!(
             "silent cut of A–B, {what}: {} of {n} received, {} duplicates ({} removed), {} lost \
-             (contiguous: {}), outage {} ms, first sample {} ms after the cut; restore: {} lost \
+             (contiguous: {}), outage {} ms, first sample {} ms after the cut, up to {} ms in flight at it; restore: {} lost \
              after the uncut, {} reordered; latency on the direct path p50 {} ms p99 {} ms",
             f.received,
             f.dups,
@@ -486,6 +496,7 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
             f.contiguous,
             f.outage_us / 1000,
             f.resumed_us / 1000,
+            f.in_flight_us / 1000,
             f.lost_after_uncut,
             f.reordered,
             f.detour_p50_us / 1000,
@@ -496,15 +507,26 @@ async fn three_sites_over_impaired_wan_links_cheap_path_and_silent_cut() {
             (0, 0),
             "{what}: duplicates across the re-route (delivered, removed at the subscriber)"
         );
-        // Loss only inside the outage: one contiguous run (what was sent between the cut and
-        // the re-route), no longer than the outage plus what was in flight on the cut path
-        // and the slower path's extra delay (100 ms at 1 kHz); none after the uncut.
+        // Loss only inside the outage: one contiguous run of what was sent between the cut
+        // and the re-route plus what was still in flight on the cut path. At 1 kHz, lost =
+        // outage + (latency of the last sample before the gap) - (latency of the first after
+        // it), and the last before the gap was sent in the second before the cut unless the
+        // loss began earlier; so lost <= outage + the largest latency measured in that second.
+        // (A fixed 100 ms allowance failed on a loaded CI host whose steady p99 was 115 ms.)
         assert!(
-            f.contiguous && f.lost <= f.outage_us / 1000 + 100,
-            "{what}: {} lost (contiguous: {}) for a {} ms outage",
+            f.contiguous && f.lost <= (f.outage_us + f.in_flight_us) / 1000 + 2,
+            "{what}: {} lost (contiguous: {}) for a {} ms outage with up to {} ms in flight",
             f.lost,
             f.contiguous,
-            f.outage_us / 1000
+            f.outage_us / 1000,
+            f.in_flight_us / 1000
+        );
+        // The re-route comes within the routers' lease (2 s) plus the direct path's delay, with
+        // a second's slack for a loaded host.
+        assert!(
+            f.resumed_us <= 3_500_000,
+            "{what}: the first sample sent after the cut arrived {} ms after it",
+            f.resumed_us / 1000
         );
         assert_eq!(
             f.lost_after_uncut, 0,
