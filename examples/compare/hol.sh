@@ -12,6 +12,11 @@
 # recv, callback pong, RealTime express pings), with the same bulk (`zbench ping --bulk`:
 # Background, Block, paced the same way, from the same session or a second one).
 #
+# RAW=PATH/rawtcp adds, per rate, the control with no library in the load: the same pings with
+# no bulk of their own while `rawtcp blast` (another process, raw loopback TCP, 1 MiB writes at
+# the rate) runs beside them, and the raw TCP ping-pong without and beside the same blast. What
+# that blast costs the pings is the machine's CPU contention, which no fragmenting can remove.
+#
 #   examples/compare/hol.sh          # REPS (default 3), N round trips (default 3000), BULK bytes
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -47,13 +52,36 @@ zrun() { # proto bulk round [extra ping args]
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   [ -n "$res" ] && printf '{"system":"zenoh","proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
 }
+blast() { # rate: starts `rawtcp blast` in the background for longer than one run takes
+  "$RAW" blast --size "$BULK" --rate "$1" --secs 120 >/dev/null 2>&1 & BLAST=$!; PIDS+=("$BLAST")
+  sleep 0.3
+}
+unblast() { kill "$BLAST" 2>/dev/null || true; wait "$BLAST" 2>/dev/null || true; }
+rawctl() { # proto round
+  local res rate
+  [ "$1" = tcp ] || return 0
+  res=$(timeout 120 "$RAW" ping --n "$N" --size 64 2>/dev/null | tail -1 || true)
+  [ -n "$res" ] && printf '{"system":"raw","proto":"tcp","round":%d,"blast_rate":null,"result":%s}\n' "$2" "$res"
+  for rate in $RATES; do
+    blast "$rate"
+    res=$(timeout 120 "$RAW" ping --n "$N" --size 64 2>/dev/null | tail -1 || true)
+    [ -n "$res" ] && printf '{"system":"raw","proto":"tcp","round":%d,"blast_rate":%s,"result":%s}\n' "$2" "$rate" "$res"
+    unblast
+  done
+}
 for r in $(seq 1 "$REPS"); do
   for proto in $PROTOS; do
     run "$proto" 0 "$r"
     for rate in $RATES; do
       run "$proto" "$BULK" "$r" --bulk-rate "$rate"
       run "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
+      if [ -n "${RAW:-}" ]; then
+        blast "$rate"
+        run "$proto" 0 "$r" | sed "s/^{/{\"blast_rate\":$rate,/"
+        unblast
+      fi
     done
+    [ -z "${RAW:-}" ] || rawctl "$proto" "$r"
     if [ -n "${ZB:-}" ]; then
       zrun "$proto" 0 "$r"
       for rate in $RATES; do

@@ -1,5 +1,8 @@
 //! The physical floor: raw TCP ping-pong (`rawtcp ping --n N --size S`) and raw TCP streaming
 //! (`rawtcp stream --size S --secs T`), both over loopback, blocking sockets, TCP_NODELAY.
+//! `rawtcp blast --size S --rate MIB_S --secs T` sends S-byte messages at MIB_S MiB/s (0: as
+//! fast as it goes) from one thread to another of this process over loopback: bulk load with no
+//! library in it, beside which another program's round trips show the machine's own contention.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -115,7 +118,40 @@ fn main() -> anyhow::Result<()> {
             let _ = writer.join();
             println!("{}", serde_json::json!({"msgs_per_s": n as f64 / el, "mb_per_s": (n as f64 * size as f64) / el / 1e6}));
         }
-        _ => anyhow::bail!("usage: rawtcp ping|stream [--size N] [--n N] [--secs S]"),
+        Some("blast") => {
+            let secs: f64 = arg(&args, "--secs", 10.0);
+            let rate: f64 = arg(&args, "--rate", 0.0);
+            let every = (rate > 0.0).then(|| Duration::from_secs_f64(size as f64 / (rate * (1u64 << 20) as f64)));
+            let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
+                let (mut s, _) = l.accept()?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf)? {
+                        0 => return Ok(total),
+                        n => total += n as u64,
+                    }
+                }
+            });
+            let mut s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            let buf = vec![0x5au8; size];
+            let t0 = Instant::now();
+            let mut next = t0;
+            while t0.elapsed() < Duration::from_secs_f64(secs) {
+                s.write_all(&buf)?;
+                if let Some(every) = every {
+                    // A late message does not make the next one earlier.
+                    next = (next + every).max(Instant::now());
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            }
+            drop(s);
+            let total = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            let el = t0.elapsed().as_secs_f64();
+            println!("{}", serde_json::json!({"size": size, "rate": rate, "mib_per_s": total as f64 / el / (1u64 << 20) as f64}));
+        }
+        _ => anyhow::bail!("usage: rawtcp ping|tokio_ping|stream|blast [--size N] [--n N] [--secs S] [--rate MIB_S]"),
     }
     Ok(())
 }
