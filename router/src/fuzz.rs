@@ -156,7 +156,7 @@ pub fn node_input(data: &[u8]) -> Outcome {
 /// What the runtime does with one converted message from `face`.
 fn handle(node: &mut Node, now: Instant, face: u64, m: Incoming) {
     match m {
-        Incoming::Msg(msg) => node.handle_message(now, face, msg),
+        Incoming::Msg(msg) => node.handle_message(now, face, *msg),
         Incoming::Sample { key, .. } => {
             let _ = node.route(Some(face), &key);
         }

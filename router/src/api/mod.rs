@@ -282,6 +282,8 @@ const MAX_TRACKED_PUBLISHERS: usize = 4096;
 struct SeqTrack {
     /// Per publisher: the newest sequence number seen, and which of the 64 before it were.
     seen: std::collections::HashMap<(NodeId, u32), Window>,
+    /// The publisher seen last and its window (not in `seen` meanwhile).
+    last: Option<((NodeId, u32), Window)>,
 }
 
 /// The newest sequence number of a publisher, and a bit per each of the 64 before it
@@ -310,17 +312,27 @@ const SEQ_WINDOW: u32 = 64;
 impl SeqTrack {
     fn see(&mut self, s: &crate::sample::SampleSource) -> Seen {
         let k = (s.node, s.publisher);
-        let Some(w) = self.seen.get_mut(&k) else {
-            if self.seen.len() >= MAX_TRACKED_PUBLISHERS {
-                self.seen.clear();
+        // The last publisher's window is kept out of the map: a run of samples from one
+        // publisher (a batch holds thousands) costs no hash lookup at all.
+        if !matches!(&self.last, Some((lk, _)) if *lk == k) {
+            let found = self.seen.remove(&k);
+            if let Some((lk, lw)) = self.last.take() {
+                if self.seen.len() >= MAX_TRACKED_PUBLISHERS {
+                    self.seen.clear();
+                }
+                self.seen.insert(lk, lw);
             }
-            self.seen.insert(
-                k,
-                Window {
-                    newest: s.sn,
-                    bits: 0,
-                },
-            );
+            let fresh = found.is_none();
+            let w = found.unwrap_or(Window {
+                newest: s.sn,
+                bits: 0,
+            });
+            self.last = Some((k, w));
+            if fresh {
+                return Seen::New(0);
+            }
+        }
+        let Some((_, w)) = &mut self.last else {
             return Seen::New(0);
         };
         // Serial arithmetic: within half the space ahead of the newest is news.
@@ -1985,6 +1997,28 @@ mod tests {
         assert_eq!(t.see(&src(3, 1_000)), New(1_000 - 67));
         assert_eq!(t.see(&src(3, 999)), Late);
         assert_eq!(t.see(&src(3, 999)), Duplicate);
+        // Publishers interleaved: each keeps its own window across the switches (the last
+        // one's is held apart from the map).
+        for sn in 1_001..1_010 {
+            assert_eq!(t.see(&src(2, sn + 1)), New(0));
+            assert_eq!(t.see(&src(3, sn)), New(0));
+        }
+        assert_eq!(
+            t.see(&src(2, 1_005)),
+            Duplicate,
+            "publisher 2, after switches"
+        );
+        assert_eq!(
+            t.see(&src(3, 1_005)),
+            Duplicate,
+            "publisher 3, after switches"
+        );
+        assert_eq!(
+            t.see(&src(1, 5)),
+            Duplicate,
+            "publisher 1, back from the map"
+        );
+        assert_eq!(t.see(&src(1, 6)), New(0));
     }
 
     /// The seam, deterministically: live samples held while history is fetched, history and

@@ -35,9 +35,10 @@ struct FaceState {
     session: HeapSession,
     /// Key ids we declared on this link, per key and lane (a declaration travels on the lane
     /// that uses it, so it can never be overtaken by its first use on a multi-stream link).
-    key_ids: HashMap<(Arc<str>, u8), u32>,
+    /// (Keyed by this node's own keys and publishers, never by a peer's: a fast hash is safe.)
+    key_ids: rustc_hash::FxHashMap<(Arc<str>, u8), u32>,
     /// Source ids we declared on this link, per (node, publisher) and lane (same reason).
-    src_ids: HashMap<(NodeId, u32, u8), u32>,
+    src_ids: rustc_hash::FxHashMap<(NodeId, u32, u8), u32>,
     next_src: u32,
 }
 
@@ -50,17 +51,52 @@ const MAX_SOURCES: usize = 65_536;
 pub(crate) struct PeerIds {
     keys: HashMap<u32, Arc<str>>,
     sources: HashMap<u32, (NodeId, u32)>,
+    /// The last key and source looked up: a batch of puts from one publisher names the same
+    /// ones thousands of times, and a hash lookup each was a tenth of an 8-byte-put receiver's
+    /// time. Cleared whenever either map changes.
+    last_key: Option<(u32, Arc<str>)>,
+    last_source: Option<(u32, (NodeId, u32))>,
 }
 
 impl PeerIds {
-    fn source(&self, seq: hypha_core::wire::Seq) -> Option<SampleSource> {
-        self.sources
-            .get(&seq.src)
-            .map(|(node, publisher)| SampleSource {
-                node: *node,
-                publisher: *publisher,
-                sn: seq.sn,
-            })
+    fn source(&mut self, seq: hypha_core::wire::Seq) -> Option<SampleSource> {
+        let (node, publisher) = match self.last_source {
+            Some((id, v)) if id == seq.src => v,
+            _ => {
+                let v = *self.sources.get(&seq.src)?;
+                self.last_source = Some((seq.src, v));
+                v
+            }
+        };
+        Some(SampleSource {
+            node,
+            publisher,
+            sn: seq.sn,
+        })
+    }
+
+    fn key(&mut self, id: u32) -> Option<Arc<str>> {
+        match &self.last_key {
+            Some((i, k)) if *i == id => Some(k.clone()),
+            _ => {
+                let k = self.keys.get(&id)?.clone();
+                self.last_key = Some((id, k.clone()));
+                Some(k)
+            }
+        }
+    }
+
+    fn set_key(&mut self, id: u32, key: Option<Arc<str>>) {
+        self.last_key = None;
+        match key {
+            Some(k) => self.keys.insert(id, k),
+            None => self.keys.remove(&id),
+        };
+    }
+
+    fn set_source(&mut self, id: u32, v: (NodeId, u32)) {
+        self.last_source = None;
+        self.sources.insert(id, v);
     }
 }
 
@@ -147,8 +183,9 @@ pub(crate) enum Incoming {
         lane: Lane,
         source: Option<SampleSource>,
     },
-    /// Anything else for the node.
-    Msg(Msg),
+    /// Anything else for the node (boxed: a `Msg` is twice a sample's size, and every
+    /// `Incoming` of a batch is as large as its largest variant).
+    Msg(Box<Msg>),
     /// A node (of this mode) and where it listens.
     Gossip(
         hypha_core::id::NodeId,
@@ -161,6 +198,11 @@ pub(crate) enum Incoming {
     Routed(Box<RoutedIn>),
     /// Something the node cannot use (counted).
     Other(&'static str),
+}
+
+/// `Incoming::Msg` of `m`.
+fn boxed(m: Msg) -> Incoming {
+    Incoming::Msg(Box::new(m))
 }
 
 /// A received `Routed` message, its body still encoded.
@@ -268,9 +310,9 @@ pub(crate) fn convert_msg(
     };
     if let Some((key_id, payload, source)) = compact {
         let index = out.len();
-        out.push(match ids.keys.get(&key_id) {
-            Some(k) => Incoming::Sample {
-                key: k.clone(),
+        out.push(match ids.key(key_id) {
+            Some(key) => Incoming::Sample {
+                key,
                 kind: SampleKind::Put,
                 payload: payload_of(batch, payload, index, fixups),
                 extra: None,
@@ -281,7 +323,7 @@ pub(crate) fn convert_msg(
         });
         return;
     }
-    let decl = |d: Decl| Incoming::Msg(Msg::Declare(d));
+    let decl = |d: Decl| boxed(Msg::Declare(d));
     let (push, source) = match msg {
         NetworkMessage::Push(p) => (Some(p), None),
         NetworkMessage::PushSn(p) => (Some(p.push), ids.source(p.seq)),
@@ -309,11 +351,11 @@ pub(crate) fn convert_msg(
         },
         (None, NetworkMessage::Declare(d)) => match d {
             Declare::KeyExpr { id, key } => {
-                ids.keys.insert(id, Arc::from(key));
+                ids.set_key(id, Some(Arc::from(key)));
                 return;
             }
             Declare::UndeclareKeyExpr { id } => {
-                ids.keys.remove(&id);
+                ids.set_key(id, None);
                 return;
             }
             Declare::Subscriber { id, key } => match owned(&ids.keys, key) {
@@ -356,7 +398,7 @@ pub(crate) fn convert_msg(
                 publisher,
             } => {
                 if ids.sources.len() < MAX_SOURCES || ids.sources.contains_key(&id) {
-                    ids.sources.insert(id, (node, publisher));
+                    ids.set_source(id, (node, publisher));
                 }
                 return;
             }
@@ -371,7 +413,7 @@ pub(crate) fn convert_msg(
                 .collect(),
         ),
         (None, NetworkMessage::Request(q)) => match owned(&ids.keys, q.key) {
-            Some(key) => Incoming::Msg(Msg::Request(Request {
+            Some(key) => boxed(Msg::Request(Request {
                 id: q.id,
                 key,
                 parameters: Arc::from(q.parameters),
@@ -385,7 +427,7 @@ pub(crate) fn convert_msg(
         },
         (None, NetworkMessage::Response(r)) => match r.body {
             hypha_core::wire::ReplyBody::Sample(p) => match resolve(&ids.keys, p.key) {
-                Some(key) => Incoming::Msg(Msg::Response {
+                Some(key) => boxed(Msg::Response {
                     id: r.request_id,
                     result: Ok(Sample {
                         key,
@@ -399,29 +441,25 @@ pub(crate) fn convert_msg(
                 }),
                 None => Incoming::Other("reply on an undeclared key id"),
             },
-            hypha_core::wire::ReplyBody::Err { payload, encoding } => {
-                Incoming::Msg(Msg::Response {
-                    id: r.request_id,
-                    result: Err(ErrorReply {
-                        payload: bytes_of(batch, payload.0),
-                        encoding: encoding.map(Arc::from),
-                    }),
-                })
-            }
+            hypha_core::wire::ReplyBody::Err { payload, encoding } => boxed(Msg::Response {
+                id: r.request_id,
+                result: Err(ErrorReply {
+                    payload: bytes_of(batch, payload.0),
+                    encoding: encoding.map(Arc::from),
+                }),
+            }),
         },
-        (None, NetworkMessage::ResponseFinal(f)) => {
-            Incoming::Msg(Msg::ResponseFinal { id: f.request_id })
-        }
+        (None, NetworkMessage::ResponseFinal(f)) => boxed(Msg::ResponseFinal { id: f.request_id }),
         (None, NetworkMessage::Auth(a)) => Incoming::Auth(bytes_of(batch, a.token.0)),
-        (None, NetworkMessage::Cancel(c)) => Incoming::Msg(Msg::Cancel { id: c.request_id }),
-        (None, NetworkMessage::Denied(d)) => Incoming::Msg(Msg::Denied(Arc::new(
+        (None, NetworkMessage::Cancel(c)) => boxed(Msg::Cancel { id: c.request_id }),
+        (None, NetworkMessage::Denied(d)) => boxed(Msg::Denied(Arc::new(
             crate::acl::AccessDenied::from_wire(&d),
         ))),
         (None, NetworkMessage::LinkState(l)) => {
             let mut links: Vec<(NodeId, u32)> = l.links().collect();
             links.sort_unstable();
             links.dedup_by_key(|x| x.0);
-            Incoming::Msg(Msg::LinkState(Arc::new(crate::net::linkstate::Lsa {
+            boxed(Msg::LinkState(Arc::new(crate::net::linkstate::Lsa {
                 router: l.router,
                 epoch: l.epoch,
                 seq: l.seq,
@@ -449,7 +487,7 @@ pub(crate) fn convert_msg(
 pub(crate) fn routed_ids(origin: Option<NodeId>, msg: &NetworkMessage<'_>) -> PeerIds {
     let mut ids = PeerIds::default();
     if let (Some(o), NetworkMessage::PushSn(p)) = (origin, msg) {
-        ids.sources.insert(p.seq.src, (o, p.seq.src));
+        ids.set_source(p.seq.src, (o, p.seq.src));
     }
     ids
 }
@@ -717,8 +755,8 @@ impl Face {
             peer: OnceLock::new(),
             state: Mutex::new(FaceState {
                 session,
-                key_ids: HashMap::new(),
-                src_ids: HashMap::new(),
+                key_ids: Default::default(),
+                src_ids: Default::default(),
                 next_src: 1,
             }),
             wake: Notify::new(),
@@ -893,24 +931,29 @@ impl Face {
         let st = &mut *guard;
         // Best-effort lanes may lose a declaration, so they name the key in full.
         let wkey = if lane.reliable {
+            // The caller's hint came from this link's own map for this key and lane: with it,
+            // no lookup at all (the common case, every put after a publisher's first).
             let hint = key_id_hint.load(Ordering::Relaxed);
-            let slot = (key.clone(), lane.priority as u8);
-            let id = match (hint, st.key_ids.get(&slot)) {
-                // The caller's hint came from this link's own map for this key and lane.
-                (h, _) if h != 0 => h,
-                (_, Some(id)) => *id,
-                (_, None) => {
-                    let id = st.session.next_key_id();
-                    st.session.send(
-                        lane.priority,
-                        true,
-                        &NetworkMessage::Declare(Declare::KeyExpr { id, key }),
-                    )?;
-                    st.key_ids.insert(slot, id);
-                    id
-                }
+            let id = if hint != 0 {
+                hint
+            } else {
+                let slot = (key.clone(), lane.priority as u8);
+                let id = match st.key_ids.get(&slot) {
+                    Some(id) => *id,
+                    None => {
+                        let id = st.session.next_key_id();
+                        st.session.send(
+                            lane.priority,
+                            true,
+                            &NetworkMessage::Declare(Declare::KeyExpr { id, key }),
+                        )?;
+                        st.key_ids.insert(slot, id);
+                        id
+                    }
+                };
+                key_id_hint.store(id, Ordering::Relaxed);
+                id
             };
-            key_id_hint.store(id, Ordering::Relaxed);
             WireKey::Id(id)
         } else {
             WireKey::Name(key)
@@ -1362,7 +1405,7 @@ async fn reader(rt: Arc<Runtime>, face: Arc<Face>, mut rx: LinkRx) {
                 continue;
             }
             match face.hold(m) {
-                Some(Incoming::Msg(msg)) if msgs.len() < MSG_RUN => msgs.push(msg),
+                Some(Incoming::Msg(msg)) if msgs.len() < MSG_RUN => msgs.push(*msg),
                 Some(m) => {
                     rt.handle_msgs(&face, &mut msgs);
                     rt.dispatch(&face, &mut route_cache, m);

@@ -1251,8 +1251,8 @@ impl Runtime {
             ),
             Incoming::Routed(r) => self.on_routed(face, *r),
             Incoming::Msg(msg) => {
-                let is_request = matches!(msg, Msg::Request(_));
-                self.with_node(|n, now| n.handle_message(now, face.id, msg));
+                let is_request = matches!(*msg, Msg::Request(_));
+                self.with_node(|n, now| n.handle_message(now, face.id, *msg));
                 if is_request {
                     self.timer.notify_one();
                 }
@@ -1364,8 +1364,8 @@ impl Runtime {
                     face, pair, &mut None, key, kind, payload, extra, lane, source,
                 ),
                 Incoming::Msg(msg) => {
-                    let is_request = matches!(msg, Msg::Request(_));
-                    self.with_node(|n, now| n.handle_message(now, pair, msg));
+                    let is_request = matches!(*msg, Msg::Request(_));
+                    self.with_node(|n, now| n.handle_message(now, pair, *msg));
                     if is_request {
                         self.timer.notify_one();
                     }
