@@ -29,7 +29,10 @@ RATES=${RATES:-0}
 [ -n "${NOBUILD:-}" ] || cargo build --release -q -p hypha-examples --example ping --example pong --manifest-path "$ROOT/Cargo.toml"
 X=${X:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"}
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  [ -z "${ZTLS:-}" ] || rm -rf "$ZTLS"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 run() { # proto bulk round [extra ping args]
@@ -42,14 +45,22 @@ run() { # proto bulk round [extra ping args]
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   [ -n "$res" ] && printf '{"proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
 }
+if [ -n "${ZB:-}" ]; then
+  # Zenoh's QUIC needs TLS material (Hypha makes its own): a throw-away CA and certificate
+  # for localhost, which its endpoints must then name.
+  . "$HERE/tls.sh"
+  ZTLS=$(mktemp -d); make_tls "$ZTLS"
+fi
 zrun() { # proto bulk round [extra ping args]
-  local p pid res
+  local p pid res host=127.0.0.1
   p=$(port)
-  "$ZB" pong --listen "$1/127.0.0.1:$p" >/dev/null 2>&1 & pid=$!; PIDS+=("$pid")
+  if [ "$1" = quic ]; then export ZBENCH_TLS_DIR="$ZTLS"; host=localhost; fi
+  "$ZB" pong --listen "$1/$host:$p" >/dev/null 2>&1 & pid=$!; PIDS+=("$pid")
   sleep 0.5
-  res=$(timeout 300 "$ZB" ping --connect "$1/127.0.0.1:$p" --n "$N" --warmup 300 \
+  res=$(timeout 300 "$ZB" ping --connect "$1/$host:$p" --n "$N" --warmup 300 \
     --size 64 --bulk "$2" "${@:4}" 2>/dev/null | tail -1 || true)
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  unset ZBENCH_TLS_DIR
   [ -n "$res" ] && printf '{"system":"zenoh","proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
 }
 blast() { # rate: starts `rawtcp blast` in the background for longer than one run takes
