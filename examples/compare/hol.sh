@@ -68,16 +68,14 @@ blast() { # rate: starts `rawtcp blast` in the background for longer than one ru
   sleep 0.3
 }
 unblast() { kill "$BLAST" 2>/dev/null || true; wait "$BLAST" 2>/dev/null || true; }
-rawctl() { # proto round
+rawctl() { # proto round: the raw ping-pong alone (blast_rate null), then beside each blast
   local res rate
   [ "$1" = tcp ] || return 0
-  res=$(timeout 120 "$RAW" ping --n "$N" --size 64 2>/dev/null | tail -1 || true)
-  [ -n "$res" ] && printf '{"system":"raw","proto":"tcp","round":%d,"blast_rate":null,"result":%s}\n' "$2" "$res"
-  for rate in $RATES; do
-    blast "$rate"
+  for rate in null $RATES; do
+    [ "$rate" = null ] || blast "$rate"
     res=$(timeout 120 "$RAW" ping --n "$N" --size 64 2>/dev/null | tail -1 || true)
     [ -n "$res" ] && printf '{"system":"raw","proto":"tcp","round":%d,"blast_rate":%s,"result":%s}\n' "$2" "$rate" "$res"
-    unblast
+    [ "$rate" = null ] || unblast
   done
 }
 for r in $(seq 1 "$REPS"); do

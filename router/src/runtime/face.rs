@@ -251,15 +251,16 @@ fn bytes_of(batch: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-fn resolve(keys: &HashMap<u32, Arc<str>>, k: WireKey<'_>) -> Option<Arc<str>> {
+/// The key a message names, by id (through the one-entry cache) or in full.
+fn resolve(ids: &mut PeerIds, k: WireKey<'_>) -> Option<Arc<str>> {
     match k {
-        WireKey::Id(id) => keys.get(&id).cloned(),
+        WireKey::Id(id) => ids.key(id),
         WireKey::Name(n) => Some(Arc::from(n)),
     }
 }
 
-fn owned(keys: &HashMap<u32, Arc<str>>, k: WireKey<'_>) -> Option<OwnedKeyExpr> {
-    resolve(keys, k).and_then(|s| OwnedKeyExpr::new(s.to_string()).ok())
+fn owned(ids: &mut PeerIds, k: WireKey<'_>) -> Option<OwnedKeyExpr> {
+    resolve(ids, k).and_then(|s| OwnedKeyExpr::new(s.to_string()).ok())
 }
 
 /// A sample payload that lies in the session's reassembly buffer: patched in after
@@ -331,7 +332,7 @@ pub(crate) fn convert_msg(
     };
     let item = match (push, msg) {
         (_, NetworkMessage::Put(_) | NetworkMessage::PutSn(_)) => return,
-        (Some(p), _) => match resolve(&ids.keys, p.key) {
+        (Some(p), _) => match resolve(ids, p.key) {
             Some(key) => Incoming::Sample {
                 key,
                 kind: p.kind,
@@ -358,17 +359,17 @@ pub(crate) fn convert_msg(
                 ids.set_key(id, None);
                 return;
             }
-            Declare::Subscriber { id, key } => match owned(&ids.keys, key) {
+            Declare::Subscriber { id, key } => match owned(ids, key) {
                 Some(key) => decl(Decl::Subscriber { id, key }),
                 None => Incoming::Other("subscriber on an undeclared key id"),
             },
             Declare::UndeclareSubscriber { id } => decl(Decl::Unsubscriber { id }),
-            Declare::Queryable { id, key, complete } => match owned(&ids.keys, key) {
+            Declare::Queryable { id, key, complete } => match owned(ids, key) {
                 Some(key) => decl(Decl::Queryable { id, key, complete }),
                 None => Incoming::Other("queryable on an undeclared key id"),
             },
             Declare::UndeclareQueryable { id } => decl(Decl::Unqueryable { id }),
-            Declare::Token { id, key } => match owned(&ids.keys, key) {
+            Declare::Token { id, key } => match owned(ids, key) {
                 Some(key) => decl(Decl::Token { id, key }),
                 None => Incoming::Other("token on an undeclared key id"),
             },
@@ -379,7 +380,7 @@ pub(crate) fn convert_msg(
                     key: None,
                     flags,
                 }),
-                Some(k) => match owned(&ids.keys, k) {
+                Some(k) => match owned(ids, k) {
                     Some(k) => decl(Decl::Interest {
                         id,
                         key: Some(k),
@@ -412,7 +413,7 @@ pub(crate) fn convert_msg(
                 .take(hypha_transports::discovery::MAX_ENDPOINTS)
                 .collect(),
         ),
-        (None, NetworkMessage::Request(q)) => match owned(&ids.keys, q.key) {
+        (None, NetworkMessage::Request(q)) => match owned(ids, q.key) {
             Some(key) => boxed(Msg::Request(Request {
                 id: q.id,
                 key,
@@ -426,7 +427,7 @@ pub(crate) fn convert_msg(
             None => Incoming::Other("request on an undeclared key id"),
         },
         (None, NetworkMessage::Response(r)) => match r.body {
-            hypha_core::wire::ReplyBody::Sample(p) => match resolve(&ids.keys, p.key) {
+            hypha_core::wire::ReplyBody::Sample(p) => match resolve(ids, p.key) {
                 Some(key) => boxed(Msg::Response {
                     id: r.request_id,
                     result: Ok(Sample {
