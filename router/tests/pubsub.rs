@@ -536,3 +536,80 @@ async fn a_publisher_whose_puts_never_wait_lets_other_tasks_run() {
         "the other task first ran after put {first_seen:?} of 32"
     );
 }
+
+/// `put(..).now()` publishes without an async context: a callback subscriber answers from the
+/// link's reader (the `pong` example's way), every echo arrives, in order; an acknowledged put
+/// refuses it; and on a full `Block` lane it drops instead of waiting, and says so: what the
+/// reports count as dropped is exactly what never arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_now_answers_from_a_callback_and_never_waits() {
+    let mut ca = cfg("tcp/127.0.0.1:0", &[]);
+    ca.queues.lane_bytes = 64 << 10;
+    // A put that waited for room even once would take 10 s.
+    ca.queues.block_ms = 10_000;
+    let a = hypha::open(ca).await.unwrap();
+    let ep = a.info().listening[0].to_string();
+    let b = hypha::open(cfg("tcp/127.0.0.1:0", &[ep])).await.unwrap();
+    assert!(a.wait_peers(1, T).await && b.wait_peers(1, T).await);
+
+    // Echo from a callback.
+    let answer = std::sync::Arc::new(b.declare_publisher("now/pong").unwrap());
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (ans, fails) = (answer.clone(), failures.clone());
+    let _echo = b
+        .declare_subscriber("now/ping")
+        .callback(move |s| {
+            if ans.put(s.payload).now().is_err() {
+                fails.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    let pongs = a.declare_subscriber("now/pong").stream().unwrap();
+    let ping = a.declare_publisher("now/ping").unwrap();
+    assert!(ping.wait_matching(T).await && answer.wait_matching(T).await);
+    for i in 0..200u32 {
+        let r = ping.put(i.to_le_bytes().to_vec()).now().unwrap();
+        assert_eq!((r.destinations, r.dropped), (1, 0));
+        let s = recv(&pongs).await;
+        assert_eq!(&s.payload[..], &i.to_le_bytes()[..], "echo {i}");
+    }
+    assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // An acknowledged put cannot be sent with now().
+    let e = ping.put("x").ack(hypha::Ack::Received).now().unwrap_err();
+    assert!(matches!(e, hypha::PublishError::AckNeedsAwait), "{e}");
+
+    // A full Block lane: now() drops and counts, it never waits.
+    let sink = b
+        .declare_subscriber("now/bulk")
+        .capacity(100_000)
+        .stream()
+        .unwrap();
+    let bulk = a
+        .declare_publisher("now/bulk")
+        .unwrap()
+        .congestion_control(CongestionControl::Block);
+    assert!(bulk.wait_matching(T).await);
+    let before = a.info().dropped;
+    let n = 2_000u64;
+    let mut dropped = 0;
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        dropped += bulk.put(vec![(i % 251) as u8; 4096]).now().unwrap().dropped;
+    }
+    let took = t0.elapsed();
+    assert!(
+        dropped > 0,
+        "8 MB put at once into a 64 KiB lane, nothing dropped"
+    );
+    assert_eq!(a.info().dropped - before, dropped, "drops not counted");
+    let mut got = 0u64;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), sink.recv()).await {
+        got += 1;
+    }
+    assert_eq!(got + dropped, n, "received {got} + dropped {dropped}");
+    assert!(
+        took < Duration::from_secs(5),
+        "now() waited: {n} puts took {took:?}"
+    );
+}

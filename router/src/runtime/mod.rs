@@ -1689,13 +1689,35 @@ impl Runtime {
                 waited = true;
             }
             if !sent {
-                face.dropped.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                count_prefix_drops(&resolved.prefixes, 1);
-                partial.dropped += 1;
+                self.count_block_drop(resolved, face, &mut partial);
             }
         }
         partial
+    }
+
+    /// What [`publish_wait`](Self::publish_wait) does when no room came, at once, for every
+    /// link a `Block` publication found full: for a put that cannot wait (`PutBuilder::now`).
+    pub(crate) fn publish_drop_blocked(
+        &self,
+        resolved: &Resolved,
+        b: Box<Blocked>,
+    ) -> PublishOutcome {
+        let Blocked {
+            faces, mut partial, ..
+        } = *b;
+        for i in faces {
+            if let Some((face, _)) = resolved.faces.get(i) {
+                self.count_block_drop(resolved, face, &mut partial);
+            }
+        }
+        partial
+    }
+
+    fn count_block_drop(&self, resolved: &Resolved, face: &Face, out: &mut PublishOutcome) {
+        face.dropped.fetch_add(1, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        count_prefix_drops(&resolved.prefixes, 1);
+        out.dropped += 1;
     }
 
     // ----- queries ---------------------------------------------------------------------------
