@@ -45,6 +45,11 @@ struct Args {
     /// tail is.
     #[arg(long)]
     rtts: Option<std::path::PathBuf>,
+    /// A callback chain instead of the loop in `main`: each echo's callback (on the link's
+    /// reader) times it and sends the next ping with `put(..).now()`, so no round trip
+    /// crosses to `main`'s thread. Payloads carry a sequence number in their first 8 bytes.
+    #[arg(long, conflicts_with_all = ["rtts", "burst"])]
+    chain: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -61,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         bulk_rate,
         burst,
         rtts: rtts_file,
+        chain,
         net,
     } = Args::parse();
     let burst = burst.max(1);
@@ -69,9 +75,11 @@ async fn main() -> anyhow::Result<()> {
         .declare_subscriber("bench/pong")
         .capacity(1024)
         .stream()?;
-    let publisher = session
-        .declare_publisher("bench/ping")?
-        .priority(Priority::RealTime);
+    let publisher = std::sync::Arc::new(
+        session
+            .declare_publisher("bench/ping")?
+            .priority(Priority::RealTime),
+    );
     if !publisher.wait_matching(Duration::from_secs(30)).await {
         anyhow::bail!("no pong found within 30 s");
     }
@@ -130,7 +138,14 @@ async fn main() -> anyhow::Result<()> {
     let mut sent_at = Vec::with_capacity(n);
     let mut forward = Vec::with_capacity(n);
     let mut measured_from = (Instant::now(), 0);
+    let sub = (!chain).then_some(sub);
+    if chain {
+        measured_from.1 = bulk_sent.load(std::sync::atomic::Ordering::Relaxed);
+        // The warm-up round trips are in the chain too: the bulk rate counts from its start.
+        rtts = callback_chain(&session, &publisher, size, warmup, n).await?;
+    }
     for i in 0..warmup + n {
+        let Some(sub) = sub.as_ref() else { break };
         if i == warmup {
             measured_from = (
                 Instant::now(),
@@ -196,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
             "bulk_rate": bulk_rate,
-            "burst": burst,
+            "burst": burst, "chain": chain,
             "bulk_mib_s": bulk_mib_s,
             "p50_us": percentile(&rtts, 50.0), "p99_us": percentile(&rtts, 99.0),
             "p999_us": percentile(&rtts, 99.9), "mean_us": mean,
@@ -204,4 +219,96 @@ async fn main() -> anyhow::Result<()> {
     );
     session.close().await;
     Ok(())
+}
+
+/// `--chain`: the echo's callback times the round trip and sends the next ping, from the
+/// link's reader. Returns the measured round trips (µs), after `warmup` unmeasured ones.
+async fn callback_chain(
+    session: &hypha::Session,
+    publisher: &std::sync::Arc<hypha::Publisher>,
+    size: usize,
+    warmup: usize,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    struct Chain {
+        /// The sequence number of the ping in flight.
+        next: u64,
+        sent: Instant,
+        rtts: Vec<f64>,
+        done: Option<tokio::sync::oneshot::Sender<Result<Vec<f64>, String>>>,
+    }
+    let total = (warmup + n) as u64;
+    let warmup = warmup as u64;
+    let ping = move |seq: u64| {
+        let mut p = vec![0xabu8; size.max(8)];
+        p[..8].copy_from_slice(&seq.to_le_bytes());
+        bytes::Bytes::from(p)
+    };
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let state = std::sync::Arc::new(std::sync::Mutex::new(Chain {
+        next: 0,
+        sent: Instant::now(),
+        rtts: Vec::with_capacity(n),
+        done: Some(done),
+    }));
+    let st = state.clone();
+    let p = publisher.clone();
+    let _chain = session
+        .declare_subscriber("bench/pong")
+        .callback(move |s| {
+            let now = Instant::now();
+            let seq = s
+                .payload
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes);
+            let mut c = st.lock().unwrap_or_else(|e| e.into_inner());
+            // A retried first ping's second echo, or a stray one: not the ping in flight.
+            if seq != Some(c.next) || c.done.is_none() {
+                return;
+            }
+            if c.next >= warmup {
+                let rtt = now.duration_since(c.sent).as_secs_f64() * 1e6;
+                c.rtts.push(rtt);
+            }
+            c.next += 1;
+            if c.next == total {
+                let rtts = std::mem::take(&mut c.rtts);
+                if let Some(d) = c.done.take() {
+                    let _ = d.send(Ok(rtts));
+                }
+                return;
+            }
+            let next = ping(c.next);
+            c.sent = Instant::now();
+            if let Err(e) = p.put(next).now() {
+                if let Some(d) = c.done.take() {
+                    let _ = d.send(Err(format!("ping {}: {e}", c.next)));
+                }
+            }
+        })?;
+    // The pong may learn of this subscriber a little after it is declared: resend the first
+    // ping until the chain has started (its extra echoes are ignored).
+    let mut finished = std::pin::pin!(finished);
+    let started = |st: &std::sync::Mutex<Chain>| st.lock().map_or(true, |c| c.next > 0);
+    while !started(&state) {
+        state.lock().unwrap_or_else(|e| e.into_inner()).sent = Instant::now();
+        publisher.put(ping(0)).await?;
+        let _ = tokio::time::timeout(Duration::from_millis(200), finished.as_mut()).await;
+    }
+    // A lost echo stops the chain: give up when it has not moved for 5 s.
+    let mut last = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), finished.as_mut()).await {
+            Ok(Ok(r)) => return r.map_err(anyhow::Error::msg),
+            Ok(Err(_)) => anyhow::bail!("the chain ended without a result"),
+            Err(_) => {
+                let at = state.lock().map_or(0, |c| c.next);
+                if at == last {
+                    anyhow::bail!("echo {at} lost");
+                }
+                last = at;
+            }
+        }
+    }
 }

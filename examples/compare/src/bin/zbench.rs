@@ -85,13 +85,14 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
     let size: usize = arg(args, "--size", 64);
     let warmup: usize = arg(args, "--warmup", 1_000);
     let sub = s.declare_subscriber("bench/pong").wait().map_err(z)?;
-    let p = s
-        .declare_publisher("bench/ping")
-        .congestion_control(CongestionControl::Block)
-        .priority(Priority::RealTime)
-        .express(true)
-        .wait()
-        .map_err(z)?;
+    let p = Arc::new(
+        s.declare_publisher("bench/ping")
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::RealTime)
+            .express(true)
+            .wait()
+            .map_err(z)?,
+    );
     let t0 = Instant::now();
     while !p.matching_status().wait().map_err(z)?.matching() {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no subscriber within 30 s");
@@ -160,7 +161,17 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
     };
     let mut rtts = Vec::with_capacity(n);
     let mut measured_from = (Instant::now(), 0);
+    let chain = args.iter().any(|a| a == "--chain");
+    let sub = if chain {
+        drop(sub);
+        measured_from.1 = bulk_sent.load(Ordering::Relaxed);
+        rtts = callback_chain(&s, p.clone(), size, warmup, n)?;
+        None
+    } else {
+        Some(sub)
+    };
     for i in 0..warmup + n {
+        let Some(sub) = sub.as_ref() else { break };
         if i == warmup {
             measured_from = (Instant::now(), bulk_sent.load(Ordering::Relaxed));
         }
@@ -184,11 +195,95 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
     rtts.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
-        serde_json::json!({"n": n, "size": size, "bulk": bulk, "bulk_separate": bulk_separate,
+        serde_json::json!({"n": n, "size": size, "chain": chain, "bulk": bulk, "bulk_separate": bulk_separate,
             "bulk_rate": bulk_rate, "bulk_mib_s": bulk_mib_s, "p50_us": percentile(&rtts, 50.0),
             "p99_us": percentile(&rtts, 99.0), "p999_us": percentile(&rtts, 99.9), "mean_us": mean})
     );
     Ok(())
+}
+
+/// `ping --chain`, as Hypha's: the echo's callback (on Zenoh's receive task) times the round
+/// trip and sends the next ping with `put(..).wait()`; sequence numbers in the first 8 bytes.
+fn callback_chain(
+    s: &zenoh::Session,
+    p: Arc<zenoh::pubsub::Publisher<'static>>,
+    size: usize,
+    warmup: usize,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    use zenoh::Wait;
+    struct Chain {
+        next: u64,
+        sent: Instant,
+        rtts: Vec<f64>,
+        done: Option<std::sync::mpsc::Sender<Result<Vec<f64>, String>>>,
+    }
+    let z = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    let total = (warmup + n) as u64;
+    let warmup = warmup as u64;
+    let ping = move |seq: u64| {
+        let mut v = vec![0xabu8; size.max(8)];
+        v[..8].copy_from_slice(&seq.to_le_bytes());
+        v
+    };
+    let (done, finished) = std::sync::mpsc::channel();
+    let state = Arc::new(std::sync::Mutex::new(Chain {
+        next: 0,
+        sent: Instant::now(),
+        rtts: Vec::with_capacity(n),
+        done: Some(done),
+    }));
+    let (st, cp) = (state.clone(), p.clone());
+    let _chain = s
+        .declare_subscriber("bench/pong")
+        .callback(move |sample| {
+            let now = Instant::now();
+            let bytes = sample.payload().to_bytes();
+            let seq = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
+            let mut c = st.lock().unwrap_or_else(|e| e.into_inner());
+            if seq != Some(c.next) || c.done.is_none() {
+                return;
+            }
+            if c.next >= warmup {
+                let rtt = now.duration_since(c.sent).as_secs_f64() * 1e6;
+                c.rtts.push(rtt);
+            }
+            c.next += 1;
+            if c.next == total {
+                let rtts = std::mem::take(&mut c.rtts);
+                if let Some(d) = c.done.take() {
+                    let _ = d.send(Ok(rtts));
+                }
+                return;
+            }
+            let next = ping(c.next);
+            c.sent = Instant::now();
+            if let Err(e) = cp.put(next).wait() {
+                if let Some(d) = c.done.take() {
+                    let _ = d.send(Err(format!("ping {}: {e}", c.next)));
+                }
+            }
+        })
+        .wait()
+        .map_err(z)?;
+    let started = |st: &std::sync::Mutex<Chain>| st.lock().map_or(true, |c| c.next > 0);
+    while !started(&state) {
+        state.lock().unwrap_or_else(|e| e.into_inner()).sent = Instant::now();
+        p.put(ping(0)).wait().map_err(z)?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut last = 0;
+    loop {
+        match finished.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) => return r.map_err(anyhow::Error::msg),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the chain ended without a result"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let at = state.lock().map_or(0, |c| c.next);
+                anyhow::ensure!(at != last, "echo {at} lost");
+                last = at;
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
