@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Round trip and 8-byte throughput: Hypha now, Hypha at an earlier commit, Zenoh 1.10.2 in its
 # own best style (z_ping-like blocking recv, pong answering from its callback), and the raw
-# two-process TCP ping-pong floor, interleaved in one run.
+# two-process TCP ping-pong floor and a bare tokio echo (`rawtcp tokio_ping`), interleaved in
+# one run.
 #
 #   BEFORE=/path/to/target/release/examples examples/compare/before_after.sh
 #
@@ -67,6 +68,7 @@ systems="after zenoh"
 for r in $(seq 1 "$REPS"); do
   echo "== round $r/$REPS" >&2
   record raw rtt_tcp_64 "$r" "$(timeout 60 "$RAW" ping --n "$N" --size 64)"
+  record tokio rtt_tcp_64 "$r" "$(timeout 60 "$RAW" tokio_ping --n "$N" --size 64)"
   # Rotate the order every round so no system always runs first.
   set -- $systems
   for i in $(seq 1 $((r % $#))); do set -- "${@:2}" "$1"; done
@@ -95,7 +97,7 @@ for w in ["rtt_tcp_64", "rtt_quic_64"]:
             y = by[(w, s + "-chain")].get(k)
             by[(w, s + "-best")][k] = y if y and y.get("p50_us", 1e18) < x.get("p50_us", 1e18) else x
 print("\nsummary (medians over rounds; ratio: per-round min / median / max)")
-for s in ["raw", "after", "before", "zenoh", "after-chain", "zenoh-chain", "after-best", "zenoh-best"]:
+for s in ["raw", "tokio", "after", "before", "zenoh", "after-chain", "zenoh-chain", "after-best", "zenoh-best"]:
     if (("rtt_tcp_64", s)) in by:
         print(f"  rtt tcp 64 B {s:11}: p50 {med('rtt_tcp_64', s, 'p50_us'):7.1f} us  p99 {med('rtt_tcp_64', s, 'p99_us'):7.1f} us")
 for s in ["after", "before", "zenoh", "after-chain", "zenoh-chain", "after-best", "zenoh-best"]:
@@ -104,8 +106,9 @@ for s in ["after", "before", "zenoh", "after-chain", "zenoh-chain", "after-best"
 for s in ["after", "before", "zenoh"]:
     if (("thr_8", s)) in by:
         print(f"  thr 8 B     {s:6}: {med('thr_8', s, 'msgs_per_s'):12,.0f} msgs/s")
-for a, b in [("after", "zenoh"), ("after-chain", "zenoh-chain"), ("after-best", "zenoh-best"),
-             ("before", "zenoh"), ("after", "before"), ("after", "raw"), ("after-best", "raw")]:
+for a, b in [("after", "zenoh"), ("after-chain", "zenoh-chain"), ("after-best", "zenoh-best"), ("after", "zenoh-best"),
+             ("before", "zenoh"), ("after", "before"), ("after", "raw"), ("after-best", "raw"),
+             ("after", "tokio"), ("after-best", "tokio")]:
     if ("rtt_tcp_64", a) in by and ("rtt_tcp_64", b) in by:
         lo, m, hi = ratios("rtt_tcp_64", a, b, "p50_us")
         print(f"  rtt p50 {a}/{b}: {lo:.2f} / {m:.2f} / {hi:.2f}")

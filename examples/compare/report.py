@@ -45,8 +45,10 @@ lines = [
     "**Styles.** Round trips: Zenoh in its own best style (its `z_ping`/`z_pong` examples: no "
     "runtime of ours, `wait()` on every call, a blocking `recv()` on the subscriber's FIFO, the "
     "pong answering from its subscriber callback; `zbench ping|pong`); Hypha as its README "
-    "recommends (`#[tokio::main]`, a stream subscriber, `publisher.put(..).await`, express "
-    "publisher; `examples/ping.rs`, `pong.rs`). Throughput: both with a publisher loop and a "
+    "recommends, the same shape (`#[tokio::main]`, the ping a loop in `main` with a stream "
+    "subscriber and `publisher.put(..).await`, the pong answering from its callback with "
+    "`put(..).now()`, express publisher; `examples/ping.rs`, `pong.rs`). Both systems' callback "
+    "chains (`ping --chain`) are in `before_after.sh`. Throughput: both with a publisher loop and a "
     "callback subscriber. Raw TCP: two threads, blocking sockets, TCP_NODELAY.",
     "",
     "## Round trip, 64 B payload (µs; lower is better)",

@@ -41,7 +41,7 @@ run() { # name pong-cmd ping-cmd (with EP placeholder)
   local name=$1 ep pid
   ep="$PROTO/127.0.0.1:$(port)"
   # Zenoh's QUIC needs a certificate for the name it dials.
-  if [ "$name" = zenoh ] && [ "$PROTO" = quic ]; then ep="quic/localhost:${ep##*:}"; fi
+  if [ "${name%-chain}" = zenoh ] && [ "$PROTO" = quic ]; then ep="quic/localhost:${ep##*:}"; fi
   perf stat -x, -e "$EV" -o "$WORK/pong.stat" -- ${2//EP/$ep} >/dev/null 2>&1 & pid=$!
   sleep 0.5
   perf stat -x, -e "$EV" -o "$WORK/ping.stat" -- ${3//EP/$ep} >/dev/null 2>&1 || true
@@ -58,5 +58,8 @@ if [ "$PROTO" = quic ]; then
 fi
 run hypha "$HX/pong --listen EP --secs $SECS" "$HX/ping --connect EP --listen $PROTO/127.0.0.1:0 --n $N --size 64"
 run zenoh "$ZB pong --listen EP --secs $SECS" "$ZB ping --connect EP --listen $PROTO/127.0.0.1:0 --n $N --size 64"
+# The callback chains (`ping --chain`: each echo's callback sends the next ping).
+run hypha-chain "$HX/pong --listen EP --secs $SECS" "$HX/ping --connect EP --listen $PROTO/127.0.0.1:0 --n $N --size 64 --chain"
+run zenoh-chain "$ZB pong --listen EP --secs $SECS" "$ZB ping --connect EP --listen $PROTO/127.0.0.1:0 --n $N --size 64 --chain"
 perf stat -x, -e "$EV" -o "$WORK/raw.stat" -- "$RAW" ping --n "$N" --size 64 >/dev/null
 echo "raw (ping+echo threads, one process): $(per_rt "$WORK/raw.stat")"
