@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+#[path = "chain.rs"]
+pub mod chain;
+
 /// Where an example's node listens and what it connects to. mDNS is off unless asked for, so
 /// that examples never multicast on a network by surprise.
 #[derive(clap::Args, Clone, Debug, Default)]

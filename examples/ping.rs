@@ -230,70 +230,33 @@ async fn callback_chain(
     warmup: usize,
     n: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    struct Chain {
-        /// The sequence number of the ping in flight.
-        next: u64,
-        sent: Instant,
-        rtts: Vec<f64>,
-        done: Option<tokio::sync::oneshot::Sender<Result<Vec<f64>, String>>>,
-    }
-    let total = (warmup + n) as u64;
-    let warmup = warmup as u64;
-    let ping = move |seq: u64| {
-        let mut p = vec![0xabu8; size.max(8)];
-        p[..8].copy_from_slice(&seq.to_le_bytes());
-        bytes::Bytes::from(p)
-    };
     let (done, finished) = tokio::sync::oneshot::channel();
-    let state = std::sync::Arc::new(std::sync::Mutex::new(Chain {
-        next: 0,
-        sent: Instant::now(),
-        rtts: Vec::with_capacity(n),
-        done: Some(done),
-    }));
+    let done: hypha_examples::chain::Done = Box::new(move |r| {
+        let _ = done.send(r);
+    });
+    let state = std::sync::Arc::new(std::sync::Mutex::new(hypha_examples::chain::Chain::new(
+        warmup, n, size, done,
+    )));
+    use hypha_examples::chain::lock;
     let st = state.clone();
     let p = publisher.clone();
     let _chain = session
         .declare_subscriber("bench/pong")
         .callback(move |s| {
             let now = Instant::now();
-            let seq = s
-                .payload
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_le_bytes);
-            let mut c = st.lock().unwrap_or_else(|e| e.into_inner());
-            // A retried first ping's second echo, or a stray one: not the ping in flight.
-            if seq != Some(c.next) || c.done.is_none() {
-                return;
-            }
-            if c.next >= warmup {
-                let rtt = now.duration_since(c.sent).as_secs_f64() * 1e6;
-                c.rtts.push(rtt);
-            }
-            c.next += 1;
-            if c.next == total {
-                let rtts = std::mem::take(&mut c.rtts);
-                if let Some(d) = c.done.take() {
-                    let _ = d.send(Ok(rtts));
-                }
-                return;
-            }
-            let next = ping(c.next);
-            c.sent = Instant::now();
-            if let Err(e) = p.put(next).now() {
-                if let Some(d) = c.done.take() {
-                    let _ = d.send(Err(format!("ping {}: {e}", c.next)));
+            let mut c = lock(&st);
+            if let Some(next) = c.on_echo(&s.payload, now) {
+                if let Err(e) = p.put(next).now() {
+                    c.fail(e.to_string());
                 }
             }
         })?;
     // The pong may learn of this subscriber a little after it is declared: resend the first
     // ping until the chain has started (its extra echoes are ignored).
     let mut finished = std::pin::pin!(finished);
-    let started = |st: &std::sync::Mutex<Chain>| st.lock().map_or(true, |c| c.next > 0);
-    while !started(&state) {
-        state.lock().unwrap_or_else(|e| e.into_inner()).sent = Instant::now();
-        publisher.put(ping(0)).await?;
+    while !lock(&state).started() {
+        let first = lock(&state).first();
+        publisher.put(first).await?;
         let _ = tokio::time::timeout(Duration::from_millis(200), finished.as_mut()).await;
     }
     // A lost echo stops the chain: give up when it has not moved for 5 s.
@@ -303,7 +266,7 @@ async fn callback_chain(
             Ok(Ok(r)) => return r.map_err(anyhow::Error::msg),
             Ok(Err(_)) => anyhow::bail!("the chain ended without a result"),
             Err(_) => {
-                let at = state.lock().map_or(0, |c| c.next);
+                let at = lock(&state).at();
                 if at == last {
                     anyhow::bail!("echo {at} lost");
                 }

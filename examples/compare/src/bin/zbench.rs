@@ -202,8 +202,11 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ping --chain`, as Hypha's: the echo's callback (on Zenoh's receive task) times the round
-/// trip and sends the next ping with `put(..).wait()`; sequence numbers in the first 8 bytes.
+#[path = "../../../chain.rs"]
+mod chain;
+
+/// `ping --chain`, as Hypha's (the same `chain.rs`): the echo's callback (on Zenoh's receive
+/// task) times the round trip and sends the next ping with `put(..).wait()`.
 fn callback_chain(
     s: &zenoh::Session,
     p: Arc<zenoh::pubsub::Publisher<'static>>,
@@ -212,64 +215,31 @@ fn callback_chain(
     n: usize,
 ) -> anyhow::Result<Vec<f64>> {
     use zenoh::Wait;
-    struct Chain {
-        next: u64,
-        sent: Instant,
-        rtts: Vec<f64>,
-        done: Option<std::sync::mpsc::Sender<Result<Vec<f64>, String>>>,
-    }
     let z = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
-    let total = (warmup + n) as u64;
-    let warmup = warmup as u64;
-    let ping = move |seq: u64| {
-        let mut v = vec![0xabu8; size.max(8)];
-        v[..8].copy_from_slice(&seq.to_le_bytes());
-        v
-    };
     let (done, finished) = std::sync::mpsc::channel();
-    let state = Arc::new(std::sync::Mutex::new(Chain {
-        next: 0,
-        sent: Instant::now(),
-        rtts: Vec::with_capacity(n),
-        done: Some(done),
-    }));
+    let done: chain::Done = Box::new(move |r| {
+        let _ = done.send(r);
+    });
+    let state = Arc::new(std::sync::Mutex::new(chain::Chain::new(warmup, n, size, done)));
+    use chain::lock;
     let (st, cp) = (state.clone(), p.clone());
     let _chain = s
         .declare_subscriber("bench/pong")
         .callback(move |sample| {
             let now = Instant::now();
             let bytes = sample.payload().to_bytes();
-            let seq = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
-            let mut c = st.lock().unwrap_or_else(|e| e.into_inner());
-            if seq != Some(c.next) || c.done.is_none() {
-                return;
-            }
-            if c.next >= warmup {
-                let rtt = now.duration_since(c.sent).as_secs_f64() * 1e6;
-                c.rtts.push(rtt);
-            }
-            c.next += 1;
-            if c.next == total {
-                let rtts = std::mem::take(&mut c.rtts);
-                if let Some(d) = c.done.take() {
-                    let _ = d.send(Ok(rtts));
-                }
-                return;
-            }
-            let next = ping(c.next);
-            c.sent = Instant::now();
-            if let Err(e) = cp.put(next).wait() {
-                if let Some(d) = c.done.take() {
-                    let _ = d.send(Err(format!("ping {}: {e}", c.next)));
+            let mut c = lock(&st);
+            if let Some(next) = c.on_echo(&bytes, now) {
+                if let Err(e) = cp.put(next).wait() {
+                    c.fail(e.to_string());
                 }
             }
         })
         .wait()
         .map_err(z)?;
-    let started = |st: &std::sync::Mutex<Chain>| st.lock().map_or(true, |c| c.next > 0);
-    while !started(&state) {
-        state.lock().unwrap_or_else(|e| e.into_inner()).sent = Instant::now();
-        p.put(ping(0)).wait().map_err(z)?;
+    while !lock(&state).started() {
+        let first = lock(&state).first();
+        p.put(first).wait().map_err(z)?;
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut last = 0;
@@ -278,7 +248,7 @@ fn callback_chain(
             Ok(r) => return r.map_err(anyhow::Error::msg),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the chain ended without a result"),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let at = state.lock().map_or(0, |c| c.next);
+                let at = lock(&state).at();
                 anyhow::ensure!(at != last, "echo {at} lost");
                 last = at;
             }
