@@ -60,10 +60,13 @@ thr_run() { # system size
 fanout_run() { # system
   local sys=$1 ep ppid pids=() i all
   ep="tcp/127.0.0.1:$(port)"
+  # The publisher listens first: a subscriber's own `--listen :0` could otherwise be given the
+  # port picked for the publisher (free when picked), and then the publisher cannot bind it.
+  $(bin "$sys" thr_pub) --listen "$ep" --size 64 >/dev/null 2>&1 & ppid=$!; PIDS+=("$ppid")
+  sleep 0.3
   for i in $(seq 1 "$FANOUT"); do
     $(bin "$sys" thr_sub) --connect "$ep" --listen tcp/127.0.0.1:0 --secs "$SECS" > "$WORK/fan$i.out" 2>/dev/null & pids+=($!); PIDS+=($!)
   done
-  $(bin "$sys" thr_pub) --listen "$ep" --size 64 >/dev/null 2>&1 & ppid=$!; PIDS+=("$ppid")
   for p in "${pids[@]}"; do timeout $((SECS + 90)) tail --pid="$p" -f /dev/null || true; done
   stop "$ppid"
   all=$(cat "$WORK"/fan*.out | grep msgs_per_s | python3 -c 'import sys,json; v=sorted(json.loads(l)["msgs_per_s"] for l in sys.stdin); print(json.dumps({"per_sub_median":v[len(v)//2] if v else 0,"per_sub_min":v[0] if v else 0,"subs":len(v)}))')
