@@ -574,6 +574,15 @@ async fn put_now_answers_from_a_callback_and_never_waits() {
         assert_eq!(&s.payload[..], &i.to_le_bytes()[..], "echo {i}");
     }
     assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // From a thread outside the runtime.
+    let ping = std::sync::Arc::new(ping);
+    let from_thread = {
+        let ping = ping.clone();
+        std::thread::spawn(move || ping.put(&b"thread"[..]).now())
+    };
+    let r = from_thread.join().unwrap().unwrap();
+    assert_eq!((r.destinations, r.dropped), (1, 0));
+    assert_eq!(&recv(&pongs).await.payload[..], b"thread");
 
     // An acknowledged put cannot be sent with now().
     let e = ping.put("x").ack(hypha::Ack::Received).now().unwrap_err();
