@@ -236,6 +236,34 @@ pub(crate) struct Extra {
 thread_local! {
     /// The batch buffer of direct writes, one per thread (64 KiB, reused).
     static DIRECT_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Bytes this thread has written to links since it last gave up its CPU (`give_cpu`).
+    static WRITTEN_SINCE_OS_YIELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes a thread writes to links before it offers its CPU to the other runnable threads.
+const OS_YIELD_EVERY: usize = 64 * 1024;
+
+/// Counts `n` bytes written on this thread and, every `OS_YIELD_EVERY`, lets the OS run another
+/// thread that is waiting for this CPU (`sched_yield`; it returns at once when none is).
+/// Returns whether it yielded.
+///
+/// A bulk write is CPU-bound (copy, encrypt, the socket's own copy) and never blocks on a fast
+/// link, and the kernel takes the CPU from it only at its next tick (4 ms at HZ=250, with no
+/// preemption in the kernel): on a loaded host the worker woken for a RealTime reply waited
+/// behind it for up to 3 ms (`perf sched`). A task yield does not help there (the waiting
+/// thread is another worker, not another task). It costs one syscall per 64 KiB written,
+/// whatever the sample size (BENCHMARKS.md, "Bulk gives up the CPU every 64 KiB").
+fn give_cpu(n: usize) -> bool {
+    let due = WRITTEN_SINCE_OS_YIELD.with(|w| {
+        let total = w.get().saturating_add(n);
+        let due = total >= OS_YIELD_EVERY;
+        w.set(if due { 0 } else { total });
+        due
+    });
+    if due {
+        std::thread::yield_now();
+    }
+    due
 }
 
 /// A zero-copy view of `part` if it lies inside `batch`, else a copy (reassembled messages).
@@ -1112,7 +1140,9 @@ impl Face {
             let n = self.lock().session.poll_transmit(now, &mut buf);
             let Some(n) = n else { break };
             match tx.try_send(buf.get(..n).unwrap_or(&[])) {
-                Ok(true) => {}
+                Ok(true) => {
+                    give_cpu(n);
+                }
                 // Kept in part: the writer finishes it.
                 Ok(false) => {
                     all = false;
@@ -1535,6 +1565,7 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             face.put_room.notify_one();
             let Some(n) = n else { break };
             failed = tx.send(&buf[..n]).await.err();
+            give_cpu(n);
             // A socket that keeps taking batches (loopback, a fast LAN) would keep this task on
             // its worker for as long as publishers keep the queues full, and the runtime's I/O
             // driver (the links' readers) unpolled meanwhile: let it run every 256 KiB.
@@ -1612,5 +1643,29 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
             _ = face.wake.notified() => {}
             _ = sleep => face.lock().session.handle_timeout(rt.now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread gives up its CPU once per 64 KiB written, whatever the write sizes: 8 B batches
+    /// do not make a syscall each, and a 1 MiB burst of 64 KiB fragments yields after each.
+    #[test]
+    fn give_cpu_yields_once_per_64_kib_written() {
+        std::thread::spawn(|| {
+            let small = (0..(4 * OS_YIELD_EVERY / 8))
+                .filter(|_| give_cpu(8))
+                .count();
+            assert_eq!(small, 4);
+            let frags = (0..16).filter(|_| give_cpu(OS_YIELD_EVERY)).count();
+            assert_eq!(frags, 16);
+            assert!(!give_cpu(OS_YIELD_EVERY - 1));
+            assert!(give_cpu(1));
+            assert!(give_cpu(usize::MAX), "no overflow");
+        })
+        .join()
+        .unwrap();
     }
 }
