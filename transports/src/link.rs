@@ -335,6 +335,45 @@ impl LinkTx {
         }
     }
 
+    /// True if this link writes two batches in one go ([`send_pair`](Self::send_pair),
+    /// [`try_send_pair`](Self::try_send_pair)): stream links, where the batches share one byte
+    /// stream. Other links take each batch alone.
+    pub fn pairs_batches(&self) -> bool {
+        matches!(self, LinkTx::Stream(_))
+    }
+
+    /// `a` then `b` in one write ([`pairs_batches`](Self::pairs_batches) links; others send
+    /// them one after the other).
+    pub async fn send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<(), LinkError> {
+        for x in [a, b] {
+            if x.is_empty() || x.len() > crate::MAX_BATCH {
+                return Err(LinkError::TooLarge(x.len()));
+            }
+        }
+        match self {
+            LinkTx::Stream(t) => t.send_pair(a, b).await,
+            _ => {
+                self.send(a).await?;
+                self.send(b).await
+            }
+        }
+    }
+
+    /// [`try_send`](Self::try_send) of `a` then `b` in one write, on
+    /// [`pairs_batches`](Self::pairs_batches) links only: what the socket does not take of
+    /// either is kept, as for one batch.
+    pub fn try_send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<bool, LinkError> {
+        for x in [a, b] {
+            if x.is_empty() || x.len() > crate::MAX_BATCH {
+                return Err(LinkError::TooLarge(x.len()));
+            }
+        }
+        match self {
+            LinkTx::Stream(t) if t.direct() => t.try_send_pair(a, b),
+            _ => Err(LinkError::Unsupported("try_send_pair")),
+        }
+    }
+
     /// Lanes whose own stream is full (bit `i` for `Priority::index() == i`): the caller should
     /// give this link nothing more for them until [`progress`](Self::progress) returns. Only
     /// QUIC links, which write every lane to its own stream, block a lane alone; on the others

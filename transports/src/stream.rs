@@ -51,6 +51,30 @@ pub struct StreamTx {
     flush_each: bool,
 }
 
+/// The most slices a vectored write of [`StreamTx`] takes (two prefixed batches).
+const MAX_PARTS: usize = 4;
+
+/// Slices of `parts` from byte `done` of their concatenation on, into `out`; returns how many.
+fn rest_of<'a>(
+    parts: &[&'a [u8]],
+    mut done: usize,
+    out: &mut [std::io::IoSlice<'a>; MAX_PARTS],
+) -> usize {
+    let mut k = 0;
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        if let Some(slot) = out.get_mut(k) {
+            *slot = std::io::IoSlice::new(p.get(done..).unwrap_or(&[]));
+            k += 1;
+        }
+        done = 0;
+    }
+    k
+}
+
 /// Receiving half of a stream link.
 ///
 /// The lanes of a TCP, unix or TLS link share one byte stream, so a real-time batch arrives
@@ -177,11 +201,15 @@ impl StreamTx {
             return Ok(false);
         }
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        let mut cx = Context::from_waker(Waker::noop());
+        if batch.len() >= VECTORED_FROM {
+            // Large batch: prefix and batch in one vectored write, the batch not copied.
+            return self.try_write_parts(&[&len.to_le_bytes(), batch]);
+        }
         self.buf.clear();
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(batch);
         let mut done = 0usize;
-        let mut cx = Context::from_waker(Waker::noop());
         while done < self.buf.len() {
             let rest = self.buf.get(done..).unwrap_or(&[]);
             match std::pin::Pin::new(&mut self.w).poll_write(&mut cx, rest) {
@@ -195,6 +223,80 @@ impl StreamTx {
             }
         }
         Ok(true)
+    }
+
+    /// Two batches in one write (each with its prefix), without waiting: as
+    /// [`try_send`](Self::try_send) for both. A small batch (the tail fragment of a sample just
+    /// over a batch, a ping) then costs no write of its own.
+    pub(crate) fn try_send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<bool, LinkError> {
+        if self.has_pending() {
+            return Ok(false);
+        }
+        let la = u16::try_from(a.len()).map_err(|_| LinkError::TooLarge(a.len()))?;
+        let lb = u16::try_from(b.len()).map_err(|_| LinkError::TooLarge(b.len()))?;
+        self.try_write_parts(&[&la.to_le_bytes(), a, &lb.to_le_bytes(), b])
+    }
+
+    /// Writes `parts` in vectored writes until done or the socket takes no more; what is left
+    /// is copied into `buf` for [`flush`](Self::flush).
+    fn try_write_parts(&mut self, parts: &[&[u8]]) -> Result<bool, LinkError> {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut done = 0usize;
+        while done < total {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_PARTS];
+            let k = rest_of(parts, done, &mut slices);
+            let rest = slices.get(..k).unwrap_or(&[]);
+            match std::pin::Pin::new(&mut self.w).poll_write_vectored(&mut cx, rest) {
+                Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(e)) => return Err(closed_or_io(e)),
+                Poll::Pending => {
+                    self.buf.clear();
+                    for s in rest {
+                        self.buf.extend_from_slice(s);
+                    }
+                    self.pending = 0..self.buf.len();
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Two batches in one write, as [`send`](Self::send) for `a` then `b`.
+    pub(crate) async fn send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<(), LinkError> {
+        self.flush().await?;
+        let la = u16::try_from(a.len()).map_err(|_| LinkError::TooLarge(a.len()))?;
+        let lb = u16::try_from(b.len()).map_err(|_| LinkError::TooLarge(b.len()))?;
+        let (pa, pb) = (la.to_le_bytes(), lb.to_le_bytes());
+        if self.flush_each || b.len() < VECTORED_FROM {
+            // One contiguous buffer (a TLS stream makes a record of each write).
+            self.buf.clear();
+            for p in [&pa[..], a, &pb[..], b] {
+                self.buf.extend_from_slice(p);
+            }
+            self.w.write_all(&self.buf).await.map_err(closed_or_io)?;
+            return self.flush_if_buffered().await;
+        }
+        let parts = [&pa[..], a, &pb[..], b];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut done = 0usize;
+        while done < total {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_PARTS];
+            let k = rest_of(&parts, done, &mut slices);
+            let n = self
+                .w
+                .write_vectored(slices.get(..k).unwrap_or(&[]))
+                .await
+                .map_err(closed_or_io)?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            done += n;
+        }
+        self.flush_if_buffered().await
     }
 
     pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
@@ -779,6 +881,48 @@ mod tests {
         // 1 first (a high lane at the head); then the head is Data: the reader looks past it
         // and hands out 4 (Control) and 3 (RealTime) before it.
         assert_eq!(got, vec![(rt, 1), (ctl, 4), (rt, 3), (data, 2)]);
+    }
+
+    /// A direct write of large batches into a socket that stops taking them keeps the rest of
+    /// the last one (vectored writes copy nothing else), and `flush` finishes it: the reader
+    /// gets every batch whole and in order, small and large alike.
+    #[tokio::test]
+    async fn direct_writes_kept_in_part_arrive_whole() {
+        let (mut tx, mut rx) = tcp_pair().await;
+        let batch = |i: usize| {
+            let len = if i % 3 == 2 { 100 } else { 60_000 + i };
+            let mut b = framed(Priority::Background, len, i as u8);
+            b.drain(..2);
+            b
+        };
+        let mut sent = 0usize;
+        loop {
+            let b = batch(sent);
+            sent += 1;
+            if !tx.try_send(&b).unwrap() {
+                break;
+            }
+            assert!(sent < 10_000, "the socket never filled");
+        }
+        assert!(tx.has_pending());
+        assert!(
+            !tx.try_send(&batch(sent)).unwrap(),
+            "nothing after a kept rest"
+        );
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..sent + 1 {
+                got.push(rx.recv().await.unwrap().to_vec());
+            }
+            got
+        });
+        tx.flush().await.unwrap();
+        assert!(!tx.has_pending());
+        tx.send(&batch(sent)).await.unwrap();
+        let got = reader.await.unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g, &batch(i), "batch {i}");
+        }
     }
 
     /// A QUIC lane's stream carries one lane: its reader never reads ahead.

@@ -158,12 +158,23 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             lane.compact();
         }
         let start = lane.buf.bytes().len();
-        if let NetworkMessage::Put(p) = msg {
-            // Hot path: header and varints on the stack, then one copy of the payload.
-            let mut head = [0u8; ENTRY_HDR + 15];
-            let n = msg_prefix(&mut head[ENTRY_HDR..], p.key_id, p.payload.len())
-                .map_err(|_| SendError::TooLarge)?;
-            let len = n + p.payload.len();
+        let compact = match msg {
+            NetworkMessage::Put(p) => Some((p.key_id, None, p.payload)),
+            NetworkMessage::PutSn(p) => Some((p.key_id, Some(p.seq), p.payload)),
+            _ => None,
+        };
+        if let Some((key_id, seq, payload)) = compact {
+            // Hot path: header and varints on the stack, then one copy of the payload (no
+            // zeroing of the room first: for a 1 MiB sample that was a 1 MiB memset).
+            let mut head = [0u8; ENTRY_HDR + 25];
+            let n = match seq {
+                None => msg_prefix(&mut head[ENTRY_HDR..], key_id, payload.len()),
+                Some(seq) => {
+                    wire::encode_put_sn_prefix(&mut head[ENTRY_HDR..], key_id, seq, payload.len())
+                }
+            }
+            .map_err(|_| SendError::TooLarge)?;
+            let len = n + payload.len();
             if len > max {
                 return Err(SendError::TooLarge);
             }
@@ -171,7 +182,7 @@ impl<B: Buffer, K: KeyTable> Session<B, K> {
             let ok = lane
                 .buf
                 .extend_from_slice(head.get(..ENTRY_HDR + n).unwrap_or(&[]))
-                && lane.buf.extend_from_slice(p.payload);
+                && lane.buf.extend_from_slice(payload);
             if !ok {
                 lane.buf.resize(start);
                 return Err(SendError::QueueFull);

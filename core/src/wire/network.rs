@@ -773,6 +773,23 @@ pub fn encode_put_prefix(buf: &mut [u8], key_id: u32, len: usize) -> Result<usiz
     varint::put_u32(buf, pos, len)
 }
 
+/// Writes the prefix of a compact put with a sequence number (tag, key id, source, sequence
+/// number, length): what [`NetworkMessage::encode`] writes for a `PutSn` before its payload.
+/// Returns its length (at most 25 bytes).
+pub fn encode_put_sn_prefix(
+    buf: &mut [u8],
+    key_id: u32,
+    seq: Seq,
+    len: usize,
+) -> Result<usize, EncodeError> {
+    let len = u32::try_from(len).map_err(|_| EncodeError::BufferTooSmall)?;
+    let pos = varint::put_u32(buf, 0, tag::PUT_SN)?;
+    let pos = varint::put_u32(buf, pos, key_id)?;
+    let pos = varint::put_u32(buf, pos, seq.src)?;
+    let pos = varint::put_u32(buf, pos, seq.sn)?;
+    varint::put_u32(buf, pos, len)
+}
+
 /// Rewrites, in place, an encoded message that ends its frame: a compact put drops its length
 /// prefix (its payload then runs to the end of the frame). Returns the new length; any other
 /// message is left as it is.

@@ -939,3 +939,25 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The session queues compact puts as a prefix from `encode_put_prefix` or
+    /// `encode_put_sn_prefix` followed by the payload: the same bytes as `encode`.
+    #[test]
+    fn compact_put_prefixes_match_encode(key_id: u32, src: u32, sn: u32, n in 0..PAYLOAD.len()) {
+        let payload = &PAYLOAD[..n];
+        let mut full = vec![0u8; 400];
+        let mut head = [0u8; 25];
+        let m = NetworkMessage::Put(Put { key_id, payload });
+        let len = m.encode(&mut full).unwrap();
+        let h = encode_put_prefix(&mut head, key_id, n).unwrap();
+        let want = [&head[..h], payload].concat();
+        prop_assert_eq!(&full[..len], want.as_slice());
+        let seq = Seq { src, sn };
+        let m = NetworkMessage::PutSn(PutSn { key_id, seq, payload });
+        let len = m.encode(&mut full).unwrap();
+        let h = encode_put_sn_prefix(&mut head, key_id, seq, n).unwrap();
+        let want = [&head[..h], payload].concat();
+        prop_assert_eq!(&full[..len], want.as_slice());
+    }
+}

@@ -236,9 +236,17 @@ pub(crate) struct Extra {
 thread_local! {
     /// The batch buffer of direct writes, one per thread (64 KiB, reused).
     static DIRECT_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A small batch of a direct write held back to share a write with the next one (`PAIR_BELOW`).
+    static DIRECT_SMALL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// Bytes this thread has written to links since it last gave up its CPU (`give_cpu`).
     static WRITTEN_SINCE_OS_YIELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
+
+/// A batch below this size goes out in the same write as the batch after it, on links that
+/// take two at once (stream links): the tail fragment of a sample just over a batch (64 KiB
+/// samples: 65,535 bytes then ~40) cost a write, a segment and a wake-up of the reader of its
+/// own. Measured: 64 KiB samples +45 %, 1 MiB +12 % (BENCHMARKS.md).
+const PAIR_BELOW: usize = 4096;
 
 /// Bytes a thread writes to links before it offers its CPU to the other runnable threads.
 const OS_YIELD_EVERY: usize = 64 * 1024;
@@ -1135,11 +1143,21 @@ impl Face {
         self.last_direct.store(now.as_micros(), Ordering::Relaxed);
         let mut buf = DIRECT_BUF.with(|b| b.take());
         buf.resize(hypha_transports::MAX_BATCH, 0);
+        let mut small = DIRECT_SMALL.with(|b| b.take());
+        let pairs = tx.pairs_batches();
         let mut all = true;
         loop {
-            let n = self.lock().session.poll_transmit(now, &mut buf);
-            let Some(n) = n else { break };
-            match tx.try_send(buf.get(..n).unwrap_or(&[])) {
+            let next = next_write(self, &mut buf, &mut small, pairs, |s, b| {
+                s.poll_transmit(now, b)
+            });
+            let Some(w) = next else { break };
+            let (first, second) = w.batches(&buf, &small);
+            let n = first.len() + second.map_or(0, <[u8]>::len);
+            let sent = match second {
+                Some(second) => tx.try_send_pair(first, second),
+                None => tx.try_send(first),
+            };
+            match sent {
                 Ok(true) => {
                     give_cpu(n);
                 }
@@ -1156,6 +1174,7 @@ impl Face {
             }
         }
         DIRECT_BUF.with(|b| b.replace(buf));
+        DIRECT_SMALL.with(|b| b.replace(small));
         drop(parked);
         // The writer does not wait for this write to end (it tried the lock and went back to
         // waiting): wake it for whatever it was woken for. What was queued meanwhile woke it
@@ -1491,15 +1510,57 @@ const WRITER_YIELD_EVERY: usize = 256 * 1024;
 /// one of thousands of half-open connections) holds no batch-sized buffer.
 const HANDSHAKE_BUF: usize = 1024;
 
-/// The session's next batch, into `buf`, grown to a whole batch once the session is open.
-/// Nothing is taken from the lanes in `skip` (their stream is full, see
-/// `LinkTx::blocked_lanes`).
-fn transmit(rt: &Runtime, face: &Face, buf: &mut Vec<u8>, skip: u8) -> Option<usize> {
+/// What one write takes: one batch, or two (on links that pair batches).
+enum Write {
+    /// `buf[..n]`.
+    One(usize),
+    /// `small[..n]` (a small batch with nothing after it).
+    Small(usize),
+    /// `small[..n]` then `buf[..m]`: a small batch, then the next one.
+    SmallFirst(usize, usize),
+}
+
+impl Write {
+    fn batches<'a>(&self, buf: &'a [u8], small: &'a [u8]) -> (&'a [u8], Option<&'a [u8]>) {
+        let get = |b: &'a [u8], n: usize| b.get(..n).unwrap_or(&[]);
+        match *self {
+            Write::One(n) => (get(buf, n), None),
+            Write::Small(n) => (get(small, n), None),
+            Write::SmallFirst(n, m) => (get(small, n), Some(get(buf, m))),
+        }
+    }
+}
+
+/// The session's next batch, into `buf` (grown to a whole batch once the session is open), and
+/// on links that take two batches in one write (`pairs`), when it is below `PAIR_BELOW`, the
+/// one after it: the small one is moved to `small` and the next polled into `buf`, so that it
+/// costs no write of its own. (Pairing a large batch with a small one that follows it, the tail
+/// of the same sample, was tried too: it cost 1 MiB samples 25 % of their rate, see
+/// BENCHMARKS.md.) `poll` is the session's `poll_transmit` (with the caller's clock and lanes).
+fn next_write(
+    face: &Face,
+    buf: &mut Vec<u8>,
+    small: &mut Vec<u8>,
+    pairs: bool,
+    mut poll: impl FnMut(&mut HeapSession, &mut [u8]) -> Option<usize>,
+) -> Option<Write> {
     let mut st = face.lock();
     if buf.len() < hypha_transports::MAX_BATCH && st.session.is_open() {
         buf.resize(hypha_transports::MAX_BATCH, 0);
     }
-    st.session.poll_transmit_except(rt.now(), buf, skip)
+    let n = poll(&mut st.session, buf)?;
+    if !pairs {
+        return Some(Write::One(n));
+    }
+    if n < PAIR_BELOW {
+        small.clear();
+        small.extend_from_slice(buf.get(..n).unwrap_or(&[]));
+        return Some(match poll(&mut st.session, buf) {
+            Some(m) => Write::SmallFirst(n, m),
+            None => Write::Small(n),
+        });
+    }
+    Some(Write::One(n))
 }
 
 /// The writer stops without a close handshake (its link failed, or it lost the sending half):
@@ -1558,13 +1619,24 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         // queued, one batch per write.
         let mut failed = tx.flush().await.err();
         let mut since_yield = 0usize;
+        let mut small = Vec::new();
         while failed.is_none() {
             face.drain_backlog();
-            let n = transmit(&rt, &face, &mut buf, tx.blocked_lanes());
+            let skip = tx.blocked_lanes();
+            let pairs = tx.pairs_batches();
+            let next = next_write(&face, &mut buf, &mut small, pairs, |s, b| {
+                s.poll_transmit_except(rt.now(), b, skip)
+            });
             face.space.notify_waiters();
             face.put_room.notify_one();
-            let Some(n) = n else { break };
-            failed = tx.send(&buf[..n]).await.err();
+            let Some(w) = next else { break };
+            let (first, second) = w.batches(&buf, &small);
+            let n = first.len() + second.map_or(0, <[u8]>::len);
+            failed = match second {
+                Some(second) => tx.send_pair(first, second).await,
+                None => tx.send(first).await,
+            }
+            .err();
             give_cpu(n);
             // A socket that keeps taking batches (loopback, a fast LAN) would keep this task on
             // its worker for as long as publishers keep the queues full, and the runtime's I/O
@@ -1603,10 +1675,11 @@ async fn writer(rt: Arc<Runtime>, face: Arc<Face>, tx: LinkTx) {
         };
         if closed || face.is_dead() {
             // Flush what the close queued, then shut the link and stop the reader.
-            loop {
-                let n = transmit(&rt, &face, &mut buf, 0);
-                let Some(n) = n else { break };
-                if tx.send(&buf[..n]).await.is_err() {
+            while let Some(w) = next_write(&face, &mut buf, &mut small, false, |s, b| {
+                s.poll_transmit(rt.now(), b)
+            }) {
+                let (batch, _) = w.batches(&buf, &small);
+                if tx.send(batch).await.is_err() {
                     break;
                 }
             }
