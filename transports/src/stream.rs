@@ -267,66 +267,44 @@ impl StreamTx {
 
     /// Two batches in one write, as [`send`](Self::send) for `a` then `b`.
     pub(crate) async fn send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<(), LinkError> {
-        self.flush().await?;
         let la = u16::try_from(a.len()).map_err(|_| LinkError::TooLarge(a.len()))?;
         let lb = u16::try_from(b.len()).map_err(|_| LinkError::TooLarge(b.len()))?;
-        let (pa, pb) = (la.to_le_bytes(), lb.to_le_bytes());
-        if self.flush_each || b.len() < VECTORED_FROM {
-            // One contiguous buffer (a TLS stream makes a record of each write).
+        // A TLS stream makes a record of each write: one contiguous buffer there.
+        let copy = self.flush_each || b.len() < VECTORED_FROM;
+        self.send_parts(&[&la.to_le_bytes(), a, &lb.to_le_bytes(), b], copy)
+            .await
+    }
+
+    pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
+        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
+        // A small batch is copied behind its prefix (one contiguous write); a large one goes
+        // out with its prefix in one vectored write, not copied.
+        self.send_parts(&[&len.to_le_bytes(), batch], batch.len() < VECTORED_FROM)
+            .await
+    }
+
+    /// Writes what `try_send` kept, then all of `parts`: copied into one buffer and written at
+    /// once if `copy`, else in vectored writes.
+    async fn send_parts(&mut self, parts: &[&[u8]], copy: bool) -> Result<(), LinkError> {
+        self.flush().await?;
+        if copy {
             self.buf.clear();
-            for p in [&pa[..], a, &pb[..], b] {
+            for p in parts {
                 self.buf.extend_from_slice(p);
             }
             self.w.write_all(&self.buf).await.map_err(closed_or_io)?;
             return self.flush_if_buffered().await;
         }
-        let parts = [&pa[..], a, &pb[..], b];
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut done = 0usize;
         while done < total {
             let mut slices = [std::io::IoSlice::new(&[]); MAX_PARTS];
-            let k = rest_of(&parts, done, &mut slices);
+            let k = rest_of(parts, done, &mut slices);
             let n = self
                 .w
                 .write_vectored(slices.get(..k).unwrap_or(&[]))
                 .await
                 .map_err(closed_or_io)?;
-            if n == 0 {
-                return Err(LinkError::Closed);
-            }
-            done += n;
-        }
-        self.flush_if_buffered().await
-    }
-
-    pub(crate) async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
-        self.flush().await?;
-        let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
-        if batch.len() < VECTORED_FROM {
-            // Small batch: one contiguous buffer, one write.
-            self.buf.clear();
-            self.buf.extend_from_slice(&len.to_le_bytes());
-            self.buf.extend_from_slice(batch);
-            self.w.write_all(&self.buf).await.map_err(closed_or_io)?;
-            return self.flush_if_buffered().await;
-        }
-        // Large batch: prefix and batch in one vectored write, without copying the batch.
-        let prefix = len.to_le_bytes();
-        let mut done = 0usize;
-        let total = prefix.len() + batch.len();
-        while done < total {
-            let n = if done < prefix.len() {
-                let bufs = [
-                    std::io::IoSlice::new(prefix.get(done..).unwrap_or(&[])),
-                    std::io::IoSlice::new(batch),
-                ];
-                self.w.write_vectored(&bufs).await
-            } else {
-                self.w
-                    .write(batch.get(done - prefix.len()..).unwrap_or(&[]))
-                    .await
-            }
-            .map_err(closed_or_io)?;
             if n == 0 {
                 return Err(LinkError::Closed);
             }
