@@ -9,7 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,14 +48,20 @@ fn main() -> anyhow::Result<()> {
             let _ = echo.join();
             rtts.sort_by(|a, b| a.total_cmp(b));
             let p = |q: f64| rtts[((q / 100.0) * (rtts.len() - 1) as f64).round() as usize];
-            println!("{}", serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)}));
+            println!(
+                "{}",
+                serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)})
+            );
         }
         Some("tokio_ping") => {
             // The async floor: the same ping-pong with tokio (multi-thread runtime, the ping loop
             // in `block_on` like an application's `main`, the echo a task on the workers).
             drop(l);
             let n: usize = arg(&args, "--n", 10_000);
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             let rtts = rt.block_on(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -85,7 +94,10 @@ fn main() -> anyhow::Result<()> {
             let mut rtts = rtts;
             rtts.sort_by(|a, b| a.total_cmp(b));
             let p = |q: f64| rtts[((q / 100.0) * (rtts.len() - 1) as f64).round() as usize];
-            println!("{}", serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)}));
+            println!(
+                "{}",
+                serde_json::json!({"n": n, "size": size, "p50_us": p(50.0), "p99_us": p(99.0), "p999_us": p(99.9)})
+            );
         }
         Some("stream") => {
             let secs: f64 = arg(&args, "--secs", 5.0);
@@ -116,12 +128,16 @@ fn main() -> anyhow::Result<()> {
             }
             let el = t0.elapsed().as_secs_f64();
             let _ = writer.join();
-            println!("{}", serde_json::json!({"msgs_per_s": n as f64 / el, "mb_per_s": (n as f64 * size as f64) / el / 1e6}));
+            println!(
+                "{}",
+                serde_json::json!({"msgs_per_s": n as f64 / el, "mb_per_s": (n as f64 * size as f64) / el / 1e6})
+            );
         }
         Some("blast") => {
             let secs: f64 = arg(&args, "--secs", 10.0);
             let rate: f64 = arg(&args, "--rate", 0.0);
-            let every = (rate > 0.0).then(|| Duration::from_secs_f64(size as f64 / (rate * (1u64 << 20) as f64)));
+            let every = (rate > 0.0)
+                .then(|| Duration::from_secs_f64(size as f64 / (rate * (1u64 << 20) as f64)));
             let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
                 let (mut s, _) = l.accept()?;
                 let mut buf = vec![0u8; 1 << 20];
@@ -147,11 +163,18 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             drop(s);
-            let total = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            let total = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("reader panicked"))??;
             let el = t0.elapsed().as_secs_f64();
-            println!("{}", serde_json::json!({"size": size, "rate": rate, "mib_per_s": total as f64 / el / (1u64 << 20) as f64}));
+            println!(
+                "{}",
+                serde_json::json!({"size": size, "rate": rate, "mib_per_s": total as f64 / el / (1u64 << 20) as f64})
+            );
         }
-        _ => anyhow::bail!("usage: rawtcp ping|tokio_ping|stream|blast [--size N] [--n N] [--secs S] [--rate MIB_S]"),
+        _ => anyhow::bail!(
+            "usage: rawtcp ping|tokio_ping|stream|blast [--size N] [--n N] [--secs S] [--rate MIB_S]"
+        ),
     }
     Ok(())
 }

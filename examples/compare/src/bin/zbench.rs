@@ -8,17 +8,27 @@ use std::time::{Duration, Instant};
 use zenoh::qos::{CongestionControl, Priority};
 
 fn arg_all(args: &[String], name: &str) -> Vec<String> {
-    args.windows(2).filter(|w| w[0] == name).map(|w| w[1].clone()).collect()
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .collect()
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    arg_all(args, name).last().and_then(|v| v.parse().ok()).unwrap_or(default)
+    arg_all(args, name)
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -28,24 +38,33 @@ fn config(args: &[String]) -> anyhow::Result<zenoh::Config> {
     let e = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
     let mode = arg(args, "--zmode", "peer".to_string());
     c.insert_json5("mode", &format!("{mode:?}")).map_err(e)?;
-    c.insert_json5("scouting/multicast/enabled", "false").map_err(e)?;
+    c.insert_json5("scouting/multicast/enabled", "false")
+        .map_err(e)?;
     let listen = arg_all(args, "--listen");
     let connect = arg_all(args, "--connect");
-    c.insert_json5("listen/endpoints", &serde_json::to_string(&listen)?).map_err(e)?;
-    c.insert_json5("connect/endpoints", &serde_json::to_string(&connect)?).map_err(e)?;
+    c.insert_json5("listen/endpoints", &serde_json::to_string(&listen)?)
+        .map_err(e)?;
+    c.insert_json5("connect/endpoints", &serde_json::to_string(&connect)?)
+        .map_err(e)?;
     if let Some(dir) = std::env::var_os("ZBENCH_TLS_DIR") {
         let dir = std::path::PathBuf::from(dir);
         let p = |f: &str| serde_json::to_string(&dir.join(f).to_string_lossy()).unwrap_or_default();
-        c.insert_json5("transport/link/tls/root_ca_certificate", &p("ca.pem")).map_err(e)?;
-        c.insert_json5("transport/link/tls/listen_private_key", &p("node.key")).map_err(e)?;
-        c.insert_json5("transport/link/tls/listen_certificate", &p("node.pem")).map_err(e)?;
-        c.insert_json5("transport/link/tls/verify_name_on_connect", "false").map_err(e)?;
+        c.insert_json5("transport/link/tls/root_ca_certificate", &p("ca.pem"))
+            .map_err(e)?;
+        c.insert_json5("transport/link/tls/listen_private_key", &p("node.key"))
+            .map_err(e)?;
+        c.insert_json5("transport/link/tls/listen_certificate", &p("node.pem"))
+            .map_err(e)?;
+        c.insert_json5("transport/link/tls/verify_name_on_connect", "false")
+            .map_err(e)?;
     }
     Ok(c)
 }
 
 async fn open(args: &[String]) -> anyhow::Result<zenoh::Session> {
-    zenoh::open(config(args)?).await.map_err(|e| anyhow::anyhow!("{e}"))
+    zenoh::open(config(args)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Ping and pong in Zenoh's own best style (its `z_ping` / `z_pong` examples): no runtime of
@@ -71,7 +90,11 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
             .wait()
             .map_err(z)?;
         // `ping --bulk`'s background load: taken and dropped (as Hypha's pong does).
-        let _bulk = s.declare_subscriber("bench/bulk").callback(|_| {}).wait().map_err(z)?;
+        let _bulk = s
+            .declare_subscriber("bench/bulk")
+            .callback(|_| {})
+            .wait()
+            .map_err(z)?;
         let secs: u64 = arg(args, "--secs", 0);
         if secs == 0 {
             loop {
@@ -95,13 +118,20 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
     );
     let t0 = Instant::now();
     while !p.matching_status().wait().map_err(z)?.matching() {
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no subscriber within 30 s");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no subscriber within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let payload = vec![0xabu8; size.max(1)];
     loop {
         p.put(payload.clone()).wait().map_err(z)?;
-        if sub.recv_timeout(Duration::from_millis(200)).map_err(z)?.is_some() {
+        if sub
+            .recv_timeout(Duration::from_millis(200))
+            .map_err(z)?
+            .is_some()
+        {
             break;
         }
     }
@@ -132,7 +162,10 @@ fn sync_ping_pong(mode: &str, args: &[String]) -> anyhow::Result<()> {
             .map_err(z)?;
         let t0 = Instant::now();
         while !bp.matching_status().wait().map_err(z)?.matching() {
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the pong does not subscribe to bench/bulk");
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the pong does not subscribe to bench/bulk"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let (sent, stop) = (bulk_sent.clone(), stop.clone());
@@ -220,7 +253,9 @@ fn callback_chain(
     let done: chain::Done = Box::new(move |r| {
         let _ = done.send(r);
     });
-    let state = Arc::new(std::sync::Mutex::new(chain::Chain::new(warmup, n, size, done)));
+    let state = Arc::new(std::sync::Mutex::new(chain::Chain::new(
+        warmup, n, size, done,
+    )));
     use chain::lock;
     let (st, cp) = (state.clone(), p.clone());
     let _chain = s
@@ -246,7 +281,9 @@ fn callback_chain(
     loop {
         match finished.recv_timeout(Duration::from_secs(5)) {
             Ok(r) => return r.map_err(anyhow::Error::msg),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the chain ended without a result"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                anyhow::bail!("the chain ended without a result")
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let at = lock(&state).at();
                 anyhow::ensure!(at != last, "echo {at} lost");
@@ -266,11 +303,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn wait_matching(p: &zenoh::pubsub::Publisher<'_>) -> anyhow::Result<()> {
     let t0 = Instant::now();
     loop {
-        let m = p.matching_status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let m = p
+            .matching_status()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if m.matching() {
             return Ok(());
         }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no subscriber within 30 s");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no subscriber within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -328,7 +371,11 @@ async fn async_main(args: Vec<String>) -> anyhow::Result<()> {
             while count.load(Ordering::Relaxed) == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let (n0, b0, t0) = (count.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), Instant::now());
+            let (n0, b0, t0) = (
+                count.load(Ordering::Relaxed),
+                bytes.load(Ordering::Relaxed),
+                Instant::now(),
+            );
             tokio::time::sleep(Duration::from_secs(secs)).await;
             let el = t0.elapsed().as_secs_f64();
             let n = count.load(Ordering::Relaxed) - n0;
@@ -347,16 +394,29 @@ async fn async_main(args: Vec<String>) -> anyhow::Result<()> {
             let n: usize = arg(&args, "--subs", 0);
             let mut subs = Vec::new();
             for i in 0..n {
-                subs.push(s.declare_subscriber(format!("fleet/v{i}/cmd")).callback(|_| {}).await.map_err(z)?);
+                subs.push(
+                    s.declare_subscriber(format!("fleet/v{i}/cmd"))
+                        .callback(|_| {})
+                        .await
+                        .map_err(z)?,
+                );
             }
             let p = match arg_all(&args, "--pub").first() {
                 Some(k) => Some(s.declare_publisher(k.clone()).await.map_err(z)?),
                 None => None,
             };
             if let Some(k) = arg_all(&args, "--sub").first() {
-                subs.push(s.declare_subscriber(k.clone()).callback(|_| {}).await.map_err(z)?);
+                subs.push(
+                    s.declare_subscriber(k.clone())
+                        .callback(|_| {})
+                        .await
+                        .map_err(z)?,
+                );
             }
-            println!("{}", serde_json::json!({"event": "ready", "subs": subs.len()}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "subs": subs.len()})
+            );
             tokio::time::sleep(Duration::from_secs(arg(&args, "--secs", 10))).await;
             drop(p);
             drop(subs);
@@ -367,7 +427,9 @@ async fn async_main(args: Vec<String>) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"rss_kb": rss_kb()}));
             drop(s);
         }
-        _ => anyhow::bail!("usage: zbench ping|pong|thr_pub|thr_sub|idle [--listen EP] [--connect EP] ..."),
+        _ => anyhow::bail!(
+            "usage: zbench ping|pong|thr_pub|thr_sub|idle [--listen EP] [--connect EP] ..."
+        ),
     }
     Ok(())
 }
