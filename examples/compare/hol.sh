@@ -17,6 +17,9 @@
 # the rate) runs beside them, and the raw TCP ping-pong without and beside the same blast. What
 # that blast costs the pings is the machine's CPU contention, which no fragmenting can remove.
 #
+# BEFORE=DIR adds an A/B in the same run: each round runs the Hypha rows with the binaries in DIR
+# first (tagged "build":"before"), then with X (tagged "build":"now"), then Zenoh's.
+#
 #   examples/compare/hol.sh          # REPS (default 3), N round trips (default 3000), BULK bytes
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -43,7 +46,7 @@ run() { # proto bulk round [extra ping args]
   res=$(timeout 300 "$X/ping" --connect "$1/127.0.0.1:$p" --listen "$1/127.0.0.1:0" --n "$N" --warmup 300 \
     --size 64 --bulk "$2" "${@:4}" 2>/dev/null | tail -1 || true)
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  [ -n "$res" ] && printf '{"proto":"%s","round":%d,"result":%s}\n' "$1" "$3" "$res"
+  [ -n "$res" ] && printf '{%s"proto":"%s","round":%d,"result":%s}\n' "$TAG" "$1" "$3" "$res"
 }
 if [ -n "${ZB:-}" ]; then
   # Zenoh's QUIC needs TLS material (Hypha makes its own): a throw-away CA and certificate
@@ -78,18 +81,27 @@ rawctl() { # proto round: the raw ping-pong alone (blast_rate null), then beside
     [ "$rate" = null ] || unblast
   done
 }
+NOW=$X
+TAG=""
 for r in $(seq 1 "$REPS"); do
   for proto in $PROTOS; do
-    run "$proto" 0 "$r"
-    for rate in $RATES; do
-      run "$proto" "$BULK" "$r" --bulk-rate "$rate"
-      run "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
-      if [ -n "${RAW:-}" ]; then
-        blast "$rate"
-        run "$proto" 0 "$r" | sed "s/^{/{\"blast_rate\":$rate,/"
-        unblast
+    for build in ${BEFORE:+before} now; do
+      if [ -n "${BEFORE:-}" ]; then
+        if [ "$build" = before ]; then X=$BEFORE; else X=$NOW; fi
+        TAG="\"build\":\"$build\","
       fi
+      run "$proto" 0 "$r"
+      for rate in $RATES; do
+        run "$proto" "$BULK" "$r" --bulk-rate "$rate"
+        run "$proto" "$BULK" "$r" --bulk-rate "$rate" --bulk-separate
+        if [ -n "${RAW:-}" ]; then
+          blast "$rate"
+          run "$proto" 0 "$r" | sed "s/^{/{\"blast_rate\":$rate,/"
+          unblast
+        fi
+      done
     done
+    X=$NOW
     [ -z "${RAW:-}" ] || rawctl "$proto" "$r"
     if [ -n "${ZB:-}" ]; then
       zrun "$proto" 0 "$r"
