@@ -325,9 +325,7 @@ impl LinkTx {
     /// [`flush`](Self::flush). Only for links where [`can_try_send`](Self::can_try_send); other
     /// links answer [`LinkError::Unsupported`] without taking the batch.
     pub fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
-        if batch.is_empty() || batch.len() > crate::MAX_BATCH {
-            return Err(LinkError::TooLarge(batch.len()));
-        }
+        check_batch(batch)?;
         match self {
             LinkTx::Stream(t) if t.direct() => t.try_send(batch),
             LinkTx::Quic(t) => t.try_send(batch),
@@ -345,11 +343,8 @@ impl LinkTx {
     /// `a` then `b` in one write ([`pairs_batches`](Self::pairs_batches) links; others send
     /// them one after the other).
     pub async fn send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<(), LinkError> {
-        for x in [a, b] {
-            if x.is_empty() || x.len() > crate::MAX_BATCH {
-                return Err(LinkError::TooLarge(x.len()));
-            }
-        }
+        check_batch(a)?;
+        check_batch(b)?;
         match self {
             LinkTx::Stream(t) => t.send_pair(a, b).await,
             _ => {
@@ -363,11 +358,8 @@ impl LinkTx {
     /// [`pairs_batches`](Self::pairs_batches) links only: what the socket does not take of
     /// either is kept, as for one batch.
     pub fn try_send_pair(&mut self, a: &[u8], b: &[u8]) -> Result<bool, LinkError> {
-        for x in [a, b] {
-            if x.is_empty() || x.len() > crate::MAX_BATCH {
-                return Err(LinkError::TooLarge(x.len()));
-            }
-        }
+        check_batch(a)?;
+        check_batch(b)?;
         match self {
             LinkTx::Stream(t) if t.direct() => t.try_send_pair(a, b),
             _ => Err(LinkError::Unsupported("try_send_pair")),
@@ -407,9 +399,7 @@ impl LinkTx {
 
 impl LinkSend for LinkTx {
     async fn send(&mut self, batch: &[u8]) -> Result<(), LinkError> {
-        if batch.is_empty() || batch.len() > crate::MAX_BATCH {
-            return Err(LinkError::TooLarge(batch.len()));
-        }
+        check_batch(batch)?;
         match self {
             LinkTx::Stream(t) => t.send(batch).await,
             LinkTx::Udp(t) => t.send(batch).await,
@@ -540,4 +530,12 @@ pub(crate) async fn resolve_one(endpoint: &Endpoint) -> Result<std::net::SocketA
                 "host resolves to no address",
             ))
         })
+}
+
+/// A batch a link can carry: not empty, at most `MAX_BATCH` bytes.
+fn check_batch(batch: &[u8]) -> Result<(), LinkError> {
+    if batch.is_empty() || batch.len() > crate::MAX_BATCH {
+        return Err(LinkError::TooLarge(batch.len()));
+    }
+    Ok(())
 }

@@ -196,33 +196,12 @@ impl StreamTx {
     /// entirely; `Ok(false)` if the socket took only part of it (or nothing): the rest is kept
     /// and must be finished with [`flush`](Self::flush) before anything else is sent.
     pub(crate) fn try_send(&mut self, batch: &[u8]) -> Result<bool, LinkError> {
-        use std::task::{Context, Poll, Waker};
         if self.has_pending() {
             return Ok(false);
         }
         let len = u16::try_from(batch.len()).map_err(|_| LinkError::TooLarge(batch.len()))?;
-        let mut cx = Context::from_waker(Waker::noop());
-        if batch.len() >= VECTORED_FROM {
-            // Large batch: prefix and batch in one vectored write, the batch not copied.
-            return self.try_write_parts(&[&len.to_le_bytes(), batch]);
-        }
-        self.buf.clear();
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(batch);
-        let mut done = 0usize;
-        while done < self.buf.len() {
-            let rest = self.buf.get(done..).unwrap_or(&[]);
-            match std::pin::Pin::new(&mut self.w).poll_write(&mut cx, rest) {
-                Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
-                Poll::Ready(Ok(n)) => done += n,
-                Poll::Ready(Err(e)) => return Err(closed_or_io(e)),
-                Poll::Pending => {
-                    self.pending = done..self.buf.len();
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
+        // Prefix and batch in one vectored write; only what the socket leaves is copied.
+        self.try_write_parts(&[&len.to_le_bytes(), batch])
     }
 
     /// Two batches in one write (each with its prefix), without waiting: as

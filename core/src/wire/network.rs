@@ -601,11 +601,7 @@ impl<'a> NetworkMessage<'a> {
                     let pos = varint::put_u32(buf, pos, p.key_id)?;
                     put_slice(buf, pos, p.payload)
                 } else {
-                    let pos = varint::put_u32(buf, 0, tag::PUT)?;
-                    let pos = varint::put_u32(buf, pos, p.key_id)?;
-                    let len =
-                        u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
-                    let pos = varint::put_u32(buf, pos, len)?;
+                    let pos = encode_put_prefix(buf, p.key_id, p.payload.len())?;
                     put_slice(buf, pos, p.payload)
                 }
             }
@@ -616,13 +612,7 @@ impl<'a> NetworkMessage<'a> {
             NetworkMessage::ResponseFinal(m) => Self::tagged(buf, tag::RESPONSE_FINAL, m),
             NetworkMessage::Gossip(m) => Self::tagged(buf, tag::GOSSIP, m),
             NetworkMessage::PutSn(p) => {
-                let pos = varint::put_u32(buf, 0, tag::PUT_SN)?;
-                let pos = varint::put_u32(buf, pos, p.key_id)?;
-                let pos = varint::put_u32(buf, pos, p.seq.src)?;
-                let pos = varint::put_u32(buf, pos, p.seq.sn)?;
-                let len =
-                    u32::try_from(p.payload.len()).map_err(|_| EncodeError::BufferTooSmall)?;
-                let pos = varint::put_u32(buf, pos, len)?;
+                let pos = encode_put_sn_prefix(buf, p.key_id, p.seq, p.payload.len())?;
                 put_slice(buf, pos, p.payload)
             }
             NetworkMessage::PushSn(m) => Self::tagged(buf, tag::PUSH_SN, m),
